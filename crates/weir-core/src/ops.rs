@@ -1,0 +1,80 @@
+//! The catalogue of built-in operations (`uses: weir/<name>`): what each one
+//! is called, which inputs it requires and which outputs it produces. The
+//! implementations live in `weir-engine`; the spec validator only needs this.
+
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BuiltinOp {
+    Ingest,
+    Validate,
+    Split,
+    TrainLinear,
+    Evaluate,
+    Register,
+}
+
+impl BuiltinOp {
+    pub const ALL: [BuiltinOp; 6] = [
+        BuiltinOp::Ingest,
+        BuiltinOp::Validate,
+        BuiltinOp::Split,
+        BuiltinOp::TrainLinear,
+        BuiltinOp::Evaluate,
+        BuiltinOp::Register,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BuiltinOp::Ingest => "weir/ingest",
+            BuiltinOp::Validate => "weir/validate",
+            BuiltinOp::Split => "weir/split",
+            BuiltinOp::TrainLinear => "weir/train-linear",
+            BuiltinOp::Evaluate => "weir/evaluate",
+            BuiltinOp::Register => "weir/register",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|op| op.name() == name)
+    }
+
+    /// Inputs the op cannot run without.
+    pub fn required_inputs(self) -> &'static [&'static str] {
+        match self {
+            BuiltinOp::Ingest => &[],
+            BuiltinOp::Validate => &["table"],
+            BuiltinOp::Split => &["table"],
+            BuiltinOp::TrainLinear => &["train"],
+            BuiltinOp::Evaluate => &["model", "table"],
+            BuiltinOp::Register => &["model"],
+        }
+    }
+
+    /// Inputs the op understands, required or optional.
+    pub fn known_inputs(self) -> &'static [&'static str] {
+        match self {
+            BuiltinOp::TrainLinear => &["train", "valid"],
+            BuiltinOp::Register => &["model", "metrics"],
+            other => other.required_inputs(),
+        }
+    }
+
+    pub fn outputs(self) -> &'static [&'static str] {
+        match self {
+            BuiltinOp::Ingest => &["table"],
+            BuiltinOp::Validate => &["table", "report"],
+            BuiltinOp::Split => &["train", "valid", "test"],
+            BuiltinOp::TrainLinear => &["model"],
+            BuiltinOp::Evaluate => &["metrics"],
+            BuiltinOp::Register => &[],
+        }
+    }
+}
+
+impl fmt::Display for BuiltinOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}

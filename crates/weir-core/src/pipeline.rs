@@ -1,0 +1,698 @@
+//! The pipeline specification: YAML in, a validated, topologically ordered
+//! [`Pipeline`] out. Every problem found is reported with the file, line and
+//! field, and all of them are reported at once, before anything runs.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_saphyr::Spanned;
+
+use crate::ops::BuiltinOp;
+
+/// A validated pipeline with params resolved and steps in execution order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Pipeline {
+    pub name: String,
+    /// The file the spec came from; relative paths in steps resolve against its directory.
+    pub file: PathBuf,
+    pub params: BTreeMap<String, Value>,
+    /// Steps in a topological order: every step comes after the steps it reads from.
+    pub steps: Vec<Step>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Step {
+    pub name: String,
+    pub action: Action,
+    /// The `with:` block after `${{ params.x }}` substitution.
+    pub with: BTreeMap<String, Value>,
+    pub inputs: BTreeMap<String, InputRef>,
+    pub outputs: Vec<String>,
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Builtin(BuiltinOp),
+    Command(String),
+}
+
+/// `inputs: { name: step.output }`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputRef {
+    pub step: String,
+    pub output: String,
+}
+
+impl fmt::Display for InputRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.step, self.output)
+    }
+}
+
+impl Pipeline {
+    pub fn base_dir(&self) -> &Path {
+        self.file.parent().unwrap_or(Path::new("."))
+    }
+
+    pub fn step(&self, name: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+}
+
+impl Step {
+    /// Steps this one reads from, each once.
+    pub fn upstream(&self) -> BTreeSet<&str> {
+        self.inputs.values().map(|r| r.step.as_str()).collect()
+    }
+}
+
+/// One problem in a pipeline file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpecIssue {
+    pub line: Option<u64>,
+    pub field: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("cannot read pipeline file {file}: {source}\n  hint: check the path; it is resolved against the current directory")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", render_issues(file, issues))]
+    Invalid {
+        file: PathBuf,
+        issues: Vec<SpecIssue>,
+    },
+}
+
+impl SpecError {
+    pub fn issues(&self) -> &[SpecIssue] {
+        match self {
+            SpecError::Read { .. } => &[],
+            SpecError::Invalid { issues, .. } => issues,
+        }
+    }
+}
+
+fn render_issues(file: &Path, issues: &[SpecIssue]) -> String {
+    let mut out = format!(
+        "pipeline {} is invalid ({} problem{})",
+        file.display(),
+        issues.len(),
+        if issues.len() == 1 { "" } else { "s" }
+    );
+    for issue in issues {
+        let at = match issue.line {
+            Some(line) => format!("{}:{}", file.display(), line),
+            None => file.display().to_string(),
+        };
+        out.push_str(&format!("\n  {at}: {}: {}", issue.field, issue.message));
+        if let Some(hint) = &issue.hint {
+            out.push_str(&format!("\n    hint: {hint}"));
+        }
+    }
+    out
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    version: Spanned<u32>,
+    name: Option<Spanned<String>>,
+    #[serde(default)]
+    params: BTreeMap<String, Value>,
+    steps: Spanned<IndexMap<String, Spanned<RawStep>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    uses: Option<Spanned<String>>,
+    run: Option<Spanned<String>>,
+    #[serde(default)]
+    with: Option<Spanned<BTreeMap<String, Value>>>,
+    #[serde(default)]
+    inputs: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    outputs: Vec<Spanned<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, Spanned<String>>,
+    #[allow(dead_code)]
+    description: Option<String>,
+}
+
+/// Reads, parses and validates a pipeline file. `overrides` are `-p key=value`
+/// pairs; each must name a declared param.
+pub fn load(file: &Path, overrides: &[(String, String)]) -> Result<Pipeline, SpecError> {
+    let text = std::fs::read_to_string(file).map_err(|source| SpecError::Read {
+        file: file.to_path_buf(),
+        source,
+    })?;
+    parse(file, &text, overrides)
+}
+
+pub fn parse(file: &Path, text: &str, overrides: &[(String, String)]) -> Result<Pipeline, SpecError> {
+    let invalid = |issues: Vec<SpecIssue>| SpecError::Invalid {
+        file: file.to_path_buf(),
+        issues,
+    };
+    let raw: RawPipeline = serde_saphyr::from_str(text).map_err(|e| {
+        let line = e.location().map(|l| l.line());
+        let message = first_line(&e.to_string());
+        invalid(vec![SpecIssue {
+            line,
+            field: "yaml".into(),
+            hint: Some(yaml_hint(&message)),
+            message,
+        }])
+    })?;
+
+    let mut issues = Vec::new();
+    if raw.version.value != 1 {
+        issues.push(SpecIssue {
+            line: Some(raw.version.referenced.line()),
+            field: "version".into(),
+            message: format!("unsupported version {}", raw.version.value),
+            hint: Some("this Weir reads `version: 1`".into()),
+        });
+    }
+
+    let mut params = raw.params.clone();
+    for (key, value) in overrides {
+        if !params.contains_key(key) {
+            let declared: Vec<&str> = raw.params.keys().map(String::as_str).collect();
+            issues.push(SpecIssue {
+                line: None,
+                field: format!("-p {key}"),
+                message: format!("'{key}' is not a param of this pipeline"),
+                hint: Some(format!("declared params: [{}]", declared.join(", "))),
+            });
+            continue;
+        }
+        params.insert(key.clone(), parse_scalar(value));
+    }
+
+    let name = raw
+        .name
+        .as_ref()
+        .map(|n| n.value.clone())
+        .or_else(|| file.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "pipeline".into());
+
+    if raw.steps.value.is_empty() {
+        issues.push(SpecIssue {
+            line: Some(raw.steps.referenced.line()),
+            field: "steps".into(),
+            message: "a pipeline needs at least one step".into(),
+            hint: None,
+        });
+    }
+
+    let mut steps = Vec::new();
+    let mut step_lines = HashMap::new();
+    for (step_name, raw_step) in &raw.steps.value {
+        let line = raw_step.referenced.line();
+        step_lines.insert(step_name.clone(), line);
+        if let Some(step) = build_step(step_name, &raw_step.value, line, &params, &mut issues) {
+            steps.push((step, raw_step));
+        }
+    }
+
+    check_references(&steps, &mut issues);
+    if !issues.is_empty() {
+        return Err(invalid(issues));
+    }
+    let ordered = match topological_order(steps.into_iter().map(|(s, _)| s).collect()) {
+        Ok(ordered) => ordered,
+        Err(cycle) => {
+            return Err(invalid(vec![SpecIssue {
+                line: cycle.first().and_then(|s| step_lines.get(s).copied()),
+                field: format!("steps.{}.inputs", cycle.first().cloned().unwrap_or_default()),
+                message: format!("steps form a cycle: {}", cycle.join(" -> ")),
+                hint: Some("a step cannot read, directly or indirectly, from its own outputs".into()),
+            }]))
+        }
+    };
+    Ok(Pipeline {
+        name,
+        file: file.to_path_buf(),
+        params,
+        steps: ordered,
+    })
+}
+
+fn build_step(
+    name: &str,
+    raw: &RawStep,
+    line: u64,
+    params: &BTreeMap<String, Value>,
+    issues: &mut Vec<SpecIssue>,
+) -> Option<Step> {
+    let field = |f: &str| format!("steps.{name}.{f}");
+    if !is_identifier(name) {
+        issues.push(SpecIssue {
+            line: Some(line),
+            field: format!("steps.{name}"),
+            message: format!("'{name}' is not a valid step name"),
+            hint: Some("use letters, digits, '_' and '-', starting with a letter".into()),
+        });
+    }
+    let action = match (&raw.uses, &raw.run) {
+        (Some(_), Some(_)) | (None, None) => {
+            issues.push(SpecIssue {
+                line: Some(line),
+                field: format!("steps.{name}"),
+                message: "a step needs exactly one of `uses:` (a built-in op) or `run:` (a command)".into(),
+                hint: None,
+            });
+            return None;
+        }
+        (Some(uses), None) => match BuiltinOp::from_name(&uses.value) {
+            Some(op) => Action::Builtin(op),
+            None => {
+                let known: Vec<&str> = BuiltinOp::ALL.iter().map(|o| o.name()).collect();
+                issues.push(SpecIssue {
+                    line: Some(uses.referenced.line()),
+                    field: field("uses"),
+                    message: format!("unknown op '{}'", uses.value),
+                    hint: Some(format!("built-in ops: {}", known.join(", "))),
+                });
+                return None;
+            }
+        },
+        (None, Some(run)) => {
+            let command = substitute_str(&run.value, params)
+                .map_err(|m| {
+                    issues.push(SpecIssue {
+                        line: Some(run.referenced.line()),
+                        field: field("run"),
+                        message: m,
+                        hint: Some(param_hint(params)),
+                    })
+                })
+                .ok()?;
+            if command.trim().is_empty() {
+                issues.push(SpecIssue {
+                    line: Some(run.referenced.line()),
+                    field: field("run"),
+                    message: "the command is empty".into(),
+                    hint: None,
+                });
+            }
+            Action::Command(command)
+        }
+    };
+
+    let mut with = BTreeMap::new();
+    if let Some(raw_with) = &raw.with {
+        for (key, value) in &raw_with.value {
+            match substitute(value, params) {
+                Ok(v) => {
+                    with.insert(key.clone(), v);
+                }
+                Err(m) => issues.push(SpecIssue {
+                    line: Some(raw_with.referenced.line()),
+                    field: field(&format!("with.{key}")),
+                    message: m,
+                    hint: Some(param_hint(params)),
+                }),
+            }
+        }
+    }
+
+    let mut env = BTreeMap::new();
+    for (key, value) in &raw.env {
+        match substitute_str(&value.value, params) {
+            Ok(v) => {
+                env.insert(key.clone(), v);
+            }
+            Err(m) => issues.push(SpecIssue {
+                line: Some(value.referenced.line()),
+                field: field(&format!("env.{key}")),
+                message: m,
+                hint: Some(param_hint(params)),
+            }),
+        }
+    }
+
+    let mut inputs = BTreeMap::new();
+    for (input, reference) in &raw.inputs {
+        match reference.value.split_once('.') {
+            Some((step, output)) if !step.is_empty() && !output.is_empty() => {
+                inputs.insert(
+                    input.clone(),
+                    InputRef {
+                        step: step.to_string(),
+                        output: output.to_string(),
+                    },
+                );
+            }
+            _ => issues.push(SpecIssue {
+                line: Some(reference.referenced.line()),
+                field: field(&format!("inputs.{input}")),
+                message: format!("'{}' is not a reference", reference.value),
+                hint: Some("write inputs as `name: step.output`, e.g. `table: ingest.table`".into()),
+            }),
+        }
+    }
+
+    let declared: Vec<String> = raw.outputs.iter().map(|o| o.value.clone()).collect();
+    let outputs = match action {
+        Action::Builtin(op) => {
+            for out in &raw.outputs {
+                if !op.outputs().contains(&out.value.as_str()) {
+                    issues.push(SpecIssue {
+                        line: Some(out.referenced.line()),
+                        field: field("outputs"),
+                        message: format!("{op} has no output '{}'", out.value),
+                        hint: Some(format!("{op} produces: [{}]", op.outputs().join(", "))),
+                    });
+                }
+            }
+            for input in raw.inputs.keys() {
+                if !op.known_inputs().contains(&input.as_str()) {
+                    issues.push(SpecIssue {
+                        line: Some(raw.inputs[input].referenced.line()),
+                        field: field(&format!("inputs.{input}")),
+                        message: format!("{op} takes no input '{input}'"),
+                        hint: Some(format!("{op} takes: [{}]", op.known_inputs().join(", "))),
+                    });
+                }
+            }
+            for required in op.required_inputs() {
+                if !raw.inputs.contains_key(*required) {
+                    issues.push(SpecIssue {
+                        line: Some(line),
+                        field: field("inputs"),
+                        message: format!("{op} needs the input '{required}'"),
+                        hint: Some(format!("add `inputs: {{ {required}: <step>.<output> }}`")),
+                    });
+                }
+            }
+            op.outputs().iter().map(|s| s.to_string()).collect()
+        }
+        Action::Command(_) => {
+            for out in &raw.outputs {
+                if !is_identifier(&out.value) {
+                    issues.push(SpecIssue {
+                        line: Some(out.referenced.line()),
+                        field: field("outputs"),
+                        message: format!("'{}' is not a valid output name", out.value),
+                        hint: Some("use letters, digits, '_' and '-', starting with a letter".into()),
+                    });
+                }
+            }
+            declared
+        }
+    };
+
+    Some(Step {
+        name: name.to_string(),
+        action,
+        with,
+        inputs,
+        outputs,
+        env,
+    })
+}
+
+fn check_references(steps: &[(Step, &Spanned<RawStep>)], issues: &mut Vec<SpecIssue>) {
+    let by_name: HashMap<&str, &Step> = steps.iter().map(|(s, _)| (s.name.as_str(), s)).collect();
+    for (step, raw) in steps {
+        for (input, reference) in &step.inputs {
+            let line = raw.value.inputs.get(input).map(|r| r.referenced.line());
+            let field = format!("steps.{}.inputs.{input}", step.name);
+            match by_name.get(reference.step.as_str()) {
+                None => {
+                    let mut known: Vec<&str> = by_name.keys().copied().collect();
+                    known.sort();
+                    issues.push(SpecIssue {
+                        line,
+                        field,
+                        message: format!("unknown step '{}'", reference.step),
+                        hint: Some(format!("steps in this pipeline: [{}]", known.join(", "))),
+                    });
+                }
+                Some(upstream) if !upstream.outputs.contains(&reference.output) => {
+                    issues.push(SpecIssue {
+                        line,
+                        field,
+                        message: format!("step '{}' has no output '{}'", reference.step, reference.output),
+                        hint: Some(format!(
+                            "'{}' produces: [{}]",
+                            reference.step,
+                            upstream.outputs.join(", ")
+                        )),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// Kahn's algorithm, keeping declaration order among ready steps so runs are
+/// predictable. On a cycle, returns the steps that form it.
+fn topological_order(steps: Vec<Step>) -> Result<Vec<Step>, Vec<String>> {
+    let mut remaining: Vec<Step> = steps;
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    let mut ordered = Vec::with_capacity(remaining.len());
+    while !remaining.is_empty() {
+        let ready = remaining
+            .iter()
+            .position(|s| s.upstream().iter().all(|u| done.contains(*u)));
+        match ready {
+            Some(i) => {
+                let step = remaining.remove(i);
+                done.insert(step.name.clone());
+                ordered.push(step);
+            }
+            None => return Err(find_cycle(&remaining)),
+        }
+    }
+    Ok(ordered)
+}
+
+fn find_cycle(stuck: &[Step]) -> Vec<String> {
+    let by_name: HashMap<&str, &Step> = stuck.iter().map(|s| (s.name.as_str(), s)).collect();
+    // Every stuck step has a stuck upstream, so walking upstream must revisit a step.
+    let mut path: Vec<&str> = vec![stuck[0].name.as_str()];
+    loop {
+        let current = by_name[path.last().unwrap()];
+        let next = current
+            .upstream()
+            .into_iter()
+            .find(|u| by_name.contains_key(u))
+            .expect("a stuck step has a stuck upstream");
+        if let Some(start) = path.iter().position(|p| *p == next) {
+            let mut cycle: Vec<String> = path[start..].iter().rev().map(|s| s.to_string()).collect();
+            cycle.push(cycle[0].clone());
+            return cycle;
+        }
+        path.push(next);
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").trim().to_string()
+}
+
+fn yaml_hint(message: &str) -> String {
+    if message.contains("unknown field") {
+        "remove or correct the field; see README.md for the pipeline fields".into()
+    } else {
+        "fix the YAML syntax at that line (indentation, quoting, ':' after keys)".into()
+    }
+}
+
+fn param_hint(params: &BTreeMap<String, Value>) -> String {
+    let names: Vec<&str> = params.keys().map(String::as_str).collect();
+    format!("declared params: [{}]; reference one as ${{{{ params.NAME }}}}", names.join(", "))
+}
+
+/// Parses a `-p key=value` value the way YAML would read it, so `-p lr=0.1`
+/// gives a number and `-p name=x` a string.
+fn parse_scalar(value: &str) -> Value {
+    serde_saphyr::from_str::<Value>(value)
+        .ok()
+        .filter(|v| !v.is_object() && !v.is_array() && !v.is_null())
+        .unwrap_or_else(|| Value::String(value.to_string()))
+}
+
+/// Substitutes `${{ params.x }}` in a value. A string that is exactly one
+/// reference takes the param's type (so numbers stay numbers).
+fn substitute(value: &Value, params: &BTreeMap<String, Value>) -> Result<Value, String> {
+    Ok(match value {
+        Value::String(s) => {
+            let trimmed = s.trim();
+            if let Some(name) = whole_reference(trimmed) {
+                lookup(name, params)?.clone()
+            } else {
+                Value::String(substitute_str(s, params)?)
+            }
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|v| substitute(v, params))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), substitute(v, params)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+fn whole_reference(s: &str) -> Option<&str> {
+    let inner = s.strip_prefix("${{")?.strip_suffix("}}")?;
+    if inner.contains("${{") {
+        return None;
+    }
+    Some(inner.trim())
+}
+
+fn substitute_str(s: &str, params: &BTreeMap<String, Value>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 3..];
+        let end = after
+            .find("}}")
+            .ok_or_else(|| format!("unterminated '${{{{' in '{s}'"))?;
+        let value = lookup(after[..end].trim(), params)?;
+        match value {
+            Value::String(v) => out.push_str(v),
+            other => out.push_str(&other.to_string()),
+        }
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn lookup<'a>(expr: &str, params: &'a BTreeMap<String, Value>) -> Result<&'a Value, String> {
+    let name = expr
+        .strip_prefix("params.")
+        .ok_or_else(|| format!("'${{{{ {expr} }}}}' is not a param reference"))?;
+    params
+        .get(name)
+        .ok_or_else(|| format!("unknown param '{name}'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(yaml: &str) -> Pipeline {
+        parse(Path::new("p.yaml"), yaml, &[]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn parse_err(yaml: &str) -> String {
+        parse(Path::new("p.yaml"), yaml, &[]).unwrap_err().to_string()
+    }
+
+    const GOOD: &str = r#"
+version: 1
+name: demo
+params: { lr: 0.1, target: late }
+steps:
+  train:
+    uses: weir/train-linear
+    inputs: { train: prep.data }
+    with: { target: "${{ params.target }}", l2: "${{ params.lr }}" }
+  prep:
+    run: python prep.py --lr ${{ params.lr }}
+    outputs: [data]
+"#;
+
+    #[test]
+    fn orders_steps_and_substitutes_params() {
+        let p = parse_ok(GOOD);
+        assert_eq!(p.name, "demo");
+        let names: Vec<&str> = p.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["prep", "train"]);
+        assert_eq!(p.steps[0].action, Action::Command("python prep.py --lr 0.1".into()));
+        assert_eq!(p.steps[1].with["l2"], serde_json::json!(0.1));
+        assert_eq!(p.steps[1].with["target"], serde_json::json!("late"));
+    }
+
+    #[test]
+    fn overrides_keep_yaml_types_and_reject_unknown_params() {
+        let p = parse(Path::new("p.yaml"), GOOD, &[("lr".into(), "0.5".into())]).unwrap();
+        assert_eq!(p.steps[1].with["l2"], serde_json::json!(0.5));
+        let err = parse(Path::new("p.yaml"), GOOD, &[("nope".into(), "1".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'nope' is not a param"), "{err}");
+        assert!(err.contains("declared params: [lr, target]"), "{err}");
+    }
+
+    #[test]
+    fn malformed_yaml_names_file_and_line() {
+        let err = parse_err("version: 1\nsteps:\n  a:\n    run: [unclosed\n");
+        assert!(err.contains("p.yaml:"), "{err}");
+        assert!(err.contains("yaml"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_their_name() {
+        let err = parse_err("version: 1\nsteps:\n  a:\n    run: echo\n    retries: 3\n");
+        assert!(err.contains("retries"), "{err}");
+        assert!(err.contains("p.yaml:5"), "{err}");
+    }
+
+    #[test]
+    fn unknown_references_name_line_and_field() {
+        let err = parse_err(
+            "version: 1\nsteps:\n  a:\n    run: echo\n    outputs: [x]\n  b:\n    run: cat\n    inputs: { i: c.x, j: a.y }\n",
+        );
+        assert!(err.contains("p.yaml:8: steps.b.inputs.i: unknown step 'c'"), "{err}");
+        assert!(err.contains("steps.b.inputs.j: step 'a' has no output 'y'"), "{err}");
+        assert!(err.contains("2 problems"), "{err}");
+    }
+
+    #[test]
+    fn cycles_are_rejected_before_running() {
+        let err = parse_err(
+            "version: 1\nsteps:\n  a:\n    run: x\n    inputs: { i: c.o }\n    outputs: [o]\n  b:\n    run: y\n    inputs: { i: a.o }\n    outputs: [o]\n  c:\n    run: z\n    inputs: { i: b.o }\n    outputs: [o]\n",
+        );
+        assert!(err.contains("steps form a cycle"), "{err}");
+        assert!(err.contains("a -> b -> c -> a") || err.contains("b -> c -> a -> b") || err.contains("c -> a -> b -> c"), "{err}");
+    }
+
+    #[test]
+    fn builtin_ops_check_inputs_and_outputs() {
+        let err = parse_err(
+            "version: 1\nsteps:\n  s:\n    uses: weir/split\n    outputs: [nope]\n  t:\n    uses: weir/teleport\n",
+        );
+        assert!(err.contains("weir/split needs the input 'table'"), "{err}");
+        assert!(err.contains("weir/split has no output 'nope'"), "{err}");
+        assert!(err.contains("unknown op 'weir/teleport'"), "{err}");
+    }
+
+    #[test]
+    fn unknown_param_reference_is_an_error() {
+        let err = parse_err("version: 1\nsteps:\n  a:\n    run: echo ${{ params.missing }}\n");
+        assert!(err.contains("p.yaml:4: steps.a.run: unknown param 'missing'"), "{err}");
+    }
+}

@@ -1,0 +1,95 @@
+//! Artifact records: the metadata half of an artifact. A record is inserted
+//! only after the bytes are in the artifact store, never before.
+
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+use weir_core::Digest;
+
+use crate::{Result, Store, StoreError};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactKind {
+    File,
+    /// A manifest of files, each stored as its own blob.
+    Dir,
+}
+
+impl ArtifactKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArtifactKind::File => "file",
+            ArtifactKind::Dir => "dir",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ArtifactRecord {
+    pub digest: Digest,
+    pub size: i64,
+    pub kind: ArtifactKind,
+    pub created_at: i64,
+}
+
+pub(crate) fn artifact_from_row(row: &AnyRow) -> Result<ArtifactRecord> {
+    let digest: String = row.try_get("digest")?;
+    let kind: String = row.try_get("kind")?;
+    Ok(ArtifactRecord {
+        digest: digest.parse().map_err(|e: weir_core::DigestError| StoreError::Corrupt {
+            what: "artifacts.digest".into(),
+            reason: e.to_string(),
+        })?,
+        size: row.try_get("size")?,
+        kind: match kind.as_str() {
+            "file" => ArtifactKind::File,
+            "dir" => ArtifactKind::Dir,
+            other => {
+                return Err(StoreError::Corrupt {
+                    what: "artifacts.kind".into(),
+                    reason: format!("unknown kind '{other}'"),
+                })
+            }
+        },
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Content addressing makes a second insert of the same digest a no-op.
+pub(crate) async fn insert_artifact(tx: &mut Transaction<'_, Any>, a: &ArtifactRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO artifacts (digest, size, kind, created_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (digest) DO NOTHING",
+    )
+    .bind(a.digest.hex())
+    .bind(a.size)
+    .bind(a.kind.as_str())
+    .bind(a.created_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    pub async fn artifact(&self, digest: &Digest) -> Result<ArtifactRecord> {
+        let row = sqlx::query("SELECT digest, size, kind, created_at FROM artifacts WHERE digest = $1")
+            .bind(digest.hex())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "artifact",
+                id: digest.hex(),
+                hint: "artifacts are recorded by the steps that produce them".into(),
+            })?;
+        artifact_from_row(&row)
+    }
+
+    /// Records an artifact whose bytes are already stored.
+    pub async fn record_artifact(&self, a: &ArtifactRecord) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        insert_artifact(&mut tx, a).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,49 @@
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the metadata store at {url}: {reason}\n  hint: check WEIR_DB (sqlite://PATH or postgres://USER@HOST:PORT/DB) and that the database is reachable")]
+    Open { url: String, reason: String },
+    #[error("'{0}' is not a supported metadata store URL\n  hint: use sqlite://PATH or postgres://USER@HOST:PORT/DB")]
+    UnsupportedUrl(String),
+    #[error("cannot bring the metadata schema up to date: {0}")]
+    Migrate(String),
+    #[error("{kind} '{id}' does not exist\n  hint: {hint}")]
+    NotFound {
+        kind: &'static str,
+        id: String,
+        hint: String,
+    },
+    #[error("'{prefix}' matches several {kind}s: {matches}\n  hint: type more characters of the id")]
+    Ambiguous {
+        kind: &'static str,
+        prefix: String,
+        matches: String,
+    },
+    #[error("corrupt metadata in {what}: {reason}")]
+    Corrupt { what: String, reason: String },
+    #[error("metadata store error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    pub(crate) fn open(url: &str, e: impl std::fmt::Display) -> Self {
+        StoreError::Open {
+            url: redact(url),
+            reason: e.to_string(),
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::NotFound { .. })
+    }
+}
+
+/// Hides a password in a database URL before it is shown.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,127 @@
+//! The metadata store: one [`Store`] over sqlx's `Any` driver, so SQLite (the
+//! embedded default) and PostgreSQL run the same migrations and the same
+//! queries. One module per aggregate. Every multi-row change is one
+//! transaction: a failure leaves nothing half-written.
+//!
+//! Queries use `$N` placeholders, which both SQLite and PostgreSQL accept.
+//! Write transactions start with a write so that SQLite takes its write lock
+//! up front and waits on the busy timeout instead of failing with "database is
+//! locked" when two processes commit at once.
+
+mod artifacts;
+mod error;
+mod metrics;
+mod models;
+mod runs;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+pub use artifacts::{ArtifactKind, ArtifactRecord};
+pub use error::StoreError;
+pub use metrics::MetricPoint;
+pub use models::{ModelSummary, ModelVersion, NewModelVersion};
+pub use runs::{NewStepRun, RunRecord, RunStatus, StepCompletion, StepRunRecord, StepStatus};
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    url: String,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` and brings its schema
+    /// up to date. `sqlite://path` and `postgres://...` are accepted.
+    pub async fn open(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = normalize_url(url)?;
+        let options = AnyConnectOptions::from_str(&url).map_err(|e| StoreError::open(&url, e))?;
+        let pool = match backend {
+            Backend::Sqlite => {
+                AnyPoolOptions::new()
+                    .max_connections(4)
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            // WAL lets readers run beside one writer; NORMAL sync is
+                            // crash-safe in WAL mode (a power cut may lose the last commit,
+                            // never corrupt the file).
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 15000; \
+                                 PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await
+            }
+            Backend::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(15))
+                    .connect_with(options)
+                    .await
+            }
+        }
+        .map_err(|e| StoreError::open(&url, e))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Migrate(e.to_string()))?;
+        Ok(Store { pool, backend, url })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The URL the store was opened with, for display.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Accepts `sqlite://rel/path.db`, `sqlite:///abs/path.db` and `postgres://...`;
+/// makes SQLite create the file and its directory when missing.
+fn normalize_url(url: &str) -> Result<(Backend, String)> {
+    if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        if path != ":memory:" {
+            if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::open(url, e))?;
+            }
+        }
+        let query = if query.contains("mode=") {
+            query.to_string()
+        } else if query.is_empty() {
+            "mode=rwc".to_string()
+        } else {
+            format!("{query}&mode=rwc")
+        };
+        Ok((Backend::Sqlite, format!("sqlite://{path}?{query}")))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok((Backend::Postgres, url.to_string()))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_string()))
+    }
+}

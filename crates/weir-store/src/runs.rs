@@ -1,0 +1,364 @@
+//! Pipeline runs and their step runs. A step run's completion (status,
+//! outputs, metrics, log and model registrations) commits in one transaction.
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::artifacts::{insert_artifact, ArtifactRecord};
+use crate::metrics::{insert_metrics, MetricPoint};
+use crate::models::{insert_model_version, ModelVersion, NewModelVersion};
+use crate::{Result, Store, StoreError};
+
+macro_rules! status_enum {
+    ($name:ident { $($variant:ident => $text:literal),* $(,)? }) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),* }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),* }
+            }
+
+            fn parse(s: &str) -> Result<Self> {
+                match s {
+                    $($text => Ok($name::$variant),)*
+                    other => Err(StoreError::Corrupt {
+                        what: stringify!($name).into(),
+                        reason: format!("unknown status '{other}'"),
+                    }),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+status_enum!(RunStatus {
+    Running => "running",
+    Succeeded => "succeeded",
+    Failed => "failed",
+});
+
+status_enum!(StepStatus {
+    Pending => "pending",
+    Running => "running",
+    Succeeded => "succeeded",
+    Failed => "failed",
+    Skipped => "skipped",
+});
+
+impl StepStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, StepStatus::Succeeded | StepStatus::Failed | StepStatus::Skipped)
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub pipeline: String,
+    pub spec_file: String,
+    pub spec_json: String,
+    pub params_json: String,
+    pub status: RunStatus,
+    pub git_rev: Option<String>,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewStepRun {
+    pub id: String,
+    pub run_id: String,
+    pub step: String,
+    pub kind: String,
+    pub spec_json: String,
+    pub inputs_json: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StepRunRecord {
+    pub id: String,
+    pub run_id: String,
+    pub step: String,
+    pub kind: String,
+    pub status: StepStatus,
+    pub spec_json: String,
+    pub inputs_json: String,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub error: Option<String>,
+    pub log_digest: Option<String>,
+}
+
+/// Everything a successful step leaves behind, recorded atomically. Artifact
+/// bytes must already be durably stored when this is committed.
+#[derive(Clone, Debug, Default)]
+pub struct StepCompletion {
+    pub outputs: Vec<(String, ArtifactRecord)>,
+    pub metrics: Vec<MetricPoint>,
+    pub log: Option<ArtifactRecord>,
+    pub registrations: Vec<NewModelVersion>,
+}
+
+const RUN_COLUMNS: &str =
+    "id, pipeline, spec_file, spec_json, params_json, status, git_rev, started_at, ended_at, error";
+const STEP_COLUMNS: &str = "id, run_id, step, kind, status, spec_json, inputs_json, started_at, \
+     ended_at, exit_code, error, log_digest";
+
+fn run_from_row(row: &AnyRow) -> Result<RunRecord> {
+    Ok(RunRecord {
+        id: row.try_get("id")?,
+        pipeline: row.try_get("pipeline")?,
+        spec_file: row.try_get("spec_file")?,
+        spec_json: row.try_get("spec_json")?,
+        params_json: row.try_get("params_json")?,
+        status: RunStatus::parse(&row.try_get::<String, _>("status")?)?,
+        git_rev: row.try_get("git_rev")?,
+        started_at: row.try_get("started_at")?,
+        ended_at: row.try_get("ended_at")?,
+        error: row.try_get("error")?,
+    })
+}
+
+fn step_from_row(row: &AnyRow) -> Result<StepRunRecord> {
+    Ok(StepRunRecord {
+        id: row.try_get("id")?,
+        run_id: row.try_get("run_id")?,
+        step: row.try_get("step")?,
+        kind: row.try_get("kind")?,
+        status: StepStatus::parse(&row.try_get::<String, _>("status")?)?,
+        spec_json: row.try_get("spec_json")?,
+        inputs_json: row.try_get("inputs_json")?,
+        started_at: row.try_get("started_at")?,
+        ended_at: row.try_get("ended_at")?,
+        exit_code: row.try_get("exit_code")?,
+        error: row.try_get("error")?,
+        log_digest: row.try_get("log_digest")?,
+    })
+}
+
+impl Store {
+    /// Records a new run together with all of its step runs (pending), so a
+    /// run is never visible with only some of its steps.
+    pub async fn create_run(&self, run: &RunRecord, steps: &[NewStepRun]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO runs (id, pipeline, spec_file, spec_json, params_json, status, git_rev, started_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&run.id)
+        .bind(&run.pipeline)
+        .bind(&run.spec_file)
+        .bind(&run.spec_json)
+        .bind(&run.params_json)
+        .bind(run.status.as_str())
+        .bind(&run.git_rev)
+        .bind(run.started_at)
+        .execute(&mut *tx)
+        .await?;
+        for step in steps {
+            sqlx::query(
+                "INSERT INTO step_runs (id, run_id, step, kind, status, spec_json, inputs_json) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&step.id)
+            .bind(&step.run_id)
+            .bind(&step.step)
+            .bind(&step.kind)
+            .bind(StepStatus::Pending.as_str())
+            .bind(&step.spec_json)
+            .bind(&step.inputs_json)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn finish_run(&self, id: &str, status: RunStatus, error: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE runs SET status = $1, ended_at = $2, error = $3 WHERE id = $4")
+            .bind(status.as_str())
+            .bind(weir_core::now_ms())
+            .bind(error)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Finds a run by id or unique id prefix.
+    pub async fn run(&self, id_or_prefix: &str) -> Result<RunRecord> {
+        let pattern = format!("{}%", id_or_prefix.replace(['%', '_'], ""));
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id LIKE $1 ORDER BY id LIMIT 5"
+        ))
+        .bind(&pattern)
+        .fetch_all(&self.pool)
+        .await?;
+        match rows.len() {
+            0 => Err(StoreError::NotFound {
+                kind: "run",
+                id: id_or_prefix.to_string(),
+                hint: "list runs with `weir runs list`".into(),
+            }),
+            1 => run_from_row(&rows[0]),
+            _ => Err(StoreError::Ambiguous {
+                kind: "run",
+                prefix: id_or_prefix.to_string(),
+                matches: rows
+                    .iter()
+                    .filter_map(|r| r.try_get::<String, _>("id").ok())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    /// The most recent runs first.
+    pub async fn list_runs(&self, limit: i64) -> Result<Vec<RunRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs ORDER BY started_at DESC, id DESC LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    pub async fn step_runs(&self, run_id: &str) -> Result<Vec<StepRunRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {STEP_COLUMNS} FROM step_runs WHERE run_id = $1 ORDER BY id"
+        ))
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(step_from_row).collect()
+    }
+
+    pub async fn step_run(&self, id: &str) -> Result<StepRunRecord> {
+        let row = sqlx::query(&format!("SELECT {STEP_COLUMNS} FROM step_runs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "step run",
+                id: id.to_string(),
+                hint: "step runs are created by `weir run`; see `weir runs show RUN`".into(),
+            })?;
+        step_from_row(&row)
+    }
+
+    pub async fn mark_step_running(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE step_runs SET status = $1, started_at = $2 WHERE id = $3")
+            .bind(StepStatus::Running.as_str())
+            .bind(weir_core::now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks steps that will never run because something upstream failed.
+    pub async fn mark_step_skipped(&self, id: &str, reason: &str) -> Result<()> {
+        sqlx::query("UPDATE step_runs SET status = $1, error = $2 WHERE id = $3")
+            .bind(StepStatus::Skipped.as_str())
+            .bind(reason)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Commits a successful step: status, outputs, metrics, log and model
+    /// registrations, all or nothing. Returns the model versions created.
+    pub async fn complete_step(
+        &self,
+        step_run_id: &str,
+        completion: &StepCompletion,
+    ) -> Result<Vec<ModelVersion>> {
+        let step = self.step_run(step_run_id).await?;
+        let now = weir_core::now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE step_runs SET status = $1, ended_at = $2, exit_code = 0, error = NULL, log_digest = $3 \
+             WHERE id = $4",
+        )
+        .bind(StepStatus::Succeeded.as_str())
+        .bind(now)
+        .bind(completion.log.as_ref().map(|l| l.digest.hex()))
+        .bind(step_run_id)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(log) = &completion.log {
+            insert_artifact(&mut tx, log).await?;
+        }
+        for (name, artifact) in &completion.outputs {
+            insert_artifact(&mut tx, artifact).await?;
+            sqlx::query("INSERT INTO step_outputs (step_run_id, name, digest) VALUES ($1, $2, $3)")
+                .bind(step_run_id)
+                .bind(name)
+                .bind(artifact.digest.hex())
+                .execute(&mut *tx)
+                .await?;
+        }
+        insert_metrics(&mut tx, &step.run_id, step_run_id, &completion.metrics).await?;
+        let mut versions = Vec::new();
+        for registration in &completion.registrations {
+            versions.push(insert_model_version(&mut tx, registration, now).await?);
+        }
+        tx.commit().await?;
+        Ok(versions)
+    }
+
+    /// Records a failed step with its error and, when there is one, its log.
+    pub async fn fail_step(
+        &self,
+        step_run_id: &str,
+        error: &str,
+        exit_code: Option<i64>,
+        log: Option<&ArtifactRecord>,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE step_runs SET status = $1, ended_at = $2, exit_code = $3, error = $4, log_digest = $5 \
+             WHERE id = $6",
+        )
+        .bind(StepStatus::Failed.as_str())
+        .bind(weir_core::now_ms())
+        .bind(exit_code)
+        .bind(error)
+        .bind(log.map(|l| l.digest.hex()))
+        .bind(step_run_id)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(log) = log {
+            insert_artifact(&mut tx, log).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Outputs of a step run by name.
+    pub async fn step_outputs(&self, step_run_id: &str) -> Result<Vec<(String, ArtifactRecord)>> {
+        let rows = sqlx::query(
+            "SELECT o.name, a.digest, a.size, a.kind, a.created_at FROM step_outputs o \
+             JOIN artifacts a ON a.digest = o.digest WHERE o.step_run_id = $1 ORDER BY o.name",
+        )
+        .bind(step_run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("name")?, crate::artifacts::artifact_from_row(row)?)))
+            .collect()
+    }
+}

@@ -1,0 +1,256 @@
+//! One conformance suite, run against every backend: SQLite in a temporary
+//! directory and a fresh PostgreSQL database per test (dropped afterwards).
+//! PostgreSQL comes from WEIR_TEST_POSTGRES (default: the local server,
+//! postgres://postgres@127.0.0.1:5432/test); set it to `off` to skip.
+
+use weir_core::Digest;
+use weir_store::*;
+
+struct Backend {
+    store: Store,
+    _dir: Option<tempfile_dir::TempDir>,
+    pg: Option<(String, String)>,
+}
+
+mod tempfile_dir {
+    pub struct TempDir(pub std::path::PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+async fn sqlite() -> Option<Backend> {
+    let dir = std::env::temp_dir().join(format!("weir-store-{}", weir_core::new_id()));
+    let store = Store::open(&format!("sqlite://{}/weir.db", dir.display())).await.unwrap();
+    Some(Backend { store, _dir: Some(tempfile_dir::TempDir(dir)), pg: None })
+}
+
+async fn postgres() -> Option<Backend> {
+    let admin = std::env::var("WEIR_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    if admin == "off" {
+        eprintln!("WEIR_TEST_POSTGRES=off: skipping the PostgreSQL backend");
+        return None;
+    }
+    let db = format!("weir_test_{}", weir_core::new_id());
+    admin_exec(&admin, &format!("CREATE DATABASE {db}")).await;
+    let base = admin.rsplit_once('/').unwrap().0;
+    let store = Store::open(&format!("{base}/{db}")).await.unwrap();
+    Some(Backend { store, _dir: None, pg: Some((admin, db)) })
+}
+
+async fn admin_exec(admin: &str, sql: &str) {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(admin)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is required for this test ({e}); set WEIR_TEST_POSTGRES=off to skip"));
+    sqlx::query(sql).execute(&mut conn).await.unwrap();
+}
+
+impl Backend {
+    async fn teardown(self) {
+        self.store.close().await;
+        if let Some((admin, db)) = self.pg {
+            admin_exec(&admin, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
+        }
+    }
+}
+
+fn artifact(bytes: &[u8]) -> ArtifactRecord {
+    ArtifactRecord {
+        digest: Digest::of_bytes(bytes),
+        size: bytes.len() as i64,
+        kind: ArtifactKind::File,
+        created_at: weir_core::now_ms(),
+    }
+}
+
+fn new_run(steps: &[&str]) -> (RunRecord, Vec<NewStepRun>) {
+    let run = RunRecord {
+        id: weir_core::new_id(),
+        pipeline: "demo".into(),
+        spec_file: "p.yaml".into(),
+        spec_json: "{}".into(),
+        params_json: "{}".into(),
+        status: RunStatus::Running,
+        git_rev: None,
+        started_at: weir_core::now_ms(),
+        ended_at: None,
+        error: None,
+    };
+    let steps = steps
+        .iter()
+        .map(|s| NewStepRun {
+            id: weir_core::new_id(),
+            run_id: run.id.clone(),
+            step: s.to_string(),
+            kind: "command".into(),
+            spec_json: "{}".into(),
+            inputs_json: "{}".into(),
+        })
+        .collect();
+    (run, steps)
+}
+
+async fn run_lifecycle(s: &Store) {
+    let (run, steps) = new_run(&["a", "b"]);
+    s.create_run(&run, &steps).await.unwrap();
+    let got = s.run(&run.id[..20]).await.unwrap();
+    assert_eq!(got.status, RunStatus::Running);
+    assert_eq!(s.step_runs(&run.id).await.unwrap().len(), 2);
+
+    s.mark_step_running(&steps[0].id).await.unwrap();
+    let out = artifact(b"table");
+    let completion = StepCompletion {
+        outputs: vec![("table".into(), out.clone())],
+        metrics: vec![
+            MetricPoint { key: "rows".into(), value: 1.0, step: 0, ts: 1 },
+            MetricPoint { key: "rows".into(), value: 2.0, step: 1, ts: 2 },
+        ],
+        log: Some(artifact(b"log")),
+        registrations: vec![],
+    };
+    s.complete_step(&steps[0].id, &completion).await.unwrap();
+    s.fail_step(&steps[1].id, "boom", Some(3), None).await.unwrap();
+    s.finish_run(&run.id, RunStatus::Failed, Some("step b failed")).await.unwrap();
+
+    let a = s.step_run(&steps[0].id).await.unwrap();
+    assert_eq!(a.status, StepStatus::Succeeded);
+    assert_eq!(a.log_digest, Some(Digest::of_bytes(b"log").hex()));
+    let b = s.step_run(&steps[1].id).await.unwrap();
+    assert_eq!((b.status, b.exit_code, b.error.as_deref()), (StepStatus::Failed, Some(3), Some("boom")));
+    assert_eq!(s.step_outputs(&steps[0].id).await.unwrap(), vec![("table".to_string(), out.clone())]);
+    assert_eq!(s.artifact(&out.digest).await.unwrap(), out);
+    let metrics = s.latest_metrics(&run.id).await.unwrap();
+    assert_eq!(metrics.len(), 1);
+    assert_eq!(metrics[0].1.value, 2.0);
+    let run = s.run(&run.id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(run.ended_at.is_some());
+    assert_eq!(s.list_runs(10).await.unwrap()[0].id, run.id);
+}
+
+async fn unknown_ids_are_not_found(s: &Store) {
+    assert!(s.run("ffffffff").await.unwrap_err().is_not_found());
+    assert!(s.step_run("nope").await.unwrap_err().is_not_found());
+    let err = s.model_version("ghost", None).await.unwrap_err();
+    assert!(err.is_not_found());
+    assert!(err.to_string().contains("no model is registered yet"), "{err}");
+}
+
+async fn ambiguous_prefix_is_reported(s: &Store) {
+    let (r1, _) = new_run(&[]);
+    let (mut r2, _) = new_run(&[]);
+    r2.id = format!("{}x", &r1.id[..31]);
+    s.create_run(&r1, &[]).await.unwrap();
+    s.create_run(&r2, &[]).await.unwrap();
+    let err = s.run(&r1.id[..31]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Ambiguous { .. }), "{err}");
+}
+
+async fn model_versions_increment(s: &Store) {
+    let (run, steps) = new_run(&["register"]);
+    s.create_run(&run, &steps).await.unwrap();
+    let model = artifact(b"model-bytes");
+    s.record_artifact(&model).await.unwrap();
+    let reg = |n: &str| NewModelVersion {
+        name: n.into(),
+        digest: model.digest,
+        run_id: Some(run.id.clone()),
+        step_run_id: None,
+        metrics_json: "{\"auc\":0.7}".into(),
+        lineage_json: "{}".into(),
+    };
+    let v1 = s.register_model_version(&reg("m")).await.unwrap();
+    let completion = StepCompletion { registrations: vec![reg("m")], ..Default::default() };
+    let v2 = s.complete_step(&steps[0].id, &completion).await.unwrap();
+    assert_eq!((v1.version, v2[0].version), (1, 2));
+    assert_eq!(s.model_version("m", None).await.unwrap().version, 2);
+    assert_eq!(s.model_version("m", Some(1)).await.unwrap().metrics_json, "{\"auc\":0.7}");
+    let missing = s.model_version("m", Some(9)).await.unwrap_err();
+    assert!(missing.to_string().contains("model version 'm/9'"), "{missing}");
+    let models = s.list_models().await.unwrap();
+    assert_eq!((models[0].name.as_str(), models[0].latest_version, models[0].versions), ("m", 2, 2));
+}
+
+async fn failed_completion_leaves_nothing(s: &Store) {
+    let (run, steps) = new_run(&["a"]);
+    s.create_run(&run, &steps).await.unwrap();
+    // The second output repeats the first name: the primary key rejects it and
+    // the whole completion, status and the first output included, rolls back.
+    let completion = StepCompletion {
+        outputs: vec![("x".into(), artifact(b"1")), ("x".into(), artifact(b"2"))],
+        ..Default::default()
+    };
+    assert!(s.complete_step(&steps[0].id, &completion).await.is_err());
+    assert_eq!(s.step_run(&steps[0].id).await.unwrap().status, StepStatus::Pending);
+    assert!(s.step_outputs(&steps[0].id).await.unwrap().is_empty());
+    assert!(s.artifact(&Digest::of_bytes(b"1")).await.unwrap_err().is_not_found());
+}
+
+async fn concurrent_registrations_get_distinct_versions(s: &Store) {
+    let model = artifact(b"m2");
+    s.record_artifact(&model).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.register_model_version(&NewModelVersion {
+                name: "busy".into(),
+                digest: model.digest,
+                run_id: None,
+                step_run_id: None,
+                metrics_json: "{}".into(),
+                lineage_json: "{}".into(),
+            })
+            .await
+            .unwrap()
+            .version
+        }));
+    }
+    let mut versions = Vec::new();
+    for t in tasks {
+        versions.push(t.await.unwrap());
+    }
+    versions.sort();
+    assert_eq!(versions, (1..=8).collect::<Vec<i64>>());
+}
+
+macro_rules! store_suite {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite_backend {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let b = super::sqlite().await.unwrap();
+                super::$case(&b.store).await;
+                b.teardown().await;
+            })*
+        }
+        mod postgres_backend {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some(b) = super::postgres().await else { return };
+                super::$case(&b.store).await;
+                b.teardown().await;
+            })*
+        }
+    };
+}
+
+store_suite!(
+    run_lifecycle,
+    unknown_ids_are_not_found,
+    ambiguous_prefix_is_reported,
+    model_versions_increment,
+    failed_completion_leaves_nothing,
+    concurrent_registrations_get_distinct_versions,
+);
+
+#[tokio::test]
+async fn rejects_unknown_url_schemes() {
+    let err = Store::open("mysql://x").await.unwrap_err();
+    assert!(err.to_string().contains("not a supported metadata store URL"), "{err}");
+}

@@ -1,1 +1,400 @@
+//! The content-addressed artifact store. Every blob lives at
+//! `<root>/blobs/<first two hex>/<BLAKE3 hex>` in an `object_store` backend
+//! chosen from the URL: a local directory (default) or `s3://bucket/prefix`
+//! (endpoint and credentials from the standard `AWS_*` variables).
+//!
+//! Invariants: a blob's key is the digest of its bytes, so a blob is written
+//! once and never changes; every read is verified against its digest; a
+//! directory is stored as a manifest blob listing the digests of its files.
 
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use serde::{Deserialize, Serialize};
+use weir_core::{ArtifactKind, Digest};
+
+/// Files above this size are uploaded in parts rather than read whole.
+const MULTIPART_THRESHOLD: u64 = 32 << 20;
+const PART_SIZE: usize = 8 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("'{url}' is not a supported artifact location\n  hint: use a directory path, file:///abs/path or s3://bucket/prefix")]
+    UnsupportedUrl { url: String },
+    #[error("cannot open artifact store {url}: {reason}\n  hint: for s3:// set AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION")]
+    Open { url: String, reason: String },
+    #[error("artifact {digest} is missing from {location}\n  hint: the artifact store may have been cleaned or point elsewhere (WEIR_ARTIFACTS)")]
+    Missing { digest: String, location: String },
+    #[error("artifact {digest} in {location} is corrupt: its bytes hash to {actual}\n  hint: delete the blob; the step that produced it will write it again")]
+    Corrupt {
+        digest: String,
+        actual: String,
+        location: String,
+    },
+    #[error("manifest {digest} is invalid: {reason}")]
+    BadManifest { digest: String, reason: String },
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("artifact store {location}: {source}")]
+    Backend {
+        location: String,
+        source: object_store::Error,
+    },
+}
+
+pub type Result<T, E = ArtifactError> = std::result::Result<T, E>;
+
+/// What a put returns: enough to record the artifact in metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub digest: Digest,
+    pub size: u64,
+    pub kind: ArtifactKind,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Manifest {
+    weir_manifest: u32,
+    files: Vec<ManifestEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ManifestEntry {
+    path: String,
+    digest: Digest,
+    size: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct ArtifactStore {
+    backend: Arc<dyn ObjectStore>,
+    root: ObjectPath,
+    location: String,
+    /// Set for a local directory, whose files are fsynced after each write.
+    local_dir: Option<PathBuf>,
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError {
+    let path = path.to_path_buf();
+    move |source| ArtifactError::Io { action, path, source }
+}
+
+impl ArtifactStore {
+    /// Opens the store at `url`: a plain path, `file:///abs/path`, or `s3://bucket/prefix`.
+    pub fn open(url: &str) -> Result<ArtifactStore> {
+        let open_err = |e: &dyn std::fmt::Display| ArtifactError::Open {
+            url: url.to_string(),
+            reason: e.to_string(),
+        };
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(ArtifactError::UnsupportedUrl { url: url.into() });
+            }
+            let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            let endpoint = std::env::var("AWS_ENDPOINT_URL")
+                .or_else(|_| std::env::var("AWS_ENDPOINT"))
+                .ok();
+            if let Some(endpoint) = endpoint {
+                // A custom endpoint is an S3-compatible server: address buckets by
+                // path, and allow plain HTTP only when the endpoint itself is http.
+                builder = builder
+                    .with_endpoint(&endpoint)
+                    .with_virtual_hosted_style_request(false)
+                    .with_allow_http(endpoint.starts_with("http://"));
+            }
+            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+                builder = builder.with_region("us-east-1");
+            }
+            let backend = builder.build().map_err(|e| open_err(&e))?;
+            return Ok(ArtifactStore {
+                backend: Arc::new(backend),
+                root: ObjectPath::from(prefix.trim_matches('/')),
+                location: url.to_string(),
+                local_dir: None,
+            });
+        }
+        let path = if let Some(p) = url.strip_prefix("file://") {
+            PathBuf::from(p)
+        } else if url.contains("://") {
+            return Err(ArtifactError::UnsupportedUrl { url: url.into() });
+        } else {
+            PathBuf::from(url)
+        };
+        std::fs::create_dir_all(&path).map_err(|e| open_err(&e))?;
+        let path = path.canonicalize().map_err(|e| open_err(&e))?;
+        let backend = LocalFileSystem::new_with_prefix(&path).map_err(|e| open_err(&e))?;
+        Ok(ArtifactStore {
+            backend: Arc::new(backend),
+            root: ObjectPath::from(""),
+            location: path.display().to_string(),
+            local_dir: Some(path),
+        })
+    }
+
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn key(&self, digest: &Digest) -> ObjectPath {
+        let hex = digest.hex();
+        let key = format!("blobs/{}/{}", &hex[..2], hex);
+        if self.root.as_ref().is_empty() {
+            ObjectPath::from(key)
+        } else {
+            ObjectPath::from(format!("{}/{key}", self.root))
+        }
+    }
+
+    fn backend_err(&self) -> impl FnOnce(object_store::Error) -> ArtifactError + '_ {
+        move |source| ArtifactError::Backend {
+            location: self.location.clone(),
+            source,
+        }
+    }
+
+    pub async fn contains(&self, digest: &Digest) -> Result<bool> {
+        match self.backend.head(&self.key(digest)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.backend_err()(e)),
+        }
+    }
+
+    pub async fn put_bytes(&self, bytes: Bytes) -> Result<Stored> {
+        let digest = Digest::of_bytes(&bytes);
+        let size = bytes.len() as u64;
+        if !self.contains(&digest).await? {
+            let key = self.key(&digest);
+            self.backend
+                .put(&key, PutPayload::from_bytes(bytes))
+                .await
+                .map_err(self.backend_err())?;
+            self.sync_local(&key)?;
+        }
+        Ok(Stored {
+            digest,
+            size,
+            kind: ArtifactKind::File,
+        })
+    }
+
+    /// Stores a file or, for a directory, each file and a manifest.
+    pub async fn put_path(&self, path: &Path) -> Result<Stored> {
+        let meta = std::fs::metadata(path).map_err(io("cannot read", path))?;
+        if meta.is_dir() {
+            self.put_dir(path).await
+        } else {
+            self.put_file(path).await
+        }
+    }
+
+    pub async fn put_file(&self, path: &Path) -> Result<Stored> {
+        let digest = Digest::of_file(path).map_err(io("cannot read", path))?;
+        let size = std::fs::metadata(path).map_err(io("cannot read", path))?.len();
+        let stored = Stored {
+            digest,
+            size,
+            kind: ArtifactKind::File,
+        };
+        if self.contains(&digest).await? {
+            return Ok(stored);
+        }
+        let key = self.key(&digest);
+        if size <= MULTIPART_THRESHOLD {
+            let bytes = tokio::fs::read(path).await.map_err(io("cannot read", path))?;
+            // The file may have changed since it was hashed; never store bytes
+            // under a digest they do not have.
+            if Digest::of_bytes(&bytes) != digest {
+                return Err(ArtifactError::Io {
+                    action: "file changed while being stored:",
+                    path: path.to_path_buf(),
+                    source: std::io::Error::other("content differs from its digest"),
+                });
+            }
+            self.backend
+                .put(&key, PutPayload::from(bytes))
+                .await
+                .map_err(self.backend_err())?;
+        } else {
+            self.put_multipart(&key, path).await?;
+        }
+        self.sync_local(&key)?;
+        Ok(stored)
+    }
+
+    async fn put_multipart(&self, key: &ObjectPath, path: &Path) -> Result<()> {
+        use tokio::io::AsyncReadExt;
+        let upload = self.backend.put_multipart(key).await.map_err(self.backend_err())?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut file = tokio::fs::File::open(path).await.map_err(io("cannot read", path))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = match file.read(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(io("cannot read", path)(e));
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            writer.wait_for_capacity(4).await.map_err(self.backend_err())?;
+            writer.write(&buf[..n]);
+        }
+        writer.finish().await.map_err(self.backend_err())?;
+        Ok(())
+    }
+
+    pub async fn put_dir(&self, dir: &Path) -> Result<Stored> {
+        let mut files = Vec::new();
+        collect_files(dir, dir, &mut files)?;
+        files.sort();
+        let mut entries = Vec::with_capacity(files.len());
+        for rel in files {
+            let stored = self.put_file(&dir.join(&rel)).await?;
+            entries.push(ManifestEntry {
+                path: rel.to_string_lossy().replace('\\', "/"),
+                digest: stored.digest,
+                size: stored.size,
+            });
+        }
+        let size = entries.iter().map(|e| e.size).sum();
+        let manifest = serde_json::to_vec(&Manifest {
+            weir_manifest: 1,
+            files: entries,
+        })
+        .expect("a manifest always serializes");
+        let stored = self.put_bytes(Bytes::from(manifest)).await?;
+        Ok(Stored {
+            digest: stored.digest,
+            size,
+            kind: ArtifactKind::Dir,
+        })
+    }
+
+    /// Reads a blob and checks it against its digest.
+    pub async fn get(&self, digest: &Digest) -> Result<Bytes> {
+        let bytes = match self.backend.get(&self.key(digest)).await {
+            Ok(result) => result.bytes().await.map_err(self.backend_err())?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(ArtifactError::Missing {
+                    digest: digest.hex(),
+                    location: self.location.clone(),
+                })
+            }
+            Err(e) => return Err(self.backend_err()(e)),
+        };
+        let actual = Digest::of_bytes(&bytes);
+        if actual != *digest {
+            return Err(ArtifactError::Corrupt {
+                digest: digest.hex(),
+                actual: actual.hex(),
+                location: self.location.clone(),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Writes an artifact to `dest`: a file, or a directory rebuilt from its manifest.
+    pub async fn fetch(&self, digest: &Digest, kind: ArtifactKind, dest: &Path) -> Result<()> {
+        match kind {
+            ArtifactKind::File => self.fetch_file(digest, dest).await,
+            ArtifactKind::Dir => {
+                let bytes = self.get(digest).await?;
+                let manifest: Manifest =
+                    serde_json::from_slice(&bytes).map_err(|e| ArtifactError::BadManifest {
+                        digest: digest.hex(),
+                        reason: e.to_string(),
+                    })?;
+                std::fs::create_dir_all(dest).map_err(io("cannot create", dest))?;
+                for entry in manifest.files {
+                    let rel = safe_relative(&entry.path).ok_or_else(|| ArtifactError::BadManifest {
+                        digest: digest.hex(),
+                        reason: format!("entry '{}' escapes the directory", entry.path),
+                    })?;
+                    self.fetch_file(&entry.digest, &dest.join(rel)).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn fetch_file(&self, digest: &Digest, dest: &Path) -> Result<()> {
+        let bytes = self.get(digest).await?;
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(io("cannot create", parent))?;
+        }
+        tokio::fs::write(dest, &bytes).await.map_err(io("cannot write", dest))
+    }
+
+    /// Deletes a blob (used by tests and, later, garbage collection).
+    pub async fn delete(&self, digest: &Digest) -> Result<()> {
+        match self.backend.delete(&self.key(digest)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.backend_err()(e)),
+        }
+    }
+
+    /// LocalFileSystem renames a finished temp file into place but does not
+    /// fsync; do it here so "stored" means durable before metadata records it.
+    fn sync_local(&self, key: &ObjectPath) -> Result<()> {
+        if let Some(dir) = &self.local_dir {
+            let path = dir.join(key.as_ref());
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(io("cannot sync", &path))?;
+        }
+        Ok(())
+    }
+
+    /// Lists every blob digest (for tests and garbage collection).
+    pub async fn list(&self) -> Result<Vec<Digest>> {
+        let prefix = if self.root.as_ref().is_empty() {
+            ObjectPath::from("blobs")
+        } else {
+            ObjectPath::from(format!("{}/blobs", self.root))
+        };
+        let metas: Vec<_> = self
+            .backend
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(self.backend_err())?;
+        Ok(metas
+            .iter()
+            .filter_map(|m| m.location.filename().and_then(|f| f.parse().ok()))
+            .collect())
+    }
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(io("cannot read", dir))? {
+        let entry = entry.map_err(io("cannot read", dir))?;
+        let path = entry.path();
+        if path.is_dir() {
+            collect_files(root, &path, out)?;
+        } else {
+            out.push(path.strip_prefix(root).expect("walked under root").to_path_buf());
+        }
+    }
+    Ok(())
+}
+
+fn safe_relative(path: &str) -> Option<PathBuf> {
+    let p = Path::new(path);
+    p.components()
+        .all(|c| matches!(c, Component::Normal(_)))
+        .then(|| p.to_path_buf())
+}

@@ -88,3 +88,29 @@ mod tests {
         assert!("xyz".parse::<Digest>().is_err());
     }
 }
+
+/// What an artifact's blob holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactKind {
+    File,
+    /// A manifest of files, each stored as its own blob.
+    Dir,
+}
+
+impl ArtifactKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArtifactKind::File => "file",
+            ArtifactKind::Dir => "dir",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "file" => Some(ArtifactKind::File),
+            "dir" => Some(ArtifactKind::Dir),
+            _ => None,
+        }
+    }
+}

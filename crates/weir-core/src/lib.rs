@@ -7,7 +7,7 @@ mod id;
 pub mod ops;
 pub mod pipeline;
 
-pub use digest::{Digest, DigestError};
+pub use digest::{ArtifactKind, Digest, DigestError};
 pub use id::new_id;
 
 /// The version of Weir, recorded in lineage and environment fingerprints.

@@ -4,26 +4,10 @@
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
+pub use weir_core::ArtifactKind;
 use weir_core::Digest;
 
 use crate::{Result, Store, StoreError};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ArtifactKind {
-    File,
-    /// A manifest of files, each stored as its own blob.
-    Dir,
-}
-
-impl ArtifactKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ArtifactKind::File => "file",
-            ArtifactKind::Dir => "dir",
-        }
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ArtifactRecord {
@@ -42,16 +26,10 @@ pub(crate) fn artifact_from_row(row: &AnyRow) -> Result<ArtifactRecord> {
             reason: e.to_string(),
         })?,
         size: row.try_get("size")?,
-        kind: match kind.as_str() {
-            "file" => ArtifactKind::File,
-            "dir" => ArtifactKind::Dir,
-            other => {
-                return Err(StoreError::Corrupt {
-                    what: "artifacts.kind".into(),
-                    reason: format!("unknown kind '{other}'"),
-                })
-            }
-        },
+        kind: ArtifactKind::parse(&kind).ok_or_else(|| StoreError::Corrupt {
+            what: "artifacts.kind".into(),
+            reason: format!("unknown kind '{kind}'"),
+        })?,
         created_at: row.try_get("created_at")?,
     })
 }

@@ -1,1 +1,39 @@
+//! Models and everything that makes them: feature transforms fitted on the
+//! training split and saved inside the model, trainers, and metrics.
+//!
+//! Invariant: training, evaluation and serving all turn raw rows into model
+//! inputs through [`FeaturePipeline::encode`], so a row scores identically in
+//! every one of them.
 
+mod features;
+mod linear;
+pub mod metrics;
+mod model;
+mod target;
+
+pub use features::{Column, FeaturePipeline, FeatureTransform, Frame, InputKind, InputSpec};
+pub use linear::{train_linear, LinearModel, LinearParams};
+pub use model::{Model, Task};
+pub use target::Target;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MlError {
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("input '{input}': {message}")]
+    Input { input: String, message: String },
+    #[error("cannot read model file: {0}\n  hint: the artifact is not a Weir model, or was written by a newer Weir")]
+    ModelFormat(String),
+    #[error(transparent)]
+    Data(#[from] weir_data::DataError),
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+}
+
+impl MlError {
+    pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        MlError::Invalid { field: field.into(), message: message.into() }
+    }
+}
+
+pub type Result<T, E = MlError> = std::result::Result<T, E>;

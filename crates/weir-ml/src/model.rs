@@ -1,0 +1,100 @@
+//! The model file: a versioned JSON document holding the model kind, its
+//! fitted transforms and parameters. One enum covers every built-in model.
+
+use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+
+use crate::features::{Frame, InputSpec};
+use crate::linear::LinearModel;
+use crate::{MlError, Result, Target};
+
+const FORMAT: &str = "weir-model";
+const FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    Classification,
+    Regression,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Model {
+    Linear(LinearModel),
+}
+
+#[derive(Serialize, Deserialize)]
+struct ModelFile {
+    format: String,
+    format_version: u32,
+    weir_version: String,
+    model: Model,
+}
+
+impl Model {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&ModelFile {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            weir_version: weir_core::WEIR_VERSION.into(),
+            model: self.clone(),
+        })
+        .expect("a model always serializes")
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Model> {
+        let file: ModelFile = serde_json::from_slice(bytes).map_err(|e| MlError::ModelFormat(e.to_string()))?;
+        if file.format != FORMAT || file.format_version > FORMAT_VERSION {
+            return Err(MlError::ModelFormat(format!(
+                "format {} v{} (this Weir reads {FORMAT} v{FORMAT_VERSION})",
+                file.format, file.format_version
+            )));
+        }
+        Ok(file.model)
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Model::Linear(m) if m.task == Task::Classification => "logistic",
+            Model::Linear(_) => "linear",
+        }
+    }
+
+    pub fn task(&self) -> Task {
+        match self {
+            Model::Linear(m) => m.task,
+        }
+    }
+
+    pub fn target(&self) -> &Target {
+        match self {
+            Model::Linear(m) => &m.target,
+        }
+    }
+
+    /// The model's signature: the raw inputs it reads, in order.
+    pub fn inputs(&self) -> Vec<InputSpec> {
+        match self {
+            Model::Linear(m) => m.features.inputs(),
+        }
+    }
+
+    /// Probabilities of the positive class, or predicted values.
+    pub fn predict(&self, frame: &Frame) -> Result<Vec<f64>> {
+        match self {
+            Model::Linear(m) => m.predict(frame),
+        }
+    }
+
+    pub fn predict_batch(&self, batch: &RecordBatch) -> Result<Vec<f64>> {
+        match self {
+            Model::Linear(m) => m.predict(&m.features.frame(batch)?),
+        }
+    }
+
+    /// Rows that have a label, with their labels (for evaluation).
+    pub fn labelled(&self, batch: &RecordBatch) -> Result<(RecordBatch, Vec<f64>)> {
+        crate::linear::labelled(batch, self.target())
+    }
+}

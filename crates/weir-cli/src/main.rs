@@ -1,1 +1,224 @@
-fn main() {}
+//! The `weir` binary: argument parsing and wiring only. Every command calls
+//! into the library crates and prints through `output`.
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use weir_core::config::Config;
+use weir_engine::{progress, Context, RunOptions};
+
+#[derive(Parser)]
+#[command(name = "weir", version, about = "Weir: ML pipelines from raw data to a served model, in one binary")]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Settings shared by every command; each also reads its WEIR_* variable and weir.toml.
+#[derive(Args)]
+struct Global {
+    /// Directory for the embedded database and artifacts [env: WEIR_HOME] [default: .weir]
+    #[arg(long, global = true)]
+    home: Option<String>,
+    /// Metadata store: sqlite://PATH or postgres://USER@HOST:PORT/DB [env: WEIR_DB]
+    #[arg(long, global = true)]
+    db: Option<String>,
+    /// Artifact store: a directory or s3://BUCKET/PREFIX [env: WEIR_ARTIFACTS]
+    #[arg(long, global = true)]
+    artifacts: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline
+    Run {
+        /// The pipeline file
+        file: PathBuf,
+        /// Override a pipeline param: -p key=value (repeatable)
+        #[arg(short = 'p', long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        /// Steps run at once [env: WEIR_MAX_PARALLEL] [default: number of CPUs]
+        #[arg(long)]
+        max_parallel: Option<u32>,
+        /// Print the outcome as JSON instead of the live display
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pipeline runs
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Print the captured output of a step
+    Logs {
+        /// Run id (or a unique prefix)
+        run: String,
+        /// Step name
+        step: String,
+    },
+    /// The model registry
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Serve registered models over the Open Inference Protocol v2 and MLflow's /invocations
+    Serve {
+        /// Models to serve: NAME (latest version) or NAME:VERSION
+        #[arg(required = true)]
+        models: Vec<String>,
+        /// Address to listen on [env: WEIR_SERVE_ADDR] [default: 127.0.0.1:8080]
+        #[arg(long)]
+        addr: Option<String>,
+        /// Largest request body accepted, in bytes
+        #[arg(long, default_value_t = 16 << 20)]
+        max_body_bytes: usize,
+    },
+    /// Show the effective configuration and where each value comes from
+    Config {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one step run (the step runtime; started by `weir run`)
+    #[command(hide = true)]
+    Exec { step_run_id: String },
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// Recent runs, newest first
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A run's steps, timings, outputs and metrics
+    Show {
+        run: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Registered models
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A model's versions, or one version with its lineage and metrics
+    Show {
+        name: String,
+        #[arg(long)]
+        version: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn config(global: &Global, extra: &[(&str, Option<String>)]) -> Result<Config> {
+    let mut flags = vec![("home", global.home.clone()), ("db", global.db.clone()), ("artifacts", global.artifacts.clone())];
+    flags.extend(extra.iter().cloned());
+    let dir = std::env::current_dir().context("cannot read the current directory")?;
+    Ok(Config::resolve(&dir, &|k| std::env::var(k).ok(), &flags)?)
+}
+
+fn parse_params(raw: &[String]) -> Result<Vec<(String, String)>> {
+    raw.iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+                .ok_or_else(|| anyhow::anyhow!("-p {p}: expected KEY=VALUE, e.g. -p seed=7"))
+        })
+        .collect()
+}
+
+async fn main_async(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run { file, params, max_parallel, json } => {
+            let config = config(&cli.global, &[("max_parallel", max_parallel.map(|v| v.to_string()))])?;
+            let pipeline = weir_core::pipeline::load(&file, &parse_params(&params)?)?;
+            let ctx = Context::open(config.clone()).await?;
+            let options = RunOptions { max_parallel: config.max_parallel()?, exec_binary: None };
+            let outcome = if json {
+                weir_engine::run_pipeline(&ctx, &pipeline, &options, &progress::Quiet).await?
+            } else {
+                weir_engine::run_pipeline(&ctx, &pipeline, &options, &progress::Display::new()).await?
+            };
+            output::run_outcome(&outcome, json);
+            Ok(if outcome.status == weir_store::RunStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Exec { step_run_id } => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            weir_engine::exec::exec_step(&ctx, &step_run_id).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Runs(RunsCommand::List { limit, json }) => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            output::runs(&ctx.store.list_runs(limit).await?, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Runs(RunsCommand::Show { run, json }) => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            output::run_detail(&ctx.store, &run, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs { run, step } => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            output::logs(&ctx, &run, &step).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Models(ModelsCommand::List { json }) => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            output::models(&ctx.store.list_models().await?, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Models(ModelsCommand::Show { name, version, json }) => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            output::model_detail(&ctx.store, &name, version, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve { models, addr, max_body_bytes } => {
+            let config = config(&cli.global, &[("serve_addr", addr)])?;
+            let ctx = Context::open(config.clone()).await?;
+            let mut selected = Vec::new();
+            for m in &models {
+                selected.push(weir_serve::ModelRef::parse(m)?);
+            }
+            let options = weir_serve::ServeOptions { addr: config.serve_addr().to_string(), max_body_bytes };
+            weir_serve::serve(&ctx.store, &ctx.artifacts, &selected, options).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config { json } => {
+            output::config(&config(&cli.global, &[])?, json);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main_async(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,7 +1,9 @@
 //! Domain types shared by every Weir crate: identifiers, content digests, the
-//! catalogue of built-in operations and the pipeline specification with its
-//! validation. Nothing here performs I/O beyond reading the pipeline file.
+//! catalogue of built-in operations, the pipeline specification with its
+//! validation, and configuration. The only I/O here is reading the pipeline
+//! and configuration files.
 
+pub mod config;
 mod digest;
 mod id;
 pub mod ops;

@@ -27,6 +27,8 @@ pub struct Pipeline {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Step {
     pub name: String,
+    /// Where the step is declared, for errors found after parsing.
+    pub line: u64,
     pub action: Action,
     /// The `with:` block after `${{ params.x }}` substitution.
     pub with: BTreeMap<String, Value>,
@@ -418,6 +420,7 @@ fn build_step(
 
     Some(Step {
         name: name.to_string(),
+        line,
         action,
         with,
         inputs,

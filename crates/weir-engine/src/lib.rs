@@ -1,1 +1,45 @@
+//! The pipeline engine: the runner that walks a pipeline's DAG and launches
+//! each step through the step runtime (`weir exec`), the step runtime
+//! itself, the built-in ops, and the progress display.
+//!
+//! The runner never runs a step in its own process: every step, built-in or
+//! command, runs in a `weir exec <step-run-id>` child that stages inputs,
+//! runs, uploads outputs and records the result. The runner and the step
+//! runtime communicate only through the metadata and artifact stores.
 
+mod error;
+pub mod exec;
+mod lineage;
+pub mod ops;
+pub mod progress;
+pub mod runner;
+
+use std::path::PathBuf;
+
+pub use error::EngineError;
+pub use runner::{run_pipeline, RunOptions, RunOutcome, StepOutcome};
+
+use weir_artifacts::ArtifactStore;
+use weir_core::config::Config;
+use weir_store::Store;
+
+/// What every part of the engine works against.
+#[derive(Clone)]
+pub struct Context {
+    pub config: Config,
+    pub store: Store,
+    pub artifacts: ArtifactStore,
+}
+
+impl Context {
+    pub async fn open(config: Config) -> Result<Context, EngineError> {
+        let store = Store::open(config.db()).await?;
+        let artifacts = ArtifactStore::open(config.artifacts())?;
+        Ok(Context { config, store, artifacts })
+    }
+
+    /// Scratch space for step runs, on the same disk as the home directory.
+    pub fn work_dir(&self) -> PathBuf {
+        self.config.home().join("work")
+    }
+}

@@ -1,1 +1,180 @@
+//! The inference server: registered models behind the Open Inference
+//! Protocol v2 (`/v2/...`) and MLflow's scoring protocol (`/invocations`,
+//! `/ping`) on one port.
+//!
+//! Start-up: model versions are resolved from the registry before the port
+//! opens (an unknown model is an immediate error); then the server listens,
+//! answering live but not ready, while each model is fetched from the
+//! artifact store, verified, loaded and warmed up; only then is it ready.
 
+mod error;
+mod payload;
+mod routes;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use weir_artifacts::ArtifactStore;
+use weir_ml::{InputKind, InputSpec, Model};
+use weir_store::Store;
+
+pub use error::ServeError;
+
+/// `NAME` (the latest version) or `NAME:VERSION`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelRef {
+    pub name: String,
+    pub version: Option<i64>,
+}
+
+impl ModelRef {
+    pub fn parse(text: &str) -> Result<ModelRef, ServeError> {
+        match text.rsplit_once(':') {
+            Some((name, v)) => {
+                let version = v.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| ServeError::BadModelRef(text.to_string()))?;
+                Ok(ModelRef { name: name.to_string(), version: Some(version) })
+            }
+            None if !text.is_empty() => Ok(ModelRef { name: text.to_string(), version: None }),
+            None => Err(ServeError::BadModelRef(text.to_string())),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub addr: String,
+    pub max_body_bytes: usize,
+}
+
+/// A model version loaded and warmed up.
+pub(crate) struct Loaded {
+    pub name: String,
+    pub version: i64,
+    pub model: Model,
+    pub inputs: Vec<InputSpec>,
+}
+
+pub(crate) struct AppState {
+    /// Versions per model name, ascending; the last is the default.
+    models: RwLock<BTreeMap<String, Vec<Arc<Loaded>>>>,
+    /// The first model named on the command line answers /invocations.
+    pub primary: String,
+    ready: AtomicBool,
+    pub max_body_bytes: usize,
+}
+
+impl AppState {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn versions(&self, name: &str) -> Vec<Arc<Loaded>> {
+        self.models.read().expect("models lock").get(name).cloned().unwrap_or_default()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.models.read().expect("models lock").keys().cloned().collect()
+    }
+
+    /// A version of a model, the newest loaded when `version` is `None`.
+    pub fn model(&self, name: &str, version: Option<&str>) -> Result<Arc<Loaded>, ServeError> {
+        let versions = self.versions(name);
+        if versions.is_empty() {
+            return Err(ServeError::UnknownModel { name: name.to_string(), served: self.names().join(", ") });
+        }
+        match version {
+            None => Ok(versions.last().expect("non-empty").clone()),
+            Some(v) => versions.iter().find(|l| l.version.to_string() == v).cloned().ok_or_else(|| ServeError::UnknownVersion {
+                name: name.to_string(),
+                version: v.to_string(),
+                served: versions.iter().map(|l| l.version.to_string()).collect::<Vec<_>>().join(", "),
+            }),
+        }
+    }
+}
+
+/// Loads a model version's artifact and checks it predicts.
+async fn load(store: &Store, artifacts: &ArtifactStore, name: &str, version: i64) -> Result<Loaded, ServeError> {
+    let mv = store.model_version(name, Some(version)).await?;
+    let digest = mv.digest.parse().map_err(|e: weir_core::DigestError| ServeError::Load { model: format!("{name}:{version}"), reason: e.to_string() })?;
+    let bytes = artifacts.get(&digest).await?;
+    let model = Model::from_bytes(&bytes).map_err(|e| ServeError::Load { model: format!("{name}:{version}"), reason: e.to_string() })?;
+    let inputs = model.inputs();
+    // Warm-up: one row of missing values exercises every transform.
+    let frame = weir_ml::Frame {
+        rows: 1,
+        columns: inputs
+            .iter()
+            .map(|i| match i.kind {
+                InputKind::Numeric => weir_ml::Column::Numeric(vec![f64::NAN]),
+                InputKind::Text => weir_ml::Column::Text(vec![None]),
+            })
+            .collect(),
+    };
+    model.predict(&frame).map_err(|e| ServeError::Load { model: format!("{name}:{version}"), reason: format!("warm-up failed: {e}") })?;
+    Ok(Loaded { name: name.to_string(), version, model, inputs })
+}
+
+/// Serves until Ctrl-C or SIGTERM, then drains in-flight requests.
+pub async fn serve(store: &Store, artifacts: &ArtifactStore, models: &[ModelRef], options: ServeOptions) -> Result<(), ServeError> {
+    let mut resolved = Vec::new();
+    for m in models {
+        let mv = store.model_version(&m.name, m.version).await?;
+        resolved.push((mv.name, mv.version));
+    }
+    let state = Arc::new(AppState {
+        models: RwLock::new(BTreeMap::new()),
+        primary: resolved.first().map(|(n, _)| n.clone()).unwrap_or_default(),
+        ready: AtomicBool::new(false),
+        max_body_bytes: options.max_body_bytes,
+    });
+    let listener = tokio::net::TcpListener::bind(&options.addr)
+        .await
+        .map_err(|e| ServeError::Bind { addr: options.addr.clone(), reason: e.to_string() })?;
+    let local = listener.local_addr().map_err(|e| ServeError::Bind { addr: options.addr.clone(), reason: e.to_string() })?;
+    eprintln!("listening on http://{local}");
+
+    let app = routes::router(state.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await
+    });
+
+    for (name, version) in &resolved {
+        let loaded = load(store, artifacts, name, *version).await?;
+        eprintln!("loaded {name}:{version} ({}, {} inputs)", loaded.model.kind(), loaded.inputs.len());
+        let mut map = state.models.write().expect("models lock");
+        let versions = map.entry(name.clone()).or_default();
+        versions.push(Arc::new(loaded));
+        versions.sort_by_key(|l| l.version);
+    }
+    state.ready.store(true, Ordering::Release);
+    eprintln!("ready");
+    server
+        .await
+        .map_err(|e| ServeError::Internal(e.to_string()))?
+        .map_err(|e| ServeError::Internal(e.to_string()))?;
+    eprintln!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

@@ -28,6 +28,8 @@ CREATE TABLE step_runs (
     exit_code   BIGINT,
     error       TEXT,
     log_digest  TEXT,
+    -- External files the step read (path, digest): the roots of lineage.
+    sources_json TEXT NOT NULL DEFAULT '[]',
     UNIQUE (run_id, step)
 );
 

@@ -25,7 +25,7 @@ pub use artifacts::{ArtifactKind, ArtifactRecord};
 pub use error::StoreError;
 pub use metrics::MetricPoint;
 pub use models::{ModelSummary, ModelVersion, NewModelVersion};
-pub use runs::{NewStepRun, RunRecord, RunStatus, StepCompletion, StepRunRecord, StepStatus};
+pub use runs::{NewStepRun, RunRecord, RunStatus, SourceFile, StepCompletion, StepRunRecord, StepStatus};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 

@@ -193,3 +193,16 @@ impl Store {
         }
     }
 }
+
+impl Store {
+    /// Versions registered by one run.
+    pub async fn model_versions_for_run(&self, run_id: &str) -> Result<Vec<ModelVersion>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM model_versions WHERE run_id = $1 ORDER BY name, version"
+        ))
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(version_from_row).collect()
+    }
+}

@@ -98,6 +98,21 @@ pub struct StepRunRecord {
     pub exit_code: Option<i64>,
     pub error: Option<String>,
     pub log_digest: Option<String>,
+    pub sources_json: String,
+}
+
+impl StepRunRecord {
+    pub fn sources(&self) -> Vec<SourceFile> {
+        serde_json::from_str(&self.sources_json).unwrap_or_default()
+    }
+}
+
+/// An external file a step read (e.g. the CSV an ingest step loaded).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourceFile {
+    pub path: String,
+    pub digest: String,
+    pub size: u64,
 }
 
 /// Everything a successful step leaves behind, recorded atomically. Artifact
@@ -108,12 +123,13 @@ pub struct StepCompletion {
     pub metrics: Vec<MetricPoint>,
     pub log: Option<ArtifactRecord>,
     pub registrations: Vec<NewModelVersion>,
+    pub sources: Vec<SourceFile>,
 }
 
 const RUN_COLUMNS: &str =
     "id, pipeline, spec_file, spec_json, params_json, status, git_rev, started_at, ended_at, error";
 const STEP_COLUMNS: &str = "id, run_id, step, kind, status, spec_json, inputs_json, started_at, \
-     ended_at, exit_code, error, log_digest";
+     ended_at, exit_code, error, log_digest, sources_json";
 
 fn run_from_row(row: &AnyRow) -> Result<RunRecord> {
     Ok(RunRecord {
@@ -144,6 +160,7 @@ fn step_from_row(row: &AnyRow) -> Result<StepRunRecord> {
         exit_code: row.try_get("exit_code")?,
         error: row.try_get("error")?,
         log_digest: row.try_get("log_digest")?,
+        sources_json: row.try_get("sources_json")?,
     })
 }
 
@@ -258,10 +275,12 @@ impl Store {
         step_from_row(&row)
     }
 
-    pub async fn mark_step_running(&self, id: &str) -> Result<()> {
-        sqlx::query("UPDATE step_runs SET status = $1, started_at = $2 WHERE id = $3")
+    /// Marks a step running with the artifacts it was given.
+    pub async fn start_step(&self, id: &str, inputs_json: &str) -> Result<()> {
+        sqlx::query("UPDATE step_runs SET status = $1, started_at = $2, inputs_json = $3 WHERE id = $4")
             .bind(StepStatus::Running.as_str())
             .bind(weir_core::now_ms())
+            .bind(inputs_json)
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -290,12 +309,13 @@ impl Store {
         let now = weir_core::now_ms();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "UPDATE step_runs SET status = $1, ended_at = $2, exit_code = 0, error = NULL, log_digest = $3 \
-             WHERE id = $4",
+            "UPDATE step_runs SET status = $1, ended_at = $2, exit_code = 0, error = NULL, log_digest = $3, \
+             sources_json = $4 WHERE id = $5",
         )
         .bind(StepStatus::Succeeded.as_str())
         .bind(now)
         .bind(completion.log.as_ref().map(|l| l.digest.hex()))
+        .bind(serde_json::to_string(&completion.sources).expect("sources serialize"))
         .bind(step_run_id)
         .execute(&mut *tx)
         .await?;

@@ -102,7 +102,7 @@ async fn run_lifecycle(s: &Store) {
     assert_eq!(got.status, RunStatus::Running);
     assert_eq!(s.step_runs(&run.id).await.unwrap().len(), 2);
 
-    s.mark_step_running(&steps[0].id).await.unwrap();
+    s.start_step(&steps[0].id, "{\"x\":1}").await.unwrap();
     let out = artifact(b"table");
     let completion = StepCompletion {
         outputs: vec![("table".into(), out.clone())],
@@ -112,6 +112,7 @@ async fn run_lifecycle(s: &Store) {
         ],
         log: Some(artifact(b"log")),
         registrations: vec![],
+        sources: vec![SourceFile { path: "data.csv".into(), digest: "ab".into(), size: 2 }],
     };
     s.complete_step(&steps[0].id, &completion).await.unwrap();
     s.fail_step(&steps[1].id, "boom", Some(3), None).await.unwrap();
@@ -120,6 +121,7 @@ async fn run_lifecycle(s: &Store) {
     let a = s.step_run(&steps[0].id).await.unwrap();
     assert_eq!(a.status, StepStatus::Succeeded);
     assert_eq!(a.log_digest, Some(Digest::of_bytes(b"log").hex()));
+    assert_eq!((a.inputs_json.as_str(), a.sources()[0].path.as_str()), ("{\"x\":1}", "data.csv"));
     let b = s.step_run(&steps[1].id).await.unwrap();
     assert_eq!((b.status, b.exit_code, b.error.as_deref()), (StepStatus::Failed, Some(3), Some("boom")));
     assert_eq!(s.step_outputs(&steps[0].id).await.unwrap(), vec![("table".to_string(), out.clone())]);

@@ -1,0 +1,271 @@
+//! The presentation layer: every command's output, as aligned text for
+//! people or as JSON (`--json`) for scripts.
+
+use anyhow::Result;
+use serde_json::json;
+use weir_core::config::{Config, KEYS};
+use weir_engine::{Context, RunOutcome};
+use weir_store::{ModelSummary, RunRecord, Store};
+
+fn print_json(value: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(value).expect("serializable"));
+}
+
+fn time(ms: i64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since the epoch (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+fn duration(start: Option<i64>, end: Option<i64>) -> String {
+    match (start, end) {
+        (Some(s), Some(e)) => format!("{:.2}s", (e - s) as f64 / 1000.0),
+        (Some(_), None) => "running".into(),
+        _ => "-".into(),
+    }
+}
+
+/// Prints rows as left-aligned columns under a header.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+pub fn run_outcome(outcome: &RunOutcome, json: bool) {
+    if json {
+        print_json(outcome);
+        return;
+    }
+    println!();
+    println!("run {} {} in {:.2}s", outcome.run_id, outcome.status, outcome.seconds);
+    if !outcome.metrics.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = outcome
+            .metrics
+            .iter()
+            .map(|(step, m)| vec![step.clone(), m.key.clone(), format!("{:.6}", m.value)])
+            .collect();
+        table(&["STEP", "METRIC", "VALUE"], &rows);
+    }
+    for m in &outcome.models {
+        println!();
+        println!("registered model {} version {}", m.name, m.version);
+        println!("serve it with:  weir serve {}:{}", m.name, m.version);
+    }
+    if let Some(error) = &outcome.error {
+        println!();
+        eprintln!("error: {error}");
+    }
+}
+
+pub fn runs(runs: &[RunRecord], json: bool) {
+    if json {
+        print_json(&runs);
+        return;
+    }
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                r.pipeline.clone(),
+                r.status.to_string(),
+                time(r.started_at),
+                duration(Some(r.started_at), r.ended_at),
+            ]
+        })
+        .collect();
+    table(&["RUN", "PIPELINE", "STATUS", "STARTED (UTC)", "DURATION"], &rows);
+}
+
+pub async fn run_detail(store: &Store, id: &str, json: bool) -> Result<()> {
+    let run = store.run(id).await?;
+    let steps = store.step_runs(&run.id).await?;
+    let metrics = store.latest_metrics(&run.id).await?;
+    let mut step_docs = Vec::new();
+    for s in &steps {
+        let outputs = store.step_outputs(&s.id).await?;
+        step_docs.push((s, outputs));
+    }
+    if json {
+        let steps: Vec<serde_json::Value> = step_docs
+            .iter()
+            .map(|(s, outputs)| {
+                json!({
+                    "step": s.step, "step_run_id": s.id, "kind": s.kind, "status": s.status,
+                    "started_at": s.started_at, "ended_at": s.ended_at, "exit_code": s.exit_code,
+                    "error": s.error, "log_digest": s.log_digest,
+                    "inputs": serde_json::from_str::<serde_json::Value>(&s.inputs_json).unwrap_or_default(),
+                    "outputs": outputs.iter().map(|(n, a)| (n.clone(), json!({"digest": a.digest, "size": a.size, "kind": a.kind}))).collect::<serde_json::Map<_, _>>(),
+                    "sources": s.sources(),
+                    "metrics": metrics.iter().filter(|(id, _)| *id == s.id).map(|(_, m)| (m.key.clone(), json!(m.value))).collect::<serde_json::Map<_, _>>(),
+                })
+            })
+            .collect();
+        print_json(&json!({
+            "id": run.id, "pipeline": run.pipeline, "spec_file": run.spec_file, "status": run.status,
+            "git_rev": run.git_rev, "started_at": run.started_at, "ended_at": run.ended_at, "error": run.error,
+            "params": serde_json::from_str::<serde_json::Value>(&run.params_json).unwrap_or_default(),
+            "steps": steps,
+        }));
+        return Ok(());
+    }
+    println!("run       {}", run.id);
+    println!("pipeline  {} ({})", run.pipeline, run.spec_file);
+    println!("status    {}", run.status);
+    println!("started   {} UTC, took {}", time(run.started_at), duration(Some(run.started_at), run.ended_at));
+    println!("params    {}", run.params_json);
+    if let Some(rev) = &run.git_rev {
+        println!("git       {rev}");
+    }
+    if let Some(e) = &run.error {
+        println!("error     {}", e.lines().next().unwrap_or(""));
+    }
+    println!();
+    let rows: Vec<Vec<String>> = step_docs
+        .iter()
+        .map(|(s, outputs)| {
+            vec![
+                s.step.clone(),
+                s.kind.clone(),
+                s.status.to_string(),
+                duration(s.started_at, s.ended_at),
+                outputs.iter().map(|(n, a)| format!("{n}={}", a.digest.short())).collect::<Vec<_>>().join(" "),
+            ]
+        })
+        .collect();
+    table(&["STEP", "KIND", "STATUS", "DURATION", "OUTPUTS"], &rows);
+    if !metrics.is_empty() {
+        println!();
+        let names: std::collections::HashMap<&str, &str> = steps.iter().map(|s| (s.id.as_str(), s.step.as_str())).collect();
+        let rows: Vec<Vec<String>> = metrics
+            .iter()
+            .map(|(id, m)| vec![names.get(id.as_str()).unwrap_or(&"?").to_string(), m.key.clone(), format!("{:.6}", m.value)])
+            .collect();
+        table(&["STEP", "METRIC", "VALUE"], &rows);
+    }
+    Ok(())
+}
+
+pub async fn logs(ctx: &Context, run: &str, step: &str) -> Result<()> {
+    let run = ctx.store.run(run).await?;
+    let steps = ctx.store.step_runs(&run.id).await?;
+    let Some(record) = steps.iter().find(|s| s.step == step) else {
+        let names: Vec<&str> = steps.iter().map(|s| s.step.as_str()).collect();
+        anyhow::bail!("run {} has no step '{step}'\n  hint: its steps are: {}", run.id, names.join(", "));
+    };
+    let Some(digest) = &record.log_digest else {
+        anyhow::bail!(
+            "step '{step}' of run {} has no log yet (status: {})\n  hint: logs are stored when the step finishes",
+            run.id,
+            record.status
+        );
+    };
+    let bytes = ctx.artifacts.get(&digest.parse()?).await?;
+    use std::io::Write;
+    std::io::stdout().write_all(&bytes)?;
+    Ok(())
+}
+
+pub fn models(models: &[ModelSummary], json: bool) {
+    if json {
+        print_json(&models);
+        return;
+    }
+    let rows: Vec<Vec<String>> = models
+        .iter()
+        .map(|m| vec![m.name.clone(), m.latest_version.to_string(), m.versions.to_string(), time(m.updated_at)])
+        .collect();
+    table(&["MODEL", "LATEST", "VERSIONS", "UPDATED (UTC)"], &rows);
+}
+
+pub async fn model_detail(store: &Store, name: &str, version: Option<i64>, json: bool) -> Result<()> {
+    let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap_or_default();
+    match version {
+        None => {
+            let versions = store.model_versions(name).await?;
+            if json {
+                let docs: Vec<serde_json::Value> = versions
+                    .iter()
+                    .map(|v| json!({"name": v.name, "version": v.version, "digest": v.digest, "run_id": v.run_id, "created_at": v.created_at, "metrics": parse(&v.metrics_json)}))
+                    .collect();
+                print_json(&docs);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = versions
+                .iter()
+                .map(|v| {
+                    let overall = parse(&v.metrics_json)["overall"].clone();
+                    let headline = ["auc", "rmse", "accuracy"]
+                        .iter()
+                        .find_map(|k| overall[*k].as_f64().map(|x| format!("{k} {x:.4}")))
+                        .unwrap_or_default();
+                    vec![
+                        v.version.to_string(),
+                        time(v.created_at),
+                        v.run_id.clone().unwrap_or_default(),
+                        v.digest[..12].to_string(),
+                        headline,
+                    ]
+                })
+                .collect();
+            table(&["VERSION", "CREATED (UTC)", "RUN", "DIGEST", "METRIC"], &rows);
+        }
+        Some(v) => {
+            let mv = store.model_version(name, Some(v)).await?;
+            let doc = json!({
+                "name": mv.name, "version": mv.version, "digest": mv.digest, "run_id": mv.run_id,
+                "step_run_id": mv.step_run_id, "created_at": mv.created_at,
+                "metrics": parse(&mv.metrics_json), "lineage": parse(&mv.lineage_json),
+            });
+            if json {
+                print_json(&doc);
+            } else {
+                println!("model     {} version {}", mv.name, mv.version);
+                println!("created   {} UTC", time(mv.created_at));
+                println!("digest    {}", mv.digest);
+                println!("run       {}", mv.run_id.unwrap_or_default());
+                println!("lineage   {}", serde_json::to_string_pretty(&doc["lineage"]).unwrap_or_default());
+                println!("metrics   {}", serde_json::to_string_pretty(&doc["metrics"]["overall"]).unwrap_or_default());
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn config(config: &Config, json: bool) {
+    if json {
+        print_json(&config.settings);
+        return;
+    }
+    let rows: Vec<Vec<String>> = KEYS
+        .iter()
+        .map(|(key, var, _)| {
+            let s = &config.settings[*key];
+            vec![key.to_string(), s.value.clone(), var.to_string(), s.source.to_string()]
+        })
+        .collect();
+    table(&["KEY", "VALUE", "ENV", "FROM"], &rows);
+}

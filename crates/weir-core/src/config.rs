@@ -1,0 +1,187 @@
+//! Effective configuration: defaults, overridden by `weir.toml` in the
+//! working directory, overridden by `WEIR_*` environment variables,
+//! overridden by flags. Every value remembers where it came from, which
+//! `weir config` shows.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const CONFIG_FILE: &str = "weir.toml";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "at")]
+pub enum Source {
+    Default,
+    File(PathBuf),
+    Env(String),
+    Flag(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Env(v) => write!(f, "env {v}"),
+            Source::Flag(v) => write!(f, "flag {v}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Setting {
+    pub value: String,
+    pub source: Source,
+}
+
+/// `weir.toml`; every key is optional and unknown keys are rejected.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    home: Option<String>,
+    db: Option<String>,
+    artifacts: Option<String>,
+    max_parallel: Option<u32>,
+    serve_addr: Option<String>,
+}
+
+/// The keys, their environment variables and descriptions, defined once.
+pub const KEYS: &[(&str, &str, &str)] = &[
+    ("home", "WEIR_HOME", "directory for the embedded database, artifacts and scratch space"),
+    ("db", "WEIR_DB", "metadata store: sqlite://PATH or postgres://USER@HOST:PORT/DB"),
+    ("artifacts", "WEIR_ARTIFACTS", "artifact store: a directory, file:///PATH or s3://BUCKET/PREFIX"),
+    ("max_parallel", "WEIR_MAX_PARALLEL", "steps run at once by `weir run`"),
+    ("serve_addr", "WEIR_SERVE_ADDR", "address `weir serve` listens on"),
+];
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    pub settings: BTreeMap<String, Setting>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {message}\n  hint: valid keys are {keys}")]
+    File { file: PathBuf, message: String, keys: String },
+    #[error("{key} = '{value}' is invalid: {message}")]
+    Value { key: String, value: String, message: String },
+}
+
+impl Config {
+    /// Resolves the configuration for `dir`, with `env` as the environment and
+    /// `flags` as values given on the command line.
+    pub fn resolve(
+        dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+        flags: &[(&str, Option<String>)],
+    ) -> Result<Config, ConfigError> {
+        let file_path = dir.join(CONFIG_FILE);
+        let file: FileConfig = match std::fs::read_to_string(&file_path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| ConfigError::File {
+                file: file_path.clone(),
+                message: e.message().to_string(),
+                keys: KEYS.iter().map(|k| k.0).collect::<Vec<_>>().join(", "),
+            })?,
+            Err(_) => FileConfig::default(),
+        };
+        let file_values: BTreeMap<&str, Option<String>> = BTreeMap::from([
+            ("home", file.home),
+            ("db", file.db),
+            ("artifacts", file.artifacts),
+            ("max_parallel", file.max_parallel.map(|v| v.to_string())),
+            ("serve_addr", file.serve_addr),
+        ]);
+        let mut settings = BTreeMap::new();
+        // `home` first: the other defaults live inside it.
+        for (key, var, _) in KEYS {
+            let flag = flags.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.clone());
+            let chosen = if let Some(v) = flag {
+                Some(Setting { value: v, source: Source::Flag(format!("--{}", key.replace('_', "-"))) })
+            } else if let Some(v) = env(var).filter(|v| !v.is_empty()) {
+                Some(Setting { value: v, source: Source::Env(var.to_string()) })
+            } else {
+                file_values[key].clone().map(|v| Setting { value: v, source: Source::File(file_path.clone()) })
+            };
+            let setting = chosen.unwrap_or_else(|| {
+                let home = settings.get("home").map(|s: &Setting| s.value.clone()).unwrap_or_default();
+                let value = match *key {
+                    "home" => ".weir".to_string(),
+                    "db" => format!("sqlite://{home}/weir.db"),
+                    "artifacts" => format!("{home}/artifacts"),
+                    "max_parallel" => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).to_string(),
+                    "serve_addr" => "127.0.0.1:8080".to_string(),
+                    _ => unreachable!("every key has a default"),
+                };
+                Setting { value, source: Source::Default }
+            });
+            settings.insert(key.to_string(), setting);
+        }
+        let config = Config { settings };
+        config.max_parallel()?;
+        Ok(config)
+    }
+
+    pub fn get(&self, key: &str) -> &str {
+        &self.settings[key].value
+    }
+
+    pub fn home(&self) -> PathBuf {
+        PathBuf::from(self.get("home"))
+    }
+
+    pub fn db(&self) -> &str {
+        self.get("db")
+    }
+
+    pub fn artifacts(&self) -> &str {
+        self.get("artifacts")
+    }
+
+    pub fn serve_addr(&self) -> &str {
+        self.get("serve_addr")
+    }
+
+    pub fn max_parallel(&self) -> Result<usize, ConfigError> {
+        let raw = self.get("max_parallel");
+        match raw.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(ConfigError::Value {
+                key: "max_parallel".into(),
+                value: raw.into(),
+                message: "must be a whole number of at least 1".into(),
+            }),
+        }
+    }
+
+    /// Environment variables that make a child process resolve the same configuration.
+    pub fn child_env(&self) -> Vec<(&'static str, String)> {
+        KEYS.iter().map(|(key, var, _)| (*var, self.get(key).to_string())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_env_beat_file_beat_defaults() {
+        let dir = std::env::temp_dir().join(format!("weir-config-{}", crate::new_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(CONFIG_FILE), "home = \"/data/weir\"\nserve_addr = \"0.0.0.0:9\"\n").unwrap();
+        let env = |k: &str| (k == "WEIR_SERVE_ADDR").then(|| "127.0.0.1:7".to_string());
+        let c = Config::resolve(&dir, &env, &[("artifacts", Some("s3://b/p".into()))]).unwrap();
+        assert_eq!(c.get("home"), "/data/weir");
+        assert_eq!(c.settings["home"].source, Source::File(dir.join(CONFIG_FILE)));
+        assert_eq!(c.db(), "sqlite:///data/weir/weir.db");
+        assert_eq!(c.settings["db"].source, Source::Default);
+        assert_eq!((c.serve_addr(), &c.settings["serve_addr"].source), ("127.0.0.1:7", &Source::Env("WEIR_SERVE_ADDR".into())));
+        assert_eq!(c.artifacts(), "s3://b/p");
+        std::fs::write(dir.join(CONFIG_FILE), "hme = 1\n").unwrap();
+        let err = Config::resolve(&dir, &|_| None, &[]).unwrap_err().to_string();
+        assert!(err.contains("unknown field") && err.contains("valid keys are home"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

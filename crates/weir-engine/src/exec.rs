@@ -1,0 +1,270 @@
+//! The step runtime (`weir exec <step-run-id>`), the same on every executor:
+//! stage the inputs, run the built-in op or the command, upload the outputs
+//! and the log, and record the result in one transaction. Outputs are
+//! uploaded only after the step succeeded, and recorded only after upload.
+//!
+//! The contract a command sees: `WEIR_INPUTS_DIR/<name>`,
+//! `WEIR_OUTPUTS_DIR/<name>`, `WEIR_PARAMS` (a JSON file with the step's
+//! `with:` and the pipeline params) and `WEIR_METRICS_FILE` (JSON lines of
+//! `{"key": ..., "value": ..., "step": ...}`), plus `WEIR_RUN_ID` and `WEIR_STEP`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use serde::{Deserialize, Serialize};
+use weir_core::pipeline::{Action, Pipeline, Step};
+use weir_core::{ArtifactKind, Digest};
+use weir_store::{ArtifactRecord, MetricPoint, StepCompletion};
+
+use crate::ops::{self, OpContext, OpOutcome, StepLog};
+use crate::{Context, EngineError};
+
+/// An input as the runner hands it to the step runtime.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StagedInput {
+    pub digest: Digest,
+    pub kind: ArtifactKind,
+    /// `step.output` it came from.
+    pub from: String,
+}
+
+fn artifact_record(stored: weir_artifacts::Stored) -> ArtifactRecord {
+    ArtifactRecord {
+        digest: stored.digest,
+        size: stored.size as i64,
+        kind: stored.kind,
+        created_at: weir_core::now_ms(),
+    }
+}
+
+/// Runs one step run to completion and records its outcome. The returned
+/// error has already been recorded on the step run.
+pub async fn exec_step(ctx: &Context, step_run_id: &str) -> Result<(), EngineError> {
+    let record = ctx.store.step_run(step_run_id).await?;
+    let run = ctx.store.run(&record.run_id).await?;
+    let step: Step = serde_json::from_str(&record.spec_json).map_err(|e| EngineError::corrupt("step_runs.spec_json", e))?;
+    let pipeline: Pipeline = serde_json::from_str(&run.spec_json).map_err(|e| EngineError::corrupt("runs.spec_json", e))?;
+    let inputs: BTreeMap<String, StagedInput> =
+        serde_json::from_str(&record.inputs_json).map_err(|e| EngineError::corrupt("step_runs.inputs_json", e))?;
+
+    let scratch = ctx.work_dir();
+    std::fs::create_dir_all(&scratch).map_err(EngineError::io("cannot create", &scratch))?;
+    let work = tempfile::Builder::new()
+        .prefix(&format!("{}-", step.name))
+        .tempdir_in(&scratch)
+        .map_err(EngineError::io("cannot create a work directory in", &scratch))?;
+    let log = StepLog::create(&work.path().join("log.txt"))?;
+
+    let result = run_step(ctx, &run, &pipeline, &step, step_run_id, &inputs, work.path(), &log).await;
+    let log_record = match ctx.artifacts.put_file(log.path()).await {
+        Ok(stored) => Some(artifact_record(stored)),
+        Err(e) => {
+            tracing::warn!(step = %step.name, error = %e, "cannot store the step log");
+            None
+        }
+    };
+    match result {
+        Ok(mut completion) => {
+            completion.log = log_record;
+            ctx.store.complete_step(step_run_id, &completion).await?;
+            Ok(())
+        }
+        Err((error, exit_code)) => {
+            ctx.store.fail_step(step_run_id, &error.to_string(), exit_code, log_record.as_ref()).await?;
+            Err(error)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_step(
+    ctx: &Context,
+    run: &weir_store::RunRecord,
+    pipeline: &Pipeline,
+    step: &Step,
+    step_run_id: &str,
+    inputs: &BTreeMap<String, StagedInput>,
+    work: &Path,
+    log: &StepLog,
+) -> Result<StepCompletion, (EngineError, Option<i64>)> {
+    let fail = |e: EngineError| (e, None);
+    let inputs_dir = work.join("inputs");
+    let outputs_dir = work.join("outputs");
+    for dir in [&inputs_dir, &outputs_dir] {
+        std::fs::create_dir_all(dir).map_err(EngineError::io("cannot create", dir)).map_err(fail)?;
+    }
+    let mut staged = BTreeMap::new();
+    for (name, input) in inputs {
+        let dest = inputs_dir.join(name);
+        ctx.artifacts.fetch(&input.digest, input.kind, &dest).await.map_err(|e| fail(e.into()))?;
+        log.line(format!("input {name} <- {} ({})", input.from, input.digest.short()));
+        staged.insert(name.clone(), dest);
+    }
+
+    let outcome = match &step.action {
+        Action::Builtin(op) => {
+            let lineage = match op {
+                weir_core::ops::BuiltinOp::Register => Some(crate::lineage::lineage(ctx, run, pipeline, step).await.map_err(fail)?),
+                _ => None,
+            };
+            let op = *op;
+            let (step, base_dir, outputs_dir) = (step.clone(), pipeline.base_dir().to_path_buf(), outputs_dir.clone());
+            let input_digests = inputs.iter().map(|(k, v)| (k.clone(), v.digest)).collect();
+            let (run_id, step_run_id) = (run.id.clone(), step_run_id.to_string());
+            let log_path = log.path().to_path_buf();
+            tokio::task::spawn_blocking(move || {
+                let log = StepLog::append(&log_path)?;
+                let ctx = OpContext {
+                    step: &step,
+                    base_dir: &base_dir,
+                    inputs: staged,
+                    input_digests,
+                    outputs_dir: &outputs_dir,
+                    log: &log,
+                    run_id: &run_id,
+                    step_run_id: &step_run_id,
+                    lineage,
+                };
+                let result = ops::run(op, &ctx);
+                if let Err(e) = &result {
+                    log.line(format!("error: {e}"));
+                }
+                result
+            })
+            .await
+            .map_err(|e| fail(EngineError::StepFailed(format!("the op panicked: {e}"))))?
+            .map_err(fail)?
+        }
+        Action::Command(command) => run_command(pipeline, step, run, command, &inputs_dir, &outputs_dir, work, log).await?,
+    };
+
+    let mut completion = StepCompletion {
+        metrics: finite_metrics(outcome.metrics, log),
+        registrations: outcome.registrations,
+        sources: outcome.sources,
+        ..Default::default()
+    };
+    for name in &step.outputs {
+        let path = outputs_dir.join(name);
+        if !path.exists() {
+            return Err(fail(EngineError::StepFailed(format!(
+                "step '{}' declared the output '{name}' but did not write it\n  hint: write the file or directory $WEIR_OUTPUTS_DIR/{name}",
+                step.name
+            ))));
+        }
+        let stored = ctx.artifacts.put_path(&path).await.map_err(|e| fail(e.into()))?;
+        log.line(format!("output {name} -> {} ({} bytes)", stored.digest.short(), stored.size));
+        completion.outputs.push((name.clone(), artifact_record(stored)));
+    }
+    Ok(completion)
+}
+
+/// SQLite cannot store NaN; a metric that is not a number is logged, not recorded.
+fn finite_metrics(metrics: Vec<MetricPoint>, log: &StepLog) -> Vec<MetricPoint> {
+    metrics
+        .into_iter()
+        .filter(|m| {
+            let ok = m.value.is_finite();
+            if !ok {
+                log.line(format!("metric {} is {}; not recorded", m.key, m.value));
+            }
+            ok
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_command(
+    pipeline: &Pipeline,
+    step: &Step,
+    run: &weir_store::RunRecord,
+    command: &str,
+    inputs_dir: &Path,
+    outputs_dir: &Path,
+    work: &Path,
+    log: &StepLog,
+) -> Result<OpOutcome, (EngineError, Option<i64>)> {
+    let fail = |e: EngineError| (e, None);
+    let params_file = work.join("params.json");
+    let params = serde_json::json!({ "with": step.with, "params": pipeline.params });
+    std::fs::write(&params_file, params.to_string()).map_err(EngineError::io("cannot write", &params_file)).map_err(fail)?;
+    let metrics_file = work.join("metrics.jsonl");
+    std::fs::File::create(&metrics_file).map_err(EngineError::io("cannot create", &metrics_file)).map_err(fail)?;
+
+    log.line(format!("$ {command}"));
+    let stdout = log.try_clone().map_err(EngineError::io("cannot open", log.path())).map_err(fail)?;
+    let stderr = log.try_clone().map_err(EngineError::io("cannot open", log.path())).map_err(fail)?;
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .current_dir(pipeline.base_dir().canonicalize().unwrap_or_else(|_| PathBuf::from(".")))
+        .envs(&step.env)
+        .env("WEIR_INPUTS_DIR", inputs_dir)
+        .env("WEIR_OUTPUTS_DIR", outputs_dir)
+        .env("WEIR_PARAMS", &params_file)
+        .env("WEIR_METRICS_FILE", &metrics_file)
+        .env("WEIR_RUN_ID", &run.id)
+        .env("WEIR_STEP", &step.name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr))
+        .status()
+        .await
+        .map_err(|e| fail(EngineError::StepFailed(format!("cannot start `sh -c {command}`: {e}"))))?;
+    if !status.success() {
+        let code = status.code().map(i64::from);
+        let how = match code {
+            Some(c) => format!("exited with status {c}"),
+            None => "was killed by a signal".to_string(),
+        };
+        return Err((
+            EngineError::StepFailed(format!(
+                "command `{command}` {how}; last lines of its output:\n{}\n  hint: see the whole log with `weir logs {} {}`",
+                indent(&log.tail(15)),
+                &run.id[..12],
+                step.name
+            )),
+            code,
+        ));
+    }
+    let metrics = read_metrics_file(&metrics_file).map_err(fail)?;
+    Ok(OpOutcome { metrics, ..Default::default() })
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    | {l}")).collect::<Vec<_>>().join("\n")
+}
+
+fn read_metrics_file(path: &Path) -> Result<Vec<MetricPoint>, EngineError> {
+    #[derive(Deserialize)]
+    struct Line {
+        #[serde(alias = "name")]
+        key: String,
+        value: f64,
+        #[serde(default)]
+        step: i64,
+        #[serde(default)]
+        timestamp: Option<i64>,
+    }
+    let text = std::fs::read_to_string(path).map_err(EngineError::io("cannot read", path))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: Line = serde_json::from_str(line).map_err(|e| {
+            EngineError::StepFailed(format!(
+                "WEIR_METRICS_FILE line {}: {e}\n  hint: write one JSON object per line: {{\"key\": \"loss\", \"value\": 0.25, \"step\": 1}}",
+                i + 1
+            ))
+        })?;
+        out.push(MetricPoint {
+            key: parsed.key,
+            value: parsed.value,
+            step: parsed.step,
+            ts: parsed.timestamp.unwrap_or_else(weir_core::now_ms),
+        });
+    }
+    Ok(out)
+}

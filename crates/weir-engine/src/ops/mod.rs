@@ -1,0 +1,163 @@
+//! Built-in ops. Each one reads its staged inputs, writes its outputs into
+//! the outputs directory and returns what else it produced (metrics, model
+//! registrations, source files); the step runtime records all of it.
+//!
+//! Each op's `with:` block deserializes into a typed, strict params struct.
+//! [`preflight`] does that for every step before a run is created, so a typo
+//! in `with:` or a missing input file stops the pipeline before anything runs.
+
+mod evaluate;
+mod ingest;
+mod register;
+mod split;
+mod train;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::de::DeserializeOwned;
+use weir_core::ops::BuiltinOp;
+use weir_core::pipeline::{Action, Pipeline, SpecError, SpecIssue, Step};
+use weir_core::Digest;
+use weir_store::{MetricPoint, NewModelVersion, SourceFile};
+
+use crate::EngineError;
+
+/// Everything an op may read.
+pub struct OpContext<'a> {
+    pub step: &'a Step,
+    pub base_dir: &'a Path,
+    pub inputs: BTreeMap<String, PathBuf>,
+    pub input_digests: BTreeMap<String, Digest>,
+    pub outputs_dir: &'a Path,
+    pub log: &'a StepLog,
+    pub run_id: &'a str,
+    pub step_run_id: &'a str,
+    /// The lineage document, computed for ops that register models.
+    pub lineage: Option<serde_json::Value>,
+}
+
+impl OpContext<'_> {
+    pub fn input(&self, name: &str) -> &Path {
+        // The spec validator guarantees required inputs are wired.
+        &self.inputs[name]
+    }
+
+    pub fn output(&self, name: &str) -> PathBuf {
+        self.outputs_dir.join(name)
+    }
+}
+
+#[derive(Default)]
+pub struct OpOutcome {
+    pub metrics: Vec<MetricPoint>,
+    pub registrations: Vec<NewModelVersion>,
+    pub sources: Vec<SourceFile>,
+}
+
+impl OpOutcome {
+    pub fn metric(&mut self, key: impl Into<String>, value: f64) {
+        self.metrics.push(MetricPoint { key: key.into(), value, step: 0, ts: weir_core::now_ms() });
+    }
+}
+
+/// A step's log file, shared by the op and, for commands, the child process.
+pub struct StepLog {
+    file: Mutex<File>,
+    path: PathBuf,
+}
+
+impl StepLog {
+    pub fn create(path: &Path) -> Result<StepLog, EngineError> {
+        // Append mode: the op thread, the child command and this handle all
+        // write to the end, never over each other.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .append(true)
+            .open(path)
+            .map_err(EngineError::io("cannot create", path))?;
+        Ok(StepLog { file: Mutex::new(file), path: path.to_path_buf() })
+    }
+
+    /// Opens an existing log for appending (from another thread).
+    pub fn append(path: &Path) -> Result<StepLog, EngineError> {
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(EngineError::io("cannot open", path))?;
+        Ok(StepLog { file: Mutex::new(file), path: path.to_path_buf() })
+    }
+
+    pub fn line(&self, text: impl AsRef<str>) {
+        let mut f = self.file.lock().expect("log lock");
+        // A log line that cannot be written must not fail the step.
+        let _ = writeln!(f, "{}", text.as_ref());
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn try_clone(&self) -> std::io::Result<File> {
+        self.file.lock().expect("log lock").try_clone()
+    }
+
+    /// The last `n` lines, for error messages.
+    pub fn tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+pub(crate) fn params<T: DeserializeOwned>(step: &Step) -> Result<T, String> {
+    let value = serde_json::Value::Object(step.with.clone().into_iter().collect());
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
+/// Runs a built-in op to completion (blocking: call from a blocking thread).
+pub fn run(op: BuiltinOp, ctx: &OpContext) -> Result<OpOutcome, EngineError> {
+    match op {
+        BuiltinOp::Ingest => ingest::run(ctx),
+        BuiltinOp::Validate => validate::run(ctx),
+        BuiltinOp::Split => split::run(ctx),
+        BuiltinOp::TrainLinear => train::run(ctx),
+        BuiltinOp::Evaluate => evaluate::run(ctx),
+        BuiltinOp::Register => register::run(ctx),
+    }
+}
+
+/// Checks every built-in step's `with:` block, and that files it reads
+/// exist, before a run is created.
+pub fn preflight(pipeline: &Pipeline) -> Result<(), SpecError> {
+    let mut issues = Vec::new();
+    for step in &pipeline.steps {
+        let Action::Builtin(op) = step.action else { continue };
+        let result = match op {
+            BuiltinOp::Ingest => ingest::preflight(step, pipeline.base_dir()),
+            BuiltinOp::Validate => params::<validate::Params>(step).map(drop),
+            BuiltinOp::Split => params::<weir_data::SplitSpec>(step).map(drop),
+            BuiltinOp::TrainLinear => params::<weir_ml::LinearParams>(step).map(drop),
+            BuiltinOp::Evaluate => params::<evaluate::Params>(step).map(drop),
+            BuiltinOp::Register => register::preflight(step),
+        };
+        if let Err(message) = result {
+            issues.push(SpecIssue {
+                line: Some(step.line),
+                field: format!("steps.{}.with", step.name),
+                message,
+                hint: Some(format!("see README.md for the options of {op}")),
+            });
+        }
+    }
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(SpecError::Invalid { file: pipeline.file.clone(), issues })
+    }
+}

@@ -1,0 +1,101 @@
+//! The live display of a run: one line per step with its state and time.
+//! On a terminal the lines update in place (indicatif); otherwise each
+//! state change is printed once, so logs and CI output stay readable.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use weir_store::StepStatus;
+
+/// What the runner reports as it goes.
+pub trait Progress: Send + Sync {
+    fn run_started(&self, _run_id: &str, _steps: &[String]) {}
+    fn step_running(&self, _step: &str) {}
+    fn step_finished(&self, _step: &str, _status: StepStatus, _seconds: f64, _error: Option<&str>) {}
+}
+
+/// Reports nothing (for `--json` and tests).
+pub struct Quiet;
+impl Progress for Quiet {}
+
+pub struct Display {
+    multi: MultiProgress,
+    bars: Mutex<HashMap<String, ProgressBar>>,
+    live: bool,
+}
+
+impl Default for Display {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Display {
+    pub fn new() -> Self {
+        let live = std::io::stderr().is_terminal();
+        let target = if live { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        Display { multi: MultiProgress::with_draw_target(target), bars: Mutex::new(HashMap::new()), live }
+    }
+
+    fn bar(&self, step: &str) -> Option<ProgressBar> {
+        self.bars.lock().expect("bars").get(step).cloned()
+    }
+}
+
+fn symbol(status: StepStatus) -> &'static str {
+    match status {
+        StepStatus::Succeeded => "✓",
+        StepStatus::Failed => "✗",
+        StepStatus::Skipped => "-",
+        StepStatus::Pending => "·",
+        StepStatus::Running => "▸",
+    }
+}
+
+impl Progress for Display {
+    fn run_started(&self, run_id: &str, steps: &[String]) {
+        eprintln!("run {run_id}: {} steps", steps.len());
+        if !self.live {
+            return;
+        }
+        let width = steps.iter().map(|s| s.len()).max().unwrap_or(4);
+        let style = ProgressStyle::with_template(&format!("{{spinner}} {{prefix:<{width}}} {{msg}}"))
+            .expect("valid template")
+            .tick_chars("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏ ");
+        let mut bars = self.bars.lock().expect("bars");
+        for step in steps {
+            let bar = self.multi.add(ProgressBar::new_spinner().with_style(style.clone()).with_prefix(step.clone()));
+            bar.set_message("pending");
+            bars.insert(step.clone(), bar);
+        }
+    }
+
+    fn step_running(&self, step: &str) {
+        match self.bar(step) {
+            Some(bar) => {
+                bar.set_message("running");
+                bar.enable_steady_tick(Duration::from_millis(120));
+            }
+            None => eprintln!("▸ {step} running"),
+        }
+    }
+
+    fn step_finished(&self, step: &str, status: StepStatus, seconds: f64, error: Option<&str>) {
+        let line = match (status, error) {
+            (StepStatus::Skipped, Some(why)) => format!("skipped ({why})"),
+            (_, _) if status == StepStatus::Failed => format!("failed after {seconds:.2}s"),
+            _ => format!("{status} in {seconds:.2}s"),
+        };
+        match self.bar(step) {
+            Some(bar) => {
+                bar.set_style(ProgressStyle::with_template("{prefix:.bold} {msg}").expect("valid template"));
+                bar.set_prefix(format!("{} {step}", symbol(status)));
+                bar.finish_with_message(line);
+            }
+            None => eprintln!("{} {step} {line}", symbol(status)),
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! The runner: validates, records a run with all of its step runs, then
+//! walks the DAG, launching every step whose inputs are ready (up to
+//! `max_parallel` at once) as a `weir exec` child process. A failed step
+//! stops new launches; steps that can no longer run are marked skipped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::task::JoinSet;
+use weir_core::pipeline::{Action, Pipeline};
+use weir_store::{MetricPoint, ModelVersion, NewStepRun, RunRecord, RunStatus, StepStatus};
+
+use crate::exec::StagedInput;
+use crate::progress::Progress;
+use crate::{ops, Context, EngineError};
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub max_parallel: usize,
+    /// The `weir` binary that runs `weir exec`; the current executable by default.
+    pub exec_binary: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StepOutcome {
+    pub step: String,
+    pub step_run_id: String,
+    pub status: StepStatus,
+    pub seconds: f64,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunOutcome {
+    pub run_id: String,
+    pub pipeline: String,
+    pub status: RunStatus,
+    pub seconds: f64,
+    pub steps: Vec<StepOutcome>,
+    /// The latest value of each metric, by step.
+    pub metrics: Vec<(String, MetricPoint)>,
+    pub models: Vec<ModelVersion>,
+    pub error: Option<String>,
+}
+
+fn kind_of(action: &Action) -> String {
+    match action {
+        Action::Builtin(op) => op.name().to_string(),
+        Action::Command(_) => "command".to_string(),
+    }
+}
+
+/// The current commit, with `-dirty` when the work tree has changes; `None`
+/// outside a git repository.
+fn git_revision(dir: &std::path::Path) -> Option<String> {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let rev = git(&["rev-parse", "HEAD"])?;
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    Some(if dirty { format!("{rev}-dirty") } else { rev })
+}
+
+pub async fn run_pipeline(
+    ctx: &Context,
+    pipeline: &Pipeline,
+    options: &RunOptions,
+    progress: &dyn Progress,
+) -> Result<RunOutcome, EngineError> {
+    ops::preflight(pipeline)?;
+    let started = Instant::now();
+    let base_dir = pipeline.base_dir().canonicalize().map_err(EngineError::io("cannot resolve", pipeline.base_dir()))?;
+    let mut pipeline = pipeline.clone();
+    pipeline.file = base_dir.join(pipeline.file.file_name().unwrap_or_default());
+
+    let run = RunRecord {
+        id: weir_core::new_id(),
+        pipeline: pipeline.name.clone(),
+        spec_file: pipeline.file.display().to_string(),
+        spec_json: serde_json::to_string(&pipeline).expect("pipeline serializes"),
+        params_json: serde_json::to_string(&pipeline.params).expect("params serialize"),
+        status: RunStatus::Running,
+        git_rev: git_revision(&base_dir),
+        started_at: weir_core::now_ms(),
+        ended_at: None,
+        error: None,
+    };
+    let step_runs: Vec<NewStepRun> = pipeline
+        .steps
+        .iter()
+        .map(|s| NewStepRun {
+            id: weir_core::new_id(),
+            run_id: run.id.clone(),
+            step: s.name.clone(),
+            kind: kind_of(&s.action),
+            spec_json: serde_json::to_string(s).expect("step serializes"),
+            inputs_json: "{}".into(),
+        })
+        .collect();
+    ctx.store.create_run(&run, &step_runs).await?;
+    let ids: HashMap<&str, &str> = step_runs.iter().map(|s| (s.step.as_str(), s.id.as_str())).collect();
+    progress.run_started(&run.id, &pipeline.steps.iter().map(|s| s.name.clone()).collect::<Vec<_>>());
+
+    let exe = match &options.exec_binary {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().map_err(EngineError::io("cannot locate", "the weir executable"))?,
+    };
+    let mut status: HashMap<String, StepStatus> =
+        pipeline.steps.iter().map(|s| (s.name.clone(), StepStatus::Pending)).collect();
+    let mut outputs: HashMap<String, BTreeMap<String, StagedInput>> = HashMap::new();
+    let mut outcomes: HashMap<String, StepOutcome> = HashMap::new();
+    let mut running: JoinSet<(String, f64, Result<(), String>)> = JoinSet::new();
+    let mut first_failure: Option<String> = None;
+
+    loop {
+        if first_failure.is_none() {
+            for step in &pipeline.steps {
+                if running.len() >= options.max_parallel.max(1) {
+                    break;
+                }
+                if status[&step.name] != StepStatus::Pending {
+                    continue;
+                }
+                if !step.upstream().iter().all(|u| status[*u] == StepStatus::Succeeded) {
+                    continue;
+                }
+                let mut inputs = BTreeMap::new();
+                for (name, r) in &step.inputs {
+                    let produced = outputs.get(&r.step).and_then(|o| o.get(&r.output)).cloned().ok_or_else(|| {
+                        EngineError::corrupt(format!("outputs of step '{}'", r.step), format!("'{}' was not recorded", r.output))
+                    })?;
+                    inputs.insert(name.clone(), produced);
+                }
+                let id = ids[step.name.as_str()].to_string();
+                ctx.store.start_step(&id, &serde_json::to_string(&inputs).expect("inputs serialize")).await?;
+                status.insert(step.name.clone(), StepStatus::Running);
+                progress.step_running(&step.name);
+                let (exe, env, name) = (exe.clone(), ctx.config.child_env(), step.name.clone());
+                running.spawn(async move {
+                    let t = Instant::now();
+                    let result = spawn_exec(&exe, &env, &id).await;
+                    (name, t.elapsed().as_secs_f64(), result)
+                });
+            }
+        }
+        let Some(joined) = running.join_next().await else { break };
+        let (name, seconds, result) = joined.map_err(|e| EngineError::StepFailed(format!("step task failed: {e}")))?;
+        let id = ids[name.as_str()];
+        // The step runtime records its own outcome; if it could not (it
+        // crashed or could not reach the store), record it here.
+        let mut record = ctx.store.step_run(id).await?;
+        if !record.status.is_terminal() {
+            let message = result.clone().err().unwrap_or_else(|| "the step runtime exited without recording a result".into());
+            ctx.store.fail_step(id, &message, None, None).await?;
+            record = ctx.store.step_run(id).await?;
+        }
+        if record.status == StepStatus::Succeeded {
+            let produced = ctx.store.step_outputs(id).await?;
+            outputs.insert(
+                name.clone(),
+                produced
+                    .into_iter()
+                    .map(|(output, a)| {
+                        (output.clone(), StagedInput { digest: a.digest, kind: a.kind, from: format!("{name}.{output}") })
+                    })
+                    .collect(),
+            );
+        } else if first_failure.is_none() {
+            first_failure = Some(format!("step '{name}' failed: {}", record.error.clone().unwrap_or_default()));
+        }
+        status.insert(name.clone(), record.status);
+        progress.step_finished(&name, record.status, seconds, record.error.as_deref());
+        outcomes.insert(
+            name.clone(),
+            StepOutcome { step: name, step_run_id: id.to_string(), status: record.status, seconds, error: record.error },
+        );
+    }
+
+    for step in &pipeline.steps {
+        if status[&step.name] == StepStatus::Pending {
+            let reason = "an upstream step failed";
+            let id = ids[step.name.as_str()];
+            ctx.store.mark_step_skipped(id, reason).await?;
+            progress.step_finished(&step.name, StepStatus::Skipped, 0.0, Some(reason));
+            outcomes.insert(
+                step.name.clone(),
+                StepOutcome {
+                    step: step.name.clone(),
+                    step_run_id: id.to_string(),
+                    status: StepStatus::Skipped,
+                    seconds: 0.0,
+                    error: Some(reason.into()),
+                },
+            );
+        }
+    }
+    let final_status = if first_failure.is_some() { RunStatus::Failed } else { RunStatus::Succeeded };
+    ctx.store.finish_run(&run.id, final_status, first_failure.as_deref()).await?;
+
+    let names: HashMap<String, String> = step_runs.iter().map(|s| (s.id.clone(), s.step.clone())).collect();
+    let metrics = ctx
+        .store
+        .latest_metrics(&run.id)
+        .await?
+        .into_iter()
+        .map(|(id, m)| (names.get(&id).cloned().unwrap_or(id), m))
+        .collect();
+    Ok(RunOutcome {
+        run_id: run.id.clone(),
+        pipeline: pipeline.name.clone(),
+        status: final_status,
+        seconds: started.elapsed().as_secs_f64(),
+        steps: pipeline.steps.iter().filter_map(|s| outcomes.remove(&s.name)).collect(),
+        metrics,
+        models: ctx.store.model_versions_for_run(&run.id).await?,
+        error: first_failure,
+    })
+}
+
+/// Runs `weir exec <id>`; on failure returns what it printed to stderr.
+async fn spawn_exec(exe: &std::path::Path, env: &[(&'static str, String)], id: &str) -> Result<(), String> {
+    let output = tokio::process::Command::new(exe)
+        .arg("exec")
+        .arg(id)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("cannot start {} exec: {e}", exe.display()))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+    }
+}

@@ -1,0 +1,257 @@
+//! Request decoding: OIP v2 tensors and MLflow dataframes both become named
+//! columns of JSON values, which become a model [`Frame`] after every name,
+//! type and length has been checked against the model's signature.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+use weir_ml::{Column, Frame, InputKind, InputSpec};
+
+use crate::ServeError;
+
+fn bad(message: impl Into<String>) -> ServeError {
+    ServeError::BadRequest(message.into())
+}
+
+/// Named columns, all of one length.
+pub(crate) struct Columns {
+    pub rows: usize,
+    pub values: BTreeMap<String, Vec<Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OipRequest {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub parameters: Option<serde_json::Map<String, Value>>,
+    pub inputs: Vec<OipTensor>,
+    #[serde(default)]
+    pub outputs: Option<Vec<OipRequestedOutput>>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct OipRequestedOutput {
+    pub name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OipTensor {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub datatype: String,
+    pub data: Value,
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub parameters: Option<serde_json::Map<String, Value>>,
+}
+
+const NUMERIC_TYPES: &[&str] = &["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"];
+
+fn flatten(value: &Value, out: &mut Vec<Value>) {
+    match value {
+        Value::Array(items) => items.iter().for_each(|v| flatten(v, out)),
+        other => out.push(other.clone()),
+    }
+}
+
+/// OIP v2: each input tensor is a column; its first dimension is the batch.
+pub(crate) fn oip_columns(request: &OipRequest) -> Result<Columns, ServeError> {
+    if request.inputs.is_empty() {
+        return Err(bad("'inputs' is empty; send one tensor per model input"));
+    }
+    let mut values = BTreeMap::new();
+    let mut rows = None;
+    for tensor in &request.inputs {
+        let name = &tensor.name;
+        if values.contains_key(name) {
+            return Err(bad(format!("input '{name}' is given twice")));
+        }
+        if tensor.datatype != "BYTES" && !NUMERIC_TYPES.contains(&tensor.datatype.as_str()) {
+            return Err(bad(format!("input '{name}': unknown datatype '{}'; use BYTES, BOOL, INT64, FP64 or another OIP datatype", tensor.datatype)));
+        }
+        if tensor.shape.is_empty() || tensor.shape.iter().any(|d| *d < 0) {
+            return Err(bad(format!("input '{name}': shape {:?} is invalid; a column of n values has shape [n] or [n, 1]", tensor.shape)));
+        }
+        if tensor.shape.iter().skip(1).any(|d| *d != 1) {
+            return Err(bad(format!("input '{name}': shape {:?} has more than one value per row; send one tensor per feature with shape [n]", tensor.shape)));
+        }
+        let mut data = Vec::new();
+        flatten(&tensor.data, &mut data);
+        let n = tensor.shape[0] as usize;
+        if data.len() != n {
+            return Err(bad(format!("input '{name}': shape {:?} says {n} values but data has {}", tensor.shape, data.len())));
+        }
+        for (i, v) in data.iter().enumerate() {
+            let ok = match tensor.datatype.as_str() {
+                "BYTES" => v.is_string() || v.is_null(),
+                "BOOL" => v.is_boolean() || v.is_null(),
+                _ => v.is_number() || v.is_null(),
+            };
+            if !ok {
+                return Err(bad(format!("input '{name}': datatype {} but element {i} is {}", tensor.datatype, describe(v))));
+            }
+        }
+        match rows {
+            None => rows = Some(n),
+            Some(r) if r != n => return Err(bad(format!("input '{name}' has {n} rows but an earlier input has {r}; every input needs one value per row"))),
+            _ => {}
+        }
+        values.insert(name.clone(), data);
+    }
+    Ok(Columns { rows: rows.unwrap_or(0), values })
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Null => "null".into(),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+/// MLflow's scoring formats: `dataframe_split`, `dataframe_records`,
+/// `inputs` / `instances` (columns or records).
+pub(crate) fn mlflow_columns(body: &Value) -> Result<Columns, ServeError> {
+    let Value::Object(map) = body else {
+        return Err(bad("the body must be a JSON object with one of: dataframe_split, dataframe_records, inputs, instances"));
+    };
+    let known = ["dataframe_split", "dataframe_records", "inputs", "instances", "params"];
+    if let Some(unknown) = map.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(bad(format!("unknown field '{unknown}'; use one of: dataframe_split, dataframe_records, inputs, instances")));
+    }
+    let formats: Vec<&str> = known[..4].iter().copied().filter(|k| map.contains_key(*k)).collect();
+    match formats.as_slice() {
+        ["dataframe_split"] => split_columns(&map["dataframe_split"]),
+        ["dataframe_records"] => record_columns(&map["dataframe_records"], "dataframe_records"),
+        [key @ ("inputs" | "instances")] => match &map[*key] {
+            Value::Object(cols) => {
+                let mut values = BTreeMap::new();
+                let mut rows = None;
+                for (name, col) in cols {
+                    let col = match col {
+                        Value::Array(items) => items.clone(),
+                        scalar => vec![scalar.clone()],
+                    };
+                    match rows {
+                        None => rows = Some(col.len()),
+                        Some(r) if r != col.len() => return Err(bad(format!("{key}.{name} has {} values but another column has {r}", col.len()))),
+                        _ => {}
+                    }
+                    values.insert(name.clone(), col);
+                }
+                Ok(Columns { rows: rows.unwrap_or(0), values })
+            }
+            other => record_columns(other, key),
+        },
+        [] => Err(bad("the body needs one of: dataframe_split, dataframe_records, inputs, instances")),
+        many => Err(bad(format!("the body has several input formats ({}); send exactly one", many.join(", ")))),
+    }
+}
+
+fn split_columns(split: &Value) -> Result<Columns, ServeError> {
+    #[derive(Deserialize)]
+    struct Split {
+        columns: Vec<String>,
+        data: Vec<Vec<Value>>,
+        #[serde(default)]
+        #[allow(dead_code)]
+        index: Option<Vec<Value>>,
+    }
+    let split: Split = serde_json::from_value(split.clone())
+        .map_err(|e| bad(format!("dataframe_split: {e}; expected {{\"columns\": [...], \"data\": [[...], ...]}}")))?;
+    let mut values: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for c in &split.columns {
+        if values.insert(c.clone(), Vec::with_capacity(split.data.len())).is_some() {
+            return Err(bad(format!("dataframe_split: column '{c}' is listed twice")));
+        }
+    }
+    for (r, row) in split.data.iter().enumerate() {
+        if row.len() != split.columns.len() {
+            return Err(bad(format!("dataframe_split: row {r} has {} values but there are {} columns", row.len(), split.columns.len())));
+        }
+        for (c, v) in split.columns.iter().zip(row) {
+            values.get_mut(c).expect("column").push(v.clone());
+        }
+    }
+    Ok(Columns { rows: split.data.len(), values })
+}
+
+fn record_columns(records: &Value, field: &str) -> Result<Columns, ServeError> {
+    let Value::Array(records) = records else {
+        return Err(bad(format!("{field} must be a list of records like [{{\"column\": value}}]")));
+    };
+    let mut names: Vec<String> = Vec::new();
+    for (r, rec) in records.iter().enumerate() {
+        let Value::Object(rec) = rec else {
+            return Err(bad(format!("{field}[{r}] is not an object")));
+        };
+        for k in rec.keys() {
+            if !names.contains(k) {
+                names.push(k.clone());
+            }
+        }
+    }
+    let mut values: BTreeMap<String, Vec<Value>> = names.iter().map(|n| (n.clone(), Vec::with_capacity(records.len()))).collect();
+    for rec in records {
+        for n in &names {
+            // A key missing from a record is a missing value, as in pandas.
+            values.get_mut(n).expect("name").push(rec.get(n).cloned().unwrap_or(Value::Null));
+        }
+    }
+    Ok(Columns { rows: records.len(), values })
+}
+
+/// Checks columns against the model's signature and builds its input frame.
+pub(crate) fn frame(inputs: &[InputSpec], mut columns: Columns) -> Result<Frame, ServeError> {
+    let expected: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+    if let Some(unknown) = columns.values.keys().find(|k| !expected.contains(&k.as_str())) {
+        return Err(bad(format!("unknown input '{unknown}'; the model expects: {}", expected.join(", "))));
+    }
+    let missing: Vec<&str> = expected.iter().copied().filter(|n| !columns.values.contains_key(*n)).collect();
+    if !missing.is_empty() {
+        return Err(bad(format!("missing input{} {}; the model expects: {}", if missing.len() > 1 { "s" } else { "" }, missing.join(", "), expected.join(", "))));
+    }
+    if columns.rows == 0 {
+        return Err(bad("the request has no rows"));
+    }
+    let mut out = Vec::with_capacity(inputs.len());
+    for spec in inputs {
+        let values = columns.values.remove(&spec.name).expect("checked above");
+        out.push(match spec.kind {
+            InputKind::Numeric => Column::Numeric(
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(r, v)| match v {
+                        Value::Number(n) => n.as_f64().ok_or_else(|| bad(format!("input '{}' row {r}: {n} is not a finite number", spec.name))),
+                        Value::Bool(b) => Ok(if *b { 1.0 } else { 0.0 }),
+                        Value::Null => Ok(f64::NAN),
+                        other => Err(bad(format!("input '{}' row {r}: expected a number, got {}", spec.name, describe(other)))),
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            InputKind::Text => Column::Text(
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(r, v)| match v {
+                        Value::String(s) => Ok(Some(s.clone())),
+                        Value::Number(n) => Ok(Some(n.to_string())),
+                        Value::Bool(b) => Ok(Some(b.to_string())),
+                        Value::Null => Ok(None),
+                        other => Err(bad(format!("input '{}' row {r}: expected a string, got {}", spec.name, describe(other)))),
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+        });
+    }
+    Ok(Frame { rows: columns.rows, columns: out })
+}

@@ -1,0 +1,239 @@
+//! HTTP routes. Both protocols decode into columns, go through the same
+//! signature check and the same model call, and differ only in their shapes.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use weir_ml::{InputKind, Task};
+
+use crate::payload::{self, Columns};
+use crate::{AppState, Loaded, ServeError};
+
+/// Batches above this many rows are scored on a blocking thread so the
+/// reactor keeps answering other requests.
+const INLINE_ROWS: usize = 512;
+
+type Shared = State<Arc<AppState>>;
+
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(|| async { Json(json!({"live": true})) }))
+        .route("/v2/health/ready", get(server_ready))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route("/v2/models/{name}/versions/{version}", get(version_metadata))
+        .route("/v2/models/{name}/versions/{version}/ready", get(version_ready))
+        .route("/v2/models/{name}/infer", post(infer))
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer_version))
+        .route("/invocations", post(invocations))
+        .route("/ping", get(ping))
+        .route("/health", get(ping))
+        .fallback(|| async { oip_error(ServeError::BadRequest("no such endpoint; see /v2 and /invocations".into()), StatusCode::NOT_FOUND) })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+fn oip_error(e: ServeError, status: StatusCode) -> Response {
+    (status, Json(json!({"error": e.to_string()}))).into_response()
+}
+
+struct OipError(ServeError);
+impl IntoResponse for OipError {
+    fn into_response(self) -> Response {
+        let status = self.0.status();
+        oip_error(self.0, status)
+    }
+}
+impl From<ServeError> for OipError {
+    fn from(e: ServeError) -> Self {
+        OipError(e)
+    }
+}
+
+struct MlflowError(ServeError);
+impl IntoResponse for MlflowError {
+    fn into_response(self) -> Response {
+        (self.0.status(), Json(json!({"error_code": self.0.mlflow_code(), "message": self.0.to_string()}))).into_response()
+    }
+}
+impl From<ServeError> for MlflowError {
+    fn from(e: ServeError) -> Self {
+        MlflowError(e)
+    }
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ServeError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ServeError::TooLarge { limit }
+        } else {
+            ServeError::BadRequest(format!("cannot read the request body: {}", rejection.body_text()))
+        }
+    })
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ServeError> {
+    serde_json::from_slice(bytes).map_err(|e| ServeError::BadRequest(format!("malformed JSON body: {e}")))
+}
+
+async fn server_metadata() -> Json<Value> {
+    Json(json!({"name": "weir", "version": weir_core::WEIR_VERSION, "extensions": []}))
+}
+
+async fn server_ready(State(s): Shared) -> Response {
+    let status = if s.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({"ready": s.is_ready()}))).into_response()
+}
+
+async fn ping(State(s): Shared) -> Response {
+    if s.is_ready() {
+        (StatusCode::OK, "\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading\n").into_response()
+    }
+}
+
+fn datatype(kind: InputKind) -> &'static str {
+    match kind {
+        InputKind::Numeric => "FP64",
+        InputKind::Text => "BYTES",
+    }
+}
+
+fn output_names(task: Task) -> &'static [(&'static str, &'static str)] {
+    match task {
+        Task::Classification => &[("probability", "FP64"), ("label", "INT64")],
+        Task::Regression => &[("prediction", "FP64")],
+    }
+}
+
+fn metadata(s: &AppState, loaded: &Loaded) -> Value {
+    json!({
+        "name": loaded.name,
+        "versions": s.versions(&loaded.name).iter().map(|l| l.version.to_string()).collect::<Vec<_>>(),
+        "platform": format!("weir_{}", loaded.model.kind()),
+        "inputs": loaded.inputs.iter().map(|i| json!({"name": i.name, "datatype": datatype(i.kind), "shape": [-1]})).collect::<Vec<_>>(),
+        "outputs": output_names(loaded.model.task()).iter().map(|(n, t)| json!({"name": n, "datatype": t, "shape": [-1]})).collect::<Vec<_>>(),
+    })
+}
+
+fn ready_model(s: &AppState, name: &str, version: Option<&str>) -> Result<Arc<Loaded>, ServeError> {
+    if !s.is_ready() {
+        return Err(ServeError::NotReady);
+    }
+    s.model(name, version)
+}
+
+async fn model_metadata(State(s): Shared, Path(name): Path<String>) -> Result<Json<Value>, OipError> {
+    let loaded = ready_model(&s, &name, None)?;
+    Ok(Json(metadata(&s, &loaded)))
+}
+
+async fn version_metadata(State(s): Shared, Path((name, version)): Path<(String, String)>) -> Result<Json<Value>, OipError> {
+    let loaded = ready_model(&s, &name, Some(&version))?;
+    let mut doc = metadata(&s, &loaded);
+    doc["versions"] = json!([version]);
+    Ok(Json(doc))
+}
+
+async fn model_ready(State(s): Shared, Path(name): Path<String>) -> Result<Json<Value>, OipError> {
+    ready_model(&s, &name, None)?;
+    Ok(Json(json!({"name": name, "ready": true})))
+}
+
+async fn version_ready(State(s): Shared, Path((name, version)): Path<(String, String)>) -> Result<Json<Value>, OipError> {
+    ready_model(&s, &name, Some(&version))?;
+    Ok(Json(json!({"name": name, "version": version, "ready": true})))
+}
+
+async fn predict(loaded: Arc<Loaded>, columns: Columns) -> Result<Vec<f64>, ServeError> {
+    let frame = payload::frame(&loaded.inputs, columns)?;
+    let rows = frame.rows;
+    let score = move || loaded.model.predict(&frame).map_err(|e| ServeError::BadRequest(e.to_string()));
+    if rows <= INLINE_ROWS {
+        score()
+    } else {
+        tokio::task::spawn_blocking(score).await.map_err(|e| ServeError::Internal(e.to_string()))?
+    }
+}
+
+async fn infer(state: Shared, Path(name): Path<String>, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, OipError> {
+    run_infer(state, name, None, body).await
+}
+
+async fn infer_version(
+    state: Shared,
+    Path((name, version)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, OipError> {
+    run_infer(state, name, Some(version), body).await
+}
+
+async fn run_infer(
+    State(s): Shared,
+    name: String,
+    version: Option<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, OipError> {
+    let loaded = ready_model(&s, &name, version.as_deref())?;
+    let bytes = body_bytes(body, s.max_body_bytes)?;
+    let request: payload::OipRequest = parse_json(&bytes)?;
+    let requested: Option<Vec<String>> = request.outputs.as_ref().map(|o| o.iter().map(|o| o.name.clone()).collect());
+    let available = output_names(loaded.model.task());
+    if let Some(names) = &requested {
+        if let Some(bad) = names.iter().find(|n| !available.iter().any(|(a, _)| a == n)) {
+            let known: Vec<&str> = available.iter().map(|(n, _)| *n).collect();
+            return Err(ServeError::BadRequest(format!("unknown output '{bad}'; the model produces: {}", known.join(", "))).into());
+        }
+    }
+    let columns = payload::oip_columns(&request)?;
+    let scores = predict(loaded.clone(), columns).await?;
+    let n = scores.len();
+    let outputs: Vec<Value> = available
+        .iter()
+        .filter(|(out, _)| requested.as_ref().is_none_or(|r| r.iter().any(|x| x == out)))
+        .map(|(out, dtype)| {
+            let data: Value = match *out {
+                "label" => json!(scores.iter().map(|p| i64::from(*p >= 0.5)).collect::<Vec<_>>()),
+                _ => json!(scores),
+            };
+            json!({"name": out, "shape": [n], "datatype": dtype, "data": data})
+        })
+        .collect();
+    let mut response = json!({
+        "model_name": loaded.name,
+        "model_version": loaded.version.to_string(),
+        "outputs": outputs,
+    });
+    if let Some(id) = request.id {
+        response["id"] = json!(id);
+    }
+    Ok(Json(response))
+}
+
+async fn invocations(State(s): Shared, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, MlflowError> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        if !ct.starts_with("application/json") {
+            return Err(ServeError::UnsupportedMediaType(ct.to_string()).into());
+        }
+    }
+    let loaded = ready_model(&s, &s.primary, None)?;
+    let bytes = body_bytes(body, s.max_body_bytes)?;
+    let request: Value = parse_json(&bytes)?;
+    let columns = payload::mlflow_columns(&request)?;
+    let scores = predict(loaded.clone(), columns).await?;
+    let predictions: Vec<Value> = match loaded.model.task() {
+        Task::Classification => scores.iter().map(|p| json!({"probability": p, "label": i64::from(*p >= 0.5)})).collect(),
+        Task::Regression => scores.iter().map(|p| json!(p)).collect(),
+    };
+    Ok(Json(json!({"predictions": predictions})))
+}

@@ -67,7 +67,7 @@ impl BuiltinOp {
             BuiltinOp::Validate => &["table", "report"],
             BuiltinOp::Split => &["train", "valid", "test"],
             BuiltinOp::TrainLinear => &["model"],
-            BuiltinOp::Evaluate => &["metrics"],
+            BuiltinOp::Evaluate => &["metrics", "predictions"],
             BuiltinOp::Register => &[],
         }
     }

@@ -59,7 +59,10 @@ impl fmt::Display for InputRef {
 
 impl Pipeline {
     pub fn base_dir(&self) -> &Path {
-        self.file.parent().unwrap_or(Path::new("."))
+        match self.file.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        }
     }
 
     pub fn step(&self, name: &str) -> Option<&Step> {
@@ -168,7 +171,7 @@ pub fn parse(file: &Path, text: &str, overrides: &[(String, String)]) -> Result<
         file: file.to_path_buf(),
         issues,
     };
-    let raw: RawPipeline = serde_saphyr::from_str(text).map_err(|e| {
+    let raw: RawPipeline = serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
         let line = e.location().map(|l| l.line());
         let message = first_line(&e.to_string());
         invalid(vec![SpecIssue {
@@ -529,10 +532,15 @@ fn param_hint(params: &BTreeMap<String, Value>) -> String {
     format!("declared params: [{}]; reference one as ${{{{ params.NAME }}}}", names.join(", "))
 }
 
+/// YAML 1.2 booleans only: a column named `y` or `no` stays a string.
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! { strict_booleans: true }
+}
+
 /// Parses a `-p key=value` value the way YAML would read it, so `-p lr=0.1`
 /// gives a number and `-p name=x` a string.
 fn parse_scalar(value: &str) -> Value {
-    serde_saphyr::from_str::<Value>(value)
+    serde_saphyr::from_str_with_options::<Value>(value, yaml_options())
         .ok()
         .filter(|v| !v.is_object() && !v.is_array() && !v.is_null())
         .unwrap_or_else(|| Value::String(value.to_string()))
@@ -648,6 +656,14 @@ steps:
             .to_string();
         assert!(err.contains("'nope' is not a param"), "{err}");
         assert!(err.contains("declared params: [lr, target]"), "{err}");
+    }
+
+    #[test]
+    fn only_yaml_12_booleans_are_booleans() {
+        let p = parse_ok("version: 1\nsteps:\n  a:\n    run: echo\n    with: { target: y, flag: no, on: true }\n");
+        assert_eq!(p.steps[0].with["target"], serde_json::json!("y"));
+        assert_eq!(p.steps[0].with["flag"], serde_json::json!("no"));
+        assert_eq!(p.steps[0].with["on"], serde_json::json!(true));
     }
 
     #[test]

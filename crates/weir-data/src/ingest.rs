@@ -149,7 +149,15 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>> {
 }
 
 fn parse_error(path: &Path, e: arrow::error::ArrowError) -> DataError {
-    let message = e.to_string();
+    let mut message = e.to_string();
+    // arrow-csv counts data rows from 1 after the header; say the file line.
+    if let Some(start) = message.find(" at line ") {
+        let rest = &message[start + 9..];
+        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        if let (Ok(row), true) = (digits.parse::<u64>(), message.contains("Error while parsing value")) {
+            message = format!("{} at line {} (data row {row}){}", &message[..start], row + 1, &rest[digits.len()..]);
+        }
+    }
     let hint = if message.contains("number of fields") || message.contains("unequal lengths") {
         "every row needs as many fields as the header; fix the row, or quote fields that contain the delimiter"
     } else if message.contains("Error while parsing value") {
@@ -326,7 +334,7 @@ mod tests {
         let mut opts = IngestOptions::new("");
         opts.schema.insert("a".into(), "int64".into());
         let err = read_table(&p, &opts).unwrap_err().to_string();
-        assert!(err.contains("'x'") && err.contains("line"), "{err}");
+        assert!(err.contains("'x'") && err.contains("at line 3 (data row 2)"), "{err}");
         assert!(err.contains("schema"), "{err}");
     }
 

@@ -1,5 +1,6 @@
 //! `weir/evaluate`: metrics of a model on a table, overall and per slice of
-//! a column (e.g. per carrier). The report is the step's `metrics` output.
+//! a column (e.g. per carrier). The report is the step's `metrics` output;
+//! `predictions` is the labelled rows with a `prediction` column added.
 
 use std::collections::BTreeMap;
 
@@ -81,6 +82,13 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
         "overall": finite(overall),
         "slices": slices,
     });
+    let mut columns = rows.columns().to_vec();
+    let mut fields: Vec<arrow::datatypes::Field> = rows.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    columns.push(std::sync::Arc::new(arrow::array::Float64Array::from(scores)));
+    fields.push(arrow::datatypes::Field::new("prediction", DataType::Float64, false));
+    let predictions = arrow::record_batch::RecordBatch::try_new(std::sync::Arc::new(arrow::datatypes::Schema::new(fields)), columns)
+        .map_err(weir_data::DataError::from)?;
+    weir_data::write_parquet(&predictions, &ctx.output("predictions"))?;
     let path = ctx.output("metrics");
     std::fs::write(&path, serde_json::to_vec_pretty(&report).expect("json")).map_err(EngineError::io("cannot write", &path))?;
     Ok(out)

@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `weir` binary, run as a user would, against a
+//! fresh home directory per test (SQLite and local artifacts by default;
+//! PostgreSQL and S3 in `team_backends`). One test binary, many modules.
+
+mod common;
+mod flights;
+mod pipelines;
+mod team_backends;

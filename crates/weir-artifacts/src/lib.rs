@@ -86,7 +86,11 @@ pub struct ArtifactStore {
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError {
     let path = path.to_path_buf();
-    move |source| ArtifactError::Io { action, path, source }
+    move |source| ArtifactError::Io {
+        action,
+        path,
+        source,
+    }
 }
 
 impl ArtifactStore {
@@ -113,7 +117,8 @@ impl ArtifactStore {
                     .with_virtual_hosted_style_request(false)
                     .with_allow_http(endpoint.starts_with("http://"));
             }
-            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err()
+            {
                 builder = builder.with_region("us-east-1");
             }
             let backend = builder.build().map_err(|e| open_err(&e))?;
@@ -201,7 +206,9 @@ impl ArtifactStore {
 
     pub async fn put_file(&self, path: &Path) -> Result<Stored> {
         let digest = Digest::of_file(path).map_err(io("cannot read", path))?;
-        let size = std::fs::metadata(path).map_err(io("cannot read", path))?.len();
+        let size = std::fs::metadata(path)
+            .map_err(io("cannot read", path))?
+            .len();
         let stored = Stored {
             digest,
             size,
@@ -212,7 +219,9 @@ impl ArtifactStore {
         }
         let key = self.key(&digest);
         if size <= MULTIPART_THRESHOLD {
-            let bytes = tokio::fs::read(path).await.map_err(io("cannot read", path))?;
+            let bytes = tokio::fs::read(path)
+                .await
+                .map_err(io("cannot read", path))?;
             // The file may have changed since it was hashed; never store bytes
             // under a digest they do not have.
             if Digest::of_bytes(&bytes) != digest {
@@ -235,9 +244,15 @@ impl ArtifactStore {
 
     async fn put_multipart(&self, key: &ObjectPath, path: &Path) -> Result<()> {
         use tokio::io::AsyncReadExt;
-        let upload = self.backend.put_multipart(key).await.map_err(self.backend_err())?;
+        let upload = self
+            .backend
+            .put_multipart(key)
+            .await
+            .map_err(self.backend_err())?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-        let mut file = tokio::fs::File::open(path).await.map_err(io("cannot read", path))?;
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(io("cannot read", path))?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = match file.read(&mut buf).await {
@@ -250,7 +265,10 @@ impl ArtifactStore {
             if n == 0 {
                 break;
             }
-            writer.wait_for_capacity(4).await.map_err(self.backend_err())?;
+            writer
+                .wait_for_capacity(4)
+                .await
+                .map_err(self.backend_err())?;
             writer.write(&buf[..n]);
         }
         writer.finish().await.map_err(self.backend_err())?;
@@ -320,10 +338,11 @@ impl ArtifactStore {
                     })?;
                 std::fs::create_dir_all(dest).map_err(io("cannot create", dest))?;
                 for entry in manifest.files {
-                    let rel = safe_relative(&entry.path).ok_or_else(|| ArtifactError::BadManifest {
-                        digest: digest.hex(),
-                        reason: format!("entry '{}' escapes the directory", entry.path),
-                    })?;
+                    let rel =
+                        safe_relative(&entry.path).ok_or_else(|| ArtifactError::BadManifest {
+                            digest: digest.hex(),
+                            reason: format!("entry '{}' escapes the directory", entry.path),
+                        })?;
                     self.fetch_file(&entry.digest, &dest.join(rel)).await?;
                 }
                 Ok(())
@@ -336,7 +355,9 @@ impl ArtifactStore {
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(io("cannot create", parent))?;
         }
-        tokio::fs::write(dest, &bytes).await.map_err(io("cannot write", dest))
+        tokio::fs::write(dest, &bytes)
+            .await
+            .map_err(io("cannot write", dest))
     }
 
     /// Deletes a blob (used by tests and, later, garbage collection).
@@ -386,7 +407,11 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> 
         if path.is_dir() {
             collect_files(root, &path, out)?;
         } else {
-            out.push(path.strip_prefix(root).expect("walked under root").to_path_buf());
+            out.push(
+                path.strip_prefix(root)
+                    .expect("walked under root")
+                    .to_path_buf(),
+            );
         }
     }
     Ok(())

@@ -13,7 +13,10 @@ static ENV_LOCK: Mutex<()> = Mutex::new(());
 
 fn local() -> (ArtifactStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    (ArtifactStore::open(dir.path().to_str().unwrap()).unwrap(), dir)
+    (
+        ArtifactStore::open(dir.path().to_str().unwrap()).unwrap(),
+        dir,
+    )
 }
 
 fn s3() -> Option<ArtifactStore> {
@@ -21,13 +24,18 @@ fn s3() -> Option<ArtifactStore> {
         if std::env::var("WEIR_REQUIRE_S3").as_deref() == Ok("1") {
             panic!("WEIR_REQUIRE_S3=1 but WEIR_TEST_S3_ENDPOINT is not set");
         }
-        eprintln!("WEIR_TEST_S3_ENDPOINT is not set: skipping the S3 backend (scripts/test.sh sets it)");
+        eprintln!(
+            "WEIR_TEST_S3_ENDPOINT is not set: skipping the S3 backend (scripts/test.sh sets it)"
+        );
         return None;
     };
     let bucket = std::env::var("WEIR_TEST_S3_BUCKET").unwrap_or_else(|_| "weir-test".into());
     let _guard = ENV_LOCK.lock().unwrap();
     std::env::set_var("AWS_ENDPOINT_URL", &endpoint);
-    std::env::set_var("AWS_ACCESS_KEY_ID", std::env::var("AWS_ACCESS_KEY_ID").unwrap_or("weir".into()));
+    std::env::set_var(
+        "AWS_ACCESS_KEY_ID",
+        std::env::var("AWS_ACCESS_KEY_ID").unwrap_or("weir".into()),
+    );
     std::env::set_var(
         "AWS_SECRET_ACCESS_KEY",
         std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or("weir-secret".into()),
@@ -36,10 +44,16 @@ fn s3() -> Option<ArtifactStore> {
 }
 
 async fn round_trips_and_dedups(store: &ArtifactStore) {
-    let a = store.put_bytes(Bytes::from_static(b"hello weir")).await.unwrap();
+    let a = store
+        .put_bytes(Bytes::from_static(b"hello weir"))
+        .await
+        .unwrap();
     assert_eq!(a.digest, Digest::of_bytes(b"hello weir"));
     assert_eq!(a.kind, ArtifactKind::File);
-    let again = store.put_bytes(Bytes::from_static(b"hello weir")).await.unwrap();
+    let again = store
+        .put_bytes(Bytes::from_static(b"hello weir"))
+        .await
+        .unwrap();
     assert_eq!(a, again);
     assert_eq!(&store.get(&a.digest).await.unwrap()[..], b"hello weir");
     assert_eq!(store.list().await.unwrap(), vec![a.digest]);
@@ -54,9 +68,15 @@ async fn directories_round_trip(store: &ArtifactStore) {
     assert_eq!((stored.kind, stored.size), (ArtifactKind::Dir, 3001));
     let dest = tempfile::tempdir().unwrap();
     let out = dest.path().join("restored");
-    store.fetch(&stored.digest, ArtifactKind::Dir, &out).await.unwrap();
+    store
+        .fetch(&stored.digest, ArtifactKind::Dir, &out)
+        .await
+        .unwrap();
     assert_eq!(std::fs::read(out.join("a.txt")).unwrap(), b"A");
-    assert_eq!(std::fs::read(out.join("sub/b.bin")).unwrap(), vec![7u8; 3000]);
+    assert_eq!(
+        std::fs::read(out.join("sub/b.bin")).unwrap(),
+        vec![7u8; 3000]
+    );
 }
 
 async fn large_files_use_multipart(store: &ArtifactStore) {
@@ -122,7 +142,10 @@ async fn s3_missing_blobs_are_reported() {
 #[tokio::test]
 async fn corrupt_blobs_are_detected_on_read() {
     let (store, dir) = local();
-    let stored = store.put_bytes(Bytes::from_static(b"precious")).await.unwrap();
+    let stored = store
+        .put_bytes(Bytes::from_static(b"precious"))
+        .await
+        .unwrap();
     let hex = stored.digest.hex();
     let blob = dir.path().join("blobs").join(&hex[..2]).join(&hex);
     std::fs::write(&blob, b"tampered").unwrap();
@@ -133,5 +156,9 @@ async fn corrupt_blobs_are_detected_on_read() {
 #[test]
 fn rejects_unknown_schemes() {
     let err = ArtifactStore::open("ftp://x/y").unwrap_err();
-    assert!(err.to_string().contains("not a supported artifact location"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("not a supported artifact location"),
+        "{err}"
+    );
 }

@@ -12,7 +12,11 @@ use weir_core::config::Config;
 use weir_engine::{progress, Context, RunOptions};
 
 #[derive(Parser)]
-#[command(name = "weir", version, about = "Weir: ML pipelines from raw data to a served model, in one binary")]
+#[command(
+    name = "weir",
+    version,
+    about = "Weir: ML pipelines from raw data to a served model, in one binary"
+)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -72,7 +76,7 @@ enum Command {
         #[arg(long)]
         addr: Option<String>,
         /// Largest request body accepted, in bytes
-        #[arg(long, default_value_t = 16 << 20)]
+        #[arg(long, env = "WEIR_SERVE_MAX_BODY_BYTES", default_value_t = 16 << 20)]
         max_body_bytes: usize,
     },
     /// Show the effective configuration and where each value comes from
@@ -120,7 +124,11 @@ enum ModelsCommand {
 }
 
 fn config(global: &Global, extra: &[(&str, Option<String>)]) -> Result<Config> {
-    let mut flags = vec![("home", global.home.clone()), ("db", global.db.clone()), ("artifacts", global.artifacts.clone())];
+    let mut flags = vec![
+        ("home", global.home.clone()),
+        ("db", global.db.clone()),
+        ("artifacts", global.artifacts.clone()),
+    ];
     flags.extend(extra.iter().cloned());
     let dir = std::env::current_dir().context("cannot read the current directory")?;
     Ok(Config::resolve(&dir, &|k| std::env::var(k).ok(), &flags)?)
@@ -138,18 +146,34 @@ fn parse_params(raw: &[String]) -> Result<Vec<(String, String)>> {
 
 async fn main_async(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run { file, params, max_parallel, json } => {
-            let config = config(&cli.global, &[("max_parallel", max_parallel.map(|v| v.to_string()))])?;
+        Command::Run {
+            file,
+            params,
+            max_parallel,
+            json,
+        } => {
+            let config = config(
+                &cli.global,
+                &[("max_parallel", max_parallel.map(|v| v.to_string()))],
+            )?;
             let pipeline = weir_core::pipeline::load(&file, &parse_params(&params)?)?;
             let ctx = Context::open(config.clone()).await?;
-            let options = RunOptions { max_parallel: config.max_parallel()?, exec_binary: None };
+            let options = RunOptions {
+                max_parallel: config.max_parallel()?,
+                exec_binary: None,
+            };
             let outcome = if json {
                 weir_engine::run_pipeline(&ctx, &pipeline, &options, &progress::Quiet).await?
             } else {
-                weir_engine::run_pipeline(&ctx, &pipeline, &options, &progress::Display::new()).await?
+                weir_engine::run_pipeline(&ctx, &pipeline, &options, &progress::Display::new())
+                    .await?
             };
             output::run_outcome(&outcome, json);
-            Ok(if outcome.status == weir_store::RunStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if outcome.status == weir_store::RunStatus::Succeeded {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Exec { step_run_id } => {
             let ctx = Context::open(config(&cli.global, &[])?).await?;
@@ -176,19 +200,30 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             output::models(&ctx.store.list_models().await?, json);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Models(ModelsCommand::Show { name, version, json }) => {
+        Command::Models(ModelsCommand::Show {
+            name,
+            version,
+            json,
+        }) => {
             let ctx = Context::open(config(&cli.global, &[])?).await?;
             output::model_detail(&ctx.store, &name, version, json).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { models, addr, max_body_bytes } => {
+        Command::Serve {
+            models,
+            addr,
+            max_body_bytes,
+        } => {
             let config = config(&cli.global, &[("serve_addr", addr)])?;
             let ctx = Context::open(config.clone()).await?;
             let mut selected = Vec::new();
             for m in &models {
                 selected.push(weir_serve::ModelRef::parse(m)?);
             }
-            let options = weir_serve::ServeOptions { addr: config.serve_addr().to_string(), max_body_bytes };
+            let options = weir_serve::ServeOptions {
+                addr: config.serve_addr().to_string(),
+                max_body_bytes,
+            };
             weir_serve::serve(&ctx.store, &ctx.artifacts, &selected, options).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -203,7 +238,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -8,7 +8,10 @@ use weir_engine::{Context, RunOutcome};
 use weir_store::{ModelSummary, RunRecord, Store};
 
 fn print_json(value: &impl serde::Serialize) {
-    println!("{}", serde_json::to_string_pretty(value).expect("serializable"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("serializable")
+    );
 }
 
 fn time(ms: i64) -> String {
@@ -24,7 +27,12 @@ fn time(ms: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn duration(start: Option<i64>, end: Option<i64>) -> String {
@@ -44,7 +52,11 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
         }
     }
     let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("{}", padded.join("  ").trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());
@@ -59,7 +71,10 @@ pub fn run_outcome(outcome: &RunOutcome, json: bool) {
         return;
     }
     println!();
-    println!("run {} {} in {:.2}s", outcome.run_id, outcome.status, outcome.seconds);
+    println!(
+        "run {} {} in {:.2}s",
+        outcome.run_id, outcome.status, outcome.seconds
+    );
     if !outcome.metrics.is_empty() {
         println!();
         let rows: Vec<Vec<String>> = outcome
@@ -97,7 +112,10 @@ pub fn runs(runs: &[RunRecord], json: bool) {
             ]
         })
         .collect();
-    table(&["RUN", "PIPELINE", "STATUS", "STARTED (UTC)", "DURATION"], &rows);
+    table(
+        &["RUN", "PIPELINE", "STATUS", "STARTED (UTC)", "DURATION"],
+        &rows,
+    );
 }
 
 pub async fn run_detail(store: &Store, id: &str, json: bool) -> Result<()> {
@@ -135,7 +153,11 @@ pub async fn run_detail(store: &Store, id: &str, json: bool) -> Result<()> {
     println!("run       {}", run.id);
     println!("pipeline  {} ({})", run.pipeline, run.spec_file);
     println!("status    {}", run.status);
-    println!("started   {} UTC, took {}", time(run.started_at), duration(Some(run.started_at), run.ended_at));
+    println!(
+        "started   {} UTC, took {}",
+        time(run.started_at),
+        duration(Some(run.started_at), run.ended_at)
+    );
     println!("params    {}", run.params_json);
     if let Some(rev) = &run.git_rev {
         println!("git       {rev}");
@@ -152,17 +174,30 @@ pub async fn run_detail(store: &Store, id: &str, json: bool) -> Result<()> {
                 s.kind.clone(),
                 s.status.to_string(),
                 duration(s.started_at, s.ended_at),
-                outputs.iter().map(|(n, a)| format!("{n}={}", a.digest.short())).collect::<Vec<_>>().join(" "),
+                outputs
+                    .iter()
+                    .map(|(n, a)| format!("{n}={}", a.digest.short()))
+                    .collect::<Vec<_>>()
+                    .join(" "),
             ]
         })
         .collect();
     table(&["STEP", "KIND", "STATUS", "DURATION", "OUTPUTS"], &rows);
     if !metrics.is_empty() {
         println!();
-        let names: std::collections::HashMap<&str, &str> = steps.iter().map(|s| (s.id.as_str(), s.step.as_str())).collect();
+        let names: std::collections::HashMap<&str, &str> = steps
+            .iter()
+            .map(|s| (s.id.as_str(), s.step.as_str()))
+            .collect();
         let rows: Vec<Vec<String>> = metrics
             .iter()
-            .map(|(id, m)| vec![names.get(id.as_str()).unwrap_or(&"?").to_string(), m.key.clone(), format!("{:.6}", m.value)])
+            .map(|(id, m)| {
+                vec![
+                    names.get(id.as_str()).unwrap_or(&"?").to_string(),
+                    m.key.clone(),
+                    format!("{:.6}", m.value),
+                ]
+            })
             .collect();
         table(&["STEP", "METRIC", "VALUE"], &rows);
     }
@@ -174,7 +209,11 @@ pub async fn logs(ctx: &Context, run: &str, step: &str) -> Result<()> {
     let steps = ctx.store.step_runs(&run.id).await?;
     let Some(record) = steps.iter().find(|s| s.step == step) else {
         let names: Vec<&str> = steps.iter().map(|s| s.step.as_str()).collect();
-        anyhow::bail!("run {} has no step '{step}'\n  hint: its steps are: {}", run.id, names.join(", "));
+        anyhow::bail!(
+            "run {} has no step '{step}'\n  hint: its steps are: {}",
+            run.id,
+            names.join(", ")
+        );
     };
     let Some(digest) = &record.log_digest else {
         anyhow::bail!(
@@ -196,12 +235,24 @@ pub fn models(models: &[ModelSummary], json: bool) {
     }
     let rows: Vec<Vec<String>> = models
         .iter()
-        .map(|m| vec![m.name.clone(), m.latest_version.to_string(), m.versions.to_string(), time(m.updated_at)])
+        .map(|m| {
+            vec![
+                m.name.clone(),
+                m.latest_version.to_string(),
+                m.versions.to_string(),
+                time(m.updated_at),
+            ]
+        })
         .collect();
     table(&["MODEL", "LATEST", "VERSIONS", "UPDATED (UTC)"], &rows);
 }
 
-pub async fn model_detail(store: &Store, name: &str, version: Option<i64>, json: bool) -> Result<()> {
+pub async fn model_detail(
+    store: &Store,
+    name: &str,
+    version: Option<i64>,
+    json: bool,
+) -> Result<()> {
     let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap_or_default();
     match version {
         None => {
@@ -231,7 +282,10 @@ pub async fn model_detail(store: &Store, name: &str, version: Option<i64>, json:
                     ]
                 })
                 .collect();
-            table(&["VERSION", "CREATED (UTC)", "RUN", "DIGEST", "METRIC"], &rows);
+            table(
+                &["VERSION", "CREATED (UTC)", "RUN", "DIGEST", "METRIC"],
+                &rows,
+            );
         }
         Some(v) => {
             let mv = store.model_version(name, Some(v)).await?;
@@ -247,8 +301,14 @@ pub async fn model_detail(store: &Store, name: &str, version: Option<i64>, json:
                 println!("created   {} UTC", time(mv.created_at));
                 println!("digest    {}", mv.digest);
                 println!("run       {}", mv.run_id.unwrap_or_default());
-                println!("lineage   {}", serde_json::to_string_pretty(&doc["lineage"]).unwrap_or_default());
-                println!("metrics   {}", serde_json::to_string_pretty(&doc["metrics"]["overall"]).unwrap_or_default());
+                println!(
+                    "lineage   {}",
+                    serde_json::to_string_pretty(&doc["lineage"]).unwrap_or_default()
+                );
+                println!(
+                    "metrics   {}",
+                    serde_json::to_string_pretty(&doc["metrics"]["overall"]).unwrap_or_default()
+                );
             }
         }
     }
@@ -264,7 +324,12 @@ pub fn config(config: &Config, json: bool) {
         .iter()
         .map(|(key, var, _)| {
             let s = &config.settings[*key];
-            vec![key.to_string(), s.value.clone(), var.to_string(), s.source.to_string()]
+            vec![
+                key.to_string(),
+                s.value.clone(),
+                var.to_string(),
+                s.source.to_string(),
+            ]
         })
         .collect();
     table(&["KEY", "VALUE", "ENV", "FROM"], &rows);

@@ -50,11 +50,31 @@ struct FileConfig {
 
 /// The keys, their environment variables and descriptions, defined once.
 pub const KEYS: &[(&str, &str, &str)] = &[
-    ("home", "WEIR_HOME", "directory for the embedded database, artifacts and scratch space"),
-    ("db", "WEIR_DB", "metadata store: sqlite://PATH or postgres://USER@HOST:PORT/DB"),
-    ("artifacts", "WEIR_ARTIFACTS", "artifact store: a directory, file:///PATH or s3://BUCKET/PREFIX"),
-    ("max_parallel", "WEIR_MAX_PARALLEL", "steps run at once by `weir run`"),
-    ("serve_addr", "WEIR_SERVE_ADDR", "address `weir serve` listens on"),
+    (
+        "home",
+        "WEIR_HOME",
+        "directory for the embedded database, artifacts and scratch space",
+    ),
+    (
+        "db",
+        "WEIR_DB",
+        "metadata store: sqlite://PATH or postgres://USER@HOST:PORT/DB",
+    ),
+    (
+        "artifacts",
+        "WEIR_ARTIFACTS",
+        "artifact store: a directory, file:///PATH or s3://BUCKET/PREFIX",
+    ),
+    (
+        "max_parallel",
+        "WEIR_MAX_PARALLEL",
+        "steps run at once by `weir run`",
+    ),
+    (
+        "serve_addr",
+        "WEIR_SERVE_ADDR",
+        "address `weir serve` listens on",
+    ),
 ];
 
 #[derive(Clone, Debug, Serialize)]
@@ -65,9 +85,17 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{file}: {message}\n  hint: valid keys are {keys}")]
-    File { file: PathBuf, message: String, keys: String },
+    File {
+        file: PathBuf,
+        message: String,
+        keys: String,
+    },
     #[error("{key} = '{value}' is invalid: {message}")]
-    Value { key: String, value: String, message: String },
+    Value {
+        key: String,
+        value: String,
+        message: String,
+    },
 }
 
 impl Config {
@@ -97,25 +125,46 @@ impl Config {
         let mut settings = BTreeMap::new();
         // `home` first: the other defaults live inside it.
         for (key, var, _) in KEYS {
-            let flag = flags.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.clone());
+            let flag = flags
+                .iter()
+                .find(|(k, _)| k == key)
+                .and_then(|(_, v)| v.clone());
             let chosen = if let Some(v) = flag {
-                Some(Setting { value: v, source: Source::Flag(format!("--{}", key.replace('_', "-"))) })
+                Some(Setting {
+                    value: v,
+                    source: Source::Flag(format!("--{}", key.replace('_', "-"))),
+                })
             } else if let Some(v) = env(var).filter(|v| !v.is_empty()) {
-                Some(Setting { value: v, source: Source::Env(var.to_string()) })
+                Some(Setting {
+                    value: v,
+                    source: Source::Env(var.to_string()),
+                })
             } else {
-                file_values[key].clone().map(|v| Setting { value: v, source: Source::File(file_path.clone()) })
+                file_values[key].clone().map(|v| Setting {
+                    value: v,
+                    source: Source::File(file_path.clone()),
+                })
             };
             let setting = chosen.unwrap_or_else(|| {
-                let home = settings.get("home").map(|s: &Setting| s.value.clone()).unwrap_or_default();
+                let home = settings
+                    .get("home")
+                    .map(|s: &Setting| s.value.clone())
+                    .unwrap_or_default();
                 let value = match *key {
                     "home" => ".weir".to_string(),
                     "db" => format!("sqlite://{home}/weir.db"),
                     "artifacts" => format!("{home}/artifacts"),
-                    "max_parallel" => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).to_string(),
+                    "max_parallel" => std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(2)
+                        .to_string(),
                     "serve_addr" => "127.0.0.1:8080".to_string(),
                     _ => unreachable!("every key has a default"),
                 };
-                Setting { value, source: Source::Default }
+                Setting {
+                    value,
+                    source: Source::Default,
+                }
             });
             settings.insert(key.to_string(), setting);
         }
@@ -158,7 +207,9 @@ impl Config {
 
     /// Environment variables that make a child process resolve the same configuration.
     pub fn child_env(&self) -> Vec<(&'static str, String)> {
-        KEYS.iter().map(|(key, var, _)| (*var, self.get(key).to_string())).collect()
+        KEYS.iter()
+            .map(|(key, var, _)| (*var, self.get(key).to_string()))
+            .collect()
     }
 }
 
@@ -170,18 +221,33 @@ mod tests {
     fn flags_beat_env_beat_file_beat_defaults() {
         let dir = std::env::temp_dir().join(format!("weir-config-{}", crate::new_id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(CONFIG_FILE), "home = \"/data/weir\"\nserve_addr = \"0.0.0.0:9\"\n").unwrap();
+        std::fs::write(
+            dir.join(CONFIG_FILE),
+            "home = \"/data/weir\"\nserve_addr = \"0.0.0.0:9\"\n",
+        )
+        .unwrap();
         let env = |k: &str| (k == "WEIR_SERVE_ADDR").then(|| "127.0.0.1:7".to_string());
         let c = Config::resolve(&dir, &env, &[("artifacts", Some("s3://b/p".into()))]).unwrap();
         assert_eq!(c.get("home"), "/data/weir");
-        assert_eq!(c.settings["home"].source, Source::File(dir.join(CONFIG_FILE)));
+        assert_eq!(
+            c.settings["home"].source,
+            Source::File(dir.join(CONFIG_FILE))
+        );
         assert_eq!(c.db(), "sqlite:///data/weir/weir.db");
         assert_eq!(c.settings["db"].source, Source::Default);
-        assert_eq!((c.serve_addr(), &c.settings["serve_addr"].source), ("127.0.0.1:7", &Source::Env("WEIR_SERVE_ADDR".into())));
+        assert_eq!(
+            (c.serve_addr(), &c.settings["serve_addr"].source),
+            ("127.0.0.1:7", &Source::Env("WEIR_SERVE_ADDR".into()))
+        );
         assert_eq!(c.artifacts(), "s3://b/p");
         std::fs::write(dir.join(CONFIG_FILE), "hme = 1\n").unwrap();
-        let err = Config::resolve(&dir, &|_| None, &[]).unwrap_err().to_string();
-        assert!(err.contains("unknown field") && err.contains("valid keys are home"), "{err}");
+        let err = Config::resolve(&dir, &|_| None, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown field") && err.contains("valid keys are home"),
+            "{err}"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

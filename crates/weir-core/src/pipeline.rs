@@ -166,21 +166,26 @@ pub fn load(file: &Path, overrides: &[(String, String)]) -> Result<Pipeline, Spe
     parse(file, &text, overrides)
 }
 
-pub fn parse(file: &Path, text: &str, overrides: &[(String, String)]) -> Result<Pipeline, SpecError> {
+pub fn parse(
+    file: &Path,
+    text: &str,
+    overrides: &[(String, String)],
+) -> Result<Pipeline, SpecError> {
     let invalid = |issues: Vec<SpecIssue>| SpecError::Invalid {
         file: file.to_path_buf(),
         issues,
     };
-    let raw: RawPipeline = serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
-        let line = e.location().map(|l| l.line());
-        let message = first_line(&e.to_string());
-        invalid(vec![SpecIssue {
-            line,
-            field: "yaml".into(),
-            hint: Some(yaml_hint(&message)),
-            message,
-        }])
-    })?;
+    let raw: RawPipeline =
+        serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
+            let line = e.location().map(|l| l.line());
+            let message = first_line(&e.to_string());
+            invalid(vec![SpecIssue {
+                line,
+                field: "yaml".into(),
+                hint: Some(yaml_hint(&message)),
+                message,
+            }])
+        })?;
 
     let mut issues = Vec::new();
     if raw.version.value != 1 {
@@ -242,9 +247,14 @@ pub fn parse(file: &Path, text: &str, overrides: &[(String, String)]) -> Result<
         Err(cycle) => {
             return Err(invalid(vec![SpecIssue {
                 line: cycle.first().and_then(|s| step_lines.get(s).copied()),
-                field: format!("steps.{}.inputs", cycle.first().cloned().unwrap_or_default()),
+                field: format!(
+                    "steps.{}.inputs",
+                    cycle.first().cloned().unwrap_or_default()
+                ),
                 message: format!("steps form a cycle: {}", cycle.join(" -> ")),
-                hint: Some("a step cannot read, directly or indirectly, from its own outputs".into()),
+                hint: Some(
+                    "a step cannot read, directly or indirectly, from its own outputs".into(),
+                ),
             }]))
         }
     };
@@ -277,7 +287,9 @@ fn build_step(
             issues.push(SpecIssue {
                 line: Some(line),
                 field: format!("steps.{name}"),
-                message: "a step needs exactly one of `uses:` (a built-in op) or `run:` (a command)".into(),
+                message:
+                    "a step needs exactly one of `uses:` (a built-in op) or `run:` (a command)"
+                        .into(),
                 hint: None,
             });
             return None;
@@ -366,7 +378,9 @@ fn build_step(
                 line: Some(reference.referenced.line()),
                 field: field(&format!("inputs.{input}")),
                 message: format!("'{}' is not a reference", reference.value),
-                hint: Some("write inputs as `name: step.output`, e.g. `table: ingest.table`".into()),
+                hint: Some(
+                    "write inputs as `name: step.output`, e.g. `table: ingest.table`".into(),
+                ),
             }),
         }
     }
@@ -413,7 +427,9 @@ fn build_step(
                         line: Some(out.referenced.line()),
                         field: field("outputs"),
                         message: format!("'{}' is not a valid output name", out.value),
-                        hint: Some("use letters, digits, '_' and '-', starting with a letter".into()),
+                        hint: Some(
+                            "use letters, digits, '_' and '-', starting with a letter".into(),
+                        ),
                     });
                 }
             }
@@ -453,7 +469,10 @@ fn check_references(steps: &[(Step, &Spanned<RawStep>)], issues: &mut Vec<SpecIs
                     issues.push(SpecIssue {
                         line,
                         field,
-                        message: format!("step '{}' has no output '{}'", reference.step, reference.output),
+                        message: format!(
+                            "step '{}' has no output '{}'",
+                            reference.step, reference.output
+                        ),
                         hint: Some(format!(
                             "'{}' produces: [{}]",
                             reference.step,
@@ -501,7 +520,8 @@ fn find_cycle(stuck: &[Step]) -> Vec<String> {
             .find(|u| by_name.contains_key(u))
             .expect("a stuck step has a stuck upstream");
         if let Some(start) = path.iter().position(|p| *p == next) {
-            let mut cycle: Vec<String> = path[start..].iter().rev().map(|s| s.to_string()).collect();
+            let mut cycle: Vec<String> =
+                path[start..].iter().rev().map(|s| s.to_string()).collect();
             cycle.push(cycle[0].clone());
             return cycle;
         }
@@ -529,7 +549,10 @@ fn yaml_hint(message: &str) -> String {
 
 fn param_hint(params: &BTreeMap<String, Value>) -> String {
     let names: Vec<&str> = params.keys().map(String::as_str).collect();
-    format!("declared params: [{}]; reference one as ${{{{ params.NAME }}}}", names.join(", "))
+    format!(
+        "declared params: [{}]; reference one as ${{{{ params.NAME }}}}",
+        names.join(", ")
+    )
 }
 
 /// YAML 1.2 booleans only: a column named `y` or `no` stays a string.
@@ -619,7 +642,9 @@ mod tests {
     }
 
     fn parse_err(yaml: &str) -> String {
-        parse(Path::new("p.yaml"), yaml, &[]).unwrap_err().to_string()
+        parse(Path::new("p.yaml"), yaml, &[])
+            .unwrap_err()
+            .to_string()
     }
 
     const GOOD: &str = r#"
@@ -642,7 +667,10 @@ steps:
         assert_eq!(p.name, "demo");
         let names: Vec<&str> = p.steps.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["prep", "train"]);
-        assert_eq!(p.steps[0].action, Action::Command("python prep.py --lr 0.1".into()));
+        assert_eq!(
+            p.steps[0].action,
+            Action::Command("python prep.py --lr 0.1".into())
+        );
         assert_eq!(p.steps[1].with["l2"], serde_json::json!(0.1));
         assert_eq!(p.steps[1].with["target"], serde_json::json!("late"));
     }
@@ -685,8 +713,14 @@ steps:
         let err = parse_err(
             "version: 1\nsteps:\n  a:\n    run: echo\n    outputs: [x]\n  b:\n    run: cat\n    inputs: { i: c.x, j: a.y }\n",
         );
-        assert!(err.contains("p.yaml:8: steps.b.inputs.i: unknown step 'c'"), "{err}");
-        assert!(err.contains("steps.b.inputs.j: step 'a' has no output 'y'"), "{err}");
+        assert!(
+            err.contains("p.yaml:8: steps.b.inputs.i: unknown step 'c'"),
+            "{err}"
+        );
+        assert!(
+            err.contains("steps.b.inputs.j: step 'a' has no output 'y'"),
+            "{err}"
+        );
         assert!(err.contains("2 problems"), "{err}");
     }
 
@@ -696,7 +730,12 @@ steps:
             "version: 1\nsteps:\n  a:\n    run: x\n    inputs: { i: c.o }\n    outputs: [o]\n  b:\n    run: y\n    inputs: { i: a.o }\n    outputs: [o]\n  c:\n    run: z\n    inputs: { i: b.o }\n    outputs: [o]\n",
         );
         assert!(err.contains("steps form a cycle"), "{err}");
-        assert!(err.contains("a -> b -> c -> a") || err.contains("b -> c -> a -> b") || err.contains("c -> a -> b -> c"), "{err}");
+        assert!(
+            err.contains("a -> b -> c -> a")
+                || err.contains("b -> c -> a -> b")
+                || err.contains("c -> a -> b -> c"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -712,6 +751,9 @@ steps:
     #[test]
     fn unknown_param_reference_is_an_error() {
         let err = parse_err("version: 1\nsteps:\n  a:\n    run: echo ${{ params.missing }}\n");
-        assert!(err.contains("p.yaml:4: steps.a.run: unknown param 'missing'"), "{err}");
+        assert!(
+            err.contains("p.yaml:4: steps.a.run: unknown param 'missing'"),
+            "{err}"
+        );
     }
 }

@@ -45,7 +45,9 @@ pub struct IngestOptions {
 }
 
 fn default_nulls() -> Vec<String> {
-    ["", "NA", "N/A", "NaN", "null", "NULL"].map(String::from).to_vec()
+    ["", "NA", "N/A", "NaN", "null", "NULL"]
+        .map(String::from)
+        .to_vec()
 }
 
 fn default_delimiter() -> char {
@@ -90,7 +92,9 @@ fn parse_type(name: &str, field: &str) -> Result<DataType> {
         other => {
             return Err(DataError::invalid(
                 field,
-                format!("unknown type '{other}'; use int64, float64, string, bool, date or timestamp"),
+                format!(
+                    "unknown type '{other}'; use int64, float64, string, bool, date or timestamp"
+                ),
             ))
         }
     })
@@ -119,11 +123,16 @@ pub fn read_table(path: &Path, opts: &IngestOptions) -> Result<RecordBatch> {
         Some(columns) => {
             let mut indices = Vec::new();
             for c in columns {
-                indices.push(batch.schema().index_of(c).map_err(|_| DataError::UnknownColumn {
-                    column: c.clone(),
-                    context: format!("with.columns of {}", path.display()),
-                    available: crate::column_names(&batch).join(", "),
-                })?);
+                indices.push(
+                    batch
+                        .schema()
+                        .index_of(c)
+                        .map_err(|_| DataError::UnknownColumn {
+                            column: c.clone(),
+                            context: format!("with.columns of {}", path.display()),
+                            available: crate::column_names(&batch).join(", "),
+                        })?,
+                );
             }
             Ok(batch.project(&indices)?)
         }
@@ -131,7 +140,10 @@ pub fn read_table(path: &Path, opts: &IngestOptions) -> Result<RecordBatch> {
 }
 
 fn read_bytes(path: &Path) -> Result<Vec<u8>> {
-    let open = |source| DataError::Open { path: path.to_path_buf(), source };
+    let open = |source| DataError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
     let raw = std::fs::read(path).map_err(open)?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::with_capacity(raw.len() * 4);
@@ -140,7 +152,8 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>> {
             .map_err(|e| DataError::Parse {
                 path: path.to_path_buf(),
                 message: format!("invalid gzip data: {e}"),
-                hint: "the file looks gzip-compressed but cannot be decompressed; is it truncated?".into(),
+                hint: "the file looks gzip-compressed but cannot be decompressed; is it truncated?"
+                    .into(),
             })?;
         Ok(out)
     } else {
@@ -154,8 +167,16 @@ fn parse_error(path: &Path, e: arrow::error::ArrowError) -> DataError {
     if let Some(start) = message.find(" at line ") {
         let rest = &message[start + 9..];
         let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-        if let (Ok(row), true) = (digits.parse::<u64>(), message.contains("Error while parsing value")) {
-            message = format!("{} at line {} (data row {row}){}", &message[..start], row + 1, &rest[digits.len()..]);
+        if let (Ok(row), true) = (
+            digits.parse::<u64>(),
+            message.contains("Error while parsing value"),
+        ) {
+            message = format!(
+                "{} at line {} (data row {row}){}",
+                &message[..start],
+                row + 1,
+                &rest[digits.len()..]
+            );
         }
     }
     let hint = if message.contains("number of fields") || message.contains("unequal lengths") {
@@ -165,7 +186,11 @@ fn parse_error(path: &Path, e: arrow::error::ArrowError) -> DataError {
     } else {
         "check that the file is valid for its format"
     };
-    DataError::Parse { path: path.to_path_buf(), message, hint: hint.into() }
+    DataError::Parse {
+        path: path.to_path_buf(),
+        message,
+        hint: hint.into(),
+    }
 }
 
 fn read_csv(path: &Path, opts: &IngestOptions) -> Result<RecordBatch> {
@@ -174,7 +199,10 @@ fn read_csv(path: &Path, opts: &IngestOptions) -> Result<RecordBatch> {
     let null_regex = regex::Regex::new(&format!("^(?:{})$", escaped.join("|")))
         .map_err(|e| DataError::invalid("with.nulls", e.to_string()))?;
     if !opts.delimiter.is_ascii() {
-        return Err(DataError::invalid("with.delimiter", "the delimiter must be one ASCII character"));
+        return Err(DataError::invalid(
+            "with.delimiter",
+            "the delimiter must be one ASCII character",
+        ));
     }
     let format = arrow::csv::reader::Format::default()
         .with_header(true)
@@ -198,7 +226,12 @@ fn read_csv(path: &Path, opts: &IngestOptions) -> Result<RecordBatch> {
             return Err(DataError::UnknownColumn {
                 column: name.clone(),
                 context: format!("with.schema of {}", path.display()),
-                available: inferred.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", "),
+                available: inferred
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             });
         }
     }
@@ -208,8 +241,19 @@ fn read_csv(path: &Path, opts: &IngestOptions) -> Result<RecordBatch> {
         .with_batch_size(64 * 1024)
         .build(Cursor::new(&bytes))
         .map_err(|e| parse_error(path, e))?;
-    let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| parse_error(path, e))?;
-    Ok(arrow::compute::concat_batches(&schema, &batches)?)
+    concat(path, &schema, reader)
+}
+
+/// Drains a reader into one batch, reporting the first bad record with the file.
+fn concat(
+    path: &Path,
+    schema: &Arc<Schema>,
+    reader: impl Iterator<Item = std::result::Result<RecordBatch, arrow::error::ArrowError>>,
+) -> Result<RecordBatch> {
+    let batches = reader
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| parse_error(path, e))?;
+    Ok(arrow::compute::concat_batches(schema, &batches)?)
 }
 
 fn read_jsonl(path: &Path, _opts: &IngestOptions) -> Result<RecordBatch> {
@@ -221,40 +265,63 @@ fn read_jsonl(path: &Path, _opts: &IngestOptions) -> Result<RecordBatch> {
         .with_batch_size(64 * 1024)
         .build(Cursor::new(&bytes))
         .map_err(|e| parse_error(path, e))?;
-    let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| parse_error(path, e))?;
-    Ok(arrow::compute::concat_batches(&schema, &batches)?)
+    concat(path, &schema, reader)
 }
 
 /// Casts columns to the declared types (Parquet and JSON; CSV applies them while parsing).
-fn apply_overrides(path: &Path, batch: RecordBatch, schema: &BTreeMap<String, String>) -> Result<RecordBatch> {
+fn apply_overrides(
+    path: &Path,
+    batch: RecordBatch,
+    schema: &BTreeMap<String, String>,
+) -> Result<RecordBatch> {
     if schema.is_empty() {
         return Ok(batch);
     }
     let mut columns = batch.columns().to_vec();
-    let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     for (name, ty) in schema {
         let ty = parse_type(ty, &format!("with.schema.{name}"))?;
-        let i = batch.schema().index_of(name).map_err(|_| DataError::UnknownColumn {
-            column: name.clone(),
-            context: format!("with.schema of {}", path.display()),
-            available: crate::column_names(&batch).join(", "),
-        })?;
+        let i = batch
+            .schema()
+            .index_of(name)
+            .map_err(|_| DataError::UnknownColumn {
+                column: name.clone(),
+                context: format!("with.schema of {}", path.display()),
+                available: crate::column_names(&batch).join(", "),
+            })?;
         if columns[i].data_type() == &ty {
             continue;
         }
-        let options = arrow::compute::CastOptions { safe: false, ..Default::default() };
-        columns[i] = arrow::compute::cast_with_options(&columns[i], &ty, &options).map_err(|e| DataError::Parse {
-            path: path.to_path_buf(),
-            message: format!("column '{name}' cannot be read as {ty}: {e}"),
-            hint: "declare a type that fits every value, or clean the column first".into(),
-        })?;
+        let options = arrow::compute::CastOptions {
+            safe: false,
+            ..Default::default()
+        };
+        columns[i] =
+            arrow::compute::cast_with_options(&columns[i], &ty, &options).map_err(|e| {
+                DataError::Parse {
+                    path: path.to_path_buf(),
+                    message: format!("column '{name}' cannot be read as {ty}: {e}"),
+                    hint: "declare a type that fits every value, or clean the column first".into(),
+                }
+            })?;
         fields[i] = Field::new(name, ty, true);
     }
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
 pub fn read_parquet(path: &Path) -> Result<RecordBatch> {
-    let file = std::fs::File::open(path).map_err(|source| DataError::Open { path: path.to_path_buf(), source })?;
+    let file = std::fs::File::open(path).map_err(|source| DataError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let to_parse = |e: parquet::errors::ParquetError| DataError::Parse {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -262,16 +329,24 @@ pub fn read_parquet(path: &Path) -> Result<RecordBatch> {
     };
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(to_parse)?;
     let schema = builder.schema().clone();
-    let reader = builder.with_batch_size(64 * 1024).build().map_err(to_parse)?;
-    let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| parse_error(path, e))?;
-    Ok(arrow::compute::concat_batches(&schema, &batches)?)
+    let reader = builder
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(to_parse)?;
+    concat(path, &schema, reader)
 }
 
 pub fn write_parquet(batch: &RecordBatch, path: &Path) -> Result<()> {
-    let write_err = |message: String| DataError::Write { path: path.to_path_buf(), message };
+    let write_err = |message: String| DataError::Write {
+        path: path.to_path_buf(),
+        message,
+    };
     let file = std::fs::File::create(path).map_err(|e| write_err(e.to_string()))?;
-    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| write_err(e.to_string()))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))
+        .map_err(|e| write_err(e.to_string()))?;
     writer.write(batch).map_err(|e| write_err(e.to_string()))?;
     writer.close().map_err(|e| write_err(e.to_string()))?;
     Ok(())
@@ -307,14 +382,21 @@ mod tests {
         use std::io::Write;
         let dir = tempfile::tempdir().unwrap();
         let gz = dir.path().join("a.csv.gz");
-        let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::fast());
+        let mut enc = flate2::write::GzEncoder::new(
+            std::fs::File::create(&gz).unwrap(),
+            flate2::Compression::fast(),
+        );
         enc.write_all(b"s,x\na,1\nb,2\n").unwrap();
         enc.finish().unwrap();
         let from_gz = read_table(&gz, &IngestOptions::new("")).unwrap();
         let pq = dir.path().join("a.parquet");
         write_parquet(&from_gz, &pq).unwrap();
         assert_eq!(read_table(&pq, &IngestOptions::new("")).unwrap(), from_gz);
-        let jl = write(dir.path(), "a.jsonl", "{\"x\":1,\"s\":\"a\"}\n{\"x\":2,\"s\":\"b\"}\n");
+        let jl = write(
+            dir.path(),
+            "a.jsonl",
+            "{\"x\":1,\"s\":\"a\"}\n{\"x\":2,\"s\":\"b\"}\n",
+        );
         assert_eq!(read_table(&jl, &IngestOptions::new("")).unwrap(), from_gz);
     }
 
@@ -322,7 +404,9 @@ mod tests {
     fn ragged_rows_are_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), "bad.csv", "a,b,c\n1,2,3\n4,5\n");
-        let err = read_table(&p, &IngestOptions::new("")).unwrap_err().to_string();
+        let err = read_table(&p, &IngestOptions::new(""))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bad.csv"), "{err}");
         assert!(err.contains("as many fields as the header"), "{err}");
     }
@@ -334,15 +418,22 @@ mod tests {
         let mut opts = IngestOptions::new("");
         opts.schema.insert("a".into(), "int64".into());
         let err = read_table(&p, &opts).unwrap_err().to_string();
-        assert!(err.contains("'x'") && err.contains("at line 3 (data row 2)"), "{err}");
+        assert!(
+            err.contains("'x'") && err.contains("at line 3 (data row 2)"),
+            "{err}"
+        );
         assert!(err.contains("schema"), "{err}");
     }
 
     #[test]
     fn missing_files_and_unknown_formats_are_clear() {
-        let err = read_table(Path::new("/nope/x.csv"), &IngestOptions::new("")).unwrap_err().to_string();
+        let err = read_table(Path::new("/nope/x.csv"), &IngestOptions::new(""))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cannot read /nope/x.csv"), "{err}");
-        let err = read_table(Path::new("/nope/x.xlsx"), &IngestOptions::new("")).unwrap_err().to_string();
+        let err = read_table(Path::new("/nope/x.xlsx"), &IngestOptions::new(""))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cannot tell the format"), "{err}");
     }
 }

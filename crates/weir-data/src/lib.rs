@@ -18,14 +18,25 @@ pub type Result<T, E = DataError> = std::result::Result<T, E>;
 
 /// The names of a batch's columns, for "available columns" hints.
 pub fn column_names(batch: &RecordBatch) -> Vec<String> {
-    batch.schema().fields().iter().map(|f| f.name().clone()).collect()
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect()
 }
 
 /// Looks a column up by name with an error that lists what exists.
-pub fn column<'a>(batch: &'a RecordBatch, name: &str, context: &str) -> Result<&'a arrow::array::ArrayRef> {
-    batch.column_by_name(name).ok_or_else(|| DataError::UnknownColumn {
-        column: name.to_string(),
-        context: context.to_string(),
-        available: column_names(batch).join(", "),
-    })
+pub fn column<'a>(
+    batch: &'a RecordBatch,
+    name: &str,
+    context: &str,
+) -> Result<&'a arrow::array::ArrayRef> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| DataError::UnknownColumn {
+            column: name.to_string(),
+            context: context.to_string(),
+            available: column_names(batch).join(", "),
+        })
 }

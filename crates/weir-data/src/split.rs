@@ -61,10 +61,12 @@ pub fn split(batch: &RecordBatch, spec: &SplitSpec) -> Result<Splits> {
         }
         SplitMethod::Stratified => {
             check_fractions(spec)?;
-            let name = spec
-                .stratify
-                .as_deref()
-                .ok_or_else(|| DataError::invalid("with.stratify", "method: stratified needs `stratify: COLUMN`"))?;
+            let name = spec.stratify.as_deref().ok_or_else(|| {
+                DataError::invalid(
+                    "with.stratify",
+                    "method: stratified needs `stratify: COLUMN`",
+                )
+            })?;
             let col = crate::column(batch, name, "with.stratify")?;
             let text = arrow::compute::cast(col, &DataType::Utf8)?;
             let text = text.as_any().downcast_ref::<StringArray>().expect("utf8");
@@ -91,19 +93,33 @@ pub fn split(batch: &RecordBatch, spec: &SplitSpec) -> Result<Splits> {
         SplitMethod::Time => time_parts(batch, spec)?,
     };
     let take = |rows: &[u32]| -> Result<RecordBatch> {
-        Ok(arrow::compute::take_record_batch(batch, &UInt32Array::from(rows.to_vec()))?)
+        Ok(arrow::compute::take_record_batch(
+            batch,
+            &UInt32Array::from(rows.to_vec()),
+        )?)
     };
-    Ok(Splits { train: take(&parts[0])?, valid: take(&parts[1])?, test: take(&parts[2])?, dropped })
+    Ok(Splits {
+        train: take(&parts[0])?,
+        valid: take(&parts[1])?,
+        test: take(&parts[2])?,
+        dropped,
+    })
 }
 
 fn check_fractions(spec: &SplitSpec) -> Result<()> {
     for (name, v) in [("valid", spec.valid), ("test", spec.test)] {
         if !(0.0..1.0).contains(&v) {
-            return Err(DataError::invalid(format!("with.{name}"), format!("{v} is not a fraction in [0, 1)")));
+            return Err(DataError::invalid(
+                format!("with.{name}"),
+                format!("{v} is not a fraction in [0, 1)"),
+            ));
         }
     }
     if spec.valid + spec.test >= 1.0 {
-        return Err(DataError::invalid("with", "valid + test must leave rows for training (sum < 1)"));
+        return Err(DataError::invalid(
+            "with",
+            "valid + test must leave rows for training (sum < 1)",
+        ));
     }
     Ok(())
 }
@@ -124,9 +140,14 @@ fn random_parts(mut rows: Vec<u32>, spec: &SplitSpec) -> [Vec<u32>; 3] {
 }
 
 fn to_millis(col: &dyn Array, field: &str) -> Result<Int64Array> {
-    let ts = arrow::compute::cast(col, &DataType::Timestamp(TimeUnit::Millisecond, None)).map_err(|e| {
-        DataError::invalid(field, format!("cannot read as a time ({e}); use ISO dates like 2013-10-01"))
-    })?;
+    let ts = arrow::compute::cast(col, &DataType::Timestamp(TimeUnit::Millisecond, None)).map_err(
+        |e| {
+            DataError::invalid(
+                field,
+                format!("cannot read as a time ({e}); use ISO dates like 2013-10-01"),
+            )
+        },
+    )?;
     Ok(arrow::compute::cast(&ts, &DataType::Int64)?
         .as_any()
         .downcast_ref::<Int64Array>()
@@ -135,10 +156,9 @@ fn to_millis(col: &dyn Array, field: &str) -> Result<Int64Array> {
 }
 
 fn time_parts(batch: &RecordBatch, spec: &SplitSpec) -> Result<([Vec<u32>; 3], usize)> {
-    let name = spec
-        .column
-        .as_deref()
-        .ok_or_else(|| DataError::invalid("with.column", "method: time needs `column: TIME_COLUMN`"))?;
+    let name = spec.column.as_deref().ok_or_else(|| {
+        DataError::invalid("with.column", "method: time needs `column: TIME_COLUMN`")
+    })?;
     if spec.boundaries.len() != 2 {
         return Err(DataError::invalid(
             "with.boundaries",
@@ -147,10 +167,16 @@ fn time_parts(batch: &RecordBatch, spec: &SplitSpec) -> Result<([Vec<u32>; 3], u
     }
     let col = crate::column(batch, name, "with.column")?;
     let times = to_millis(col.as_ref(), &format!("column '{name}'"))?;
-    let bounds = to_millis(&StringArray::from(spec.boundaries.clone()), "with.boundaries")?;
+    let bounds = to_millis(
+        &StringArray::from(spec.boundaries.clone()),
+        "with.boundaries",
+    )?;
     let (b1, b2) = (bounds.value(0), bounds.value(1));
     if bounds.is_null(0) || bounds.is_null(1) || b1 >= b2 {
-        return Err(DataError::invalid("with.boundaries", "boundaries must be two increasing instants"));
+        return Err(DataError::invalid(
+            "with.boundaries",
+            "boundaries must be two increasing instants",
+        ));
     }
     let mut parts: [Vec<u32>; 3] = Default::default();
     let mut dropped = 0;
@@ -160,7 +186,13 @@ fn time_parts(batch: &RecordBatch, spec: &SplitSpec) -> Result<([Vec<u32>; 3], u
             continue;
         }
         let t = times.value(r);
-        let part = if t < b1 { 0 } else if t < b2 { 1 } else { 2 };
+        let part = if t < b1 {
+            0
+        } else if t < b2 {
+            1
+        } else {
+            2
+        };
         parts[part].push(r as u32);
     }
     Ok((parts, dropped))
@@ -178,30 +210,69 @@ mod tests {
 
     #[test]
     fn random_split_is_seeded_and_complete() {
-        let b = RecordBatch::try_from_iter(vec![("x", Arc::new(Int64Array::from_iter_values(0..1000)) as ArrayRef)]).unwrap();
+        let b = RecordBatch::try_from_iter(vec![(
+            "x",
+            Arc::new(Int64Array::from_iter_values(0..1000)) as ArrayRef,
+        )])
+        .unwrap();
         let s = split(&b, &spec("{ valid: 0.2, test: 0.1, seed: 7 }")).unwrap();
-        assert_eq!((s.train.num_rows(), s.valid.num_rows(), s.test.num_rows()), (700, 200, 100));
+        assert_eq!(
+            (s.train.num_rows(), s.valid.num_rows(), s.test.num_rows()),
+            (700, 200, 100)
+        );
         let again = split(&b, &spec("{ valid: 0.2, test: 0.1, seed: 7 }")).unwrap();
         assert_eq!(s.test, again.test);
     }
 
     #[test]
     fn stratified_split_keeps_class_shares() {
-        let labels: Vec<&str> = (0..1000).map(|i| if i % 10 == 0 { "rare" } else { "common" }).collect();
-        let b = RecordBatch::try_from_iter(vec![("y", Arc::new(StringArray::from(labels)) as ArrayRef)]).unwrap();
+        let labels: Vec<&str> = (0..1000)
+            .map(|i| if i % 10 == 0 { "rare" } else { "common" })
+            .collect();
+        let b = RecordBatch::try_from_iter(vec![(
+            "y",
+            Arc::new(StringArray::from(labels)) as ArrayRef,
+        )])
+        .unwrap();
         let s = split(&b, &spec("{ method: stratified, stratify: y, test: 0.2 }")).unwrap();
-        let col = s.test.column(0).as_any().downcast_ref::<StringArray>().unwrap().clone();
+        let col = s
+            .test
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .clone();
         let rare = col.iter().filter(|v| *v == Some("rare")).count();
         assert_eq!((s.test.num_rows(), rare), (200, 20));
     }
 
     #[test]
     fn time_split_uses_boundaries() {
-        let times = StringArray::from(vec![Some("2013-01-05 10:00:00"), Some("2013-10-02 00:00:00"), None, Some("2013-12-31 23:00:00")]);
+        let times = StringArray::from(vec![
+            Some("2013-01-05 10:00:00"),
+            Some("2013-10-02 00:00:00"),
+            None,
+            Some("2013-12-31 23:00:00"),
+        ]);
         let b = RecordBatch::try_from_iter(vec![("t", Arc::new(times) as ArrayRef)]).unwrap();
-        let s = split(&b, &spec("{ method: time, column: t, boundaries: ['2013-10-01', '2013-12-01'] }")).unwrap();
-        assert_eq!((s.train.num_rows(), s.valid.num_rows(), s.test.num_rows(), s.dropped), (1, 1, 1, 1));
-        let err = split(&b, &spec("{ method: time, column: t, boundaries: ['2013-12-01', '2013-10-01'] }"));
+        let s = split(
+            &b,
+            &spec("{ method: time, column: t, boundaries: ['2013-10-01', '2013-12-01'] }"),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                s.train.num_rows(),
+                s.valid.num_rows(),
+                s.test.num_rows(),
+                s.dropped
+            ),
+            (1, 1, 1, 1)
+        );
+        let err = split(
+            &b,
+            &spec("{ method: time, column: t, boundaries: ['2013-12-01', '2013-10-01'] }"),
+        );
         assert!(err.is_err());
     }
 }

@@ -94,11 +94,15 @@ pub fn validate(batch: &RecordBatch, rules: &[Rule]) -> Result<ValidationReport>
             }
             (None, Some(_)) => {}
             (None, None) => {
-                return Err(DataError::invalid(field, "a rule needs `column:` or `rows:`"));
+                return Err(DataError::invalid(
+                    field,
+                    "a rule needs `column:` or `rows:`",
+                ));
             }
         }
         if let Some(t) = &rule.dtype {
-            type_matches(&DataType::Null, t).map_err(|m| DataError::invalid(format!("{field}.type"), m))?;
+            type_matches(&DataType::Null, t)
+                .map_err(|m| DataError::invalid(format!("{field}.type"), m))?;
         }
         if rule.column.is_some()
             && !rule.not_null
@@ -170,7 +174,10 @@ pub fn validate(batch: &RecordBatch, rules: &[Rule]) -> Result<ValidationReport>
         }
         if rule.min.is_some() || rule.max.is_some() {
             let numbers = as_f64(col, name)?;
-            let (lo, hi) = (rule.min.unwrap_or(f64::NEG_INFINITY), rule.max.unwrap_or(f64::INFINITY));
+            let (lo, hi) = (
+                rule.min.unwrap_or(f64::NEG_INFINITY),
+                rule.max.unwrap_or(f64::INFINITY),
+            );
             let bad = (0..numbers.len())
                 .filter(|&r| numbers.is_valid(r) && !(lo..=hi).contains(&numbers.value(r)))
                 .collect();
@@ -209,13 +216,20 @@ pub fn validate(batch: &RecordBatch, rules: &[Rule]) -> Result<ValidationReport>
             check(format!("allowed values [{}]", allowed.join(", ")), bad);
         }
     }
-    Ok(ValidationReport { rows: batch.num_rows(), rules_checked: checked, violations })
+    Ok(ValidationReport {
+        rows: batch.num_rows(),
+        rules_checked: checked,
+        violations,
+    })
 }
 
 fn type_matches(actual: &DataType, expected: &str) -> std::result::Result<bool, String> {
     use DataType::*;
     Ok(match expected {
-        "int" | "int64" | "integer" => matches!(actual, Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64),
+        "int" | "int64" | "integer" => matches!(
+            actual,
+            Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64
+        ),
         "float" | "float64" | "double" => matches!(actual, Float16 | Float32 | Float64),
         "number" | "numeric" => actual.is_numeric(),
         "string" | "str" | "utf8" => matches!(actual, Utf8 | LargeUtf8 | Utf8View),
@@ -224,8 +238,8 @@ fn type_matches(actual: &DataType, expected: &str) -> std::result::Result<bool, 
         "timestamp" | "datetime" => matches!(actual, Timestamp(_, _)),
         other => {
             return Err(format!(
-                "unknown type '{other}'; use int64, float64, number, string, bool, date or timestamp"
-            ))
+            "unknown type '{other}'; use int64, float64, number, string, bool, date or timestamp"
+        ))
         }
     })
 }
@@ -238,7 +252,11 @@ pub(crate) fn as_f64(col: &ArrayRef, name: &str) -> Result<Float64Array> {
         ));
     }
     let cast = arrow::compute::cast(col, &DataType::Float64)?;
-    Ok(cast.as_any().downcast_ref::<Float64Array>().expect("cast to f64").clone())
+    Ok(cast
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .expect("cast to f64")
+        .clone())
 }
 
 /// Row values as text, for examples, uniqueness and allowed values.
@@ -264,9 +282,18 @@ mod tests {
 
     fn batch() -> RecordBatch {
         RecordBatch::try_from_iter(vec![
-            ("id", Arc::new(Int64Array::from(vec![1, 2, 2, 4])) as ArrayRef),
-            ("delay", Arc::new(Int64Array::from(vec![Some(5), None, Some(-900), Some(30)])) as ArrayRef),
-            ("carrier", Arc::new(StringArray::from(vec!["UA", "AA", "ZZ", "UA"])) as ArrayRef),
+            (
+                "id",
+                Arc::new(Int64Array::from(vec![1, 2, 2, 4])) as ArrayRef,
+            ),
+            (
+                "delay",
+                Arc::new(Int64Array::from(vec![Some(5), None, Some(-900), Some(30)])) as ArrayRef,
+            ),
+            (
+                "carrier",
+                Arc::new(StringArray::from(vec!["UA", "AA", "ZZ", "UA"])) as ArrayRef,
+            ),
         ])
         .unwrap()
     }
@@ -297,9 +324,16 @@ mod tests {
                 "row count 4 outside [10, -]"
             ]
         );
-        assert_eq!(r.violations[0].examples[0], serde_json::json!({"row": 2, "value": "2"}));
+        assert_eq!(
+            r.violations[0].examples[0],
+            serde_json::json!({"row": 2, "value": "2"})
+        );
         assert_eq!(r.violations[3].count, 1);
-        assert!(r.summary().contains("5 of 6 rules violated on 4 rows"), "{}", r.summary());
+        assert!(
+            r.summary().contains("5 of 6 rules violated on 4 rows"),
+            "{}",
+            r.summary()
+        );
     }
 
     #[test]
@@ -310,14 +344,24 @@ mod tests {
 
     #[test]
     fn a_rule_naming_an_unknown_column_is_an_error() {
-        let err = validate(&batch(), &rules("- { column: dealy, not_null: true }")).unwrap_err().to_string();
-        assert!(err.contains("with.rules[0]: unknown column 'dealy'"), "{err}");
-        assert!(err.contains("available columns: id, delay, carrier"), "{err}");
+        let err = validate(&batch(), &rules("- { column: dealy, not_null: true }"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("with.rules[0]: unknown column 'dealy'"),
+            "{err}"
+        );
+        assert!(
+            err.contains("available columns: id, delay, carrier"),
+            "{err}"
+        );
     }
 
     #[test]
     fn range_rules_on_text_columns_are_an_error() {
-        let err = validate(&batch(), &rules("- { column: carrier, min: 1 }")).unwrap_err().to_string();
+        let err = validate(&batch(), &rules("- { column: carrier, min: 1 }"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not numeric"), "{err}");
     }
 }

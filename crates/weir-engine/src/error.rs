@@ -16,18 +16,32 @@ pub enum EngineError {
     #[error("{0}")]
     StepFailed(String),
     #[error("{action} {path}: {source}")]
-    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("corrupt record {what}: {reason}")]
     Corrupt { what: String, reason: String },
 }
 
 impl EngineError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> EngineError {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> EngineError {
         let path = path.into();
-        move |source| EngineError::Io { action, path, source }
+        move |source| EngineError::Io {
+            action,
+            path,
+            source,
+        }
     }
 
     pub(crate) fn corrupt(what: impl Into<String>, e: impl std::fmt::Display) -> EngineError {
-        EngineError::Corrupt { what: what.into(), reason: e.to_string() }
+        EngineError::Corrupt {
+            what: what.into(),
+            reason: e.to_string(),
+        }
     }
 }

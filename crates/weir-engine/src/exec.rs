@@ -40,23 +40,39 @@ fn artifact_record(stored: weir_artifacts::Stored) -> ArtifactRecord {
 
 /// Runs one step run to completion and records its outcome. The returned
 /// error has already been recorded on the step run.
+#[tracing::instrument(skip(ctx))]
 pub async fn exec_step(ctx: &Context, step_run_id: &str) -> Result<(), EngineError> {
     let record = ctx.store.step_run(step_run_id).await?;
     let run = ctx.store.run(&record.run_id).await?;
-    let step: Step = serde_json::from_str(&record.spec_json).map_err(|e| EngineError::corrupt("step_runs.spec_json", e))?;
-    let pipeline: Pipeline = serde_json::from_str(&run.spec_json).map_err(|e| EngineError::corrupt("runs.spec_json", e))?;
-    let inputs: BTreeMap<String, StagedInput> =
-        serde_json::from_str(&record.inputs_json).map_err(|e| EngineError::corrupt("step_runs.inputs_json", e))?;
+    let step: Step = serde_json::from_str(&record.spec_json)
+        .map_err(|e| EngineError::corrupt("step_runs.spec_json", e))?;
+    let pipeline: Pipeline = serde_json::from_str(&run.spec_json)
+        .map_err(|e| EngineError::corrupt("runs.spec_json", e))?;
+    let inputs: BTreeMap<String, StagedInput> = serde_json::from_str(&record.inputs_json)
+        .map_err(|e| EngineError::corrupt("step_runs.inputs_json", e))?;
 
     let scratch = ctx.work_dir();
     std::fs::create_dir_all(&scratch).map_err(EngineError::io("cannot create", &scratch))?;
     let work = tempfile::Builder::new()
         .prefix(&format!("{}-", step.name))
         .tempdir_in(&scratch)
-        .map_err(EngineError::io("cannot create a work directory in", &scratch))?;
+        .map_err(EngineError::io(
+            "cannot create a work directory in",
+            &scratch,
+        ))?;
     let log = StepLog::create(&work.path().join("log.txt"))?;
 
-    let result = run_step(ctx, &run, &pipeline, &step, step_run_id, &inputs, work.path(), &log).await;
+    let result = run_step(
+        ctx,
+        &run,
+        &pipeline,
+        &step,
+        step_run_id,
+        &inputs,
+        work.path(),
+        &log,
+    )
+    .await;
     let log_record = match ctx.artifacts.put_file(log.path()).await {
         Ok(stored) => Some(artifact_record(stored)),
         Err(e) => {
@@ -66,12 +82,20 @@ pub async fn exec_step(ctx: &Context, step_run_id: &str) -> Result<(), EngineErr
     };
     match result {
         Ok(mut completion) => {
+            tracing::info!(step = %step.name, outputs = completion.outputs.len(), metrics = completion.metrics.len(), "step succeeded");
             completion.log = log_record;
             ctx.store.complete_step(step_run_id, &completion).await?;
             Ok(())
         }
         Err((error, exit_code)) => {
-            ctx.store.fail_step(step_run_id, &error.to_string(), exit_code, log_record.as_ref()).await?;
+            ctx.store
+                .fail_step(
+                    step_run_id,
+                    &error.to_string(),
+                    exit_code,
+                    log_record.as_ref(),
+                )
+                .await?;
             Err(error)
         }
     }
@@ -92,24 +116,41 @@ async fn run_step(
     let inputs_dir = work.join("inputs");
     let outputs_dir = work.join("outputs");
     for dir in [&inputs_dir, &outputs_dir] {
-        std::fs::create_dir_all(dir).map_err(EngineError::io("cannot create", dir)).map_err(fail)?;
+        std::fs::create_dir_all(dir)
+            .map_err(EngineError::io("cannot create", dir))
+            .map_err(fail)?;
     }
     let mut staged = BTreeMap::new();
     for (name, input) in inputs {
         let dest = inputs_dir.join(name);
-        ctx.artifacts.fetch(&input.digest, input.kind, &dest).await.map_err(|e| fail(e.into()))?;
-        log.line(format!("input {name} <- {} ({})", input.from, input.digest.short()));
+        ctx.artifacts
+            .fetch(&input.digest, input.kind, &dest)
+            .await
+            .map_err(|e| fail(e.into()))?;
+        log.line(format!(
+            "input {name} <- {} ({})",
+            input.from,
+            input.digest.short()
+        ));
         staged.insert(name.clone(), dest);
     }
 
     let outcome = match &step.action {
         Action::Builtin(op) => {
             let lineage = match op {
-                weir_core::ops::BuiltinOp::Register => Some(crate::lineage::lineage(ctx, run, pipeline, step).await.map_err(fail)?),
+                weir_core::ops::BuiltinOp::Register => Some(
+                    crate::lineage::lineage(ctx, run, pipeline, step)
+                        .await
+                        .map_err(fail)?,
+                ),
                 _ => None,
             };
             let op = *op;
-            let (step, base_dir, outputs_dir) = (step.clone(), pipeline.base_dir().to_path_buf(), outputs_dir.clone());
+            let (step, base_dir, outputs_dir) = (
+                step.clone(),
+                pipeline.base_dir().to_path_buf(),
+                outputs_dir.clone(),
+            );
             let input_digests = inputs.iter().map(|(k, v)| (k.clone(), v.digest)).collect();
             let (run_id, step_run_id) = (run.id.clone(), step_run_id.to_string());
             let log_path = log.path().to_path_buf();
@@ -136,7 +177,19 @@ async fn run_step(
             .map_err(|e| fail(EngineError::StepFailed(format!("the op panicked: {e}"))))?
             .map_err(fail)?
         }
-        Action::Command(command) => run_command(pipeline, step, run, command, &inputs_dir, &outputs_dir, work, log).await?,
+        Action::Command(command) => {
+            run_command(
+                pipeline,
+                step,
+                run,
+                command,
+                &inputs_dir,
+                &outputs_dir,
+                work,
+                log,
+            )
+            .await?
+        }
     };
 
     let mut completion = StepCompletion {
@@ -153,9 +206,19 @@ async fn run_step(
                 step.name
             ))));
         }
-        let stored = ctx.artifacts.put_path(&path).await.map_err(|e| fail(e.into()))?;
-        log.line(format!("output {name} -> {} ({} bytes)", stored.digest.short(), stored.size));
-        completion.outputs.push((name.clone(), artifact_record(stored)));
+        let stored = ctx
+            .artifacts
+            .put_path(&path)
+            .await
+            .map_err(|e| fail(e.into()))?;
+        log.line(format!(
+            "output {name} -> {} ({} bytes)",
+            stored.digest.short(),
+            stored.size
+        ));
+        completion
+            .outputs
+            .push((name.clone(), artifact_record(stored)));
     }
     Ok(completion)
 }
@@ -188,17 +251,32 @@ async fn run_command(
     let fail = |e: EngineError| (e, None);
     let params_file = work.join("params.json");
     let params = serde_json::json!({ "with": step.with, "params": pipeline.params });
-    std::fs::write(&params_file, params.to_string()).map_err(EngineError::io("cannot write", &params_file)).map_err(fail)?;
+    std::fs::write(&params_file, params.to_string())
+        .map_err(EngineError::io("cannot write", &params_file))
+        .map_err(fail)?;
     let metrics_file = work.join("metrics.jsonl");
-    std::fs::File::create(&metrics_file).map_err(EngineError::io("cannot create", &metrics_file)).map_err(fail)?;
+    std::fs::File::create(&metrics_file)
+        .map_err(EngineError::io("cannot create", &metrics_file))
+        .map_err(fail)?;
 
     log.line(format!("$ {command}"));
-    let stdout = log.try_clone().map_err(EngineError::io("cannot open", log.path())).map_err(fail)?;
-    let stderr = log.try_clone().map_err(EngineError::io("cannot open", log.path())).map_err(fail)?;
+    let stdout = log
+        .try_clone()
+        .map_err(EngineError::io("cannot open", log.path()))
+        .map_err(fail)?;
+    let stderr = log
+        .try_clone()
+        .map_err(EngineError::io("cannot open", log.path()))
+        .map_err(fail)?;
     let status = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
-        .current_dir(pipeline.base_dir().canonicalize().unwrap_or_else(|_| PathBuf::from(".")))
+        .current_dir(
+            pipeline
+                .base_dir()
+                .canonicalize()
+                .unwrap_or_else(|_| PathBuf::from(".")),
+        )
         .envs(&step.env)
         .env("WEIR_INPUTS_DIR", inputs_dir)
         .env("WEIR_OUTPUTS_DIR", outputs_dir)
@@ -211,7 +289,11 @@ async fn run_command(
         .stderr(Stdio::from(stderr))
         .status()
         .await
-        .map_err(|e| fail(EngineError::StepFailed(format!("cannot start `sh -c {command}`: {e}"))))?;
+        .map_err(|e| {
+            fail(EngineError::StepFailed(format!(
+                "cannot start `sh -c {command}`: {e}"
+            )))
+        })?;
     if !status.success() {
         let code = status.code().map(i64::from);
         let how = match code {
@@ -229,11 +311,17 @@ async fn run_command(
         ));
     }
     let metrics = read_metrics_file(&metrics_file).map_err(fail)?;
-    Ok(OpOutcome { metrics, ..Default::default() })
+    Ok(OpOutcome {
+        metrics,
+        ..Default::default()
+    })
 }
 
 fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("    | {l}")).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .map(|l| format!("    | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn read_metrics_file(path: &Path) -> Result<Vec<MetricPoint>, EngineError> {

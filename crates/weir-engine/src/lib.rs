@@ -35,7 +35,11 @@ impl Context {
     pub async fn open(config: Config) -> Result<Context, EngineError> {
         let store = Store::open(config.db()).await?;
         let artifacts = ArtifactStore::open(config.artifacts())?;
-        Ok(Context { config, store, artifacts })
+        Ok(Context {
+            config,
+            store,
+            artifacts,
+        })
     }
 
     /// Scratch space for step runs, on the same disk as the home directory.

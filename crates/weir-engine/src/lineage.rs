@@ -10,7 +10,12 @@ use weir_store::RunRecord;
 
 use crate::{Context, EngineError};
 
-pub(crate) async fn lineage(ctx: &Context, run: &RunRecord, pipeline: &Pipeline, step: &Step) -> Result<Value, EngineError> {
+pub(crate) async fn lineage(
+    ctx: &Context,
+    run: &RunRecord,
+    pipeline: &Pipeline,
+    step: &Step,
+) -> Result<Value, EngineError> {
     let mut upstream: BTreeSet<&str> = BTreeSet::new();
     let mut stack = vec![step.name.as_str()];
     while let Some(name) = stack.pop() {

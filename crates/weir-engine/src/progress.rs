@@ -14,7 +14,8 @@ use weir_store::StepStatus;
 pub trait Progress: Send + Sync {
     fn run_started(&self, _run_id: &str, _steps: &[String]) {}
     fn step_running(&self, _step: &str) {}
-    fn step_finished(&self, _step: &str, _status: StepStatus, _seconds: f64, _error: Option<&str>) {}
+    fn step_finished(&self, _step: &str, _status: StepStatus, _seconds: f64, _error: Option<&str>) {
+    }
 }
 
 /// Reports nothing (for `--json` and tests).
@@ -36,8 +37,16 @@ impl Default for Display {
 impl Display {
     pub fn new() -> Self {
         let live = std::io::stderr().is_terminal();
-        let target = if live { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
-        Display { multi: MultiProgress::with_draw_target(target), bars: Mutex::new(HashMap::new()), live }
+        let target = if live {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        Display {
+            multi: MultiProgress::with_draw_target(target),
+            bars: Mutex::new(HashMap::new()),
+            live,
+        }
     }
 
     fn bar(&self, step: &str) -> Option<ProgressBar> {
@@ -62,12 +71,17 @@ impl Progress for Display {
             return;
         }
         let width = steps.iter().map(|s| s.len()).max().unwrap_or(4);
-        let style = ProgressStyle::with_template(&format!("{{spinner}} {{prefix:<{width}}} {{msg}}"))
-            .expect("valid template")
-            .tick_chars("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏ ");
+        let style =
+            ProgressStyle::with_template(&format!("{{spinner}} {{prefix:<{width}}} {{msg}}"))
+                .expect("valid template")
+                .tick_chars("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏ ");
         let mut bars = self.bars.lock().expect("bars");
         for step in steps {
-            let bar = self.multi.add(ProgressBar::new_spinner().with_style(style.clone()).with_prefix(step.clone()));
+            let bar = self.multi.add(
+                ProgressBar::new_spinner()
+                    .with_style(style.clone())
+                    .with_prefix(step.clone()),
+            );
             bar.set_message("pending");
             bars.insert(step.clone(), bar);
         }
@@ -91,7 +105,9 @@ impl Progress for Display {
         };
         match self.bar(step) {
             Some(bar) => {
-                bar.set_style(ProgressStyle::with_template("{prefix:.bold} {msg}").expect("valid template"));
+                bar.set_style(
+                    ProgressStyle::with_template("{prefix:.bold} {msg}").expect("valid template"),
+                );
                 bar.set_prefix(format!("{} {step}", symbol(status)));
                 bar.finish_with_message(line);
             }

@@ -68,10 +68,12 @@ fn git_revision(dir: &std::path::Path) -> Option<String> {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
     let rev = git(&["rev-parse", "HEAD"])?;
-    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
     Some(if dirty { format!("{rev}-dirty") } else { rev })
 }
 
+#[tracing::instrument(skip_all, fields(pipeline = %pipeline.name))]
 pub async fn run_pipeline(
     ctx: &Context,
     pipeline: &Pipeline,
@@ -80,7 +82,10 @@ pub async fn run_pipeline(
 ) -> Result<RunOutcome, EngineError> {
     ops::preflight(pipeline)?;
     let started = Instant::now();
-    let base_dir = pipeline.base_dir().canonicalize().map_err(EngineError::io("cannot resolve", pipeline.base_dir()))?;
+    let base_dir = pipeline
+        .base_dir()
+        .canonicalize()
+        .map_err(EngineError::io("cannot resolve", pipeline.base_dir()))?;
     let mut pipeline = pipeline.clone();
     pipeline.file = base_dir.join(pipeline.file.file_name().unwrap_or_default());
 
@@ -109,15 +114,29 @@ pub async fn run_pipeline(
         })
         .collect();
     ctx.store.create_run(&run, &step_runs).await?;
-    let ids: HashMap<&str, &str> = step_runs.iter().map(|s| (s.step.as_str(), s.id.as_str())).collect();
-    progress.run_started(&run.id, &pipeline.steps.iter().map(|s| s.name.clone()).collect::<Vec<_>>());
+    let ids: HashMap<&str, &str> = step_runs
+        .iter()
+        .map(|s| (s.step.as_str(), s.id.as_str()))
+        .collect();
+    progress.run_started(
+        &run.id,
+        &pipeline
+            .steps
+            .iter()
+            .map(|s| s.name.clone())
+            .collect::<Vec<_>>(),
+    );
 
     let exe = match &options.exec_binary {
         Some(p) => p.clone(),
-        None => std::env::current_exe().map_err(EngineError::io("cannot locate", "the weir executable"))?,
+        None => std::env::current_exe()
+            .map_err(EngineError::io("cannot locate", "the weir executable"))?,
     };
-    let mut status: HashMap<String, StepStatus> =
-        pipeline.steps.iter().map(|s| (s.name.clone(), StepStatus::Pending)).collect();
+    let mut status: HashMap<String, StepStatus> = pipeline
+        .steps
+        .iter()
+        .map(|s| (s.name.clone(), StepStatus::Pending))
+        .collect();
     let mut outputs: HashMap<String, BTreeMap<String, StagedInput>> = HashMap::new();
     let mut outcomes: HashMap<String, StepOutcome> = HashMap::new();
     let mut running: JoinSet<(String, f64, Result<(), String>)> = JoinSet::new();
@@ -132,19 +151,36 @@ pub async fn run_pipeline(
                 if status[&step.name] != StepStatus::Pending {
                     continue;
                 }
-                if !step.upstream().iter().all(|u| status[*u] == StepStatus::Succeeded) {
+                if !step
+                    .upstream()
+                    .iter()
+                    .all(|u| status[*u] == StepStatus::Succeeded)
+                {
                     continue;
                 }
                 let mut inputs = BTreeMap::new();
                 for (name, r) in &step.inputs {
-                    let produced = outputs.get(&r.step).and_then(|o| o.get(&r.output)).cloned().ok_or_else(|| {
-                        EngineError::corrupt(format!("outputs of step '{}'", r.step), format!("'{}' was not recorded", r.output))
-                    })?;
+                    let produced = outputs
+                        .get(&r.step)
+                        .and_then(|o| o.get(&r.output))
+                        .cloned()
+                        .ok_or_else(|| {
+                            EngineError::corrupt(
+                                format!("outputs of step '{}'", r.step),
+                                format!("'{}' was not recorded", r.output),
+                            )
+                        })?;
                     inputs.insert(name.clone(), produced);
                 }
                 let id = ids[step.name.as_str()].to_string();
-                ctx.store.start_step(&id, &serde_json::to_string(&inputs).expect("inputs serialize")).await?;
+                ctx.store
+                    .start_step(
+                        &id,
+                        &serde_json::to_string(&inputs).expect("inputs serialize"),
+                    )
+                    .await?;
                 status.insert(step.name.clone(), StepStatus::Running);
+                tracing::info!(run_id = %run.id, step = %step.name, step_run_id = %id, "launching step");
                 progress.step_running(&step.name);
                 let (exe, env, name) = (exe.clone(), ctx.config.child_env(), step.name.clone());
                 running.spawn(async move {
@@ -154,14 +190,20 @@ pub async fn run_pipeline(
                 });
             }
         }
-        let Some(joined) = running.join_next().await else { break };
-        let (name, seconds, result) = joined.map_err(|e| EngineError::StepFailed(format!("step task failed: {e}")))?;
+        let Some(joined) = running.join_next().await else {
+            break;
+        };
+        let (name, seconds, result) =
+            joined.map_err(|e| EngineError::StepFailed(format!("step task failed: {e}")))?;
         let id = ids[name.as_str()];
         // The step runtime records its own outcome; if it could not (it
         // crashed or could not reach the store), record it here.
         let mut record = ctx.store.step_run(id).await?;
         if !record.status.is_terminal() {
-            let message = result.clone().err().unwrap_or_else(|| "the step runtime exited without recording a result".into());
+            let message = result
+                .clone()
+                .err()
+                .unwrap_or_else(|| "the step runtime exited without recording a result".into());
             ctx.store.fail_step(id, &message, None, None).await?;
             record = ctx.store.step_run(id).await?;
         }
@@ -172,18 +214,34 @@ pub async fn run_pipeline(
                 produced
                     .into_iter()
                     .map(|(output, a)| {
-                        (output.clone(), StagedInput { digest: a.digest, kind: a.kind, from: format!("{name}.{output}") })
+                        (
+                            output.clone(),
+                            StagedInput {
+                                digest: a.digest,
+                                kind: a.kind,
+                                from: format!("{name}.{output}"),
+                            },
+                        )
                     })
                     .collect(),
             );
         } else if first_failure.is_none() {
-            first_failure = Some(format!("step '{name}' failed: {}", record.error.clone().unwrap_or_default()));
+            first_failure = Some(format!(
+                "step '{name}' failed: {}",
+                record.error.clone().unwrap_or_default()
+            ));
         }
         status.insert(name.clone(), record.status);
         progress.step_finished(&name, record.status, seconds, record.error.as_deref());
         outcomes.insert(
             name.clone(),
-            StepOutcome { step: name, step_run_id: id.to_string(), status: record.status, seconds, error: record.error },
+            StepOutcome {
+                step: name,
+                step_run_id: id.to_string(),
+                status: record.status,
+                seconds,
+                error: record.error,
+            },
         );
     }
 
@@ -205,10 +263,19 @@ pub async fn run_pipeline(
             );
         }
     }
-    let final_status = if first_failure.is_some() { RunStatus::Failed } else { RunStatus::Succeeded };
-    ctx.store.finish_run(&run.id, final_status, first_failure.as_deref()).await?;
+    let final_status = if first_failure.is_some() {
+        RunStatus::Failed
+    } else {
+        RunStatus::Succeeded
+    };
+    ctx.store
+        .finish_run(&run.id, final_status, first_failure.as_deref())
+        .await?;
 
-    let names: HashMap<String, String> = step_runs.iter().map(|s| (s.id.clone(), s.step.clone())).collect();
+    let names: HashMap<String, String> = step_runs
+        .iter()
+        .map(|s| (s.id.clone(), s.step.clone()))
+        .collect();
     let metrics = ctx
         .store
         .latest_metrics(&run.id)
@@ -221,7 +288,11 @@ pub async fn run_pipeline(
         pipeline: pipeline.name.clone(),
         status: final_status,
         seconds: started.elapsed().as_secs_f64(),
-        steps: pipeline.steps.iter().filter_map(|s| outcomes.remove(&s.name)).collect(),
+        steps: pipeline
+            .steps
+            .iter()
+            .filter_map(|s| outcomes.remove(&s.name))
+            .collect(),
         metrics,
         models: ctx.store.model_versions_for_run(&run.id).await?,
         error: first_failure,
@@ -229,7 +300,11 @@ pub async fn run_pipeline(
 }
 
 /// Runs `weir exec <id>`; on failure returns what it printed to stderr.
-async fn spawn_exec(exe: &std::path::Path, env: &[(&'static str, String)], id: &str) -> Result<(), String> {
+async fn spawn_exec(
+    exe: &std::path::Path,
+    env: &[(&'static str, String)],
+    id: &str,
+) -> Result<(), String> {
     let output = tokio::process::Command::new(exe)
         .arg("exec")
         .arg(id)

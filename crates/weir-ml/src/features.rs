@@ -56,14 +56,24 @@ pub struct InputSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "transform", rename_all = "snake_case")]
 pub enum FeatureTransform {
-    Standardize { name: String, impute: f64, mean: f64, scale: f64 },
-    OneHot { name: String, categories: Vec<String> },
+    Standardize {
+        name: String,
+        impute: f64,
+        mean: f64,
+        scale: f64,
+    },
+    OneHot {
+        name: String,
+        categories: Vec<String>,
+    },
 }
 
 impl FeatureTransform {
     pub fn name(&self) -> &str {
         match self {
-            FeatureTransform::Standardize { name, .. } | FeatureTransform::OneHot { name, .. } => name,
+            FeatureTransform::Standardize { name, .. } | FeatureTransform::OneHot { name, .. } => {
+                name
+            }
         }
     }
 
@@ -100,16 +110,27 @@ pub struct Design {
 impl Design {
     pub fn row(&self, r: usize) -> (&[u32], &[f64]) {
         let s = r * self.stride;
-        (&self.index[s..s + self.stride], &self.value[s..s + self.stride])
+        (
+            &self.index[s..s + self.stride],
+            &self.value[s..s + self.stride],
+        )
     }
 }
 
 impl FeaturePipeline {
     /// Fits transforms for `features` on `batch`. Numeric columns are
     /// standardized unless listed in `categorical`; text and boolean columns are one-hot.
-    pub fn fit(batch: &RecordBatch, features: &[String], categorical: &[String], max_categories: usize) -> Result<Self> {
+    pub fn fit(
+        batch: &RecordBatch,
+        features: &[String],
+        categorical: &[String],
+        max_categories: usize,
+    ) -> Result<Self> {
         if features.is_empty() {
-            return Err(MlError::invalid("with.features", "list at least one feature column"));
+            return Err(MlError::invalid(
+                "with.features",
+                "list at least one feature column",
+            ));
         }
         for c in categorical {
             if !features.contains(c) {
@@ -133,7 +154,10 @@ impl FeaturePipeline {
                 by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
                 by_count.truncate(max_categories);
                 if by_count.is_empty() {
-                    return Err(MlError::invalid(format!("with.features.{name}"), "the column has no values in the training data"));
+                    return Err(MlError::invalid(
+                        format!("with.features.{name}"),
+                        "the column has no values in the training data",
+                    ));
                 }
                 transforms.push(FeatureTransform::OneHot {
                     name: name.clone(),
@@ -141,18 +165,29 @@ impl FeaturePipeline {
                 });
             } else {
                 let values = numeric_values(col.as_ref())?;
-                let mut present: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+                let mut present: Vec<f64> =
+                    values.iter().copied().filter(|v| v.is_finite()).collect();
                 if present.is_empty() {
-                    return Err(MlError::invalid(format!("with.features.{name}"), "the column is empty or all null in the training data"));
+                    return Err(MlError::invalid(
+                        format!("with.features.{name}"),
+                        "the column is empty or all null in the training data",
+                    ));
                 }
                 present.sort_by(|a, b| a.total_cmp(b));
                 let median = present[present.len() / 2];
                 let n = values.len() as f64;
-                let filled = values.iter().map(|v| if v.is_finite() { *v } else { median });
+                let filled = values
+                    .iter()
+                    .map(|v| if v.is_finite() { *v } else { median });
                 let mean = filled.clone().sum::<f64>() / n;
                 let var = filled.map(|v| (v - mean).powi(2)).sum::<f64>() / n;
                 let scale = if var > 0.0 { var.sqrt() } else { 1.0 };
-                transforms.push(FeatureTransform::Standardize { name: name.clone(), impute: median, mean, scale });
+                transforms.push(FeatureTransform::Standardize {
+                    name: name.clone(),
+                    impute: median,
+                    mean,
+                    scale,
+                });
             }
         }
         Ok(FeaturePipeline { transforms })
@@ -163,7 +198,13 @@ impl FeaturePipeline {
     }
 
     pub fn inputs(&self) -> Vec<InputSpec> {
-        self.transforms.iter().map(|t| InputSpec { name: t.name().to_string(), kind: t.kind() }).collect()
+        self.transforms
+            .iter()
+            .map(|t| InputSpec {
+                name: t.name().to_string(),
+                kind: t.kind(),
+            })
+            .collect()
     }
 
     /// Reads the model's input columns out of a batch.
@@ -176,12 +217,22 @@ impl FeaturePipeline {
                 InputKind::Text => Column::Text(text_values(col.as_ref())?),
             });
         }
-        Ok(Frame { rows: batch.num_rows(), columns })
+        Ok(Frame {
+            rows: batch.num_rows(),
+            columns,
+        })
     }
 
     pub fn encode(&self, frame: &Frame) -> Result<Design> {
         if frame.columns.len() != self.transforms.len() {
-            return Err(MlError::invalid("inputs", format!("expected {} columns, got {}", self.transforms.len(), frame.columns.len())));
+            return Err(MlError::invalid(
+                "inputs",
+                format!(
+                    "expected {} columns, got {}",
+                    self.transforms.len(),
+                    frame.columns.len()
+                ),
+            ));
         }
         let stride = self.transforms.len();
         let mut index = vec![0u32; frame.rows * stride];
@@ -189,10 +240,21 @@ impl FeaturePipeline {
         let mut offset = 0u32;
         for (j, (t, col)) in self.transforms.iter().zip(&frame.columns).enumerate() {
             if col.len() != frame.rows {
-                return Err(MlError::Input { input: t.name().into(), message: format!("has {} values, expected {}", col.len(), frame.rows) });
+                return Err(MlError::Input {
+                    input: t.name().into(),
+                    message: format!("has {} values, expected {}", col.len(), frame.rows),
+                });
             }
             match (t, col) {
-                (FeatureTransform::Standardize { impute, mean, scale, .. }, Column::Numeric(v)) => {
+                (
+                    FeatureTransform::Standardize {
+                        impute,
+                        mean,
+                        scale,
+                        ..
+                    },
+                    Column::Numeric(v),
+                ) => {
                     for (r, x) in v.iter().enumerate() {
                         let x = if x.is_finite() { *x } else { *impute };
                         index[r * stride + j] = offset;
@@ -200,8 +262,11 @@ impl FeaturePipeline {
                     }
                 }
                 (FeatureTransform::OneHot { categories, .. }, Column::Text(v)) => {
-                    let lookup: HashMap<&str, u32> =
-                        categories.iter().enumerate().map(|(i, c)| (c.as_str(), i as u32)).collect();
+                    let lookup: HashMap<&str, u32> = categories
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| (c.as_str(), i as u32))
+                        .collect();
                     for (r, x) in v.iter().enumerate() {
                         match x.as_deref().and_then(|s| lookup.get(s)) {
                             Some(&i) => {
@@ -219,24 +284,47 @@ impl FeaturePipeline {
                 _ => {
                     return Err(MlError::Input {
                         input: t.name().into(),
-                        message: format!("expected {} values", if t.kind() == InputKind::Numeric { "numeric" } else { "text" }),
+                        message: format!(
+                            "expected {} values",
+                            if t.kind() == InputKind::Numeric {
+                                "numeric"
+                            } else {
+                                "text"
+                            }
+                        ),
                     })
                 }
             }
             offset += t.width() as u32;
         }
-        Ok(Design { rows: frame.rows, stride, width: self.width(), index, value })
+        Ok(Design {
+            rows: frame.rows,
+            stride,
+            width: self.width(),
+            index,
+            value,
+        })
     }
 }
 
 pub(crate) fn numeric_values(col: &dyn Array) -> Result<Vec<f64>> {
     let cast = match col.data_type() {
-        DataType::Boolean => arrow::compute::cast(&arrow::compute::cast(col, &DataType::Int8)?, &DataType::Float64)?,
+        DataType::Boolean => arrow::compute::cast(
+            &arrow::compute::cast(col, &DataType::Int8)?,
+            &DataType::Float64,
+        )?,
         t if t.is_numeric() => arrow::compute::cast(col, &DataType::Float64)?,
-        t => return Err(MlError::invalid("features", format!("a {t} column cannot be used as a number"))),
+        t => {
+            return Err(MlError::invalid(
+                "features",
+                format!("a {t} column cannot be used as a number"),
+            ))
+        }
     };
     let f = cast.as_any().downcast_ref::<Float64Array>().expect("f64");
-    Ok((0..f.len()).map(|i| if f.is_null(i) { f64::NAN } else { f.value(i) }).collect())
+    Ok((0..f.len())
+        .map(|i| if f.is_null(i) { f64::NAN } else { f.value(i) })
+        .collect())
 }
 
 pub(crate) fn text_values(col: &dyn Array) -> Result<Vec<Option<String>>> {

@@ -32,7 +32,10 @@ pub enum MlError {
 
 impl MlError {
     pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        MlError::Invalid { field: field.into(), message: message.into() }
+        MlError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 

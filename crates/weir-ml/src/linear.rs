@@ -69,12 +69,19 @@ pub struct FitReport {
 impl LinearModel {
     pub fn predict(&self, frame: &Frame) -> Result<Vec<f64>> {
         let design = self.features.encode(frame)?;
-        Ok((0..design.rows).map(|r| self.output(self.linear(&design, r))).collect())
+        Ok((0..design.rows)
+            .map(|r| self.output(self.linear(&design, r)))
+            .collect())
     }
 
     fn linear(&self, design: &Design, r: usize) -> f64 {
         let (idx, val) = design.row(r);
-        self.intercept + idx.iter().zip(val).map(|(&i, &v)| self.weights[i as usize] * v).sum::<f64>()
+        self.intercept
+            + idx
+                .iter()
+                .zip(val)
+                .map(|(&i, &v)| self.weights[i as usize] * v)
+                .sum::<f64>()
     }
 
     fn output(&self, eta: f64) -> f64 {
@@ -97,24 +104,41 @@ fn sigmoid(x: f64) -> f64 {
 /// Rows with a label, and their labels.
 pub(crate) fn labelled(batch: &RecordBatch, target: &Target) -> Result<(RecordBatch, Vec<f64>)> {
     let labels = target.labels(batch)?;
-    let keep: Vec<u32> = labels.iter().enumerate().filter(|(_, l)| l.is_some()).map(|(i, _)| i as u32).collect();
+    let keep: Vec<u32> = labels
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.is_some())
+        .map(|(i, _)| i as u32)
+        .collect();
     let y: Vec<f64> = labels.into_iter().flatten().collect();
     let batch = arrow::compute::take_record_batch(batch, &arrow::array::UInt32Array::from(keep))?;
     Ok((batch, y))
 }
 
-pub fn train_linear(train: &RecordBatch, params: &LinearParams) -> Result<(LinearModel, FitReport)> {
+pub fn train_linear(
+    train: &RecordBatch,
+    params: &LinearParams,
+) -> Result<(LinearModel, FitReport)> {
     let started = Instant::now();
     if !(params.l2 >= 0.0 && params.l2.is_finite()) {
         return Err(MlError::invalid("with.l2", "must be a non-negative number"));
     }
     let target = Target::parse(&params.target)?;
     if params.features.contains(&target.column) {
-        return Err(MlError::invalid("with.features", format!("'{}' is the target; it cannot also be a feature", target.column)));
+        return Err(MlError::invalid(
+            "with.features",
+            format!(
+                "'{}' is the target; it cannot also be a feature",
+                target.column
+            ),
+        ));
     }
     let (rows, y) = labelled(train, &target)?;
     if y.is_empty() {
-        return Err(MlError::invalid("with.target", format!("'{}' has no values in the training data", target.column)));
+        return Err(MlError::invalid(
+            "with.target",
+            format!("'{}' has no values in the training data", target.column),
+        ));
     }
     let binary_labels = y.iter().all(|v| *v == 0.0 || *v == 1.0);
     let task = match params.task {
@@ -123,14 +147,35 @@ pub fn train_linear(train: &RecordBatch, params: &LinearParams) -> Result<(Linea
         None => Task::Regression,
     };
     if task == Task::Classification && !binary_labels {
-        return Err(MlError::invalid("with.target", "classification needs 0/1 or boolean labels, or a comparison like 'arr_delay > 15'"));
+        return Err(MlError::invalid(
+            "with.target",
+            "classification needs 0/1 or boolean labels, or a comparison like 'arr_delay > 15'",
+        ));
     }
     if y.iter().all(|v| *v == y[0]) {
-        return Err(MlError::invalid("with.target", format!("'{target}' is constant ({}) in the training data; there is nothing to learn", y[0])));
+        return Err(MlError::invalid(
+            "with.target",
+            format!(
+                "'{target}' is constant ({}) in the training data; there is nothing to learn",
+                y[0]
+            ),
+        ));
     }
-    let features = FeaturePipeline::fit(&rows, &params.features, &params.categorical, params.max_categories)?;
+    let features = FeaturePipeline::fit(
+        &rows,
+        &params.features,
+        &params.categorical,
+        params.max_categories,
+    )?;
     let design = features.encode(&features.frame(&rows)?)?;
-    let (w, iterations, loss) = newton(&design, &y, task, params.l2.max(1e-10), params.max_iter, params.tol);
+    let (w, iterations, loss) = newton(
+        &design,
+        &y,
+        task,
+        params.l2.max(1e-10),
+        params.max_iter,
+        params.tol,
+    );
     let width = design.width;
     let model = LinearModel {
         task,
@@ -140,7 +185,12 @@ pub fn train_linear(train: &RecordBatch, params: &LinearParams) -> Result<(Linea
         intercept: w[width],
         l2: params.l2,
     };
-    let report = FitReport { rows: y.len(), iterations, loss, fit_seconds: started.elapsed().as_secs_f64() };
+    let report = FitReport {
+        rows: y.len(),
+        iterations,
+        loss,
+        fit_seconds: started.elapsed().as_secs_f64(),
+    };
     Ok((model, report))
 }
 
@@ -150,7 +200,12 @@ fn objective(design: &Design, y: &[f64], w: &[f64], task: Task, l2: f64) -> f64 
     let mut total = 0.0;
     for (r, &label) in y.iter().enumerate() {
         let (idx, val) = design.row(r);
-        let eta = w[d] + idx.iter().zip(val).map(|(&i, &v)| w[i as usize] * v).sum::<f64>();
+        let eta = w[d]
+            + idx
+                .iter()
+                .zip(val)
+                .map(|(&i, &v)| w[i as usize] * v)
+                .sum::<f64>();
         total += match task {
             // log(1 + e^eta) - y * eta, computed without overflow.
             Task::Classification => eta.max(0.0) + (-eta.abs()).exp().ln_1p() - label * eta,
@@ -160,7 +215,14 @@ fn objective(design: &Design, y: &[f64], w: &[f64], task: Task, l2: f64) -> f64 
     total / y.len() as f64 + 0.5 * l2 * w[..d].iter().map(|v| v * v).sum::<f64>()
 }
 
-fn newton(design: &Design, y: &[f64], task: Task, l2: f64, max_iter: usize, tol: f64) -> (Vec<f64>, usize, f64) {
+fn newton(
+    design: &Design,
+    y: &[f64],
+    task: Task,
+    l2: f64,
+    max_iter: usize,
+    tol: f64,
+) -> (Vec<f64>, usize, f64) {
     let d = design.width + 1;
     let bias = design.width;
     let n = y.len() as f64;
@@ -178,7 +240,12 @@ fn newton(design: &Design, y: &[f64], task: Task, l2: f64, max_iter: usize, tol:
         for (r, &label) in y.iter().enumerate() {
             let (idx, val) = design.row(r);
             slots.clear();
-            slots.extend(idx.iter().zip(val).filter(|(_, v)| **v != 0.0).map(|(&i, &v)| (i as usize, v)));
+            slots.extend(
+                idx.iter()
+                    .zip(val)
+                    .filter(|(_, v)| **v != 0.0)
+                    .map(|(&i, &v)| (i as usize, v)),
+            );
             slots.push((bias, 1.0));
             let eta: f64 = slots.iter().map(|&(i, v)| w[i] * v).sum();
             let (residual, curvature) = match task {
@@ -206,7 +273,9 @@ fn newton(design: &Design, y: &[f64], task: Task, l2: f64, max_iter: usize, tol:
                 hess[a * d + a] += l2;
             }
         }
-        let Some(step) = solve_spd(&mut hess, &grad, d) else { break };
+        let Some(step) = solve_spd(&mut hess, &grad, d) else {
+            break;
+        };
         let mut t = 1.0;
         let mut accepted = false;
         for _ in 0..20 {
@@ -275,18 +344,27 @@ mod tests {
     #[test]
     fn recovers_a_linear_function() {
         let x: Vec<f64> = (0..200).map(|i| i as f64 / 10.0).collect();
-        let c: Vec<&str> = (0..200).map(|i| if i % 2 == 0 { "a" } else { "b" }).collect();
-        let y: Vec<f64> = x.iter().zip(&c).map(|(x, c)| 3.0 * x + if *c == "a" { 1.0 } else { -2.0 } + 0.5).collect();
+        let c: Vec<&str> = (0..200)
+            .map(|i| if i % 2 == 0 { "a" } else { "b" })
+            .collect();
+        let y: Vec<f64> = x
+            .iter()
+            .zip(&c)
+            .map(|(x, c)| 3.0 * x + if *c == "a" { 1.0 } else { -2.0 } + 0.5)
+            .collect();
         let batch = RecordBatch::try_from_iter(vec![
             ("x", Arc::new(Float64Array::from(x.clone())) as ArrayRef),
             ("c", Arc::new(StringArray::from(c)) as ArrayRef),
             ("y", Arc::new(Float64Array::from(y.clone())) as ArrayRef),
         ])
         .unwrap();
-        let (model, report) = train_linear(&batch, &params("{ target: y, features: [x, c], l2: 0.0 }")).unwrap();
+        let (model, report) =
+            train_linear(&batch, &params("{ target: y, features: [x, c], l2: 0.0 }")).unwrap();
         assert_eq!(model.task, Task::Regression);
         assert!(report.iterations <= 3, "{}", report.iterations);
-        let pred = model.predict(&model.features.frame(&batch).unwrap()).unwrap();
+        let pred = model
+            .predict(&model.features.frame(&batch).unwrap())
+            .unwrap();
         for (p, t) in pred.iter().zip(&y) {
             assert!((p - t).abs() < 1e-4, "{p} vs {t}");
         }
@@ -295,16 +373,35 @@ mod tests {
     #[test]
     fn logistic_regression_separates_classes() {
         let x: Vec<f64> = (0..400).map(|i| (i as f64 - 200.0) / 50.0).collect();
-        let delay: Vec<f64> = x.iter().enumerate().map(|(i, v)| if v + ((i * 7919) % 13) as f64 / 6.0 - 1.0 > 0.0 { 30.0 } else { 0.0 }).collect();
+        let delay: Vec<f64> = x
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                if v + ((i * 7919) % 13) as f64 / 6.0 - 1.0 > 0.0 {
+                    30.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         let batch = RecordBatch::try_from_iter(vec![
             ("x", Arc::new(Float64Array::from(x)) as ArrayRef),
-            ("delay", Arc::new(Float64Array::from(delay.clone())) as ArrayRef),
+            (
+                "delay",
+                Arc::new(Float64Array::from(delay.clone())) as ArrayRef,
+            ),
         ])
         .unwrap();
-        let (model, _) = train_linear(&batch, &params("{ target: 'delay > 15', features: [x] }")).unwrap();
+        let (model, _) =
+            train_linear(&batch, &params("{ target: 'delay > 15', features: [x] }")).unwrap();
         assert_eq!(model.task, Task::Classification);
-        let p = model.predict(&model.features.frame(&batch).unwrap()).unwrap();
-        let y: Vec<f64> = delay.iter().map(|d| if *d > 15.0 { 1.0 } else { 0.0 }).collect();
+        let p = model
+            .predict(&model.features.frame(&batch).unwrap())
+            .unwrap();
+        let y: Vec<f64> = delay
+            .iter()
+            .map(|d| if *d > 15.0 { 1.0 } else { 0.0 })
+            .collect();
         let auc = crate::metrics::roc_auc(&y, &p);
         assert!(auc > 0.9, "auc {auc}");
     }
@@ -312,13 +409,23 @@ mod tests {
     #[test]
     fn a_constant_target_is_a_clear_error() {
         let batch = RecordBatch::try_from_iter(vec![
-            ("x", Arc::new(Float64Array::from(vec![1.0, 2.0])) as ArrayRef),
-            ("y", Arc::new(Float64Array::from(vec![1.0, 1.0])) as ArrayRef),
+            (
+                "x",
+                Arc::new(Float64Array::from(vec![1.0, 2.0])) as ArrayRef,
+            ),
+            (
+                "y",
+                Arc::new(Float64Array::from(vec![1.0, 1.0])) as ArrayRef,
+            ),
         ])
         .unwrap();
-        let err = train_linear(&batch, &params("{ target: y, features: [x] }")).unwrap_err().to_string();
+        let err = train_linear(&batch, &params("{ target: y, features: [x] }"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("constant"), "{err}");
-        let err = train_linear(&batch, &params("{ target: z, features: [x] }")).unwrap_err().to_string();
+        let err = train_linear(&batch, &params("{ target: z, features: [x] }"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown column 'z'"), "{err}");
     }
 }

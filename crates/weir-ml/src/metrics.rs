@@ -36,7 +36,10 @@ pub fn classification(y: &[f64], p: &[f64]) -> BTreeMap<String, f64> {
         ("accuracy".into(), ratio(tp + tn, n)),
         ("precision".into(), precision),
         ("recall".into(), recall),
-        ("f1".into(), ratio(2.0 * precision * recall, precision + recall)),
+        (
+            "f1".into(),
+            ratio(2.0 * precision * recall, precision + recall),
+        ),
         ("auc".into(), roc_auc(y, p)),
         ("log_loss".into(), ratio(log_loss, n)),
     ])

@@ -44,7 +44,8 @@ impl Model {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Model> {
-        let file: ModelFile = serde_json::from_slice(bytes).map_err(|e| MlError::ModelFormat(e.to_string()))?;
+        let file: ModelFile =
+            serde_json::from_slice(bytes).map_err(|e| MlError::ModelFormat(e.to_string()))?;
         if file.format != FORMAT || file.format_version > FORMAT_VERSION {
             return Err(MlError::ModelFormat(format!(
                 "format {} v{} (this Weir reads {FORMAT} v{FORMAT_VERSION})",

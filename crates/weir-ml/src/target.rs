@@ -36,22 +36,45 @@ impl Target {
     /// Parses `column` or `column OP number` (OP one of > >= < <= ==).
     pub fn parse(text: &str) -> Result<Target> {
         let text = text.trim();
-        for (sym, op) in [(">=", CmpOp::Ge), ("<=", CmpOp::Le), ("==", CmpOp::Eq), (">", CmpOp::Gt), ("<", CmpOp::Lt)] {
+        for (sym, op) in [
+            (">=", CmpOp::Ge),
+            ("<=", CmpOp::Le),
+            ("==", CmpOp::Eq),
+            (">", CmpOp::Gt),
+            ("<", CmpOp::Lt),
+        ] {
             if let Some((col, num)) = text.split_once(sym) {
                 let threshold: f64 = num.trim().parse().map_err(|_| {
-                    MlError::invalid("with.target", format!("'{}' is not a number in '{text}'", num.trim()))
+                    MlError::invalid(
+                        "with.target",
+                        format!("'{}' is not a number in '{text}'", num.trim()),
+                    )
                 })?;
                 let column = col.trim();
                 if column.is_empty() {
-                    return Err(MlError::invalid("with.target", format!("'{text}' names no column")));
+                    return Err(MlError::invalid(
+                        "with.target",
+                        format!("'{text}' names no column"),
+                    ));
                 }
-                return Ok(Target { column: column.into(), op: Some(op), threshold: Some(threshold) });
+                return Ok(Target {
+                    column: column.into(),
+                    op: Some(op),
+                    threshold: Some(threshold),
+                });
             }
         }
         if text.is_empty() {
-            return Err(MlError::invalid("with.target", "name the target column, e.g. `target: \"arr_delay > 15\"`"));
+            return Err(MlError::invalid(
+                "with.target",
+                "name the target column, e.g. `target: \"arr_delay > 15\"`",
+            ));
         }
-        Ok(Target { column: text.into(), op: None, threshold: None })
+        Ok(Target {
+            column: text.into(),
+            op: None,
+            threshold: None,
+        })
     }
 
     pub fn is_comparison(&self) -> bool {
@@ -84,7 +107,11 @@ impl Target {
                             CmpOp::Le => v <= t,
                             CmpOp::Eq => v == t,
                         };
-                        if hit { 1.0 } else { 0.0 }
+                        if hit {
+                            1.0
+                        } else {
+                            0.0
+                        }
                     }
                     _ => v,
                 })

@@ -4,7 +4,9 @@ use axum::http::StatusCode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("'{0}' is not a model reference\n  hint: use NAME or NAME:VERSION, e.g. flights-delay:1")]
+    #[error(
+        "'{0}' is not a model reference\n  hint: use NAME or NAME:VERSION, e.g. flights-delay:1"
+    )]
     BadModelRef(String),
     #[error("cannot listen on {addr}: {reason}\n  hint: pick another address with --addr or WEIR_SERVE_ADDR")]
     Bind { addr: String, reason: String },
@@ -17,7 +19,11 @@ pub enum ServeError {
     #[error("model '{name}' is not served here; served models: {served}")]
     UnknownModel { name: String, served: String },
     #[error("model '{name}' has no version '{version}' here; served versions: {served}")]
-    UnknownVersion { name: String, version: String, served: String },
+    UnknownVersion {
+        name: String,
+        version: String,
+        served: String,
+    },
     #[error("the server is still loading its models; retry when /v2/health/ready answers 200")]
     NotReady,
     /// A request the client must fix; the message says what and where.
@@ -35,7 +41,9 @@ impl ServeError {
     pub fn status(&self) -> StatusCode {
         match self {
             ServeError::BadRequest(_) | ServeError::BadModelRef(_) => StatusCode::BAD_REQUEST,
-            ServeError::UnknownModel { .. } | ServeError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
+            ServeError::UnknownModel { .. } | ServeError::UnknownVersion { .. } => {
+                StatusCode::NOT_FOUND
+            }
             ServeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ServeError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ServeError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
@@ -47,7 +55,9 @@ impl ServeError {
     /// MLflow's error code for the same condition.
     pub fn mlflow_code(&self) -> &'static str {
         match self.status() {
-            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE => "BAD_REQUEST",
+            StatusCode::BAD_REQUEST
+            | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::UNSUPPORTED_MEDIA_TYPE => "BAD_REQUEST",
             StatusCode::NOT_FOUND => "RESOURCE_DOES_NOT_EXIST",
             StatusCode::SERVICE_UNAVAILABLE => "TEMPORARILY_UNAVAILABLE",
             _ => "INTERNAL_ERROR",

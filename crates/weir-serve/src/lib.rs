@@ -32,10 +32,20 @@ impl ModelRef {
     pub fn parse(text: &str) -> Result<ModelRef, ServeError> {
         match text.rsplit_once(':') {
             Some((name, v)) => {
-                let version = v.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| ServeError::BadModelRef(text.to_string()))?;
-                Ok(ModelRef { name: name.to_string(), version: Some(version) })
+                let version = v
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|v| *v > 0)
+                    .ok_or_else(|| ServeError::BadModelRef(text.to_string()))?;
+                Ok(ModelRef {
+                    name: name.to_string(),
+                    version: Some(version),
+                })
             }
-            None if !text.is_empty() => Ok(ModelRef { name: text.to_string(), version: None }),
+            None if !text.is_empty() => Ok(ModelRef {
+                name: text.to_string(),
+                version: None,
+            }),
             None => Err(ServeError::BadModelRef(text.to_string())),
         }
     }
@@ -70,36 +80,71 @@ impl AppState {
     }
 
     pub fn versions(&self, name: &str) -> Vec<Arc<Loaded>> {
-        self.models.read().expect("models lock").get(name).cloned().unwrap_or_default()
+        self.models
+            .read()
+            .expect("models lock")
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn names(&self) -> Vec<String> {
-        self.models.read().expect("models lock").keys().cloned().collect()
+        self.models
+            .read()
+            .expect("models lock")
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// A version of a model, the newest loaded when `version` is `None`.
     pub fn model(&self, name: &str, version: Option<&str>) -> Result<Arc<Loaded>, ServeError> {
         let versions = self.versions(name);
         if versions.is_empty() {
-            return Err(ServeError::UnknownModel { name: name.to_string(), served: self.names().join(", ") });
+            return Err(ServeError::UnknownModel {
+                name: name.to_string(),
+                served: self.names().join(", "),
+            });
         }
         match version {
             None => Ok(versions.last().expect("non-empty").clone()),
-            Some(v) => versions.iter().find(|l| l.version.to_string() == v).cloned().ok_or_else(|| ServeError::UnknownVersion {
-                name: name.to_string(),
-                version: v.to_string(),
-                served: versions.iter().map(|l| l.version.to_string()).collect::<Vec<_>>().join(", "),
-            }),
+            Some(v) => versions
+                .iter()
+                .find(|l| l.version.to_string() == v)
+                .cloned()
+                .ok_or_else(|| ServeError::UnknownVersion {
+                    name: name.to_string(),
+                    version: v.to_string(),
+                    served: versions
+                        .iter()
+                        .map(|l| l.version.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }),
         }
     }
 }
 
 /// Loads a model version's artifact and checks it predicts.
-async fn load(store: &Store, artifacts: &ArtifactStore, name: &str, version: i64) -> Result<Loaded, ServeError> {
+async fn load(
+    store: &Store,
+    artifacts: &ArtifactStore,
+    name: &str,
+    version: i64,
+) -> Result<Loaded, ServeError> {
     let mv = store.model_version(name, Some(version)).await?;
-    let digest = mv.digest.parse().map_err(|e: weir_core::DigestError| ServeError::Load { model: format!("{name}:{version}"), reason: e.to_string() })?;
+    let digest = mv
+        .digest
+        .parse()
+        .map_err(|e: weir_core::DigestError| ServeError::Load {
+            model: format!("{name}:{version}"),
+            reason: e.to_string(),
+        })?;
     let bytes = artifacts.get(&digest).await?;
-    let model = Model::from_bytes(&bytes).map_err(|e| ServeError::Load { model: format!("{name}:{version}"), reason: e.to_string() })?;
+    let model = Model::from_bytes(&bytes).map_err(|e| ServeError::Load {
+        model: format!("{name}:{version}"),
+        reason: e.to_string(),
+    })?;
     let inputs = model.inputs();
     // Warm-up: one row of missing values exercises every transform.
     let frame = weir_ml::Frame {
@@ -112,12 +157,25 @@ async fn load(store: &Store, artifacts: &ArtifactStore, name: &str, version: i64
             })
             .collect(),
     };
-    model.predict(&frame).map_err(|e| ServeError::Load { model: format!("{name}:{version}"), reason: format!("warm-up failed: {e}") })?;
-    Ok(Loaded { name: name.to_string(), version, model, inputs })
+    model.predict(&frame).map_err(|e| ServeError::Load {
+        model: format!("{name}:{version}"),
+        reason: format!("warm-up failed: {e}"),
+    })?;
+    Ok(Loaded {
+        name: name.to_string(),
+        version,
+        model,
+        inputs,
+    })
 }
 
 /// Serves until Ctrl-C or SIGTERM, then drains in-flight requests.
-pub async fn serve(store: &Store, artifacts: &ArtifactStore, models: &[ModelRef], options: ServeOptions) -> Result<(), ServeError> {
+pub async fn serve(
+    store: &Store,
+    artifacts: &ArtifactStore,
+    models: &[ModelRef],
+    options: ServeOptions,
+) -> Result<(), ServeError> {
     let mut resolved = Vec::new();
     for m in models {
         let mv = store.model_version(&m.name, m.version).await?;
@@ -131,18 +189,30 @@ pub async fn serve(store: &Store, artifacts: &ArtifactStore, models: &[ModelRef]
     });
     let listener = tokio::net::TcpListener::bind(&options.addr)
         .await
-        .map_err(|e| ServeError::Bind { addr: options.addr.clone(), reason: e.to_string() })?;
-    let local = listener.local_addr().map_err(|e| ServeError::Bind { addr: options.addr.clone(), reason: e.to_string() })?;
+        .map_err(|e| ServeError::Bind {
+            addr: options.addr.clone(),
+            reason: e.to_string(),
+        })?;
+    let local = listener.local_addr().map_err(|e| ServeError::Bind {
+        addr: options.addr.clone(),
+        reason: e.to_string(),
+    })?;
     eprintln!("listening on http://{local}");
 
     let app = routes::router(state.clone());
     let server = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
     });
 
     for (name, version) in &resolved {
         let loaded = load(store, artifacts, name, *version).await?;
-        eprintln!("loaded {name}:{version} ({}, {} inputs)", loaded.model.kind(), loaded.inputs.len());
+        eprintln!(
+            "loaded {name}:{version} ({}, {} inputs)",
+            loaded.model.kind(),
+            loaded.inputs.len()
+        );
         let mut map = state.models.write().expect("models lock");
         let versions = map.entry(name.clone()).or_default();
         versions.push(Arc::new(loaded));

@@ -50,7 +50,10 @@ pub(crate) struct OipTensor {
     pub parameters: Option<serde_json::Map<String, Value>>,
 }
 
-const NUMERIC_TYPES: &[&str] = &["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"];
+const NUMERIC_TYPES: &[&str] = &[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16",
+    "FP32", "FP64",
+];
 
 fn flatten(value: &Value, out: &mut Vec<Value>) {
     match value {
@@ -84,7 +87,11 @@ pub(crate) fn oip_columns(request: &OipRequest) -> Result<Columns, ServeError> {
         flatten(&tensor.data, &mut data);
         let n = tensor.shape[0] as usize;
         if data.len() != n {
-            return Err(bad(format!("input '{name}': shape {:?} says {n} values but data has {}", tensor.shape, data.len())));
+            return Err(bad(format!(
+                "input '{name}': shape {:?} says {n} values but data has {}",
+                tensor.shape,
+                data.len()
+            )));
         }
         for (i, v) in data.iter().enumerate() {
             let ok = match tensor.datatype.as_str() {
@@ -93,7 +100,11 @@ pub(crate) fn oip_columns(request: &OipRequest) -> Result<Columns, ServeError> {
                 _ => v.is_number() || v.is_null(),
             };
             if !ok {
-                return Err(bad(format!("input '{name}': datatype {} but element {i} is {}", tensor.datatype, describe(v))));
+                return Err(bad(format!(
+                    "input '{name}': datatype {} but element {i} is {}",
+                    tensor.datatype,
+                    describe(v)
+                )));
             }
         }
         match rows {
@@ -103,7 +114,10 @@ pub(crate) fn oip_columns(request: &OipRequest) -> Result<Columns, ServeError> {
         }
         values.insert(name.clone(), data);
     }
-    Ok(Columns { rows: rows.unwrap_or(0), values })
+    Ok(Columns {
+        rows: rows.unwrap_or(0),
+        values,
+    })
 }
 
 fn describe(v: &Value) -> String {
@@ -123,11 +137,21 @@ pub(crate) fn mlflow_columns(body: &Value) -> Result<Columns, ServeError> {
     let Value::Object(map) = body else {
         return Err(bad("the body must be a JSON object with one of: dataframe_split, dataframe_records, inputs, instances"));
     };
-    let known = ["dataframe_split", "dataframe_records", "inputs", "instances", "params"];
+    let known = [
+        "dataframe_split",
+        "dataframe_records",
+        "inputs",
+        "instances",
+        "params",
+    ];
     if let Some(unknown) = map.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(bad(format!("unknown field '{unknown}'; use one of: dataframe_split, dataframe_records, inputs, instances")));
     }
-    let formats: Vec<&str> = known[..4].iter().copied().filter(|k| map.contains_key(*k)).collect();
+    let formats: Vec<&str> = known[..4]
+        .iter()
+        .copied()
+        .filter(|k| map.contains_key(*k))
+        .collect();
     match formats.as_slice() {
         ["dataframe_split"] => split_columns(&map["dataframe_split"]),
         ["dataframe_records"] => record_columns(&map["dataframe_records"], "dataframe_records"),
@@ -142,17 +166,30 @@ pub(crate) fn mlflow_columns(body: &Value) -> Result<Columns, ServeError> {
                     };
                     match rows {
                         None => rows = Some(col.len()),
-                        Some(r) if r != col.len() => return Err(bad(format!("{key}.{name} has {} values but another column has {r}", col.len()))),
+                        Some(r) if r != col.len() => {
+                            return Err(bad(format!(
+                                "{key}.{name} has {} values but another column has {r}",
+                                col.len()
+                            )))
+                        }
                         _ => {}
                     }
                     values.insert(name.clone(), col);
                 }
-                Ok(Columns { rows: rows.unwrap_or(0), values })
+                Ok(Columns {
+                    rows: rows.unwrap_or(0),
+                    values,
+                })
             }
             other => record_columns(other, key),
         },
-        [] => Err(bad("the body needs one of: dataframe_split, dataframe_records, inputs, instances")),
-        many => Err(bad(format!("the body has several input formats ({}); send exactly one", many.join(", ")))),
+        [] => Err(bad(
+            "the body needs one of: dataframe_split, dataframe_records, inputs, instances",
+        )),
+        many => Err(bad(format!(
+            "the body has several input formats ({}); send exactly one",
+            many.join(", ")
+        ))),
     }
 }
 
@@ -165,28 +202,45 @@ fn split_columns(split: &Value) -> Result<Columns, ServeError> {
         #[allow(dead_code)]
         index: Option<Vec<Value>>,
     }
-    let split: Split = serde_json::from_value(split.clone())
-        .map_err(|e| bad(format!("dataframe_split: {e}; expected {{\"columns\": [...], \"data\": [[...], ...]}}")))?;
+    let split: Split = serde_json::from_value(split.clone()).map_err(|e| {
+        bad(format!(
+            "dataframe_split: {e}; expected {{\"columns\": [...], \"data\": [[...], ...]}}"
+        ))
+    })?;
     let mut values: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for c in &split.columns {
-        if values.insert(c.clone(), Vec::with_capacity(split.data.len())).is_some() {
-            return Err(bad(format!("dataframe_split: column '{c}' is listed twice")));
+        if values
+            .insert(c.clone(), Vec::with_capacity(split.data.len()))
+            .is_some()
+        {
+            return Err(bad(format!(
+                "dataframe_split: column '{c}' is listed twice"
+            )));
         }
     }
     for (r, row) in split.data.iter().enumerate() {
         if row.len() != split.columns.len() {
-            return Err(bad(format!("dataframe_split: row {r} has {} values but there are {} columns", row.len(), split.columns.len())));
+            return Err(bad(format!(
+                "dataframe_split: row {r} has {} values but there are {} columns",
+                row.len(),
+                split.columns.len()
+            )));
         }
         for (c, v) in split.columns.iter().zip(row) {
             values.get_mut(c).expect("column").push(v.clone());
         }
     }
-    Ok(Columns { rows: split.data.len(), values })
+    Ok(Columns {
+        rows: split.data.len(),
+        values,
+    })
 }
 
 fn record_columns(records: &Value, field: &str) -> Result<Columns, ServeError> {
     let Value::Array(records) = records else {
-        return Err(bad(format!("{field} must be a list of records like [{{\"column\": value}}]")));
+        return Err(bad(format!(
+            "{field} must be a list of records like [{{\"column\": value}}]"
+        )));
     };
     let mut names: Vec<String> = Vec::new();
     for (r, rec) in records.iter().enumerate() {
@@ -199,25 +253,50 @@ fn record_columns(records: &Value, field: &str) -> Result<Columns, ServeError> {
             }
         }
     }
-    let mut values: BTreeMap<String, Vec<Value>> = names.iter().map(|n| (n.clone(), Vec::with_capacity(records.len()))).collect();
+    let mut values: BTreeMap<String, Vec<Value>> = names
+        .iter()
+        .map(|n| (n.clone(), Vec::with_capacity(records.len())))
+        .collect();
     for rec in records {
         for n in &names {
             // A key missing from a record is a missing value, as in pandas.
-            values.get_mut(n).expect("name").push(rec.get(n).cloned().unwrap_or(Value::Null));
+            values
+                .get_mut(n)
+                .expect("name")
+                .push(rec.get(n).cloned().unwrap_or(Value::Null));
         }
     }
-    Ok(Columns { rows: records.len(), values })
+    Ok(Columns {
+        rows: records.len(),
+        values,
+    })
 }
 
 /// Checks columns against the model's signature and builds its input frame.
 pub(crate) fn frame(inputs: &[InputSpec], mut columns: Columns) -> Result<Frame, ServeError> {
     let expected: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
-    if let Some(unknown) = columns.values.keys().find(|k| !expected.contains(&k.as_str())) {
-        return Err(bad(format!("unknown input '{unknown}'; the model expects: {}", expected.join(", "))));
+    if let Some(unknown) = columns
+        .values
+        .keys()
+        .find(|k| !expected.contains(&k.as_str()))
+    {
+        return Err(bad(format!(
+            "unknown input '{unknown}'; the model expects: {}",
+            expected.join(", ")
+        )));
     }
-    let missing: Vec<&str> = expected.iter().copied().filter(|n| !columns.values.contains_key(*n)).collect();
+    let missing: Vec<&str> = expected
+        .iter()
+        .copied()
+        .filter(|n| !columns.values.contains_key(*n))
+        .collect();
     if !missing.is_empty() {
-        return Err(bad(format!("missing input{} {}; the model expects: {}", if missing.len() > 1 { "s" } else { "" }, missing.join(", "), expected.join(", "))));
+        return Err(bad(format!(
+            "missing input{} {}; the model expects: {}",
+            if missing.len() > 1 { "s" } else { "" },
+            missing.join(", "),
+            expected.join(", ")
+        )));
     }
     if columns.rows == 0 {
         return Err(bad("the request has no rows"));
@@ -231,10 +310,19 @@ pub(crate) fn frame(inputs: &[InputSpec], mut columns: Columns) -> Result<Frame,
                     .iter()
                     .enumerate()
                     .map(|(r, v)| match v {
-                        Value::Number(n) => n.as_f64().ok_or_else(|| bad(format!("input '{}' row {r}: {n} is not a finite number", spec.name))),
+                        Value::Number(n) => n.as_f64().ok_or_else(|| {
+                            bad(format!(
+                                "input '{}' row {r}: {n} is not a finite number",
+                                spec.name
+                            ))
+                        }),
                         Value::Bool(b) => Ok(if *b { 1.0 } else { 0.0 }),
                         Value::Null => Ok(f64::NAN),
-                        other => Err(bad(format!("input '{}' row {r}: expected a number, got {}", spec.name, describe(other)))),
+                        other => Err(bad(format!(
+                            "input '{}' row {r}: expected a number, got {}",
+                            spec.name,
+                            describe(other)
+                        ))),
                     })
                     .collect::<Result<_, _>>()?,
             ),
@@ -247,11 +335,18 @@ pub(crate) fn frame(inputs: &[InputSpec], mut columns: Columns) -> Result<Frame,
                         Value::Number(n) => Ok(Some(n.to_string())),
                         Value::Bool(b) => Ok(Some(b.to_string())),
                         Value::Null => Ok(None),
-                        other => Err(bad(format!("input '{}' row {r}: expected a string, got {}", spec.name, describe(other)))),
+                        other => Err(bad(format!(
+                            "input '{}' row {r}: expected a string, got {}",
+                            spec.name,
+                            describe(other)
+                        ))),
                     })
                     .collect::<Result<_, _>>()?,
             ),
         });
     }
-    Ok(Frame { rows: columns.rows, columns: out })
+    Ok(Frame {
+        rows: columns.rows,
+        columns: out,
+    })
 }

@@ -26,18 +26,35 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     let limit = state.max_body_bytes;
     Router::new()
         .route("/v2", get(server_metadata))
-        .route("/v2/health/live", get(|| async { Json(json!({"live": true})) }))
+        .route(
+            "/v2/health/live",
+            get(|| async { Json(json!({"live": true})) }),
+        )
         .route("/v2/health/ready", get(server_ready))
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
-        .route("/v2/models/{name}/versions/{version}", get(version_metadata))
-        .route("/v2/models/{name}/versions/{version}/ready", get(version_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(version_metadata),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(version_ready),
+        )
         .route("/v2/models/{name}/infer", post(infer))
-        .route("/v2/models/{name}/versions/{version}/infer", post(infer_version))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(infer_version),
+        )
         .route("/invocations", post(invocations))
         .route("/ping", get(ping))
         .route("/health", get(ping))
-        .fallback(|| async { oip_error(ServeError::BadRequest("no such endpoint; see /v2 and /invocations".into()), StatusCode::NOT_FOUND) })
+        .fallback(|| async {
+            oip_error(
+                ServeError::BadRequest("no such endpoint; see /v2 and /invocations".into()),
+                StatusCode::NOT_FOUND,
+            )
+        })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -62,7 +79,11 @@ impl From<ServeError> for OipError {
 struct MlflowError(ServeError);
 impl IntoResponse for MlflowError {
     fn into_response(self) -> Response {
-        (self.0.status(), Json(json!({"error_code": self.0.mlflow_code(), "message": self.0.to_string()}))).into_response()
+        (
+            self.0.status(),
+            Json(json!({"error_code": self.0.mlflow_code(), "message": self.0.to_string()})),
+        )
+            .into_response()
     }
 }
 impl From<ServeError> for MlflowError {
@@ -76,13 +97,17 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ServeError::TooLarge { limit }
         } else {
-            ServeError::BadRequest(format!("cannot read the request body: {}", rejection.body_text()))
+            ServeError::BadRequest(format!(
+                "cannot read the request body: {}",
+                rejection.body_text()
+            ))
         }
     })
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ServeError> {
-    serde_json::from_slice(bytes).map_err(|e| ServeError::BadRequest(format!("malformed JSON body: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| ServeError::BadRequest(format!("malformed JSON body: {e}")))
 }
 
 async fn server_metadata() -> Json<Value> {
@@ -90,7 +115,11 @@ async fn server_metadata() -> Json<Value> {
 }
 
 async fn server_ready(State(s): Shared) -> Response {
-    let status = if s.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if s.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(json!({"ready": s.is_ready()}))).into_response()
 }
 
@@ -133,12 +162,18 @@ fn ready_model(s: &AppState, name: &str, version: Option<&str>) -> Result<Arc<Lo
     s.model(name, version)
 }
 
-async fn model_metadata(State(s): Shared, Path(name): Path<String>) -> Result<Json<Value>, OipError> {
+async fn model_metadata(
+    State(s): Shared,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, OipError> {
     let loaded = ready_model(&s, &name, None)?;
     Ok(Json(metadata(&s, &loaded)))
 }
 
-async fn version_metadata(State(s): Shared, Path((name, version)): Path<(String, String)>) -> Result<Json<Value>, OipError> {
+async fn version_metadata(
+    State(s): Shared,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<Value>, OipError> {
     let loaded = ready_model(&s, &name, Some(&version))?;
     let mut doc = metadata(&s, &loaded);
     doc["versions"] = json!([version]);
@@ -150,23 +185,39 @@ async fn model_ready(State(s): Shared, Path(name): Path<String>) -> Result<Json<
     Ok(Json(json!({"name": name, "ready": true})))
 }
 
-async fn version_ready(State(s): Shared, Path((name, version)): Path<(String, String)>) -> Result<Json<Value>, OipError> {
+async fn version_ready(
+    State(s): Shared,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<Value>, OipError> {
     ready_model(&s, &name, Some(&version))?;
-    Ok(Json(json!({"name": name, "version": version, "ready": true})))
+    Ok(Json(
+        json!({"name": name, "version": version, "ready": true}),
+    ))
 }
 
 async fn predict(loaded: Arc<Loaded>, columns: Columns) -> Result<Vec<f64>, ServeError> {
     let frame = payload::frame(&loaded.inputs, columns)?;
     let rows = frame.rows;
-    let score = move || loaded.model.predict(&frame).map_err(|e| ServeError::BadRequest(e.to_string()));
+    let score = move || {
+        loaded
+            .model
+            .predict(&frame)
+            .map_err(|e| ServeError::BadRequest(e.to_string()))
+    };
     if rows <= INLINE_ROWS {
         score()
     } else {
-        tokio::task::spawn_blocking(score).await.map_err(|e| ServeError::Internal(e.to_string()))?
+        tokio::task::spawn_blocking(score)
+            .await
+            .map_err(|e| ServeError::Internal(e.to_string()))?
     }
 }
 
-async fn infer(state: Shared, Path(name): Path<String>, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, OipError> {
+async fn infer(
+    state: Shared,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, OipError> {
     run_infer(state, name, None, body).await
 }
 
@@ -187,12 +238,22 @@ async fn run_infer(
     let loaded = ready_model(&s, &name, version.as_deref())?;
     let bytes = body_bytes(body, s.max_body_bytes)?;
     let request: payload::OipRequest = parse_json(&bytes)?;
-    let requested: Option<Vec<String>> = request.outputs.as_ref().map(|o| o.iter().map(|o| o.name.clone()).collect());
+    let requested: Option<Vec<String>> = request
+        .outputs
+        .as_ref()
+        .map(|o| o.iter().map(|o| o.name.clone()).collect());
     let available = output_names(loaded.model.task());
     if let Some(names) = &requested {
-        if let Some(bad) = names.iter().find(|n| !available.iter().any(|(a, _)| a == n)) {
+        if let Some(bad) = names
+            .iter()
+            .find(|n| !available.iter().any(|(a, _)| a == n))
+        {
             let known: Vec<&str> = available.iter().map(|(n, _)| *n).collect();
-            return Err(ServeError::BadRequest(format!("unknown output '{bad}'; the model produces: {}", known.join(", "))).into());
+            return Err(ServeError::BadRequest(format!(
+                "unknown output '{bad}'; the model produces: {}",
+                known.join(", ")
+            ))
+            .into());
         }
     }
     let columns = payload::oip_columns(&request)?;
@@ -200,10 +261,17 @@ async fn run_infer(
     let n = scores.len();
     let outputs: Vec<Value> = available
         .iter()
-        .filter(|(out, _)| requested.as_ref().is_none_or(|r| r.iter().any(|x| x == out)))
+        .filter(|(out, _)| {
+            requested
+                .as_ref()
+                .is_none_or(|r| r.iter().any(|x| x == out))
+        })
         .map(|(out, dtype)| {
             let data: Value = match *out {
-                "label" => json!(scores.iter().map(|p| i64::from(*p >= 0.5)).collect::<Vec<_>>()),
+                "label" => json!(scores
+                    .iter()
+                    .map(|p| i64::from(*p >= 0.5))
+                    .collect::<Vec<_>>()),
                 _ => json!(scores),
             };
             json!({"name": out, "shape": [n], "datatype": dtype, "data": data})
@@ -220,8 +288,15 @@ async fn run_infer(
     Ok(Json(response))
 }
 
-async fn invocations(State(s): Shared, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, MlflowError> {
-    if let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+async fn invocations(
+    State(s): Shared,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, MlflowError> {
+    if let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
         if !ct.starts_with("application/json") {
             return Err(ServeError::UnsupportedMediaType(ct.to_string()).into());
         }
@@ -232,7 +307,10 @@ async fn invocations(State(s): Shared, headers: HeaderMap, body: Result<Bytes, B
     let columns = payload::mlflow_columns(&request)?;
     let scores = predict(loaded.clone(), columns).await?;
     let predictions: Vec<Value> = match loaded.model.task() {
-        Task::Classification => scores.iter().map(|p| json!({"probability": p, "label": i64::from(*p >= 0.5)})).collect(),
+        Task::Classification => scores
+            .iter()
+            .map(|p| json!({"probability": p, "label": i64::from(*p >= 0.5)}))
+            .collect(),
         Task::Regression => scores.iter().map(|p| json!(p)).collect(),
     };
     Ok(Json(json!({"predictions": predictions})))

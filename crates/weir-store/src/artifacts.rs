@@ -21,10 +21,12 @@ pub(crate) fn artifact_from_row(row: &AnyRow) -> Result<ArtifactRecord> {
     let digest: String = row.try_get("digest")?;
     let kind: String = row.try_get("kind")?;
     Ok(ArtifactRecord {
-        digest: digest.parse().map_err(|e: weir_core::DigestError| StoreError::Corrupt {
-            what: "artifacts.digest".into(),
-            reason: e.to_string(),
-        })?,
+        digest: digest
+            .parse()
+            .map_err(|e: weir_core::DigestError| StoreError::Corrupt {
+                what: "artifacts.digest".into(),
+                reason: e.to_string(),
+            })?,
         size: row.try_get("size")?,
         kind: ArtifactKind::parse(&kind).ok_or_else(|| StoreError::Corrupt {
             what: "artifacts.kind".into(),
@@ -35,7 +37,10 @@ pub(crate) fn artifact_from_row(row: &AnyRow) -> Result<ArtifactRecord> {
 }
 
 /// Content addressing makes a second insert of the same digest a no-op.
-pub(crate) async fn insert_artifact(tx: &mut Transaction<'_, Any>, a: &ArtifactRecord) -> Result<()> {
+pub(crate) async fn insert_artifact(
+    tx: &mut Transaction<'_, Any>,
+    a: &ArtifactRecord,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO artifacts (digest, size, kind, created_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (digest) DO NOTHING",
@@ -51,15 +56,16 @@ pub(crate) async fn insert_artifact(tx: &mut Transaction<'_, Any>, a: &ArtifactR
 
 impl Store {
     pub async fn artifact(&self, digest: &Digest) -> Result<ArtifactRecord> {
-        let row = sqlx::query("SELECT digest, size, kind, created_at FROM artifacts WHERE digest = $1")
-            .bind(digest.hex())
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "artifact",
-                id: digest.hex(),
-                hint: "artifacts are recorded by the steps that produce them".into(),
-            })?;
+        let row =
+            sqlx::query("SELECT digest, size, kind, created_at FROM artifacts WHERE digest = $1")
+                .bind(digest.hex())
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: "artifact",
+                    id: digest.hex(),
+                    hint: "artifacts are recorded by the steps that produce them".into(),
+                })?;
         artifact_from_row(&row)
     }
 

@@ -12,7 +12,9 @@ pub enum StoreError {
         id: String,
         hint: String,
     },
-    #[error("'{prefix}' matches several {kind}s: {matches}\n  hint: type more characters of the id")]
+    #[error(
+        "'{prefix}' matches several {kind}s: {matches}\n  hint: type more characters of the id"
+    )]
     Ambiguous {
         kind: &'static str,
         prefix: String,

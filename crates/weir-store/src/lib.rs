@@ -25,7 +25,9 @@ pub use artifacts::{ArtifactKind, ArtifactRecord};
 pub use error::StoreError;
 pub use metrics::MetricPoint;
 pub use models::{ModelSummary, ModelVersion, NewModelVersion};
-pub use runs::{NewStepRun, RunRecord, RunStatus, SourceFile, StepCompletion, StepRunRecord, StepStatus};
+pub use runs::{
+    NewStepRun, RunRecord, RunStatus, SourceFile, StepCompletion, StepRunRecord, StepStatus,
+};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -104,10 +106,16 @@ impl Store {
 /// Accepts `sqlite://rel/path.db`, `sqlite:///abs/path.db` and `postgres://...`;
 /// makes SQLite create the file and its directory when missing.
 fn normalize_url(url: &str) -> Result<(Backend, String)> {
-    if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+    if let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
         if path != ":memory:" {
-            if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Some(dir) = Path::new(path)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
                 std::fs::create_dir_all(dir).map_err(|e| StoreError::open(url, e))?;
             }
         }

@@ -61,20 +61,24 @@ pub(crate) async fn insert_model_version(
     new: &NewModelVersion,
     now: i64,
 ) -> Result<ModelVersion> {
-    sqlx::query("INSERT INTO models (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-        .bind(&new.name)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO models (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(&new.name)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
     sqlx::query("UPDATE models SET created_at = created_at WHERE name = $1")
         .bind(&new.name)
         .execute(&mut **tx)
         .await?;
-    let version: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) + 1 AS next FROM model_versions WHERE name = $1")
-        .bind(&new.name)
-        .fetch_one(&mut **tx)
-        .await?
-        .try_get("next")?;
+    let version: i64 = sqlx::query(
+        "SELECT COALESCE(MAX(version), 0) + 1 AS next FROM model_versions WHERE name = $1",
+    )
+    .bind(&new.name)
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get("next")?;
     sqlx::query(&format!(
         "INSERT INTO model_versions ({VERSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
     ))
@@ -167,13 +171,26 @@ impl Store {
         };
         match (row, version) {
             (Some(row), _) => version_from_row(&row),
-            (None, Some(v)) if self.model_versions(name).await.is_ok() => Err(StoreError::NotFound {
-                kind: "model version",
-                id: format!("{name}/{v}"),
-                hint: format!("list the versions with `weir models show {name}`"),
-            }),
+            (None, Some(v)) if self.model_versions(name).await.is_ok() => {
+                Err(StoreError::NotFound {
+                    kind: "model version",
+                    id: format!("{name}/{v}"),
+                    hint: format!("list the versions with `weir models show {name}`"),
+                })
+            }
             (None, _) => Err(self.unknown_model(name).await),
         }
+    }
+
+    /// Versions registered by one run.
+    pub async fn model_versions_for_run(&self, run_id: &str) -> Result<Vec<ModelVersion>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM model_versions WHERE run_id = $1 ORDER BY name, version"
+        ))
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(version_from_row).collect()
     }
 
     async fn unknown_model(&self, name: &str) -> StoreError {
@@ -186,23 +203,11 @@ impl Store {
             kind: "model",
             id: name.to_string(),
             hint: if known.is_empty() {
-                "no model is registered yet; a pipeline registers one with a `weir/register` step".into()
+                "no model is registered yet; a pipeline registers one with a `weir/register` step"
+                    .into()
             } else {
                 format!("registered models: {}", known.join(", "))
             },
         }
-    }
-}
-
-impl Store {
-    /// Versions registered by one run.
-    pub async fn model_versions_for_run(&self, run_id: &str) -> Result<Vec<ModelVersion>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {VERSION_COLUMNS} FROM model_versions WHERE run_id = $1 ORDER BY name, version"
-        ))
-        .bind(run_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(version_from_row).collect()
     }
 }

@@ -56,7 +56,10 @@ status_enum!(StepStatus {
 
 impl StepStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(self, StepStatus::Succeeded | StepStatus::Failed | StepStatus::Skipped)
+        matches!(
+            self,
+            StepStatus::Succeeded | StepStatus::Failed | StepStatus::Skipped
+        )
     }
 }
 
@@ -263,27 +266,31 @@ impl Store {
     }
 
     pub async fn step_run(&self, id: &str) -> Result<StepRunRecord> {
-        let row = sqlx::query(&format!("SELECT {STEP_COLUMNS} FROM step_runs WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "step run",
-                id: id.to_string(),
-                hint: "step runs are created by `weir run`; see `weir runs show RUN`".into(),
-            })?;
+        let row = sqlx::query(&format!(
+            "SELECT {STEP_COLUMNS} FROM step_runs WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "step run",
+            id: id.to_string(),
+            hint: "step runs are created by `weir run`; see `weir runs show RUN`".into(),
+        })?;
         step_from_row(&row)
     }
 
     /// Marks a step running with the artifacts it was given.
     pub async fn start_step(&self, id: &str, inputs_json: &str) -> Result<()> {
-        sqlx::query("UPDATE step_runs SET status = $1, started_at = $2, inputs_json = $3 WHERE id = $4")
-            .bind(StepStatus::Running.as_str())
-            .bind(weir_core::now_ms())
-            .bind(inputs_json)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE step_runs SET status = $1, started_at = $2, inputs_json = $3 WHERE id = $4",
+        )
+        .bind(StepStatus::Running.as_str())
+        .bind(weir_core::now_ms())
+        .bind(inputs_json)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -378,7 +385,12 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|row| Ok((row.try_get("name")?, crate::artifacts::artifact_from_row(row)?)))
+            .map(|row| {
+                Ok((
+                    row.try_get("name")?,
+                    crate::artifacts::artifact_from_row(row)?,
+                ))
+            })
             .collect()
     }
 }

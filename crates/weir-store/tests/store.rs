@@ -23,8 +23,14 @@ mod tempfile_dir {
 
 async fn sqlite() -> Option<Backend> {
     let dir = std::env::temp_dir().join(format!("weir-store-{}", weir_core::new_id()));
-    let store = Store::open(&format!("sqlite://{}/weir.db", dir.display())).await.unwrap();
-    Some(Backend { store, _dir: Some(tempfile_dir::TempDir(dir)), pg: None })
+    let store = Store::open(&format!("sqlite://{}/weir.db", dir.display()))
+        .await
+        .unwrap();
+    Some(Backend {
+        store,
+        _dir: Some(tempfile_dir::TempDir(dir)),
+        pg: None,
+    })
 }
 
 async fn postgres() -> Option<Backend> {
@@ -38,7 +44,11 @@ async fn postgres() -> Option<Backend> {
     admin_exec(&admin, &format!("CREATE DATABASE {db}")).await;
     let base = admin.rsplit_once('/').unwrap().0;
     let store = Store::open(&format!("{base}/{db}")).await.unwrap();
-    Some(Backend { store, _dir: None, pg: Some((admin, db)) })
+    Some(Backend {
+        store,
+        _dir: None,
+        pg: Some((admin, db)),
+    })
 }
 
 async fn admin_exec(admin: &str, sql: &str) {
@@ -54,7 +64,11 @@ impl Backend {
     async fn teardown(self) {
         self.store.close().await;
         if let Some((admin, db)) = self.pg {
-            admin_exec(&admin, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
+            admin_exec(
+                &admin,
+                &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+            )
+            .await;
         }
     }
 }
@@ -107,24 +121,51 @@ async fn run_lifecycle(s: &Store) {
     let completion = StepCompletion {
         outputs: vec![("table".into(), out.clone())],
         metrics: vec![
-            MetricPoint { key: "rows".into(), value: 1.0, step: 0, ts: 1 },
-            MetricPoint { key: "rows".into(), value: 2.0, step: 1, ts: 2 },
+            MetricPoint {
+                key: "rows".into(),
+                value: 1.0,
+                step: 0,
+                ts: 1,
+            },
+            MetricPoint {
+                key: "rows".into(),
+                value: 2.0,
+                step: 1,
+                ts: 2,
+            },
         ],
         log: Some(artifact(b"log")),
         registrations: vec![],
-        sources: vec![SourceFile { path: "data.csv".into(), digest: "ab".into(), size: 2 }],
+        sources: vec![SourceFile {
+            path: "data.csv".into(),
+            digest: "ab".into(),
+            size: 2,
+        }],
     };
     s.complete_step(&steps[0].id, &completion).await.unwrap();
-    s.fail_step(&steps[1].id, "boom", Some(3), None).await.unwrap();
-    s.finish_run(&run.id, RunStatus::Failed, Some("step b failed")).await.unwrap();
+    s.fail_step(&steps[1].id, "boom", Some(3), None)
+        .await
+        .unwrap();
+    s.finish_run(&run.id, RunStatus::Failed, Some("step b failed"))
+        .await
+        .unwrap();
 
     let a = s.step_run(&steps[0].id).await.unwrap();
     assert_eq!(a.status, StepStatus::Succeeded);
     assert_eq!(a.log_digest, Some(Digest::of_bytes(b"log").hex()));
-    assert_eq!((a.inputs_json.as_str(), a.sources()[0].path.as_str()), ("{\"x\":1}", "data.csv"));
+    assert_eq!(
+        (a.inputs_json.as_str(), a.sources()[0].path.as_str()),
+        ("{\"x\":1}", "data.csv")
+    );
     let b = s.step_run(&steps[1].id).await.unwrap();
-    assert_eq!((b.status, b.exit_code, b.error.as_deref()), (StepStatus::Failed, Some(3), Some("boom")));
-    assert_eq!(s.step_outputs(&steps[0].id).await.unwrap(), vec![("table".to_string(), out.clone())]);
+    assert_eq!(
+        (b.status, b.exit_code, b.error.as_deref()),
+        (StepStatus::Failed, Some(3), Some("boom"))
+    );
+    assert_eq!(
+        s.step_outputs(&steps[0].id).await.unwrap(),
+        vec![("table".to_string(), out.clone())]
+    );
     assert_eq!(s.artifact(&out.digest).await.unwrap(), out);
     let metrics = s.latest_metrics(&run.id).await.unwrap();
     assert_eq!(metrics.len(), 1);
@@ -140,7 +181,10 @@ async fn unknown_ids_are_not_found(s: &Store) {
     assert!(s.step_run("nope").await.unwrap_err().is_not_found());
     let err = s.model_version("ghost", None).await.unwrap_err();
     assert!(err.is_not_found());
-    assert!(err.to_string().contains("no model is registered yet"), "{err}");
+    assert!(
+        err.to_string().contains("no model is registered yet"),
+        "{err}"
+    );
 }
 
 async fn ambiguous_prefix_is_reported(s: &Store) {
@@ -167,15 +211,31 @@ async fn model_versions_increment(s: &Store) {
         lineage_json: "{}".into(),
     };
     let v1 = s.register_model_version(&reg("m")).await.unwrap();
-    let completion = StepCompletion { registrations: vec![reg("m")], ..Default::default() };
+    let completion = StepCompletion {
+        registrations: vec![reg("m")],
+        ..Default::default()
+    };
     let v2 = s.complete_step(&steps[0].id, &completion).await.unwrap();
     assert_eq!((v1.version, v2[0].version), (1, 2));
     assert_eq!(s.model_version("m", None).await.unwrap().version, 2);
-    assert_eq!(s.model_version("m", Some(1)).await.unwrap().metrics_json, "{\"auc\":0.7}");
+    assert_eq!(
+        s.model_version("m", Some(1)).await.unwrap().metrics_json,
+        "{\"auc\":0.7}"
+    );
     let missing = s.model_version("m", Some(9)).await.unwrap_err();
-    assert!(missing.to_string().contains("model version 'm/9'"), "{missing}");
+    assert!(
+        missing.to_string().contains("model version 'm/9'"),
+        "{missing}"
+    );
     let models = s.list_models().await.unwrap();
-    assert_eq!((models[0].name.as_str(), models[0].latest_version, models[0].versions), ("m", 2, 2));
+    assert_eq!(
+        (
+            models[0].name.as_str(),
+            models[0].latest_version,
+            models[0].versions
+        ),
+        ("m", 2, 2)
+    );
 }
 
 async fn failed_completion_leaves_nothing(s: &Store) {
@@ -188,9 +248,16 @@ async fn failed_completion_leaves_nothing(s: &Store) {
         ..Default::default()
     };
     assert!(s.complete_step(&steps[0].id, &completion).await.is_err());
-    assert_eq!(s.step_run(&steps[0].id).await.unwrap().status, StepStatus::Pending);
+    assert_eq!(
+        s.step_run(&steps[0].id).await.unwrap().status,
+        StepStatus::Pending
+    );
     assert!(s.step_outputs(&steps[0].id).await.unwrap().is_empty());
-    assert!(s.artifact(&Digest::of_bytes(b"1")).await.unwrap_err().is_not_found());
+    assert!(s
+        .artifact(&Digest::of_bytes(b"1"))
+        .await
+        .unwrap_err()
+        .is_not_found());
 }
 
 async fn concurrent_registrations_get_distinct_versions(s: &Store) {
@@ -254,5 +321,9 @@ store_suite!(
 #[tokio::test]
 async fn rejects_unknown_url_schemes() {
     let err = Store::open("mysql://x").await.unwrap_err();
-    assert!(err.to_string().contains("not a supported metadata store URL"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("not a supported metadata store URL"),
+        "{err}"
+    );
 }

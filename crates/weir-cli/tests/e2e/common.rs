@@ -15,7 +15,10 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new() -> Sandbox {
-        Sandbox { dir: tempfile::tempdir().unwrap(), env: Vec::new() }
+        Sandbox {
+            dir: tempfile::tempdir().unwrap(),
+            env: Vec::new(),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -32,7 +35,13 @@ impl Sandbox {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(WEIR);
         c.args(args).current_dir(self.path());
-        for var in ["WEIR_HOME", "WEIR_DB", "WEIR_ARTIFACTS", "WEIR_MAX_PARALLEL", "WEIR_SERVE_ADDR"] {
+        for var in [
+            "WEIR_HOME",
+            "WEIR_DB",
+            "WEIR_ARTIFACTS",
+            "WEIR_MAX_PARALLEL",
+            "WEIR_SERVE_ADDR",
+        ] {
             c.env_remove(var);
         }
         c.envs(self.env.iter().map(|(k, v)| (k, v)));
@@ -58,7 +67,11 @@ impl Sandbox {
     /// Runs weir, asserts failure and returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.weir(args);
-        assert!(!out.status.success(), "weir {args:?} should have failed\nstdout:\n{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "weir {args:?} should have failed\nstdout:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         String::from_utf8(out.stderr).unwrap()
     }
 
@@ -83,20 +96,35 @@ impl Sandbox {
     }
 
     pub fn blob(&self, digest: &str) -> PathBuf {
-        self.path().join(".weir/artifacts/blobs").join(&digest[..2]).join(digest)
+        self.path()
+            .join(".weir/artifacts/blobs")
+            .join(&digest[..2])
+            .join(digest)
     }
 
     pub fn serve(&self, models: &[&str]) -> Server {
         let mut args = vec!["serve"];
         args.extend_from_slice(models);
         args.extend_from_slice(&["--addr", "127.0.0.1:0"]);
-        let mut child = self.command(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = self
+            .command(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
         let first = lines.next().expect("serve printed nothing").unwrap();
-        let url = first.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected: {first}")).to_string();
+        let url = first
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected: {first}"))
+            .to_string();
         std::thread::spawn(move || for _ in lines {});
-        let server = Server { child, url, client: reqwest::blocking::Client::new() };
+        let server = Server {
+            child,
+            url,
+            client: reqwest::blocking::Client::new(),
+        };
         server.wait_ready();
         server
     }
@@ -112,7 +140,11 @@ impl Server {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(r) = self.client.get(format!("{}/v2/health/ready", self.url)).send() {
+            if let Ok(r) = self
+                .client
+                .get(format!("{}/v2/health/ready", self.url))
+                .send()
+            {
                 if r.status() == 200 {
                     return;
                 }
@@ -123,7 +155,11 @@ impl Server {
     }
 
     pub fn get(&self, path: &str) -> (u16, Value) {
-        let r = self.client.get(format!("{}{path}", self.url)).send().unwrap();
+        let r = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().unwrap_or(Value::Null))
     }

@@ -50,7 +50,12 @@ steps:
 }
 
 fn step<'a>(show: &'a Value, name: &str) -> &'a Value {
-    show["steps"].as_array().unwrap().iter().find(|s| s["step"] == name).unwrap()
+    show["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == name)
+        .unwrap()
 }
 
 #[test]
@@ -61,8 +66,16 @@ fn shell_and_python_steps_run_with_the_step_contract() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stderr.contains("✓ make succeeded") && stderr.contains("✓ count succeeded"), "{stderr}");
-    assert!(stdout.lines().any(|l| l.starts_with("count") && l.contains("loss") && l.ends_with("0.250000")), "{stdout}");
+    assert!(
+        stderr.contains("✓ make succeeded") && stderr.contains("✓ count succeeded"),
+        "{stderr}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("count") && l.contains("loss") && l.ends_with("0.250000")),
+        "{stdout}"
+    );
 
     let runs = sb.json(&["runs", "list"]);
     assert_eq!(runs.as_array().unwrap().len(), 1);
@@ -78,8 +91,14 @@ fn shell_and_python_steps_run_with_the_step_contract() {
     assert_eq!(count["inputs"]["text"]["from"], "make.text");
     assert_eq!(count["outputs"]["report"]["kind"], "dir");
     // The make step's output is the exact bytes the shell wrote.
-    let text = step(&show, "make")["outputs"]["text"]["digest"].as_str().unwrap().to_string();
-    assert_eq!(std::fs::read_to_string(sb.blob(&text)).unwrap(), "hello weir from shell\n");
+    let text = step(&show, "make")["outputs"]["text"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        std::fs::read_to_string(sb.blob(&text)).unwrap(),
+        "hello weir from shell\n"
+    );
 
     let logs = sb.ok(&["logs", &id, "count"]);
     assert!(logs.contains("counted 4 words; scale 2"), "{logs}");
@@ -91,12 +110,29 @@ fn shell_and_python_steps_run_with_the_step_contract() {
 fn params_can_be_overridden_and_unknown_ones_are_rejected() {
     let sb = Sandbox::new();
     polyglot(&sb);
-    sb.ok(&["run", "pipeline.yaml", "-p", "greeting=bonjour", "-p", "scale=3"]);
-    let id = sb.json(&["runs", "list"])[0]["id"].as_str().unwrap().to_string();
+    sb.ok(&[
+        "run",
+        "pipeline.yaml",
+        "-p",
+        "greeting=bonjour",
+        "-p",
+        "scale=3",
+    ]);
+    let id = sb.json(&["runs", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let show = sb.json(&["runs", "show", &id]);
-    let text = step(&show, "make")["outputs"]["text"]["digest"].as_str().unwrap().to_string();
-    assert!(std::fs::read_to_string(sb.blob(&text)).unwrap().starts_with("bonjour"));
-    assert!(sb.ok(&["logs", &id, "count"]).contains("counted 4 words; scale 3"));
+    let text = step(&show, "make")["outputs"]["text"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(std::fs::read_to_string(sb.blob(&text))
+        .unwrap()
+        .starts_with("bonjour"));
+    assert!(sb
+        .ok(&["logs", &id, "count"])
+        .contains("counted 4 words; scale 3"));
 
     let err = sb.fails(&["run", "pipeline.yaml", "-p", "colour=red"]);
     assert!(err.contains("'colour' is not a param"), "{err}");
@@ -121,18 +157,29 @@ fn a_failing_step_fails_the_run_skips_downstream_and_keeps_its_log() {
     assert_eq!(run["status"], "failed");
     let show = sb.json(&["runs", "show", run["id"].as_str().unwrap()]);
     let boom = step(&show, "boom");
-    assert_eq!((boom["status"].as_str(), boom["exit_code"].as_i64()), (Some("failed"), Some(3)));
+    assert_eq!(
+        (boom["status"].as_str(), boom["exit_code"].as_i64()),
+        (Some("failed"), Some(3))
+    );
     assert!(boom["outputs"].as_object().unwrap().is_empty());
     assert_eq!(step(&show, "after")["status"], "skipped");
-    assert!(sb.ok(&["logs", run["id"].as_str().unwrap(), "boom"]).contains("about to fail"));
+    assert!(sb
+        .ok(&["logs", run["id"].as_str().unwrap(), "boom"])
+        .contains("about to fail"));
 }
 
 #[test]
 fn a_step_that_does_not_write_a_declared_output_fails() {
     let sb = Sandbox::new();
-    sb.write("pipeline.yaml", "version: 1\nsteps:\n  lazy:\n    run: echo done\n    outputs: [model]\n");
+    sb.write(
+        "pipeline.yaml",
+        "version: 1\nsteps:\n  lazy:\n    run: echo done\n    outputs: [model]\n",
+    );
     let err = sb.fails(&["run", "pipeline.yaml"]);
-    assert!(err.contains("declared the output 'model' but did not write it"), "{err}");
+    assert!(
+        err.contains("declared the output 'model' but did not write it"),
+        "{err}"
+    );
 }
 
 /// No run row, no artifact: the database and artifact store are as before.
@@ -145,7 +192,10 @@ fn assert_nothing_recorded(sb: &Sandbox) {
 #[test]
 fn malformed_yaml_is_reported_with_file_and_line_before_anything_runs() {
     let sb = Sandbox::new();
-    sb.write("pipeline.yaml", "version: 1\nsteps:\n  a:\n    run: echo hi\n   outputs: [x\n");
+    sb.write(
+        "pipeline.yaml",
+        "version: 1\nsteps:\n  a:\n    run: echo hi\n   outputs: [x\n",
+    );
     let err = sb.fails(&["run", "pipeline.yaml"]);
     assert!(err.contains("pipeline.yaml:"), "{err}");
     assert!(err.contains("hint:"), "{err}");
@@ -155,9 +205,15 @@ fn malformed_yaml_is_reported_with_file_and_line_before_anything_runs() {
 #[test]
 fn unknown_fields_cycles_and_dangling_references_are_rejected_before_running() {
     let sb = Sandbox::new();
-    sb.write("typo.yaml", "version: 1\nsteps:\n  a:\n    run: echo\n    ouputs: [x]\n");
+    sb.write(
+        "typo.yaml",
+        "version: 1\nsteps:\n  a:\n    run: echo\n    ouputs: [x]\n",
+    );
     let err = sb.fails(&["run", "typo.yaml"]);
-    assert!(err.contains("typo.yaml:5") && err.contains("ouputs"), "{err}");
+    assert!(
+        err.contains("typo.yaml:5") && err.contains("ouputs"),
+        "{err}"
+    );
 
     sb.write(
         "cycle.yaml",
@@ -166,22 +222,37 @@ fn unknown_fields_cycles_and_dangling_references_are_rejected_before_running() {
     let err = sb.fails(&["run", "cycle.yaml"]);
     assert!(err.contains("steps form a cycle"), "{err}");
 
-    sb.write("dangling.yaml", "version: 1\nsteps:\n  a:\n    run: x\n    inputs: { i: ghost.o }\n");
+    sb.write(
+        "dangling.yaml",
+        "version: 1\nsteps:\n  a:\n    run: x\n    inputs: { i: ghost.o }\n",
+    );
     let err = sb.fails(&["run", "dangling.yaml"]);
-    assert!(err.contains("dangling.yaml:5: steps.a.inputs.i: unknown step 'ghost'"), "{err}");
+    assert!(
+        err.contains("dangling.yaml:5: steps.a.inputs.i: unknown step 'ghost'"),
+        "{err}"
+    );
     assert_nothing_recorded(&sb);
 }
 
 #[test]
 fn a_missing_input_file_is_reported_before_anything_runs() {
     let sb = Sandbox::new();
-    sb.write("pipeline.yaml", "version: 1\nsteps:\n  ingest:\n    uses: weir/ingest\n    with: { path: data/nope.csv }\n");
+    sb.write(
+        "pipeline.yaml",
+        "version: 1\nsteps:\n  ingest:\n    uses: weir/ingest\n    with: { path: data/nope.csv }\n",
+    );
     let err = sb.fails(&["run", "pipeline.yaml"]);
-    assert!(err.contains("pipeline.yaml:4: steps.ingest.with: input file"), "{err}");
+    assert!(
+        err.contains("pipeline.yaml:4: steps.ingest.with: input file"),
+        "{err}"
+    );
     assert!(err.contains("data/nope.csv does not exist"), "{err}");
     assert_nothing_recorded(&sb);
     let err = sb.fails(&["run", "missing.yaml"]);
-    assert!(err.contains("cannot read pipeline file missing.yaml"), "{err}");
+    assert!(
+        err.contains("cannot read pipeline file missing.yaml"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -211,7 +282,10 @@ fn assert_no_table(sb: &Sandbox) {
     assert!(ingest["outputs"].as_object().unwrap().is_empty());
     // The only blob stored is the step's log.
     assert_eq!(sb.blobs().len(), 1);
-    assert_eq!(sb.blobs()[0].file_name().unwrap().to_str(), ingest["log_digest"].as_str());
+    assert_eq!(
+        sb.blobs()[0].file_name().unwrap().to_str(),
+        ingest["log_digest"].as_str()
+    );
 }
 
 #[test]
@@ -235,7 +309,10 @@ fn a_csv_with_unparsable_values_fails_with_the_value_and_line() {
 }
 
 fn validate_pipeline(sb: &Sandbox, rules: &str) {
-    sb.write("data.csv", "id,delay,carrier\n1,5,UA\n2,NA,AA\n2,-900,ZZ\n4,30,UA\n");
+    sb.write(
+        "data.csv",
+        "id,delay,carrier\n1,5,UA\n2,NA,AA\n2,-900,ZZ\n4,30,UA\n",
+    );
     sb.write(
         "pipeline.yaml",
         &format!(
@@ -252,11 +329,23 @@ fn validation_failures_list_every_violated_rule() {
         "        - { column: id, unique: true }\n        - { column: delay, not_null: true, min: -60 }\n        - { column: carrier, allowed: [UA, AA] }\n",
     );
     let err = sb.fails(&["run", "pipeline.yaml"]);
-    assert!(err.contains("data validation failed: 4 of 4 rules violated on 4 rows"), "{err}");
-    assert!(err.contains("id: unique: 1 rows (e.g. row 2 = \"2\")"), "{err}");
+    assert!(
+        err.contains("data validation failed: 4 of 4 rules violated on 4 rows"),
+        "{err}"
+    );
+    assert!(
+        err.contains("id: unique: 1 rows (e.g. row 2 = \"2\")"),
+        "{err}"
+    );
     assert!(err.contains("delay: not_null: 1 rows"), "{err}");
-    assert!(err.contains("delay: >= -60: 1 rows (e.g. row 2 = \"-900\")"), "{err}");
-    assert!(err.contains("carrier: allowed values [UA, AA]: 1 rows (e.g. row 2 = \"ZZ\")"), "{err}");
+    assert!(
+        err.contains("delay: >= -60: 1 rows (e.g. row 2 = \"-900\")"),
+        "{err}"
+    );
+    assert!(
+        err.contains("carrier: allowed values [UA, AA]: 1 rows (e.g. row 2 = \"ZZ\")"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -264,19 +353,32 @@ fn a_rule_naming_an_unknown_column_is_a_clear_error() {
     let sb = Sandbox::new();
     validate_pipeline(&sb, "        - { column: carier, not_null: true }\n");
     let err = sb.fails(&["run", "pipeline.yaml"]);
-    assert!(err.contains("with.rules[0]: unknown column 'carier'"), "{err}");
-    assert!(err.contains("available columns: id, delay, carrier"), "{err}");
+    assert!(
+        err.contains("with.rules[0]: unknown column 'carier'"),
+        "{err}"
+    );
+    assert!(
+        err.contains("available columns: id, delay, carrier"),
+        "{err}"
+    );
 }
 
 #[test]
 fn config_shows_values_and_their_sources() {
     let sb = Sandbox::new();
     sb.write("weir.toml", "max_parallel = 3\n");
-    let out = sb.command(&["config"]).env("WEIR_SERVE_ADDR", "127.0.0.1:9999").output().unwrap();
+    let out = sb
+        .command(&["config"])
+        .env("WEIR_SERVE_ADDR", "127.0.0.1:9999")
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("max_parallel  3"), "{text}");
     assert!(text.contains("weir.toml"), "{text}");
-    assert!(text.contains("127.0.0.1:9999") && text.contains("env WEIR_SERVE_ADDR"), "{text}");
+    assert!(
+        text.contains("127.0.0.1:9999") && text.contains("env WEIR_SERVE_ADDR"),
+        "{text}"
+    );
     let json = sb.json(&["config", "--db", "sqlite://elsewhere.db"]);
     assert_eq!(json["db"]["value"], "sqlite://elsewhere.db");
     assert_eq!(json["db"]["source"]["kind"], "flag");
@@ -284,7 +386,10 @@ fn config_shows_values_and_their_sources() {
 
     sb.write("weir.toml", "max_paralel = 3\n");
     let err = sb.fails(&["config"]);
-    assert!(err.contains("max_paralel") && err.contains("valid keys are"), "{err}");
+    assert!(
+        err.contains("max_paralel") && err.contains("valid keys are"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -293,7 +398,10 @@ fn listings_speak_json_and_unknown_ids_are_clear() {
     assert_eq!(sb.json(&["runs", "list"]), serde_json::json!([]));
     assert_eq!(sb.json(&["models", "list"]), serde_json::json!([]));
     let err = sb.fails(&["runs", "show", "abcdef"]);
-    assert!(err.contains("run 'abcdef' does not exist") && err.contains("weir runs list"), "{err}");
+    assert!(
+        err.contains("run 'abcdef' does not exist") && err.contains("weir runs list"),
+        "{err}"
+    );
     let err = sb.fails(&["models", "show", "ghost"]);
     assert!(err.contains("model 'ghost' does not exist"), "{err}");
 }

@@ -15,7 +15,8 @@ struct PgDatabase {
 
 impl PgDatabase {
     fn create() -> Option<PgDatabase> {
-        let admin = std::env::var("WEIR_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let admin = std::env::var("WEIR_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
         if admin == "off" {
             eprintln!("WEIR_TEST_POSTGRES=off: skipping");
             return None;
@@ -32,7 +33,10 @@ impl PgDatabase {
 
 impl Drop for PgDatabase {
     fn drop(&mut self) {
-        admin_exec(&self.admin, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        admin_exec(
+            &self.admin,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
     }
 }
 
@@ -43,35 +47,53 @@ fn admin_exec(admin: &str, sql: &str) {
         sqlx::any::install_default_drivers();
         let mut conn = sqlx::AnyConnection::connect(admin)
             .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is required ({e}); set WEIR_TEST_POSTGRES=off to skip"));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "PostgreSQL at {admin} is required ({e}); set WEIR_TEST_POSTGRES=off to skip"
+                )
+            });
         sqlx::query(sql).execute(&mut conn).await.unwrap();
     });
 }
 
 fn tokio_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
 fn pipeline_and_serving_on_postgres_and_s3() {
-    let Some(db) = PgDatabase::create() else { return };
+    let Some(db) = PgDatabase::create() else {
+        return;
+    };
     let mut sb = Sandbox::new();
     sb.env.push(("WEIR_DB".into(), db.url()));
     match std::env::var("WEIR_TEST_S3_ENDPOINT") {
         Ok(endpoint) => {
-            let bucket = std::env::var("WEIR_TEST_S3_BUCKET").unwrap_or_else(|_| "weir-test".into());
-            sb.env.push(("WEIR_ARTIFACTS".into(), format!("s3://{bucket}/e2e-{}", std::process::id())));
+            let bucket =
+                std::env::var("WEIR_TEST_S3_BUCKET").unwrap_or_else(|_| "weir-test".into());
+            sb.env.push((
+                "WEIR_ARTIFACTS".into(),
+                format!("s3://{bucket}/e2e-{}", std::process::id()),
+            ));
             sb.env.push(("AWS_ENDPOINT_URL".into(), endpoint));
             sb.env.push(("AWS_ACCESS_KEY_ID".into(), "weir".into()));
-            sb.env.push(("AWS_SECRET_ACCESS_KEY".into(), "weir-secret".into()));
+            sb.env
+                .push(("AWS_SECRET_ACCESS_KEY".into(), "weir-secret".into()));
         }
-        Err(_) if std::env::var("WEIR_REQUIRE_S3").as_deref() == Ok("1") => panic!("WEIR_REQUIRE_S3=1 but WEIR_TEST_S3_ENDPOINT is not set"),
+        Err(_) if std::env::var("WEIR_REQUIRE_S3").as_deref() == Ok("1") => {
+            panic!("WEIR_REQUIRE_S3=1 but WEIR_TEST_S3_ENDPOINT is not set")
+        }
         Err(_) => eprintln!("WEIR_TEST_S3_ENDPOINT is not set: artifacts stay local in this test"),
     }
     let mut csv = String::from("x,colour,y\n");
     for i in 0..400 {
         let colour = ["red", "green", "blue"][i % 3];
-        let y = 2.0 * (i as f64 / 40.0) + if colour == "red" { 3.0 } else { 0.0 } + ((i * 37) % 11) as f64 / 10.0;
+        let y = 2.0 * (i as f64 / 40.0)
+            + if colour == "red" { 3.0 } else { 0.0 }
+            + ((i * 37) % 11) as f64 / 10.0;
         csv.push_str(&format!("{},{colour},{y}\n", i as f64 / 40.0));
     }
     sb.write("data/points.csv", &csv);
@@ -115,12 +137,24 @@ steps:
     assert_eq!(run["status"], "succeeded");
     let id = run["id"].as_str().unwrap();
     let show = sb.json(&["runs", "show", id]);
-    let evaluate = show["steps"].as_array().unwrap().iter().find(|s| s["step"] == "evaluate").unwrap();
-    assert!(evaluate["metrics"]["test.r2"].as_f64().unwrap() > 0.95, "{evaluate}");
+    let evaluate = show["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "evaluate")
+        .unwrap();
+    assert!(
+        evaluate["metrics"]["test.r2"].as_f64().unwrap() > 0.95,
+        "{evaluate}"
+    );
     assert!(sb.ok(&["logs", id, "report"]).contains("r2 report done"));
 
     let server = sb.serve(&["points:1"]);
-    let (status, body) = server.post("/invocations", json!({"dataframe_records": [{"x": 5.0, "colour": "red"}, {"x": 5.0, "colour": "mauve"}]}).to_string());
+    let (status, body) = server.post(
+        "/invocations",
+        json!({"dataframe_records": [{"x": 5.0, "colour": "red"}, {"x": 5.0, "colour": "mauve"}]})
+            .to_string(),
+    );
     assert_eq!(status, 200, "{body}");
     let red = body["predictions"][0].as_f64().unwrap();
     let unknown = body["predictions"][1].as_f64().unwrap();

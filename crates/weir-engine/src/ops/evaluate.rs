@@ -29,12 +29,15 @@ fn default_prefix() -> String {
 
 /// Metrics with NaN (e.g. AUC of a one-class slice) shown as null.
 fn finite(m: BTreeMap<String, f64>) -> BTreeMap<String, Option<f64>> {
-    m.into_iter().map(|(k, v)| (k, v.is_finite().then_some(v))).collect()
+    m.into_iter()
+        .map(|(k, v)| (k, v.is_finite().then_some(v)))
+        .collect()
 }
 
 pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
     let p: Params = params(ctx.step).map_err(EngineError::StepFailed)?;
-    let bytes = std::fs::read(ctx.input("model")).map_err(EngineError::io("cannot read", ctx.input("model")))?;
+    let bytes = std::fs::read(ctx.input("model"))
+        .map_err(EngineError::io("cannot read", ctx.input("model")))?;
     let model = Model::from_bytes(&bytes)?;
     let table = weir_data::read_parquet(ctx.input("table"))?;
     let (rows, y) = model.labelled(&table)?;
@@ -54,11 +57,16 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
     let mut slices = BTreeMap::new();
     if let Some(column) = &p.slice_by {
         let col = weir_data::column(&rows, column, "with.slice_by")?;
-        let text = arrow::compute::cast(col, &DataType::Utf8).map_err(weir_data::DataError::from)?;
+        let text =
+            arrow::compute::cast(col, &DataType::Utf8).map_err(weir_data::DataError::from)?;
         let text = text.as_any().downcast_ref::<StringArray>().expect("utf8");
         let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for r in 0..text.len() {
-            let key = if text.is_null(r) { "(null)".to_string() } else { text.value(r).to_string() };
+            let key = if text.is_null(r) {
+                "(null)".to_string()
+            } else {
+                text.value(r).to_string()
+            };
             groups.entry(key).or_default().push(r);
         }
         let mut per_value = BTreeMap::new();
@@ -69,7 +77,11 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
             ctx.log.line(format!(
                 "  {column}={value:<8} rows {:>7} {}",
                 idx.len(),
-                m.iter().filter(|(k, _)| *k != "rows").map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join("  ")
+                m.iter()
+                    .filter(|(k, _)| *k != "rows")
+                    .map(|(k, v)| format!("{k} {v:.4}"))
+                    .collect::<Vec<_>>()
+                    .join("  ")
             ));
             per_value.insert(value, finite(m));
         }
@@ -83,13 +95,28 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
         "slices": slices,
     });
     let mut columns = rows.columns().to_vec();
-    let mut fields: Vec<arrow::datatypes::Field> = rows.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
-    columns.push(std::sync::Arc::new(arrow::array::Float64Array::from(scores)));
-    fields.push(arrow::datatypes::Field::new("prediction", DataType::Float64, false));
-    let predictions = arrow::record_batch::RecordBatch::try_new(std::sync::Arc::new(arrow::datatypes::Schema::new(fields)), columns)
-        .map_err(weir_data::DataError::from)?;
+    let mut fields: Vec<arrow::datatypes::Field> = rows
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    columns.push(std::sync::Arc::new(arrow::array::Float64Array::from(
+        scores,
+    )));
+    fields.push(arrow::datatypes::Field::new(
+        "prediction",
+        DataType::Float64,
+        false,
+    ));
+    let predictions = arrow::record_batch::RecordBatch::try_new(
+        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+        columns,
+    )
+    .map_err(weir_data::DataError::from)?;
     weir_data::write_parquet(&predictions, &ctx.output("predictions"))?;
     let path = ctx.output("metrics");
-    std::fs::write(&path, serde_json::to_vec_pretty(&report).expect("json")).map_err(EngineError::io("cannot write", &path))?;
+    std::fs::write(&path, serde_json::to_vec_pretty(&report).expect("json"))
+        .map_err(EngineError::io("cannot write", &path))?;
     Ok(out)
 }

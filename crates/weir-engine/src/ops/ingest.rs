@@ -30,10 +30,21 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
     let path = ctx.base_dir.join(&opts.path);
     ctx.log.line(format!("reading {}", path.display()));
     let batch = weir_data::read_table(&path, &opts)?;
-    ctx.log.line(format!("read {} rows x {} columns:", batch.num_rows(), batch.num_columns()));
+    ctx.log.line(format!(
+        "read {} rows x {} columns:",
+        batch.num_rows(),
+        batch.num_columns()
+    ));
     for field in batch.schema().fields() {
-        let nulls = batch.column_by_name(field.name()).map_or(0, |c| c.null_count());
-        ctx.log.line(format!("  {:<24} {:<28} nulls {}", field.name(), field.data_type().to_string(), nulls));
+        let nulls = batch
+            .column_by_name(field.name())
+            .map_or(0, |c| c.null_count());
+        ctx.log.line(format!(
+            "  {:<24} {:<28} nulls {}",
+            field.name(),
+            field.data_type().to_string(),
+            nulls
+        ));
     }
     weir_data::write_parquet(&batch, &ctx.output("table"))?;
     let digest = Digest::of_file(&path).map_err(EngineError::io("cannot read", &path))?;
@@ -41,6 +52,10 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
     let mut out = OpOutcome::default();
     out.metric("rows", batch.num_rows() as f64);
     out.metric("columns", batch.num_columns() as f64);
-    out.sources.push(SourceFile { path: opts.path.clone(), digest: digest.hex(), size });
+    out.sources.push(SourceFile {
+        path: opts.path.clone(),
+        digest: digest.hex(),
+        size,
+    });
     Ok(out)
 }

@@ -61,7 +61,12 @@ pub struct OpOutcome {
 
 impl OpOutcome {
     pub fn metric(&mut self, key: impl Into<String>, value: f64) {
-        self.metrics.push(MetricPoint { key: key.into(), value, step: 0, ts: weir_core::now_ms() });
+        self.metrics.push(MetricPoint {
+            key: key.into(),
+            value,
+            step: 0,
+            ts: weir_core::now_ms(),
+        });
     }
 }
 
@@ -81,7 +86,10 @@ impl StepLog {
             .append(true)
             .open(path)
             .map_err(EngineError::io("cannot create", path))?;
-        Ok(StepLog { file: Mutex::new(file), path: path.to_path_buf() })
+        Ok(StepLog {
+            file: Mutex::new(file),
+            path: path.to_path_buf(),
+        })
     }
 
     /// Opens an existing log for appending (from another thread).
@@ -90,7 +98,10 @@ impl StepLog {
             .append(true)
             .open(path)
             .map_err(EngineError::io("cannot open", path))?;
-        Ok(StepLog { file: Mutex::new(file), path: path.to_path_buf() })
+        Ok(StepLog {
+            file: Mutex::new(file),
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn line(&self, text: impl AsRef<str>) {
@@ -137,7 +148,9 @@ pub fn run(op: BuiltinOp, ctx: &OpContext) -> Result<OpOutcome, EngineError> {
 pub fn preflight(pipeline: &Pipeline) -> Result<(), SpecError> {
     let mut issues = Vec::new();
     for step in &pipeline.steps {
-        let Action::Builtin(op) = step.action else { continue };
+        let Action::Builtin(op) = step.action else {
+            continue;
+        };
         let result = match op {
             BuiltinOp::Ingest => ingest::preflight(step, pipeline.base_dir()),
             BuiltinOp::Validate => params::<validate::Params>(step).map(drop),
@@ -158,6 +171,9 @@ pub fn preflight(pipeline: &Pipeline) -> Result<(), SpecError> {
     if issues.is_empty() {
         Ok(())
     } else {
-        Err(SpecError::Invalid { file: pipeline.file.clone(), issues })
+        Err(SpecError::Invalid {
+            file: pipeline.file.clone(),
+            issues,
+        })
     }
 }

@@ -16,9 +16,14 @@ struct Params {
 }
 
 fn check_name(name: &str) -> Result<(), String> {
-    let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+    let ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
         && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
@@ -34,14 +39,18 @@ pub(super) fn preflight(step: &Step) -> Result<(), String> {
 pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
     let p: Params = params(ctx.step).map_err(EngineError::StepFailed)?;
     check_name(&p.name).map_err(EngineError::StepFailed)?;
-    let bytes = std::fs::read(ctx.input("model")).map_err(EngineError::io("cannot read", ctx.input("model")))?;
+    let bytes = std::fs::read(ctx.input("model"))
+        .map_err(EngineError::io("cannot read", ctx.input("model")))?;
     // Only a model that loads may be registered.
     let model = Model::from_bytes(&bytes)?;
     let metrics_json = match ctx.inputs.get("metrics") {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(EngineError::io("cannot read", path))?;
+            let text =
+                std::fs::read_to_string(path).map_err(EngineError::io("cannot read", path))?;
             serde_json::from_str::<serde_json::Value>(&text)
-                .map_err(|e| EngineError::StepFailed(format!("input 'metrics' is not a JSON report: {e}")))?
+                .map_err(|e| {
+                    EngineError::StepFailed(format!("input 'metrics' is not a JSON report: {e}"))
+                })?
                 .to_string()
         }
         None => "{}".to_string(),
@@ -53,7 +62,8 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
         "target": model.target().to_string(),
         "inputs": model.inputs(),
     });
-    ctx.log.line(format!("registering {} model '{}'", model.kind(), p.name));
+    ctx.log
+        .line(format!("registering {} model '{}'", model.kind(), p.name));
     let mut out = OpOutcome::default();
     out.registrations.push(NewModelVersion {
         name: p.name,

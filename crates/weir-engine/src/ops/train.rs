@@ -13,7 +13,11 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
     let loading = Instant::now();
     let train = weir_data::read_parquet(ctx.input("train"))?;
     let load_seconds = loading.elapsed().as_secs_f64();
-    ctx.log.line(format!("training on {} rows, target '{}'", train.num_rows(), p.target));
+    ctx.log.line(format!(
+        "training on {} rows, target '{}'",
+        train.num_rows(),
+        p.target
+    ));
     let (linear, fit) = train_linear(&train, &p)?;
     ctx.log.line(format!(
         "{:?} model: {} inputs -> {} weights, {} Newton iterations, loss {:.6}, {:.2}s",
@@ -31,7 +35,10 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
     out.metric("train.loss", fit.loss);
     out.metric("train.load_seconds", load_seconds);
     out.metric("train.fit_seconds", fit.fit_seconds);
-    out.metric("train.rows_per_second", fit.rows as f64 * fit.iterations as f64 / fit.fit_seconds.max(1e-9));
+    out.metric(
+        "train.rows_per_second",
+        fit.rows as f64 * fit.iterations as f64 / fit.fit_seconds.max(1e-9),
+    );
     if let Some(valid) = ctx.inputs.get("valid") {
         let evaluating = Instant::now();
         let valid = weir_data::read_parquet(valid)?;

@@ -19,7 +19,8 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
     let batch = weir_data::read_parquet(input)?;
     let report = weir_data::validate(&batch, &p.rules)?;
     let json = serde_json::to_vec_pretty(&report).expect("report serializes");
-    std::fs::write(ctx.output("report"), json).map_err(EngineError::io("cannot write", ctx.output("report")))?;
+    std::fs::write(ctx.output("report"), json)
+        .map_err(EngineError::io("cannot write", ctx.output("report")))?;
     if !report.passed() {
         ctx.log.line(report.summary());
         return Err(EngineError::StepFailed(format!(
@@ -28,8 +29,12 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
             ctx.step.name
         )));
     }
-    ctx.log.line(format!("{} rules passed on {} rows", report.rules_checked, report.rows));
-    std::fs::copy(input, ctx.output("table")).map_err(EngineError::io("cannot write", ctx.output("table")))?;
+    ctx.log.line(format!(
+        "{} rules passed on {} rows",
+        report.rules_checked, report.rows
+    ));
+    std::fs::copy(input, ctx.output("table"))
+        .map_err(EngineError::io("cannot write", ctx.output("table")))?;
     let mut out = OpOutcome::default();
     out.metric("rows", report.rows as f64);
     out.metric("rules_checked", report.rules_checked as f64);

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Weir's whole test suite, against real services:
+#   - PostgreSQL: the local server at 127.0.0.1:5432 (started if it is down);
+#     each suite creates and drops its own fresh database;
+#   - an S3-compatible server: moto, installed into a virtualenv on first use
+#     and started on a free loopback port for the duration of the run.
+# Extra arguments go to `cargo test` (e.g. scripts/test.sh -p weir-store).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${WEIR_CI_VENV:-$HOME/.cache/weir-ci/venv}"
+MOTO_VERSION=5.2.5
+log() { printf '\033[1m[test]\033[0m %s\n' "$*" >&2; }
+
+# --- PostgreSQL -------------------------------------------------------------
+if [ "${WEIR_TEST_POSTGRES:-}" != "off" ]; then
+  if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+    if ! ls /etc/postgresql >/dev/null 2>&1; then
+      log "installing PostgreSQL"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    fi
+    log "starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start
+    for _ in $(seq 50); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 0.2; done
+  fi
+fi
+
+# --- S3-compatible server ---------------------------------------------------
+if [ ! -x "$VENV/bin/moto_server" ]; then
+  log "installing moto $MOTO_VERSION into $VENV (about 2 minutes, once)"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "moto[server]==$MOTO_VERSION"
+fi
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+mkdir -p target
+setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >target/moto.log 2>&1 &
+moto_pid=$!
+trap 'kill -- -"$moto_pid" 2>/dev/null || kill "$moto_pid" 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+  curl -fs "http://127.0.0.1:$port/" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+curl -fs -X PUT "http://127.0.0.1:$port/weir-test" >/dev/null
+log "S3 (moto) on 127.0.0.1:$port"
+
+export WEIR_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
+export WEIR_TEST_S3_BUCKET=weir-test
+export WEIR_REQUIRE_S3=1
+cargo test --workspace --locked "$@"

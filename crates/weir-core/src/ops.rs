@@ -9,6 +9,7 @@ use std::fmt;
 pub enum BuiltinOp {
     Ingest,
     Validate,
+    Join,
     Split,
     TrainLinear,
     Evaluate,
@@ -16,9 +17,10 @@ pub enum BuiltinOp {
 }
 
 impl BuiltinOp {
-    pub const ALL: [BuiltinOp; 6] = [
+    pub const ALL: [BuiltinOp; 7] = [
         BuiltinOp::Ingest,
         BuiltinOp::Validate,
+        BuiltinOp::Join,
         BuiltinOp::Split,
         BuiltinOp::TrainLinear,
         BuiltinOp::Evaluate,
@@ -29,6 +31,7 @@ impl BuiltinOp {
         match self {
             BuiltinOp::Ingest => "weir/ingest",
             BuiltinOp::Validate => "weir/validate",
+            BuiltinOp::Join => "weir/join",
             BuiltinOp::Split => "weir/split",
             BuiltinOp::TrainLinear => "weir/train-linear",
             BuiltinOp::Evaluate => "weir/evaluate",
@@ -45,6 +48,7 @@ impl BuiltinOp {
         match self {
             BuiltinOp::Ingest => &[],
             BuiltinOp::Validate => &["table"],
+            BuiltinOp::Join => &["left", "right"],
             BuiltinOp::Split => &["table"],
             BuiltinOp::TrainLinear => &["train"],
             BuiltinOp::Evaluate => &["model", "table"],
@@ -65,6 +69,7 @@ impl BuiltinOp {
         match self {
             BuiltinOp::Ingest => &["table"],
             BuiltinOp::Validate => &["table", "report"],
+            BuiltinOp::Join => &["table"],
             BuiltinOp::Split => &["train", "valid", "test"],
             BuiltinOp::TrainLinear => &["model"],
             BuiltinOp::Evaluate => &["metrics", "predictions"],

@@ -1,14 +1,17 @@
 //! Tables as Arrow record batches: reading CSV (plain or gzip), Parquet and
-//! JSON lines with schema inference; writing Parquet; quality rules; splits.
+//! JSON lines with schema inference; writing Parquet; quality rules; joins;
+//! splits.
 //! Tables are held whole in memory as one batch; every error names the file.
 
 mod error;
 mod ingest;
+mod join;
 mod split;
 mod validate;
 
 pub use error::DataError;
 pub use ingest::{read_parquet, read_table, write_parquet, Format, IngestOptions};
+pub use join::{join, JoinHow, JoinSpec, Joined};
 pub use split::{split, SplitMethod, SplitSpec, Splits};
 pub use validate::{validate, Rule, ValidationReport, Violation};
 

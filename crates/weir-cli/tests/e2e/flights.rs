@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use crate::common::Sandbox;
 
-const FEATURES: [&str; 7] = [
+const FEATURES: [&str; 15] = [
     "carrier",
     "origin",
     "dest",
@@ -14,6 +14,14 @@ const FEATURES: [&str; 7] = [
     "distance",
     "sched_dep_time",
     "sched_arr_time",
+    "temp",
+    "dewp",
+    "humid",
+    "wind_speed",
+    "wind_gust",
+    "precip",
+    "pressure",
+    "visib",
 ];
 
 fn example() -> String {
@@ -55,6 +63,12 @@ fn flights_example_trains_registers_and_serves_identical_predictions() {
     let by_name = |n: &str| steps.iter().find(|s| s["step"] == n).unwrap().clone();
     let split = by_name("split");
     assert_eq!(split["metrics"]["train_rows"], 252484.0);
+    let join = by_name("join");
+    assert_eq!(join["metrics"]["rows"], 336776.0);
+    assert!(
+        join["metrics"]["matched_rows"].as_f64().unwrap() > 330000.0,
+        "{join}"
+    );
     let evaluate = by_name("evaluate");
     let auc = evaluate["metrics"]["test.auc"].as_f64().unwrap();
     assert!(auc > 0.6 && auc < 0.9, "test auc {auc}");
@@ -178,10 +192,12 @@ fn flights_example_trains_registers_and_serves_identical_predictions() {
     // Open Inference Protocol v2, latest and explicit version.
     let tensor = |f: &str| {
         let values: Vec<Value> = rows.iter().map(|r| r[f].clone()).collect();
-        let datatype = if values[0].is_string() {
+        let datatype = if values.iter().any(Value::is_string) {
             "BYTES"
-        } else {
+        } else if values.iter().all(|v| v.is_i64() || v.is_null()) {
             "INT64"
+        } else {
+            "FP64"
         };
         json!({"name": f, "shape": [values.len()], "datatype": datatype, "data": values})
     };

@@ -8,6 +8,7 @@
 
 mod evaluate;
 mod ingest;
+mod join;
 mod register;
 mod split;
 mod train;
@@ -136,6 +137,7 @@ pub fn run(op: BuiltinOp, ctx: &OpContext) -> Result<OpOutcome, EngineError> {
     match op {
         BuiltinOp::Ingest => ingest::run(ctx),
         BuiltinOp::Validate => validate::run(ctx),
+        BuiltinOp::Join => join::run(ctx),
         BuiltinOp::Split => split::run(ctx),
         BuiltinOp::TrainLinear => train::run(ctx),
         BuiltinOp::Evaluate => evaluate::run(ctx),
@@ -154,6 +156,7 @@ pub fn preflight(pipeline: &Pipeline) -> Result<(), SpecError> {
         let result = match op {
             BuiltinOp::Ingest => ingest::preflight(step, pipeline.base_dir()),
             BuiltinOp::Validate => params::<validate::Params>(step).map(drop),
+            BuiltinOp::Join => params::<weir_data::JoinSpec>(step).map(drop),
             BuiltinOp::Split => params::<weir_data::SplitSpec>(step).map(drop),
             BuiltinOp::TrainLinear => params::<weir_ml::LinearParams>(step).map(drop),
             BuiltinOp::Evaluate => params::<evaluate::Params>(step).map(drop),

@@ -100,7 +100,8 @@ impl Progress for Display {
     fn step_finished(&self, step: &str, status: StepStatus, seconds: f64, error: Option<&str>) {
         let line = match (status, error) {
             (StepStatus::Skipped, Some(why)) => format!("skipped ({why})"),
-            (_, _) if status == StepStatus::Failed => format!("failed after {seconds:.2}s"),
+            (StepStatus::Failed, Some("cancelled")) => "cancelled".to_string(),
+            (StepStatus::Failed, _) => format!("failed after {seconds:.2}s"),
             _ => format!("{status} in {seconds:.2}s"),
         };
         match self.bar(step) {

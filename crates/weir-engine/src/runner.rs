@@ -138,9 +138,12 @@ pub async fn run_pipeline(
         .map(|s| (s.name.clone(), StepStatus::Pending))
         .collect();
     let mut outputs: HashMap<String, BTreeMap<String, StagedInput>> = HashMap::new();
-    let mut outcomes: HashMap<String, StepOutcome> = HashMap::new();
     let mut running: JoinSet<(String, f64, Result<(), String>)> = JoinSet::new();
     let mut first_failure: Option<String> = None;
+    // On Ctrl-C or SIGTERM the runner stops its step runtimes (each in its own
+    // process group) and records the run as failed rather than leaving it running.
+    let interrupted = interrupted();
+    tokio::pin!(interrupted);
 
     loop {
         if first_failure.is_none() {
@@ -190,7 +193,15 @@ pub async fn run_pipeline(
                 });
             }
         }
-        let Some(joined) = running.join_next().await else {
+        let joined = tokio::select! {
+            joined = running.join_next() => joined,
+            _ = &mut interrupted, if first_failure.is_none() => {
+                cancel_running(ctx, &mut running, &mut status, &ids, progress).await?;
+                first_failure = Some("the run was cancelled (interrupted)".into());
+                continue;
+            }
+        };
+        let Some(joined) = joined else {
             break;
         };
         let (name, seconds, result) =
@@ -233,34 +244,21 @@ pub async fn run_pipeline(
         }
         status.insert(name.clone(), record.status);
         progress.step_finished(&name, record.status, seconds, record.error.as_deref());
-        outcomes.insert(
-            name.clone(),
-            StepOutcome {
-                step: name,
-                step_run_id: id.to_string(),
-                status: record.status,
-                seconds,
-                error: record.error,
-            },
-        );
     }
 
     for step in &pipeline.steps {
         if status[&step.name] == StepStatus::Pending {
-            let reason = "an upstream step failed";
+            let reason = if first_failure
+                .as_deref()
+                .is_some_and(|f| f.contains("cancelled"))
+            {
+                "the run was cancelled"
+            } else {
+                "an upstream step failed"
+            };
             let id = ids[step.name.as_str()];
             ctx.store.mark_step_skipped(id, reason).await?;
             progress.step_finished(&step.name, StepStatus::Skipped, 0.0, Some(reason));
-            outcomes.insert(
-                step.name.clone(),
-                StepOutcome {
-                    step: step.name.clone(),
-                    step_run_id: id.to_string(),
-                    status: StepStatus::Skipped,
-                    seconds: 0.0,
-                    error: Some(reason.into()),
-                },
-            );
         }
     }
     let final_status = if first_failure.is_some() {
@@ -288,15 +286,84 @@ pub async fn run_pipeline(
         pipeline: pipeline.name.clone(),
         status: final_status,
         seconds: started.elapsed().as_secs_f64(),
-        steps: pipeline
-            .steps
-            .iter()
-            .filter_map(|s| outcomes.remove(&s.name))
+        steps: ctx
+            .store
+            .step_runs(&run.id)
+            .await?
+            .into_iter()
+            .map(|r| StepOutcome {
+                seconds: match (r.started_at, r.ended_at) {
+                    (Some(a), Some(b)) => (b - a) as f64 / 1000.0,
+                    _ => 0.0,
+                },
+                step: r.step,
+                step_run_id: r.id,
+                status: r.status,
+                error: r.error,
+            })
             .collect(),
         metrics,
         models: ctx.store.model_versions_for_run(&run.id).await?,
         error: first_failure,
     })
+}
+
+async fn interrupted() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = terminate => {},
+    }
+}
+
+/// Stops every running step runtime (dropping a task kills its child) and
+/// records those steps as failed.
+async fn cancel_running(
+    ctx: &Context,
+    running: &mut JoinSet<(String, f64, Result<(), String>)>,
+    status: &mut HashMap<String, StepStatus>,
+    ids: &HashMap<&str, &str>,
+    progress: &dyn Progress,
+) -> Result<(), EngineError> {
+    running.abort_all();
+    while running.join_next().await.is_some() {}
+    for (name, state) in status.iter_mut() {
+        if *state == StepStatus::Running {
+            let id = ids[name.as_str()];
+            if !ctx.store.step_run(id).await?.status.is_terminal() {
+                ctx.store
+                    .fail_step(id, "cancelled: the run was interrupted", None, None)
+                    .await?;
+            }
+            *state = StepStatus::Failed;
+            progress.step_finished(name, StepStatus::Failed, 0.0, Some("cancelled"));
+        }
+    }
+    Ok(())
+}
+
+/// Kills a step runtime's whole process group when dropped: on cancellation
+/// (the task is aborted) and after it exits (stray background processes a
+/// command left behind). Each `weir exec` leads its own group, so the user's
+/// command and anything it started are in it.
+struct ProcessGroup(Option<u32>);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: kill(2) takes plain integers; a group that no longer exists gives ESRCH.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
+    }
 }
 
 /// Runs `weir exec <id>`; on failure returns what it printed to stderr.
@@ -305,17 +372,22 @@ async fn spawn_exec(
     env: &[(&'static str, String)],
     id: &str,
 ) -> Result<(), String> {
-    let output = tokio::process::Command::new(exe)
+    let child = tokio::process::Command::new(exe)
         .arg("exec")
         .arg(id)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
-        .output()
-        .await
+        .spawn()
         .map_err(|e| format!("cannot start {} exec: {e}", exe.display()))?;
+    let _group = ProcessGroup(child.id());
+    let output = child
+        .wait_with_output()
+        .await
+        .map_err(|e| format!("lost the step runtime: {e}"))?;
     if output.status.success() {
         Ok(())
     } else {

@@ -405,3 +405,68 @@ fn listings_speak_json_and_unknown_ids_are_clear() {
     let err = sb.fails(&["models", "show", "ghost"]);
     assert!(err.contains("model 'ghost' does not exist"), "{err}");
 }
+
+#[test]
+fn an_interrupted_run_is_recorded_as_failed_and_leaves_no_process_behind() {
+    let sb = Sandbox::new();
+    sb.write(
+        "pipeline.yaml",
+        "version: 1\nsteps:\n  slow:\n    run: echo $$ > \"$WEIR_RUN_ID.pid\"; sleep 60\n  after:\n    run: echo never\n    inputs: {}\n",
+    );
+    let mut child = sb
+        .command(&["run", "pipeline.yaml"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let pid_file = loop {
+        let found = std::fs::read_dir(sb.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "pid"));
+        if let Some(p) =
+            found.filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.ends_with('\n')))
+        {
+            break p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow step never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let step_pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Gone, or a zombie waiting for init to reap it: either way, not running.
+    let state = std::fs::read_to_string(format!("/proc/{step_pid}/stat")).unwrap_or_default();
+    let running = state
+        .rsplit_once(") ")
+        .is_some_and(|(_, rest)| !rest.starts_with('Z'));
+    assert!(
+        !running,
+        "the step's command survived the interrupted run: {state}"
+    );
+    let run = &sb.json(&["runs", "list"])[0];
+    assert_eq!(run["status"], "failed");
+    assert!(
+        run["error"].as_str().unwrap().contains("cancelled"),
+        "{run}"
+    );
+    let show = sb.json(&["runs", "show", run["id"].as_str().unwrap()]);
+    assert!(step(&show, "slow")["error"]
+        .as_str()
+        .unwrap()
+        .contains("cancelled"));
+}

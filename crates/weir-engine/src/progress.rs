@@ -106,11 +106,12 @@ impl Progress for Display {
         };
         match self.bar(step) {
             Some(bar) => {
+                bar.set_message(line);
                 bar.set_style(
                     ProgressStyle::with_template("{prefix:.bold} {msg}").expect("valid template"),
                 );
                 bar.set_prefix(format!("{} {step}", symbol(status)));
-                bar.finish_with_message(line);
+                bar.finish();
             }
             None => eprintln!("{} {step} {line}", symbol(status)),
         }

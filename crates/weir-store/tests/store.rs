@@ -318,6 +318,63 @@ store_suite!(
     concurrent_registrations_get_distinct_versions,
 );
 
+/// Separate stores on one SQLite file stand for separate `weir exec`
+/// processes: their concurrent commits must all land, none failing with
+/// "database is locked".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_concurrent_writers_do_not_see_locked_errors() {
+    let dir = std::env::temp_dir().join(format!("weir-store-{}", weir_core::new_id()));
+    let url = format!("sqlite://{}/weir.db", dir.display());
+    let first = Store::open(&url).await.unwrap();
+    let names: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
+    let (run, steps) = new_run(&names.iter().map(String::as_str).collect::<Vec<_>>());
+    first.create_run(&run, &steps).await.unwrap();
+    let mut tasks = Vec::new();
+    for (i, step) in steps.into_iter().enumerate() {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let store = Store::open(&url).await.unwrap();
+            for round in 0..20 {
+                let completion = StepCompletion {
+                    metrics: vec![MetricPoint {
+                        key: format!("m{round}"),
+                        value: i as f64,
+                        step: round,
+                        ts: 0,
+                    }],
+                    outputs: vec![(
+                        format!("o{round}"),
+                        artifact(format!("{i}-{round}").as_bytes()),
+                    )],
+                    ..Default::default()
+                };
+                store.start_step(&step.id, "{}").await.unwrap();
+                store.complete_step(&step.id, &completion).await.unwrap();
+            }
+            store.close().await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let outputs = first
+        .step_outputs(&first.step_runs(&run.id).await.unwrap()[3].id)
+        .await
+        .unwrap();
+    assert_eq!(outputs.len(), 20);
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}/weir.db", dir.display()))
+        .await
+        .unwrap();
+    let mode: (String,) = sqlx::query_as("PRAGMA journal_mode")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(mode.0, "wal");
+    first.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test]
 async fn rejects_unknown_url_schemes() {
     let err = Store::open("mysql://x").await.unwrap_err();

@@ -756,4 +756,31 @@ steps:
             "{err}"
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            /// Any text, however broken, gives a spec or an error: never a panic.
+            #[test]
+            fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+                let _ = parse(Path::new("p.yaml"), &text, &[]);
+            }
+
+            /// Cutting or corrupting a valid spec anywhere gives an error with a
+            /// location, or a spec: never a panic.
+            #[test]
+            fn damaged_specs_never_panic(cut in 0usize..GOOD.len(), byte in any::<u8>()) {
+                let mut bytes = GOOD.as_bytes()[..cut].to_vec();
+                bytes.push(byte);
+                bytes.extend_from_slice(&GOOD.as_bytes()[cut..]);
+                let text = String::from_utf8_lossy(&bytes);
+                let _ = parse(Path::new("p.yaml"), &text, &[]);
+                let _ = parse(Path::new("p.yaml"), &GOOD[..cut], &[("lr".into(), text.to_string())]);
+            }
+        }
+    }
 }

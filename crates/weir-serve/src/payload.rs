@@ -350,3 +350,120 @@ pub(crate) fn frame(inputs: &[InputSpec], mut columns: Columns) -> Result<Frame,
         columns: out,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn inputs() -> Vec<InputSpec> {
+        vec![
+            InputSpec {
+                name: "carrier".into(),
+                kind: InputKind::Text,
+            },
+            InputSpec {
+                name: "distance".into(),
+                kind: InputKind::Numeric,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_mlflow_format_gives_the_same_frame() {
+        let expected = Frame {
+            rows: 2,
+            columns: vec![
+                Column::Text(vec![Some("UA".into()), None]),
+                Column::Numeric(vec![1400.0, f64::NAN]),
+            ],
+        };
+        let bodies = [
+            json!({"dataframe_split": {"columns": ["carrier", "distance"], "data": [["UA", 1400], [null, null]]}}),
+            json!({"dataframe_records": [{"carrier": "UA", "distance": 1400}, {}]}),
+            json!({"inputs": {"carrier": ["UA", null], "distance": [1400, null]}}),
+            json!({"instances": [{"carrier": "UA", "distance": 1400}, {"carrier": null}]}),
+        ];
+        for body in bodies {
+            let got = frame(&inputs(), mlflow_columns(&body).unwrap()).unwrap();
+            assert_eq!(got.rows, 2);
+            assert_eq!(got.columns[0], expected.columns[0], "{body}");
+            match &got.columns[1] {
+                Column::Numeric(v) => assert!(v[0] == 1400.0 && v[1].is_nan(), "{body}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn ambiguous_or_unknown_formats_are_rejected() {
+        let err = mlflow_columns(&json!({"inputs": {}, "instances": []}))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("several input formats"), "{err}");
+        let err = mlflow_columns(&json!({"data": []}))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("unknown field 'data'"), "{err}");
+        let err = mlflow_columns(&json!({"dataframe_split": {"columns": ["a"], "data": [[1, 2]]}}))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("row 0 has 2 values but there are 1 columns"),
+            "{err}"
+        );
+    }
+
+    fn arbitrary_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_map(|f| json!(f)),
+            "[a-z_]{0,12}".prop_map(Value::String),
+            Just(json!("carrier")),
+            Just(json!("distance")),
+        ];
+        leaf.prop_recursive(4, 64, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("dataframe_split".to_string()),
+                        Just("dataframe_records".to_string()),
+                        Just("inputs".to_string()),
+                        Just("columns".to_string()),
+                        Just("data".to_string()),
+                        Just("carrier".to_string()),
+                        Just("distance".to_string()),
+                        "[a-z]{1,6}",
+                    ],
+                    inner,
+                    0..5
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Any JSON body is decoded or rejected with a message: never a panic.
+        #[test]
+        fn arbitrary_bodies_never_panic(body in arbitrary_json()) {
+            if let Ok(columns) = mlflow_columns(&body) {
+                let _ = frame(&inputs(), columns);
+            }
+            if let Ok(request) = serde_json::from_value::<OipRequest>(body) {
+                if let Ok(columns) = oip_columns(&request) {
+                    let _ = frame(&inputs(), columns);
+                }
+            }
+        }
+    }
+}

@@ -176,6 +176,32 @@ impl ArtifactStore {
         }
     }
 
+    /// Whether an artifact can be fetched whole: its blob and, for a
+    /// directory, every file its manifest lists.
+    pub async fn is_complete(&self, digest: &Digest, kind: ArtifactKind) -> Result<bool> {
+        match kind {
+            ArtifactKind::File => self.contains(digest).await,
+            ArtifactKind::Dir => {
+                let bytes = match self.get(digest).await {
+                    Ok(b) => b,
+                    Err(ArtifactError::Missing { .. } | ArtifactError::Corrupt { .. }) => {
+                        return Ok(false)
+                    }
+                    Err(e) => return Err(e),
+                };
+                let Ok(manifest) = serde_json::from_slice::<Manifest>(&bytes) else {
+                    return Ok(false);
+                };
+                for entry in &manifest.files {
+                    if !self.contains(&entry.digest).await? {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+        }
+    }
+
     pub async fn put_bytes(&self, bytes: Bytes) -> Result<Stored> {
         let digest = Digest::of_bytes(&bytes);
         let size = bytes.len() as u64;

@@ -50,6 +50,9 @@ enum Command {
         /// Steps run at once [env: WEIR_MAX_PARALLEL] [default: number of CPUs]
         #[arg(long)]
         max_parallel: Option<u32>,
+        /// Run every step, ignoring earlier results with the same inputs [env: WEIR_NO_CACHE]
+        #[arg(long, env = "WEIR_NO_CACHE")]
+        no_cache: bool,
         /// Print the outcome as JSON instead of the live display
         #[arg(long)]
         json: bool,
@@ -150,6 +153,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             file,
             params,
             max_parallel,
+            no_cache,
             json,
         } => {
             let config = config(
@@ -161,6 +165,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             let options = RunOptions {
                 max_parallel: config.max_parallel()?,
                 exec_binary: None,
+                no_cache,
             };
             let outcome = if json {
                 weir_engine::run_pipeline(&ctx, &pipeline, &options, &progress::Quiet).await?

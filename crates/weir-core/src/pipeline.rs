@@ -35,6 +35,19 @@ pub struct Step {
     pub inputs: BTreeMap<String, InputRef>,
     pub outputs: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// Globs of files (relative to the pipeline file) whose content is part of the cache key.
+    #[serde(default)]
+    pub code: Vec<String>,
+    /// `cache: false` always runs the step.
+    #[serde(default = "yes")]
+    pub cache: bool,
+    /// Bump to invalidate the step's cache by hand.
+    #[serde(default)]
+    pub cache_version: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -152,6 +165,12 @@ struct RawStep {
     outputs: Vec<Spanned<String>>,
     #[serde(default)]
     env: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    code: Vec<Spanned<String>>,
+    #[serde(default)]
+    cache: Option<bool>,
+    #[serde(default)]
+    cache_version: Option<Spanned<Value>>,
     #[allow(dead_code)]
     description: Option<String>,
 }
@@ -437,6 +456,29 @@ fn build_step(
         }
     };
 
+    let mut code = Vec::new();
+    for pattern in &raw.code {
+        if pattern.value.trim().is_empty()
+            || Path::new(&pattern.value).is_absolute()
+            || pattern.value.contains("..")
+        {
+            issues.push(SpecIssue {
+                line: Some(pattern.referenced.line()),
+                field: field("code"),
+                message: format!(
+                    "'{}' is not a relative glob inside the project",
+                    pattern.value
+                ),
+                hint: Some("write globs relative to the pipeline file, e.g. scripts/*.py".into()),
+            });
+        }
+        code.push(pattern.value.clone());
+    }
+    let cache_version = raw.cache_version.as_ref().map(|v| match &v.value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    });
+
     Some(Step {
         name: name.to_string(),
         line,
@@ -445,6 +487,9 @@ fn build_step(
         inputs,
         outputs,
         env,
+        code,
+        cache: raw.cache.unwrap_or(true),
+        cache_version,
     })
 }
 

@@ -7,6 +7,7 @@
 //! runs, uploads outputs and records the result. The runner and the step
 //! runtime communicate only through the metadata and artifact stores.
 
+mod cache;
 mod error;
 pub mod exec;
 mod lineage;

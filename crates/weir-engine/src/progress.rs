@@ -13,7 +13,11 @@ use weir_store::StepStatus;
 /// What the runner reports as it goes.
 pub trait Progress: Send + Sync {
     fn run_started(&self, _run_id: &str, _steps: &[String]) {}
-    fn step_running(&self, _step: &str) {}
+    /// `reason` says why the step runs rather than reusing an earlier result.
+    fn step_running(&self, _step: &str, _reason: &str) {}
+    /// The step reused the outputs of an earlier run with the same cache key.
+    fn step_cached(&self, _step: &str, _from_run: &str) {}
+    fn warning(&self, _text: &str) {}
     fn step_finished(&self, _step: &str, _status: StepStatus, _seconds: f64, _error: Option<&str>) {
     }
 }
@@ -87,14 +91,33 @@ impl Progress for Display {
         }
     }
 
-    fn step_running(&self, step: &str) {
+    fn step_running(&self, step: &str, reason: &str) {
         match self.bar(step) {
             Some(bar) => {
-                bar.set_message("running");
+                bar.set_message(format!("running ({reason})"));
                 bar.enable_steady_tick(Duration::from_millis(120));
             }
-            None => eprintln!("▸ {step} running"),
+            None => eprintln!("▸ {step} running ({reason})"),
         }
+    }
+
+    fn step_cached(&self, step: &str, from_run: &str) {
+        let line = format!("cached (from run {})", &from_run[..from_run.len().min(12)]);
+        match self.bar(step) {
+            Some(bar) => {
+                bar.set_message(line);
+                bar.set_style(
+                    ProgressStyle::with_template("{prefix:.bold} {msg}").expect("valid template"),
+                );
+                bar.set_prefix(format!("✓ {step}"));
+                bar.finish();
+            }
+            None => eprintln!("✓ {step} {line}"),
+        }
+    }
+
+    fn warning(&self, text: &str) {
+        self.multi.suspend(|| eprintln!("warning: {text}"));
     }
 
     fn step_finished(&self, step: &str, status: StepStatus, seconds: f64, error: Option<&str>) {

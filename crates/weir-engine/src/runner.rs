@@ -11,17 +11,21 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio::task::JoinSet;
 use weir_core::pipeline::{Action, Pipeline};
-use weir_store::{MetricPoint, ModelVersion, NewStepRun, RunRecord, RunStatus, StepStatus};
+use weir_store::{
+    MetricPoint, ModelVersion, NewStepRun, RunRecord, RunStatus, StepStart, StepStatus,
+};
 
 use crate::exec::StagedInput;
 use crate::progress::Progress;
-use crate::{ops, Context, EngineError};
+use crate::{cache, ops, Context, EngineError};
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub max_parallel: usize,
     /// The `weir` binary that runs `weir exec`; the current executable by default.
     pub exec_binary: Option<PathBuf>,
+    /// Run every step, ignoring earlier results with the same cache key.
+    pub no_cache: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -31,6 +35,8 @@ pub struct StepOutcome {
     pub status: StepStatus,
     pub seconds: f64,
     pub error: Option<String>,
+    /// The step run whose outputs were reused, on a cache hit.
+    pub cached_from: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -176,15 +182,46 @@ pub async fn run_pipeline(
                     inputs.insert(name.clone(), produced);
                 }
                 let id = ids[step.name.as_str()].to_string();
-                ctx.store
-                    .start_step(
-                        &id,
-                        &serde_json::to_string(&inputs).expect("inputs serialize"),
-                    )
-                    .await?;
+                let key = cache::compute(step, pipeline.base_dir(), &inputs)?;
+                for warning in &key.warnings {
+                    progress.warning(warning);
+                }
+                let start = StepStart {
+                    inputs_json: serde_json::to_string(&inputs).expect("inputs serialize"),
+                    cache_key: Some(key.key.clone()),
+                    cache_components: Some(key.components_json()),
+                };
+                let reason = if options.no_cache {
+                    "--no-cache".to_string()
+                } else if !cache::cacheable(step) {
+                    "caching is off for this step".to_string()
+                } else {
+                    match ctx.store.cached_step_run(&key.key).await? {
+                        Some(hit) if outputs_present(ctx, &hit).await? => {
+                            ctx.store.complete_from_cache(&id, &start, &hit).await?;
+                            outputs
+                                .insert(step.name.clone(), produced(ctx, &step.name, &id).await?);
+                            status.insert(step.name.clone(), StepStatus::Succeeded);
+                            tracing::info!(run_id = %run.id, step = %step.name, from = %hit.id, "cache hit");
+                            progress.step_cached(&step.name, &hit.run_id);
+                            continue;
+                        }
+                        Some(_) => {
+                            "its cached outputs are missing from the artifact store".to_string()
+                        }
+                        None => cache::explain(
+                            ctx.store
+                                .previous_cache_components(&pipeline.name, &step.name)
+                                .await?
+                                .as_deref(),
+                            &key.components,
+                        ),
+                    }
+                };
+                ctx.store.start_step(&id, &start).await?;
                 status.insert(step.name.clone(), StepStatus::Running);
-                tracing::info!(run_id = %run.id, step = %step.name, step_run_id = %id, "launching step");
-                progress.step_running(&step.name);
+                tracing::info!(run_id = %run.id, step = %step.name, step_run_id = %id, %reason, "launching step");
+                progress.step_running(&step.name, &reason);
                 let (exe, env, name) = (exe.clone(), ctx.config.child_env(), step.name.clone());
                 running.spawn(async move {
                     let t = Instant::now();
@@ -219,23 +256,7 @@ pub async fn run_pipeline(
             record = ctx.store.step_run(id).await?;
         }
         if record.status == StepStatus::Succeeded {
-            let produced = ctx.store.step_outputs(id).await?;
-            outputs.insert(
-                name.clone(),
-                produced
-                    .into_iter()
-                    .map(|(output, a)| {
-                        (
-                            output.clone(),
-                            StagedInput {
-                                digest: a.digest,
-                                kind: a.kind,
-                                from: format!("{name}.{output}"),
-                            },
-                        )
-                    })
-                    .collect(),
-            );
+            outputs.insert(name.clone(), produced(ctx, &name, id).await?);
         } else if first_failure.is_none() {
             first_failure = Some(format!(
                 "step '{name}' failed: {}",
@@ -300,6 +321,7 @@ pub async fn run_pipeline(
                 step_run_id: r.id,
                 status: r.status,
                 error: r.error,
+                cached_from: r.cached_from,
             })
             .collect(),
         metrics,
@@ -347,6 +369,48 @@ async fn cancel_running(
         }
     }
     Ok(())
+}
+
+/// A succeeded step's outputs, as inputs for the steps that read them.
+async fn produced(
+    ctx: &Context,
+    step: &str,
+    id: &str,
+) -> Result<BTreeMap<String, StagedInput>, EngineError> {
+    Ok(ctx
+        .store
+        .step_outputs(id)
+        .await?
+        .into_iter()
+        .map(|(output, a)| {
+            let from = format!("{step}.{output}");
+            (
+                output,
+                StagedInput {
+                    digest: a.digest,
+                    kind: a.kind,
+                    from,
+                },
+            )
+        })
+        .collect())
+}
+
+/// A cache entry is usable only if every output is still in the artifact store.
+async fn outputs_present(
+    ctx: &Context,
+    hit: &weir_store::StepRunRecord,
+) -> Result<bool, EngineError> {
+    for (_, artifact) in ctx.store.step_outputs(&hit.id).await? {
+        if !ctx
+            .artifacts
+            .is_complete(&artifact.digest, artifact.kind)
+            .await?
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Kills a step runtime's whole process group when dropped: on cancellation

@@ -26,7 +26,8 @@ pub use error::StoreError;
 pub use metrics::MetricPoint;
 pub use models::{ModelSummary, ModelVersion, NewModelVersion};
 pub use runs::{
-    NewStepRun, RunRecord, RunStatus, SourceFile, StepCompletion, StepRunRecord, StepStatus,
+    NewStepRun, RunRecord, RunStatus, SourceFile, StepCompletion, StepRunRecord, StepStart,
+    StepStatus,
 };
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -102,6 +102,9 @@ pub struct StepRunRecord {
     pub error: Option<String>,
     pub log_digest: Option<String>,
     pub sources_json: String,
+    pub cache_key: Option<String>,
+    /// The step run whose outputs this one reused, on a cache hit.
+    pub cached_from: Option<String>,
 }
 
 impl StepRunRecord {
@@ -118,6 +121,15 @@ pub struct SourceFile {
     pub size: u64,
 }
 
+/// What a step starts with: its inputs and the cache key it runs under.
+#[derive(Clone, Debug, Default)]
+pub struct StepStart {
+    pub inputs_json: String,
+    pub cache_key: Option<String>,
+    /// JSON object of the parts the key was computed from.
+    pub cache_components: Option<String>,
+}
+
 /// Everything a successful step leaves behind, recorded atomically. Artifact
 /// bytes must already be durably stored when this is committed.
 #[derive(Clone, Debug, Default)]
@@ -132,7 +144,7 @@ pub struct StepCompletion {
 const RUN_COLUMNS: &str =
     "id, pipeline, spec_file, spec_json, params_json, status, git_rev, started_at, ended_at, error";
 const STEP_COLUMNS: &str = "id, run_id, step, kind, status, spec_json, inputs_json, started_at, \
-     ended_at, exit_code, error, log_digest, sources_json";
+     ended_at, exit_code, error, log_digest, sources_json, cache_key, cached_from";
 
 fn run_from_row(row: &AnyRow) -> Result<RunRecord> {
     Ok(RunRecord {
@@ -164,6 +176,8 @@ fn step_from_row(row: &AnyRow) -> Result<StepRunRecord> {
         error: row.try_get("error")?,
         log_digest: row.try_get("log_digest")?,
         sources_json: row.try_get("sources_json")?,
+        cache_key: row.try_get("cache_key")?,
+        cached_from: row.try_get("cached_from")?,
     })
 }
 
@@ -280,17 +294,106 @@ impl Store {
         step_from_row(&row)
     }
 
-    /// Marks a step running with the artifacts it was given.
-    pub async fn start_step(&self, id: &str, inputs_json: &str) -> Result<()> {
+    /// Marks a step running with the artifacts it was given and the cache
+    /// key it runs under (valid once the step has succeeded).
+    pub async fn start_step(&self, id: &str, start: &StepStart) -> Result<()> {
         sqlx::query(
-            "UPDATE step_runs SET status = $1, started_at = $2, inputs_json = $3 WHERE id = $4",
+            "UPDATE step_runs SET status = $1, started_at = $2, inputs_json = $3, cache_key = $4, \
+             cache_components = $5 WHERE id = $6",
         )
         .bind(StepStatus::Running.as_str())
         .bind(weir_core::now_ms())
-        .bind(inputs_json)
+        .bind(&start.inputs_json)
+        .bind(&start.cache_key)
+        .bind(&start.cache_components)
         .bind(id)
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    /// The most recent successful step run recorded under `cache_key`.
+    pub async fn cached_step_run(&self, cache_key: &str) -> Result<Option<StepRunRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {STEP_COLUMNS} FROM step_runs WHERE cache_key = $1 AND status = $2 \
+             ORDER BY ended_at DESC LIMIT 1"
+        ))
+        .bind(cache_key)
+        .bind(StepStatus::Succeeded.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(step_from_row).transpose()
+    }
+
+    /// The cache components of the last successful run of a pipeline's step,
+    /// to explain why a step runs again.
+    pub async fn previous_cache_components(
+        &self,
+        pipeline: &str,
+        step: &str,
+    ) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT s.cache_components AS components FROM step_runs s JOIN runs r ON r.id = s.run_id \
+             WHERE r.pipeline = $1 AND s.step = $2 AND s.status = $3 AND s.cache_components IS NOT NULL \
+             ORDER BY s.ended_at DESC LIMIT 1",
+        )
+        .bind(pipeline)
+        .bind(step)
+        .bind(StepStatus::Succeeded.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get("components")).transpose()?)
+    }
+
+    /// Completes a step from an earlier execution with the same cache key:
+    /// the same outputs, metrics, log and sources, in one transaction.
+    pub async fn complete_from_cache(
+        &self,
+        id: &str,
+        start: &StepStart,
+        source: &StepRunRecord,
+    ) -> Result<()> {
+        let now = weir_core::now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE step_runs SET status = $1, started_at = $2, ended_at = $2, exit_code = 0, inputs_json = $3, \
+             cache_key = $4, cache_components = $5, cached_from = $6, log_digest = $7, sources_json = $8 \
+             WHERE id = $9",
+        )
+        .bind(StepStatus::Succeeded.as_str())
+        .bind(now)
+        .bind(&start.inputs_json)
+        .bind(&start.cache_key)
+        .bind(&start.cache_components)
+        .bind(&source.id)
+        .bind(&source.log_digest)
+        .bind(&source.sources_json)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO step_outputs (step_run_id, name, digest) \
+             SELECT $1, name, digest FROM step_outputs WHERE step_run_id = $2",
+        )
+        .bind(id)
+        .bind(&source.id)
+        .execute(&mut *tx)
+        .await?;
+        let run_id: String = sqlx::query("SELECT run_id FROM step_runs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("run_id")?;
+        sqlx::query(
+            "INSERT INTO metrics (run_id, step_run_id, key, value, step, ts) \
+             SELECT $1, $2, key, value, step, ts FROM metrics WHERE step_run_id = $3",
+        )
+        .bind(&run_id)
+        .bind(id)
+        .bind(&source.id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -116,7 +116,11 @@ async fn run_lifecycle(s: &Store) {
     assert_eq!(got.status, RunStatus::Running);
     assert_eq!(s.step_runs(&run.id).await.unwrap().len(), 2);
 
-    s.start_step(&steps[0].id, "{\"x\":1}").await.unwrap();
+    let start = StepStart {
+        inputs_json: "{\"x\":1}".into(),
+        ..Default::default()
+    };
+    s.start_step(&steps[0].id, &start).await.unwrap();
     let out = artifact(b"table");
     let completion = StepCompletion {
         outputs: vec![("table".into(), out.clone())],
@@ -288,6 +292,63 @@ async fn concurrent_registrations_get_distinct_versions(s: &Store) {
     assert_eq!(versions, (1..=8).collect::<Vec<i64>>());
 }
 
+async fn cache_hits_copy_outputs_and_metrics(s: &Store) {
+    let (run1, steps1) = new_run(&["train"]);
+    s.create_run(&run1, &steps1).await.unwrap();
+    let start = StepStart {
+        inputs_json: "{}".into(),
+        cache_key: Some("key-1".into()),
+        cache_components: Some("{\"with.l2\":\"0.1\"}".into()),
+    };
+    s.start_step(&steps1[0].id, &start).await.unwrap();
+    assert!(
+        s.cached_step_run("key-1").await.unwrap().is_none(),
+        "a running step is not a cache entry"
+    );
+    let completion = StepCompletion {
+        outputs: vec![("model".into(), artifact(b"weights"))],
+        metrics: vec![MetricPoint {
+            key: "auc".into(),
+            value: 0.7,
+            step: 0,
+            ts: 1,
+        }],
+        log: Some(artifact(b"train log")),
+        ..Default::default()
+    };
+    s.complete_step(&steps1[0].id, &completion).await.unwrap();
+    let hit = s
+        .cached_step_run("key-1")
+        .await
+        .unwrap()
+        .expect("a cache entry");
+    assert_eq!(hit.id, steps1[0].id);
+    assert_eq!(
+        s.previous_cache_components("demo", "train")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("{\"with.l2\":\"0.1\"}")
+    );
+
+    let (run2, steps2) = new_run(&["train"]);
+    s.create_run(&run2, &steps2).await.unwrap();
+    s.complete_from_cache(&steps2[0].id, &start, &hit)
+        .await
+        .unwrap();
+    let reused = s.step_run(&steps2[0].id).await.unwrap();
+    assert_eq!(
+        (reused.status, reused.cached_from.as_deref()),
+        (StepStatus::Succeeded, Some(hit.id.as_str()))
+    );
+    assert_eq!(reused.log_digest, hit.log_digest);
+    assert_eq!(
+        s.step_outputs(&steps2[0].id).await.unwrap(),
+        s.step_outputs(&hit.id).await.unwrap()
+    );
+    assert_eq!(s.latest_metrics(&run2.id).await.unwrap()[0].1.value, 0.7);
+}
+
 macro_rules! store_suite {
     ($($case:ident),* $(,)?) => {
         mod sqlite_backend {
@@ -316,6 +377,7 @@ store_suite!(
     model_versions_increment,
     failed_completion_leaves_nothing,
     concurrent_registrations_get_distinct_versions,
+    cache_hits_copy_outputs_and_metrics,
 );
 
 /// Separate stores on one SQLite file stand for separate `weir exec`
@@ -348,7 +410,10 @@ async fn sqlite_concurrent_writers_do_not_see_locked_errors() {
                     )],
                     ..Default::default()
                 };
-                store.start_step(&step.id, "{}").await.unwrap();
+                store
+                    .start_step(&step.id, &StepStart::default())
+                    .await
+                    .unwrap();
                 store.complete_step(&step.id, &completion).await.unwrap();
             }
             store.close().await;

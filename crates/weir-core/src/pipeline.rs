@@ -44,6 +44,50 @@ pub struct Step {
     /// Bump to invalidate the step's cache by hand.
     #[serde(default)]
     pub cache_version: Option<String>,
+    /// An attempt running longer than this is stopped and counts as failed.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+}
+
+/// `retry: { attempts, backoff, max_backoff, on }`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    /// The wait before the second attempt; it doubles for each later one.
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// Exit codes to retry on; all failures when `None`.
+    pub exit_codes: Option<Vec<i64>>,
+    /// Whether a timed-out attempt is retried.
+    pub on_timeout: bool,
+}
+
+impl RetryPolicy {
+    /// Whether a failed attempt (`exit_code` when the command exited,
+    /// `timed_out` when it was stopped) should be tried again.
+    pub fn retries(&self, exit_code: Option<i64>, timed_out: bool) -> bool {
+        if timed_out {
+            return self.on_timeout;
+        }
+        match (&self.exit_codes, exit_code) {
+            (None, _) => true,
+            (Some(codes), Some(code)) => codes.contains(&code),
+            (Some(_), None) => false,
+        }
+    }
+
+    /// The wait after attempt `attempt` (1-based) failed, before jitter.
+    pub fn backoff(&self, attempt: u32) -> std::time::Duration {
+        let factor = 1u64 << attempt.saturating_sub(1).min(20);
+        std::time::Duration::from_millis(
+            self.backoff_ms
+                .saturating_mul(factor)
+                .min(self.max_backoff_ms),
+        )
+    }
 }
 
 fn yes() -> bool {
@@ -171,8 +215,42 @@ struct RawStep {
     cache: Option<bool>,
     #[serde(default)]
     cache_version: Option<Spanned<Value>>,
+    #[serde(default)]
+    timeout: Option<Spanned<Value>>,
+    #[serde(default)]
+    retry: Option<Spanned<RawRetry>>,
     #[allow(dead_code)]
     description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    attempts: u32,
+    #[serde(default)]
+    backoff: Option<Value>,
+    #[serde(default)]
+    max_backoff: Option<Value>,
+    /// `[timeout, 137, ...]`; every failure when absent.
+    #[serde(default)]
+    on: Option<Vec<Value>>,
+}
+
+/// A duration written `500ms`, `10s`, `5m`, `1h 30m`, or a number of seconds.
+fn duration_ms(value: &Value) -> Result<u64, String> {
+    match value {
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|s| *s >= 0.0 && s.is_finite())
+            .map(|s| (s * 1000.0).round() as u64)
+            .ok_or_else(|| format!("{n} is not a duration")),
+        Value::String(s) => humantime::parse_duration(s)
+            .map(|d| d.as_millis() as u64)
+            .map_err(|e| format!("'{s}' is not a duration ({e}); write e.g. 30s, 5m or 1h")),
+        other => Err(format!(
+            "{other} is not a duration; write e.g. 30s, 5m or 1h"
+        )),
+    }
 }
 
 /// Reads, parses and validates a pipeline file. `overrides` are `-p key=value`
@@ -474,6 +552,82 @@ fn build_step(
         }
         code.push(pattern.value.clone());
     }
+    let mut duration = |value: &Spanned<Value>, name: &str| match duration_ms(&value.value) {
+        Ok(ms) => Some(ms),
+        Err(message) => {
+            issues.push(SpecIssue {
+                line: Some(value.referenced.line()),
+                field: field(name),
+                message,
+                hint: None,
+            });
+            None
+        }
+    };
+    let timeout_ms = raw.timeout.as_ref().and_then(|t| duration(t, "timeout"));
+    if timeout_ms == Some(0) {
+        issues.push(SpecIssue {
+            line: raw.timeout.as_ref().map(|t| t.referenced.line()),
+            field: field("timeout"),
+            message: "a timeout must be longer than zero".into(),
+            hint: None,
+        });
+    }
+    let retry = raw.retry.as_ref().and_then(|r| {
+        let line = r.referenced.line();
+        let raw = &r.value;
+        let backoff_ms = match &raw.backoff {
+            Some(v) => duration_ms(v),
+            None => Ok(1000),
+        };
+        let max_backoff_ms = match &raw.max_backoff {
+            Some(v) => duration_ms(v),
+            None => Ok(300_000),
+        };
+        let mut exit_codes = Vec::new();
+        let mut on_timeout = raw.on.is_none();
+        let mut problems = Vec::new();
+        for item in raw.on.iter().flatten() {
+            match item {
+                Value::String(s) if s == "timeout" => on_timeout = true,
+                Value::Number(n) if n.as_i64().is_some_and(|c| (0..=255).contains(&c)) => {
+                    exit_codes.push(n.as_i64().unwrap_or(0))
+                }
+                other => problems.push(format!(
+                    "{other} is neither `timeout` nor an exit code (0-255)"
+                )),
+            }
+        }
+        if !(1..=100).contains(&raw.attempts) {
+            problems.push(format!(
+                "attempts is {}; use 1 to 100 (attempts in all, the first included)",
+                raw.attempts
+            ));
+        }
+        for (name, v) in [("backoff", &backoff_ms), ("max_backoff", &max_backoff_ms)] {
+            if let Err(e) = v {
+                problems.push(format!("{name}: {e}"));
+            }
+        }
+        if !problems.is_empty() {
+            for message in problems {
+                issues.push(SpecIssue {
+                    line: Some(line),
+                    field: field("retry"),
+                    message,
+                    hint: None,
+                });
+            }
+            return None;
+        }
+        Some(RetryPolicy {
+            attempts: raw.attempts,
+            backoff_ms: backoff_ms.unwrap_or(1000),
+            max_backoff_ms: max_backoff_ms.unwrap_or(300_000),
+            exit_codes: raw.on.as_ref().map(|_| exit_codes),
+            on_timeout,
+        })
+    });
     let cache_version = raw.cache_version.as_ref().map(|v| match &v.value {
         Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -490,6 +644,8 @@ fn build_step(
         code,
         cache: raw.cache.unwrap_or(true),
         cache_version,
+        timeout_ms,
+        retry,
     })
 }
 
@@ -729,6 +885,37 @@ steps:
             .to_string();
         assert!(err.contains("'nope' is not a param"), "{err}");
         assert!(err.contains("declared params: [lr, target]"), "{err}");
+    }
+
+    #[test]
+    fn retry_and_timeout_parse_and_validate() {
+        let p = parse_ok(
+            "version: 1\nsteps:\n  a:\n    run: x\n    timeout: 1m 30s\n    retry: { attempts: 3, backoff: 2s, max_backoff: 5s, on: [timeout, 137] }\n",
+        );
+        let step = &p.steps[0];
+        assert_eq!(step.timeout_ms, Some(90_000));
+        let retry = step.retry.as_ref().unwrap();
+        assert!(
+            retry.retries(Some(137), false)
+                && retry.retries(None, true)
+                && !retry.retries(Some(1), false)
+        );
+        assert_eq!(
+            [1, 2, 3].map(|a| retry.backoff(a).as_millis()),
+            [2000, 4000, 5000]
+        );
+        let any = parse_ok("version: 1\nsteps:\n  a:\n    run: x\n    retry: { attempts: 2 }\n");
+        assert!(any.steps[0].retry.as_ref().unwrap().retries(Some(1), false));
+        let err = parse_err("version: 1\nsteps:\n  a:\n    run: x\n    timeout: soon\n    retry: { attempts: 0, on: [oom] }\n");
+        assert!(
+            err.contains("p.yaml:5: steps.a.timeout: 'soon' is not a duration"),
+            "{err}"
+        );
+        assert!(err.contains("attempts is 0"), "{err}");
+        assert!(
+            err.contains("\"oom\" is neither `timeout` nor an exit code"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -18,6 +18,16 @@ pub trait Progress: Send + Sync {
     /// The step reused the outputs of an earlier run with the same cache key.
     fn step_cached(&self, _step: &str, _from_run: &str) {}
     fn warning(&self, _text: &str) {}
+    /// Attempt `attempt` of `attempts` starts after `wait`, because of `why`.
+    fn step_retrying(
+        &self,
+        _step: &str,
+        _attempt: i64,
+        _attempts: u32,
+        _wait: Duration,
+        _why: &str,
+    ) {
+    }
     fn step_finished(&self, _step: &str, _status: StepStatus, _seconds: f64, _error: Option<&str>) {
     }
 }
@@ -118,6 +128,17 @@ impl Progress for Display {
 
     fn warning(&self, text: &str) {
         self.multi.suspend(|| eprintln!("warning: {text}"));
+    }
+
+    fn step_retrying(&self, step: &str, attempt: i64, attempts: u32, wait: Duration, why: &str) {
+        let line = format!(
+            "retrying in {:.1}s (attempt {attempt}/{attempts}; {why})",
+            wait.as_secs_f64()
+        );
+        match self.bar(step) {
+            Some(bar) => bar.set_message(line),
+            None => eprintln!("↻ {step} {line}"),
+        }
     }
 
     fn step_finished(&self, step: &str, status: StepStatus, seconds: f64, error: Option<&str>) {

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::task::JoinSet;
@@ -144,7 +144,7 @@ pub async fn run_pipeline(
         .map(|s| (s.name.clone(), StepStatus::Pending))
         .collect();
     let mut outputs: HashMap<String, BTreeMap<String, StagedInput>> = HashMap::new();
-    let mut running: JoinSet<(String, f64, Result<(), String>)> = JoinSet::new();
+    let mut running: JoinSet<Attempt> = JoinSet::new();
     let mut first_failure: Option<String> = None;
     // On Ctrl-C or SIGTERM the runner stops its step runtimes (each in its own
     // process group) and records the run as failed rather than leaving it running.
@@ -222,12 +222,7 @@ pub async fn run_pipeline(
                 status.insert(step.name.clone(), StepStatus::Running);
                 tracing::info!(run_id = %run.id, step = %step.name, step_run_id = %id, %reason, "launching step");
                 progress.step_running(&step.name, &reason);
-                let (exe, env, name) = (exe.clone(), ctx.config.child_env(), step.name.clone());
-                running.spawn(async move {
-                    let t = Instant::now();
-                    let result = spawn_exec(&exe, &env, &id).await;
-                    (name, t.elapsed().as_secs_f64(), result)
-                });
+                launch(&mut running, &exe, &ctx.config, step, id, Duration::ZERO);
             }
         }
         let joined = tokio::select! {
@@ -241,30 +236,66 @@ pub async fn run_pipeline(
         let Some(joined) = joined else {
             break;
         };
-        let (name, seconds, result) =
+        let attempt =
             joined.map_err(|e| EngineError::StepFailed(format!("step task failed: {e}")))?;
+        let name = attempt.step.clone();
         let id = ids[name.as_str()];
         // The step runtime records its own outcome; if it could not (it
-        // crashed or could not reach the store), record it here.
+        // crashed, timed out or could not reach the store), record it here.
         let mut record = ctx.store.step_run(id).await?;
         if !record.status.is_terminal() {
-            let message = result
+            let message = attempt
+                .result
                 .clone()
                 .err()
                 .unwrap_or_else(|| "the step runtime exited without recording a result".into());
             ctx.store.fail_step(id, &message, None, None).await?;
             record = ctx.store.step_run(id).await?;
         }
+        let step = pipeline
+            .step(&name)
+            .expect("a launched step is in the pipeline");
+        if record.status == StepStatus::Failed && first_failure.is_none() {
+            if let Some(policy) = step.retry.as_ref().filter(|p| {
+                record.attempt < i64::from(p.attempts)
+                    && p.retries(record.exit_code, attempt.timed_out)
+            }) {
+                let wait = jittered(policy.backoff(record.attempt as u32));
+                let why = record
+                    .error
+                    .as_deref()
+                    .unwrap_or("failed")
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                progress.step_retrying(&name, record.attempt + 1, policy.attempts, wait, &why);
+                tracing::info!(run_id = %run.id, step = %name, attempt = record.attempt + 1, ?wait, "retrying step");
+                ctx.store.retry_step(id, record.attempt + 1).await?;
+                launch(&mut running, &exe, &ctx.config, step, id.to_string(), wait);
+                continue;
+            }
+        }
         if record.status == StepStatus::Succeeded {
             outputs.insert(name.clone(), produced(ctx, &name, id).await?);
         } else if first_failure.is_none() {
+            let attempts = if record.attempt > 1 {
+                format!(" after {} attempts", record.attempt)
+            } else {
+                String::new()
+            };
             first_failure = Some(format!(
-                "step '{name}' failed: {}",
+                "step '{name}' failed{attempts}: {}",
                 record.error.clone().unwrap_or_default()
             ));
         }
         status.insert(name.clone(), record.status);
-        progress.step_finished(&name, record.status, seconds, record.error.as_deref());
+        progress.step_finished(
+            &name,
+            record.status,
+            attempt.seconds,
+            record.error.as_deref(),
+        );
     }
 
     for step in &pipeline.steps {
@@ -349,7 +380,7 @@ async fn interrupted() {
 /// records those steps as failed.
 async fn cancel_running(
     ctx: &Context,
-    running: &mut JoinSet<(String, f64, Result<(), String>)>,
+    running: &mut JoinSet<Attempt>,
     status: &mut HashMap<String, StepStatus>,
     ids: &HashMap<&str, &str>,
     progress: &dyn Progress,
@@ -369,6 +400,59 @@ async fn cancel_running(
         }
     }
     Ok(())
+}
+
+/// One finished attempt of a step, as the runner sees it.
+struct Attempt {
+    step: String,
+    seconds: f64,
+    /// What the step runtime printed when it failed.
+    result: Result<(), String>,
+    /// The runner stopped it at its `timeout:`.
+    timed_out: bool,
+}
+
+/// Starts an attempt of `step` after `delay`, stopped at the step's timeout.
+fn launch(
+    running: &mut JoinSet<Attempt>,
+    exe: &std::path::Path,
+    config: &weir_core::config::Config,
+    step: &weir_core::pipeline::Step,
+    id: String,
+    delay: Duration,
+) {
+    let (exe, env, name) = (exe.to_path_buf(), config.child_env(), step.name.clone());
+    let timeout = step.timeout_ms.map(Duration::from_millis);
+    running.spawn(async move {
+        tokio::time::sleep(delay).await;
+        let started = Instant::now();
+        let (result, timed_out) = match timeout {
+            None => (spawn_exec(&exe, &env, &id).await, false),
+            // Dropping the exec future kills its process group.
+            Some(limit) => match tokio::time::timeout(limit, spawn_exec(&exe, &env, &id)).await {
+                Ok(result) => (result, false),
+                Err(_) => (
+                    Err(format!(
+                        "timed out after {}",
+                        humantime::format_duration(limit)
+                    )),
+                    true,
+                ),
+            },
+        };
+        Attempt {
+            step: name,
+            seconds: started.elapsed().as_secs_f64(),
+            result,
+            timed_out,
+        }
+    });
+}
+
+/// Spreads retries of many steps apart: ±20 % of the wait.
+fn jittered(wait: Duration) -> Duration {
+    use rand::Rng;
+    wait.mul_f64(rand::rng().random_range(0.8..1.2))
 }
 
 /// A succeeded step's outputs, as inputs for the steps that read them.

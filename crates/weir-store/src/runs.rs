@@ -105,6 +105,7 @@ pub struct StepRunRecord {
     pub cache_key: Option<String>,
     /// The step run whose outputs this one reused, on a cache hit.
     pub cached_from: Option<String>,
+    pub attempt: i64,
 }
 
 impl StepRunRecord {
@@ -144,7 +145,7 @@ pub struct StepCompletion {
 const RUN_COLUMNS: &str =
     "id, pipeline, spec_file, spec_json, params_json, status, git_rev, started_at, ended_at, error";
 const STEP_COLUMNS: &str = "id, run_id, step, kind, status, spec_json, inputs_json, started_at, \
-     ended_at, exit_code, error, log_digest, sources_json, cache_key, cached_from";
+     ended_at, exit_code, error, log_digest, sources_json, cache_key, cached_from, attempt";
 
 fn run_from_row(row: &AnyRow) -> Result<RunRecord> {
     Ok(RunRecord {
@@ -178,6 +179,7 @@ fn step_from_row(row: &AnyRow) -> Result<StepRunRecord> {
         sources_json: row.try_get("sources_json")?,
         cache_key: row.try_get("cache_key")?,
         cached_from: row.try_get("cached_from")?,
+        attempt: row.try_get("attempt")?,
     })
 }
 
@@ -394,6 +396,21 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Starts the next attempt of a failed step.
+    pub async fn retry_step(&self, id: &str, attempt: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE step_runs SET status = $1, attempt = $2, started_at = $3, ended_at = NULL, \
+             exit_code = NULL, error = NULL WHERE id = $4",
+        )
+        .bind(StepStatus::Running.as_str())
+        .bind(attempt)
+        .bind(weir_core::now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

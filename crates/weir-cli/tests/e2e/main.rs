@@ -6,4 +6,5 @@ mod caching;
 mod common;
 mod flights;
 mod pipelines;
+mod retries;
 mod team_backends;

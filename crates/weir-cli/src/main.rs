@@ -57,6 +57,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Continue a failed, cancelled or crashed run; steps that succeeded are not run again
+    Resume {
+        /// Run id (or a unique prefix)
+        run: String,
+        /// Steps run at once [env: WEIR_MAX_PARALLEL] [default: number of CPUs]
+        #[arg(long)]
+        max_parallel: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a running run: its steps are stopped and the run is recorded as failed
+    Cancel {
+        /// Run id (or a unique prefix)
+        run: String,
+    },
     /// Pipeline runs
     #[command(subcommand)]
     Runs(RunsCommand),
@@ -147,6 +162,14 @@ fn parse_params(raw: &[String]) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// Records runs whose runner died as failed, and says so.
+async fn reap(ctx: &Context) -> Result<()> {
+    for id in weir_engine::liveness::reap_orphaned_runs(ctx).await? {
+        eprintln!("note: run {id} lost its runner and is recorded as failed; continue it with `weir resume {}`", &id[..12]);
+    }
+    Ok(())
+}
+
 async fn main_async(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run {
@@ -162,6 +185,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             )?;
             let pipeline = weir_core::pipeline::load(&file, &parse_params(&params)?)?;
             let ctx = Context::open(config.clone()).await?;
+            reap(&ctx).await?;
             let options = RunOptions {
                 max_parallel: config.max_parallel()?,
                 exec_binary: None,
@@ -180,6 +204,45 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Resume {
+            run,
+            max_parallel,
+            json,
+        } => {
+            let config = config(
+                &cli.global,
+                &[("max_parallel", max_parallel.map(|v| v.to_string()))],
+            )?;
+            let ctx = Context::open(config.clone()).await?;
+            reap(&ctx).await?;
+            let options = RunOptions {
+                max_parallel: config.max_parallel()?,
+                exec_binary: None,
+                no_cache: false,
+            };
+            let outcome = if json {
+                weir_engine::resume_run(&ctx, &run, &options, &progress::Quiet).await?
+            } else {
+                weir_engine::resume_run(&ctx, &run, &options, &progress::Display::new()).await?
+            };
+            output::run_outcome(&outcome, json);
+            Ok(if outcome.status == weir_store::RunStatus::Succeeded {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Cancel { run } => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            let ended = weir_engine::cancel_run(&ctx, &run).await?;
+            println!(
+                "run {} {}: {}",
+                ended.id,
+                ended.status,
+                ended.error.unwrap_or_default()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Exec { step_run_id } => {
             let ctx = Context::open(config(&cli.global, &[])?).await?;
             weir_engine::exec::exec_step(&ctx, &step_run_id).await?;
@@ -187,11 +250,13 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
         }
         Command::Runs(RunsCommand::List { limit, json }) => {
             let ctx = Context::open(config(&cli.global, &[])?).await?;
+            reap(&ctx).await?;
             output::runs(&ctx.store.list_runs(limit).await?, json);
             Ok(ExitCode::SUCCESS)
         }
         Command::Runs(RunsCommand::Show { run, json }) => {
             let ctx = Context::open(config(&cli.global, &[])?).await?;
+            reap(&ctx).await?;
             output::run_detail(&ctx.store, &run, json).await?;
             Ok(ExitCode::SUCCESS)
         }

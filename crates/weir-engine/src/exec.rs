@@ -29,6 +29,14 @@ pub struct StagedInput {
     pub from: String,
 }
 
+struct WorkDir(PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn artifact_record(stored: weir_artifacts::Stored) -> ArtifactRecord {
     ArtifactRecord {
         digest: stored.digest,
@@ -51,16 +59,12 @@ pub async fn exec_step(ctx: &Context, step_run_id: &str) -> Result<(), EngineErr
     let inputs: BTreeMap<String, StagedInput> = serde_json::from_str(&record.inputs_json)
         .map_err(|e| EngineError::corrupt("step_runs.inputs_json", e))?;
 
-    let scratch = ctx.work_dir();
-    std::fs::create_dir_all(&scratch).map_err(EngineError::io("cannot create", &scratch))?;
-    let work = tempfile::Builder::new()
-        .prefix(&format!("{}-", step.name))
-        .tempdir_in(&scratch)
-        .map_err(EngineError::io(
-            "cannot create a work directory in",
-            &scratch,
-        ))?;
-    let log = StepLog::create(&work.path().join("log.txt"))?;
+    // One scratch directory per step run, named by its id, so the processes
+    // and files of a step whose runner died can be found and removed.
+    let work = WorkDir(ctx.work_dir().join(step_run_id));
+    let _ = std::fs::remove_dir_all(&work.0);
+    std::fs::create_dir_all(&work.0).map_err(EngineError::io("cannot create", &work.0))?;
+    let log = StepLog::create(&work.0.join("log.txt"))?;
 
     let result = run_step(
         ctx,
@@ -69,7 +73,7 @@ pub async fn exec_step(ctx: &Context, step_run_id: &str) -> Result<(), EngineErr
         &step,
         step_run_id,
         &inputs,
-        work.path(),
+        &work.0,
         &log,
     )
     .await;

@@ -11,6 +11,7 @@ mod cache;
 mod error;
 pub mod exec;
 mod lineage;
+pub mod liveness;
 pub mod ops;
 pub mod progress;
 pub mod runner;
@@ -18,7 +19,7 @@ pub mod runner;
 use std::path::PathBuf;
 
 pub use error::EngineError;
-pub use runner::{run_pipeline, RunOptions, RunOutcome, StepOutcome};
+pub use runner::{cancel_run, resume_run, run_pipeline, RunOptions, RunOutcome, StepOutcome};
 
 use weir_artifacts::ArtifactStore;
 use weir_core::config::Config;

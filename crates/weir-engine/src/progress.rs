@@ -18,6 +18,8 @@ pub trait Progress: Send + Sync {
     /// The step reused the outputs of an earlier run with the same cache key.
     fn step_cached(&self, _step: &str, _from_run: &str) {}
     fn warning(&self, _text: &str) {}
+    /// On resume: the step succeeded in an earlier attempt at this run.
+    fn step_done_earlier(&self, _step: &str) {}
     /// Attempt `attempt` of `attempts` starts after `wait`, because of `why`.
     fn step_retrying(
         &self,
@@ -128,6 +130,21 @@ impl Progress for Display {
 
     fn warning(&self, text: &str) {
         self.multi.suspend(|| eprintln!("warning: {text}"));
+    }
+
+    fn step_done_earlier(&self, step: &str) {
+        let line = "succeeded earlier in this run";
+        match self.bar(step) {
+            Some(bar) => {
+                bar.set_message(line);
+                bar.set_style(
+                    ProgressStyle::with_template("{prefix:.bold} {msg}").expect("valid template"),
+                );
+                bar.set_prefix(format!("✓ {step}"));
+                bar.finish();
+            }
+            None => eprintln!("✓ {step} {line}"),
+        }
     }
 
     fn step_retrying(&self, step: &str, attempt: i64, attempts: u32, wait: Duration, why: &str) {

@@ -17,7 +17,7 @@ use weir_store::{
 
 use crate::exec::StagedInput;
 use crate::progress::Progress;
-use crate::{cache, ops, Context, EngineError};
+use crate::{cache, liveness, ops, Context, EngineError};
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -106,6 +106,8 @@ pub async fn run_pipeline(
         started_at: weir_core::now_ms(),
         ended_at: None,
         error: None,
+        runner: Some(liveness::runner_identity()),
+        heartbeat_at: Some(weir_core::now_ms()),
     };
     let step_runs: Vec<NewStepRun> = pipeline
         .steps
@@ -120,10 +122,116 @@ pub async fn run_pipeline(
         })
         .collect();
     ctx.store.create_run(&run, &step_runs).await?;
-    let ids: HashMap<&str, &str> = step_runs
+    drive(ctx, &run.id, &pipeline, options, progress, started).await
+}
+
+/// Continues a failed run (one that failed, was cancelled, or whose runner
+/// died): every step that succeeded keeps its results, the others run again.
+#[tracing::instrument(skip_all, fields(run))]
+pub async fn resume_run(
+    ctx: &Context,
+    run: &str,
+    options: &RunOptions,
+    progress: &dyn Progress,
+) -> Result<RunOutcome, EngineError> {
+    let started = Instant::now();
+    liveness::reap_orphaned_runs(ctx).await?;
+    let run = ctx.store.run(run).await?;
+    match run.status {
+        RunStatus::Succeeded => {
+            return Err(EngineError::StepFailed(format!(
+                "run {} already succeeded; there is nothing to resume",
+                run.id
+            )))
+        }
+        RunStatus::Running => {
+            return Err(EngineError::StepFailed(format!(
+                "run {} is still running ({})\n  hint: stop it first with `weir cancel {}`",
+                run.id,
+                run.runner.as_deref().unwrap_or("unknown runner"),
+                &run.id[..12]
+            )))
+        }
+        RunStatus::Failed => {}
+    }
+    let pipeline: Pipeline = serde_json::from_str(&run.spec_json)
+        .map_err(|e| EngineError::corrupt("runs.spec_json", e))?;
+    ops::preflight(&pipeline)?;
+    ctx.store
+        .reopen_run(&run.id, &liveness::runner_identity())
+        .await?;
+    drive(ctx, &run.id, &pipeline, options, progress, started).await
+}
+
+/// Stops a running run from another process: its runner (on this host) is
+/// asked to stop with SIGTERM, which it handles like Ctrl-C; a runner that
+/// is already gone is cleaned up after. Returns the run as it ends.
+pub async fn cancel_run(ctx: &Context, run: &str) -> Result<RunRecord, EngineError> {
+    liveness::reap_orphaned_runs(ctx).await?;
+    let record = ctx.store.run(run).await?;
+    if record.status != RunStatus::Running {
+        return Err(EngineError::StepFailed(format!(
+            "run {} is not running (it {})",
+            record.id, record.status
+        )));
+    }
+    let identity = record.runner.clone().unwrap_or_default();
+    let mut parts = identity.splitn(3, '/');
+    let (host, pid) = (
+        parts.next().unwrap_or(""),
+        parts.next().and_then(|p| p.parse::<i32>().ok()),
+    );
+    let Some(pid) = pid.filter(|_| host == liveness::hostname()) else {
+        return Err(EngineError::StepFailed(format!(
+            "run {} is run by {identity}, not on this host\n  hint: run `weir cancel` on that host",
+            record.id
+        )));
+    };
+    // SAFETY: kill(2) takes plain integers.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = ctx.store.run(&record.id).await?;
+        if now.status != RunStatus::Running {
+            return Ok(now);
+        }
+        if Instant::now() > deadline {
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            liveness::reap_orphaned_runs(ctx).await?;
+            return Ok(ctx.store.run(&record.id).await?);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Walks the DAG of a recorded run until every step has finished, starting
+/// from the statuses in the store (all pending for a new run).
+async fn drive(
+    ctx: &Context,
+    run_id: &str,
+    pipeline: &Pipeline,
+    options: &RunOptions,
+    progress: &dyn Progress,
+    started: Instant,
+) -> Result<RunOutcome, EngineError> {
+    let records = ctx.store.step_runs(run_id).await?;
+    let ids: HashMap<String, String> = records
         .iter()
-        .map(|s| (s.step.as_str(), s.id.as_str()))
+        .map(|r| (r.step.clone(), r.id.clone()))
         .collect();
+    let mut status: HashMap<String, StepStatus> =
+        records.iter().map(|r| (r.step.clone(), r.status)).collect();
+    let mut outputs: HashMap<String, BTreeMap<String, StagedInput>> = HashMap::new();
+    for r in records.iter().filter(|r| r.status == StepStatus::Succeeded) {
+        outputs.insert(r.step.clone(), produced(ctx, &r.step, &r.id).await?);
+    }
+    let run = ctx.store.run(run_id).await?;
     progress.run_started(
         &run.id,
         &pipeline
@@ -132,18 +240,53 @@ pub async fn run_pipeline(
             .map(|s| s.name.clone())
             .collect::<Vec<_>>(),
     );
+    for r in records.iter().filter(|r| r.status == StepStatus::Succeeded) {
+        progress.step_done_earlier(&r.step);
+    }
+    let heartbeat = {
+        let (store, id) = (ctx.store.clone(), run.id.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(liveness::HEARTBEAT_EVERY).await;
+                if let Err(e) = store.heartbeat_run(&id).await {
+                    tracing::warn!(run_id = %id, error = %e, "cannot record a heartbeat");
+                }
+            }
+        })
+    };
+    let outcome = walk(
+        ctx,
+        &run,
+        pipeline,
+        options,
+        progress,
+        &ids,
+        &mut status,
+        &mut outputs,
+        started,
+    )
+    .await;
+    heartbeat.abort();
+    outcome
+}
 
+#[allow(clippy::too_many_arguments)]
+async fn walk(
+    ctx: &Context,
+    run: &RunRecord,
+    pipeline: &Pipeline,
+    options: &RunOptions,
+    progress: &dyn Progress,
+    ids: &HashMap<String, String>,
+    status: &mut HashMap<String, StepStatus>,
+    outputs: &mut HashMap<String, BTreeMap<String, StagedInput>>,
+    started: Instant,
+) -> Result<RunOutcome, EngineError> {
     let exe = match &options.exec_binary {
         Some(p) => p.clone(),
         None => std::env::current_exe()
             .map_err(EngineError::io("cannot locate", "the weir executable"))?,
     };
-    let mut status: HashMap<String, StepStatus> = pipeline
-        .steps
-        .iter()
-        .map(|s| (s.name.clone(), StepStatus::Pending))
-        .collect();
-    let mut outputs: HashMap<String, BTreeMap<String, StagedInput>> = HashMap::new();
     let mut running: JoinSet<Attempt> = JoinSet::new();
     let mut first_failure: Option<String> = None;
     // On Ctrl-C or SIGTERM the runner stops its step runtimes (each in its own
@@ -222,13 +365,13 @@ pub async fn run_pipeline(
                 status.insert(step.name.clone(), StepStatus::Running);
                 tracing::info!(run_id = %run.id, step = %step.name, step_run_id = %id, %reason, "launching step");
                 progress.step_running(&step.name, &reason);
-                launch(&mut running, &exe, &ctx.config, step, id, Duration::ZERO);
+                launch(&mut running, &exe, ctx, step, id, Duration::ZERO);
             }
         }
         let joined = tokio::select! {
             joined = running.join_next() => joined,
             _ = &mut interrupted, if first_failure.is_none() => {
-                cancel_running(ctx, &mut running, &mut status, &ids, progress).await?;
+                cancel_running(ctx, &mut running, status, ids, progress).await?;
                 first_failure = Some("the run was cancelled (interrupted)".into());
                 continue;
             }
@@ -239,7 +382,7 @@ pub async fn run_pipeline(
         let attempt =
             joined.map_err(|e| EngineError::StepFailed(format!("step task failed: {e}")))?;
         let name = attempt.step.clone();
-        let id = ids[name.as_str()];
+        let id = ids[name.as_str()].as_str();
         // The step runtime records its own outcome; if it could not (it
         // crashed, timed out or could not reach the store), record it here.
         let mut record = ctx.store.step_run(id).await?;
@@ -272,7 +415,7 @@ pub async fn run_pipeline(
                 progress.step_retrying(&name, record.attempt + 1, policy.attempts, wait, &why);
                 tracing::info!(run_id = %run.id, step = %name, attempt = record.attempt + 1, ?wait, "retrying step");
                 ctx.store.retry_step(id, record.attempt + 1).await?;
-                launch(&mut running, &exe, &ctx.config, step, id.to_string(), wait);
+                launch(&mut running, &exe, ctx, step, id.to_string(), wait);
                 continue;
             }
         }
@@ -308,7 +451,7 @@ pub async fn run_pipeline(
             } else {
                 "an upstream step failed"
             };
-            let id = ids[step.name.as_str()];
+            let id = ids[step.name.as_str()].as_str();
             ctx.store.mark_step_skipped(id, reason).await?;
             progress.step_finished(&step.name, StepStatus::Skipped, 0.0, Some(reason));
         }
@@ -322,16 +465,21 @@ pub async fn run_pipeline(
         .finish_run(&run.id, final_status, first_failure.as_deref())
         .await?;
 
-    let names: HashMap<String, String> = step_runs
+    let names: HashMap<&str, &str> = ids
         .iter()
-        .map(|s| (s.id.clone(), s.step.clone()))
+        .map(|(step, id)| (id.as_str(), step.as_str()))
         .collect();
     let metrics = ctx
         .store
         .latest_metrics(&run.id)
         .await?
         .into_iter()
-        .map(|(id, m)| (names.get(&id).cloned().unwrap_or(id), m))
+        .map(|(id, m)| {
+            (
+                names.get(id.as_str()).map_or(id.clone(), |s| s.to_string()),
+                m,
+            )
+        })
         .collect();
     Ok(RunOutcome {
         run_id: run.id.clone(),
@@ -382,14 +530,14 @@ async fn cancel_running(
     ctx: &Context,
     running: &mut JoinSet<Attempt>,
     status: &mut HashMap<String, StepStatus>,
-    ids: &HashMap<&str, &str>,
+    ids: &HashMap<String, String>,
     progress: &dyn Progress,
 ) -> Result<(), EngineError> {
     running.abort_all();
     while running.join_next().await.is_some() {}
     for (name, state) in status.iter_mut() {
         if *state == StepStatus::Running {
-            let id = ids[name.as_str()];
+            let id = ids[name.as_str()].as_str();
             if !ctx.store.step_run(id).await?.status.is_terminal() {
                 ctx.store
                     .fail_step(id, "cancelled: the run was interrupted", None, None)
@@ -416,20 +564,26 @@ struct Attempt {
 fn launch(
     running: &mut JoinSet<Attempt>,
     exe: &std::path::Path,
-    config: &weir_core::config::Config,
+    ctx: &Context,
     step: &weir_core::pipeline::Step,
     id: String,
     delay: Duration,
 ) {
-    let (exe, env, name) = (exe.to_path_buf(), config.child_env(), step.name.clone());
+    let exec = Exec {
+        exe: exe.to_path_buf(),
+        env: ctx.config.child_env(),
+        store: ctx.store.clone(),
+        id,
+    };
+    let name = step.name.clone();
     let timeout = step.timeout_ms.map(Duration::from_millis);
     running.spawn(async move {
         tokio::time::sleep(delay).await;
         let started = Instant::now();
         let (result, timed_out) = match timeout {
-            None => (spawn_exec(&exe, &env, &id).await, false),
+            None => (exec.run().await, false),
             // Dropping the exec future kills its process group.
-            Some(limit) => match tokio::time::timeout(limit, spawn_exec(&exe, &env, &id)).await {
+            Some(limit) => match tokio::time::timeout(limit, exec.run()).await {
                 Ok(result) => (result, false),
                 Err(_) => (
                     Err(format!(
@@ -505,40 +659,62 @@ struct ProcessGroup(Option<u32>);
 
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
-        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) {
-            // SAFETY: kill(2) takes plain integers; a group that no longer exists gives ESRCH.
-            unsafe {
-                libc::kill(-pid, libc::SIGKILL);
-            }
+        if let Some(pid) = self.0 {
+            liveness::kill_group(i64::from(pid));
         }
     }
 }
 
-/// Runs `weir exec <id>`; on failure returns what it printed to stderr.
-async fn spawn_exec(
-    exe: &std::path::Path,
-    env: &[(&'static str, String)],
-    id: &str,
-) -> Result<(), String> {
-    let child = tokio::process::Command::new(exe)
-        .arg("exec")
-        .arg(id)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start {} exec: {e}", exe.display()))?;
-    let _group = ProcessGroup(child.id());
-    let output = child
-        .wait_with_output()
-        .await
-        .map_err(|e| format!("lost the step runtime: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+/// One `weir exec <id>` to start.
+struct Exec {
+    exe: PathBuf,
+    env: Vec<(&'static str, String)>,
+    store: weir_store::Store,
+    id: String,
+}
+
+impl Exec {
+    /// Runs the step runtime; on failure returns what it printed to stderr.
+    async fn run(self) -> Result<(), String> {
+        let mut command = tokio::process::Command::new(&self.exe);
+        command
+            .arg("exec")
+            .arg(&self.id)
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe. If the runner dies (even by
+        // SIGKILL), the kernel kills the step runtime too.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {} exec: {e}", self.exe.display()))?;
+        let _group = ProcessGroup(child.id());
+        if let Some(pid) = child.id() {
+            if let Err(e) = self
+                .store
+                .set_step_process(&self.id, &liveness::hostname(), i64::from(pid))
+                .await
+            {
+                tracing::warn!(step_run_id = %self.id, error = %e, "cannot record the step's process");
+            }
+        }
+        let output = child
+            .wait_with_output()
+            .await
+            .map_err(|e| format!("lost the step runtime: {e}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+        }
     }
 }

@@ -20,6 +20,8 @@ pub enum StoreError {
         prefix: String,
         matches: String,
     },
+    #[error("{0}")]
+    Conflict(String),
     #[error("corrupt metadata in {what}: {reason}")]
     Corrupt { what: String, reason: String },
     #[error("metadata store error: {0}")]

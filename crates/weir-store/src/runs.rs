@@ -75,6 +75,9 @@ pub struct RunRecord {
     pub started_at: i64,
     pub ended_at: Option<i64>,
     pub error: Option<String>,
+    /// The runner process (`host/pid/start-time`) while the run is running.
+    pub runner: Option<String>,
+    pub heartbeat_at: Option<i64>,
 }
 
 #[derive(Clone, Debug)]
@@ -106,6 +109,9 @@ pub struct StepRunRecord {
     /// The step run whose outputs this one reused, on a cache hit.
     pub cached_from: Option<String>,
     pub attempt: i64,
+    /// The host and process group of the step's runtime, while it runs.
+    pub host: Option<String>,
+    pub pgid: Option<i64>,
 }
 
 impl StepRunRecord {
@@ -143,9 +149,10 @@ pub struct StepCompletion {
 }
 
 const RUN_COLUMNS: &str =
-    "id, pipeline, spec_file, spec_json, params_json, status, git_rev, started_at, ended_at, error";
+    "id, pipeline, spec_file, spec_json, params_json, status, git_rev, started_at, \
+     ended_at, error, runner, heartbeat_at";
 const STEP_COLUMNS: &str = "id, run_id, step, kind, status, spec_json, inputs_json, started_at, \
-     ended_at, exit_code, error, log_digest, sources_json, cache_key, cached_from, attempt";
+     ended_at, exit_code, error, log_digest, sources_json, cache_key, cached_from, attempt, host, pgid";
 
 fn run_from_row(row: &AnyRow) -> Result<RunRecord> {
     Ok(RunRecord {
@@ -159,6 +166,8 @@ fn run_from_row(row: &AnyRow) -> Result<RunRecord> {
         started_at: row.try_get("started_at")?,
         ended_at: row.try_get("ended_at")?,
         error: row.try_get("error")?,
+        runner: row.try_get("runner")?,
+        heartbeat_at: row.try_get("heartbeat_at")?,
     })
 }
 
@@ -180,6 +189,8 @@ fn step_from_row(row: &AnyRow) -> Result<StepRunRecord> {
         cache_key: row.try_get("cache_key")?,
         cached_from: row.try_get("cached_from")?,
         attempt: row.try_get("attempt")?,
+        host: row.try_get("host")?,
+        pgid: row.try_get("pgid")?,
     })
 }
 
@@ -189,8 +200,8 @@ impl Store {
     pub async fn create_run(&self, run: &RunRecord, steps: &[NewStepRun]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO runs (id, pipeline, spec_file, spec_json, params_json, status, git_rev, started_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO runs (id, pipeline, spec_file, spec_json, params_json, status, git_rev, started_at, \
+             runner, heartbeat_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&run.id)
         .bind(&run.pipeline)
@@ -200,6 +211,8 @@ impl Store {
         .bind(run.status.as_str())
         .bind(&run.git_rev)
         .bind(run.started_at)
+        .bind(&run.runner)
+        .bind(run.heartbeat_at)
         .execute(&mut *tx)
         .await?;
         for step in steps {
@@ -218,6 +231,129 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// The runner of a running run says it is alive.
+    pub async fn heartbeat_run(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE runs SET heartbeat_at = $1 WHERE id = $2 AND status = $3")
+            .bind(weir_core::now_ms())
+            .bind(id)
+            .bind(RunStatus::Running.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Runs recorded as running, for liveness checks.
+    pub async fn running_runs(&self) -> Result<Vec<RunRecord>> {
+        let rows = sqlx::query(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = $1"))
+            .bind(RunStatus::Running.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    /// Records a run whose runner is gone as failed, in one transaction: its
+    /// running steps fail and its pending steps are skipped. Returns the
+    /// step runs that were running, so their processes can be stopped. Does
+    /// nothing (and returns `None`) if the run is no longer running.
+    pub async fn fail_orphaned_run(
+        &self,
+        id: &str,
+        reason: &str,
+    ) -> Result<Option<Vec<StepRunRecord>>> {
+        let now = weir_core::now_ms();
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE runs SET status = $1, ended_at = $2, error = $3 WHERE id = $4 AND status = $5",
+        )
+        .bind(RunStatus::Failed.as_str())
+        .bind(now)
+        .bind(reason)
+        .bind(id)
+        .bind(RunStatus::Running.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Ok(None);
+        }
+        let running = sqlx::query(&format!(
+            "SELECT {STEP_COLUMNS} FROM step_runs WHERE run_id = $1 AND status = $2"
+        ))
+        .bind(id)
+        .bind(StepStatus::Running.as_str())
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(step_from_row)
+        .collect::<Result<Vec<_>>>()?;
+        sqlx::query("UPDATE step_runs SET status = $1, ended_at = $2, error = $3 WHERE run_id = $4 AND status = $5")
+            .bind(StepStatus::Failed.as_str())
+            .bind(now)
+            .bind(reason)
+            .bind(id)
+            .bind(StepStatus::Running.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE step_runs SET status = $1, error = $2 WHERE run_id = $3 AND status = $4",
+        )
+        .bind(StepStatus::Skipped.as_str())
+        .bind(reason)
+        .bind(id)
+        .bind(StepStatus::Pending.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(running))
+    }
+
+    /// Reopens a failed run for `weir resume`: the run is running again under
+    /// `runner`, and every step that did not succeed is pending again. One
+    /// transaction; fails if the run is not failed.
+    pub async fn reopen_run(&self, id: &str, runner: &str) -> Result<()> {
+        let now = weir_core::now_ms();
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE runs SET status = $1, ended_at = NULL, error = NULL, runner = $2, heartbeat_at = $3 \
+             WHERE id = $4 AND status = $5",
+        )
+        .bind(RunStatus::Running.as_str())
+        .bind(runner)
+        .bind(now)
+        .bind(id)
+        .bind(RunStatus::Failed.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Err(StoreError::Conflict(format!(
+                "run {id} is not failed, so it cannot be resumed"
+            )));
+        }
+        sqlx::query(
+            "UPDATE step_runs SET status = $1, started_at = NULL, ended_at = NULL, exit_code = NULL, error = NULL, \
+             attempt = 1, cached_from = NULL WHERE run_id = $2 AND status <> $3",
+        )
+        .bind(StepStatus::Pending.as_str())
+        .bind(id)
+        .bind(StepStatus::Succeeded.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Where a step's runtime process group is, to stop it if its run is orphaned.
+    pub async fn set_step_process(&self, id: &str, host: &str, pgid: i64) -> Result<()> {
+        sqlx::query("UPDATE step_runs SET host = $1, pgid = $2 WHERE id = $3")
+            .bind(host)
+            .bind(pgid)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

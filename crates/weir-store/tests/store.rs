@@ -94,6 +94,8 @@ fn new_run(steps: &[&str]) -> (RunRecord, Vec<NewStepRun>) {
         started_at: weir_core::now_ms(),
         ended_at: None,
         error: None,
+        runner: None,
+        heartbeat_at: None,
     };
     let steps = steps
         .iter()
@@ -349,6 +351,81 @@ async fn cache_hits_copy_outputs_and_metrics(s: &Store) {
     assert_eq!(s.latest_metrics(&run2.id).await.unwrap()[0].1.value, 0.7);
 }
 
+async fn orphaned_runs_fail_whole_and_reopen_for_resume(s: &Store) {
+    let (run, steps) = new_run(&["done", "busy", "later"]);
+    s.create_run(&run, &steps).await.unwrap();
+    s.start_step(&steps[0].id, &StepStart::default())
+        .await
+        .unwrap();
+    s.complete_step(&steps[0].id, &StepCompletion::default())
+        .await
+        .unwrap();
+    s.start_step(&steps[1].id, &StepStart::default())
+        .await
+        .unwrap();
+    s.set_step_process(&steps[1].id, "here", 4242)
+        .await
+        .unwrap();
+    assert_eq!(s.running_runs().await.unwrap().len(), 1);
+
+    let stopped = s
+        .fail_orphaned_run(&run.id, "the runner stopped")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (stopped.len(), stopped[0].pgid, stopped[0].host.as_deref()),
+        (1, Some(4242), Some("here"))
+    );
+    assert!(
+        s.fail_orphaned_run(&run.id, "again")
+            .await
+            .unwrap()
+            .is_none(),
+        "only once"
+    );
+    let statuses: Vec<StepStatus> = s
+        .step_runs(&run.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            StepStatus::Succeeded,
+            StepStatus::Failed,
+            StepStatus::Skipped
+        ]
+    );
+    assert_eq!(s.run(&run.id).await.unwrap().status, RunStatus::Failed);
+
+    s.reopen_run(&run.id, "here/1/2").await.unwrap();
+    let reopened = s.run(&run.id).await.unwrap();
+    assert_eq!(
+        (reopened.status, reopened.runner.as_deref(), reopened.error),
+        (RunStatus::Running, Some("here/1/2"), None)
+    );
+    let statuses: Vec<StepStatus> = s
+        .step_runs(&run.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            StepStatus::Succeeded,
+            StepStatus::Pending,
+            StepStatus::Pending
+        ]
+    );
+    let err = s.reopen_run(&run.id, "x").await.unwrap_err();
+    assert!(err.to_string().contains("is not failed"), "{err}");
+}
+
 macro_rules! store_suite {
     ($($case:ident),* $(,)?) => {
         mod sqlite_backend {
@@ -378,6 +455,7 @@ store_suite!(
     failed_completion_leaves_nothing,
     concurrent_registrations_get_distinct_versions,
     cache_hits_copy_outputs_and_metrics,
+    orphaned_runs_fail_whole_and_reopen_for_resume,
 );
 
 /// Separate stores on one SQLite file stand for separate `weir exec`

@@ -191,3 +191,63 @@ pub fn python() -> &'static str {
         "python"
     }
 }
+
+/// The PostgreSQL server tests create their databases on: WEIR_TEST_POSTGRES
+/// (default: the local server); `off` skips the PostgreSQL tests.
+pub fn postgres_admin() -> Option<String> {
+    let admin = std::env::var("WEIR_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    if admin == "off" {
+        eprintln!("WEIR_TEST_POSTGRES=off: skipping");
+        return None;
+    }
+    Some(admin)
+}
+
+/// A fresh database, dropped with the value.
+pub struct PgDatabase {
+    admin: String,
+    name: String,
+}
+
+impl PgDatabase {
+    pub fn create_named(admin: &str, name: &str) -> PgDatabase {
+        admin_exec(admin, &format!("CREATE DATABASE {name}"));
+        PgDatabase {
+            admin: admin.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/{}", self.admin.rsplit_once('/').unwrap().0, self.name)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        admin_exec(
+            &self.admin,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+fn admin_exec(admin: &str, sql: &str) {
+    use sqlx::Connection;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(admin)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "PostgreSQL at {admin} is required ({e}); set WEIR_TEST_POSTGRES=off to skip"
+                )
+            });
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    });
+}

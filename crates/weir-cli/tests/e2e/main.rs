@@ -6,5 +6,6 @@ mod caching;
 mod common;
 mod flights;
 mod pipelines;
+mod recovery;
 mod retries;
 mod team_backends;

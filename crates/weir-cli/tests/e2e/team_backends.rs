@@ -6,68 +6,14 @@
 
 use serde_json::json;
 
-use crate::common::Sandbox;
-
-struct PgDatabase {
-    admin: String,
-    name: String,
-}
-
-impl PgDatabase {
-    fn create() -> Option<PgDatabase> {
-        let admin = std::env::var("WEIR_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        if admin == "off" {
-            eprintln!("WEIR_TEST_POSTGRES=off: skipping");
-            return None;
-        }
-        let name = format!("weir_e2e_{}", std::process::id());
-        admin_exec(&admin, &format!("CREATE DATABASE {name}"));
-        Some(PgDatabase { admin, name })
-    }
-
-    fn url(&self) -> String {
-        format!("{}/{}", self.admin.rsplit_once('/').unwrap().0, self.name)
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        admin_exec(
-            &self.admin,
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        );
-    }
-}
-
-fn admin_exec(admin: &str, sql: &str) {
-    use sqlx::Connection;
-    let rt = tokio_runtime();
-    rt.block_on(async {
-        sqlx::any::install_default_drivers();
-        let mut conn = sqlx::AnyConnection::connect(admin)
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "PostgreSQL at {admin} is required ({e}); set WEIR_TEST_POSTGRES=off to skip"
-                )
-            });
-        sqlx::query(sql).execute(&mut conn).await.unwrap();
-    });
-}
-
-fn tokio_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use crate::common::{PgDatabase, Sandbox};
 
 #[test]
 fn pipeline_and_serving_on_postgres_and_s3() {
-    let Some(db) = PgDatabase::create() else {
+    let Some(admin) = crate::common::postgres_admin() else {
         return;
     };
+    let db = PgDatabase::create_named(&admin, &format!("weir_e2e_{}", std::process::id()));
     let mut sb = Sandbox::new();
     sb.env.push(("WEIR_DB".into(), db.url()));
     match std::env::var("WEIR_TEST_S3_ENDPOINT") {

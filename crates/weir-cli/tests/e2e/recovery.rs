@@ -1,0 +1,233 @@
+//! Runs that lose their runner: `weir cancel` from another shell, and the
+//! crash-safety trials: `weir run` SIGKILLed at varied points, then
+//! `weir resume` must finish the run without re-executing any step that had
+//! finished, with consistent metadata and every artifact's digest intact.
+//! Trials per backend: WEIR_CRASH_TRIALS (default 20).
+
+use std::collections::BTreeMap;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::Sandbox;
+
+const STEPS: [&str; 5] = ["a", "b", "c", "d", "e"];
+
+/// a -> b -> d -> e and a -> c -> d: each step logs its start and end in
+/// `marks` and passes a file on.
+fn crash_pipeline(sb: &Sandbox) {
+    let step = |name: &str, inputs: &str| {
+        format!(
+            "  {name}:\n    run: echo start {name} >> marks; sleep 0.15; cat $WEIR_INPUTS_DIR/* 2>/dev/null > $WEIR_OUTPUTS_DIR/out; echo {name} >> $WEIR_OUTPUTS_DIR/out; echo done {name} >> marks\n    inputs: {{ {inputs} }}\n    outputs: [out]\n"
+        )
+    };
+    let mut yaml = String::from("version: 1\nname: crash\nsteps:\n");
+    yaml += &step("a", "");
+    yaml += &step("b", "x: a.out");
+    yaml += &step("c", "x: a.out");
+    yaml += &step("d", "x: b.out, y: c.out");
+    yaml += &step("e", "x: d.out");
+    sb.write("pipeline.yaml", &yaml);
+}
+
+fn spawn_run(sb: &Sandbox) -> Child {
+    sb.command(&["run", "pipeline.yaml", "--json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn steps_by_name(sb: &Sandbox, run: &str) -> BTreeMap<String, Value> {
+    let show = sb.json(&["runs", "show", run]);
+    show["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["step"].as_str().unwrap().to_string(), s.clone()))
+        .collect()
+}
+
+fn marks(sb: &Sandbox, what: &str, step: &str) -> usize {
+    std::fs::read_to_string(sb.path().join("marks"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| *l == format!("{what} {step}"))
+        .count()
+}
+
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn verify_blobs(sb: &Sandbox) {
+    for blob in sb.blobs() {
+        let name = blob.file_name().unwrap().to_str().unwrap().to_string();
+        let actual = weir_core::Digest::of_file(&blob).unwrap().hex();
+        assert_eq!(
+            actual,
+            name,
+            "blob {} does not match its digest",
+            blob.display()
+        );
+    }
+}
+
+fn crash_trials(sb_for_trial: impl Fn() -> Sandbox) {
+    let trials: u64 = std::env::var("WEIR_CRASH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let mut resumed = 0;
+    // Kills that land before the run is recorded or after it finished prove
+    // nothing; keep going until `trials` kills landed mid-run.
+    for trial in 0..trials * 3 {
+        if resumed == trials {
+            break;
+        }
+        let sb = sb_for_trial();
+        crash_pipeline(&sb);
+        let mut child = spawn_run(&sb);
+        // Kill points spread over the whole run (about 1.2 s), varied per trial.
+        let delay = Duration::from_millis(120 + (trial * 7919 % 23) * 40);
+        std::thread::sleep(delay);
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        let runs = sb.json(&["runs", "list"]);
+        if runs.as_array().unwrap().is_empty() {
+            continue; // killed before the run was recorded: nothing to resume
+        }
+        let run = runs[0]["id"].as_str().unwrap().to_string();
+        let before = steps_by_name(&sb, &run);
+        let finished: Vec<String> = before
+            .iter()
+            .filter(|(_, s)| s["status"] == "succeeded")
+            .map(|(n, _)| n.clone())
+            .collect();
+        if runs[0]["status"] == "succeeded" {
+            assert_eq!(finished.len(), STEPS.len());
+            continue;
+        }
+        assert_eq!(
+            runs[0]["status"], "failed",
+            "trial {trial}: a run without a runner must not stay running"
+        );
+        assert!(
+            before.values().all(|s| s["status"] != "running"),
+            "trial {trial}: {before:?}"
+        );
+        let starts: BTreeMap<&str, usize> =
+            STEPS.iter().map(|s| (*s, marks(&sb, "start", s))).collect();
+
+        resumed += 1;
+        let out = sb.weir(&["resume", &run]);
+        assert!(
+            out.status.success(),
+            "trial {trial}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let after = steps_by_name(&sb, &run);
+        assert_eq!(
+            sb.json(&["runs", "show", &run])["status"],
+            "succeeded",
+            "trial {trial}"
+        );
+        for step in STEPS {
+            let s = &after[step];
+            assert_eq!(s["status"], "succeeded", "trial {trial} step {step}");
+            assert!(
+                s["outputs"]["out"]["digest"].is_string(),
+                "trial {trial} step {step}: output not recorded"
+            );
+            if finished.iter().any(|f| f == step) {
+                assert_eq!(
+                    marks(&sb, "start", step),
+                    starts[step],
+                    "trial {trial}: finished step {step} ran again"
+                );
+                assert_eq!(
+                    s["outputs"], before[step]["outputs"],
+                    "trial {trial}: outputs of {step} changed"
+                );
+            }
+        }
+        // The final output holds every step's contribution, in order.
+        let e = after["e"]["outputs"]["out"]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let text = std::fs::read_to_string(sb.blob(&e)).unwrap();
+        assert_eq!(text, "a\nb\na\nc\nd\ne\n", "trial {trial}");
+        verify_blobs(&sb);
+    }
+    eprintln!("{resumed} kills landed mid-run and were resumed");
+    assert_eq!(resumed, trials, "too few kills landed mid-run");
+}
+
+#[test]
+fn killed_runs_resume_without_redoing_finished_steps_on_sqlite() {
+    crash_trials(Sandbox::new);
+}
+
+#[test]
+fn killed_runs_resume_without_redoing_finished_steps_on_postgres() {
+    let Some(admin) = crate::common::postgres_admin() else {
+        return;
+    };
+    let databases = std::sync::Mutex::new(Vec::new());
+    crash_trials(|| {
+        let db = crate::common::PgDatabase::create_named(
+            &admin,
+            &format!("weir_crash_{}", weir_core::new_id()),
+        );
+        let mut sb = Sandbox::new();
+        sb.env.push(("WEIR_DB".into(), db.url()));
+        databases.lock().unwrap().push(db);
+        sb
+    });
+}
+
+#[test]
+fn cancel_stops_a_run_from_another_shell_and_resume_finishes_it() {
+    let sb = Sandbox::new();
+    sb.write(
+        "pipeline.yaml",
+        "version: 1\nsteps:\n  first:\n    run: echo done first >> marks\n  slow:\n    run: echo start slow >> marks; sleep 60\n    inputs: {}\n",
+    );
+    let mut child = spawn_run(&sb);
+    wait_for("the slow step", || marks(&sb, "start", "slow") == 1);
+    let run = sb.json(&["runs", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = sb.ok(&["cancel", &run[..10]]);
+    assert!(out.contains("failed") && out.contains("cancelled"), "{out}");
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+    let err = sb.fails(&["cancel", &run]);
+    assert!(err.contains("is not running"), "{err}");
+
+    // Make the slow step quick, as a user fixing a problem would... but resume
+    // uses the run's recorded spec, so it runs the same command: stop it again
+    // and check the first step is never re-run.
+    let mut resume = sb
+        .command(&["resume", &run])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the resumed slow step", || marks(&sb, "start", "slow") == 2);
+    sb.ok(&["cancel", &run]);
+    resume.wait().unwrap();
+    assert_eq!(
+        marks(&sb, "done", "first"),
+        1,
+        "the finished step ran again"
+    );
+}

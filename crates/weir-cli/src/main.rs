@@ -244,7 +244,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Exec { step_run_id } => {
-            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            let ctx = Context::open_for_step(config(&cli.global, &[])?).await?;
             weir_engine::exec::exec_step(&ctx, &step_run_id).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -313,7 +313,16 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // A step runtime is one short-lived process per step: a single-threaded
+    // runtime starts faster; everything else gets the multi-threaded one.
+    let runtime = if matches!(cli.command, Command::Exec { .. }) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

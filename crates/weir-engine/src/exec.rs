@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use serde::{Deserialize, Serialize};
-use weir_core::pipeline::{Action, Pipeline, Step};
+use weir_core::pipeline::{Action, Step};
 use weir_core::{ArtifactKind, Digest};
 use weir_store::{ArtifactRecord, MetricPoint, StepCompletion};
 
@@ -27,6 +27,20 @@ pub struct StagedInput {
     pub kind: ArtifactKind,
     /// `step.output` it came from.
     pub from: String,
+}
+
+/// A step runtime must not outlive its runner: the kernel kills it when the
+/// runner dies, even by SIGKILL (set here rather than between fork and exec
+/// in the runner, so the runner can spawn with posix_spawn).
+fn die_with_parent() {
+    // SAFETY: prctl and getppid take and return plain integers.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() == 1 {
+            // The runner died before the setting took effect.
+            std::process::exit(1);
+        }
+    }
 }
 
 struct WorkDir(PathBuf);
@@ -50,12 +64,19 @@ fn artifact_record(stored: weir_artifacts::Stored) -> ArtifactRecord {
 /// error has already been recorded on the step run.
 #[tracing::instrument(skip(ctx))]
 pub async fn exec_step(ctx: &Context, step_run_id: &str) -> Result<(), EngineError> {
+    die_with_parent();
     let record = ctx.store.step_run(step_run_id).await?;
     let run = ctx.store.run(&record.run_id).await?;
     let step: Step = serde_json::from_str(&record.spec_json)
         .map_err(|e| EngineError::corrupt("step_runs.spec_json", e))?;
-    let pipeline: Pipeline = serde_json::from_str(&run.spec_json)
-        .map_err(|e| EngineError::corrupt("runs.spec_json", e))?;
+    // The params and the pipeline's directory are all a step needs of its
+    // run; the full spec is parsed only to compute lineage.
+    let params: BTreeMap<String, serde_json::Value> = serde_json::from_str(&run.params_json)
+        .map_err(|e| EngineError::corrupt("runs.params_json", e))?;
+    let base_dir = Path::new(&run.spec_file)
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
     let inputs: BTreeMap<String, StagedInput> = serde_json::from_str(&record.inputs_json)
         .map_err(|e| EngineError::corrupt("step_runs.inputs_json", e))?;
 
@@ -69,7 +90,8 @@ pub async fn exec_step(ctx: &Context, step_run_id: &str) -> Result<(), EngineErr
     let result = run_step(
         ctx,
         &run,
-        &pipeline,
+        &base_dir,
+        &params,
         &step,
         step_run_id,
         &inputs,
@@ -109,7 +131,8 @@ pub async fn exec_step(ctx: &Context, step_run_id: &str) -> Result<(), EngineErr
 async fn run_step(
     ctx: &Context,
     run: &weir_store::RunRecord,
-    pipeline: &Pipeline,
+    base_dir: &Path,
+    params: &BTreeMap<String, serde_json::Value>,
     step: &Step,
     step_run_id: &str,
     inputs: &BTreeMap<String, StagedInput>,
@@ -143,18 +166,15 @@ async fn run_step(
         Action::Builtin(op) => {
             let lineage = match op {
                 weir_core::ops::BuiltinOp::Register => Some(
-                    crate::lineage::lineage(ctx, run, pipeline, step)
+                    crate::lineage::lineage(ctx, run, step)
                         .await
                         .map_err(fail)?,
                 ),
                 _ => None,
             };
             let op = *op;
-            let (step, base_dir, outputs_dir) = (
-                step.clone(),
-                pipeline.base_dir().to_path_buf(),
-                outputs_dir.clone(),
-            );
+            let (step, base_dir, outputs_dir) =
+                (step.clone(), base_dir.to_path_buf(), outputs_dir.clone());
             let input_digests = inputs.iter().map(|(k, v)| (k.clone(), v.digest)).collect();
             let (run_id, step_run_id) = (run.id.clone(), step_run_id.to_string());
             let log_path = log.path().to_path_buf();
@@ -183,7 +203,8 @@ async fn run_step(
         }
         Action::Command(command) => {
             run_command(
-                pipeline,
+                base_dir,
+                params,
                 step,
                 run,
                 command,
@@ -243,7 +264,8 @@ fn finite_metrics(metrics: Vec<MetricPoint>, log: &StepLog) -> Vec<MetricPoint> 
 
 #[allow(clippy::too_many_arguments)]
 async fn run_command(
-    pipeline: &Pipeline,
+    base_dir: &Path,
+    params: &BTreeMap<String, serde_json::Value>,
     step: &Step,
     run: &weir_store::RunRecord,
     command: &str,
@@ -254,8 +276,8 @@ async fn run_command(
 ) -> Result<OpOutcome, (EngineError, Option<i64>)> {
     let fail = |e: EngineError| (e, None);
     let params_file = work.join("params.json");
-    let params = serde_json::json!({ "with": step.with, "params": pipeline.params });
-    std::fs::write(&params_file, params.to_string())
+    let contract = serde_json::json!({ "with": step.with, "params": params });
+    std::fs::write(&params_file, contract.to_string())
         .map_err(EngineError::io("cannot write", &params_file))
         .map_err(fail)?;
     let metrics_file = work.join("metrics.jsonl");
@@ -275,12 +297,7 @@ async fn run_command(
     let status = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
-        .current_dir(
-            pipeline
-                .base_dir()
-                .canonicalize()
-                .unwrap_or_else(|_| PathBuf::from(".")),
-        )
+        .current_dir(base_dir)
         .envs(&step.env)
         .env("WEIR_INPUTS_DIR", inputs_dir)
         .env("WEIR_OUTPUTS_DIR", outputs_dir)

@@ -44,6 +44,17 @@ impl Context {
         })
     }
 
+    /// The context of a step runtime: its runner already brought the schema up to date.
+    pub async fn open_for_step(config: Config) -> Result<Context, EngineError> {
+        let store = Store::connect(config.db()).await?;
+        let artifacts = ArtifactStore::open(config.artifacts())?;
+        Ok(Context {
+            config,
+            store,
+            artifacts,
+        })
+    }
+
     /// Scratch space for step runs, on the same disk as the home directory.
     pub fn work_dir(&self) -> PathBuf {
         self.config.home().join("work")

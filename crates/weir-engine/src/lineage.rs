@@ -13,9 +13,10 @@ use crate::{Context, EngineError};
 pub(crate) async fn lineage(
     ctx: &Context,
     run: &RunRecord,
-    pipeline: &Pipeline,
     step: &Step,
 ) -> Result<Value, EngineError> {
+    let pipeline: Pipeline = serde_json::from_str(&run.spec_json)
+        .map_err(|e| EngineError::corrupt("runs.spec_json", e))?;
     let mut upstream: BTreeSet<&str> = BTreeSet::new();
     let mut stack = vec![step.name.as_str()];
     while let Some(name) = stack.pop() {

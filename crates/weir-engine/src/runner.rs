@@ -686,14 +686,6 @@ impl Exec {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        // SAFETY: prctl is async-signal-safe. If the runner dies (even by
-        // SIGKILL), the kernel kills the step runtime too.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
         let child = command
             .spawn()
             .map_err(|e| format!("cannot start {} exec: {e}", self.exe.display()))?;

@@ -46,6 +46,9 @@ struct FileConfig {
     artifacts: Option<String>,
     max_parallel: Option<u32>,
     serve_addr: Option<String>,
+    cpus: Option<f64>,
+    memory: Option<String>,
+    gpus: Option<u32>,
 }
 
 /// The keys, their environment variables and descriptions, defined once.
@@ -74,6 +77,21 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "serve_addr",
         "WEIR_SERVE_ADDR",
         "address `weir serve` listens on",
+    ),
+    (
+        "cpus",
+        "WEIR_CPUS",
+        "CPUs the steps of a run may use at once",
+    ),
+    (
+        "memory",
+        "WEIR_MEMORY",
+        "memory the steps of a run may use at once (e.g. 16GiB)",
+    ),
+    (
+        "gpus",
+        "WEIR_GPUS",
+        "GPUs the steps of a run may use at once",
     ),
 ];
 
@@ -121,6 +139,9 @@ impl Config {
             ("artifacts", file.artifacts),
             ("max_parallel", file.max_parallel.map(|v| v.to_string())),
             ("serve_addr", file.serve_addr),
+            ("cpus", file.cpus.map(|v| v.to_string())),
+            ("memory", file.memory),
+            ("gpus", file.gpus.map(|v| v.to_string())),
         ]);
         let mut settings = BTreeMap::new();
         // `home` first: the other defaults live inside it.
@@ -159,6 +180,14 @@ impl Config {
                         .unwrap_or(2)
                         .to_string(),
                     "serve_addr" => "127.0.0.1:8080".to_string(),
+                    "cpus" => std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(2)
+                        .to_string(),
+                    "memory" => {
+                        machine_memory().map_or("0".to_string(), |b| format!("{}MiB", b >> 20))
+                    }
+                    "gpus" => "0".to_string(),
                     _ => unreachable!("every key has a default"),
                 };
                 Setting {
@@ -170,6 +199,7 @@ impl Config {
         }
         let config = Config { settings };
         config.max_parallel()?;
+        config.capacity()?;
         Ok(config)
     }
 
@@ -205,12 +235,46 @@ impl Config {
         }
     }
 
+    /// What the steps of one run may use at once.
+    pub fn capacity(&self) -> Result<crate::pipeline::Resources, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Value {
+            key: key.into(),
+            value: self.get(key).into(),
+            message,
+        };
+        let cpu: f64 = self
+            .get("cpus")
+            .parse()
+            .ok()
+            .filter(|c: &f64| *c > 0.0)
+            .ok_or_else(|| invalid("cpus", "must be a positive number".into()))?;
+        let memory_bytes =
+            crate::pipeline::parse_bytes(self.get("memory")).map_err(|m| invalid("memory", m))?;
+        let gpu: u32 = self
+            .get("gpus")
+            .parse()
+            .map_err(|_| invalid("gpus", "must be a whole number".into()))?;
+        Ok(crate::pipeline::Resources {
+            cpu,
+            memory_bytes,
+            gpu,
+        })
+    }
+
     /// Environment variables that make a child process resolve the same configuration.
     pub fn child_env(&self) -> Vec<(&'static str, String)> {
         KEYS.iter()
             .map(|(key, var, _)| (*var, self.get(key).to_string()))
             .collect()
     }
+}
+
+/// Total memory of this machine, from /proc/meminfo.
+fn machine_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 #[cfg(test)]

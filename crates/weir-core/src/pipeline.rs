@@ -49,6 +49,56 @@ pub struct Step {
     pub timeout_ms: Option<u64>,
     #[serde(default)]
     pub retry: Option<RetryPolicy>,
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+/// `resources: { cpu, memory, gpu }`: what a step needs while it runs. The
+/// scheduler only starts steps whose requests fit beside the running ones.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpu: f64,
+    pub memory_bytes: u64,
+    pub gpu: u32,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            cpu: 1.0,
+            memory_bytes: 0,
+            gpu: 0,
+        }
+    }
+}
+
+/// A size written `512MiB`, `2GiB`, `1.5GB`, `100k` or a number of bytes.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = (&t[..split], t[split..].trim());
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size; write e.g. 512MiB or 2GiB"))?;
+    let factor: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "ki" | "kib" => 1024.0,
+        "mi" | "mib" => 1024.0 * 1024.0,
+        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "ti" | "tib" => 1024f64.powi(4),
+        _ => {
+            return Err(format!(
+            "'{text}' has an unknown unit '{unit}'; use B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB)"
+        ))
+        }
+    };
+    Ok((n * factor).round() as u64)
 }
 
 /// `retry: { attempts, backoff, max_backoff, on }`.
@@ -219,8 +269,21 @@ struct RawStep {
     timeout: Option<Spanned<Value>>,
     #[serde(default)]
     retry: Option<Spanned<RawRetry>>,
+    #[serde(default)]
+    resources: Option<Spanned<RawResources>>,
     #[allow(dead_code)]
     description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResources {
+    #[serde(default)]
+    cpu: Option<f64>,
+    #[serde(default)]
+    memory: Option<Value>,
+    #[serde(default)]
+    gpu: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -628,6 +691,43 @@ fn build_step(
             on_timeout,
         })
     });
+    let mut resources = Resources::default();
+    if let Some(r) = &raw.resources {
+        let line = Some(r.referenced.line());
+        if let Some(cpu) = r.value.cpu {
+            if cpu > 0.0 && cpu.is_finite() {
+                resources.cpu = cpu;
+            } else {
+                issues.push(SpecIssue {
+                    line,
+                    field: field("resources.cpu"),
+                    message: format!(
+                        "{cpu} is not a CPU count; use a positive number such as 0.5 or 2"
+                    ),
+                    hint: None,
+                });
+            }
+        }
+        if let Some(memory) = &r.value.memory {
+            let parsed = match memory {
+                Value::Number(n) => n.as_u64().ok_or_else(|| format!("{n} is not a size")),
+                Value::String(text) => parse_bytes(text),
+                other => Err(format!("{other} is not a size; write e.g. 512MiB or 2GiB")),
+            };
+            match parsed {
+                Ok(bytes) => resources.memory_bytes = bytes,
+                Err(message) => issues.push(SpecIssue {
+                    line,
+                    field: field("resources.memory"),
+                    message,
+                    hint: None,
+                }),
+            }
+        }
+        if let Some(gpu) = r.value.gpu {
+            resources.gpu = gpu;
+        }
+    }
     let cache_version = raw.cache_version.as_ref().map(|v| match &v.value {
         Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -646,6 +746,7 @@ fn build_step(
         cache_version,
         timeout_ms,
         retry,
+        resources,
     })
 }
 
@@ -914,6 +1015,32 @@ steps:
         assert!(err.contains("attempts is 0"), "{err}");
         assert!(
             err.contains("\"oom\" is neither `timeout` nor an exit code"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn resources_parse_with_units() {
+        let p = parse_ok("version: 1\nsteps:\n  a:\n    run: x\n    resources: { cpu: 0.5, memory: 2GiB, gpu: 1 }\n  b:\n    run: y\n");
+        assert_eq!(
+            p.steps[0].resources,
+            Resources {
+                cpu: 0.5,
+                memory_bytes: 2 << 30,
+                gpu: 1
+            }
+        );
+        assert_eq!(p.steps[1].resources, Resources::default());
+        assert_eq!(parse_bytes("1.5GB"), Ok(1_500_000_000));
+        let err = parse_err(
+            "version: 1\nsteps:\n  a:\n    run: x\n    resources: { cpu: -1, memory: 2 lots }\n",
+        );
+        assert!(
+            err.contains("steps.a.resources.cpu: -1 is not a CPU count"),
+            "{err}"
+        );
+        assert!(
+            err.contains("steps.a.resources.memory: '2 lots' has an unknown unit 'lots'"),
             "{err}"
         );
     }

@@ -303,6 +303,7 @@ async fn run_command(
         .env("WEIR_OUTPUTS_DIR", outputs_dir)
         .env("WEIR_PARAMS", &params_file)
         .env("WEIR_METRICS_FILE", &metrics_file)
+        .envs(gpu_env())
         .env("WEIR_RUN_ID", &run.id)
         .env("WEIR_STEP", &step.name)
         .stdin(Stdio::null())
@@ -336,6 +337,15 @@ async fn run_command(
         metrics,
         ..Default::default()
     })
+}
+
+/// The GPUs the runner gave this step, as CUDA sees them. Only when GPU
+/// scheduling is on (a `gpus` capacity is configured) are the others hidden.
+fn gpu_env() -> Vec<(&'static str, String)> {
+    match std::env::var("WEIR_GPU_IDS") {
+        Ok(ids) => vec![("CUDA_VISIBLE_DEVICES", ids.clone()), ("WEIR_GPU_IDS", ids)],
+        Err(_) => vec![],
+    }
 }
 
 fn indent(text: &str) -> String {

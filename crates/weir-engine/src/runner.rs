@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::task::JoinSet;
-use weir_core::pipeline::{Action, Pipeline};
+use weir_core::pipeline::{Action, Pipeline, Resources, SpecError, SpecIssue};
 use weir_store::{
     MetricPoint, ModelVersion, NewStepRun, RunRecord, RunStatus, StepStart, StepStatus,
 };
@@ -87,6 +87,12 @@ pub async fn run_pipeline(
     progress: &dyn Progress,
 ) -> Result<RunOutcome, EngineError> {
     ops::preflight(pipeline)?;
+    check_capacity(
+        pipeline,
+        ctx.config
+            .capacity()
+            .map_err(|e| EngineError::StepFailed(e.to_string()))?,
+    )?;
     let started = Instant::now();
     let base_dir = pipeline
         .base_dir()
@@ -288,6 +294,11 @@ async fn walk(
             .map_err(EngineError::io("cannot locate", "the weir executable"))?,
     };
     let mut running: JoinSet<Attempt> = JoinSet::new();
+    let mut slots = Slots::new(
+        ctx.config
+            .capacity()
+            .map_err(|e| EngineError::StepFailed(e.to_string()))?,
+    );
     let mut first_failure: Option<String> = None;
     // On Ctrl-C or SIGTERM the runner stops its step runtimes (each in its own
     // process group) and records the run as failed rather than leaving it running.
@@ -361,11 +372,14 @@ async fn walk(
                         ),
                     }
                 };
+                let Some(gpus) = slots.try_take(&step.name, step.resources) else {
+                    continue; // waits for running steps to free what it needs
+                };
                 ctx.store.start_step(&id, &start).await?;
                 status.insert(step.name.clone(), StepStatus::Running);
                 tracing::info!(run_id = %run.id, step = %step.name, step_run_id = %id, %reason, "launching step");
                 progress.step_running(&step.name, &reason);
-                launch(&mut running, &exe, ctx, step, id, Duration::ZERO);
+                launch(&mut running, &exe, ctx, step, id, &gpus, Duration::ZERO);
             }
         }
         let joined = tokio::select! {
@@ -415,7 +429,8 @@ async fn walk(
                 progress.step_retrying(&name, record.attempt + 1, policy.attempts, wait, &why);
                 tracing::info!(run_id = %run.id, step = %name, attempt = record.attempt + 1, ?wait, "retrying step");
                 ctx.store.retry_step(id, record.attempt + 1).await?;
-                launch(&mut running, &exe, ctx, step, id.to_string(), wait);
+                let gpus = slots.gpus_of(&name);
+                launch(&mut running, &exe, ctx, step, id.to_string(), &gpus, wait);
                 continue;
             }
         }
@@ -433,6 +448,7 @@ async fn walk(
             ));
         }
         status.insert(name.clone(), record.status);
+        slots.release(&name);
         progress.step_finished(
             &name,
             record.status,
@@ -550,6 +566,123 @@ async fn cancel_running(
     Ok(())
 }
 
+/// The machine's capacity, shared among running steps: CPUs and memory are
+/// counted, GPUs are handed out by index.
+struct Slots {
+    capacity: Resources,
+    cpu: f64,
+    memory: u64,
+    free_gpus: Vec<u32>,
+    held: HashMap<String, (Resources, Vec<u32>)>,
+}
+
+impl Slots {
+    fn new(capacity: Resources) -> Slots {
+        Slots {
+            capacity,
+            cpu: 0.0,
+            memory: 0,
+            free_gpus: (0..capacity.gpu).collect(),
+            held: HashMap::new(),
+        }
+    }
+
+    /// Reserves `request` for `step` if it fits now; returns the GPUs it gets.
+    fn try_take(&mut self, step: &str, request: Resources) -> Option<Vec<u32>> {
+        // A step alone always fits: larger requests are rejected before the run.
+        let cpu = request.cpu.min(self.capacity.cpu);
+        let fits = self.held.is_empty()
+            || (self.cpu + cpu <= self.capacity.cpu + 1e-9
+                && (request.memory_bytes == 0
+                    || self.memory + request.memory_bytes <= self.capacity.memory_bytes)
+                && request.gpu as usize <= self.free_gpus.len());
+        if !fits || (request.gpu as usize) > self.free_gpus.len() {
+            return None;
+        }
+        let gpus: Vec<u32> = self.free_gpus.drain(..request.gpu as usize).collect();
+        self.cpu += cpu;
+        self.memory += request.memory_bytes;
+        self.held.insert(
+            step.to_string(),
+            (Resources { cpu, ..request }, gpus.clone()),
+        );
+        Some(gpus)
+    }
+
+    fn gpus_of(&self, step: &str) -> Vec<u32> {
+        self.held
+            .get(step)
+            .map(|(_, g)| g.clone())
+            .unwrap_or_default()
+    }
+
+    fn release(&mut self, step: &str) {
+        if let Some((r, gpus)) = self.held.remove(step) {
+            self.cpu -= r.cpu;
+            self.memory -= r.memory_bytes;
+            self.free_gpus.extend(gpus);
+            self.free_gpus.sort_unstable();
+        }
+    }
+}
+
+/// Rejects, before anything runs, a step that could never fit this machine.
+fn check_capacity(pipeline: &Pipeline, capacity: Resources) -> Result<(), EngineError> {
+    let mut issues = Vec::new();
+    let gib = |b: u64| format!("{:.1}GiB", b as f64 / (1u64 << 30) as f64);
+    for step in &pipeline.steps {
+        let r = step.resources;
+        let mut push = |field: &str, message: String, hint: &str| {
+            issues.push(SpecIssue {
+                line: Some(step.line),
+                field: format!("steps.{}.resources.{field}", step.name),
+                message,
+                hint: Some(hint.to_string()),
+            })
+        };
+        if r.cpu > capacity.cpu {
+            push(
+                "cpu",
+                format!(
+                    "{} CPUs is more than this machine offers ({})",
+                    r.cpu, capacity.cpu
+                ),
+                "lower the request, or set WEIR_CPUS / `cpus` in weir.toml",
+            );
+        }
+        if r.memory_bytes > capacity.memory_bytes {
+            push(
+                "memory",
+                format!(
+                    "{} is more than this machine offers ({})",
+                    gib(r.memory_bytes),
+                    gib(capacity.memory_bytes)
+                ),
+                "lower the request, or set WEIR_MEMORY / `memory` in weir.toml",
+            );
+        }
+        if r.gpu > capacity.gpu {
+            push(
+                "gpu",
+                format!(
+                    "{} GPUs is more than this machine offers ({})",
+                    r.gpu, capacity.gpu
+                ),
+                "lower the request, or set WEIR_GPUS / `gpus` in weir.toml",
+            );
+        }
+    }
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(SpecError::Invalid {
+            file: pipeline.file.clone(),
+            issues,
+        }
+        .into())
+    }
+}
+
 /// One finished attempt of a step, as the runner sees it.
 struct Attempt {
     step: String,
@@ -567,11 +700,17 @@ fn launch(
     ctx: &Context,
     step: &weir_core::pipeline::Step,
     id: String,
+    gpus: &[u32],
     delay: Duration,
 ) {
+    let mut env = ctx.config.child_env();
+    if ctx.config.capacity().is_ok_and(|c| c.gpu > 0) {
+        let ids: Vec<String> = gpus.iter().map(u32::to_string).collect();
+        env.push(("WEIR_GPU_IDS", ids.join(",")));
+    }
     let exec = Exec {
         exe: exe.to_path_buf(),
-        env: ctx.config.child_env(),
+        env,
         store: ctx.store.clone(),
         id,
     };

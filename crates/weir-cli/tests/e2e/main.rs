@@ -8,4 +8,5 @@ mod flights;
 mod pipelines;
 mod recovery;
 mod retries;
+mod scheduling;
 mod team_backends;

@@ -51,6 +51,17 @@ pub struct Step {
     pub retry: Option<RetryPolicy>,
     #[serde(default)]
     pub resources: Resources,
+    /// The step gets WEIR_CHECKPOINT_DIR, saved while it runs and restored
+    /// on its next attempt.
+    #[serde(default)]
+    pub preemptible: bool,
+    /// How long a preempted step may take to checkpoint after SIGTERM.
+    #[serde(default = "default_grace_ms")]
+    pub grace_ms: u64,
+}
+
+fn default_grace_ms() -> u64 {
+    30_000
 }
 
 /// `resources: { cpu, memory, gpu }`: what a step needs while it runs. The
@@ -271,6 +282,10 @@ struct RawStep {
     retry: Option<Spanned<RawRetry>>,
     #[serde(default)]
     resources: Option<Spanned<RawResources>>,
+    #[serde(default)]
+    preemptible: Option<bool>,
+    #[serde(default)]
+    grace: Option<Spanned<Value>>,
     #[allow(dead_code)]
     description: Option<String>,
 }
@@ -628,6 +643,11 @@ fn build_step(
         }
     };
     let timeout_ms = raw.timeout.as_ref().and_then(|t| duration(t, "timeout"));
+    let grace_ms = raw
+        .grace
+        .as_ref()
+        .and_then(|g| duration(g, "grace"))
+        .unwrap_or_else(default_grace_ms);
     if timeout_ms == Some(0) {
         issues.push(SpecIssue {
             line: raw.timeout.as_ref().map(|t| t.referenced.line()),
@@ -691,6 +711,14 @@ fn build_step(
             on_timeout,
         })
     });
+    if raw.preemptible == Some(true) && matches!(action, Action::Builtin(_)) {
+        issues.push(SpecIssue {
+            line: Some(line),
+            field: field("preemptible"),
+            message: "only `run:` steps can be preemptible: built-in ops do not checkpoint".into(),
+            hint: None,
+        });
+    }
     let mut resources = Resources::default();
     if let Some(r) = &raw.resources {
         let line = Some(r.referenced.line());
@@ -745,8 +773,20 @@ fn build_step(
         cache: raw.cache.unwrap_or(true),
         cache_version,
         timeout_ms,
-        retry,
+        retry: match (retry, raw.preemptible.unwrap_or(false)) {
+            // A preempted attempt is worth retrying: it resumes from its checkpoint.
+            (None, true) => Some(RetryPolicy {
+                attempts: 3,
+                backoff_ms: 1000,
+                max_backoff_ms: 60_000,
+                exit_codes: None,
+                on_timeout: true,
+            }),
+            (retry, _) => retry,
+        },
         resources,
+        preemptible: raw.preemptible.unwrap_or(false),
+        grace_ms,
     })
 }
 

@@ -29,6 +29,102 @@ pub struct StagedInput {
     pub from: String,
 }
 
+/// How often a running preemptible step's checkpoint directory is saved, so
+/// even a hard kill loses at most this much of it.
+const CHECKPOINT_SYNC: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The checkpoint directory of a preemptible step: restored from the step
+/// run's last saved checkpoint, saved as a directory artifact. A save
+/// records the new checkpoint only after every file of it is stored, so a
+/// failed save leaves the previous one in place.
+struct Checkpoint {
+    dir: PathBuf,
+}
+
+impl Checkpoint {
+    async fn restore(
+        ctx: &Context,
+        step_run_id: &str,
+        work: &Path,
+        log: &StepLog,
+    ) -> Result<Checkpoint, EngineError> {
+        let dir = work.join("checkpoint");
+        let record = ctx.store.step_run(step_run_id).await?;
+        match record.checkpoint_digest {
+            Some(hex) => {
+                let digest: weir_core::Digest = hex
+                    .parse()
+                    .map_err(|e| EngineError::corrupt("step_runs.checkpoint_digest", e))?;
+                ctx.artifacts
+                    .fetch(&digest, weir_core::ArtifactKind::Dir, &dir)
+                    .await?;
+                log.line(format!(
+                    "restored checkpoint {} into $WEIR_CHECKPOINT_DIR",
+                    digest.short()
+                ));
+            }
+            None => {
+                std::fs::create_dir_all(&dir).map_err(EngineError::io("cannot create", &dir))?
+            }
+        }
+        Ok(Checkpoint { dir })
+    }
+
+    async fn save(&self, ctx: &Context, step_run_id: &str) -> Result<(), EngineError> {
+        let stored = ctx.artifacts.put_dir(&self.dir).await?;
+        let current = ctx.store.step_run(step_run_id).await?.checkpoint_digest;
+        if current.as_deref() != Some(stored.digest.hex().as_str()) {
+            ctx.store
+                .set_checkpoint(step_run_id, &artifact_record(stored))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Sends `signal` to this step runtime's process group: the command and all
+/// it started (the runtime itself handles the signal).
+fn signal_group(signal: i32) {
+    // SAFETY: getpgrp and kill take and return plain integers.
+    unsafe {
+        libc::kill(-libc::getpgrp(), signal);
+    }
+}
+
+/// SIGKILLs every other process of this runtime's group, keeping the runtime
+/// alive to save the checkpoint and record the outcome.
+fn kill_rest_of_group() {
+    // SAFETY: getpgrp takes no arguments.
+    let group = unsafe { libc::getpgrp() };
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Field 5 (the process group) is the third after the command name.
+        let pgrp = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+            .and_then(|g| g.parse::<i32>().ok());
+        if pid != me && pgrp == Some(group) {
+            // SAFETY: kill takes plain integers.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 /// A step runtime must not outlive its runner: the kernel kills it when the
 /// runner dies, even by SIGKILL (set here rather than between fork and exec
 /// in the runner, so the runner can spawn with posix_spawn).
@@ -203,6 +299,8 @@ async fn run_step(
         }
         Action::Command(command) => {
             run_command(
+                ctx,
+                step_run_id,
                 base_dir,
                 params,
                 step,
@@ -264,6 +362,8 @@ fn finite_metrics(metrics: Vec<MetricPoint>, log: &StepLog) -> Vec<MetricPoint> 
 
 #[allow(clippy::too_many_arguments)]
 async fn run_command(
+    ctx: &Context,
+    step_run_id: &str,
     base_dir: &Path,
     params: &BTreeMap<String, serde_json::Value>,
     step: &Step,
@@ -294,7 +394,29 @@ async fn run_command(
         .try_clone()
         .map_err(EngineError::io("cannot open", log.path()))
         .map_err(fail)?;
-    let status = tokio::process::Command::new("sh")
+    let checkpoint = match step.preemptible {
+        true => Some(
+            Checkpoint::restore(ctx, step_run_id, work, log)
+                .await
+                .map_err(fail)?,
+        ),
+        false => None,
+    };
+    // A preemptible step's runtime outlives the SIGTERM of a preemption long
+    // enough to let the command checkpoint and to save what it wrote.
+    let mut sigterm = match step.preemptible {
+        true => Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(
+                |e| {
+                    fail(EngineError::StepFailed(format!(
+                        "cannot watch for SIGTERM: {e}"
+                    )))
+                },
+            )?,
+        ),
+        false => None,
+    };
+    let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
         .current_dir(base_dir)
@@ -304,18 +426,67 @@ async fn run_command(
         .env("WEIR_PARAMS", &params_file)
         .env("WEIR_METRICS_FILE", &metrics_file)
         .envs(gpu_env())
+        .envs(
+            checkpoint
+                .as_ref()
+                .map(|c| ("WEIR_CHECKPOINT_DIR", c.dir.clone())),
+        )
         .env("WEIR_RUN_ID", &run.id)
         .env("WEIR_STEP", &step.name)
         .stdin(Stdio::null())
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr))
-        .status()
-        .await
+        .spawn()
         .map_err(|e| {
             fail(EngineError::StepFailed(format!(
                 "cannot start `sh -c {command}`: {e}"
             )))
         })?;
+    let mut preempted = false;
+    let mut sync = tokio::time::interval(CHECKPOINT_SYNC);
+    sync.tick().await;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            _ = sync.tick(), if checkpoint.is_some() => {
+                if let Some(c) = &checkpoint {
+                    if let Err(e) = c.save(ctx, step_run_id).await {
+                        log.line(format!("warning: cannot save the checkpoint yet: {e}"));
+                    }
+                }
+            }
+            _ = async { sigterm.as_mut().expect("guarded").recv().await }, if sigterm.is_some() => {
+                preempted = true;
+                let grace = std::time::Duration::from_millis(step.grace_ms);
+                log.line(format!("preempted (SIGTERM): the command has {} to checkpoint", humantime::format_duration(grace)));
+                signal_group(libc::SIGTERM);
+                match tokio::time::timeout(grace, child.wait()).await {
+                    Ok(status) => break status,
+                    Err(_) => {
+                        log.line("the grace period is over: stopping the command (SIGKILL)");
+                        kill_rest_of_group();
+                        break child.wait().await;
+                    }
+                }
+            }
+        }
+    }
+    .map_err(|e| fail(EngineError::StepFailed(format!("lost the command `{command}`: {e}"))))?;
+    if let Some(c) = &checkpoint {
+        c.save(ctx, step_run_id).await.map_err(|e| {
+            fail(EngineError::StepFailed(format!(
+                "cannot save the checkpoint in $WEIR_CHECKPOINT_DIR: {e}\n  hint: the previous checkpoint is kept; write checkpoint files atomically (write, then rename)"
+            )))
+        })?;
+    }
+    if preempted {
+        return Err((
+            EngineError::StepFailed(
+                "preempted (SIGTERM); the checkpoint was saved and the next attempt resumes from it".into(),
+            ),
+            Some(143),
+        ));
+    }
     if !status.success() {
         let code = status.code().map(i64::from);
         let how = match code {

@@ -112,6 +112,8 @@ pub struct StepRunRecord {
     /// The host and process group of the step's runtime, while it runs.
     pub host: Option<String>,
     pub pgid: Option<i64>,
+    /// The last checkpoint saved by a preemptible step.
+    pub checkpoint_digest: Option<String>,
 }
 
 impl StepRunRecord {
@@ -152,7 +154,7 @@ const RUN_COLUMNS: &str =
     "id, pipeline, spec_file, spec_json, params_json, status, git_rev, started_at, \
      ended_at, error, runner, heartbeat_at";
 const STEP_COLUMNS: &str = "id, run_id, step, kind, status, spec_json, inputs_json, started_at, \
-     ended_at, exit_code, error, log_digest, sources_json, cache_key, cached_from, attempt, host, pgid";
+     ended_at, exit_code, error, log_digest, sources_json, cache_key, cached_from, attempt, host, pgid, checkpoint_digest";
 
 fn run_from_row(row: &AnyRow) -> Result<RunRecord> {
     Ok(RunRecord {
@@ -191,6 +193,7 @@ fn step_from_row(row: &AnyRow) -> Result<StepRunRecord> {
         attempt: row.try_get("attempt")?,
         host: row.try_get("host")?,
         pgid: row.try_get("pgid")?,
+        checkpoint_digest: row.try_get("checkpoint_digest")?,
     })
 }
 
@@ -342,6 +345,19 @@ impl Store {
         .bind(StepStatus::Succeeded.as_str())
         .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a saved checkpoint (a directory artifact whose bytes are stored).
+    pub async fn set_checkpoint(&self, id: &str, checkpoint: &ArtifactRecord) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE step_runs SET checkpoint_digest = $1 WHERE id = $2")
+            .bind(checkpoint.digest.hex())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        insert_artifact(&mut tx, checkpoint).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -6,6 +6,7 @@ mod caching;
 mod common;
 mod flights;
 mod pipelines;
+mod preemption;
 mod recovery;
 mod retries;
 mod scheduling;

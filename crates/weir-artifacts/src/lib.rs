@@ -328,6 +328,61 @@ impl ArtifactStore {
         })
     }
 
+    /// A directory made of artifacts already stored: a file artifact becomes
+    /// the entry `name`, a directory artifact the entries `name/...`. Only the
+    /// new manifest is written.
+    pub async fn compose_dir(&self, parts: &[(String, Digest, ArtifactKind)]) -> Result<Stored> {
+        let mut entries = Vec::new();
+        for (name, digest, kind) in parts {
+            match kind {
+                ArtifactKind::File => {
+                    let size = match self.backend.head(&self.key(digest)).await {
+                        Ok(meta) => meta.size,
+                        Err(object_store::Error::NotFound { .. }) => {
+                            return Err(ArtifactError::Missing {
+                                digest: digest.hex(),
+                                location: self.location.clone(),
+                            })
+                        }
+                        Err(e) => return Err(self.backend_err()(e)),
+                    };
+                    entries.push(ManifestEntry {
+                        path: name.clone(),
+                        digest: *digest,
+                        size,
+                    });
+                }
+                ArtifactKind::Dir => {
+                    let bytes = self.get(digest).await?;
+                    let manifest: Manifest =
+                        serde_json::from_slice(&bytes).map_err(|e| ArtifactError::BadManifest {
+                            digest: digest.hex(),
+                            reason: e.to_string(),
+                        })?;
+                    for e in manifest.files {
+                        entries.push(ManifestEntry {
+                            path: format!("{name}/{}", e.path),
+                            ..e
+                        });
+                    }
+                }
+            }
+        }
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        let size = entries.iter().map(|e| e.size).sum();
+        let manifest = serde_json::to_vec(&Manifest {
+            weir_manifest: 1,
+            files: entries,
+        })
+        .expect("a manifest always serializes");
+        let stored = self.put_bytes(Bytes::from(manifest)).await?;
+        Ok(Stored {
+            digest: stored.digest,
+            size,
+            kind: ArtifactKind::Dir,
+        })
+    }
+
     /// Reads a blob and checks it against its digest.
     pub async fn get(&self, digest: &Digest) -> Result<Bytes> {
         let bytes = match self.backend.get(&self.key(digest)).await {

@@ -167,6 +167,10 @@ pub enum Action {
 pub struct InputRef {
     pub step: String,
     pub output: String,
+    /// For a `foreach` step: the instances whose outputs are gathered, one
+    /// directory entry each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<String>,
 }
 
 impl fmt::Display for InputRef {
@@ -191,7 +195,13 @@ impl Pipeline {
 impl Step {
     /// Steps this one reads from, each once.
     pub fn upstream(&self) -> BTreeSet<&str> {
-        self.inputs.values().map(|r| r.step.as_str()).collect()
+        self.inputs
+            .values()
+            .flat_map(|r| match r.instances.is_empty() {
+                true => vec![r.step.as_str()],
+                false => r.instances.iter().map(String::as_str).collect(),
+            })
+            .collect()
     }
 }
 
@@ -282,6 +292,8 @@ struct RawStep {
     retry: Option<Spanned<RawRetry>>,
     #[serde(default)]
     resources: Option<Spanned<RawResources>>,
+    #[serde(default)]
+    foreach: Option<Spanned<Value>>,
     #[serde(default)]
     preemptible: Option<bool>,
     #[serde(default)]
@@ -405,15 +417,55 @@ pub fn parse(
 
     let mut steps = Vec::new();
     let mut step_lines = HashMap::new();
+    let mut fanouts: HashMap<String, Vec<String>> = HashMap::new();
     for (step_name, raw_step) in &raw.steps.value {
         let line = raw_step.referenced.line();
         step_lines.insert(step_name.clone(), line);
-        if let Some(step) = build_step(step_name, &raw_step.value, line, &params, &mut issues) {
-            steps.push((step, raw_step));
+        match &raw_step.value.foreach {
+            None => {
+                if let Some(step) =
+                    build_step(step_name, None, &raw_step.value, line, &params, &mut issues)
+                {
+                    steps.push((step, raw_step));
+                }
+            }
+            Some(foreach) => match foreach_items(&foreach.value) {
+                Ok(items) => {
+                    let mut names = Vec::new();
+                    for item in &items {
+                        if let Some(step) = build_step(
+                            step_name,
+                            Some(item),
+                            &raw_step.value,
+                            line,
+                            &params,
+                            &mut issues,
+                        ) {
+                            names.push(step.name.clone());
+                            steps.push((step, raw_step));
+                        }
+                    }
+                    fanouts.insert(step_name.clone(), names);
+                }
+                Err(message) => issues.push(SpecIssue {
+                    line: Some(foreach.referenced.line()),
+                    field: format!("steps.{step_name}.foreach"),
+                    message,
+                    hint: None,
+                }),
+            },
+        }
+    }
+    // A reference to a foreach step gathers the output of every instance.
+    for (step, _) in steps.iter_mut() {
+        for r in step.inputs.values_mut() {
+            if let Some(names) = fanouts.get(&r.step) {
+                r.instances = names.clone();
+            }
         }
     }
 
-    check_references(&steps, &mut issues);
+    check_references(&steps, &fanouts, &mut issues);
     if !issues.is_empty() {
         return Err(invalid(issues));
     }
@@ -443,12 +495,17 @@ pub fn parse(
 
 fn build_step(
     name: &str,
+    item: Option<&(String, Value)>,
     raw: &RawStep,
     line: u64,
     params: &BTreeMap<String, Value>,
     issues: &mut Vec<SpecIssue>,
 ) -> Option<Step> {
     let field = |f: &str| format!("steps.{name}.{f}");
+    let scope = Scope {
+        params,
+        item: item.map(|(_, v)| v),
+    };
     if !is_identifier(name) {
         issues.push(SpecIssue {
             line: Some(line),
@@ -483,7 +540,7 @@ fn build_step(
             }
         },
         (None, Some(run)) => {
-            let command = substitute_str(&run.value, params)
+            let command = substitute_str(&run.value, &scope)
                 .map_err(|m| {
                     issues.push(SpecIssue {
                         line: Some(run.referenced.line()),
@@ -508,7 +565,7 @@ fn build_step(
     let mut with = BTreeMap::new();
     if let Some(raw_with) = &raw.with {
         for (key, value) in &raw_with.value {
-            match substitute(value, params) {
+            match substitute(value, &scope) {
                 Ok(v) => {
                     with.insert(key.clone(), v);
                 }
@@ -524,7 +581,7 @@ fn build_step(
 
     let mut env = BTreeMap::new();
     for (key, value) in &raw.env {
-        match substitute_str(&value.value, params) {
+        match substitute_str(&value.value, &scope) {
             Ok(v) => {
                 env.insert(key.clone(), v);
             }
@@ -546,6 +603,7 @@ fn build_step(
                     InputRef {
                         step: step.to_string(),
                         output: output.to_string(),
+                        instances: Vec::new(),
                     },
                 );
             }
@@ -762,7 +820,10 @@ fn build_step(
     });
 
     Some(Step {
-        name: name.to_string(),
+        name: match item {
+            Some((label, _)) => format!("{name}[{label}]"),
+            None => name.to_string(),
+        },
         line,
         action,
         with,
@@ -790,8 +851,19 @@ fn build_step(
     })
 }
 
-fn check_references(steps: &[(Step, &Spanned<RawStep>)], issues: &mut Vec<SpecIssue>) {
-    let by_name: HashMap<&str, &Step> = steps.iter().map(|(s, _)| (s.name.as_str(), s)).collect();
+fn check_references(
+    steps: &[(Step, &Spanned<RawStep>)],
+    fanouts: &HashMap<String, Vec<String>>,
+    issues: &mut Vec<SpecIssue>,
+) {
+    let mut by_name: HashMap<&str, &Step> =
+        steps.iter().map(|(s, _)| (s.name.as_str(), s)).collect();
+    // A foreach step is referred to by its own name; its instances share outputs.
+    for (base, names) in fanouts {
+        if let Some(first) = names.first().and_then(|n| by_name.get(n.as_str()).copied()) {
+            by_name.insert(base.as_str(), first);
+        }
+    }
     for (step, raw) in steps {
         for (input, reference) in &step.inputs {
             let line = raw.value.inputs.get(input).map(|r| r.referenced.line());
@@ -911,9 +983,16 @@ fn parse_scalar(value: &str) -> Value {
         .unwrap_or_else(|| Value::String(value.to_string()))
 }
 
+/// What `${{ ... }}` can refer to: `params.NAME`, and in a `foreach` step
+/// `item` (or `item.KEY` for a matrix).
+struct Scope<'a> {
+    params: &'a BTreeMap<String, Value>,
+    item: Option<&'a Value>,
+}
+
 /// Substitutes `${{ params.x }}` in a value. A string that is exactly one
 /// reference takes the param's type (so numbers stay numbers).
-fn substitute(value: &Value, params: &BTreeMap<String, Value>) -> Result<Value, String> {
+fn substitute(value: &Value, params: &Scope) -> Result<Value, String> {
     Ok(match value {
         Value::String(s) => {
             let trimmed = s.trim();
@@ -946,7 +1025,7 @@ fn whole_reference(s: &str) -> Option<&str> {
     Some(inner.trim())
 }
 
-fn substitute_str(s: &str, params: &BTreeMap<String, Value>) -> Result<String, String> {
+fn substitute_str(s: &str, params: &Scope) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(start) = rest.find("${{") {
@@ -966,13 +1045,83 @@ fn substitute_str(s: &str, params: &BTreeMap<String, Value>) -> Result<String, S
     Ok(out)
 }
 
-fn lookup<'a>(expr: &str, params: &'a BTreeMap<String, Value>) -> Result<&'a Value, String> {
+fn lookup<'a>(expr: &str, scope: &Scope<'a>) -> Result<&'a Value, String> {
+    if expr == "item" || expr.starts_with("item.") {
+        let item = scope.item.ok_or_else(|| {
+            format!("'${{{{ {expr} }}}}' is only defined in a step with `foreach:`")
+        })?;
+        return match expr.strip_prefix("item.") {
+            None => Ok(item),
+            Some(key) => item
+                .get(key)
+                .ok_or_else(|| format!("the foreach item has no '{key}'")),
+        };
+    }
     let name = expr
         .strip_prefix("params.")
         .ok_or_else(|| format!("'${{{{ {expr} }}}}' is not a param reference"))?;
-    params
+    scope
+        .params
         .get(name)
         .ok_or_else(|| format!("unknown param '{name}'"))
+}
+
+/// A `foreach:` list, or a map of lists (a matrix: every combination), as
+/// (label, item) pairs. Labels name the instances: `train[0.1]`, `train[lr=0.1,depth=3]`.
+fn foreach_items(value: &Value) -> Result<Vec<(String, Value)>, String> {
+    let label_of = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().map_or(v.to_string(), str::to_string)))
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    };
+    let items: Vec<Value> = match value {
+        Value::Array(items) => items.clone(),
+        Value::Object(axes) => {
+            let mut combos = vec![serde_json::Map::new()];
+            for (key, values) in axes {
+                let Value::Array(values) = values else {
+                    return Err(format!("matrix axis '{key}' is {values}, not a list"));
+                };
+                if values.is_empty() {
+                    return Err(format!("matrix axis '{key}' is empty"));
+                }
+                combos = combos
+                    .into_iter()
+                    .flat_map(|c| {
+                        values.iter().map(move |v| {
+                            let mut c = c.clone();
+                            c.insert(key.clone(), v.clone());
+                            c
+                        })
+                    })
+                    .collect();
+            }
+            combos.into_iter().map(Value::Object).collect()
+        }
+        other => {
+            return Err(format!(
+                "foreach is {other}; give a list (`[a, b]`) or a map of lists (a matrix)"
+            ))
+        }
+    };
+    if items.is_empty() {
+        return Err("foreach is empty; give at least one item".into());
+    }
+    let mut labels: Vec<String> = items
+        .iter()
+        .map(|i| label_of(i).replace(['/', ' ', '\n'], "_"))
+        .collect();
+    let mut unique = labels.clone();
+    unique.sort();
+    unique.dedup();
+    if unique.len() != labels.len() {
+        labels = (0..items.len()).map(|i| i.to_string()).collect();
+    }
+    Ok(labels.into_iter().zip(items).collect())
 }
 
 #[cfg(test)]
@@ -1081,6 +1230,43 @@ steps:
         );
         assert!(
             err.contains("steps.a.resources.memory: '2 lots' has an unknown unit 'lots'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn foreach_expands_lists_and_matrices_and_gathers() {
+        let p = parse_ok(
+            "version: 1\nsteps:\n  train:\n    run: fit --lr ${{ item.lr }} --depth ${{ item.depth }}\n    foreach: { lr: [0.1, 0.01], depth: [3, 5] }\n    outputs: [model]\n  pick:\n    run: ls\n    inputs: { models: train.model }\n  each:\n    run: echo ${{ item }}\n    foreach: [a, b]\n",
+        );
+        let names: Vec<&str> = p.steps.iter().map(|s| s.name.as_str()).collect();
+        assert!(
+            names.contains(&"train[depth=3,lr=0.1]") && names.contains(&"each[b]"),
+            "{names:?}"
+        );
+        assert_eq!(names.len(), 4 + 1 + 2);
+        let t = p.step("train[depth=5,lr=0.01]").unwrap();
+        assert_eq!(t.action, Action::Command("fit --lr 0.01 --depth 5".into()));
+        let pick = p.step("pick").unwrap();
+        assert_eq!(pick.inputs["models"].instances.len(), 4);
+        assert_eq!(pick.upstream().len(), 4);
+        let pick_at = names.iter().position(|n| *n == "pick").unwrap();
+        assert!(
+            names[..pick_at]
+                .iter()
+                .filter(|n| n.starts_with("train["))
+                .count()
+                == 4,
+            "gathering waits for every instance"
+        );
+
+        let err = parse_err("version: 1\nsteps:\n  a:\n    run: echo ${{ item }}\n    foreach: 3\n  b:\n    run: echo ${{ item }}\n");
+        assert!(
+            err.contains("p.yaml:5: steps.a.foreach: foreach is 3; give a list"),
+            "{err}"
+        );
+        assert!(
+            err.contains("steps.b.run: '${{ item }}' is only defined in a step with `foreach:`"),
             "{err}"
         );
     }

@@ -323,6 +323,10 @@ async fn walk(
                 }
                 let mut inputs = BTreeMap::new();
                 for (name, r) in &step.inputs {
+                    if !r.instances.is_empty() {
+                        inputs.insert(name.clone(), gather(ctx, r, outputs).await?);
+                        continue;
+                    }
                     let produced = outputs
                         .get(&r.step)
                         .and_then(|o| o.get(&r.output))
@@ -746,6 +750,46 @@ fn launch(
 fn jittered(wait: Duration) -> Duration {
     use rand::Rng;
     wait.mul_f64(rand::rng().random_range(0.8..1.2))
+}
+
+/// The outputs of every instance of a `foreach` step, as one directory with
+/// an entry per instance (named by its label).
+async fn gather(
+    ctx: &Context,
+    r: &weir_core::pipeline::InputRef,
+    outputs: &HashMap<String, BTreeMap<String, StagedInput>>,
+) -> Result<StagedInput, EngineError> {
+    let mut parts = Vec::with_capacity(r.instances.len());
+    for instance in &r.instances {
+        let produced = outputs
+            .get(instance)
+            .and_then(|o| o.get(&r.output))
+            .ok_or_else(|| {
+                EngineError::corrupt(
+                    format!("outputs of step '{instance}'"),
+                    format!("'{}' was not recorded", r.output),
+                )
+            })?;
+        let label = instance
+            .strip_prefix(&format!("{}[", r.step))
+            .and_then(|l| l.strip_suffix(']'))
+            .unwrap_or(instance);
+        parts.push((label.to_string(), produced.digest, produced.kind));
+    }
+    let stored = ctx.artifacts.compose_dir(&parts).await?;
+    ctx.store
+        .record_artifact(&weir_store::ArtifactRecord {
+            digest: stored.digest,
+            size: stored.size as i64,
+            kind: stored.kind,
+            created_at: weir_core::now_ms(),
+        })
+        .await?;
+    Ok(StagedInput {
+        digest: stored.digest,
+        kind: stored.kind,
+        from: format!("{}[*].{}", r.step, r.output),
+    })
 }
 
 /// A succeeded step's outputs, as inputs for the steps that read them.

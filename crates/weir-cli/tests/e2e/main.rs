@@ -4,6 +4,7 @@
 
 mod caching;
 mod common;
+mod fanout;
 mod flights;
 mod pipelines;
 mod preemption;

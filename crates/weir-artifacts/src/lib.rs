@@ -314,18 +314,7 @@ impl ArtifactStore {
                 size: stored.size,
             });
         }
-        let size = entries.iter().map(|e| e.size).sum();
-        let manifest = serde_json::to_vec(&Manifest {
-            weir_manifest: 1,
-            files: entries,
-        })
-        .expect("a manifest always serializes");
-        let stored = self.put_bytes(Bytes::from(manifest)).await?;
-        Ok(Stored {
-            digest: stored.digest,
-            size,
-            kind: ArtifactKind::Dir,
-        })
+        self.put_manifest(entries).await
     }
 
     /// A directory made of artifacts already stored: a file artifact becomes
@@ -369,10 +358,15 @@ impl ArtifactStore {
             }
         }
         entries.sort_by(|a, b| a.path.cmp(&b.path));
-        let size = entries.iter().map(|e| e.size).sum();
+        self.put_manifest(entries).await
+    }
+
+    /// Stores the manifest of a directory whose files are already stored.
+    async fn put_manifest(&self, files: Vec<ManifestEntry>) -> Result<Stored> {
+        let size = files.iter().map(|e| e.size).sum();
         let manifest = serde_json::to_vec(&Manifest {
             weir_manifest: 1,
-            files: entries,
+            files,
         })
         .expect("a manifest always serializes");
         let stored = self.put_bytes(Bytes::from(manifest)).await?;

@@ -162,6 +162,25 @@ fn parse_params(raw: &[String]) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// The live display for people, nothing for `--json`.
+fn progress_for(json: bool) -> Box<dyn progress::Progress> {
+    if json {
+        Box::new(progress::Quiet)
+    } else {
+        Box::new(progress::Display::new())
+    }
+}
+
+/// Prints a run's outcome; the exit code says whether it succeeded.
+fn finish(outcome: &weir_engine::RunOutcome, json: bool) -> ExitCode {
+    output::run_outcome(outcome, json);
+    if outcome.status == weir_store::RunStatus::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 /// Records runs whose runner died as failed, and says so.
 async fn reap(ctx: &Context) -> Result<()> {
     for id in weir_engine::liveness::reap_orphaned_runs(ctx).await? {
@@ -191,18 +210,9 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 exec_binary: None,
                 no_cache,
             };
-            let outcome = if json {
-                weir_engine::run_pipeline(&ctx, &pipeline, &options, &progress::Quiet).await?
-            } else {
-                weir_engine::run_pipeline(&ctx, &pipeline, &options, &progress::Display::new())
-                    .await?
-            };
-            output::run_outcome(&outcome, json);
-            Ok(if outcome.status == weir_store::RunStatus::Succeeded {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            let outcome =
+                weir_engine::run_pipeline(&ctx, &pipeline, &options, &*progress_for(json)).await?;
+            Ok(finish(&outcome, json))
         }
         Command::Resume {
             run,
@@ -220,17 +230,9 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 exec_binary: None,
                 no_cache: false,
             };
-            let outcome = if json {
-                weir_engine::resume_run(&ctx, &run, &options, &progress::Quiet).await?
-            } else {
-                weir_engine::resume_run(&ctx, &run, &options, &progress::Display::new()).await?
-            };
-            output::run_outcome(&outcome, json);
-            Ok(if outcome.status == weir_store::RunStatus::Succeeded {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            let outcome =
+                weir_engine::resume_run(&ctx, &run, &options, &*progress_for(json)).await?;
+            Ok(finish(&outcome, json))
         }
         Command::Cancel { run } => {
             let ctx = Context::open(config(&cli.global, &[])?).await?;

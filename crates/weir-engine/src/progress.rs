@@ -65,6 +65,21 @@ impl Display {
         }
     }
 
+    /// Shows a step's final line: in place on a terminal, printed otherwise.
+    fn finish(&self, step: &str, symbol: &str, line: String) {
+        match self.bar(step) {
+            Some(bar) => {
+                bar.set_message(line);
+                bar.set_style(
+                    ProgressStyle::with_template("{prefix:.bold} {msg}").expect("valid template"),
+                );
+                bar.set_prefix(format!("{symbol} {step}"));
+                bar.finish();
+            }
+            None => eprintln!("{symbol} {step} {line}"),
+        }
+    }
+
     fn bar(&self, step: &str) -> Option<ProgressBar> {
         self.bars.lock().expect("bars").get(step).cloned()
     }
@@ -114,18 +129,11 @@ impl Progress for Display {
     }
 
     fn step_cached(&self, step: &str, from_run: &str) {
-        let line = format!("cached (from run {})", &from_run[..from_run.len().min(12)]);
-        match self.bar(step) {
-            Some(bar) => {
-                bar.set_message(line);
-                bar.set_style(
-                    ProgressStyle::with_template("{prefix:.bold} {msg}").expect("valid template"),
-                );
-                bar.set_prefix(format!("✓ {step}"));
-                bar.finish();
-            }
-            None => eprintln!("✓ {step} {line}"),
-        }
+        self.finish(
+            step,
+            "✓",
+            format!("cached (from run {})", &from_run[..from_run.len().min(12)]),
+        );
     }
 
     fn warning(&self, text: &str) {
@@ -133,18 +141,7 @@ impl Progress for Display {
     }
 
     fn step_done_earlier(&self, step: &str) {
-        let line = "succeeded earlier in this run";
-        match self.bar(step) {
-            Some(bar) => {
-                bar.set_message(line);
-                bar.set_style(
-                    ProgressStyle::with_template("{prefix:.bold} {msg}").expect("valid template"),
-                );
-                bar.set_prefix(format!("✓ {step}"));
-                bar.finish();
-            }
-            None => eprintln!("✓ {step} {line}"),
-        }
+        self.finish(step, "✓", "succeeded earlier in this run".to_string());
     }
 
     fn step_retrying(&self, step: &str, attempt: i64, attempts: u32, wait: Duration, why: &str) {
@@ -165,16 +162,6 @@ impl Progress for Display {
             (StepStatus::Failed, _) => format!("failed after {seconds:.2}s"),
             _ => format!("{status} in {seconds:.2}s"),
         };
-        match self.bar(step) {
-            Some(bar) => {
-                bar.set_message(line);
-                bar.set_style(
-                    ProgressStyle::with_template("{prefix:.bold} {msg}").expect("valid template"),
-                );
-                bar.set_prefix(format!("{} {step}", symbol(status)));
-                bar.finish();
-            }
-            None => eprintln!("{} {step} {line}", symbol(status)),
-        }
+        self.finish(step, symbol(status), line);
     }
 }

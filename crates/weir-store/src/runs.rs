@@ -450,10 +450,15 @@ impl Store {
 
     /// Marks a step running with the artifacts it was given and the cache
     /// key it runs under (valid once the step has succeeded).
+    ///
+    /// Only a pending step of a running run starts: a runner killed while its
+    /// statement was in flight (PostgreSQL may still execute it) cannot revive
+    /// a step that another command has since failed or skipped.
     pub async fn start_step(&self, id: &str, start: &StepStart) -> Result<()> {
-        sqlx::query(
+        let updated = sqlx::query(
             "UPDATE step_runs SET status = $1, started_at = $2, inputs_json = $3, cache_key = $4, \
-             cache_components = $5 WHERE id = $6",
+             cache_components = $5 WHERE id = $6 AND status = $7 \
+             AND run_id IN (SELECT id FROM runs WHERE status = $8)",
         )
         .bind(StepStatus::Running.as_str())
         .bind(weir_core::now_ms())
@@ -461,9 +466,26 @@ impl Store {
         .bind(&start.cache_key)
         .bind(&start.cache_components)
         .bind(id)
+        .bind(StepStatus::Pending.as_str())
+        .bind(RunStatus::Running.as_str())
         .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        self.expect_transition(id, updated, "start").await
+    }
+
+    /// A guarded status change that matched no row: the step or its run was
+    /// changed by someone else (typically: the run was reaped or cancelled).
+    async fn expect_transition(&self, id: &str, updated: u64, what: &str) -> Result<()> {
+        if updated == 1 {
+            return Ok(());
+        }
+        let step = self.step_run(id).await?;
+        let run = self.run(&step.run_id).await?;
+        Err(StoreError::Conflict(format!(
+            "cannot {what} step '{}': it is {} and its run is {}",
+            step.step, step.status, run.status
+        )))
     }
 
     /// The most recent successful step run recorded under `cache_key`.
@@ -553,17 +575,21 @@ impl Store {
 
     /// Starts the next attempt of a failed step.
     pub async fn retry_step(&self, id: &str, attempt: i64) -> Result<()> {
-        sqlx::query(
+        let updated = sqlx::query(
             "UPDATE step_runs SET status = $1, attempt = $2, started_at = $3, ended_at = NULL, \
-             exit_code = NULL, error = NULL WHERE id = $4",
+             exit_code = NULL, error = NULL WHERE id = $4 AND status = $5 \
+             AND run_id IN (SELECT id FROM runs WHERE status = $6)",
         )
         .bind(StepStatus::Running.as_str())
         .bind(attempt)
         .bind(weir_core::now_ms())
         .bind(id)
+        .bind(StepStatus::Failed.as_str())
+        .bind(RunStatus::Running.as_str())
         .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        self.expect_transition(id, updated, "retry").await
     }
 
     /// Marks steps that will never run because something upstream failed.

@@ -426,6 +426,42 @@ async fn orphaned_runs_fail_whole_and_reopen_for_resume(s: &Store) {
     assert!(err.to_string().contains("is not failed"), "{err}");
 }
 
+/// A runner killed mid-statement may have its last UPDATE executed late
+/// (PostgreSQL runs a received statement even after the client is gone): it
+/// must not revive a step of a run that was reaped in the meantime.
+async fn late_step_transitions_cannot_revive_a_reaped_run(s: &Store) {
+    let (run, steps) = new_run(&["a", "b"]);
+    s.create_run(&run, &steps).await.unwrap();
+    s.start_step(&steps[0].id, &StepStart::default())
+        .await
+        .unwrap();
+    s.fail_step(&steps[0].id, "boom", Some(1), None)
+        .await
+        .unwrap();
+    s.fail_orphaned_run(&run.id, "the runner stopped")
+        .await
+        .unwrap();
+    let err = s
+        .start_step(&steps[1].id, &StepStart::default())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("cannot start step 'b': it is skipped and its run is failed"),
+        "{err}"
+    );
+    let err = s.retry_step(&steps[0].id, 2).await.unwrap_err();
+    assert!(err.to_string().contains("cannot retry step 'a'"), "{err}");
+    let statuses: Vec<StepStatus> = s
+        .step_runs(&run.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, [StepStatus::Failed, StepStatus::Skipped]);
+}
+
 macro_rules! store_suite {
     ($($case:ident),* $(,)?) => {
         mod sqlite_backend {
@@ -456,6 +492,7 @@ store_suite!(
     concurrent_registrations_get_distinct_versions,
     cache_hits_copy_outputs_and_metrics,
     orphaned_runs_fail_whole_and_reopen_for_resume,
+    late_step_transitions_cannot_revive_a_reaped_run,
 );
 
 /// Separate stores on one SQLite file stand for separate `weir exec`
@@ -488,10 +525,12 @@ async fn sqlite_concurrent_writers_do_not_see_locked_errors() {
                     )],
                     ..Default::default()
                 };
-                store
-                    .start_step(&step.id, &StepStart::default())
-                    .await
-                    .unwrap();
+                if round == 0 {
+                    store
+                        .start_step(&step.id, &StepStart::default())
+                        .await
+                        .unwrap();
+                }
                 store.complete_step(&step.id, &completion).await.unwrap();
             }
             store.close().await;

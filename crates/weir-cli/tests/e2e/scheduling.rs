@@ -9,7 +9,7 @@ fn parallel_pipeline(sb: &Sandbox, resources: &str) {
     let mut yaml = String::from("version: 1\nsteps:\n");
     for name in ["a", "b", "c"] {
         yaml += &format!(
-            "  {name}:\n    run: echo \"$(date +%s%N) start\" >> times.{name}; sleep 0.6; echo \"$(date +%s%N) end\" >> times.{name}; echo \"$CUDA_VISIBLE_DEVICES\" > gpu.{name}\n    resources: {resources}\n"
+            "  {name}:\n    run: echo \"$(date +%s%N) start\" >> times.{name}; sleep 1; echo \"$(date +%s%N) end\" >> times.{name}; echo \"$CUDA_VISIBLE_DEVICES\" > gpu.{name}\n    resources: {resources}\n"
         );
     }
     sb.write("pipeline.yaml", &yaml);

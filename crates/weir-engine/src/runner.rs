@@ -304,6 +304,7 @@ async fn walk(
     // process group) and records the run as failed rather than leaving it running.
     let interrupted = interrupted();
     tokio::pin!(interrupted);
+    let mut was_interrupted = false;
 
     loop {
         if first_failure.is_none() {
@@ -388,9 +389,10 @@ async fn walk(
         }
         let joined = tokio::select! {
             joined = running.join_next() => joined,
-            _ = &mut interrupted, if first_failure.is_none() => {
+            _ = &mut interrupted, if !was_interrupted => {
+                was_interrupted = true;
                 cancel_running(ctx, &mut running, status, ids, progress).await?;
-                first_failure = Some("the run was cancelled (interrupted)".into());
+                first_failure.get_or_insert_with(|| "the run was cancelled (interrupted)".into());
                 continue;
             }
         };
@@ -463,10 +465,7 @@ async fn walk(
 
     for step in &pipeline.steps {
         if status[&step.name] == StepStatus::Pending {
-            let reason = if first_failure
-                .as_deref()
-                .is_some_and(|f| f.contains("cancelled"))
-            {
+            let reason = if was_interrupted {
                 "the run was cancelled"
             } else {
                 "an upstream step failed"

@@ -134,7 +134,7 @@ pub async fn run_detail(store: &Store, id: &str, json: bool) -> Result<()> {
                 json!({
                     "step": s.step, "step_run_id": s.id, "kind": s.kind, "status": s.status,
                     "started_at": s.started_at, "ended_at": s.ended_at, "exit_code": s.exit_code,
-                    "error": s.error, "log_digest": s.log_digest, "cached_from": s.cached_from, "attempt": s.attempt,
+                    "error": s.error, "log_digest": s.log_digest, "cached_from": s.cached_from, "attempt": s.attempt, "heartbeat_at": s.heartbeat_at,
                     "inputs": serde_json::from_str::<serde_json::Value>(&s.inputs_json).unwrap_or_default(),
                     "outputs": outputs.iter().map(|(n, a)| (n.clone(), json!({"digest": a.digest, "size": a.size, "kind": a.kind}))).collect::<serde_json::Map<_, _>>(),
                     "sources": s.sources(),

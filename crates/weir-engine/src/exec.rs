@@ -183,6 +183,17 @@ pub async fn exec_step(ctx: &Context, step_run_id: &str) -> Result<(), EngineErr
     std::fs::create_dir_all(&work.0).map_err(EngineError::io("cannot create", &work.0))?;
     let log = StepLog::create(&work.0.join("log.txt"))?;
 
+    let heartbeat = {
+        let (store, id) = (ctx.store.clone(), step_run_id.to_string());
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = store.heartbeat_step(&id).await {
+                    tracing::warn!(step_run_id = %id, error = %e, "cannot record a heartbeat");
+                }
+                tokio::time::sleep(crate::liveness::HEARTBEAT_EVERY).await;
+            }
+        })
+    };
     let result = run_step(
         ctx,
         &run,
@@ -195,6 +206,7 @@ pub async fn exec_step(ctx: &Context, step_run_id: &str) -> Result<(), EngineErr
         &log,
     )
     .await;
+    heartbeat.abort();
     let log_record = match ctx.artifacts.put_file(log.path()).await {
         Ok(stored) => Some(artifact_record(stored)),
         Err(e) => {

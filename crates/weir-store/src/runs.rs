@@ -114,6 +114,8 @@ pub struct StepRunRecord {
     pub pgid: Option<i64>,
     /// The last checkpoint saved by a preemptible step.
     pub checkpoint_digest: Option<String>,
+    /// When the step runtime last said it was alive.
+    pub heartbeat_at: Option<i64>,
 }
 
 impl StepRunRecord {
@@ -154,7 +156,7 @@ const RUN_COLUMNS: &str =
     "id, pipeline, spec_file, spec_json, params_json, status, git_rev, started_at, \
      ended_at, error, runner, heartbeat_at";
 const STEP_COLUMNS: &str = "id, run_id, step, kind, status, spec_json, inputs_json, started_at, \
-     ended_at, exit_code, error, log_digest, sources_json, cache_key, cached_from, attempt, host, pgid, checkpoint_digest";
+     ended_at, exit_code, error, log_digest, sources_json, cache_key, cached_from, attempt, host, pgid, checkpoint_digest, heartbeat_at";
 
 fn run_from_row(row: &AnyRow) -> Result<RunRecord> {
     Ok(RunRecord {
@@ -194,6 +196,7 @@ fn step_from_row(row: &AnyRow) -> Result<StepRunRecord> {
         host: row.try_get("host")?,
         pgid: row.try_get("pgid")?,
         checkpoint_digest: row.try_get("checkpoint_digest")?,
+        heartbeat_at: row.try_get("heartbeat_at")?,
     })
 }
 
@@ -346,6 +349,17 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// The step runtime of a running step says it is alive.
+    pub async fn heartbeat_step(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE step_runs SET heartbeat_at = $1 WHERE id = $2 AND status = $3")
+            .bind(weir_core::now_ms())
+            .bind(id)
+            .bind(StepStatus::Running.as_str())
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -207,6 +207,11 @@ fn cancel_stops_a_run_from_another_shell_and_resume_finishes_it() {
         .as_str()
         .unwrap()
         .to_string();
+    // The step runtime of the running step reports that it is alive.
+    wait_for("a heartbeat from the slow step", || {
+        let steps = steps_by_name(&sb, &run);
+        steps["slow"]["status"] == "running" && steps["slow"]["heartbeat_at"].is_i64()
+    });
     let out = sb.ok(&["cancel", &run[..10]]);
     assert!(out.contains("failed") && out.contains("cancelled"), "{out}");
     assert_eq!(child.wait().unwrap().code(), Some(1));

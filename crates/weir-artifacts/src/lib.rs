@@ -182,15 +182,14 @@ impl ArtifactStore {
         match kind {
             ArtifactKind::File => self.contains(digest).await,
             ArtifactKind::Dir => {
-                let bytes = match self.get(digest).await {
-                    Ok(b) => b,
-                    Err(ArtifactError::Missing { .. } | ArtifactError::Corrupt { .. }) => {
-                        return Ok(false)
-                    }
+                let manifest = match self.manifest(digest).await {
+                    Ok(m) => m,
+                    Err(
+                        ArtifactError::Missing { .. }
+                        | ArtifactError::Corrupt { .. }
+                        | ArtifactError::BadManifest { .. },
+                    ) => return Ok(false),
                     Err(e) => return Err(e),
-                };
-                let Ok(manifest) = serde_json::from_slice::<Manifest>(&bytes) else {
-                    return Ok(false);
                 };
                 for entry in &manifest.files {
                     if !self.contains(&entry.digest).await? {
@@ -342,13 +341,7 @@ impl ArtifactStore {
                     });
                 }
                 ArtifactKind::Dir => {
-                    let bytes = self.get(digest).await?;
-                    let manifest: Manifest =
-                        serde_json::from_slice(&bytes).map_err(|e| ArtifactError::BadManifest {
-                            digest: digest.hex(),
-                            reason: e.to_string(),
-                        })?;
-                    for e in manifest.files {
+                    for e in self.manifest(digest).await?.files {
                         entries.push(ManifestEntry {
                             path: format!("{name}/{}", e.path),
                             ..e
@@ -359,6 +352,15 @@ impl ArtifactStore {
         }
         entries.sort_by(|a, b| a.path.cmp(&b.path));
         self.put_manifest(entries).await
+    }
+
+    /// Reads and parses a directory artifact's manifest.
+    async fn manifest(&self, digest: &Digest) -> Result<Manifest> {
+        let bytes = self.get(digest).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ArtifactError::BadManifest {
+            digest: digest.hex(),
+            reason: e.to_string(),
+        })
     }
 
     /// Stores the manifest of a directory whose files are already stored.
@@ -405,12 +407,7 @@ impl ArtifactStore {
         match kind {
             ArtifactKind::File => self.fetch_file(digest, dest).await,
             ArtifactKind::Dir => {
-                let bytes = self.get(digest).await?;
-                let manifest: Manifest =
-                    serde_json::from_slice(&bytes).map_err(|e| ArtifactError::BadManifest {
-                        digest: digest.hex(),
-                        reason: e.to_string(),
-                    })?;
+                let manifest = self.manifest(digest).await?;
                 std::fs::create_dir_all(dest).map_err(io("cannot create", dest))?;
                 for entry in manifest.files {
                     let rel =

@@ -229,6 +229,18 @@ pub enum SpecError {
 }
 
 impl SpecError {
+    /// `Ok` when there are no issues, else all of them as one error.
+    pub fn check(file: &Path, issues: Vec<SpecIssue>) -> Result<(), SpecError> {
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(SpecError::Invalid {
+                file: file.to_path_buf(),
+                issues,
+            })
+        }
+    }
+
     pub fn issues(&self) -> &[SpecIssue] {
         match self {
             SpecError::Read { .. } => &[],

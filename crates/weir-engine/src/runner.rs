@@ -675,15 +675,7 @@ fn check_capacity(pipeline: &Pipeline, capacity: Resources) -> Result<(), Engine
             );
         }
     }
-    if issues.is_empty() {
-        Ok(())
-    } else {
-        Err(SpecError::Invalid {
-            file: pipeline.file.clone(),
-            issues,
-        }
-        .into())
-    }
+    Ok(SpecError::check(&pipeline.file, issues)?)
 }
 
 /// One finished attempt of a step, as the runner sees it.

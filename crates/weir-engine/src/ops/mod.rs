@@ -171,12 +171,5 @@ pub fn preflight(pipeline: &Pipeline) -> Result<(), SpecError> {
             });
         }
     }
-    if issues.is_empty() {
-        Ok(())
-    } else {
-        Err(SpecError::Invalid {
-            file: pipeline.file.clone(),
-            issues,
-        })
-    }
+    SpecError::check(&pipeline.file, issues)
 }

@@ -322,6 +322,11 @@ async fn walk(
                 {
                     continue;
                 }
+                // Wait for slots before any work: gathering and hashing inputs
+                // would otherwise be repeated each time the loop comes round.
+                if !slots.fits(step.resources) {
+                    continue;
+                }
                 let mut inputs = BTreeMap::new();
                 for (name, r) in &step.inputs {
                     if !r.instances.is_empty() {
@@ -378,7 +383,7 @@ async fn walk(
                     }
                 };
                 let Some(gpus) = slots.try_take(&step.name, step.resources) else {
-                    continue; // waits for running steps to free what it needs
+                    continue;
                 };
                 ctx.store.start_step(&id, &start).await?;
                 status.insert(step.name.clone(), StepStatus::Running);
@@ -590,18 +595,24 @@ impl Slots {
         }
     }
 
+    /// Whether `request` fits beside what is held now. A step alone always
+    /// fits: requests larger than the machine are rejected before the run.
+    fn fits(&self, request: Resources) -> bool {
+        let cpu = request.cpu.min(self.capacity.cpu);
+        let gpus_free = request.gpu as usize <= self.free_gpus.len();
+        gpus_free
+            && (self.held.is_empty()
+                || (self.cpu + cpu <= self.capacity.cpu + 1e-9
+                    && (request.memory_bytes == 0
+                        || self.memory + request.memory_bytes <= self.capacity.memory_bytes)))
+    }
+
     /// Reserves `request` for `step` if it fits now; returns the GPUs it gets.
     fn try_take(&mut self, step: &str, request: Resources) -> Option<Vec<u32>> {
-        // A step alone always fits: larger requests are rejected before the run.
-        let cpu = request.cpu.min(self.capacity.cpu);
-        let fits = self.held.is_empty()
-            || (self.cpu + cpu <= self.capacity.cpu + 1e-9
-                && (request.memory_bytes == 0
-                    || self.memory + request.memory_bytes <= self.capacity.memory_bytes)
-                && request.gpu as usize <= self.free_gpus.len());
-        if !fits || (request.gpu as usize) > self.free_gpus.len() {
+        if !self.fits(request) {
             return None;
         }
+        let cpu = request.cpu.min(self.capacity.cpu);
         let gpus: Vec<u32> = self.free_gpus.drain(..request.gpu as usize).collect();
         self.cpu += cpu;
         self.memory += request.memory_bytes;

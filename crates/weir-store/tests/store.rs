@@ -82,6 +82,15 @@ fn artifact(bytes: &[u8]) -> ArtifactRecord {
     }
 }
 
+async fn step_statuses(s: &Store, run_id: &str) -> Vec<StepStatus> {
+    s.step_runs(run_id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.status)
+        .collect()
+}
+
 fn new_run(steps: &[&str]) -> (RunRecord, Vec<NewStepRun>) {
     let run = RunRecord {
         id: weir_core::new_id(),
@@ -384,13 +393,7 @@ async fn orphaned_runs_fail_whole_and_reopen_for_resume(s: &Store) {
             .is_none(),
         "only once"
     );
-    let statuses: Vec<StepStatus> = s
-        .step_runs(&run.id)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.status)
-        .collect();
+    let statuses = step_statuses(s, &run.id).await;
     assert_eq!(
         statuses,
         [
@@ -407,13 +410,7 @@ async fn orphaned_runs_fail_whole_and_reopen_for_resume(s: &Store) {
         (reopened.status, reopened.runner.as_deref(), reopened.error),
         (RunStatus::Running, Some("here/1/2"), None)
     );
-    let statuses: Vec<StepStatus> = s
-        .step_runs(&run.id)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.status)
-        .collect();
+    let statuses = step_statuses(s, &run.id).await;
     assert_eq!(
         statuses,
         [
@@ -452,13 +449,7 @@ async fn late_step_transitions_cannot_revive_a_reaped_run(s: &Store) {
     );
     let err = s.retry_step(&steps[0].id, 2).await.unwrap_err();
     assert!(err.to_string().contains("cannot retry step 'a'"), "{err}");
-    let statuses: Vec<StepStatus> = s
-        .step_runs(&run.id)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.status)
-        .collect();
+    let statuses = step_statuses(s, &run.id).await;
     assert_eq!(statuses, [StepStatus::Failed, StepStatus::Skipped]);
 }
 

@@ -104,7 +104,12 @@ enum Command {
     },
     /// Run one step run (the step runtime; started by `weir run`)
     #[command(hide = true)]
-    Exec { step_run_id: String },
+    Exec {
+        step_run_id: String,
+        /// Read the task (JSON) from stdin instead of the metadata store
+        #[arg(long)]
+        task_on_stdin: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -245,9 +250,24 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Exec { step_run_id } => {
-            let ctx = Context::open_for_step(config(&cli.global, &[])?).await?;
-            weir_engine::exec::exec_step(&ctx, &step_run_id).await?;
+        Command::Exec {
+            step_run_id,
+            task_on_stdin,
+        } => {
+            let ctx = Context::open_for_step(config(&cli.global, &[])?)?;
+            let task = match task_on_stdin {
+                true => {
+                    use tokio::io::AsyncReadExt;
+                    let mut json = String::new();
+                    tokio::io::stdin()
+                        .read_to_string(&mut json)
+                        .await
+                        .context("cannot read the task from stdin")?;
+                    Some(serde_json::from_str(&json).context("the task on stdin is not valid")?)
+                }
+                false => None,
+            };
+            weir_engine::exec::exec_step(&ctx, &step_run_id, task).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Runs(RunsCommand::List { limit, json }) => {
@@ -331,7 +351,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(main_async(cli)) {
+    let result = runtime.block_on(main_async(cli));
+    // Everything the command does has been awaited; waiting for idle worker
+    // threads to wind down would only delay the exit (of every step runtime).
+    runtime.shutdown_background();
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -156,25 +156,61 @@ fn artifact_record(stored: weir_artifacts::Stored) -> ArtifactRecord {
     }
 }
 
+/// What a step runtime runs: the step with its resolved inputs and what it
+/// needs of its run. The local executor hands it over on stdin, so the
+/// runtime can start before its database connection is up; elsewhere the
+/// runtime reads it from the metadata store.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Task {
+    pub run_id: String,
+    pub step: Step,
+    pub inputs: BTreeMap<String, StagedInput>,
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// The pipeline file: commands run in its directory.
+    pub spec_file: String,
+}
+
+impl Task {
+    pub async fn load(ctx: &Context, step_run_id: &str) -> Result<Task, EngineError> {
+        let task = ctx.store.step_task(step_run_id).await?;
+        Ok(Task {
+            run_id: task.step.run_id,
+            step: serde_json::from_str(&task.step.spec_json)
+                .map_err(|e| EngineError::corrupt("step_runs.spec_json", e))?,
+            inputs: serde_json::from_str(&task.step.inputs_json)
+                .map_err(|e| EngineError::corrupt("step_runs.inputs_json", e))?,
+            params: serde_json::from_str(&task.params_json)
+                .map_err(|e| EngineError::corrupt("runs.params_json", e))?,
+            spec_file: task.spec_file,
+        })
+    }
+}
+
 /// Runs one step run to completion and records its outcome. The returned
-/// error has already been recorded on the step run.
-#[tracing::instrument(skip(ctx))]
-pub async fn exec_step(ctx: &Context, step_run_id: &str) -> Result<(), EngineError> {
+/// error has already been recorded on the step run. Without a `task`, the
+/// runtime reads it from the metadata store.
+#[tracing::instrument(skip(ctx, task))]
+pub async fn exec_step(
+    ctx: &Context,
+    step_run_id: &str,
+    task: Option<Task>,
+) -> Result<(), EngineError> {
     die_with_parent();
-    let record = ctx.store.step_run(step_run_id).await?;
-    let run = ctx.store.run(&record.run_id).await?;
-    let step: Step = serde_json::from_str(&record.spec_json)
-        .map_err(|e| EngineError::corrupt("step_runs.spec_json", e))?;
-    // The params and the pipeline's directory are all a step needs of its
-    // run; the full spec is parsed only to compute lineage.
-    let params: BTreeMap<String, serde_json::Value> = serde_json::from_str(&run.params_json)
-        .map_err(|e| EngineError::corrupt("runs.params_json", e))?;
-    let base_dir = Path::new(&run.spec_file)
+    let task = match task {
+        Some(task) => task,
+        None => Task::load(ctx, step_run_id).await?,
+    };
+    let Task {
+        run_id,
+        step,
+        inputs,
+        params,
+        spec_file,
+    } = task;
+    let base_dir = Path::new(&spec_file)
         .parent()
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    let inputs: BTreeMap<String, StagedInput> = serde_json::from_str(&record.inputs_json)
-        .map_err(|e| EngineError::corrupt("step_runs.inputs_json", e))?;
 
     // One scratch directory per step run, named by its id, so the processes
     // and files of a step whose runner died can be found and removed.
@@ -185,27 +221,28 @@ pub async fn exec_step(ctx: &Context, step_run_id: &str) -> Result<(), EngineErr
 
     let heartbeat = {
         let (store, id) = (ctx.store.clone(), step_run_id.to_string());
+        // Starting the step recorded its first heartbeat; beating at once
+        // would open a second database connection in most short steps.
         tokio::spawn(async move {
             loop {
+                tokio::time::sleep(crate::liveness::HEARTBEAT_EVERY).await;
                 if let Err(e) = store.heartbeat_step(&id).await {
                     tracing::warn!(step_run_id = %id, error = %e, "cannot record a heartbeat");
                 }
-                tokio::time::sleep(crate::liveness::HEARTBEAT_EVERY).await;
             }
         })
     };
-    let result = run_step(
+    let job = Job {
         ctx,
-        &run,
-        &base_dir,
-        &params,
-        &step,
+        run_id: &run_id,
         step_run_id,
-        &inputs,
-        &work.0,
-        &log,
-    )
-    .await;
+        step: &step,
+        params: &params,
+        base_dir: &base_dir,
+        work: &work.0,
+        log: &log,
+    };
+    let result = run_step(&job, &inputs).await;
     heartbeat.abort();
     let log_record = match ctx.artifacts.put_file(log.path()).await {
         Ok(stored) => Some(artifact_record(stored)),
@@ -214,7 +251,7 @@ pub async fn exec_step(ctx: &Context, step_run_id: &str) -> Result<(), EngineErr
             None
         }
     };
-    match result {
+    let outcome = match result {
         Ok(mut completion) => {
             tracing::info!(step = %step.name, outputs = completion.outputs.len(), metrics = completion.metrics.len(), "step succeeded");
             completion.log = log_record;
@@ -232,21 +269,50 @@ pub async fn exec_step(ctx: &Context, step_run_id: &str) -> Result<(), EngineErr
                 .await?;
             Err(error)
         }
-    }
+    };
+    say_recorded();
+    outcome
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The line a step runtime prints on stdout once the step's outcome is in
+/// the metadata store: the executor may go on from there, without waiting
+/// for this process to clean up and exit.
+pub const RECORDED: &str = "weir-exec: recorded";
+
+fn say_recorded() {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    // Nobody listening (a runtime started by hand) is not an error.
+    let _ = writeln!(out, "{RECORDED}").and_then(|()| out.flush());
+}
+
+/// One attempt of a step, as the runtime executes it.
+struct Job<'a> {
+    ctx: &'a Context,
+    run_id: &'a str,
+    step_run_id: &'a str,
+    step: &'a Step,
+    params: &'a BTreeMap<String, serde_json::Value>,
+    /// The pipeline file's directory: where commands run and paths resolve.
+    base_dir: &'a Path,
+    work: &'a Path,
+    log: &'a StepLog,
+}
+
 async fn run_step(
-    ctx: &Context,
-    run: &weir_store::RunRecord,
-    base_dir: &Path,
-    params: &BTreeMap<String, serde_json::Value>,
-    step: &Step,
-    step_run_id: &str,
+    job: &Job<'_>,
     inputs: &BTreeMap<String, StagedInput>,
-    work: &Path,
-    log: &StepLog,
 ) -> Result<StepCompletion, (EngineError, Option<i64>)> {
+    let Job {
+        ctx,
+        run_id,
+        step_run_id,
+        step,
+        base_dir,
+        work,
+        log,
+        ..
+    } = *job;
     let fail = |e: EngineError| (e, None);
     let inputs_dir = work.join("inputs");
     let outputs_dir = work.join("outputs");
@@ -273,18 +339,21 @@ async fn run_step(
     let outcome = match &step.action {
         Action::Builtin(op) => {
             let lineage = match op {
-                weir_core::ops::BuiltinOp::Register => Some(
-                    crate::lineage::lineage(ctx, run, step)
-                        .await
-                        .map_err(fail)?,
-                ),
+                weir_core::ops::BuiltinOp::Register => {
+                    let run = ctx.store.run(run_id).await.map_err(|e| fail(e.into()))?;
+                    Some(
+                        crate::lineage::lineage(ctx, &run, step)
+                            .await
+                            .map_err(fail)?,
+                    )
+                }
                 _ => None,
             };
             let op = *op;
             let (step, base_dir, outputs_dir) =
                 (step.clone(), base_dir.to_path_buf(), outputs_dir.clone());
             let input_digests = inputs.iter().map(|(k, v)| (k.clone(), v.digest)).collect();
-            let (run_id, step_run_id) = (run.id.clone(), step_run_id.to_string());
+            let (run_id, step_run_id) = (run_id.to_string(), step_run_id.to_string());
             let log_path = log.path().to_path_buf();
             tokio::task::spawn_blocking(move || {
                 let log = StepLog::append(&log_path)?;
@@ -309,22 +378,7 @@ async fn run_step(
             .map_err(|e| fail(EngineError::StepFailed(format!("the op panicked: {e}"))))?
             .map_err(fail)?
         }
-        Action::Command(command) => {
-            run_command(
-                ctx,
-                step_run_id,
-                base_dir,
-                params,
-                step,
-                run,
-                command,
-                &inputs_dir,
-                &outputs_dir,
-                work,
-                log,
-            )
-            .await?
-        }
+        Action::Command(command) => run_command(job, command, &inputs_dir, &outputs_dir).await?,
     };
 
     let mut completion = StepCompletion {
@@ -372,20 +426,22 @@ fn finite_metrics(metrics: Vec<MetricPoint>, log: &StepLog) -> Vec<MetricPoint> 
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run_command(
-    ctx: &Context,
-    step_run_id: &str,
-    base_dir: &Path,
-    params: &BTreeMap<String, serde_json::Value>,
-    step: &Step,
-    run: &weir_store::RunRecord,
+    job: &Job<'_>,
     command: &str,
     inputs_dir: &Path,
     outputs_dir: &Path,
-    work: &Path,
-    log: &StepLog,
 ) -> Result<OpOutcome, (EngineError, Option<i64>)> {
+    let Job {
+        ctx,
+        run_id,
+        step_run_id,
+        step,
+        params,
+        base_dir,
+        work,
+        log,
+    } = *job;
     let fail = |e: EngineError| (e, None);
     let params_file = work.join("params.json");
     let contract = serde_json::json!({ "with": step.with, "params": params });
@@ -443,7 +499,7 @@ async fn run_command(
                 .as_ref()
                 .map(|c| ("WEIR_CHECKPOINT_DIR", c.dir.clone())),
         )
-        .env("WEIR_RUN_ID", &run.id)
+        .env("WEIR_RUN_ID", run_id)
         .env("WEIR_STEP", &step.name)
         .stdin(Stdio::null())
         .stdout(Stdio::from(stdout))
@@ -509,7 +565,7 @@ async fn run_command(
             EngineError::StepFailed(format!(
                 "command `{command}` {how}; last lines of its output:\n{}\n  hint: see the whole log with `weir logs {} {}`",
                 indent(&log.tail(15)),
-                &run.id[..12],
+                &run_id[..12],
                 step.name
             )),
             code,

@@ -4,8 +4,9 @@
 //!
 //! The runner never runs a step in its own process: every step, built-in or
 //! command, runs in a `weir exec <step-run-id>` child that stages inputs,
-//! runs, uploads outputs and records the result. The runner and the step
-//! runtime communicate only through the metadata and artifact stores.
+//! runs, uploads outputs and records the result. The outcome goes through
+//! the metadata and artifact stores; the local executor also hands the
+//! runtime its task on stdin and hears on stdout when the outcome is recorded.
 
 mod cache;
 mod error;
@@ -44,9 +45,17 @@ impl Context {
         })
     }
 
-    /// The context of a step runtime: its runner already brought the schema up to date.
-    pub async fn open_for_step(config: Config) -> Result<Context, EngineError> {
-        let store = Store::connect(config.db()).await?;
+    /// The context of a step runtime: its runner already brought the schema
+    /// up to date. The database connection opens in the background while the
+    /// runtime stages inputs and starts the step.
+    pub fn open_for_step(config: Config) -> Result<Context, EngineError> {
+        let store = Store::connect_lazy(config.db())?;
+        let warm = store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = warm.ping().await {
+                tracing::debug!(error = %e, "the metadata store did not answer yet");
+            }
+        });
         let artifacts = ArtifactStore::open(config.artifacts())?;
         Ok(Context {
             config,

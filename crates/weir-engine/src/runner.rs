@@ -9,13 +9,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use weir_core::pipeline::{Action, Pipeline, Resources, SpecError, SpecIssue};
 use weir_store::{
     MetricPoint, ModelVersion, NewStepRun, RunRecord, RunStatus, StepStart, StepStatus,
 };
 
-use crate::exec::StagedInput;
+use crate::exec::{StagedInput, Task};
 use crate::progress::Progress;
 use crate::{cache, liveness, ops, Context, EngineError};
 
@@ -305,6 +305,9 @@ async fn walk(
     let interrupted = interrupted();
     tokio::pin!(interrupted);
     let mut was_interrupted = false;
+    let mut exiting: Vec<JoinHandle<()>> = Vec::new();
+    let params: BTreeMap<String, serde_json::Value> = serde_json::from_str(&run.params_json)
+        .map_err(|e| EngineError::corrupt("runs.params_json", e))?;
 
     loop {
         if first_failure.is_none() {
@@ -389,7 +392,23 @@ async fn walk(
                 status.insert(step.name.clone(), StepStatus::Running);
                 tracing::info!(run_id = %run.id, step = %step.name, step_run_id = %id, %reason, "launching step");
                 progress.step_running(&step.name, &reason);
-                launch(&mut running, &exe, ctx, step, id, &gpus, Duration::ZERO);
+                let task = Task {
+                    run_id: run.id.clone(),
+                    step: step.clone(),
+                    inputs,
+                    params: params.clone(),
+                    spec_file: run.spec_file.clone(),
+                };
+                launch(
+                    &mut running,
+                    &exe,
+                    ctx,
+                    step,
+                    id,
+                    Some(task),
+                    &gpus,
+                    Duration::ZERO,
+                );
             }
         }
         let joined = tokio::select! {
@@ -404,8 +423,9 @@ async fn walk(
         let Some(joined) = joined else {
             break;
         };
-        let attempt =
+        let mut attempt =
             joined.map_err(|e| EngineError::StepFailed(format!("step task failed: {e}")))?;
+        exiting.extend(attempt.exiting.take());
         let name = attempt.step.clone();
         let id = ids[name.as_str()].as_str();
         // The step runtime records its own outcome; if it could not (it
@@ -441,7 +461,17 @@ async fn walk(
                 tracing::info!(run_id = %run.id, step = %name, attempt = record.attempt + 1, ?wait, "retrying step");
                 ctx.store.retry_step(id, record.attempt + 1).await?;
                 let gpus = slots.gpus_of(&name);
-                launch(&mut running, &exe, ctx, step, id.to_string(), &gpus, wait);
+                // A retry reads its task from the store, as a remote runtime would.
+                launch(
+                    &mut running,
+                    &exe,
+                    ctx,
+                    step,
+                    id.to_string(),
+                    None,
+                    &gpus,
+                    wait,
+                );
                 continue;
             }
         }
@@ -479,6 +509,10 @@ async fn walk(
             ctx.store.mark_step_skipped(id, reason).await?;
             progress.step_finished(&step.name, StepStatus::Skipped, 0.0, Some(reason));
         }
+    }
+    // A finished run leaves no process behind.
+    for process in exiting {
+        let _ = process.await;
     }
     let final_status = if first_failure.is_some() {
         RunStatus::Failed
@@ -697,15 +731,19 @@ struct Attempt {
     result: Result<(), String>,
     /// The runner stopped it at its `timeout:`.
     timed_out: bool,
+    /// The runtime process, still exiting after it recorded the outcome.
+    exiting: Option<JoinHandle<()>>,
 }
 
 /// Starts an attempt of `step` after `delay`, stopped at the step's timeout.
+#[allow(clippy::too_many_arguments)]
 fn launch(
     running: &mut JoinSet<Attempt>,
     exe: &std::path::Path,
     ctx: &Context,
     step: &weir_core::pipeline::Step,
     id: String,
+    task: Option<Task>,
     gpus: &[u32],
     delay: Duration,
 ) {
@@ -719,11 +757,15 @@ fn launch(
         env,
         store: ctx.store.clone(),
         id,
+        task: task.map(|t| serde_json::to_vec(&t).expect("a task serializes")),
     };
     let name = step.name.clone();
     let timeout = step.timeout_ms.map(Duration::from_millis);
     running.spawn(async move {
-        tokio::time::sleep(delay).await;
+        // Even a zero sleep waits for the timer's next millisecond tick.
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let started = Instant::now();
         let (result, timed_out) = match timeout {
             None => (exec.run().await, false),
@@ -739,11 +781,16 @@ fn launch(
                 ),
             },
         };
+        let (result, exiting) = match result {
+            Ok(exiting) => (Ok(()), exiting),
+            Err(e) => (Err(e), None),
+        };
         Attempt {
             step: name,
             seconds: started.elapsed().as_secs_f64(),
             result,
             timed_out,
+            exiting,
         }
     });
 }
@@ -856,25 +903,42 @@ struct Exec {
     env: Vec<(&'static str, String)>,
     store: weir_store::Store,
     id: String,
+    /// The task as JSON, handed over on stdin.
+    task: Option<Vec<u8>>,
 }
 
 impl Exec {
-    /// Runs the step runtime; on failure returns what it printed to stderr.
-    async fn run(self) -> Result<(), String> {
+    /// Runs the step runtime until it has recorded the step's outcome; on
+    /// failure returns what it printed to stderr. A runtime that said it
+    /// recorded the outcome is left to exit in the returned task (which then
+    /// stops what its command left behind), so its teardown overlaps the next
+    /// step instead of delaying it.
+    async fn run(self) -> Result<Option<JoinHandle<()>>, String> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
         let mut command = tokio::process::Command::new(&self.exe);
         command
             .arg("exec")
             .arg(&self.id)
+            .args(self.task.is_some().then_some("--task-on-stdin"))
             .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdin(match self.task {
+                Some(_) => Stdio::piped(),
+                None => Stdio::null(),
+            })
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let child = command
+        let mut child = command
             .spawn()
             .map_err(|e| format!("cannot start {} exec: {e}", self.exe.display()))?;
-        let _group = ProcessGroup(child.id());
+        let group = ProcessGroup(child.id());
+        if let (Some(task), Some(mut stdin)) = (self.task, child.stdin.take()) {
+            // Written beside the rest: the runtime reads it while it starts.
+            tokio::spawn(async move {
+                let _ = stdin.write_all(&task).await;
+            });
+        }
         if let Some(pid) = child.id() {
             if let Err(e) = self
                 .store
@@ -884,14 +948,33 @@ impl Exec {
                 tracing::warn!(step_run_id = %self.id, error = %e, "cannot record the step's process");
             }
         }
-        let output = child
-            .wait_with_output()
+        // Read stderr all along: a runtime blocked on a full pipe (verbose
+        // WEIR_LOG) would never get to record its outcome.
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let stderr = tokio::spawn(async move {
+            let mut text = Vec::new();
+            let _ = stderr.read_to_end(&mut text).await;
+            text
+        });
+        let mut lines =
+            tokio::io::BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line == crate::exec::RECORDED {
+                return Ok(Some(tokio::spawn(async move {
+                    let _ = child.wait().await;
+                    drop(group);
+                })));
+            }
+        }
+        let status = child
+            .wait()
             .await
             .map_err(|e| format!("lost the step runtime: {e}"))?;
-        if output.status.success() {
-            Ok(())
+        let stderr = stderr.await.unwrap_or_default();
+        if status.success() {
+            Ok(None)
         } else {
-            Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+            Err(String::from_utf8_lossy(&stderr).trim().to_string())
         }
     }
 }

@@ -27,7 +27,7 @@ pub use metrics::MetricPoint;
 pub use models::{ModelSummary, ModelVersion, NewModelVersion};
 pub use runs::{
     NewStepRun, RunRecord, RunStatus, SourceFile, StepCompletion, StepRunRecord, StepStart,
-    StepStatus,
+    StepStatus, StepTask,
 };
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -62,39 +62,29 @@ impl Store {
     /// Connects to a database whose schema is known to be current (the step
     /// runtime, started by a runner that opened it), skipping the migration check.
     pub async fn connect(url: &str) -> Result<Store> {
-        sqlx::any::install_default_drivers();
-        let (backend, url) = normalize_url(url)?;
-        let options = AnyConnectOptions::from_str(&url).map_err(|e| StoreError::open(&url, e))?;
-        let pool = match backend {
-            Backend::Sqlite => {
-                AnyPoolOptions::new()
-                    .max_connections(4)
-                    .after_connect(|conn, _meta| {
-                        Box::pin(async move {
-                            // WAL lets readers run beside one writer; NORMAL sync is
-                            // crash-safe in WAL mode (a power cut may lose the last commit,
-                            // never corrupt the file).
-                            conn.execute(
-                                "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 15000; \
-                                 PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-                            )
-                            .await?;
-                            Ok(())
-                        })
-                    })
-                    .connect_with(options)
-                    .await
-            }
-            Backend::Postgres => {
-                AnyPoolOptions::new()
-                    .max_connections(8)
-                    .acquire_timeout(Duration::from_secs(15))
-                    .connect_with(options)
-                    .await
-            }
-        }
-        .map_err(|e| StoreError::open(&url, e))?;
+        let (backend, url, options) = parse_url(url)?;
+        let pool = pool_options(backend)
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::open(&url, e))?;
         Ok(Store { pool, backend, url })
+    }
+
+    /// Like [`Store::connect`], but connects on first use, so a caller can
+    /// do other work meanwhile (see [`Store::ping`]).
+    pub fn connect_lazy(url: &str) -> Result<Store> {
+        let (backend, url, options) = parse_url(url)?;
+        let pool = pool_options(backend).connect_lazy_with(options);
+        Ok(Store { pool, backend, url })
+    }
+
+    /// Opens a connection now if none is open, and checks the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(|e| StoreError::open(&self.url, e))?;
+        Ok(())
     }
 
     pub fn backend(&self) -> Backend {
@@ -108,6 +98,36 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+fn parse_url(url: &str) -> Result<(Backend, String, AnyConnectOptions)> {
+    sqlx::any::install_default_drivers();
+    let (backend, url) = normalize_url(url)?;
+    let options = AnyConnectOptions::from_str(&url).map_err(|e| StoreError::open(&url, e))?;
+    Ok((backend, url, options))
+}
+
+fn pool_options(backend: Backend) -> AnyPoolOptions {
+    match backend {
+        Backend::Sqlite => AnyPoolOptions::new()
+            .max_connections(4)
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL lets readers run beside one writer; NORMAL sync is
+                    // crash-safe in WAL mode (a power cut may lose the last commit,
+                    // never corrupt the file).
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 15000; \
+                     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            }),
+        Backend::Postgres => AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(15)),
     }
 }
 

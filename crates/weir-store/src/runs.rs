@@ -124,6 +124,16 @@ impl StepRunRecord {
     }
 }
 
+/// What a step runtime needs to run a step: the step run and, of its run,
+/// the params and the pipeline file (not the whole pipeline spec, which grows
+/// with the number of steps and would make each step's start-up grow too).
+#[derive(Clone, Debug)]
+pub struct StepTask {
+    pub step: StepRunRecord,
+    pub params_json: String,
+    pub spec_file: String,
+}
+
 /// An external file a step read (e.g. the CSV an ingest step loaded).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SourceFile {
@@ -157,6 +167,14 @@ const RUN_COLUMNS: &str =
      ended_at, error, runner, heartbeat_at";
 const STEP_COLUMNS: &str = "id, run_id, step, kind, status, spec_json, inputs_json, started_at, \
      ended_at, exit_code, error, log_digest, sources_json, cache_key, cached_from, attempt, host, pgid, checkpoint_digest, heartbeat_at";
+
+fn step_not_found(id: &str) -> StoreError {
+    StoreError::NotFound {
+        kind: "step run",
+        id: id.to_string(),
+        hint: "step runs are created by `weir run`; see `weir runs show RUN`".into(),
+    }
+}
 
 fn run_from_row(row: &AnyRow) -> Result<RunRecord> {
     Ok(RunRecord {
@@ -400,11 +418,15 @@ impl Store {
 
     /// Finds a run by id or unique id prefix.
     pub async fn run(&self, id_or_prefix: &str) -> Result<RunRecord> {
-        let pattern = format!("{}%", id_or_prefix.replace(['%', '_'], ""));
+        // Ids are lowercase hex, so every id that starts with the prefix lies
+        // in [prefix, prefix + "g"): a range the primary key index answers,
+        // where LIKE would scan every run.
+        let prefix = id_or_prefix.to_ascii_lowercase();
         let rows = sqlx::query(&format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE id LIKE $1 ORDER BY id LIMIT 5"
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id >= $1 AND id < $2 ORDER BY id LIMIT 5"
         ))
-        .bind(&pattern)
+        .bind(&prefix)
+        .bind(format!("{prefix}g"))
         .fetch_all(&self.pool)
         .await?;
         match rows.len() {
@@ -454,12 +476,30 @@ impl Store {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?
-        .ok_or_else(|| StoreError::NotFound {
-            kind: "step run",
-            id: id.to_string(),
-            hint: "step runs are created by `weir run`; see `weir runs show RUN`".into(),
-        })?;
+        .ok_or_else(|| step_not_found(id))?;
         step_from_row(&row)
+    }
+
+    /// A step run with what its runtime needs of the run, in one query.
+    pub async fn step_task(&self, id: &str) -> Result<StepTask> {
+        let columns = STEP_COLUMNS
+            .split(", ")
+            .map(|c| format!("s.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let row = sqlx::query(&format!(
+            "SELECT {columns}, r.params_json AS run_params_json, r.spec_file AS run_spec_file \
+             FROM step_runs s JOIN runs r ON r.id = s.run_id WHERE s.id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| step_not_found(id))?;
+        Ok(StepTask {
+            step: step_from_row(&row)?,
+            params_json: row.try_get("run_params_json")?,
+            spec_file: row.try_get("run_spec_file")?,
+        })
     }
 
     /// Marks a step running with the artifacts it was given and the cache
@@ -470,8 +510,8 @@ impl Store {
     /// a step that another command has since failed or skipped.
     pub async fn start_step(&self, id: &str, start: &StepStart) -> Result<()> {
         let updated = sqlx::query(
-            "UPDATE step_runs SET status = $1, started_at = $2, inputs_json = $3, cache_key = $4, \
-             cache_components = $5 WHERE id = $6 AND status = $7 \
+            "UPDATE step_runs SET status = $1, started_at = $2, heartbeat_at = $2, inputs_json = $3, \
+             cache_key = $4, cache_components = $5 WHERE id = $6 AND status = $7 \
              AND run_id IN (SELECT id FROM runs WHERE status = $8)",
         )
         .bind(StepStatus::Running.as_str())
@@ -590,7 +630,7 @@ impl Store {
     /// Starts the next attempt of a failed step.
     pub async fn retry_step(&self, id: &str, attempt: i64) -> Result<()> {
         let updated = sqlx::query(
-            "UPDATE step_runs SET status = $1, attempt = $2, started_at = $3, ended_at = NULL, \
+            "UPDATE step_runs SET status = $1, attempt = $2, started_at = $3, heartbeat_at = $3, ended_at = NULL, \
              exit_code = NULL, error = NULL WHERE id = $4 AND status = $5 \
              AND run_id IN (SELECT id FROM runs WHERE status = $6)",
         )
@@ -624,20 +664,21 @@ impl Store {
         step_run_id: &str,
         completion: &StepCompletion,
     ) -> Result<Vec<ModelVersion>> {
-        let step = self.step_run(step_run_id).await?;
         let now = weir_core::now_ms();
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let run_id: String = sqlx::query(
             "UPDATE step_runs SET status = $1, ended_at = $2, exit_code = 0, error = NULL, log_digest = $3, \
-             sources_json = $4 WHERE id = $5",
+             sources_json = $4 WHERE id = $5 RETURNING run_id",
         )
         .bind(StepStatus::Succeeded.as_str())
         .bind(now)
         .bind(completion.log.as_ref().map(|l| l.digest.hex()))
         .bind(serde_json::to_string(&completion.sources).expect("sources serialize"))
         .bind(step_run_id)
-        .execute(&mut *tx)
-        .await?;
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| step_not_found(step_run_id))?
+        .try_get("run_id")?;
         if let Some(log) = &completion.log {
             insert_artifact(&mut tx, log).await?;
         }
@@ -650,7 +691,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        insert_metrics(&mut tx, &step.run_id, step_run_id, &completion.metrics).await?;
+        insert_metrics(&mut tx, &run_id, step_run_id, &completion.metrics).await?;
         let mut versions = Vec::new();
         for registration in &completion.registrations {
             versions.push(insert_model_version(&mut tx, registration, now).await?);

@@ -205,7 +205,9 @@ async fn unknown_ids_are_not_found(s: &Store) {
 async fn ambiguous_prefix_is_reported(s: &Store) {
     let (r1, _) = new_run(&[]);
     let (mut r2, _) = new_run(&[]);
-    r2.id = format!("{}x", &r1.id[..31]);
+    // Same 31 hex digits, a different last one.
+    let last = if r1.id.ends_with('0') { '1' } else { '0' };
+    r2.id = format!("{}{last}", &r1.id[..31]);
     s.create_run(&r1, &[]).await.unwrap();
     s.create_run(&r2, &[]).await.unwrap();
     let err = s.run(&r1.id[..31]).await.unwrap_err();

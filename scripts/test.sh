@@ -3,13 +3,16 @@
 #   - PostgreSQL: the local server at 127.0.0.1:5432 (started if it is down);
 #     each suite creates and drops its own fresh database;
 #   - an S3-compatible server: moto, installed into a virtualenv on first use
-#     and started on a free loopback port for the duration of the run.
+#     and started on a free loopback port for the duration of the run;
+#   - the official mlflow client (pinned), in the same virtualenv, driving a
+#     real `weir server` on SQLite and on PostgreSQL (tests/mlflow).
 # Extra arguments go to `cargo test` (e.g. scripts/test.sh -p weir-store).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV="${WEIR_CI_VENV:-$HOME/.cache/weir-ci/venv}"
 MOTO_VERSION=5.2.5
+MLFLOW_CLIENT="mlflow-skinny==3.17.2 pandas==3.1.1 pytest==9.2.0"
 log() { printf '\033[1m[test]\033[0m %s\n' "$*" >&2; }
 
 # --- PostgreSQL -------------------------------------------------------------
@@ -31,6 +34,11 @@ if [ ! -x "$VENV/bin/moto_server" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q "moto[server]==$MOTO_VERSION"
 fi
+if ! "$VENV/bin/python" -c 'import mlflow, pandas, pytest' 2>/dev/null; then
+  log "installing the mlflow client into $VENV"
+  # shellcheck disable=SC2086
+  "$VENV/bin/pip" install -q $MLFLOW_CLIENT
+fi
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p target
 setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >target/moto.log 2>&1 &
@@ -47,3 +55,9 @@ export WEIR_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
 export WEIR_TEST_S3_BUCKET=weir-test
 export WEIR_REQUIRE_S3=1
 cargo test --workspace --locked "$@"
+
+# --- the mlflow client against weir server ------------------------------------
+if [ $# -eq 0 ]; then
+  log "mlflow client suite (tests/mlflow)"
+  WEIR_BIN="$PWD/target/debug/weir" "$VENV/bin/python" -m pytest -q -p no:warnings -p no:cacheprovider tests/mlflow
+fi

@@ -97,6 +97,12 @@ enum Command {
         #[arg(long, env = "WEIR_SERVE_MAX_BODY_BYTES", default_value_t = 16 << 20)]
         max_body_bytes: usize,
     },
+    /// Serve experiment tracking over MLflow's REST API (MLFLOW_TRACKING_URI=http://ADDR)
+    Server {
+        /// Address to listen on
+        #[arg(long, env = "WEIR_SERVER_ADDR", default_value = "127.0.0.1:5000")]
+        addr: String,
+    },
     /// Show the effective configuration and where each value comes from
     Config {
         #[arg(long)]
@@ -317,6 +323,15 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 max_body_bytes,
             };
             weir_serve::serve(&ctx.store, &ctx.artifacts, &selected, options).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Server { addr } => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            let scratch = ctx.config.home().join("tmp");
+            let app = weir_server::App::new(ctx.store.clone(), ctx.artifacts.clone(), scratch);
+            weir_server::serve(app, &addr)
+                .await
+                .with_context(|| format!("cannot serve on {addr}"))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config { json } => {

@@ -20,6 +20,11 @@ pub enum StoreError {
         prefix: String,
         matches: String,
     },
+    #[error("{kind} '{id}' already exists")]
+    AlreadyExists { kind: &'static str, id: String },
+    /// A request the data does not allow (MLflow's INVALID_PARAMETER_VALUE).
+    #[error("{0}")]
+    Invalid(String),
     #[error("{0}")]
     Conflict(String),
     #[error("corrupt metadata in {what}: {reason}")]

@@ -10,9 +10,11 @@
 
 mod artifacts;
 mod error;
+pub mod filter;
 mod metrics;
 mod models;
 mod runs;
+pub mod tracking;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -119,7 +121,8 @@ fn pool_options(backend: Backend) -> AnyPoolOptions {
                     // never corrupt the file).
                     conn.execute(
                         "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 15000; \
-                     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                     PRAGMA case_sensitive_like = ON;",
                     )
                     .await?;
                     Ok(())

@@ -1,0 +1,159 @@
+//! The tracking server (`weir server`): MLflow's REST API over Weir's
+//! metadata store, so the official `mlflow` client works unchanged against
+//! the same data the pipeline engine writes, and an artifact proxy over
+//! Weir's artifact store.
+
+mod artifacts;
+mod error;
+mod json;
+mod models;
+mod params;
+mod tracking;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, patch, post};
+use axum::Router;
+use weir_artifacts::ArtifactStore;
+use weir_store::Store;
+
+pub use error::ApiError;
+
+#[derive(Clone)]
+pub struct App(Arc<Inner>);
+
+pub struct Inner {
+    pub store: Store,
+    pub artifacts: ArtifactStore,
+    /// Where uploads are staged before they are stored.
+    pub scratch: PathBuf,
+}
+
+impl std::ops::Deref for App {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl App {
+    pub fn new(store: Store, artifacts: ArtifactStore, scratch: PathBuf) -> App {
+        App(Arc::new(Inner {
+            store,
+            artifacts,
+            scratch,
+        }))
+    }
+}
+
+/// The largest JSON request: a full log-batch is well under 1 MiB.
+const MAX_JSON_BODY: usize = 16 << 20;
+
+/// Every route; MLflow's clients call both the 2.0 and the 3.0 prefixes.
+pub fn router(app: App) -> Router {
+    use tracking as t;
+    let mlflow = Router::new()
+        .route("/experiments/create", post(t::create_experiment))
+        .route("/experiments/get", get(t::get_experiment))
+        .route("/experiments/get-by-name", get(t::get_experiment_by_name))
+        .route(
+            "/experiments/search",
+            get(t::search_experiments).post(t::search_experiments),
+        )
+        .route("/experiments/update", post(t::update_experiment))
+        .route("/experiments/delete", post(t::delete_experiment))
+        .route("/experiments/restore", post(t::restore_experiment))
+        .route(
+            "/experiments/set-experiment-tag",
+            post(t::set_experiment_tag),
+        )
+        .route(
+            "/experiments/delete-experiment-tag",
+            post(t::delete_experiment_tag),
+        )
+        .route("/runs/create", post(t::create_run))
+        .route("/runs/get", get(t::get_run))
+        .route("/runs/update", post(t::update_run))
+        .route("/runs/delete", post(t::delete_run))
+        .route("/runs/restore", post(t::restore_run))
+        .route("/runs/log-metric", post(t::log_metric))
+        .route("/runs/log-parameter", post(t::log_param))
+        .route("/runs/set-tag", post(t::set_tag))
+        .route("/runs/delete-tag", post(t::delete_tag))
+        .route("/runs/log-batch", post(t::log_batch))
+        .route("/runs/log-inputs", post(t::log_inputs))
+        .route("/runs/search", get(t::search_runs).post(t::search_runs))
+        .route("/metrics/get-history", get(t::metric_history))
+        .route("/artifacts/list", get(artifacts::list_run))
+        .route("/runs/outputs", post(models::log_outputs))
+        .route("/logged-models", post(models::create))
+        .route("/logged-models/search", post(models::search))
+        .route(
+            "/logged-models/{model_id}",
+            get(models::get)
+                .patch(models::finalize)
+                .delete(models::delete),
+        )
+        .route("/logged-models/{model_id}/tags", patch(models::set_tags))
+        .route(
+            "/logged-models/{model_id}/tags/{tag_key}",
+            delete(models::delete_tag),
+        )
+        .route("/logged-models/{model_id}/params", post(models::log_params))
+        .route(
+            "/logged-models/{model_id}/artifacts/directories",
+            get(models::list_artifacts),
+        )
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
+    let proxy = Router::new()
+        .route("/artifacts", get(artifacts::list))
+        .route(
+            "/artifacts/{*path}",
+            get(artifacts::download)
+                .put(artifacts::upload)
+                .delete(artifacts::delete),
+        )
+        // Artifacts can be large; they are streamed to disk, not held in memory.
+        .layer(DefaultBodyLimit::disable());
+    Router::new()
+        .nest("/api/2.0/mlflow", mlflow.clone())
+        .nest("/ajax-api/2.0/mlflow", mlflow.clone())
+        .nest("/api/3.0/mlflow", mlflow)
+        .nest("/api/2.0/mlflow-artifacts", proxy)
+        .route("/health", get(|| async { "OK" }))
+        .route("/version", get(|| async { env!("CARGO_PKG_VERSION") }))
+        .fallback(|uri: axum::http::Uri| async move {
+            ApiError::EndpointNotFound(format!("no endpoint {uri} on this Weir server"))
+        })
+        .with_state(app)
+}
+
+/// Serves until Ctrl-C or SIGTERM, then lets in-flight requests finish.
+pub async fn serve(app: App, addr: &str) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "tracking server listening");
+    eprintln!(
+        "weir server: MLflow tracking API on http://{} (MLFLOW_TRACKING_URI)",
+        listener.local_addr()?
+    );
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = terminate => {},
+    }
+}

@@ -1,0 +1,184 @@
+//! A request's fields, from the JSON body (POST, PATCH, DELETE) or the query
+//! string (GET), read with MLflow's leniency: numbers may arrive as strings,
+//! `run_uuid` stands in for `run_id`.
+
+use axum::extract::{FromRequest, Request};
+use axum::http::Method;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+pub struct Params(pub Map<String, Value>);
+
+impl<S: Send + Sync> FromRequest<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if req.method() == Method::GET {
+            let mut map = Map::new();
+            for (k, v) in url_pairs(req.uri().query().unwrap_or("")) {
+                match map.get_mut(&k) {
+                    Some(Value::Array(items)) => items.push(Value::String(v)),
+                    Some(existing) => {
+                        let first = existing.take();
+                        *existing = Value::Array(vec![first, Value::String(v)]);
+                    }
+                    None => {
+                        map.insert(k, Value::String(v));
+                    }
+                }
+            }
+            return Ok(Params(map));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("cannot read the request body: {e}")))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Params(Map::new()));
+        }
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(map)) => Ok(Params(map)),
+            Ok(_) => Err(ApiError::BadRequest(
+                "the request body must be a JSON object".into(),
+            )),
+            Err(e) => Err(ApiError::BadRequest(format!(
+                "malformed JSON in the request body: {e}"
+            ))),
+        }
+    }
+}
+
+fn url_pairs(query: &str) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+impl Params {
+    pub fn opt_str(&self, key: &str) -> Option<String> {
+        match self.0.get(key) {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(Value::Array(a)) => a.first().and_then(|v| v.as_str().map(str::to_string)),
+            _ => None,
+        }
+    }
+
+    pub fn str(&self, key: &str) -> Result<String, ApiError> {
+        self.opt_str(key).ok_or_else(|| missing(key))
+    }
+
+    /// `run_id`, or the older `run_uuid`.
+    pub fn run_id(&self) -> Result<String, ApiError> {
+        self.opt_str("run_id")
+            .or_else(|| self.opt_str("run_uuid"))
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| missing("run_id"))
+    }
+
+    pub fn opt_i64(&self, key: &str) -> Result<Option<i64>, ApiError> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+                .map(Some)
+                .ok_or_else(|| invalid_type(key, "an integer")),
+            Some(Value::String(s)) => s
+                .parse::<i64>()
+                .map(Some)
+                .map_err(|_| invalid_type(key, "an integer")),
+            _ => Err(invalid_type(key, "an integer")),
+        }
+    }
+
+    pub fn experiment_id(&self, key: &str) -> Result<i64, ApiError> {
+        let text = self.str(key)?;
+        text.parse::<i64>().map_err(|_| {
+            ApiError::NotFound(format!(
+                "experiment '{text}' does not exist (experiment ids are integers)"
+            ))
+        })
+    }
+
+    pub fn list(&self, key: &str) -> Vec<Value> {
+        match self.0.get(key) {
+            Some(Value::Array(a)) => a.clone(),
+            Some(Value::Null) | None => Vec::new(),
+            Some(v) => vec![v.clone()],
+        }
+    }
+
+    pub fn strings(&self, key: &str) -> Vec<String> {
+        self.list(key)
+            .into_iter()
+            .filter_map(|v| match v {
+                Value::String(s) => Some(s),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `[{"key": ..., "value": ...}]`, as tags and params arrive.
+    pub fn key_values(&self, key: &str) -> Result<Vec<(String, String)>, ApiError> {
+        self.list(key).iter().map(|v| key_value(key, v)).collect()
+    }
+}
+
+pub fn key_value(field: &str, v: &Value) -> Result<(String, String), ApiError> {
+    let k = v
+        .get("key")
+        .and_then(Value::as_str)
+        .ok_or_else(|| missing(&format!("{field}[].key")))?;
+    let value = match v.get("value") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::Bool(b)) => b.to_string(),
+        _ => return Err(missing(&format!("{field}[].value"))),
+    };
+    Ok((k.to_string(), value))
+}
+
+pub fn missing(key: &str) -> ApiError {
+    ApiError::InvalidParameter(format!("Missing value for required parameter '{key}'."))
+}
+
+fn invalid_type(key: &str, expected: &str) -> ApiError {
+    ApiError::InvalidParameter(format!(
+        "Invalid value for parameter '{key}': expected {expected}."
+    ))
+}
+
+/// A metric value: a JSON number or "NaN", "Infinity", "-Infinity" (how
+/// protobuf's JSON mapping writes the values JSON has no literal for).
+pub fn metric_value(v: Option<&Value>) -> Result<f64, ApiError> {
+    match v {
+        Some(Value::Number(n)) => n.as_f64().ok_or_else(|| invalid_type("value", "a number")),
+        Some(Value::String(s)) => match s.as_str() {
+            "NaN" | "nan" => Ok(f64::NAN),
+            "Infinity" | "inf" => Ok(f64::INFINITY),
+            "-Infinity" | "-inf" => Ok(f64::NEG_INFINITY),
+            other => other
+                .parse::<f64>()
+                .map_err(|_| invalid_type("value", "a number")),
+        },
+        _ => Err(missing("value")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_decode() {
+        assert_eq!(
+            url_pairs("run_id=abc&metric_key=m%2F1+x"),
+            vec![
+                ("run_id".into(), "abc".into()),
+                ("metric_key".into(), "m/1 x".into())
+            ]
+        );
+    }
+}

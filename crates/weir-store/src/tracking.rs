@@ -1,0 +1,1503 @@
+//! Experiment tracking: experiments, runs with params, tags and metric
+//! histories, dataset inputs, and the path index of the artifact proxy, with
+//! the semantics of MLflow's tracking store (params are immutable, the latest
+//! metric is the one with the largest (step, timestamp, value), NaN is kept,
+//! deleted things can be restored). Search filters come from [`crate::filter`].
+
+use std::collections::{BTreeMap, HashMap};
+
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+
+use crate::filter::{Clause, Comparator, Entity, OrderBy, Value};
+use crate::{Result, Store, StoreError};
+
+pub const ACTIVE: &str = "active";
+pub const DELETED: &str = "deleted";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Experiment {
+    pub experiment_id: i64,
+    pub name: String,
+    pub artifact_location: String,
+    pub lifecycle_stage: String,
+    pub creation_time: i64,
+    pub last_update_time: i64,
+    pub tags: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunInfo {
+    pub run_id: String,
+    pub experiment_id: i64,
+    pub name: String,
+    pub user_id: String,
+    pub status: String,
+    pub start_time: Option<i64>,
+    pub end_time: Option<i64>,
+    pub lifecycle_stage: String,
+    pub artifact_uri: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Metric {
+    pub key: String,
+    /// NaN when NaN was logged.
+    pub value: f64,
+    pub timestamp: i64,
+    pub step: i64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DatasetInput {
+    pub dataset_json: String,
+    pub tags_json: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrackingRun {
+    pub info: RunInfo,
+    pub metrics: Vec<Metric>,
+    pub params: Vec<(String, String)>,
+    pub tags: Vec<(String, String)>,
+    pub inputs: Vec<DatasetInput>,
+    /// `(model_id, "input" | "output", step)`.
+    pub models: Vec<(String, String, i64)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ViewType {
+    ActiveOnly,
+    DeletedOnly,
+    All,
+}
+
+impl ViewType {
+    fn sql(self, column: &str) -> String {
+        match self {
+            ViewType::ActiveOnly => format!(" AND {column} = '{ACTIVE}'"),
+            ViewType::DeletedOnly => format!(" AND {column} = '{DELETED}'"),
+            ViewType::All => String::new(),
+        }
+    }
+}
+
+pub struct NewTrackingRun {
+    pub run_id: String,
+    pub experiment_id: i64,
+    pub name: String,
+    pub user_id: String,
+    pub start_time: Option<i64>,
+    pub tags: Vec<(String, String)>,
+}
+
+pub struct RunSearch {
+    pub experiment_ids: Vec<i64>,
+    pub filter: Vec<Clause>,
+    pub view: ViewType,
+    pub order_by: Vec<OrderBy>,
+    pub max_results: i64,
+    pub offset: i64,
+}
+
+/// A value bound to a `$N` placeholder of a query built at run time.
+#[derive(Clone, Debug)]
+enum Bind {
+    Text(String),
+    Real(f64),
+    Int(i64),
+}
+
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    binds: &'q [Bind],
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    for b in binds {
+        q = match b {
+            Bind::Text(s) => q.bind(s.as_str()),
+            Bind::Real(v) => q.bind(*v),
+            Bind::Int(v) => q.bind(*v),
+        };
+    }
+    q
+}
+
+/// Builds `$N` placeholders as values are added.
+#[derive(Default)]
+struct Binds(Vec<Bind>);
+
+impl Binds {
+    fn push(&mut self, b: Bind) -> String {
+        self.0.push(b);
+        format!("${}", self.0.len())
+    }
+    fn text(&mut self, s: impl Into<String>) -> String {
+        self.push(Bind::Text(s.into()))
+    }
+}
+
+/// How MLflow's SQL store keeps values a database column cannot hold.
+fn storable(value: f64) -> (f64, i64) {
+    if value.is_nan() {
+        (0.0, 1)
+    } else if value == f64::INFINITY {
+        (f64::MAX, 0)
+    } else if value == f64::NEG_INFINITY {
+        (f64::MIN, 0)
+    } else {
+        (value, 0)
+    }
+}
+
+fn metric_from_row(row: &AnyRow) -> Result<Metric> {
+    let is_nan: i64 = row.try_get("is_nan")?;
+    Ok(Metric {
+        key: row.try_get("key")?,
+        value: if is_nan != 0 {
+            f64::NAN
+        } else {
+            row.try_get("value")?
+        },
+        timestamp: row.try_get("ts")?,
+        step: row.try_get("step")?,
+    })
+}
+
+const RUN_INFO_COLUMNS: &str =
+    "r.run_id, r.experiment_id, r.name, r.user_id, r.status, r.start_time, \
+     r.end_time, r.lifecycle_stage, r.artifact_uri";
+
+fn run_info_from_row(row: &AnyRow) -> Result<RunInfo> {
+    Ok(RunInfo {
+        run_id: row.try_get("run_id")?,
+        experiment_id: row.try_get("experiment_id")?,
+        name: row.try_get("name")?,
+        user_id: row.try_get("user_id")?,
+        status: row.try_get("status")?,
+        start_time: row.try_get("start_time")?,
+        end_time: row.try_get("end_time")?,
+        lifecycle_stage: row.try_get("lifecycle_stage")?,
+        artifact_uri: row.try_get("artifact_uri")?,
+    })
+}
+
+fn experiment_not_found(id: impl ToString) -> StoreError {
+    StoreError::NotFound {
+        kind: "experiment",
+        id: id.to_string(),
+        hint: "list experiments with `weir experiments list`".into(),
+    }
+}
+
+fn run_not_found(id: &str) -> StoreError {
+    StoreError::NotFound {
+        kind: "run",
+        id: id.to_string(),
+        hint: "search runs with `weir runs search`".into(),
+    }
+}
+
+/// Rows per multi-row INSERT: SQLite allows 32,766 bound values a statement.
+const ROWS_PER_INSERT: usize = 500;
+
+impl Store {
+    pub async fn create_experiment(
+        &self,
+        name: &str,
+        artifact_location: Option<&str>,
+        tags: &[(String, String)],
+    ) -> Result<i64> {
+        let now = weir_core::now_ms();
+        // Ids are allocated as max + 1 inside the transaction; on PostgreSQL two
+        // concurrent creations can pick the same one, and the loser retries.
+        for _ in 0..8 {
+            let mut tx = self.pool.begin().await?;
+            if sqlx::query("SELECT experiment_id FROM experiments WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some()
+            {
+                return Err(StoreError::AlreadyExists {
+                    kind: "experiment",
+                    id: name.to_string(),
+                });
+            }
+            let id: i64 =
+                sqlx::query("SELECT COALESCE(MAX(experiment_id), 0) + 1 AS id FROM experiments")
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("id")?;
+            let location = artifact_location
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("mlflow-artifacts:/{id}"));
+            let inserted = sqlx::query(
+                "INSERT INTO experiments (experiment_id, name, artifact_location, lifecycle_stage, \
+                 creation_time, last_update_time) VALUES ($1, $2, $3, $4, $5, $5)",
+            )
+            .bind(id)
+            .bind(name)
+            .bind(&location)
+            .bind(ACTIVE)
+            .bind(now)
+            .execute(&mut *tx)
+            .await;
+            match inserted {
+                Ok(_) => {}
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => continue,
+                Err(e) => return Err(e.into()),
+            }
+            for (k, v) in tags {
+                upsert_experiment_tag(&mut tx, id, k, v).await?;
+            }
+            tx.commit().await?;
+            return Ok(id);
+        }
+        Err(StoreError::Conflict(
+            "too many experiments were created at once; try again".into(),
+        ))
+    }
+
+    pub async fn experiment(&self, id: i64) -> Result<Experiment> {
+        let row = sqlx::query(
+            "SELECT experiment_id, name, artifact_location, lifecycle_stage, creation_time, \
+             last_update_time FROM experiments WHERE experiment_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| experiment_not_found(id))?;
+        self.experiment_from_row(&row).await
+    }
+
+    pub async fn experiment_by_name(&self, name: &str) -> Result<Experiment> {
+        let row = sqlx::query(
+            "SELECT experiment_id, name, artifact_location, lifecycle_stage, creation_time, \
+             last_update_time FROM experiments WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| experiment_not_found(name))?;
+        self.experiment_from_row(&row).await
+    }
+
+    async fn experiment_from_row(&self, row: &AnyRow) -> Result<Experiment> {
+        let id: i64 = row.try_get("experiment_id")?;
+        let tags = sqlx::query(
+            "SELECT key, value FROM experiment_tags WHERE experiment_id = $1 ORDER BY key",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("key")?, r.try_get("value")?)))
+        .collect::<Result<Vec<_>>>()?;
+        Ok(Experiment {
+            experiment_id: id,
+            name: row.try_get("name")?,
+            artifact_location: row.try_get("artifact_location")?,
+            lifecycle_stage: row.try_get("lifecycle_stage")?,
+            creation_time: row.try_get("creation_time")?,
+            last_update_time: row.try_get("last_update_time")?,
+            tags,
+        })
+    }
+
+    /// Experiments by view and filter clauses (over name, creation_time,
+    /// last_update_time and tags), ordered by `(column, ascending)` pairs over
+    /// name, experiment_id, creation_time and last_update_time.
+    pub async fn search_experiments(
+        &self,
+        view: ViewType,
+        filter: &[Clause],
+        order_by: &[(String, bool)],
+        max_results: i64,
+        offset: i64,
+    ) -> Result<Vec<Experiment>> {
+        let mut binds = Binds::default();
+        let mut sql = format!(
+            "SELECT experiment_id, name, artifact_location, lifecycle_stage, creation_time, \
+             last_update_time FROM experiments e WHERE 1 = 1{}",
+            view.sql("lifecycle_stage")
+        );
+        for clause in filter {
+            sql += " AND ";
+            sql += &match clause.entity {
+                Entity::Tag => {
+                    let key = binds.text(&clause.key);
+                    let cond = value_sql(clause, "t.value", &mut binds);
+                    format!(
+                        "EXISTS (SELECT 1 FROM experiment_tags t WHERE t.experiment_id = e.experiment_id \
+                         AND t.key = {key} AND {cond})"
+                    )
+                }
+                _ => {
+                    let column = match clause.key.as_str() {
+                        "creation_time" => "e.creation_time",
+                        "last_update_time" => "e.last_update_time",
+                        _ => "e.name",
+                    };
+                    value_sql(clause, column, &mut binds)
+                }
+            };
+        }
+        let mut order: Vec<String> = order_by
+            .iter()
+            .filter(|(c, _)| {
+                matches!(
+                    c.as_str(),
+                    "name" | "experiment_id" | "creation_time" | "last_update_time"
+                )
+            })
+            .map(|(c, asc)| format!("{c} {}", if *asc { "ASC" } else { "DESC" }))
+            .collect();
+        if order.is_empty() {
+            order.push("creation_time DESC".into());
+        }
+        order.push("experiment_id ASC".into());
+        sql += &format!(
+            " ORDER BY {} LIMIT {} OFFSET {}",
+            order.join(", "),
+            binds.push(Bind::Int(max_results)),
+            binds.push(Bind::Int(offset))
+        );
+        let rows = bind_all(sqlx::query(&sql), &binds.0)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(self.experiment_from_row(row).await?);
+        }
+        Ok(out)
+    }
+
+    pub async fn rename_experiment(&self, id: i64, new_name: &str) -> Result<()> {
+        let existing = self.experiment(id).await?;
+        if existing.name == new_name {
+            return Ok(());
+        }
+        if self.experiment_by_name(new_name).await.is_ok() {
+            return Err(StoreError::AlreadyExists {
+                kind: "experiment",
+                id: new_name.to_string(),
+            });
+        }
+        sqlx::query(
+            "UPDATE experiments SET name = $1, last_update_time = $2 WHERE experiment_id = $3",
+        )
+        .bind(new_name)
+        .bind(weir_core::now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes (lifecycle `deleted`) or restores an experiment and its runs.
+    pub async fn set_experiment_lifecycle(&self, id: i64, stage: &str) -> Result<()> {
+        let experiment = self.experiment(id).await?;
+        if id == 0 && stage == DELETED {
+            return Err(StoreError::Invalid(
+                "the Default experiment (id 0) cannot be deleted".into(),
+            ));
+        }
+        if experiment.lifecycle_stage == stage {
+            return Ok(());
+        }
+        let now = weir_core::now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE experiments SET lifecycle_stage = $1, last_update_time = $2 WHERE experiment_id = $3",
+        )
+        .bind(stage)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE tracking_runs SET lifecycle_stage = $1, deleted_time = $2 WHERE experiment_id = $3",
+        )
+        .bind(stage)
+        .bind((stage == DELETED).then_some(now))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn set_experiment_tag(&self, id: i64, key: &str, value: &str) -> Result<()> {
+        self.experiment(id).await?;
+        let mut tx = self.pool.begin().await?;
+        upsert_experiment_tag(&mut tx, id, key, value).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn delete_experiment_tag(&self, id: i64, key: &str) -> Result<()> {
+        self.experiment(id).await?;
+        let deleted =
+            sqlx::query("DELETE FROM experiment_tags WHERE experiment_id = $1 AND key = $2")
+                .bind(id)
+                .bind(key)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::NotFound {
+                kind: "experiment tag",
+                id: key.to_string(),
+                hint: format!("experiment {id} has no tag '{key}'"),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn create_tracking_run(&self, run: &NewTrackingRun) -> Result<RunInfo> {
+        let experiment = self.experiment(run.experiment_id).await?;
+        if experiment.lifecycle_stage != ACTIVE {
+            return Err(StoreError::Invalid(format!(
+                "experiment {} is deleted; restore it before creating runs in it",
+                run.experiment_id
+            )));
+        }
+        let artifact_uri = format!(
+            "{}/{}/artifacts",
+            experiment.artifact_location.trim_end_matches('/'),
+            run.run_id
+        );
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO tracking_runs (run_id, experiment_id, name, user_id, status, start_time, \
+             end_time, lifecycle_stage, artifact_uri) VALUES ($1, $2, $3, $4, 'RUNNING', $5, NULL, $6, $7)",
+        )
+        .bind(&run.run_id)
+        .bind(run.experiment_id)
+        .bind(&run.name)
+        .bind(&run.user_id)
+        .bind(run.start_time)
+        .bind(ACTIVE)
+        .bind(&artifact_uri)
+        .execute(&mut *tx)
+        .await?;
+        let mut tags = run.tags.clone();
+        if !tags.iter().any(|(k, _)| k == "mlflow.runName") {
+            tags.push(("mlflow.runName".into(), run.name.clone()));
+        }
+        upsert_run_tags(&mut tx, &run.run_id, &tags).await?;
+        tx.commit().await?;
+        Ok(RunInfo {
+            run_id: run.run_id.clone(),
+            experiment_id: run.experiment_id,
+            name: run.name.clone(),
+            user_id: run.user_id.clone(),
+            status: "RUNNING".into(),
+            start_time: run.start_time,
+            end_time: None,
+            lifecycle_stage: ACTIVE.into(),
+            artifact_uri,
+        })
+    }
+
+    pub async fn run_info(&self, run_id: &str) -> Result<RunInfo> {
+        let row = sqlx::query(&format!(
+            "SELECT {RUN_INFO_COLUMNS} FROM tracking_runs r WHERE r.run_id = $1"
+        ))
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| run_not_found(run_id))?;
+        run_info_from_row(&row)
+    }
+
+    pub async fn tracking_run(&self, run_id: &str) -> Result<TrackingRun> {
+        let info = self.run_info(run_id).await?;
+        Ok(self
+            .complete_runs(vec![info], true)
+            .await?
+            .pop()
+            .expect("one run in, one out"))
+    }
+
+    /// Params, tags, latest metrics (and inputs) of many runs, a query each.
+    async fn complete_runs(&self, infos: Vec<RunInfo>, inputs: bool) -> Result<Vec<TrackingRun>> {
+        if infos.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut binds = Binds::default();
+        let ids: Vec<String> = infos.iter().map(|i| binds.text(&i.run_id)).collect();
+        let list = ids.join(", ");
+        let mut params: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        let mut tags: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        for (table, out) in [("run_params", &mut params), ("run_tags", &mut tags)] {
+            let rows = bind_all(
+                sqlx::query(&format!(
+                    "SELECT run_id, key, value FROM {table} WHERE run_id IN ({list}) ORDER BY key"
+                )),
+                &binds.0,
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            for r in rows {
+                out.entry(r.try_get("run_id")?)
+                    .or_default()
+                    .push((r.try_get("key")?, r.try_get("value")?));
+            }
+        }
+        let mut metrics: HashMap<String, Vec<Metric>> = HashMap::new();
+        let rows = bind_all(
+            sqlx::query(&format!(
+                "SELECT run_id, key, value, ts, step, is_nan FROM latest_metrics \
+                 WHERE run_id IN ({list}) ORDER BY key"
+            )),
+            &binds.0,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for r in rows {
+            metrics
+                .entry(r.try_get("run_id")?)
+                .or_default()
+                .push(metric_from_row(&r)?);
+        }
+        let mut models: HashMap<String, Vec<(String, String, i64)>> = HashMap::new();
+        let mut datasets: HashMap<String, Vec<DatasetInput>> = HashMap::new();
+        if inputs {
+            let rows = bind_all(
+                sqlx::query(&format!(
+                    "SELECT run_id, model_id, direction, step FROM run_models WHERE run_id IN ({list}) \
+                     ORDER BY model_id"
+                )),
+                &binds.0,
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            for r in rows {
+                models.entry(r.try_get("run_id")?).or_default().push((
+                    r.try_get("model_id")?,
+                    r.try_get("direction")?,
+                    r.try_get("step")?,
+                ));
+            }
+            let rows = bind_all(
+                sqlx::query(&format!(
+                    "SELECT run_id, dataset_json, tags_json FROM run_inputs WHERE run_id IN ({list}) \
+                     ORDER BY name, digest"
+                )),
+                &binds.0,
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            for r in rows {
+                datasets
+                    .entry(r.try_get("run_id")?)
+                    .or_default()
+                    .push(DatasetInput {
+                        dataset_json: r.try_get("dataset_json")?,
+                        tags_json: r.try_get("tags_json")?,
+                    });
+            }
+        }
+        Ok(infos
+            .into_iter()
+            .map(|info| TrackingRun {
+                metrics: metrics.remove(&info.run_id).unwrap_or_default(),
+                params: params.remove(&info.run_id).unwrap_or_default(),
+                tags: tags.remove(&info.run_id).unwrap_or_default(),
+                inputs: datasets.remove(&info.run_id).unwrap_or_default(),
+                models: models.remove(&info.run_id).unwrap_or_default(),
+                info,
+            })
+            .collect())
+    }
+
+    pub async fn update_tracking_run(
+        &self,
+        run_id: &str,
+        status: Option<&str>,
+        end_time: Option<i64>,
+        name: Option<&str>,
+    ) -> Result<RunInfo> {
+        let info = self.run_info(run_id).await?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE tracking_runs SET status = $1, end_time = $2, name = $3 WHERE run_id = $4",
+        )
+        .bind(status.unwrap_or(&info.status))
+        .bind(end_time.or(info.end_time))
+        .bind(name.unwrap_or(&info.name))
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(name) = name {
+            upsert_run_tags(
+                &mut tx,
+                run_id,
+                &[("mlflow.runName".to_string(), name.to_string())],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        self.run_info(run_id).await
+    }
+
+    pub async fn set_run_lifecycle(&self, run_id: &str, stage: &str) -> Result<()> {
+        self.run_info(run_id).await?;
+        sqlx::query(
+            "UPDATE tracking_runs SET lifecycle_stage = $1, deleted_time = $2 WHERE run_id = $3",
+        )
+        .bind(stage)
+        .bind((stage == DELETED).then(weir_core::now_ms))
+        .bind(run_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Logs metrics, params and tags of one run, all or nothing. A param
+    /// already logged with another value is an error (params are immutable).
+    pub async fn log_batch(
+        &self,
+        run_id: &str,
+        metrics: &[Metric],
+        params: &[(String, String)],
+        tags: &[(String, String)],
+    ) -> Result<()> {
+        let info = self.run_info(run_id).await?;
+        if info.lifecycle_stage != ACTIVE {
+            return Err(StoreError::Invalid(format!(
+                "the run {run_id} must be in the 'active' state; it is '{}'",
+                info.lifecycle_stage
+            )));
+        }
+        let mut tx = self.pool.begin().await?;
+        // A write first, so SQLite takes its write lock now (see the crate docs).
+        sqlx::query("UPDATE tracking_runs SET run_id = run_id WHERE run_id = $1")
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        if !params.is_empty() {
+            insert_params(&mut tx, run_id, params).await?;
+        }
+        if !tags.is_empty() {
+            let mut deduped: BTreeMap<&str, &str> = BTreeMap::new();
+            for (k, v) in tags {
+                deduped.insert(k, v);
+            }
+            let tags: Vec<(String, String)> = deduped
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            upsert_run_tags(&mut tx, run_id, &tags).await?;
+            if let Some((_, name)) = tags.iter().find(|(k, _)| k == "mlflow.runName") {
+                sqlx::query("UPDATE tracking_runs SET name = $1 WHERE run_id = $2")
+                    .bind(name)
+                    .bind(run_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        if !metrics.is_empty() {
+            insert_metric_points(&mut tx, run_id, metrics).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn delete_run_tag(&self, run_id: &str, key: &str) -> Result<()> {
+        let info = self.run_info(run_id).await?;
+        if info.lifecycle_stage != ACTIVE {
+            return Err(StoreError::Invalid(format!(
+                "the run {run_id} must be in the 'active' state"
+            )));
+        }
+        let deleted = sqlx::query("DELETE FROM run_tags WHERE run_id = $1 AND key = $2")
+            .bind(run_id)
+            .bind(key)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::NotFound {
+                kind: "tag",
+                id: key.to_string(),
+                hint: format!("run {run_id} has no tag '{key}'"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Records datasets a run used: `(name, digest, dataset JSON, tags JSON)`.
+    pub async fn log_inputs(
+        &self,
+        run_id: &str,
+        datasets: &[(String, String, String, String)],
+    ) -> Result<()> {
+        self.run_info(run_id).await?;
+        let mut tx = self.pool.begin().await?;
+        for (name, digest, dataset, tags) in datasets {
+            sqlx::query("DELETE FROM run_inputs WHERE run_id = $1 AND name = $2 AND digest = $3")
+                .bind(run_id)
+                .bind(name)
+                .bind(digest)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO run_inputs (run_id, digest, name, dataset_json, tags_json) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(run_id)
+            .bind(digest)
+            .bind(name)
+            .bind(dataset)
+            .bind(tags)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every point of one metric, by step then timestamp.
+    pub async fn metric_history(
+        &self,
+        run_id: &str,
+        key: &str,
+        max_results: i64,
+        offset: i64,
+    ) -> Result<Vec<Metric>> {
+        self.run_info(run_id).await?;
+        let rows = sqlx::query(
+            "SELECT key, value, ts, step, is_nan FROM run_metrics WHERE run_id = $1 AND key = $2 \
+             ORDER BY step, ts LIMIT $3 OFFSET $4",
+        )
+        .bind(run_id)
+        .bind(key)
+        .bind(max_results)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(metric_from_row).collect()
+    }
+
+    /// Runs matching a search, and whether more follow this page.
+    pub async fn search_tracking_runs(
+        &self,
+        search: &RunSearch,
+    ) -> Result<(Vec<TrackingRun>, bool)> {
+        if search.experiment_ids.is_empty() {
+            return Ok((Vec::new(), false));
+        }
+        let mut binds = Binds::default();
+        let experiments: Vec<String> = search
+            .experiment_ids
+            .iter()
+            .map(|id| binds.push(Bind::Int(*id)))
+            .collect();
+        let mut sql = format!("SELECT {RUN_INFO_COLUMNS} FROM tracking_runs r");
+        let mut order = Vec::new();
+        for (i, o) in search.order_by.iter().enumerate() {
+            let dir = if o.ascending { "ASC" } else { "DESC" };
+            let column = match o.entity {
+                Entity::Attribute => attribute_column(&o.key).to_string(),
+                Entity::Metric | Entity::Param | Entity::Tag => {
+                    let (table, value) = match o.entity {
+                        Entity::Metric => ("latest_metrics", "value"),
+                        Entity::Param => ("run_params", "value"),
+                        _ => ("run_tags", "value"),
+                    };
+                    let key = binds.text(&o.key);
+                    sql += &format!(
+                        " LEFT JOIN {table} o{i} ON o{i}.run_id = r.run_id AND o{i}.key = {key}"
+                    );
+                    format!("o{i}.{value}")
+                }
+                Entity::Dataset => continue,
+            };
+            // Runs without the value sort last whichever the direction.
+            order.push(format!(
+                "CASE WHEN {column} IS NULL THEN 1 ELSE 0 END, {column} {dir}"
+            ));
+        }
+        sql += &format!(
+            " WHERE r.experiment_id IN ({}){}",
+            experiments.join(", "),
+            search.view.sql("r.lifecycle_stage")
+        );
+        for clause in &search.filter {
+            sql += " AND ";
+            sql += &clause_sql(clause, &mut binds);
+        }
+        if !search
+            .order_by
+            .iter()
+            .any(|o| o.entity == Entity::Attribute && o.key.ends_with("time"))
+        {
+            order.push("r.start_time DESC".into());
+        }
+        order.push("r.run_id ASC".into());
+        sql += &format!(
+            " ORDER BY {} LIMIT {} OFFSET {}",
+            order.join(", "),
+            binds.push(Bind::Int(search.max_results + 1)),
+            binds.push(Bind::Int(search.offset))
+        );
+        let rows = bind_all(sqlx::query(&sql), &binds.0)
+            .fetch_all(&self.pool)
+            .await?;
+        let more = rows.len() as i64 > search.max_results;
+        let infos = rows
+            .iter()
+            .take(search.max_results as usize)
+            .map(run_info_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok((self.complete_runs(infos, true).await?, more))
+    }
+
+    pub async fn put_artifact_path(&self, path: &str, digest: &str, size: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM artifact_paths WHERE path = $1")
+            .bind(path)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO artifact_paths (path, digest, size, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(path)
+        .bind(digest)
+        .bind(size)
+        .bind(weir_core::now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The digest and size stored at an artifact path.
+    pub async fn artifact_path(&self, path: &str) -> Result<Option<(String, i64)>> {
+        let row = sqlx::query("SELECT digest, size FROM artifact_paths WHERE path = $1")
+            .bind(path)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.try_get("digest")?, r.try_get("size")?)))
+            .transpose()
+    }
+
+    /// Every stored path under `prefix/` with its size.
+    pub async fn artifact_paths_under(&self, prefix: &str) -> Result<Vec<(String, i64)>> {
+        let dir = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", prefix.trim_end_matches('/'))
+        };
+        // Paths under the directory lie in [dir, dir + U+10FFFF): an index range.
+        let rows = sqlx::query(
+            "SELECT path, size FROM artifact_paths WHERE path >= $1 AND path < $2 ORDER BY path",
+        )
+        .bind(&dir)
+        .bind(format!("{dir}\u{10FFFF}"))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("path")?, r.try_get("size")?)))
+            .collect()
+    }
+
+    /// Removes a path, or every path under it; returns how many went.
+    pub async fn delete_artifact_paths(&self, path: &str) -> Result<u64> {
+        let dir = format!("{}/", path.trim_end_matches('/'));
+        let deleted =
+            sqlx::query("DELETE FROM artifact_paths WHERE path = $1 OR (path >= $2 AND path < $3)")
+                .bind(path)
+                .bind(&dir)
+                .bind(format!("{dir}\u{10FFFF}"))
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        Ok(deleted)
+    }
+}
+
+fn attribute_column(name: &str) -> &'static str {
+    match name {
+        "run_id" => "r.run_id",
+        "run_name" => "r.name",
+        "status" => "r.status",
+        "user_id" => "r.user_id",
+        "artifact_uri" => "r.artifact_uri",
+        "end_time" => "r.end_time",
+        // start_time and created
+        _ => "r.start_time",
+    }
+}
+
+/// The comparison of one clause against `column`.
+fn value_sql(clause: &Clause, column: &str, binds: &mut Binds) -> String {
+    let c = clause.comparator;
+    match (&clause.value, c) {
+        (Value::Number(n), _) => format!("{column} {} {}", c.sql(), binds.push(Bind::Real(*n))),
+        (Value::Text(t), Comparator::ILike) => {
+            format!("LOWER({column}) LIKE LOWER({})", binds.text(t))
+        }
+        (Value::Text(t), _) => format!("{column} {} {}", c.sql(), binds.text(t)),
+        (Value::List(items), _) => {
+            let list: Vec<String> = items.iter().map(|i| binds.text(i)).collect();
+            format!("{column} {} ({})", c.sql(), list.join(", "))
+        }
+        (Value::None, _) => format!("{column} {}", c.sql()),
+    }
+}
+
+/// One filter clause as a SQL condition on the run `r`.
+fn clause_sql(clause: &Clause, binds: &mut Binds) -> String {
+    let c = clause.comparator;
+    match clause.entity {
+        Entity::Attribute => value_sql(clause, attribute_column(&clause.key), binds),
+        Entity::Metric | Entity::Param | Entity::Tag => {
+            let table = match clause.entity {
+                Entity::Metric => "latest_metrics",
+                Entity::Param => "run_params",
+                _ => "run_tags",
+            };
+            let key = binds.text(&clause.key);
+            match c {
+                Comparator::IsNull => format!(
+                    "NOT EXISTS (SELECT 1 FROM {table} f WHERE f.run_id = r.run_id AND f.key = {key})"
+                ),
+                Comparator::IsNotNull => format!(
+                    "EXISTS (SELECT 1 FROM {table} f WHERE f.run_id = r.run_id AND f.key = {key})"
+                ),
+                _ => {
+                    let nan = if clause.entity == Entity::Metric {
+                        " AND f.is_nan = 0"
+                    } else {
+                        ""
+                    };
+                    format!(
+                        "EXISTS (SELECT 1 FROM {table} f WHERE f.run_id = r.run_id AND f.key = {key}{nan} AND {})",
+                        value_sql(clause, "f.value", binds)
+                    )
+                }
+            }
+        }
+        Entity::Dataset => {
+            let column = match clause.key.as_str() {
+                "name" => "d.name",
+                "digest" => "d.digest",
+                _ => "d.tags_json",
+            };
+            format!(
+                "EXISTS (SELECT 1 FROM run_inputs d WHERE d.run_id = r.run_id AND {})",
+                value_sql(clause, column, binds)
+            )
+        }
+    }
+}
+
+async fn upsert_experiment_tag(
+    tx: &mut Transaction<'_, Any>,
+    id: i64,
+    key: &str,
+    value: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO experiment_tags (experiment_id, key, value) VALUES ($1, $2, $3) \
+         ON CONFLICT (experiment_id, key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(id)
+    .bind(key)
+    .bind(value)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn upsert_run_tags(
+    tx: &mut Transaction<'_, Any>,
+    run_id: &str,
+    tags: &[(String, String)],
+) -> Result<()> {
+    for chunk in tags.chunks(ROWS_PER_INSERT) {
+        let mut binds = Binds::default();
+        let rows: Vec<String> = chunk
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "({}, {}, {})",
+                    binds.text(run_id),
+                    binds.text(k),
+                    binds.text(v)
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO run_tags (run_id, key, value) VALUES {} \
+             ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
+            rows.join(", ")
+        );
+        bind_all(sqlx::query(&sql), &binds.0)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn insert_params(
+    tx: &mut Transaction<'_, Any>,
+    run_id: &str,
+    params: &[(String, String)],
+) -> Result<()> {
+    let mut wanted: BTreeMap<&str, &str> = BTreeMap::new();
+    for (k, v) in params {
+        if let Some(previous) = wanted.insert(k, v) {
+            if previous != v {
+                return Err(StoreError::Invalid(format!(
+                    "the batch logs param '{k}' twice with different values ('{previous}' and '{v}')"
+                )));
+            }
+        }
+    }
+    let mut binds = Binds::default();
+    let run = binds.text(run_id);
+    let keys: Vec<String> = wanted.keys().map(|k| binds.text(*k)).collect();
+    let existing = bind_all(
+        sqlx::query(&format!(
+            "SELECT key, value FROM run_params WHERE run_id = {run} AND key IN ({})",
+            keys.join(", ")
+        )),
+        &binds.0,
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in existing {
+        let key: String = row.try_get("key")?;
+        let old: String = row.try_get("value")?;
+        if let Some(new) = wanted.remove(key.as_str()) {
+            if new != old {
+                return Err(StoreError::Invalid(format!(
+                    "changing param values is not allowed. Param with key='{key}' was already logged \
+                     with value='{old}' for run ID='{run_id}'. Attempted logging new value '{new}'."
+                )));
+            }
+        }
+    }
+    let wanted: Vec<(&str, &str)> = wanted.into_iter().collect();
+    for chunk in wanted.chunks(ROWS_PER_INSERT) {
+        let mut binds = Binds::default();
+        let rows: Vec<String> = chunk
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "({}, {}, {})",
+                    binds.text(run_id),
+                    binds.text(*k),
+                    binds.text(*v)
+                )
+            })
+            .collect();
+        bind_all(
+            sqlx::query(&format!(
+                "INSERT INTO run_params (run_id, key, value) VALUES {}",
+                rows.join(", ")
+            )),
+            &binds.0,
+        )
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// A stored metric point: (step, timestamp, value, is_nan).
+type Point = (i64, i64, f64, i64);
+
+/// Orders points the way MLflow picks a metric's latest value.
+fn newer(a: Point, b: Point) -> bool {
+    // NaN counts as the smallest value.
+    let value = |p: Point| if p.3 != 0 { f64::NEG_INFINITY } else { p.2 };
+    (a.0, a.1) > (b.0, b.1) || ((a.0, a.1) == (b.0, b.1) && value(a) > value(b))
+}
+
+async fn insert_metric_points(
+    tx: &mut Transaction<'_, Any>,
+    run_id: &str,
+    metrics: &[Metric],
+) -> Result<()> {
+    let mut latest: BTreeMap<&str, Point> = BTreeMap::new();
+    for chunk in metrics.chunks(ROWS_PER_INSERT) {
+        let mut binds = Binds::default();
+        let rows: Vec<String> = chunk
+            .iter()
+            .map(|m| {
+                let (value, is_nan) = storable(m.value);
+                let point = (m.step, m.timestamp, value, is_nan);
+                match latest.get(m.key.as_str()) {
+                    Some(best) if !newer(point, *best) => {}
+                    _ => {
+                        latest.insert(&m.key, point);
+                    }
+                }
+                format!(
+                    "({}, {}, {}, {}, {}, {})",
+                    binds.text(run_id),
+                    binds.text(&m.key),
+                    binds.push(Bind::Real(value)),
+                    binds.push(Bind::Int(m.timestamp)),
+                    binds.push(Bind::Int(m.step)),
+                    binds.push(Bind::Int(is_nan))
+                )
+            })
+            .collect();
+        bind_all(
+            sqlx::query(&format!(
+                "INSERT INTO run_metrics (run_id, key, value, ts, step, is_nan) VALUES {}",
+                rows.join(", ")
+            )),
+            &binds.0,
+        )
+        .execute(&mut **tx)
+        .await?;
+    }
+    let latest: Vec<(&str, Point)> = latest.into_iter().collect();
+    for chunk in latest.chunks(ROWS_PER_INSERT) {
+        let mut binds = Binds::default();
+        let rows: Vec<String> = chunk
+            .iter()
+            .map(|(key, (step, ts, value, is_nan))| {
+                format!(
+                    "({}, {}, {}, {}, {}, {})",
+                    binds.text(run_id),
+                    binds.text(*key),
+                    binds.push(Bind::Real(*value)),
+                    binds.push(Bind::Int(*ts)),
+                    binds.push(Bind::Int(*step)),
+                    binds.push(Bind::Int(*is_nan))
+                )
+            })
+            .collect();
+        // Replace the stored latest point only with a newer one (MLflow's order).
+        let sql = format!(
+            "INSERT INTO latest_metrics (run_id, key, value, ts, step, is_nan) VALUES {} \
+             ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, ts = excluded.ts, \
+             step = excluded.step, is_nan = excluded.is_nan \
+             WHERE excluded.step > latest_metrics.step \
+             OR (excluded.step = latest_metrics.step AND excluded.ts > latest_metrics.ts) \
+             OR (excluded.step = latest_metrics.step AND excluded.ts = latest_metrics.ts \
+                 AND (CASE WHEN excluded.is_nan = 1 THEN -1e308 ELSE excluded.value END) \
+                   > (CASE WHEN latest_metrics.is_nan = 1 THEN -1e308 ELSE latest_metrics.value END))",
+            rows.join(", ")
+        );
+        bind_all(sqlx::query(&sql), &binds.0)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoggedModel {
+    pub model_id: String,
+    pub experiment_id: i64,
+    pub name: String,
+    pub artifact_uri: String,
+    pub status: String,
+    pub status_message: Option<String>,
+    pub creator_id: Option<String>,
+    pub model_type: Option<String>,
+    pub source_run_id: Option<String>,
+    pub creation_time: i64,
+    pub last_updated_time: i64,
+    pub params: Vec<(String, String)>,
+    pub tags: Vec<(String, String)>,
+}
+
+pub struct NewLoggedModel {
+    pub model_id: String,
+    pub experiment_id: i64,
+    pub name: String,
+    pub model_type: Option<String>,
+    pub source_run_id: Option<String>,
+    pub params: Vec<(String, String)>,
+    pub tags: Vec<(String, String)>,
+}
+
+const LOGGED_MODEL_COLUMNS: &str = "model_id, experiment_id, name, artifact_uri, status, \
+     status_message, creator_id, model_type, source_run_id, creation_time, last_updated_time";
+
+fn logged_model_not_found(id: &str) -> StoreError {
+    StoreError::NotFound {
+        kind: "logged model",
+        id: id.to_string(),
+        hint: "logged models are created by mlflow's log_model".into(),
+    }
+}
+
+impl Store {
+    pub async fn create_logged_model(&self, new: &NewLoggedModel) -> Result<LoggedModel> {
+        let experiment = self.experiment(new.experiment_id).await?;
+        let artifact_uri = format!(
+            "{}/models/{}/artifacts",
+            experiment.artifact_location.trim_end_matches('/'),
+            new.model_id
+        );
+        let now = weir_core::now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!(
+            "INSERT INTO logged_models ({LOGGED_MODEL_COLUMNS}, lifecycle_stage) \
+             VALUES ($1, $2, $3, $4, 'LOGGED_MODEL_PENDING', NULL, NULL, $5, $6, $7, $7, $8)"
+        ))
+        .bind(&new.model_id)
+        .bind(new.experiment_id)
+        .bind(&new.name)
+        .bind(&artifact_uri)
+        .bind(&new.model_type)
+        .bind(&new.source_run_id)
+        .bind(now)
+        .bind(ACTIVE)
+        .execute(&mut *tx)
+        .await?;
+        upsert_model_pairs(&mut tx, "logged_model_params", &new.model_id, &new.params).await?;
+        upsert_model_pairs(&mut tx, "logged_model_tags", &new.model_id, &new.tags).await?;
+        tx.commit().await?;
+        self.logged_model(&new.model_id).await
+    }
+
+    pub async fn logged_model(&self, id: &str) -> Result<LoggedModel> {
+        let row = sqlx::query(&format!(
+            "SELECT {LOGGED_MODEL_COLUMNS} FROM logged_models WHERE model_id = $1 AND lifecycle_stage = $2"
+        ))
+        .bind(id)
+        .bind(ACTIVE)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| logged_model_not_found(id))?;
+        self.logged_model_from_row(&row).await
+    }
+
+    async fn logged_model_from_row(&self, row: &AnyRow) -> Result<LoggedModel> {
+        let id: String = row.try_get("model_id")?;
+        let mut pairs = Vec::new();
+        for table in ["logged_model_params", "logged_model_tags"] {
+            pairs.push(
+                sqlx::query(&format!(
+                    "SELECT key, value FROM {table} WHERE model_id = $1 ORDER BY key"
+                ))
+                .bind(&id)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get("key")?, r.try_get("value")?)))
+                .collect::<Result<Vec<(String, String)>>>()?,
+            );
+        }
+        let tags = pairs.pop().unwrap_or_default();
+        let params = pairs.pop().unwrap_or_default();
+        Ok(LoggedModel {
+            model_id: id,
+            experiment_id: row.try_get("experiment_id")?,
+            name: row.try_get("name")?,
+            artifact_uri: row.try_get("artifact_uri")?,
+            status: row.try_get("status")?,
+            status_message: row.try_get("status_message")?,
+            creator_id: row.try_get("creator_id")?,
+            model_type: row.try_get("model_type")?,
+            source_run_id: row.try_get("source_run_id")?,
+            creation_time: row.try_get("creation_time")?,
+            last_updated_time: row.try_get("last_updated_time")?,
+            params,
+            tags,
+        })
+    }
+
+    pub async fn finalize_logged_model(&self, id: &str, status: &str) -> Result<LoggedModel> {
+        self.logged_model(id).await?;
+        sqlx::query(
+            "UPDATE logged_models SET status = $1, last_updated_time = $2 WHERE model_id = $3",
+        )
+        .bind(status)
+        .bind(weir_core::now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        self.logged_model(id).await
+    }
+
+    pub async fn delete_logged_model(&self, id: &str) -> Result<()> {
+        self.logged_model(id).await?;
+        sqlx::query("UPDATE logged_models SET lifecycle_stage = $1 WHERE model_id = $2")
+            .bind(DELETED)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Adds params (`logged_model_params`) or tags (`logged_model_tags`).
+    pub async fn set_logged_model_pairs(
+        &self,
+        id: &str,
+        tags: bool,
+        pairs: &[(String, String)],
+    ) -> Result<()> {
+        self.logged_model(id).await?;
+        let table = if tags {
+            "logged_model_tags"
+        } else {
+            "logged_model_params"
+        };
+        let mut tx = self.pool.begin().await?;
+        upsert_model_pairs(&mut tx, table, id, pairs).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn delete_logged_model_tag(&self, id: &str, key: &str) -> Result<()> {
+        self.logged_model(id).await?;
+        let deleted = sqlx::query("DELETE FROM logged_model_tags WHERE model_id = $1 AND key = $2")
+            .bind(id)
+            .bind(key)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::NotFound {
+                kind: "tag",
+                id: key.to_string(),
+                hint: format!("logged model {id} has no tag '{key}'"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Logged models of some experiments, filtered by clauses over name,
+    /// source_run_id, model_id, status and tags; newest first.
+    pub async fn search_logged_models(
+        &self,
+        experiment_ids: &[i64],
+        filter: &[Clause],
+        max_results: i64,
+        offset: i64,
+    ) -> Result<(Vec<LoggedModel>, bool)> {
+        if experiment_ids.is_empty() {
+            return Ok((Vec::new(), false));
+        }
+        let mut binds = Binds::default();
+        let ids: Vec<String> = experiment_ids
+            .iter()
+            .map(|id| binds.push(Bind::Int(*id)))
+            .collect();
+        let mut sql = format!(
+            "SELECT {LOGGED_MODEL_COLUMNS} FROM logged_models m WHERE m.lifecycle_stage = '{ACTIVE}' \
+             AND m.experiment_id IN ({})",
+            ids.join(", ")
+        );
+        for clause in filter {
+            sql += " AND ";
+            sql += &match clause.entity {
+                Entity::Tag | Entity::Param => {
+                    let table = if clause.entity == Entity::Tag {
+                        "logged_model_tags"
+                    } else {
+                        "logged_model_params"
+                    };
+                    let key = binds.text(&clause.key);
+                    let cond = value_sql(clause, "t.value", &mut binds);
+                    format!(
+                        "EXISTS (SELECT 1 FROM {table} t WHERE t.model_id = m.model_id AND t.key = {key} AND {cond})"
+                    )
+                }
+                _ => {
+                    let column = match clause.key.as_str() {
+                        "source_run_id" => "m.source_run_id",
+                        "model_id" => "m.model_id",
+                        "status" => "m.status",
+                        "model_type" => "m.model_type",
+                        "creation_timestamp" | "creation_time" => "m.creation_time",
+                        "last_updated_timestamp" => "m.last_updated_time",
+                        _ => "m.name",
+                    };
+                    value_sql(clause, column, &mut binds)
+                }
+            };
+        }
+        sql += &format!(
+            " ORDER BY m.creation_time DESC, m.model_id LIMIT {} OFFSET {}",
+            binds.push(Bind::Int(max_results + 1)),
+            binds.push(Bind::Int(offset))
+        );
+        let rows = bind_all(sqlx::query(&sql), &binds.0)
+            .fetch_all(&self.pool)
+            .await?;
+        let more = rows.len() as i64 > max_results;
+        let mut out = Vec::new();
+        for row in rows.iter().take(max_results as usize) {
+            out.push(self.logged_model_from_row(row).await?);
+        }
+        Ok((out, more))
+    }
+
+    /// Records models a run produced (`output`) or used (`input`).
+    pub async fn log_run_models(
+        &self,
+        run_id: &str,
+        direction: &str,
+        models: &[(String, i64)],
+    ) -> Result<()> {
+        self.run_info(run_id).await?;
+        let mut tx = self.pool.begin().await?;
+        for (model_id, step) in models {
+            sqlx::query(
+                "INSERT INTO run_models (run_id, model_id, direction, step) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (run_id, model_id, direction) DO UPDATE SET step = excluded.step",
+            )
+            .bind(run_id)
+            .bind(model_id)
+            .bind(direction)
+            .bind(step)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// `(model_id, direction, step)` of a run's models.
+    pub async fn run_models(&self, run_id: &str) -> Result<Vec<(String, String, i64)>> {
+        sqlx::query(
+            "SELECT model_id, direction, step FROM run_models WHERE run_id = $1 ORDER BY model_id",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get("model_id")?,
+                r.try_get("direction")?,
+                r.try_get("step")?,
+            ))
+        })
+        .collect()
+    }
+}
+
+async fn upsert_model_pairs(
+    tx: &mut Transaction<'_, Any>,
+    table: &str,
+    model_id: &str,
+    pairs: &[(String, String)],
+) -> Result<()> {
+    for (k, v) in pairs {
+        sqlx::query(&format!(
+            "INSERT INTO {table} (model_id, key, value) VALUES ($1, $2, $3) \
+             ON CONFLICT (model_id, key) DO UPDATE SET value = excluded.value"
+        ))
+        .bind(model_id)
+        .bind(k)
+        .bind(v)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}

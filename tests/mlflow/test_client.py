@@ -1,0 +1,237 @@
+"""The official mlflow client, unchanged, against `weir server`."""
+import math
+import multiprocessing
+import os
+import tempfile
+import time
+
+import pytest
+import requests
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+
+
+def test_experiments_lifecycle(tracking, server):
+    client = MlflowClient()
+    eid = client.create_experiment("lifecycle-" + str(time.time_ns()), tags={"team": "risk"})
+    e = client.get_experiment(eid)
+    assert e.tags["team"] == "risk" and e.lifecycle_stage == "active"
+    assert client.get_experiment_by_name(e.name).experiment_id == eid
+    client.rename_experiment(eid, e.name + "-renamed")
+    client.set_experiment_tag(eid, "stage", "dev")
+    assert client.get_experiment(eid).tags["stage"] == "dev"
+    client.delete_experiment(eid)
+    assert client.get_experiment(eid).lifecycle_stage == "deleted"
+    active = [x.experiment_id for x in client.search_experiments()]
+    assert eid not in active and "0" in active
+    client.restore_experiment(eid)
+    assert client.get_experiment(eid).lifecycle_stage == "active"
+    found = client.search_experiments(filter_string=f"name = '{e.name}-renamed'")
+    assert [x.experiment_id for x in found] == [eid]
+    with pytest.raises(MlflowException) as err:
+        client.create_experiment(e.name + "-renamed")
+    assert err.value.error_code == "RESOURCE_ALREADY_EXISTS"
+
+
+def test_runs_params_metrics_tags(tracking):
+    client = MlflowClient()
+    with tracking.start_run(run_name="parent") as parent:
+        tracking.log_param("lr", 0.1)
+        tracking.log_params({"depth": 6, "model": "gbdt"})
+        tracking.log_metric("loss", 0.9, step=0, timestamp=1000)
+        tracking.log_metric("loss", 0.5, step=1, timestamp=2000)
+        tracking.log_metrics({"loss": 0.3, "auc": 0.81}, step=2)
+        tracking.set_tag("team", "risk")
+        tracking.set_tags({"a": "1", "b": "2"})
+        with tracking.start_run(run_name="child", nested=True) as child:
+            tracking.log_metric("x", 1.0)
+    run = client.get_run(parent.info.run_id)
+    assert run.info.status == "FINISHED" and run.info.end_time >= run.info.start_time
+    assert run.info.run_name == "parent"
+    assert run.data.params == {"lr": "0.1", "depth": "6", "model": "gbdt"}
+    assert run.data.metrics == {"loss": 0.3, "auc": 0.81}
+    assert run.data.tags["team"] == "risk" and run.data.tags["a"] == "1"
+    kid = client.get_run(child.info.run_id)
+    assert kid.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    history = client.get_metric_history(parent.info.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(0, 0.9), (1, 0.5), (2, 0.3)]
+    assert history[0].timestamp == 1000 and history[1].timestamp == 2000
+    # Params are immutable: the same value again is fine, another is an error.
+    client.log_param(parent.info.run_id, "lr", "0.1")
+    with pytest.raises(MlflowException) as err:
+        client.log_param(parent.info.run_id, "lr", "0.2")
+    assert err.value.error_code == "INVALID_PARAMETER_VALUE"
+    client.delete_tag(parent.info.run_id, "b")
+    assert "b" not in client.get_run(parent.info.run_id).data.tags
+
+
+def test_a_failing_run_is_recorded_as_failed(tracking):
+    with pytest.raises(RuntimeError):
+        with tracking.start_run() as run:
+            tracking.log_metric("before", 1.0)
+            raise RuntimeError("boom")
+    assert MlflowClient().get_run(run.info.run_id).info.status == "FAILED"
+
+
+def test_latest_metric_is_the_largest_step(tracking):
+    with tracking.start_run() as run:
+        tracking.log_metric("m", 5.0, step=10)
+        tracking.log_metric("m", 7.0, step=3)
+    assert MlflowClient().get_run(run.info.run_id).data.metrics["m"] == 5.0
+
+
+def test_artifacts_round_trip(tracking):
+    d = tempfile.mkdtemp()
+    with open(os.path.join(d, "report.txt"), "w") as f:
+        f.write("all good\n")
+    os.makedirs(os.path.join(d, "plots"))
+    with open(os.path.join(d, "plots", "roc.csv"), "w") as f:
+        f.write("fpr,tpr\n0,0\n1,1\n")
+    with tracking.start_run() as run:
+        tracking.log_artifact(os.path.join(d, "report.txt"))
+        tracking.log_artifacts(d, artifact_path="bundle")
+    client = MlflowClient()
+    top = sorted((f.path, f.is_dir) for f in client.list_artifacts(run.info.run_id))
+    assert top == [("bundle", True), ("report.txt", False)]
+    nested = sorted(f.path for f in client.list_artifacts(run.info.run_id, "bundle"))
+    assert nested == ["bundle/plots", "bundle/report.txt"]
+    out = tracking.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="bundle")
+    assert open(os.path.join(out, "plots", "roc.csv")).read() == "fpr,tpr\n0,0\n1,1\n"
+    out = tracking.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="report.txt")
+    assert open(out).read() == "all good\n"
+
+
+def test_log_and_load_a_pyfunc_model(tracking):
+    import mlflow.pyfunc
+
+    class Add(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return [x + 1 for x in model_input]
+
+    with tracking.start_run() as run:
+        info = mlflow.pyfunc.log_model(name="adder", python_model=Add())
+    assert info.model_id.startswith("m-")
+    model = MlflowClient().get_logged_model(info.model_id)
+    assert model.source_run_id == run.info.run_id and str(model.status).endswith("READY")
+    assert mlflow.pyfunc.load_model(info.model_uri).predict([1, 2]) == [2, 3]
+    assert mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/adder").predict([5]) == [6]
+
+
+def test_search_runs_filters_and_orders(tracking):
+    client = MlflowClient()
+    eid = tracking.experiment_id
+    for i in range(12):
+        with tracking.start_run(run_name=f"r{i}"):
+            tracking.log_param("model", "gbdt" if i % 2 else "linear")
+            tracking.log_metric("auc", i / 20)
+            tracking.set_tag("team", "risk" if i < 6 else "fraud")
+    runs = client.search_runs([eid], "metrics.auc > 0.3 AND params.model = 'gbdt'", order_by=["metrics.auc DESC"])
+    assert [r.data.metrics["auc"] for r in runs] == [0.55, 0.45, 0.35]
+    runs = client.search_runs([eid], "tags.team LIKE 'fr%' AND attributes.status = 'FINISHED'",
+                              order_by=["params.model ASC", "metrics.auc ASC"])
+    assert [r.info.run_name for r in runs] == ["r7", "r9", "r11", "r6", "r8", "r10"]
+    page = client.search_runs([eid], "", order_by=["metrics.auc ASC"], max_results=5)
+    assert [r.info.run_name for r in page] == ["r0", "r1", "r2", "r3", "r4"] and page.token
+    page2 = client.search_runs([eid], "", order_by=["metrics.auc ASC"], max_results=5, page_token=page.token)
+    assert [r.info.run_name for r in page2] == ["r5", "r6", "r7", "r8", "r9"]
+    df = tracking.search_runs([eid], filter_string="metrics.auc >= 0.5")
+    assert sorted(df["tags.mlflow.runName"]) == ["r10", "r11"]
+    with pytest.raises(MlflowException) as err:
+        client.search_runs([eid], "metrics.auc >> 0.5")
+    assert err.value.error_code == "INVALID_PARAMETER_VALUE" and "position 13" in err.value.message
+
+
+def test_delete_and_restore_a_run(tracking):
+    client = MlflowClient()
+    with tracking.start_run() as run:
+        tracking.log_metric("m", 1)
+    eid = run.info.experiment_id
+    client.delete_run(run.info.run_id)
+    assert client.get_run(run.info.run_id).info.lifecycle_stage == "deleted"
+    assert run.info.run_id not in [r.info.run_id for r in client.search_runs([eid])]
+    from mlflow.entities import ViewType
+
+    deleted = client.search_runs([eid], run_view_type=ViewType.DELETED_ONLY)
+    assert run.info.run_id in [r.info.run_id for r in deleted]
+    client.restore_run(run.info.run_id)
+    assert run.info.run_id in [r.info.run_id for r in client.search_runs([eid])]
+
+
+# ---- bad input, straight over HTTP ------------------------------------------
+
+def api(server, path):
+    return f"{server.url}/api/2.0/mlflow/{path}"
+
+
+def new_run(server):
+    r = requests.post(api(server, "runs/create"), json={"experiment_id": "0"})
+    assert r.status_code == 200, r.text
+    return r.json()["run"]["info"]["run_id"]
+
+
+def test_malformed_json_and_unknown_ids(server):
+    r = requests.post(api(server, "runs/create"), data="{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error_code"] == "BAD_REQUEST"
+    r = requests.get(api(server, "runs/get"), params={"run_id": "0" * 32})
+    assert r.status_code == 404 and r.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+    r = requests.get(api(server, "experiments/get"), params={"experiment_id": "987654"})
+    assert r.status_code == 404 and r.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+    r = requests.post(api(server, "runs/log-metric"), json={"run_id": "f" * 32, "key": "m", "value": 1, "timestamp": 0})
+    assert r.status_code == 404
+
+
+def test_nan_and_infinities(server):
+    run = new_run(server)
+    for value in ["NaN", "Infinity", "-Infinity"]:
+        r = requests.post(api(server, "runs/log-metric"),
+                          json={"run_id": run, "key": value.lower(), "value": value, "timestamp": 0})
+        assert r.status_code == 200, r.text
+    metrics = {m["key"]: m["value"] for m in requests.get(api(server, "runs/get"), params={"run_id": run}).json()["run"]["data"]["metrics"]}
+    assert metrics["nan"] == "NaN"
+    assert metrics["infinity"] == 1.7976931348623157e308 and metrics["-infinity"] == -1.7976931348623157e308
+    client = MlflowClient(server.url)
+    assert math.isnan(client.get_run(run).data.metrics["nan"])
+
+
+def test_batch_limits(server):
+    run = new_run(server)
+    metrics = [{"key": "m", "value": 1, "timestamp": 0, "step": i} for i in range(1001)]
+    r = requests.post(api(server, "runs/log-batch"), json={"run_id": run, "metrics": metrics})
+    assert r.status_code == 400 and r.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert "at most 1000 metrics" in r.json()["message"]
+    params = [{"key": f"p{i}", "value": "v"} for i in range(101)]
+    r = requests.post(api(server, "runs/log-batch"), json={"run_id": run, "params": params})
+    assert r.status_code == 400 and "at most 100 params" in r.json()["message"]
+    r = requests.post(api(server, "runs/log-parameter"), json={"run_id": run, "key": "big", "value": "x" * 6001})
+    assert r.status_code == 400 and "exceeded length limit of 6000" in r.json()["message"]
+    # Nothing of a rejected batch was written.
+    data = requests.get(api(server, "runs/get"), params={"run_id": run}).json()["run"]["data"]
+    assert data.get("metrics", []) == [] and data.get("params", []) == []
+
+
+def test_artifact_paths_cannot_escape(server):
+    base = f"{server.url}/api/2.0/mlflow-artifacts/artifacts"
+    for bad in ["0/run/artifacts/../../../../etc/passwd", "0/run/artifacts/%2e%2e/x"]:
+        r = requests.put(f"{base}/{bad}", data=b"x")
+        assert r.status_code in (400, 404), (bad, r.status_code)
+    r = requests.get(f"{server.url}/api/2.0/mlflow-artifacts/artifacts", params={"path": "../x"})
+    assert r.status_code == 400 and r.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    r = requests.get(f"{server.url}/api/2.0/mlflow-artifacts/artifacts", params={"path": "/etc"})
+    assert r.status_code == 400
+
+
+def _log_from_process(url, n):
+    client = MlflowClient(url)
+    run = client.create_run("0")
+    for i in range(n):
+        client.log_batch(run.info.run_id, metrics=[Metric("m", float(i), 0, i)])
+    return run.info.run_id
+
+
+def test_eight_processes_logging_at_once(server):
+    with multiprocessing.get_context("spawn").Pool(8) as pool:
+        runs = pool.starmap(_log_from_process, [(server.url, 40)] * 8)
+    client = MlflowClient(server.url)
+    for run in runs:
+        assert len(client.get_metric_history(run, "m")) == 40

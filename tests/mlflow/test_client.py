@@ -235,3 +235,47 @@ def test_eight_processes_logging_at_once(server):
     client = MlflowClient(server.url)
     for run in runs:
         assert len(client.get_metric_history(run, "m")) == 40
+
+
+def test_register_a_model_and_load_it_by_alias(tracking):
+    import mlflow.pyfunc
+
+    class Double(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return [2 * x for x in model_input]
+
+    name = "doubler-" + str(time.time_ns())
+    with tracking.start_run() as run:
+        info = mlflow.pyfunc.log_model(name="model", python_model=Double())
+    mv = tracking.register_model(info.model_uri, name)
+    assert mv.version == "1" and mv.run_id == run.info.run_id
+    client = MlflowClient()
+    client.set_registered_model_alias(name, "champion", mv.version)
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
+    assert mlflow.pyfunc.load_model(f"models:/{name}@champion").predict([4]) == [8]
+    assert mlflow.pyfunc.load_model(f"models:/{name}/1").predict([1]) == [2]
+    # A second version from a runs:/ URI; the alias still points at version 1.
+    mv2 = tracking.register_model(f"runs:/{run.info.run_id}/model", name)
+    assert mv2.version == "2"
+    assert client.get_registered_model(name).aliases == {"champion": "1"}
+    client.set_model_version_tag(name, "2", "validated", "yes")
+    client.update_model_version(name, "2", description="second")
+    got = client.get_model_version(name, "2")
+    assert got.tags == {"validated": "yes"} and got.description == "second"
+    client.transition_model_version_stage(name, "2", "Staging")
+    assert [v.version for v in client.get_latest_versions(name, stages=["Staging"])] == ["2"]
+    assert sorted(v.version for v in client.search_model_versions(f"name = '{name}'")) == ["1", "2"]
+    assert [m.name for m in client.search_registered_models(f"name = '{name}'")] == [name]
+    client.set_registered_model_tag(name, "owner", "risk")
+    client.update_registered_model(name, description="doubles")
+    rm = client.get_registered_model(name)
+    assert rm.tags == {"owner": "risk"} and rm.description == "doubles"
+    client.rename_registered_model(name, name + "-v2")
+    assert client.get_model_version_by_alias(name + "-v2", "champion").version == "1"
+    client.delete_registered_model_alias(name + "-v2", "champion")
+    client.delete_model_version(name + "-v2", "2")
+    assert [v.version for v in client.search_model_versions(f"name = '{name}-v2'")] == ["1"]
+    client.delete_registered_model(name + "-v2")
+    with pytest.raises(MlflowException) as err:
+        client.get_registered_model(name + "-v2")
+    assert err.value.error_code == "RESOURCE_DOES_NOT_EXIST"

@@ -266,7 +266,9 @@ pub async fn model_detail(
                         v.version.to_string(),
                         time(v.created_at),
                         v.run_id.clone().unwrap_or_default(),
-                        v.digest[..12].to_string(),
+                        v.digest
+                            .as_deref()
+                            .map_or_else(|| v.source.clone(), |d| d[..12].to_string()),
                         headline,
                     ]
                 })
@@ -288,7 +290,10 @@ pub async fn model_detail(
             } else {
                 println!("model     {} version {}", mv.name, mv.version);
                 println!("created   {} UTC", time(mv.created_at));
-                println!("digest    {}", mv.digest);
+                match &mv.digest {
+                    Some(d) => println!("digest    {d}"),
+                    None => println!("source    {}", mv.source),
+                }
                 println!("run       {}", mv.run_id.unwrap_or_default());
                 println!(
                     "lineage   {}",

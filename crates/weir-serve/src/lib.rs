@@ -134,7 +134,7 @@ async fn load(
 ) -> Result<Loaded, ServeError> {
     let mv = store.model_version(name, Some(version)).await?;
     let digest = mv
-        .digest
+        .weir_digest()?
         .parse()
         .map_err(|e: weir_core::DigestError| ServeError::Load {
             model: format!("{name}:{version}"),

@@ -8,6 +8,7 @@ mod error;
 mod json;
 mod models;
 mod params;
+mod registry;
 mod tracking;
 
 use std::path::PathBuf;
@@ -53,6 +54,7 @@ const MAX_JSON_BODY: usize = 16 << 20;
 
 /// Every route; MLflow's clients call both the 2.0 and the 3.0 prefixes.
 pub fn router(app: App) -> Router {
+    use registry as r;
     use tracking as t;
     let mlflow = Router::new()
         .route("/experiments/create", post(t::create_experiment))
@@ -88,6 +90,42 @@ pub fn router(app: App) -> Router {
         .route("/metrics/get-history", get(t::metric_history))
         .route("/artifacts/list", get(artifacts::list_run))
         .route("/runs/outputs", post(models::log_outputs))
+        .route("/registered-models/create", post(r::create_model))
+        .route("/registered-models/get", get(r::get_model))
+        .route("/registered-models/rename", post(r::rename_model))
+        .route("/registered-models/update", patch(r::update_model))
+        .route("/registered-models/delete", delete(r::delete_model))
+        .route(
+            "/registered-models/search",
+            get(r::search_models).post(r::search_models),
+        )
+        .route(
+            "/registered-models/get-latest-versions",
+            get(r::latest_versions).post(r::latest_versions),
+        )
+        .route("/registered-models/set-tag", post(r::set_model_tag))
+        .route("/registered-models/delete-tag", delete(r::delete_model_tag))
+        .route(
+            "/registered-models/alias",
+            get(r::get_by_alias)
+                .post(r::set_alias)
+                .delete(r::delete_alias),
+        )
+        .route("/model-versions/create", post(r::create_version))
+        .route("/model-versions/get", get(r::get_version))
+        .route("/model-versions/update", patch(r::update_version))
+        .route("/model-versions/delete", delete(r::delete_version))
+        .route(
+            "/model-versions/search",
+            get(r::search_versions).post(r::search_versions),
+        )
+        .route("/model-versions/get-download-uri", get(r::download_uri))
+        .route(
+            "/model-versions/transition-stage",
+            post(r::transition_stage),
+        )
+        .route("/model-versions/set-tag", post(r::set_version_tag))
+        .route("/model-versions/delete-tag", delete(r::delete_version_tag))
         .route("/logged-models", post(models::create))
         .route("/logged-models/search", post(models::search))
         .route(

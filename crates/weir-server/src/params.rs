@@ -1,5 +1,4 @@
-//! A request's fields, from the JSON body (POST, PATCH, DELETE) or the query
-//! string (GET), read with MLflow's leniency: numbers may arrive as strings,
+//! A request's fields, from the query string and, but for GET, the JSON body, read with MLflow's leniency: numbers may arrive as strings,
 //! `run_uuid` stands in for `run_id`.
 
 use axum::extract::{FromRequest, Request};
@@ -14,30 +13,33 @@ impl<S: Send + Sync> FromRequest<S> for Params {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if req.method() == Method::GET {
-            let mut map = Map::new();
-            for (k, v) in url_pairs(req.uri().query().unwrap_or("")) {
-                match map.get_mut(&k) {
-                    Some(Value::Array(items)) => items.push(Value::String(v)),
-                    Some(existing) => {
-                        let first = existing.take();
-                        *existing = Value::Array(vec![first, Value::String(v)]);
-                    }
-                    None => {
-                        map.insert(k, Value::String(v));
-                    }
+        let mut map = Map::new();
+        for (k, v) in url_pairs(req.uri().query().unwrap_or("")) {
+            match map.get_mut(&k) {
+                Some(Value::Array(items)) => items.push(Value::String(v)),
+                Some(existing) => {
+                    let first = existing.take();
+                    *existing = Value::Array(vec![first, Value::String(v)]);
+                }
+                None => {
+                    map.insert(k, Value::String(v));
                 }
             }
+        }
+        if req.method() == Method::GET {
             return Ok(Params(map));
         }
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|e| ApiError::BadRequest(format!("cannot read the request body: {e}")))?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Params(Map::new()));
+            return Ok(Params(map));
         }
         match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Object(map)) => Ok(Params(map)),
+            Ok(Value::Object(body)) => {
+                map.extend(body);
+                Ok(Params(map))
+            }
             Ok(_) => Err(ApiError::BadRequest(
                 "the request body must be a JSON object".into(),
             )),

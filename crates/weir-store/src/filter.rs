@@ -128,6 +128,16 @@ const LOGGED_MODEL_ATTRIBUTES: &[(&str, bool)] = &[
     ("last_updated_timestamp", true),
 ];
 
+/// What registered models and model versions can be searched by.
+const REGISTRY_ATTRIBUTES: &[(&str, bool)] = &[
+    ("name", false),
+    ("run_id", false),
+    ("source", false),
+    ("source_path", false),
+    ("model_id", false),
+    ("version_number", true),
+];
+
 pub fn attribute_is_numeric(name: &str) -> Option<bool> {
     lookup(ATTRIBUTES, name)
 }
@@ -530,6 +540,12 @@ pub fn parse_experiment_filter(filter: &str) -> Result<Vec<Clause>, FilterError>
 /// `source_run_id = '...'`, `tags.stage = 'prod'`.
 pub fn parse_logged_model_filter(filter: &str) -> Result<Vec<Clause>, FilterError> {
     parse_over(filter, LOGGED_MODEL_ATTRIBUTES)
+}
+
+/// Parses a registry search filter: `name = 'fraud'`, `run_id = '...'`,
+/// `tags.owner = 'risk'`.
+pub fn parse_registry_filter(filter: &str) -> Result<Vec<Clause>, FilterError> {
+    parse_over(filter, REGISTRY_ATTRIBUTES)
 }
 
 fn parse_over(

@@ -13,6 +13,7 @@ mod error;
 pub mod filter;
 mod metrics;
 mod models;
+pub mod registry;
 mod runs;
 pub mod tracking;
 

@@ -1,5 +1,8 @@
-//! The model registry: named models with auto-incremented versions, each
-//! pointing at a model artifact and carrying its lineage and metrics.
+//! The model registry: named models with auto-incremented versions. A
+//! version registered by a pipeline points at a Weir model artifact and
+//! carries its lineage and metrics; one registered through the MLflow API
+//! points at MLflow-format files by source URI. Both have MLflow's tags,
+//! aliases, descriptions and stages.
 
 use serde::Serialize;
 use sqlx::any::AnyRow;
@@ -7,26 +10,53 @@ use sqlx::{Any, Row, Transaction};
 
 use crate::{Result, Store, StoreError};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct NewModelVersion {
     pub name: String,
-    pub digest: weir_core::Digest,
+    /// The Weir model file, for versions registered by a pipeline.
+    pub digest: Option<weir_core::Digest>,
+    /// Where the model's files are; derived from the digest when empty.
+    pub source: String,
     pub run_id: Option<String>,
     pub step_run_id: Option<String>,
+    /// The MLflow logged model it was registered from.
+    pub model_id: Option<String>,
     pub metrics_json: String,
     pub lineage_json: String,
+    pub description: Option<String>,
+    pub user_id: Option<String>,
+    pub tags: Vec<(String, String)>,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ModelVersion {
     pub name: String,
     pub version: i64,
-    pub digest: String,
+    pub digest: Option<String>,
+    pub source: String,
     pub run_id: Option<String>,
     pub step_run_id: Option<String>,
+    pub model_id: Option<String>,
     pub metrics_json: String,
     pub lineage_json: String,
+    pub status: String,
+    pub stage: String,
+    pub description: Option<String>,
+    pub user_id: Option<String>,
     pub created_at: i64,
+    pub last_updated_at: i64,
+}
+
+impl ModelVersion {
+    /// The Weir model file, or why this version has none.
+    pub fn weir_digest(&self) -> Result<&str> {
+        self.digest.as_deref().ok_or_else(|| {
+            StoreError::Invalid(format!(
+                "version {} of model '{}' holds MLflow-format files ({}), not a Weir model",
+                self.version, self.name, self.source
+            ))
+        })
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -38,19 +68,26 @@ pub struct ModelSummary {
     pub updated_at: i64,
 }
 
-const VERSION_COLUMNS: &str =
-    "name, version, digest, run_id, step_run_id, metrics_json, lineage_json, created_at";
+const VERSION_COLUMNS: &str = "name, version, digest, source, run_id, step_run_id, model_id, \
+     metrics_json, lineage_json, status, stage, description, user_id, created_at, last_updated_at";
 
 fn version_from_row(row: &AnyRow) -> Result<ModelVersion> {
     Ok(ModelVersion {
         name: row.try_get("name")?,
         version: row.try_get("version")?,
         digest: row.try_get("digest")?,
+        source: row.try_get("source")?,
         run_id: row.try_get("run_id")?,
         step_run_id: row.try_get("step_run_id")?,
+        model_id: row.try_get("model_id")?,
         metrics_json: row.try_get("metrics_json")?,
         lineage_json: row.try_get("lineage_json")?,
+        status: row.try_get("status")?,
+        stage: row.try_get("stage")?,
+        description: row.try_get("description")?,
+        user_id: row.try_get("user_id")?,
         created_at: row.try_get("created_at")?,
+        last_updated_at: row.try_get("last_updated_at")?,
     })
 }
 
@@ -62,13 +99,15 @@ pub(crate) async fn insert_model_version(
     now: i64,
 ) -> Result<ModelVersion> {
     sqlx::query(
-        "INSERT INTO models (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        "INSERT INTO models (name, created_at, last_updated_at) VALUES ($1, $2, $2) \
+         ON CONFLICT (name) DO NOTHING",
     )
     .bind(&new.name)
     .bind(now)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("UPDATE models SET created_at = created_at WHERE name = $1")
+    sqlx::query("UPDATE models SET last_updated_at = $1 WHERE name = $2")
+        .bind(now)
         .bind(&new.name)
         .execute(&mut **tx)
         .await?;
@@ -79,28 +118,56 @@ pub(crate) async fn insert_model_version(
     .fetch_one(&mut **tx)
     .await?
     .try_get("next")?;
+    let digest = new.digest.map(|d| d.hex());
+    let source = match (&digest, new.source.is_empty()) {
+        (Some(d), true) => format!("weir-model:{d}"),
+        _ => new.source.clone(),
+    };
     sqlx::query(&format!(
-        "INSERT INTO model_versions ({VERSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        "INSERT INTO model_versions ({VERSION_COLUMNS}) VALUES \
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'READY', 'None', $10, $11, $12, $12)"
     ))
     .bind(&new.name)
     .bind(version)
-    .bind(new.digest.hex())
+    .bind(&digest)
+    .bind(&source)
     .bind(&new.run_id)
     .bind(&new.step_run_id)
+    .bind(&new.model_id)
     .bind(&new.metrics_json)
     .bind(&new.lineage_json)
+    .bind(&new.description)
+    .bind(&new.user_id)
     .bind(now)
     .execute(&mut **tx)
     .await?;
+    for (k, v) in &new.tags {
+        sqlx::query(
+            "INSERT INTO model_version_tags (name, version, key, value) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&new.name)
+        .bind(version)
+        .bind(k)
+        .bind(v)
+        .execute(&mut **tx)
+        .await?;
+    }
     Ok(ModelVersion {
         name: new.name.clone(),
         version,
-        digest: new.digest.hex(),
+        digest,
+        source,
         run_id: new.run_id.clone(),
         step_run_id: new.step_run_id.clone(),
+        model_id: new.model_id.clone(),
         metrics_json: new.metrics_json.clone(),
         lineage_json: new.lineage_json.clone(),
+        status: "READY".into(),
+        stage: "None".into(),
+        description: new.description.clone(),
+        user_id: new.user_id.clone(),
         created_at: now,
+        last_updated_at: now,
     })
 }
 

@@ -102,13 +102,13 @@ pub struct RunSearch {
 
 /// A value bound to a `$N` placeholder of a query built at run time.
 #[derive(Clone, Debug)]
-enum Bind {
+pub(crate) enum Bind {
     Text(String),
     Real(f64),
     Int(i64),
 }
 
-fn bind_all<'q>(
+pub(crate) fn bind_all<'q>(
     mut q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
     binds: &'q [Bind],
 ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
@@ -124,14 +124,17 @@ fn bind_all<'q>(
 
 /// Builds `$N` placeholders as values are added.
 #[derive(Default)]
-struct Binds(Vec<Bind>);
+pub(crate) struct Binds(Vec<Bind>);
 
 impl Binds {
-    fn push(&mut self, b: Bind) -> String {
+    pub(crate) fn values(&self) -> &[Bind] {
+        &self.0
+    }
+    pub(crate) fn push(&mut self, b: Bind) -> String {
         self.0.push(b);
         format!("${}", self.0.len())
     }
-    fn text(&mut self, s: impl Into<String>) -> String {
+    pub(crate) fn text(&mut self, s: impl Into<String>) -> String {
         self.push(Bind::Text(s.into()))
     }
 }
@@ -933,7 +936,7 @@ fn attribute_column(name: &str) -> &'static str {
 }
 
 /// The comparison of one clause against `column`.
-fn value_sql(clause: &Clause, column: &str, binds: &mut Binds) -> String {
+pub(crate) fn value_sql(clause: &Clause, column: &str, binds: &mut Binds) -> String {
     let c = clause.comparator;
     match (&clause.value, c) {
         (Value::Number(n), _) => format!("{column} {} {}", c.sql(), binds.push(Bind::Real(*n))),

@@ -221,11 +221,11 @@ async fn model_versions_increment(s: &Store) {
     s.record_artifact(&model).await.unwrap();
     let reg = |n: &str| NewModelVersion {
         name: n.into(),
-        digest: model.digest,
+        digest: Some(model.digest),
         run_id: Some(run.id.clone()),
-        step_run_id: None,
         metrics_json: "{\"auc\":0.7}".into(),
         lineage_json: "{}".into(),
+        ..Default::default()
     };
     let v1 = s.register_model_version(&reg("m")).await.unwrap();
     let completion = StepCompletion {
@@ -286,11 +286,10 @@ async fn concurrent_registrations_get_distinct_versions(s: &Store) {
         tasks.push(tokio::spawn(async move {
             s.register_model_version(&NewModelVersion {
                 name: "busy".into(),
-                digest: model.digest,
-                run_id: None,
-                step_run_id: None,
+                digest: Some(model.digest),
                 metrics_json: "{}".into(),
                 lineage_json: "{}".into(),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -67,11 +67,12 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
     let mut out = OpOutcome::default();
     out.registrations.push(NewModelVersion {
         name: p.name,
-        digest: ctx.input_digests["model"],
+        digest: Some(ctx.input_digests["model"]),
         run_id: Some(ctx.run_id.to_string()),
         step_run_id: Some(ctx.step_run_id.to_string()),
         metrics_json,
         lineage_json: lineage.to_string(),
+        ..Default::default()
     });
     Ok(out)
 }

@@ -35,6 +35,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, WEIR_HOME=self.home, WEIR_LOG="warn")
+        env.pop("MLFLOW_TRACKING_URI", None)
         self.database = None
         if backend == "postgres":
             self.database = "weir_mlflow_" + uuid.uuid4().hex[:12]
@@ -42,6 +43,8 @@ class Server:
             subprocess.run(["psql", POSTGRES, "-qc", f"CREATE DATABASE {self.database}"], check=True)
             env["WEIR_DB"] = f"{base}/{self.database}"
             self.admin = POSTGRES
+        # What a `weir` command needs to work on the same stores.
+        self.env = {k: env[k] for k in ("WEIR_HOME", "WEIR_DB") if k in env}
         self.proc = subprocess.Popen(
             [WEIR, "server", "--addr", f"127.0.0.1:{self.port}"],
             env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.home, "server.log"), "w"),

@@ -279,3 +279,54 @@ def test_register_a_model_and_load_it_by_alias(tracking):
     with pytest.raises(MlflowException) as err:
         client.get_registered_model(name + "-v2")
     assert err.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+def test_pipeline_runs_are_mlflow_runs(server):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import WEIR
+
+    work = tempfile.mkdtemp(prefix="weir-pipeline-")
+    name = "tracked-" + str(time.time_ns())
+    with open(os.path.join(work, "train.py"), "w") as f:
+        f.write(
+            "import json, os, mlflow\n"
+            "mlflow.log_metric('inner_loss', 0.25, step=3)\n"
+            "open(os.environ['WEIR_OUTPUTS_DIR'] + '/model', 'w').write('m')\n"
+            "with open(os.environ['WEIR_METRICS_FILE'], 'a') as m:\n"
+            "    m.write(json.dumps({'key': 'auc', 'value': 0.8}) + '\\n')\n"
+        )
+    with open(os.path.join(work, "pipeline.yaml"), "w") as f:
+        f.write(
+            f"version: 1\nname: {name}\nparams: {{ lr: 0.1 }}\nsteps:\n"
+            f"  train:\n    run: {sys.executable} train.py\n    outputs: [model]\n    code: [train.py]\n"
+        )
+    env = dict(os.environ, MLFLOW_TRACKING_URI=server.url, **server.env)
+    env.pop("MLFLOW_RUN_ID", None)
+    out = subprocess.run([WEIR, "run", "pipeline.yaml", "--json"], cwd=work, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    run_id = json.loads(out.stdout)["run_id"]
+    client = MlflowClient(server.url)
+    exp = client.get_experiment_by_name(name)
+    pipeline = client.get_run(run_id)
+    assert pipeline.info.status == "FINISHED" and pipeline.info.experiment_id == exp.experiment_id
+    assert pipeline.data.params == {"lr": "0.1"}
+    assert pipeline.data.tags["weir.pipeline"] == name
+    assert pipeline.data.metrics["train.auc"] == 0.8
+    [step] = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    assert step.data.tags["weir.step"] == "train" and step.data.tags["weir.cache_hit"] == "false"
+    assert step.info.status == "FINISHED"
+    # Logged by mlflow inside the step, and through the metrics file.
+    assert step.data.metrics == {"inner_loss": 0.25, "auc": 0.8}
+    # A second run reuses the step from the cache; the MLflow view says so.
+    out = subprocess.run([WEIR, "run", "pipeline.yaml", "--json"], cwd=work, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    second = json.loads(out.stdout)["run_id"]
+    [cached] = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{second}'")
+    assert cached.data.tags["weir.cache_hit"] == "true" and cached.data.metrics == {"auc": 0.8}
+    found = client.search_runs([exp.experiment_id], "metrics.`train.auc` > 0.5 AND tags.weir.kind = 'pipeline'")
+    assert sorted(r.info.run_id for r in found) == sorted([run_id, second])

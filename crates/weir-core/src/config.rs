@@ -49,6 +49,7 @@ struct FileConfig {
     cpus: Option<f64>,
     memory: Option<String>,
     gpus: Option<u32>,
+    tracking_uri: Option<String>,
 }
 
 /// The keys, their environment variables and descriptions, defined once.
@@ -92,6 +93,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "gpus",
         "WEIR_GPUS",
         "GPUs the steps of a run may use at once",
+    ),
+    (
+        "tracking_uri",
+        "WEIR_TRACKING_URI",
+        "a `weir server` that steps log to with mlflow (default: $MLFLOW_TRACKING_URI)",
     ),
 ];
 
@@ -142,6 +148,7 @@ impl Config {
             ("cpus", file.cpus.map(|v| v.to_string())),
             ("memory", file.memory),
             ("gpus", file.gpus.map(|v| v.to_string())),
+            ("tracking_uri", file.tracking_uri),
         ]);
         let mut settings = BTreeMap::new();
         // `home` first: the other defaults live inside it.
@@ -188,6 +195,9 @@ impl Config {
                         machine_memory().map_or("0".to_string(), |b| format!("{}MiB", b >> 20))
                     }
                     "gpus" => "0".to_string(),
+                    "tracking_uri" => env("MLFLOW_TRACKING_URI")
+                        .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+                        .unwrap_or_default(),
                     _ => unreachable!("every key has a default"),
                 };
                 Setting {
@@ -217,6 +227,11 @@ impl Config {
 
     pub fn artifacts(&self) -> &str {
         self.get("artifacts")
+    }
+
+    /// The tracking server steps log to, if one is configured.
+    pub fn tracking_uri(&self) -> Option<&str> {
+        Some(self.get("tracking_uri").trim_end_matches('/')).filter(|u| !u.is_empty())
     }
 
     pub fn serve_addr(&self) -> &str {

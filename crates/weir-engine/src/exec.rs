@@ -499,6 +499,7 @@ async fn run_command(
                 .as_ref()
                 .map(|c| ("WEIR_CHECKPOINT_DIR", c.dir.clone())),
         )
+        .envs(tracking_env(step_run_id))
         .env("WEIR_RUN_ID", run_id)
         .env("WEIR_STEP", &step.name)
         .stdin(Stdio::null())
@@ -576,6 +577,18 @@ async fn run_command(
         metrics,
         ..Default::default()
     })
+}
+
+/// With a tracking server, the command's mlflow client logs to this step's
+/// tracking run (`mlflow.log_metric` without `start_run`).
+fn tracking_env(step_run_id: &str) -> Vec<(&'static str, String)> {
+    match std::env::var("WEIR_STEP_TRACKING_URI") {
+        Ok(uri) => vec![
+            ("MLFLOW_TRACKING_URI", uri),
+            ("MLFLOW_RUN_ID", step_run_id.to_string()),
+        ],
+        Err(_) => vec![],
+    }
 }
 
 /// The GPUs the runner gave this step, as CUDA sees them. Only when GPU

@@ -288,10 +288,13 @@ async fn walk(
     outputs: &mut HashMap<String, BTreeMap<String, StagedInput>>,
     started: Instant,
 ) -> Result<RunOutcome, EngineError> {
-    let exe = match &options.exec_binary {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .map_err(EngineError::io("cannot locate", "the weir executable"))?,
+    let launcher = Launcher {
+        exe: match &options.exec_binary {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()
+                .map_err(EngineError::io("cannot locate", "the weir executable"))?,
+        },
+        tracking: tracking_server(ctx, &run.id).await,
     };
     let mut running: JoinSet<Attempt> = JoinSet::new();
     let mut slots = Slots::new(
@@ -401,7 +404,7 @@ async fn walk(
                 };
                 launch(
                     &mut running,
-                    &exe,
+                    &launcher,
                     ctx,
                     step,
                     id,
@@ -464,7 +467,7 @@ async fn walk(
                 // A retry reads its task from the store, as a remote runtime would.
                 launch(
                     &mut running,
-                    &exe,
+                    &launcher,
                     ctx,
                     step,
                     id.to_string(),
@@ -735,11 +738,41 @@ struct Attempt {
     exiting: Option<JoinHandle<()>>,
 }
 
+/// How this run starts step runtimes.
+struct Launcher {
+    exe: PathBuf,
+    /// A tracking server that holds this run's tracking runs: steps log to it.
+    tracking: Option<String>,
+}
+
+/// The configured tracking server, if it answers and serves this run's
+/// store (it knows the run), so `mlflow.log_metric` in a step lands in the
+/// step's run. Anything else leaves steps without MLFLOW_RUN_ID.
+async fn tracking_server(ctx: &Context, run_id: &str) -> Option<String> {
+    let uri = ctx.config.tracking_uri()?.to_string();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .ok()?;
+    let url = format!("{uri}/api/2.0/mlflow/runs/get?run_id={run_id}");
+    match client.get(&url).send().await {
+        Ok(r) if r.status().is_success() => Some(uri),
+        Ok(r) => {
+            tracing::warn!(%uri, status = %r.status(), "the tracking server does not know this run; steps will not log to it");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(%uri, error = %e, "the tracking server is not reachable; steps will not log to it");
+            None
+        }
+    }
+}
+
 /// Starts an attempt of `step` after `delay`, stopped at the step's timeout.
 #[allow(clippy::too_many_arguments)]
 fn launch(
     running: &mut JoinSet<Attempt>,
-    exe: &std::path::Path,
+    launcher: &Launcher,
     ctx: &Context,
     step: &weir_core::pipeline::Step,
     id: String,
@@ -752,8 +785,11 @@ fn launch(
         let ids: Vec<String> = gpus.iter().map(u32::to_string).collect();
         env.push(("WEIR_GPU_IDS", ids.join(",")));
     }
+    if let Some(uri) = &launcher.tracking {
+        env.push(("WEIR_STEP_TRACKING_URI", uri.clone()));
+    }
     let exec = Exec {
-        exe: exe.to_path_buf(),
+        exe: launcher.exe.clone(),
         env,
         store: ctx.store.clone(),
         id,

@@ -12,6 +12,7 @@ mod artifacts;
 mod error;
 pub mod filter;
 mod metrics;
+mod mirror;
 mod models;
 pub mod registry;
 mod runs;

@@ -998,6 +998,17 @@ fn clause_sql(clause: &Clause, binds: &mut Binds) -> String {
     }
 }
 
+/// Whether a tracking run exists (pipeline runs from before tracking have none).
+pub(crate) async fn tracked(tx: &mut Transaction<'_, Any>, run_id: &str) -> Result<bool> {
+    Ok(
+        sqlx::query("SELECT 1 AS one FROM tracking_runs WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .is_some(),
+    )
+}
+
 async fn upsert_experiment_tag(
     tx: &mut Transaction<'_, Any>,
     id: i64,
@@ -1016,7 +1027,7 @@ async fn upsert_experiment_tag(
     Ok(())
 }
 
-async fn upsert_run_tags(
+pub(crate) async fn upsert_run_tags(
     tx: &mut Transaction<'_, Any>,
     run_id: &str,
     tags: &[(String, String)],
@@ -1046,7 +1057,7 @@ async fn upsert_run_tags(
     Ok(())
 }
 
-async fn insert_params(
+pub(crate) async fn insert_params(
     tx: &mut Transaction<'_, Any>,
     run_id: &str,
     params: &[(String, String)],
@@ -1122,7 +1133,7 @@ fn newer(a: Point, b: Point) -> bool {
     (a.0, a.1) > (b.0, b.1) || ((a.0, a.1) == (b.0, b.1) && value(a) > value(b))
 }
 
-async fn insert_metric_points(
+pub(crate) async fn insert_metric_points(
     tx: &mut Transaction<'_, Any>,
     run_id: &str,
     metrics: &[Metric],

@@ -1,20 +1,20 @@
 //! Pipeline runs as tracking runs: every pipeline run is an MLflow run in the
 //! experiment named after its pipeline, and every step run a child run of it
 //! (same ids), so the MLflow API, its clients and `weir runs search` see
-//! pipelines and notebooks as one world. Each change here is made in the
-//! transaction of the pipeline change it mirrors.
+//! pipelines and notebooks as one world. Runs, params, tags and metrics are
+//! written here, in the transaction of the pipeline change they mirror; the
+//! status and times of these runs are not copied but read from the
+//! pipeline's own records (see `tracking::RUN_INFO_COLUMNS`), so the two
+//! can never disagree.
 
-use sqlx::{Any, Transaction};
+use sqlx::{Any, Row, Transaction};
 
 use crate::runs::{NewStepRun, RunRecord};
 use crate::tracking::{self, Metric};
 use crate::{MetricPoint, Result, Store, StoreError};
 
-pub(crate) const SCHEDULED: &str = "SCHEDULED";
-pub(crate) const RUNNING: &str = "RUNNING";
-pub(crate) const FINISHED: &str = "FINISHED";
-pub(crate) const FAILED: &str = "FAILED";
-pub(crate) const KILLED: &str = "KILLED";
+const SCHEDULED: &str = "SCHEDULED";
+const RUNNING: &str = "RUNNING";
 
 impl Store {
     /// The id of the experiment named `name`, created if missing.
@@ -82,70 +82,90 @@ pub(crate) async fn open_run(
     if !params.is_empty() {
         tracking::insert_params(tx, &run.id, &params).await?;
     }
-    for step in steps {
-        sqlx::query(insert)
-            .bind(&step.id)
-            .bind(experiment_id)
-            .bind(&step.step)
-            .bind(SCHEDULED)
-            .bind(None::<i64>)
-            .bind(format!("{location}/{}/artifacts", step.id))
-            .execute(&mut **tx)
-            .await?;
-        let tags = [
-            ("mlflow.runName".to_string(), step.step.clone()),
-            ("mlflow.parentRunId".to_string(), run.id.clone()),
-            ("weir.pipeline".to_string(), run.pipeline.clone()),
-            ("weir.step".to_string(), step.step.clone()),
-            ("weir.kind".to_string(), step.kind.clone()),
-            ("weir.cache_hit".to_string(), "false".to_string()),
-        ];
-        tracking::upsert_run_tags(tx, &step.id, &tags).await?;
+    // Every step's run in a few multi-row statements: a 200-step pipeline
+    // must not pay hundreds of round trips before it starts.
+    for chunk in steps.chunks(100) {
+        let mut binds = Vec::new();
+        let rows: Vec<String> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                let b = i * 3;
+                format!(
+                    "(${}, $1, ${}, '', '{SCHEDULED}', NULL, 'active', ${})",
+                    b + 2,
+                    b + 3,
+                    b + 4
+                )
+            })
+            .collect();
+        for step in chunk {
+            binds.push(step.id.clone());
+            binds.push(step.step.clone());
+            binds.push(format!("{location}/{}/artifacts", step.id));
+        }
+        let sql = format!(
+            "INSERT INTO tracking_runs (run_id, experiment_id, name, user_id, status, start_time, \
+             lifecycle_stage, artifact_uri) VALUES {}",
+            rows.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(experiment_id);
+        for b in &binds {
+            q = q.bind(b.as_str());
+        }
+        q.execute(&mut **tx).await?;
     }
+    let mut tags: Vec<(&str, &str, &str)> = Vec::new();
+    for step in steps {
+        tags.extend([
+            (step.id.as_str(), "mlflow.runName", step.step.as_str()),
+            (step.id.as_str(), "mlflow.parentRunId", run.id.as_str()),
+            (step.id.as_str(), "weir.pipeline", run.pipeline.as_str()),
+            (step.id.as_str(), "weir.step", step.step.as_str()),
+            (step.id.as_str(), "weir.kind", step.kind.as_str()),
+            (step.id.as_str(), "weir.cache_hit", "false"),
+        ]);
+    }
+    tracking::upsert_tags_of_runs(tx, &tags).await?;
     Ok(())
 }
 
-/// Sets the status of one tracking run, with its start or end time.
-pub(crate) async fn set_status(
+/// Tags a step run completed from the cache and copies the reused metrics.
+pub(crate) async fn mark_cache_hit(
     tx: &mut Transaction<'_, Any>,
     run_id: &str,
-    status: &str,
-    start: Option<i64>,
-    end: Option<i64>,
+    step_run_id: &str,
+    source: &str,
 ) -> Result<()> {
-    sqlx::query(
-        "UPDATE tracking_runs SET status = $1, start_time = COALESCE($2, start_time), end_time = $3 \
-         WHERE run_id = $4",
+    if !tracking::tracked(tx, step_run_id).await? {
+        return Ok(());
+    }
+    tracking::upsert_run_tags(
+        tx,
+        step_run_id,
+        &[
+            ("weir.cache_hit".to_string(), "true".to_string()),
+            ("weir.cached_from".to_string(), source.to_string()),
+        ],
     )
-    .bind(status)
-    .bind(start)
-    .bind(end)
-    .bind(run_id)
-    .execute(&mut **tx)
     .await?;
-    Ok(())
-}
-
-/// Sets the status of the step runs of `run_id` that are in `step_status`
-/// (call before changing their pipeline status).
-pub(crate) async fn set_steps_status(
-    tx: &mut Transaction<'_, Any>,
-    run_id: &str,
-    step_status: &str,
-    status: &str,
-    end: Option<i64>,
-) -> Result<()> {
-    sqlx::query(
-        "UPDATE tracking_runs SET status = $1, end_time = $2 \
-         WHERE run_id IN (SELECT id FROM step_runs WHERE run_id = $3 AND status = $4)",
+    let reused: Vec<MetricPoint> = sqlx::query(
+        "SELECT key, value, step, ts FROM metrics WHERE step_run_id = $1 ORDER BY step, ts",
     )
-    .bind(status)
-    .bind(end)
-    .bind(run_id)
-    .bind(step_status)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    .bind(step_run_id)
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(MetricPoint {
+            key: r.try_get("key")?,
+            value: r.try_get("value")?,
+            step: r.try_get("step")?,
+            ts: r.try_get("ts")?,
+        })
+    })
+    .collect::<Result<_>>()?;
+    log_step_metrics(tx, run_id, step_run_id, &reused).await
 }
 
 /// A step's metrics, on the step's run and, prefixed with the step's name,

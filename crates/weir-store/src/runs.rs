@@ -306,23 +306,6 @@ impl Store {
         if updated == 0 {
             return Ok(None);
         }
-        mirror::set_status(&mut tx, id, mirror::FAILED, None, Some(now)).await?;
-        mirror::set_steps_status(
-            &mut tx,
-            id,
-            StepStatus::Running.as_str(),
-            mirror::FAILED,
-            Some(now),
-        )
-        .await?;
-        mirror::set_steps_status(
-            &mut tx,
-            id,
-            StepStatus::Pending.as_str(),
-            mirror::KILLED,
-            Some(now),
-        )
-        .await?;
         let running = sqlx::query(&format!(
             "SELECT {STEP_COLUMNS} FROM step_runs WHERE run_id = $1 AND status = $2"
         ))
@@ -377,10 +360,6 @@ impl Store {
                 "run {id} is not failed, so it cannot be resumed"
             )));
         }
-        mirror::set_status(&mut tx, id, mirror::RUNNING, None, None).await?;
-        for status in [StepStatus::Failed, StepStatus::Skipped, StepStatus::Running] {
-            mirror::set_steps_status(&mut tx, id, status.as_str(), mirror::SCHEDULED, None).await?;
-        }
         sqlx::query(
             "UPDATE step_runs SET status = $1, started_at = NULL, ended_at = NULL, exit_code = NULL, error = NULL, \
              attempt = 1, cached_from = NULL WHERE run_id = $2 AND status <> $3",
@@ -430,22 +409,13 @@ impl Store {
     }
 
     pub async fn finish_run(&self, id: &str, status: RunStatus, error: Option<&str>) -> Result<()> {
-        let now = weir_core::now_ms();
-        let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE runs SET status = $1, ended_at = $2, error = $3 WHERE id = $4")
             .bind(status.as_str())
-            .bind(now)
+            .bind(weir_core::now_ms())
             .bind(error)
             .bind(id)
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await?;
-        let tracked = match status {
-            RunStatus::Succeeded => mirror::FINISHED,
-            RunStatus::Running => mirror::RUNNING,
-            _ => mirror::FAILED,
-        };
-        mirror::set_status(&mut tx, id, tracked, None, Some(now)).await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -542,30 +512,22 @@ impl Store {
     /// statement was in flight (PostgreSQL may still execute it) cannot revive
     /// a step that another command has since failed or skipped.
     pub async fn start_step(&self, id: &str, start: &StepStart) -> Result<()> {
-        let now = weir_core::now_ms();
-        let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE step_runs SET status = $1, started_at = $2, heartbeat_at = $2, inputs_json = $3, \
              cache_key = $4, cache_components = $5 WHERE id = $6 AND status = $7 \
              AND run_id IN (SELECT id FROM runs WHERE status = $8)",
         )
         .bind(StepStatus::Running.as_str())
-        .bind(now)
+        .bind(weir_core::now_ms())
         .bind(&start.inputs_json)
         .bind(&start.cache_key)
         .bind(&start.cache_components)
         .bind(id)
         .bind(StepStatus::Pending.as_str())
         .bind(RunStatus::Running.as_str())
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?
         .rows_affected();
-        if updated == 1 {
-            mirror::set_status(&mut tx, id, mirror::RUNNING, Some(now), None).await?;
-            tx.commit().await?;
-        } else {
-            tx.rollback().await?;
-        }
         self.expect_transition(id, updated, "start").await
     }
 
@@ -664,43 +626,13 @@ impl Store {
         .bind(&source.id)
         .execute(&mut *tx)
         .await?;
-        mirror::set_status(&mut tx, id, mirror::FINISHED, Some(now), Some(now)).await?;
-        if crate::tracking::tracked(&mut tx, id).await? {
-            crate::tracking::upsert_run_tags(
-                &mut tx,
-                id,
-                &[
-                    ("weir.cache_hit".to_string(), "true".to_string()),
-                    ("weir.cached_from".to_string(), source.id.clone()),
-                ],
-            )
-            .await?;
-        }
-        let reused: Vec<MetricPoint> = sqlx::query(
-            "SELECT key, value, step, ts FROM metrics WHERE step_run_id = $1 ORDER BY step, ts",
-        )
-        .bind(id)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(MetricPoint {
-                key: r.try_get("key")?,
-                value: r.try_get("value")?,
-                step: r.try_get("step")?,
-                ts: r.try_get("ts")?,
-            })
-        })
-        .collect::<Result<_>>()?;
-        mirror::log_step_metrics(&mut tx, &run_id, id, &reused).await?;
+        mirror::mark_cache_hit(&mut tx, &run_id, id, &source.id).await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Starts the next attempt of a failed step.
     pub async fn retry_step(&self, id: &str, attempt: i64) -> Result<()> {
-        let now = weir_core::now_ms();
-        let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE step_runs SET status = $1, attempt = $2, started_at = $3, heartbeat_at = $3, ended_at = NULL, \
              exit_code = NULL, error = NULL WHERE id = $4 AND status = $5 \
@@ -708,33 +640,24 @@ impl Store {
         )
         .bind(StepStatus::Running.as_str())
         .bind(attempt)
-        .bind(now)
+        .bind(weir_core::now_ms())
         .bind(id)
         .bind(StepStatus::Failed.as_str())
         .bind(RunStatus::Running.as_str())
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?
         .rows_affected();
-        if updated == 1 {
-            mirror::set_status(&mut tx, id, mirror::RUNNING, Some(now), None).await?;
-            tx.commit().await?;
-        } else {
-            tx.rollback().await?;
-        }
         self.expect_transition(id, updated, "retry").await
     }
 
     /// Marks steps that will never run because something upstream failed.
     pub async fn mark_step_skipped(&self, id: &str, reason: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE step_runs SET status = $1, error = $2 WHERE id = $3")
             .bind(StepStatus::Skipped.as_str())
             .bind(reason)
             .bind(id)
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await?;
-        mirror::set_status(&mut tx, id, mirror::KILLED, None, Some(weir_core::now_ms())).await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -773,7 +696,6 @@ impl Store {
                 .await?;
         }
         insert_metrics(&mut tx, &run_id, step_run_id, &completion.metrics).await?;
-        mirror::set_status(&mut tx, step_run_id, mirror::FINISHED, None, Some(now)).await?;
         mirror::log_step_metrics(&mut tx, &run_id, step_run_id, &completion.metrics).await?;
         let mut versions = Vec::new();
         for registration in &completion.registrations {
@@ -791,21 +713,19 @@ impl Store {
         exit_code: Option<i64>,
         log: Option<&ArtifactRecord>,
     ) -> Result<()> {
-        let now = weir_core::now_ms();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE step_runs SET status = $1, ended_at = $2, exit_code = $3, error = $4, log_digest = $5 \
              WHERE id = $6",
         )
         .bind(StepStatus::Failed.as_str())
-        .bind(now)
+        .bind(weir_core::now_ms())
         .bind(exit_code)
         .bind(error)
         .bind(log.map(|l| l.digest.hex()))
         .bind(step_run_id)
         .execute(&mut *tx)
         .await?;
-        mirror::set_status(&mut tx, step_run_id, mirror::FAILED, None, Some(now)).await?;
         if let Some(log) = log {
             insert_artifact(&mut tx, log).await?;
         }

@@ -166,9 +166,27 @@ fn metric_from_row(row: &AnyRow) -> Result<Metric> {
     })
 }
 
-const RUN_INFO_COLUMNS: &str =
-    "r.run_id, r.experiment_id, r.name, r.user_id, r.status, r.start_time, \
-     r.end_time, r.lifecycle_stage, r.artifact_uri";
+/// A tracking run with the pipeline records it may mirror: `ws` when it is a
+/// step run, `wp` when it is a pipeline run.
+const RUN_FROM: &str = "tracking_runs r LEFT JOIN step_runs ws ON ws.id = r.run_id \
+     LEFT JOIN runs wp ON wp.id = r.run_id";
+
+/// Status and times of a mirrored run come from the pipeline's records.
+const STATUS_SQL: &str = "COALESCE(CASE ws.status WHEN 'pending' THEN 'SCHEDULED' \
+     WHEN 'running' THEN 'RUNNING' WHEN 'succeeded' THEN 'FINISHED' WHEN 'failed' THEN 'FAILED' \
+     WHEN 'skipped' THEN 'KILLED' END, CASE wp.status WHEN 'running' THEN 'RUNNING' \
+     WHEN 'succeeded' THEN 'FINISHED' WHEN 'failed' THEN 'FAILED' END, r.status)";
+const START_SQL: &str = "COALESCE(ws.started_at, wp.started_at, r.start_time)";
+const END_SQL: &str = "CASE WHEN ws.id IS NOT NULL THEN ws.ended_at \
+     WHEN wp.id IS NOT NULL THEN wp.ended_at ELSE r.end_time END";
+
+fn run_info_columns() -> String {
+    format!(
+        "r.run_id AS run_id, r.experiment_id AS experiment_id, r.name AS name, r.user_id AS user_id, \
+         {STATUS_SQL} AS status, {START_SQL} AS start_time, {END_SQL} AS end_time, \
+         r.lifecycle_stage AS lifecycle_stage, r.artifact_uri AS artifact_uri"
+    )
+}
 
 fn run_info_from_row(row: &AnyRow) -> Result<RunInfo> {
     Ok(RunInfo {
@@ -505,7 +523,8 @@ impl Store {
 
     pub async fn run_info(&self, run_id: &str) -> Result<RunInfo> {
         let row = sqlx::query(&format!(
-            "SELECT {RUN_INFO_COLUMNS} FROM tracking_runs r WHERE r.run_id = $1"
+            "SELECT {} FROM {RUN_FROM} WHERE r.run_id = $1",
+            run_info_columns()
         ))
         .bind(run_id)
         .fetch_optional(&self.pool)
@@ -798,7 +817,7 @@ impl Store {
             .iter()
             .map(|id| binds.push(Bind::Int(*id)))
             .collect();
-        let mut sql = format!("SELECT {RUN_INFO_COLUMNS} FROM tracking_runs r");
+        let mut sql = format!("SELECT {} FROM {RUN_FROM}", run_info_columns());
         let mut order = Vec::new();
         for (i, o) in search.order_by.iter().enumerate() {
             let dir = if o.ascending { "ASC" } else { "DESC" };
@@ -837,7 +856,7 @@ impl Store {
             .iter()
             .any(|o| o.entity == Entity::Attribute && o.key.ends_with("time"))
         {
-            order.push("r.start_time DESC".into());
+            order.push(format!("{START_SQL} DESC"));
         }
         order.push("r.run_id ASC".into());
         sql += &format!(
@@ -926,12 +945,12 @@ fn attribute_column(name: &str) -> &'static str {
     match name {
         "run_id" => "r.run_id",
         "run_name" => "r.name",
-        "status" => "r.status",
+        "status" => STATUS_SQL,
         "user_id" => "r.user_id",
         "artifact_uri" => "r.artifact_uri",
-        "end_time" => "r.end_time",
+        "end_time" => END_SQL,
         // start_time and created
-        _ => "r.start_time",
+        _ => START_SQL,
     }
 }
 
@@ -1032,16 +1051,28 @@ pub(crate) async fn upsert_run_tags(
     run_id: &str,
     tags: &[(String, String)],
 ) -> Result<()> {
+    let rows: Vec<(&str, &str, &str)> = tags
+        .iter()
+        .map(|(k, v)| (run_id, k.as_str(), v.as_str()))
+        .collect();
+    upsert_tags_of_runs(tx, &rows).await
+}
+
+/// `(run_id, key, value)` rows, a multi-row statement per chunk.
+pub(crate) async fn upsert_tags_of_runs(
+    tx: &mut Transaction<'_, Any>,
+    tags: &[(&str, &str, &str)],
+) -> Result<()> {
     for chunk in tags.chunks(ROWS_PER_INSERT) {
         let mut binds = Binds::default();
         let rows: Vec<String> = chunk
             .iter()
-            .map(|(k, v)| {
+            .map(|(run, k, v)| {
                 format!(
                     "({}, {}, {})",
-                    binds.text(run_id),
-                    binds.text(k),
-                    binds.text(v)
+                    binds.text(*run),
+                    binds.text(*k),
+                    binds.text(*v)
                 )
             })
             .collect();

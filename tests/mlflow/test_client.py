@@ -330,3 +330,29 @@ def test_pipeline_runs_are_mlflow_runs(server):
     assert cached.data.tags["weir.cache_hit"] == "true" and cached.data.metrics == {"auc": 0.8}
     found = client.search_runs([exp.experiment_id], "metrics.`train.auc` > 0.5 AND tags.weir.kind = 'pipeline'")
     assert sorted(r.info.run_id for r in found) == sorted([run_id, second])
+
+
+def test_the_cli_reads_the_same_runs(tracking, server):
+    import json
+    import subprocess
+
+    from conftest import WEIR
+
+    for auc in (0.6, 0.75, 0.9):
+        with tracking.start_run():
+            tracking.log_metric("auc", auc)
+            tracking.log_param("model", "gbdt")
+    name = tracking.get_experiment(tracking.experiment_id).name
+    env = dict(os.environ, **server.env)
+    out = subprocess.run([WEIR, "runs", "search", "metrics.auc > 0.7", "-e", name,
+                          "--order-by", "metrics.auc DESC", "--json"],
+                         env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert [r["metrics"]["auc"] for r in json.loads(out.stdout)] == [0.9, 0.75]
+    out = subprocess.run([WEIR, "runs", "search", "metrics.auc > 0.7", "-e", name], env=env,
+                         capture_output=True, text=True)
+    assert "auc" in out.stdout.splitlines()[0] and len(out.stdout.splitlines()) == 3
+    out = subprocess.run([WEIR, "runs", "search", "metrics.auc >> 1"], env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "position 13" in out.stderr
+    out = subprocess.run([WEIR, "experiments", "list", "--json"], env=env, capture_output=True, text=True)
+    assert name in [e["name"] for e in json.loads(out.stdout)]

@@ -85,6 +85,9 @@ enum Command {
     /// The model registry
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Tracking experiments
+    #[command(subcommand)]
+    Experiments(ExperimentsCommand),
     /// Serve registered models over the Open Inference Protocol v2 and MLflow's /invocations
     Serve {
         /// Models to serve: NAME (latest version) or NAME:VERSION
@@ -130,6 +133,35 @@ enum RunsCommand {
     /// A run's steps, timings, outputs and metrics
     Show {
         run: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tracked runs (pipelines, their steps and MLflow runs) matching a filter,
+    /// e.g. "metrics.auc > 0.7 AND params.model = 'gbdt'"
+    Search {
+        /// MLflow's search grammar; empty matches every run
+        #[arg(default_value = "")]
+        filter: String,
+        /// Experiments to search (names); all active ones when omitted
+        #[arg(long = "experiment", short = 'e')]
+        experiments: Vec<String>,
+        /// Sort keys, e.g. "metrics.auc DESC" (repeatable)
+        #[arg(long)]
+        order_by: Vec<String>,
+        #[arg(long, default_value_t = 50)]
+        max_results: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExperimentsCommand {
+    /// Experiments (one per pipeline, plus those made by MLflow clients)
+    List {
+        /// Include deleted experiments
+        #[arg(long)]
+        all: bool,
         #[arg(long)]
         json: bool,
     },
@@ -291,6 +323,31 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
         Command::Logs { run, step } => {
             let ctx = Context::open(config(&cli.global, &[])?).await?;
             output::logs(&ctx, &run, &step).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Runs(RunsCommand::Search {
+            filter,
+            experiments,
+            order_by,
+            max_results,
+            json,
+        }) => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            reap(&ctx).await?;
+            output::search_runs(
+                &ctx.store,
+                &filter,
+                &experiments,
+                &order_by,
+                max_results,
+                json,
+            )
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Experiments(ExperimentsCommand::List { all, json }) => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            output::experiments(&ctx.store, all, json).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Models(ModelsCommand::List { json }) => {

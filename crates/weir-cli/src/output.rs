@@ -328,3 +328,170 @@ pub fn config(config: &Config, json: bool) {
         .collect();
     table(&["KEY", "VALUE", "ENV", "FROM"], &rows);
 }
+
+pub async fn experiments(store: &Store, all: bool, json: bool) -> Result<()> {
+    use weir_store::tracking::ViewType;
+    let view = if all {
+        ViewType::All
+    } else {
+        ViewType::ActiveOnly
+    };
+    let found = store
+        .search_experiments(view, &[], &[("name".into(), true)], 50_000, 0)
+        .await?;
+    if json {
+        let docs: Vec<serde_json::Value> = found
+            .iter()
+            .map(|e| {
+                json!({
+                    "experiment_id": e.experiment_id.to_string(), "name": e.name,
+                    "artifact_location": e.artifact_location, "lifecycle_stage": e.lifecycle_stage,
+                    "creation_time": e.creation_time, "last_update_time": e.last_update_time,
+                    "tags": e.tags.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                })
+            })
+            .collect();
+        print_json(&docs);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = found
+        .iter()
+        .map(|e| {
+            vec![
+                e.experiment_id.to_string(),
+                e.name.clone(),
+                e.lifecycle_stage.clone(),
+                time(e.creation_time),
+                e.artifact_location.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "NAME", "STAGE", "CREATED (UTC)", "ARTIFACTS"],
+        &rows,
+    );
+    Ok(())
+}
+
+/// `weir runs search`: the same grammar and semantics as MLflow's runs/search.
+pub async fn search_runs(
+    store: &Store,
+    filter: &str,
+    experiments: &[String],
+    order_by: &[String],
+    max_results: i64,
+    json: bool,
+) -> Result<()> {
+    use weir_store::filter as grammar;
+    use weir_store::tracking::{RunSearch, ViewType};
+    let clauses = grammar::parse(filter)?;
+    let order = order_by
+        .iter()
+        .map(|o| grammar::parse_order_by(o))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut ids = Vec::new();
+    if experiments.is_empty() {
+        for e in store
+            .search_experiments(ViewType::ActiveOnly, &[], &[], 50_000, 0)
+            .await?
+        {
+            ids.push(e.experiment_id);
+        }
+    } else {
+        for name in experiments {
+            ids.push(store.experiment_by_name(name).await?.experiment_id);
+        }
+    }
+    let names: std::collections::HashMap<i64, String> = store
+        .search_experiments(ViewType::All, &[], &[], 50_000, 0)
+        .await?
+        .into_iter()
+        .map(|e| (e.experiment_id, e.name))
+        .collect();
+    let (runs, _) = store
+        .search_tracking_runs(&RunSearch {
+            experiment_ids: ids,
+            filter: clauses.clone(),
+            view: ViewType::ActiveOnly,
+            order_by: order.clone(),
+            max_results: max_results.max(1),
+            offset: 0,
+        })
+        .await?;
+    if json {
+        let docs: Vec<serde_json::Value> = runs
+            .iter()
+            .map(|r| {
+                let map = |pairs: &[(String, String)]| {
+                    pairs
+                        .iter()
+                        .cloned()
+                        .collect::<std::collections::BTreeMap<_, _>>()
+                };
+                json!({
+                    "run_id": r.info.run_id, "experiment": names.get(&r.info.experiment_id),
+                    "name": r.info.name, "status": r.info.status,
+                    "start_time": r.info.start_time, "end_time": r.info.end_time,
+                    "params": map(&r.params), "tags": map(&r.tags),
+                    "metrics": r.metrics.iter().map(|m| (m.key.clone(), m.value))
+                        .collect::<std::collections::BTreeMap<_, _>>(),
+                })
+            })
+            .collect();
+        print_json(&docs);
+        return Ok(());
+    }
+    // Show the metrics and params the filter and the order mention.
+    let mut columns: Vec<(grammar::Entity, String)> = Vec::new();
+    for (entity, key) in clauses
+        .iter()
+        .map(|c| (c.entity.clone(), c.key.clone()))
+        .chain(order.iter().map(|o| (o.entity.clone(), o.key.clone())))
+    {
+        if matches!(entity, grammar::Entity::Metric | grammar::Entity::Param)
+            && !columns.iter().any(|(e, k)| *e == entity && *k == key)
+        {
+            columns.push((entity, key));
+        }
+    }
+    let mut header: Vec<String> = ["RUN", "EXPERIMENT", "NAME", "STATUS", "STARTED (UTC)"]
+        .iter()
+        .map(|h| h.to_string())
+        .collect();
+    header.extend(columns.iter().map(|(_, k)| k.clone()));
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            let mut row = vec![
+                r.info.run_id[..12.min(r.info.run_id.len())].to_string(),
+                names
+                    .get(&r.info.experiment_id)
+                    .cloned()
+                    .unwrap_or_default(),
+                r.info.name.clone(),
+                r.info.status.clone(),
+                r.info.start_time.map(time).unwrap_or_default(),
+            ];
+            for (entity, key) in &columns {
+                row.push(match entity {
+                    grammar::Entity::Metric => r
+                        .metrics
+                        .iter()
+                        .find(|m| &m.key == key)
+                        .map(|m| format!("{:.4}", m.value))
+                        .unwrap_or_default(),
+                    _ => r
+                        .params
+                        .iter()
+                        .find(|(k, _)| k == key)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default(),
+                });
+            }
+            row
+        })
+        .collect();
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    table(&header, &rows);
+    Ok(())
+}

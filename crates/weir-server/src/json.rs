@@ -1,6 +1,7 @@
 //! MLflow's JSON shapes for the tracking entities. Absent optional fields
 //! are left out, as protobuf's JSON mapping does; int64 times are numbers.
 
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 use weir_store::tracking::{Experiment, LoggedModel, Metric, RunInfo, TrackingRun};
 
@@ -61,34 +62,158 @@ pub fn run_info(i: &RunInfo) -> Value {
     Value::Object(o)
 }
 
-pub fn run(r: &TrackingRun) -> Value {
-    let inputs: Vec<Value> = r
-        .inputs
+/// A run as MLflow's JSON has it, serialized straight from the store's
+/// records (a search answers with up to 50,000 of them).
+#[derive(Serialize)]
+pub struct RunJson<'a> {
+    info: RunInfoJson<'a>,
+    data: RunData<'a>,
+    inputs: RunInputs<'a>,
+    outputs: RunOutputs<'a>,
+}
+
+#[derive(Serialize)]
+struct RunInfoJson<'a> {
+    run_id: &'a str,
+    run_uuid: &'a str,
+    run_name: &'a str,
+    experiment_id: String,
+    user_id: &'a str,
+    status: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start_time: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end_time: Option<i64>,
+    artifact_uri: &'a str,
+    lifecycle_stage: &'a str,
+}
+
+#[derive(Serialize)]
+struct Pair<'a> {
+    key: &'a str,
+    value: &'a str,
+}
+
+#[derive(Serialize)]
+struct MetricJson<'a> {
+    key: &'a str,
+    value: Double,
+    timestamp: i64,
+    step: i64,
+}
+
+/// A double as protobuf writes it: JSON has no NaN or infinities.
+struct Double(f64);
+
+impl Serialize for Double {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let v = self.0;
+        if v.is_nan() {
+            s.serialize_str("NaN")
+        } else if v == f64::INFINITY {
+            s.serialize_str("Infinity")
+        } else if v == f64::NEG_INFINITY {
+            s.serialize_str("-Infinity")
+        } else {
+            s.serialize_f64(v)
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct RunData<'a> {
+    metrics: Vec<MetricJson<'a>>,
+    params: Vec<Pair<'a>>,
+    tags: Vec<Pair<'a>>,
+}
+
+#[derive(Serialize)]
+struct RunInputs<'a> {
+    dataset_inputs: Vec<Value>,
+    model_inputs: Vec<ModelRef<'a>>,
+}
+
+#[derive(Serialize)]
+struct RunOutputs<'a> {
+    model_outputs: Vec<ModelRef<'a>>,
+}
+
+#[derive(Serialize)]
+struct ModelRef<'a> {
+    model_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step: Option<i64>,
+}
+
+fn pairs(items: &[(String, String)]) -> Vec<Pair<'_>> {
+    items
         .iter()
-        .map(|d| {
-            json!({
-                "tags": serde_json::from_str::<Value>(&d.tags_json).unwrap_or(json!([])),
-                "dataset": serde_json::from_str::<Value>(&d.dataset_json).unwrap_or(json!({})),
-            })
-        })
-        .collect();
-    json!({
-        "info": run_info(&r.info),
-        "data": {
-            "metrics": r.metrics.iter().map(metric).collect::<Vec<_>>(),
-            "params": key_values(&r.params),
-            "tags": key_values(&r.tags),
+        .map(|(k, v)| Pair { key: k, value: v })
+        .collect()
+}
+
+pub fn run(r: &TrackingRun) -> RunJson<'_> {
+    let i = &r.info;
+    RunJson {
+        info: RunInfoJson {
+            run_id: &i.run_id,
+            run_uuid: &i.run_id,
+            run_name: &i.name,
+            experiment_id: i.experiment_id.to_string(),
+            user_id: &i.user_id,
+            status: &i.status,
+            start_time: i.start_time,
+            end_time: i.end_time,
+            artifact_uri: &i.artifact_uri,
+            lifecycle_stage: &i.lifecycle_stage,
         },
-        "inputs": {
-            "dataset_inputs": inputs,
-            "model_inputs": r.models.iter().filter(|m| m.1 == "input")
-                .map(|m| json!({ "model_id": m.0 })).collect::<Vec<_>>(),
+        data: RunData {
+            metrics: r
+                .metrics
+                .iter()
+                .map(|m| MetricJson {
+                    key: &m.key,
+                    value: Double(m.value),
+                    timestamp: m.timestamp,
+                    step: m.step,
+                })
+                .collect(),
+            params: pairs(&r.params),
+            tags: pairs(&r.tags),
         },
-        "outputs": {
-            "model_outputs": r.models.iter().filter(|m| m.1 == "output")
-                .map(|m| json!({ "model_id": m.0, "step": m.2 })).collect::<Vec<_>>(),
+        inputs: RunInputs {
+            dataset_inputs: r
+                .inputs
+                .iter()
+                .map(|d| {
+                    json!({
+                        "tags": serde_json::from_str::<Value>(&d.tags_json).unwrap_or(json!([])),
+                        "dataset": serde_json::from_str::<Value>(&d.dataset_json).unwrap_or(json!({})),
+                    })
+                })
+                .collect(),
+            model_inputs: r
+                .models
+                .iter()
+                .filter(|m| m.1 == "input")
+                .map(|m| ModelRef {
+                    model_id: &m.0,
+                    step: None,
+                })
+                .collect(),
         },
-    })
+        outputs: RunOutputs {
+            model_outputs: r
+                .models
+                .iter()
+                .filter(|m| m.1 == "output")
+                .map(|m| ModelRef {
+                    model_id: &m.0,
+                    step: Some(m.2),
+                })
+                .collect(),
+        },
+    }
 }
 
 pub fn logged_model(m: &LoggedModel) -> Value {

@@ -103,6 +103,15 @@ impl Params {
         })
     }
 
+    /// Moves a list out of the request (a log-batch's metrics are not copied).
+    pub fn take_list(&mut self, key: &str) -> Vec<Value> {
+        match self.0.remove(key) {
+            Some(Value::Array(a)) => a,
+            Some(Value::Null) | None => Vec::new(),
+            Some(v) => vec![v],
+        }
+    }
+
     pub fn list(&self, key: &str) -> Vec<Value> {
         match self.0.get(key) {
             Some(Value::Array(a)) => a.clone(),

@@ -2,6 +2,7 @@
 //! MLflow's tracking API with its validation rules and limits.
 
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use serde_json::{json, Value};
@@ -269,20 +270,31 @@ pub async fn create_run(State(app): State<App>, p: Params) -> Reply {
                 .map(|(_, v)| v.clone())
         })
         .unwrap_or_default();
-    let info = app
-        .store
-        .create_tracking_run(&NewTrackingRun {
-            run_id: weir_core::new_id(),
-            experiment_id,
-            name,
-            user_id,
-            start_time: p
-                .opt_i64("start_time")?
-                .or_else(|| Some(weir_core::now_ms())),
-            tags,
-        })
-        .await?;
-    let run = app.store.tracking_run(&info.run_id).await?;
+    let new = NewTrackingRun {
+        run_id: weir_core::new_id(),
+        experiment_id,
+        name,
+        user_id,
+        start_time: p
+            .opt_i64("start_time")?
+            .or_else(|| Some(weir_core::now_ms())),
+        tags,
+    };
+    let info = app.store.create_tracking_run(&new).await?;
+    // A new run is what was just written: no need to read it back.
+    let mut tags = new.tags;
+    if !tags.iter().any(|(k, _)| k == "mlflow.runName") {
+        tags.push(("mlflow.runName".into(), info.name.clone()));
+    }
+    tags.sort();
+    let run = tracking::TrackingRun {
+        info,
+        metrics: Vec::new(),
+        params: Vec::new(),
+        tags,
+        inputs: Vec::new(),
+        models: Vec::new(),
+    };
     ok(json!({ "run": shape::run(&run) }))
 }
 
@@ -358,7 +370,7 @@ fn parse_metric(v: &Value) -> ApiResult<Metric> {
 
 pub async fn log_metric(State(app): State<App>, p: Params) -> Reply {
     let run_id = p.run_id()?;
-    let metric = parse_metric(&Value::Object(p.0.clone()))?;
+    let metric = parse_metric(&Value::Object(p.0))?;
     app.store.log_batch(&run_id, &[metric], &[], &[]).await?;
     ok(json!({}))
 }
@@ -394,9 +406,9 @@ pub async fn delete_tag(State(app): State<App>, p: Params) -> Reply {
     ok(json!({}))
 }
 
-pub async fn log_batch(State(app): State<App>, p: Params) -> Reply {
+pub async fn log_batch(State(app): State<App>, mut p: Params) -> Reply {
     let run_id = p.run_id()?;
-    let metrics = p.list("metrics");
+    let metrics = p.take_list("metrics");
     let params = p.key_values("params")?;
     let tags = p.key_values("tags")?;
     if metrics.len() > MAX_METRICS_PER_BATCH {
@@ -472,7 +484,7 @@ pub async fn log_inputs(State(app): State<App>, p: Params) -> Reply {
     ok(json!({}))
 }
 
-pub async fn search_runs(State(app): State<App>, p: Params) -> Reply {
+pub async fn search_runs(State(app): State<App>, p: Params) -> ApiResult<Response> {
     let max = max_results(&p, MAX_RESULTS_DEFAULT)?;
     let offset = offset_of(&p)?;
     let mut experiment_ids = Vec::new();
@@ -500,11 +512,17 @@ pub async fn search_runs(State(app): State<App>, p: Params) -> Reply {
             offset,
         })
         .await?;
-    let mut out = json!({ "runs": runs.iter().map(shape::run).collect::<Vec<_>>() });
-    if more {
-        out["next_page_token"] = json!(page_token(offset + max));
+    #[derive(serde::Serialize)]
+    struct Found<'a> {
+        runs: Vec<shape::RunJson<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next_page_token: Option<String>,
     }
-    ok(out)
+    Ok(Json(Found {
+        runs: runs.iter().map(shape::run).collect(),
+        next_page_token: more.then(|| page_token(offset + max)),
+    })
+    .into_response())
 }
 
 pub async fn metric_history(State(app): State<App>, p: Params) -> Reply {

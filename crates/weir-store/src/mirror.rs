@@ -85,35 +85,27 @@ pub(crate) async fn open_run(
     // Every step's run in a few multi-row statements: a 200-step pipeline
     // must not pay hundreds of round trips before it starts.
     for chunk in steps.chunks(100) {
-        let mut binds = Vec::new();
+        let mut binds = tracking::Binds::for_tx(tx);
         let rows: Vec<String> = chunk
             .iter()
-            .enumerate()
-            .map(|(i, _)| {
-                let b = i * 3;
+            .map(|step| {
                 format!(
-                    "(${}, $1, ${}, '', '{SCHEDULED}', NULL, 'active', ${})",
-                    b + 2,
-                    b + 3,
-                    b + 4
+                    "({}, {}, {}, '', '{SCHEDULED}', NULL, 'active', {})",
+                    binds.text(&step.id),
+                    binds.push(tracking::Bind::Int(experiment_id)),
+                    binds.text(&step.step),
+                    binds.text(format!("{location}/{}/artifacts", step.id)),
                 )
             })
             .collect();
-        for step in chunk {
-            binds.push(step.id.clone());
-            binds.push(step.step.clone());
-            binds.push(format!("{location}/{}/artifacts", step.id));
-        }
         let sql = format!(
             "INSERT INTO tracking_runs (run_id, experiment_id, name, user_id, status, start_time, \
              lifecycle_stage, artifact_uri) VALUES {}",
             rows.join(", ")
         );
-        let mut q = sqlx::query(&sql).bind(experiment_id);
-        for b in &binds {
-            q = q.bind(b.as_str());
-        }
-        q.execute(&mut **tx).await?;
+        tracking::bind_all(sqlx::query(&sql), binds.values())
+            .execute(&mut **tx)
+            .await?;
     }
     let mut tags: Vec<(&str, &str, &str)> = Vec::new();
     for step in steps {

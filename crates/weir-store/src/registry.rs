@@ -244,7 +244,7 @@ impl Store {
         max_results: i64,
         offset: i64,
     ) -> Result<(Vec<RegisteredModel>, bool)> {
-        let mut binds = Binds::default();
+        let mut binds = Binds::new(self.backend);
         let mut sql = String::from("SELECT name FROM models m WHERE 1 = 1");
         for clause in filter {
             sql += " AND ";
@@ -497,7 +497,7 @@ impl Store {
         max_results: i64,
         offset: i64,
     ) -> Result<(Vec<VersionDetail>, bool)> {
-        let mut binds = Binds::default();
+        let mut binds = Binds::new(self.backend);
         let mut sql = String::from("SELECT name, version FROM model_versions v WHERE 1 = 1");
         for clause in filter {
             sql += " AND ";

@@ -122,21 +122,94 @@ pub(crate) fn bind_all<'q>(
     q
 }
 
-/// Builds `$N` placeholders as values are added.
-#[derive(Default)]
-pub(crate) struct Binds(Vec<Bind>);
+/// Builds placeholders as values are added: `$N` on PostgreSQL; on SQLite
+/// anonymous `?`, because binding many numbered parameters costs SQLite time
+/// quadratic in their count (a 1,000-metric batch spent most of its time
+/// there). With `?` the text must use values in the order they were pushed.
+pub(crate) struct Binds {
+    values: Vec<Bind>,
+    positional: bool,
+}
 
 impl Binds {
+    pub(crate) fn new(backend: crate::Backend) -> Binds {
+        Binds {
+            values: Vec::new(),
+            positional: backend == crate::Backend::Sqlite,
+        }
+    }
+
+    pub(crate) fn for_tx(tx: &Transaction<'_, Any>) -> Binds {
+        let sqlite = tx.backend_name().eq_ignore_ascii_case("sqlite");
+        Binds::new(if sqlite {
+            crate::Backend::Sqlite
+        } else {
+            crate::Backend::Postgres
+        })
+    }
+
     pub(crate) fn values(&self) -> &[Bind] {
-        &self.0
+        &self.values
     }
+
     pub(crate) fn push(&mut self, b: Bind) -> String {
-        self.0.push(b);
-        format!("${}", self.0.len())
+        self.values.push(b);
+        if self.positional {
+            "?".to_string()
+        } else {
+            format!("${}", self.values.len())
+        }
     }
+
     pub(crate) fn text(&mut self, s: impl Into<String>) -> String {
         self.push(Bind::Text(s.into()))
     }
+}
+
+/// Splits `len:textlen:text...` (lengths in characters) into key-value pairs.
+fn decode_pairs(encoded: &str, what: &str) -> Result<Vec<(String, String)>> {
+    Ok(decode_fields(encoded, 2, what)?
+        .into_iter()
+        .map(|mut f| {
+            let value = f.pop().unwrap_or_default();
+            (f.pop().unwrap_or_default(), value)
+        })
+        .collect())
+}
+
+/// Splits length-prefixed texts (`len:text`, lengths in characters) into
+/// records of `n` fields.
+fn decode_fields(encoded: &str, n: usize, what: &str) -> Result<Vec<Vec<String>>> {
+    let corrupt = || StoreError::Corrupt {
+        what: what.to_string(),
+        reason: "an aggregated row is not length-prefixed fields".into(),
+    };
+    // One length-prefixed text from the front of `rest`, and its length in bytes.
+    let take = |rest: &str| -> Result<(String, usize)> {
+        let (len, after) = rest.split_once(':').ok_or_else(corrupt)?;
+        let chars: usize = len.parse().map_err(|_| corrupt())?;
+        let end = match chars {
+            0 => 0,
+            c => after
+                .char_indices()
+                .nth(c - 1)
+                .map(|(i, ch)| i + ch.len_utf8())
+                .ok_or_else(corrupt)?,
+        };
+        Ok((after[..end].to_string(), len.len() + 1 + end))
+    };
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < encoded.len() {
+        let mut record = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (text, used) = take(&encoded[at..])?;
+            at += used;
+            record.push(text);
+        }
+        out.push(record);
+    }
+    Ok(out)
 }
 
 /// How MLflow's SQL store keeps values a database column cannot hold.
@@ -218,8 +291,9 @@ fn run_not_found(id: &str) -> StoreError {
     }
 }
 
-/// Rows per multi-row INSERT: SQLite allows 32,766 bound values a statement.
-const ROWS_PER_INSERT: usize = 500;
+/// Rows per multi-row INSERT: SQLite allows 32,766 bound values a statement
+/// (a full log-batch of 1,000 metrics is one statement).
+const ROWS_PER_INSERT: usize = 1000;
 
 impl Store {
     pub async fn create_experiment(
@@ -336,7 +410,7 @@ impl Store {
         max_results: i64,
         offset: i64,
     ) -> Result<Vec<Experiment>> {
-        let mut binds = Binds::default();
+        let mut binds = Binds::new(self.backend);
         let mut sql = format!(
             "SELECT experiment_id, name, artifact_location, lifecycle_stage, creation_time, \
              last_update_time FROM experiments e WHERE 1 = 1{}",
@@ -383,7 +457,7 @@ impl Store {
             binds.push(Bind::Int(max_results)),
             binds.push(Bind::Int(offset))
         );
-        let rows = bind_all(sqlx::query(&sql), &binds.0)
+        let rows = bind_all(sqlx::query(&sql), binds.values())
             .fetch_all(&self.pool)
             .await?;
         let mut out = Vec::with_capacity(rows.len());
@@ -476,8 +550,16 @@ impl Store {
     }
 
     pub async fn create_tracking_run(&self, run: &NewTrackingRun) -> Result<RunInfo> {
-        let experiment = self.experiment(run.experiment_id).await?;
-        if experiment.lifecycle_stage != ACTIVE {
+        let row = sqlx::query(
+            "SELECT artifact_location, lifecycle_stage FROM experiments WHERE experiment_id = $1",
+        )
+        .bind(run.experiment_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| experiment_not_found(run.experiment_id))?;
+        let location: String = row.try_get("artifact_location")?;
+        let stage: String = row.try_get("lifecycle_stage")?;
+        if stage != ACTIVE {
             return Err(StoreError::Invalid(format!(
                 "experiment {} is deleted; restore it before creating runs in it",
                 run.experiment_id
@@ -485,7 +567,7 @@ impl Store {
         }
         let artifact_uri = format!(
             "{}/{}/artifacts",
-            experiment.artifact_location.trim_end_matches('/'),
+            location.trim_end_matches('/'),
             run.run_id
         );
         let mut tx = self.pool.begin().await?;
@@ -547,41 +629,70 @@ impl Store {
         if infos.is_empty() {
             return Ok(Vec::new());
         }
-        let mut binds = Binds::default();
+        let mut binds = Binds::new(self.backend);
         let ids: Vec<String> = infos.iter().map(|i| binds.text(&i.run_id)).collect();
         let list = ids.join(", ");
         let mut params: HashMap<String, Vec<(String, String)>> = HashMap::new();
         let mut tags: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        // One row per run, its pairs length-prefixed in one string: SQLite
+        // hands rows over one at a time, and a search returning 1,000 runs
+        // would otherwise move ten thousand of them.
         for (table, out) in [("run_params", &mut params), ("run_tags", &mut tags)] {
             let rows = bind_all(
                 sqlx::query(&format!(
-                    "SELECT run_id, key, value FROM {table} WHERE run_id IN ({list}) ORDER BY key"
+                    "SELECT run_id, string_agg(length(key) || ':' || key || length(value) || ':' || value, '' \
+                     ORDER BY key) AS pairs FROM {table} WHERE run_id IN ({list}) GROUP BY run_id"
                 )),
-                &binds.0,
+                binds.values(),
             )
             .fetch_all(&self.pool)
             .await?;
             for r in rows {
-                out.entry(r.try_get("run_id")?)
-                    .or_default()
-                    .push((r.try_get("key")?, r.try_get("value")?));
+                let run: String = r.try_get("run_id")?;
+                let pairs: String = r.try_get("pairs")?;
+                out.insert(run, decode_pairs(&pairs, table)?);
             }
         }
         let mut metrics: HashMap<String, Vec<Metric>> = HashMap::new();
+        // Doubles as text that parses back to the same bits.
+        let value_text = match self.backend {
+            crate::Backend::Sqlite => "printf('%!.17g', value)",
+            crate::Backend::Postgres => "CAST(value AS TEXT)",
+        };
+        let field = |f: &str| format!("length({f}) || ':' || {f}");
         let rows = bind_all(
             sqlx::query(&format!(
-                "SELECT run_id, key, value, ts, step, is_nan FROM latest_metrics \
-                 WHERE run_id IN ({list}) ORDER BY key"
+                "SELECT run_id, string_agg({} || {} || {} || {} || {}, '' ORDER BY key) AS points \
+                 FROM latest_metrics WHERE run_id IN ({list}) GROUP BY run_id",
+                field("key"),
+                field(value_text),
+                field("CAST(ts AS TEXT)"),
+                field("CAST(step AS TEXT)"),
+                field("CAST(is_nan AS TEXT)"),
             )),
-            &binds.0,
+            binds.values(),
         )
         .fetch_all(&self.pool)
         .await?;
         for r in rows {
-            metrics
-                .entry(r.try_get("run_id")?)
-                .or_default()
-                .push(metric_from_row(&r)?);
+            let run: String = r.try_get("run_id")?;
+            let points: String = r.try_get("points")?;
+            let corrupt = |reason: &str| StoreError::Corrupt {
+                what: "latest_metrics".into(),
+                reason: reason.into(),
+            };
+            let mut out = Vec::new();
+            for f in decode_fields(&points, 5, "latest_metrics")? {
+                let int = |s: &str| s.parse::<i64>().map_err(|_| corrupt("not an integer"));
+                let value: f64 = f[1].parse().map_err(|_| corrupt("not a number"))?;
+                out.push(Metric {
+                    key: f[0].clone(),
+                    value: if int(&f[4])? != 0 { f64::NAN } else { value },
+                    timestamp: int(&f[2])?,
+                    step: int(&f[3])?,
+                });
+            }
+            metrics.insert(run, out);
         }
         let mut models: HashMap<String, Vec<(String, String, i64)>> = HashMap::new();
         let mut datasets: HashMap<String, Vec<DatasetInput>> = HashMap::new();
@@ -591,7 +702,7 @@ impl Store {
                     "SELECT run_id, model_id, direction, step FROM run_models WHERE run_id IN ({list}) \
                      ORDER BY model_id"
                 )),
-                &binds.0,
+                binds.values(),
             )
             .fetch_all(&self.pool)
             .await?;
@@ -607,7 +718,7 @@ impl Store {
                     "SELECT run_id, dataset_json, tags_json FROM run_inputs WHERE run_id IN ({list}) \
                      ORDER BY name, digest"
                 )),
-                &binds.0,
+                binds.values(),
             )
             .fetch_all(&self.pool)
             .await?;
@@ -686,19 +797,25 @@ impl Store {
         params: &[(String, String)],
         tags: &[(String, String)],
     ) -> Result<()> {
-        let info = self.run_info(run_id).await?;
-        if info.lifecycle_stage != ACTIVE {
+        let mut tx = self.pool.begin().await?;
+        // A write first, so SQLite takes its write lock now (see the crate
+        // docs); it also checks the run exists and is active.
+        let touched = sqlx::query(
+            "UPDATE tracking_runs SET run_id = run_id WHERE run_id = $1 AND lifecycle_stage = $2",
+        )
+        .bind(run_id)
+        .bind(ACTIVE)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if touched == 0 {
+            tx.rollback().await?;
+            let info = self.run_info(run_id).await?;
             return Err(StoreError::Invalid(format!(
                 "the run {run_id} must be in the 'active' state; it is '{}'",
                 info.lifecycle_stage
             )));
         }
-        let mut tx = self.pool.begin().await?;
-        // A write first, so SQLite takes its write lock now (see the crate docs).
-        sqlx::query("UPDATE tracking_runs SET run_id = run_id WHERE run_id = $1")
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await?;
         if !params.is_empty() {
             insert_params(&mut tx, run_id, params).await?;
         }
@@ -811,12 +928,7 @@ impl Store {
         if search.experiment_ids.is_empty() {
             return Ok((Vec::new(), false));
         }
-        let mut binds = Binds::default();
-        let experiments: Vec<String> = search
-            .experiment_ids
-            .iter()
-            .map(|id| binds.push(Bind::Int(*id)))
-            .collect();
+        let mut binds = Binds::new(self.backend);
         let mut sql = format!("SELECT {} FROM {RUN_FROM}", run_info_columns());
         let mut order = Vec::new();
         for (i, o) in search.order_by.iter().enumerate() {
@@ -842,6 +954,12 @@ impl Store {
                 "CASE WHEN {column} IS NULL THEN 1 ELSE 0 END, {column} {dir}"
             ));
         }
+        // Placeholders in text order: the joins' keys above, then these.
+        let experiments: Vec<String> = search
+            .experiment_ids
+            .iter()
+            .map(|id| binds.push(Bind::Int(*id)))
+            .collect();
         sql += &format!(
             " WHERE r.experiment_id IN ({}){}",
             experiments.join(", "),
@@ -865,7 +983,7 @@ impl Store {
             binds.push(Bind::Int(search.max_results + 1)),
             binds.push(Bind::Int(search.offset))
         );
-        let rows = bind_all(sqlx::query(&sql), &binds.0)
+        let rows = bind_all(sqlx::query(&sql), binds.values())
             .fetch_all(&self.pool)
             .await?;
         let more = rows.len() as i64 > search.max_results;
@@ -1064,7 +1182,7 @@ pub(crate) async fn upsert_tags_of_runs(
     tags: &[(&str, &str, &str)],
 ) -> Result<()> {
     for chunk in tags.chunks(ROWS_PER_INSERT) {
-        let mut binds = Binds::default();
+        let mut binds = Binds::for_tx(tx);
         let rows: Vec<String> = chunk
             .iter()
             .map(|(run, k, v)| {
@@ -1081,7 +1199,7 @@ pub(crate) async fn upsert_tags_of_runs(
              ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
             rows.join(", ")
         );
-        bind_all(sqlx::query(&sql), &binds.0)
+        bind_all(sqlx::query(&sql), binds.values())
             .execute(&mut **tx)
             .await?;
     }
@@ -1103,7 +1221,7 @@ pub(crate) async fn insert_params(
             }
         }
     }
-    let mut binds = Binds::default();
+    let mut binds = Binds::for_tx(tx);
     let run = binds.text(run_id);
     let keys: Vec<String> = wanted.keys().map(|k| binds.text(*k)).collect();
     let existing = bind_all(
@@ -1111,7 +1229,7 @@ pub(crate) async fn insert_params(
             "SELECT key, value FROM run_params WHERE run_id = {run} AND key IN ({})",
             keys.join(", ")
         )),
-        &binds.0,
+        binds.values(),
     )
     .fetch_all(&mut **tx)
     .await?;
@@ -1129,7 +1247,7 @@ pub(crate) async fn insert_params(
     }
     let wanted: Vec<(&str, &str)> = wanted.into_iter().collect();
     for chunk in wanted.chunks(ROWS_PER_INSERT) {
-        let mut binds = Binds::default();
+        let mut binds = Binds::for_tx(tx);
         let rows: Vec<String> = chunk
             .iter()
             .map(|(k, v)| {
@@ -1146,7 +1264,7 @@ pub(crate) async fn insert_params(
                 "INSERT INTO run_params (run_id, key, value) VALUES {}",
                 rows.join(", ")
             )),
-            &binds.0,
+            binds.values(),
         )
         .execute(&mut **tx)
         .await?;
@@ -1171,7 +1289,7 @@ pub(crate) async fn insert_metric_points(
 ) -> Result<()> {
     let mut latest: BTreeMap<&str, Point> = BTreeMap::new();
     for chunk in metrics.chunks(ROWS_PER_INSERT) {
-        let mut binds = Binds::default();
+        let mut binds = Binds::for_tx(tx);
         let rows: Vec<String> = chunk
             .iter()
             .map(|m| {
@@ -1199,14 +1317,14 @@ pub(crate) async fn insert_metric_points(
                 "INSERT INTO run_metrics (run_id, key, value, ts, step, is_nan) VALUES {}",
                 rows.join(", ")
             )),
-            &binds.0,
+            binds.values(),
         )
         .execute(&mut **tx)
         .await?;
     }
     let latest: Vec<(&str, Point)> = latest.into_iter().collect();
     for chunk in latest.chunks(ROWS_PER_INSERT) {
-        let mut binds = Binds::default();
+        let mut binds = Binds::for_tx(tx);
         let rows: Vec<String> = chunk
             .iter()
             .map(|(key, (step, ts, value, is_nan))| {
@@ -1233,7 +1351,7 @@ pub(crate) async fn insert_metric_points(
                    > (CASE WHEN latest_metrics.is_nan = 1 THEN -1e308 ELSE latest_metrics.value END))",
             rows.join(", ")
         );
-        bind_all(sqlx::query(&sql), &binds.0)
+        bind_all(sqlx::query(&sql), binds.values())
             .execute(&mut **tx)
             .await?;
     }
@@ -1427,7 +1545,7 @@ impl Store {
         if experiment_ids.is_empty() {
             return Ok((Vec::new(), false));
         }
-        let mut binds = Binds::default();
+        let mut binds = Binds::new(self.backend);
         let ids: Vec<String> = experiment_ids
             .iter()
             .map(|id| binds.push(Bind::Int(*id)))
@@ -1471,7 +1589,7 @@ impl Store {
             binds.push(Bind::Int(max_results + 1)),
             binds.push(Bind::Int(offset))
         );
-        let rows = bind_all(sqlx::query(&sql), &binds.0)
+        let rows = bind_all(sqlx::query(&sql), binds.values())
             .fetch_all(&self.pool)
             .await?;
         let more = rows.len() as i64 > max_results;
@@ -1545,4 +1663,26 @@ async fn upsert_model_pairs(
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_pairs;
+
+    #[test]
+    fn length_prefixed_pairs_hold_any_text() {
+        let pairs = decode_pairs("2:lr3:0.19:team:name5:a:b:c1:x0:", "t").unwrap();
+        let expected: Vec<(String, String)> = vec![
+            ("lr".into(), "0.1".into()),
+            ("team:name".into(), "a:b:c".into()),
+            ("x".into(), String::new()),
+        ];
+        assert_eq!(pairs, expected);
+        assert_eq!(
+            decode_pairs("1:é2:日本", "t").unwrap(),
+            vec![("é".to_string(), "日本".to_string())]
+        );
+        assert!(decode_pairs("5:ab", "t").is_err());
+        assert!(decode_pairs("x:ab", "t").is_err());
+    }
 }

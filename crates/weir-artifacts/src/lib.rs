@@ -210,7 +210,7 @@ impl ArtifactStore {
                 .put(&key, PutPayload::from_bytes(bytes))
                 .await
                 .map_err(self.backend_err())?;
-            self.sync_local(&key)?;
+            self.sync_local(&key).await?;
         }
         Ok(Stored {
             digest,
@@ -263,7 +263,7 @@ impl ArtifactStore {
         } else {
             self.put_multipart(&key, path).await?;
         }
-        self.sync_local(&key)?;
+        self.sync_local(&key).await?;
         Ok(stored)
     }
 
@@ -442,12 +442,22 @@ impl ArtifactStore {
 
     /// LocalFileSystem renames a finished temp file into place but does not
     /// fsync; do it here so "stored" means durable before metadata records it.
-    fn sync_local(&self, key: &ObjectPath) -> Result<()> {
+    /// On a blocking thread, so stores running side by side wait for their
+    /// disk flushes together.
+    async fn sync_local(&self, key: &ObjectPath) -> Result<()> {
         if let Some(dir) = &self.local_dir {
             let path = dir.join(key.as_ref());
-            std::fs::File::open(&path)
-                .and_then(|f| f.sync_all())
-                .map_err(io("cannot sync", &path))?;
+            let synced = path.clone();
+            tokio::task::spawn_blocking(move || {
+                std::fs::File::open(&synced).and_then(|f| f.sync_all())
+            })
+            .await
+            .map_err(|e| ArtifactError::Io {
+                action: "cannot sync",
+                path: path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+            .map_err(io("cannot sync", &path))?;
         }
         Ok(())
     }

@@ -242,23 +242,22 @@ pub async fn exec_step(
         work: &work.0,
         log: &log,
     };
-    let result = run_step(&job, &inputs).await;
+    let mut result = run_step(&job, &inputs).await;
     heartbeat.abort();
-    let log_record = match ctx.artifacts.put_file(log.path()).await {
-        Ok(stored) => Some(artifact_record(stored)),
-        Err(e) => {
-            tracing::warn!(step = %step.name, error = %e, "cannot store the step log");
-            None
+    if let Ok(completion) = &mut result {
+        if let Err(e) = store_outputs_and_log(&job, completion).await {
+            log.line(format!("error: cannot store the outputs: {e}"));
+            result = Err((e, None));
         }
-    };
+    }
     let outcome = match result {
-        Ok(mut completion) => {
+        Ok(completion) => {
             tracing::info!(step = %step.name, outputs = completion.outputs.len(), metrics = completion.metrics.len(), "step succeeded");
-            completion.log = log_record;
             ctx.store.complete_step(step_run_id, &completion).await?;
             Ok(())
         }
         Err((error, exit_code)) => {
+            let log_record = store_log(&job).await;
             ctx.store
                 .fail_step(
                     step_run_id,
@@ -381,7 +380,7 @@ async fn run_step(
         Action::Command(command) => run_command(job, command, &inputs_dir, &outputs_dir).await?,
     };
 
-    let mut completion = StepCompletion {
+    let completion = StepCompletion {
         metrics: finite_metrics(outcome.metrics, log),
         registrations: outcome.registrations,
         sources: outcome.sources,
@@ -389,27 +388,49 @@ async fn run_step(
     };
     for name in &step.outputs {
         let path = outputs_dir.join(name);
-        if !path.exists() {
+        let Ok(meta) = std::fs::metadata(&path) else {
             return Err(fail(EngineError::StepFailed(format!(
                 "step '{}' declared the output '{name}' but did not write it\n  hint: write the file or directory $WEIR_OUTPUTS_DIR/{name}",
                 step.name
             ))));
+        };
+        match meta.is_dir() {
+            true => log.line(format!("output {name} (a directory)")),
+            false => log.line(format!("output {name} ({} bytes)", meta.len())),
         }
-        let stored = ctx
-            .artifacts
-            .put_path(&path)
-            .await
-            .map_err(|e| fail(e.into()))?;
-        log.line(format!(
-            "output {name} -> {} ({} bytes)",
-            stored.digest.short(),
-            stored.size
-        ));
-        completion
-            .outputs
-            .push((name.clone(), artifact_record(stored)));
     }
     Ok(completion)
+}
+
+/// Stores a succeeded step's outputs and its log side by side (their disk
+/// flushes overlap); an output that cannot be stored fails the step.
+async fn store_outputs_and_log(
+    job: &Job<'_>,
+    completion: &mut StepCompletion,
+) -> Result<(), EngineError> {
+    let outputs_dir = job.work.join("outputs");
+    let outputs = async {
+        let mut stored = Vec::new();
+        for name in &job.step.outputs {
+            let s = job.ctx.artifacts.put_path(&outputs_dir.join(name)).await?;
+            stored.push((name.clone(), artifact_record(s)));
+        }
+        Ok::<_, weir_artifacts::ArtifactError>(stored)
+    };
+    let (outputs, log) = tokio::join!(outputs, store_log(job));
+    completion.outputs = outputs?;
+    completion.log = log;
+    Ok(())
+}
+
+async fn store_log(job: &Job<'_>) -> Option<ArtifactRecord> {
+    match job.ctx.artifacts.put_file(job.log.path()).await {
+        Ok(stored) => Some(artifact_record(stored)),
+        Err(e) => {
+            tracing::warn!(step = %job.step.name, error = %e, "cannot store the step log");
+            None
+        }
+    }
 }
 
 /// SQLite cannot store NaN; a metric that is not a number is logged, not recorded.

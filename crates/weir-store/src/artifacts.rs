@@ -54,6 +54,38 @@ pub(crate) async fn insert_artifact(
     Ok(())
 }
 
+/// Several artifacts in one statement (a step's outputs and its log).
+pub(crate) async fn insert_artifacts(
+    tx: &mut Transaction<'_, Any>,
+    artifacts: &[&ArtifactRecord],
+) -> Result<()> {
+    if artifacts.is_empty() {
+        return Ok(());
+    }
+    let mut binds = crate::tracking::Binds::for_tx(tx);
+    let rows: Vec<String> = artifacts
+        .iter()
+        .map(|a| {
+            format!(
+                "({}, {}, {}, {})",
+                binds.text(a.digest.hex()),
+                binds.push(crate::tracking::Bind::Int(a.size)),
+                binds.text(a.kind.as_str()),
+                binds.push(crate::tracking::Bind::Int(a.created_at))
+            )
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO artifacts (digest, size, kind, created_at) VALUES {} \
+         ON CONFLICT (digest) DO NOTHING",
+        rows.join(", ")
+    );
+    crate::tracking::bind_all(sqlx::query(&sql), binds.values())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 impl Store {
     pub async fn artifact(&self, digest: &Digest) -> Result<ArtifactRecord> {
         let row =

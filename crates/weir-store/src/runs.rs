@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::artifacts::{insert_artifact, ArtifactRecord};
+use crate::artifacts::{insert_artifact, insert_artifacts, ArtifactRecord};
 use crate::metrics::{insert_metrics, MetricPoint};
 use crate::mirror;
 use crate::models::{insert_model_version, ModelVersion, NewModelVersion};
@@ -683,11 +683,15 @@ impl Store {
         .await?
         .ok_or_else(|| step_not_found(step_run_id))?
         .try_get("run_id")?;
-        if let Some(log) = &completion.log {
-            insert_artifact(&mut tx, log).await?;
+        // Distinct digests only: one statement cannot insert the same key twice.
+        let mut records: Vec<&ArtifactRecord> = completion.log.iter().collect();
+        for (_, artifact) in &completion.outputs {
+            if !records.iter().any(|r| r.digest == artifact.digest) {
+                records.push(artifact);
+            }
         }
+        insert_artifacts(&mut tx, &records).await?;
         for (name, artifact) in &completion.outputs {
-            insert_artifact(&mut tx, artifact).await?;
             sqlx::query("INSERT INTO step_outputs (step_run_id, name, digest) VALUES ($1, $2, $3)")
                 .bind(step_run_id)
                 .bind(name)

@@ -164,6 +164,24 @@ impl Server {
         (status, r.json().unwrap_or(Value::Null))
     }
 
+    /// A request on a connection of its own, closed afterwards: for a body
+    /// the server refuses before reading it, after which it closes the
+    /// connection (a pooled one would fail the next request).
+    pub fn post_alone(&self, path: &str, body: impl Into<reqwest::blocking::Body>) -> (u16, Value) {
+        let r = reqwest::blocking::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap()
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .header("connection", "close")
+            .body(body)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+
     pub fn post(&self, path: &str, body: impl Into<reqwest::blocking::Body>) -> (u16, Value) {
         let r = self
             .client

@@ -282,7 +282,7 @@ fn flights_example_trains_registers_and_serves_identical_predictions() {
         "{body}"
     );
 
-    let (status, body) = server.post("/invocations", vec![b' '; 17 << 20]);
+    let (status, body) = server.post_alone("/invocations", vec![b' '; 17 << 20]);
     assert_eq!(status, 413, "{body}");
     assert!(
         body["message"]

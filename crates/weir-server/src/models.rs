@@ -91,12 +91,7 @@ pub async fn log_params(State(app): State<App>, Path(id): Path<String>, p: Param
 }
 
 pub async fn search(State(app): State<App>, p: Params) -> Reply {
-    let mut experiment_ids = Vec::new();
-    for id in p.strings("experiment_ids") {
-        experiment_ids.push(id.parse::<i64>().map_err(|_| {
-            ApiError::InvalidParameter(format!("experiment id '{id}' is not an integer"))
-        })?);
-    }
+    let experiment_ids = p.experiment_ids()?;
     let filter = filter::parse_logged_model_filter(&p.opt_str("filter").unwrap_or_default())
         .map_err(|e| ApiError::InvalidParameter(e.to_string()))?;
     let max = p.opt_i64("max_results")?.unwrap_or(100).clamp(1, 50000);

@@ -131,6 +131,18 @@ impl Params {
             .collect()
     }
 
+    /// `experiment_ids`: a list of integer ids (as strings or numbers).
+    pub fn experiment_ids(&self) -> Result<Vec<i64>, ApiError> {
+        self.strings("experiment_ids")
+            .iter()
+            .map(|id| {
+                id.parse::<i64>().map_err(|_| {
+                    ApiError::InvalidParameter(format!("experiment id '{id}' is not an integer"))
+                })
+            })
+            .collect()
+    }
+
     /// `[{"key": ..., "value": ...}]`, as tags and params arrive.
     pub fn key_values(&self, key: &str) -> Result<Vec<(String, String)>, ApiError> {
         self.list(key).iter().map(|v| key_value(key, v)).collect()

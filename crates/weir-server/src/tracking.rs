@@ -487,12 +487,7 @@ pub async fn log_inputs(State(app): State<App>, p: Params) -> Reply {
 pub async fn search_runs(State(app): State<App>, p: Params) -> ApiResult<Response> {
     let max = max_results(&p, MAX_RESULTS_DEFAULT)?;
     let offset = offset_of(&p)?;
-    let mut experiment_ids = Vec::new();
-    for id in p.strings("experiment_ids") {
-        experiment_ids.push(id.parse::<i64>().map_err(|_| {
-            ApiError::InvalidParameter(format!("experiment id '{id}' is not an integer"))
-        })?);
-    }
+    let experiment_ids = p.experiment_ids()?;
     let filter = filter::parse(&p.opt_str("filter").unwrap_or_default())
         .map_err(|e| ApiError::InvalidParameter(e.to_string()))?;
     let order_by = p

@@ -7,7 +7,7 @@ use sqlx::Row;
 
 use crate::filter::{Clause, Comparator, Entity, Value};
 use crate::models::{insert_model_version, ModelVersion, NewModelVersion};
-use crate::tracking::{bind_all, value_sql, Bind, Binds};
+use crate::tracking::{value_sql, Binds};
 use crate::{Result, Store, StoreError};
 
 #[derive(Clone, Debug)]
@@ -255,17 +255,10 @@ impl Store {
                 _ => value_sql(clause, "m.name", &mut binds),
             };
         }
-        sql += &format!(
-            " ORDER BY m.name LIMIT {} OFFSET {}",
-            binds.push(Bind::Int(max_results + 1)),
-            binds.push(Bind::Int(offset))
-        );
-        let rows = bind_all(sqlx::query(&sql), binds.values())
-            .fetch_all(&self.pool)
-            .await?;
-        let more = rows.len() as i64 > max_results;
+        sql += " ORDER BY m.name";
+        let (rows, more) = self.page(sql, binds, max_results, offset).await?;
         let mut out = Vec::new();
-        for row in rows.iter().take(max_results as usize) {
+        for row in &rows {
             out.push(
                 self.registered_model(&row.try_get::<String, _>("name")?)
                     .await?,
@@ -519,17 +512,10 @@ impl Store {
                 }
             };
         }
-        sql += &format!(
-            " ORDER BY v.name, v.version DESC LIMIT {} OFFSET {}",
-            binds.push(Bind::Int(max_results + 1)),
-            binds.push(Bind::Int(offset))
-        );
-        let rows = bind_all(sqlx::query(&sql), binds.values())
-            .fetch_all(&self.pool)
-            .await?;
-        let more = rows.len() as i64 > max_results;
+        sql += " ORDER BY v.name, v.version DESC";
+        let (rows, more) = self.page(sql, binds, max_results, offset).await?;
         let mut out = Vec::new();
-        for row in rows.iter().take(max_results as usize) {
+        for row in &rows {
             out.push(
                 self.version_detail(&row.try_get::<String, _>("name")?, row.try_get("version")?)
                     .await?,

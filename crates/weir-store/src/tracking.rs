@@ -166,6 +166,30 @@ impl Binds {
     }
 }
 
+impl Store {
+    /// Runs `sql` (ending in its ORDER BY) for one page: `max_results` rows
+    /// from `offset`, and whether more follow.
+    pub(crate) async fn page(
+        &self,
+        mut sql: String,
+        mut binds: Binds,
+        max_results: i64,
+        offset: i64,
+    ) -> Result<(Vec<AnyRow>, bool)> {
+        sql += &format!(
+            " LIMIT {} OFFSET {}",
+            binds.push(Bind::Int(max_results + 1)),
+            binds.push(Bind::Int(offset))
+        );
+        let mut rows = bind_all(sqlx::query(&sql), binds.values())
+            .fetch_all(&self.pool)
+            .await?;
+        let more = rows.len() as i64 > max_results;
+        rows.truncate(max_results.max(0) as usize);
+        Ok((rows, more))
+    }
+}
+
 /// Splits `len:textlen:text...` (lengths in characters) into key-value pairs.
 fn decode_pairs(encoded: &str, what: &str) -> Result<Vec<(String, String)>> {
     Ok(decode_fields(encoded, 2, what)?
@@ -977,19 +1001,12 @@ impl Store {
             order.push(format!("{START_SQL} DESC"));
         }
         order.push("r.run_id ASC".into());
-        sql += &format!(
-            " ORDER BY {} LIMIT {} OFFSET {}",
-            order.join(", "),
-            binds.push(Bind::Int(search.max_results + 1)),
-            binds.push(Bind::Int(search.offset))
-        );
-        let rows = bind_all(sqlx::query(&sql), binds.values())
-            .fetch_all(&self.pool)
+        sql += &format!(" ORDER BY {}", order.join(", "));
+        let (rows, more) = self
+            .page(sql, binds, search.max_results, search.offset)
             .await?;
-        let more = rows.len() as i64 > search.max_results;
         let infos = rows
             .iter()
-            .take(search.max_results as usize)
             .map(run_info_from_row)
             .collect::<Result<Vec<_>>>()?;
         Ok((self.complete_runs(infos, true).await?, more))
@@ -1584,17 +1601,10 @@ impl Store {
                 }
             };
         }
-        sql += &format!(
-            " ORDER BY m.creation_time DESC, m.model_id LIMIT {} OFFSET {}",
-            binds.push(Bind::Int(max_results + 1)),
-            binds.push(Bind::Int(offset))
-        );
-        let rows = bind_all(sqlx::query(&sql), binds.values())
-            .fetch_all(&self.pool)
-            .await?;
-        let more = rows.len() as i64 > max_results;
+        sql += " ORDER BY m.creation_time DESC, m.model_id";
+        let (rows, more) = self.page(sql, binds, max_results, offset).await?;
         let mut out = Vec::new();
-        for row in rows.iter().take(max_results as usize) {
+        for row in &rows {
             out.push(self.logged_model_from_row(row).await?);
         }
         Ok((out, more))

@@ -1,4 +1,5 @@
-//! A request's fields, from the query string and, but for GET, the JSON body, read with MLflow's leniency: numbers may arrive as strings,
+//! A request's fields, from the query string and (but for GET) the JSON
+//! body, read with MLflow's leniency: numbers may arrive as strings, and
 //! `run_uuid` stands in for `run_id`.
 
 use axum::extract::{FromRequest, Request};

@@ -13,6 +13,9 @@ cd "$(dirname "$0")/.."
 VENV="${WEIR_CI_VENV:-$HOME/.cache/weir-ci/venv}"
 MOTO_VERSION=5.2.5
 MLFLOW_CLIENT="mlflow-skinny==3.17.2 pandas==3.1.1 pytest==9.2.0"
+# The 2.x client too, in a venv of its own (SQLite only: the server code is shared).
+VENV2="${WEIR_CI_VENV2:-$HOME/.cache/weir-ci/venv-mlflow2}"
+MLFLOW2_CLIENT="mlflow-skinny==2.22.1 pandas==3.1.1 pytest==9.2.0"
 log() { printf '\033[1m[test]\033[0m %s\n' "$*" >&2; }
 
 # --- PostgreSQL -------------------------------------------------------------
@@ -39,6 +42,12 @@ if ! "$VENV/bin/python" -c 'import mlflow, pandas, pytest' 2>/dev/null; then
   # shellcheck disable=SC2086
   "$VENV/bin/pip" install -q $MLFLOW_CLIENT
 fi
+if ! "$VENV2/bin/python" -c 'import mlflow, pandas, pytest' 2>/dev/null; then
+  log "installing the mlflow 2.x client into $VENV2"
+  python3 -m venv "$VENV2"
+  # shellcheck disable=SC2086
+  "$VENV2/bin/pip" install -q $MLFLOW2_CLIENT
+fi
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p target
 setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >target/moto.log 2>&1 &
@@ -60,4 +69,6 @@ cargo test --workspace --locked "$@"
 if [ $# -eq 0 ]; then
   log "mlflow client suite (tests/mlflow)"
   WEIR_BIN="$PWD/target/debug/weir" "$VENV/bin/python" -m pytest -q -p no:warnings -p no:cacheprovider tests/mlflow
+  log "mlflow 2.x client suite (tests/mlflow, SQLite)"
+  WEIR_TEST_POSTGRES=off WEIR_BIN="$PWD/target/debug/weir" "$VENV2/bin/python" -m pytest -q -p no:warnings -p no:cacheprovider tests/mlflow
 fi

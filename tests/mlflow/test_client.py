@@ -102,6 +102,18 @@ def test_artifacts_round_trip(tracking):
     assert open(out).read() == "all good\n"
 
 
+MLFLOW_2 = __import__("mlflow").__version__.startswith("2.")
+
+
+def log_pyfunc(name, model):
+    """log_model as each client generation spells it (3.x: logged models)."""
+    import mlflow.pyfunc
+
+    if MLFLOW_2:
+        return mlflow.pyfunc.log_model(artifact_path=name, python_model=model)
+    return mlflow.pyfunc.log_model(name=name, python_model=model)
+
+
 def test_log_and_load_a_pyfunc_model(tracking):
     import mlflow.pyfunc
 
@@ -110,11 +122,17 @@ def test_log_and_load_a_pyfunc_model(tracking):
             return [x + 1 for x in model_input]
 
     with tracking.start_run() as run:
-        info = mlflow.pyfunc.log_model(name="adder", python_model=Add())
-    assert info.model_id.startswith("m-")
-    model = MlflowClient().get_logged_model(info.model_id)
-    assert model.source_run_id == run.info.run_id and str(model.status).endswith("READY")
+        info = log_pyfunc("adder", Add())
+    if not MLFLOW_2:
+        assert info.model_id.startswith("m-")
+        model = MlflowClient().get_logged_model(info.model_id)
+        assert model.source_run_id == run.info.run_id and str(model.status).endswith("READY")
     assert mlflow.pyfunc.load_model(info.model_uri).predict([1, 2]) == [2, 3]
+    if MLFLOW_2:
+        import json
+
+        history = json.loads(MlflowClient().get_run(run.info.run_id).data.tags["mlflow.log-model.history"])
+        assert [h["artifact_path"] for h in history] == ["adder"]
     assert mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/adder").predict([5]) == [6]
 
 
@@ -246,7 +264,7 @@ def test_register_a_model_and_load_it_by_alias(tracking):
 
     name = "doubler-" + str(time.time_ns())
     with tracking.start_run() as run:
-        info = mlflow.pyfunc.log_model(name="model", python_model=Double())
+        info = log_pyfunc("model", Double())
     mv = tracking.register_model(info.model_uri, name)
     assert mv.version == "1" and mv.run_id == run.info.run_id
     client = MlflowClient()

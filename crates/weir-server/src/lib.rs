@@ -86,6 +86,7 @@ pub fn router(app: App) -> Router {
         .route("/runs/delete-tag", post(t::delete_tag))
         .route("/runs/log-batch", post(t::log_batch))
         .route("/runs/log-inputs", post(t::log_inputs))
+        .route("/runs/log-model", post(t::log_model))
         .route("/runs/search", get(t::search_runs).post(t::search_runs))
         .route("/metrics/get-history", get(t::metric_history))
         .route("/artifacts/list", get(artifacts::list_run))

@@ -538,3 +538,30 @@ pub async fn metric_history(State(app): State<App>, p: Params) -> Reply {
     }
     ok(out)
 }
+
+/// `runs/log-model` (the 2.x clients' record of a logged model): appended to
+/// the run's `mlflow.log-model.history` tag, as MLflow's server does.
+pub async fn log_model(State(app): State<App>, p: Params) -> Reply {
+    let run_id = p.run_id()?;
+    let model_json = p.str("model_json")?;
+    let model: Value = serde_json::from_str(&model_json)
+        .map_err(|e| ApiError::InvalidParameter(format!("model_json is not valid JSON: {e}")))?;
+    let run = app.store.tracking_run(&run_id).await?;
+    const HISTORY: &str = "mlflow.log-model.history";
+    let mut history: Vec<Value> = run
+        .tags
+        .iter()
+        .find(|(k, _)| k == HISTORY)
+        .and_then(|(_, v)| serde_json::from_str(v).ok())
+        .unwrap_or_default();
+    history.push(model);
+    app.store
+        .log_batch(
+            &run_id,
+            &[],
+            &[],
+            &[(HISTORY.to_string(), Value::Array(history).to_string())],
+        )
+        .await?;
+    ok(json!({}))
+}

@@ -11,7 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
@@ -400,6 +400,67 @@ impl ArtifactStore {
             });
         }
         Ok(bytes)
+    }
+
+    /// A blob's bytes as a stream, for sending on without holding them in
+    /// memory. They are hashed as they pass: a blob that does not match its
+    /// digest ends the stream with [`ArtifactError::Corrupt`] instead of its
+    /// last chunk, so a reader never takes a corrupt blob for a whole one.
+    pub async fn get_stream(
+        &self,
+        digest: &Digest,
+    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
+        let result = match self.backend.get(&self.key(digest)).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(ArtifactError::Missing {
+                    digest: digest.hex(),
+                    location: self.location.clone(),
+                })
+            }
+            Err(e) => return Err(self.backend_err()(e)),
+        };
+        let location = self.location.clone();
+        let expected = *digest;
+        let inner = result.into_stream();
+        let state = (inner, Digest::hasher(), false);
+        let stream = futures::stream::unfold(state, move |(mut inner, mut hasher, done)| {
+            let location = location.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                match inner.next().await {
+                    Some(Ok(chunk)) => {
+                        hasher.update(&chunk);
+                        Some((Ok(chunk), (inner, hasher, false)))
+                    }
+                    Some(Err(e)) => Some((
+                        Err(ArtifactError::Open {
+                            url: location,
+                            reason: e.to_string(),
+                        }),
+                        (inner, hasher, true),
+                    )),
+                    None => {
+                        let actual = hasher.finish();
+                        if actual == expected {
+                            None
+                        } else {
+                            Some((
+                                Err(ArtifactError::Corrupt {
+                                    digest: expected.hex(),
+                                    actual: actual.hex(),
+                                    location,
+                                }),
+                                (inner, hasher, true),
+                            ))
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(stream))
     }
 
     /// Writes an artifact to `dest`: a file, or a directory rebuilt from its manifest.

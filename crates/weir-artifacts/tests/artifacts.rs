@@ -6,6 +6,7 @@
 use std::sync::Mutex;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use weir_artifacts::{ArtifactError, ArtifactStore};
 use weir_core::{ArtifactKind, Digest};
 
@@ -87,6 +88,15 @@ async fn large_files_use_multipart(store: &ArtifactStore) {
     let stored = store.put_file(&path).await.unwrap();
     assert_eq!(stored.size, data.len() as u64);
     assert_eq!(store.get(&stored.digest).await.unwrap().len(), data.len());
+    // Streamed back in chunks, checked as it goes.
+    let mut stream = store.get_stream(&stored.digest).await.unwrap();
+    let (mut chunks, mut total) = (0, 0);
+    while let Some(chunk) = stream.next().await {
+        total += chunk.unwrap().len();
+        chunks += 1;
+    }
+    assert_eq!(total, data.len());
+    assert!(chunks > 1, "a 40 MiB blob arrives in more than one chunk");
 }
 
 async fn missing_blobs_are_reported(store: &ArtifactStore) {
@@ -151,6 +161,17 @@ async fn corrupt_blobs_are_detected_on_read() {
     std::fs::write(&blob, b"tampered").unwrap();
     let err = store.get(&stored.digest).await.unwrap_err();
     assert!(matches!(err, ArtifactError::Corrupt { .. }), "{err}");
+    // A stream of it ends in the same error after the bytes.
+    let items: Vec<_> = store
+        .get_stream(&stored.digest)
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert!(
+        matches!(items.last(), Some(Err(ArtifactError::Corrupt { .. }))),
+        "{items:?}"
+    );
 }
 
 #[test]

@@ -37,9 +37,27 @@ impl Digest {
         blake3::Hash::from_bytes(self.0).to_hex().to_string()
     }
 
+    /// Hashes bytes as they arrive (a download checked while it streams).
+    pub fn hasher() -> DigestHasher {
+        DigestHasher(blake3::Hasher::new())
+    }
+
     /// The first 12 hex characters: what humans read in listings.
     pub fn short(&self) -> String {
         self.hex()[..12].to_string()
+    }
+}
+
+/// An incremental [`Digest`].
+pub struct DigestHasher(blake3::Hasher);
+
+impl DigestHasher {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    pub fn finish(&self) -> Digest {
+        Digest(*self.0.finalize().as_bytes())
     }
 }
 

@@ -89,7 +89,7 @@ pub async fn upload(
 
 pub async fn download(State(app): State<App>, Path(path): Path<String>) -> ApiResult<Response> {
     let path = safe_path(&path)?;
-    let Some((digest, _)) = app.store.artifact_path(&path).await? else {
+    let Some((digest, size)) = app.store.artifact_path(&path).await? else {
         return Err(ApiError::NotFound(format!(
             "artifact '{path}' does not exist"
         )));
@@ -97,10 +97,16 @@ pub async fn download(State(app): State<App>, Path(path): Path<String>) -> ApiRe
     let digest: weir_core::Digest = digest
         .parse()
         .map_err(|e| ApiError::Internal(format!("corrupt digest for '{path}': {e}")))?;
-    let bytes = app.artifacts.get(&digest).await?;
+    // Streamed, not read whole: a model can be gigabytes. A blob that fails
+    // its digest check ends the stream with an error, which aborts the
+    // response, so the client sees a failed download, never a wrong file.
+    let stream = app.artifacts.get_stream(&digest).await?;
     Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        Body::from(bytes),
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
+        ],
+        Body::from_stream(stream),
     )
         .into_response())
 }

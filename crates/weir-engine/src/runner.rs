@@ -305,7 +305,7 @@ async fn walk(
     let mut first_failure: Option<String> = None;
     // On Ctrl-C or SIGTERM the runner stops its step runtimes (each in its own
     // process group) and records the run as failed rather than leaving it running.
-    let interrupted = interrupted();
+    let interrupted = weir_core::signals::terminated();
     tokio::pin!(interrupted);
     let mut was_interrupted = false;
     let mut exiting: Vec<JoinHandle<()>> = Vec::new();
@@ -568,21 +568,6 @@ async fn walk(
         models: ctx.store.model_versions_for_run(&run.id).await?,
         error: first_failure,
     })
-}
-
-async fn interrupted() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = terminate => {},
-    }
 }
 
 /// Stops every running step runtime (dropping a task kills its child) and

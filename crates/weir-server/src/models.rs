@@ -10,7 +10,7 @@ use weir_store::tracking::NewLoggedModel;
 
 use crate::artifacts;
 use crate::error::{ApiError, ApiResult};
-use crate::params::{self, Params};
+use crate::params::Params;
 use crate::{json as shape, App};
 
 type Reply = ApiResult<Json<Value>>;
@@ -120,15 +120,7 @@ pub async fn list_artifacts(State(app): State<App>, Path(id): Path<String>, p: P
 /// `runs/outputs`: the models a run produced.
 pub async fn log_outputs(State(app): State<App>, p: Params) -> Reply {
     let run_id = p.run_id()?;
-    let mut models = Vec::new();
-    for m in p.list("models") {
-        let id = m
-            .get("model_id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| params::missing("models[].model_id"))?;
-        let step = m.get("step").and_then(Value::as_i64).unwrap_or(0);
-        models.push((id.to_string(), step));
-    }
+    let models = p.model_refs()?;
     app.store.log_run_models(&run_id, "output", &models).await?;
     Ok(Json(json!({})))
 }

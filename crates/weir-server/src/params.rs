@@ -144,6 +144,23 @@ impl Params {
             .collect()
     }
 
+    /// `models: [{"model_id": ..., "step": ...}]` of runs/log-inputs and runs/outputs.
+    pub fn model_refs(&self) -> Result<Vec<(String, i64)>, ApiError> {
+        self.list("models")
+            .iter()
+            .map(|m| {
+                let id = m
+                    .get("model_id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| missing("models[].model_id"))?;
+                Ok((
+                    id.to_string(),
+                    m.get("step").and_then(Value::as_i64).unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
     /// `[{"key": ..., "value": ...}]`, as tags and params arrive.
     pub fn key_values(&self, key: &str) -> Result<Vec<(String, String)>, ApiError> {
         self.list(key).iter().map(|v| key_value(key, v)).collect()

@@ -280,21 +280,7 @@ pub async fn create_run(State(app): State<App>, p: Params) -> Reply {
             .or_else(|| Some(weir_core::now_ms())),
         tags,
     };
-    let info = app.store.create_tracking_run(&new).await?;
-    // A new run is what was just written: no need to read it back.
-    let mut tags = new.tags;
-    if !tags.iter().any(|(k, _)| k == "mlflow.runName") {
-        tags.push(("mlflow.runName".into(), info.name.clone()));
-    }
-    tags.sort();
-    let run = tracking::TrackingRun {
-        info,
-        metrics: Vec::new(),
-        params: Vec::new(),
-        tags,
-        inputs: Vec::new(),
-        models: Vec::new(),
-    };
+    let run = app.store.create_tracking_run(&new).await?;
     ok(json!({ "run": shape::run(&run) }))
 }
 
@@ -470,14 +456,7 @@ pub async fn log_inputs(State(app): State<App>, p: Params) -> Reply {
         datasets.push((name, digest, dataset.to_string(), tags.to_string()));
     }
     app.store.log_inputs(&run_id, &datasets).await?;
-    let mut models = Vec::new();
-    for m in p.list("models") {
-        let id = m
-            .get("model_id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| params::missing("models[].model_id"))?;
-        models.push((id.to_string(), 0));
-    }
+    let models = p.model_refs()?;
     if !models.is_empty() {
         app.store.log_run_models(&run_id, "input", &models).await?;
     }

@@ -167,6 +167,36 @@ impl Binds {
 }
 
 impl Store {
+    /// Deletes the tag `key` of one owner (`column` = `owner` in `table`); a
+    /// tag that is not there is an error, as in MLflow. `what` names the owner.
+    async fn delete_tag(
+        &self,
+        table: &str,
+        column: &str,
+        owner: Bind,
+        what: &str,
+        key: &str,
+    ) -> Result<()> {
+        let mut binds = Binds::new(self.backend);
+        let sql = format!(
+            "DELETE FROM {table} WHERE {column} = {} AND key = {}",
+            binds.push(owner),
+            binds.text(key)
+        );
+        let deleted = bind_all(sqlx::query(&sql), binds.values())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::NotFound {
+                kind: "tag",
+                id: key.to_string(),
+                hint: format!("{what} has no tag '{key}'"),
+            });
+        }
+        Ok(())
+    }
+
     /// Runs `sql` (ending in its ORDER BY) for one page: `max_results` rows
     /// from `offset`, and whether more follow.
     pub(crate) async fn page(
@@ -556,24 +586,18 @@ impl Store {
 
     pub async fn delete_experiment_tag(&self, id: i64, key: &str) -> Result<()> {
         self.experiment(id).await?;
-        let deleted =
-            sqlx::query("DELETE FROM experiment_tags WHERE experiment_id = $1 AND key = $2")
-                .bind(id)
-                .bind(key)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-        if deleted == 0 {
-            return Err(StoreError::NotFound {
-                kind: "experiment tag",
-                id: key.to_string(),
-                hint: format!("experiment {id} has no tag '{key}'"),
-            });
-        }
-        Ok(())
+        self.delete_tag(
+            "experiment_tags",
+            "experiment_id",
+            Bind::Int(id),
+            &format!("experiment {id}"),
+            key,
+        )
+        .await
     }
 
-    pub async fn create_tracking_run(&self, run: &NewTrackingRun) -> Result<RunInfo> {
+    /// Creates a run and returns it as written (no read-back).
+    pub async fn create_tracking_run(&self, run: &NewTrackingRun) -> Result<TrackingRun> {
         let row = sqlx::query(
             "SELECT artifact_location, lifecycle_stage FROM experiments WHERE experiment_id = $1",
         )
@@ -608,22 +632,29 @@ impl Store {
         .bind(&artifact_uri)
         .execute(&mut *tx)
         .await?;
-        let mut tags = run.tags.clone();
-        if !tags.iter().any(|(k, _)| k == "mlflow.runName") {
-            tags.push(("mlflow.runName".into(), run.name.clone()));
-        }
+        let mut tags: BTreeMap<String, String> = run.tags.iter().cloned().collect();
+        // The name and its tag are one thing, as in MLflow.
+        tags.insert("mlflow.runName".into(), run.name.clone());
+        let tags: Vec<(String, String)> = tags.into_iter().collect();
         upsert_run_tags(&mut tx, &run.run_id, &tags).await?;
         tx.commit().await?;
-        Ok(RunInfo {
-            run_id: run.run_id.clone(),
-            experiment_id: run.experiment_id,
-            name: run.name.clone(),
-            user_id: run.user_id.clone(),
-            status: "RUNNING".into(),
-            start_time: run.start_time,
-            end_time: None,
-            lifecycle_stage: ACTIVE.into(),
-            artifact_uri,
+        Ok(TrackingRun {
+            info: RunInfo {
+                run_id: run.run_id.clone(),
+                experiment_id: run.experiment_id,
+                name: run.name.clone(),
+                user_id: run.user_id.clone(),
+                status: "RUNNING".into(),
+                start_time: run.start_time,
+                end_time: None,
+                lifecycle_stage: ACTIVE.into(),
+                artifact_uri,
+            },
+            metrics: Vec::new(),
+            params: Vec::new(),
+            tags,
+            inputs: Vec::new(),
+            models: Vec::new(),
         })
     }
 
@@ -844,16 +875,8 @@ impl Store {
             insert_params(&mut tx, run_id, params).await?;
         }
         if !tags.is_empty() {
-            let mut deduped: BTreeMap<&str, &str> = BTreeMap::new();
-            for (k, v) in tags {
-                deduped.insert(k, v);
-            }
-            let tags: Vec<(String, String)> = deduped
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            upsert_run_tags(&mut tx, run_id, &tags).await?;
-            if let Some((_, name)) = tags.iter().find(|(k, _)| k == "mlflow.runName") {
+            upsert_run_tags(&mut tx, run_id, tags).await?;
+            if let Some((_, name)) = tags.iter().rev().find(|(k, _)| k == "mlflow.runName") {
                 sqlx::query("UPDATE tracking_runs SET name = $1 WHERE run_id = $2")
                     .bind(name)
                     .bind(run_id)
@@ -875,20 +898,14 @@ impl Store {
                 "the run {run_id} must be in the 'active' state"
             )));
         }
-        let deleted = sqlx::query("DELETE FROM run_tags WHERE run_id = $1 AND key = $2")
-            .bind(run_id)
-            .bind(key)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Err(StoreError::NotFound {
-                kind: "tag",
-                id: key.to_string(),
-                hint: format!("run {run_id} has no tag '{key}'"),
-            });
-        }
-        Ok(())
+        self.delete_tag(
+            "run_tags",
+            "run_id",
+            Bind::Text(run_id.to_string()),
+            &format!("run {run_id}"),
+            key,
+        )
+        .await
     }
 
     /// Records datasets a run used: `(name, digest, dataset JSON, tags JSON)`.
@@ -1198,6 +1215,12 @@ pub(crate) async fn upsert_tags_of_runs(
     tx: &mut Transaction<'_, Any>,
     tags: &[(&str, &str, &str)],
 ) -> Result<()> {
+    // One statement may not set a key twice (PostgreSQL refuses): the last wins.
+    let mut last: BTreeMap<(&str, &str), &str> = BTreeMap::new();
+    for (run, k, v) in tags {
+        last.insert((run, k), v);
+    }
+    let tags: Vec<(&str, &str, &str)> = last.into_iter().map(|((r, k), v)| (r, k, v)).collect();
     for chunk in tags.chunks(ROWS_PER_INSERT) {
         let mut binds = Binds::for_tx(tx);
         let rows: Vec<String> = chunk
@@ -1534,20 +1557,14 @@ impl Store {
 
     pub async fn delete_logged_model_tag(&self, id: &str, key: &str) -> Result<()> {
         self.logged_model(id).await?;
-        let deleted = sqlx::query("DELETE FROM logged_model_tags WHERE model_id = $1 AND key = $2")
-            .bind(id)
-            .bind(key)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Err(StoreError::NotFound {
-                kind: "tag",
-                id: key.to_string(),
-                hint: format!("logged model {id} has no tag '{key}'"),
-            });
-        }
-        Ok(())
+        self.delete_tag(
+            "logged_model_tags",
+            "model_id",
+            Bind::Text(id.to_string()),
+            &format!("logged model {id}"),
+            key,
+        )
+        .await
     }
 
     /// Logged models of some experiments, filtered by clauses over name,

@@ -12,17 +12,19 @@ pub enum BuiltinOp {
     Join,
     Split,
     TrainLinear,
+    TrainGbdt,
     Evaluate,
     Register,
 }
 
 impl BuiltinOp {
-    pub const ALL: [BuiltinOp; 7] = [
+    pub const ALL: [BuiltinOp; 8] = [
         BuiltinOp::Ingest,
         BuiltinOp::Validate,
         BuiltinOp::Join,
         BuiltinOp::Split,
         BuiltinOp::TrainLinear,
+        BuiltinOp::TrainGbdt,
         BuiltinOp::Evaluate,
         BuiltinOp::Register,
     ];
@@ -34,6 +36,7 @@ impl BuiltinOp {
             BuiltinOp::Join => "weir/join",
             BuiltinOp::Split => "weir/split",
             BuiltinOp::TrainLinear => "weir/train-linear",
+            BuiltinOp::TrainGbdt => "weir/train-gbdt",
             BuiltinOp::Evaluate => "weir/evaluate",
             BuiltinOp::Register => "weir/register",
         }
@@ -50,7 +53,7 @@ impl BuiltinOp {
             BuiltinOp::Validate => &["table"],
             BuiltinOp::Join => &["left", "right"],
             BuiltinOp::Split => &["table"],
-            BuiltinOp::TrainLinear => &["train"],
+            BuiltinOp::TrainLinear | BuiltinOp::TrainGbdt => &["train"],
             BuiltinOp::Evaluate => &["model", "table"],
             BuiltinOp::Register => &["model"],
         }
@@ -59,7 +62,7 @@ impl BuiltinOp {
     /// Inputs the op understands, required or optional.
     pub fn known_inputs(self) -> &'static [&'static str] {
         match self {
-            BuiltinOp::TrainLinear => &["train", "valid"],
+            BuiltinOp::TrainLinear | BuiltinOp::TrainGbdt => &["train", "valid"],
             BuiltinOp::Register => &["model", "metrics"],
             other => other.required_inputs(),
         }
@@ -71,7 +74,7 @@ impl BuiltinOp {
             BuiltinOp::Validate => &["table", "report"],
             BuiltinOp::Join => &["table"],
             BuiltinOp::Split => &["train", "valid", "test"],
-            BuiltinOp::TrainLinear => &["model"],
+            BuiltinOp::TrainLinear | BuiltinOp::TrainGbdt => &["model"],
             BuiltinOp::Evaluate => &["metrics", "predictions"],
             BuiltinOp::Register => &[],
         }

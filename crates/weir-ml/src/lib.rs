@@ -6,12 +6,14 @@
 //! every one of them.
 
 mod features;
+mod gbdt;
 mod linear;
 pub mod metrics;
 mod model;
 mod target;
 
 pub use features::{Column, FeaturePipeline, FeatureTransform, Frame, InputKind, InputSpec};
+pub use gbdt::{train_gbdt, GbdtModel, GbdtParams, GbdtReport};
 pub use linear::{train_linear, LinearModel, LinearParams};
 pub use model::{Model, Task};
 pub use target::Target;

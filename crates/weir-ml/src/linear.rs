@@ -92,7 +92,7 @@ impl LinearModel {
     }
 }
 
-fn sigmoid(x: f64) -> f64 {
+pub(crate) fn sigmoid(x: f64) -> f64 {
     if x >= 0.0 {
         1.0 / (1.0 + (-x).exp())
     } else {
@@ -115,16 +115,17 @@ pub(crate) fn labelled(batch: &RecordBatch, target: &Target) -> Result<(RecordBa
     Ok((batch, y))
 }
 
-pub fn train_linear(
+/// The labelled training rows, their labels, the parsed target and the task
+/// (given, or inferred from the labels), with the checks every trainer
+/// shares: the target is no feature, has values, and is not constant.
+pub(crate) fn labelled_task(
     train: &RecordBatch,
-    params: &LinearParams,
-) -> Result<(LinearModel, FitReport)> {
-    let started = Instant::now();
-    if !(params.l2 >= 0.0 && params.l2.is_finite()) {
-        return Err(MlError::invalid("with.l2", "must be a non-negative number"));
-    }
-    let target = Target::parse(&params.target)?;
-    if params.features.contains(&target.column) {
+    target_text: &str,
+    features: &[String],
+    task: Option<Task>,
+) -> Result<(RecordBatch, Vec<f64>, Target, Task)> {
+    let target = Target::parse(target_text)?;
+    if features.contains(&target.column) {
         return Err(MlError::invalid(
             "with.features",
             format!(
@@ -141,7 +142,7 @@ pub fn train_linear(
         ));
     }
     let binary_labels = y.iter().all(|v| *v == 0.0 || *v == 1.0);
-    let task = match params.task {
+    let task = match task {
         Some(t) => t,
         None if target.is_comparison() || binary_labels => Task::Classification,
         None => Task::Regression,
@@ -161,6 +162,19 @@ pub fn train_linear(
             ),
         ));
     }
+    Ok((rows, y, target, task))
+}
+
+pub fn train_linear(
+    train: &RecordBatch,
+    params: &LinearParams,
+) -> Result<(LinearModel, FitReport)> {
+    let started = Instant::now();
+    if !(params.l2 >= 0.0 && params.l2.is_finite()) {
+        return Err(MlError::invalid("with.l2", "must be a non-negative number"));
+    }
+    let (rows, y, target, task) =
+        labelled_task(train, &params.target, &params.features, params.task)?;
     let features = FeaturePipeline::fit(
         &rows,
         &params.features,

@@ -5,6 +5,7 @@ use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::features::{Frame, InputSpec};
+use crate::gbdt::GbdtModel;
 use crate::linear::LinearModel;
 use crate::{MlError, Result, Target};
 
@@ -22,6 +23,7 @@ pub enum Task {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Model {
     Linear(LinearModel),
+    Gbdt(GbdtModel),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -59,18 +61,21 @@ impl Model {
         match self {
             Model::Linear(m) if m.task == Task::Classification => "logistic",
             Model::Linear(_) => "linear",
+            Model::Gbdt(_) => "gbdt",
         }
     }
 
     pub fn task(&self) -> Task {
         match self {
             Model::Linear(m) => m.task,
+            Model::Gbdt(m) => m.task,
         }
     }
 
     pub fn target(&self) -> &Target {
         match self {
             Model::Linear(m) => &m.target,
+            Model::Gbdt(m) => &m.target,
         }
     }
 
@@ -78,6 +83,7 @@ impl Model {
     pub fn inputs(&self) -> Vec<InputSpec> {
         match self {
             Model::Linear(m) => m.features.inputs(),
+            Model::Gbdt(m) => m.inputs(),
         }
     }
 
@@ -85,12 +91,14 @@ impl Model {
     pub fn predict(&self, frame: &Frame) -> Result<Vec<f64>> {
         match self {
             Model::Linear(m) => m.predict(frame),
+            Model::Gbdt(m) => m.predict(frame),
         }
     }
 
     pub fn predict_batch(&self, batch: &RecordBatch) -> Result<Vec<f64>> {
         match self {
             Model::Linear(m) => m.predict(&m.features.frame(batch)?),
+            Model::Gbdt(m) => m.predict(&m.frame(batch)?),
         }
     }
 

@@ -2,13 +2,133 @@
 //! body, read with MLflow's leniency: numbers may arrive as strings, and
 //! `run_uuid` stands in for `run_id`.
 
+use std::fmt;
+
 use axum::extract::{FromRequest, Request};
 use axum::http::Method;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 
-pub struct Params(pub Map<String, Value>);
+/// The request's fields. A body's `metrics` list is read straight into
+/// typed points: a full log-batch is 1,000 of them, and building a JSON map
+/// per point cost more than the database write.
+pub struct Params(pub Map<String, Value>, Option<Vec<MetricIn>>);
+
+/// A metric as sent, checked later so errors keep MLflow's wording.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct MetricIn {
+    pub key: Option<String>,
+    pub value: Loose,
+    pub timestamp: Loose,
+    pub step: Loose,
+}
+
+/// A scalar that may come as a number or as a string.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub enum Loose {
+    #[default]
+    Absent,
+    Int(i64),
+    Float(f64),
+    Text(String),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Loose {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Loose;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number or a string")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Loose, E> {
+                Ok(Loose::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Loose, E> {
+                Ok(i64::try_from(v).map_or(Loose::Float(v as f64), Loose::Int))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Loose, E> {
+                Ok(Loose::Float(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Loose, E> {
+                Ok(Loose::Text(v.to_string()))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Loose, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Loose, E> {
+                Ok(Loose::Absent)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<Loose, A::Error> {
+                while a.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(Loose::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Loose, A::Error> {
+                while a.next_entry::<de::IgnoredAny, de::IgnoredAny>()?.is_some() {}
+                Ok(Loose::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl From<Option<&Value>> for Loose {
+    fn from(v: Option<&Value>) -> Self {
+        match v {
+            None | Some(Value::Null) => Loose::Absent,
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .map_or_else(|| n.as_f64().map_or(Loose::Other, Loose::Float), Loose::Int),
+            Some(Value::String(s)) => Loose::Text(s.clone()),
+            Some(_) => Loose::Other,
+        }
+    }
+}
+
+impl MetricIn {
+    pub fn from_value(v: &Value) -> Self {
+        MetricIn {
+            key: v.get("key").and_then(Value::as_str).map(str::to_string),
+            value: v.get("value").into(),
+            timestamp: v.get("timestamp").into(),
+            step: v.get("step").into(),
+        }
+    }
+}
+
+/// A body object: `metrics` typed, every other field as JSON.
+struct Body(Map<String, Value>, Option<Vec<MetricIn>>);
+
+impl<'de> Deserialize<'de> for Body {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Body;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Body, A::Error> {
+                let mut fields = Map::new();
+                let mut metrics = None;
+                while let Some(key) = a.next_key::<String>()? {
+                    if key == "metrics" {
+                        metrics =
+                            Some(a.next_value::<Option<Vec<MetricIn>>>()?.unwrap_or_default());
+                    } else {
+                        fields.insert(key, a.next_value()?);
+                    }
+                }
+                Ok(Body(fields, metrics))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
 
 impl<S: Send + Sync> FromRequest<S> for Params {
     type Rejection = ApiError;
@@ -28,22 +148,31 @@ impl<S: Send + Sync> FromRequest<S> for Params {
             }
         }
         if req.method() == Method::GET {
-            return Ok(Params(map));
+            return Ok(Params(map, None));
         }
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|e| ApiError::BadRequest(format!("cannot read the request body: {e}")))?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Params(map));
+            return Ok(Params(map, None));
         }
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Object(body)) => {
-                map.extend(body);
-                Ok(Params(map))
+        match serde_json::from_slice::<Body>(&bytes) {
+            Ok(Body(fields, metrics)) => {
+                map.extend(fields);
+                Ok(Params(map, metrics))
             }
-            Ok(_) => Err(ApiError::BadRequest(
-                "the request body must be a JSON object".into(),
-            )),
+            Err(e) if e.is_data() => {
+                // A valid JSON document of the wrong shape (not an object, or
+                // `metrics` not a list of objects).
+                match serde_json::from_slice::<Value>(&bytes) {
+                    Ok(Value::Object(_)) => Err(ApiError::InvalidParameter(format!(
+                        "Invalid value for parameter 'metrics': {e}"
+                    ))),
+                    _ => Err(ApiError::BadRequest(
+                        "the request body must be a JSON object".into(),
+                    )),
+                }
+            }
             Err(e) => Err(ApiError::BadRequest(format!(
                 "malformed JSON in the request body: {e}"
             ))),
@@ -104,12 +233,25 @@ impl Params {
         })
     }
 
-    /// Moves a list out of the request (a log-batch's metrics are not copied).
-    pub fn take_list(&mut self, key: &str) -> Vec<Value> {
-        match self.0.remove(key) {
-            Some(Value::Array(a)) => a,
-            Some(Value::Null) | None => Vec::new(),
-            Some(v) => vec![v],
+    /// Moves the `metrics` list out of the request.
+    pub fn take_metrics(&mut self) -> Vec<MetricIn> {
+        if let Some(metrics) = self.1.take() {
+            return metrics;
+        }
+        self.list("metrics")
+            .iter()
+            .map(MetricIn::from_value)
+            .collect()
+    }
+
+    /// The request's own fields as one metric (runs/log-metric).
+    pub fn as_metric(&self) -> MetricIn {
+        let fields = &self.0;
+        MetricIn {
+            key: self.opt_str("key"),
+            value: fields.get("value").into(),
+            timestamp: fields.get("timestamp").into(),
+            step: fields.get("step").into(),
         }
     }
 
@@ -193,10 +335,11 @@ fn invalid_type(key: &str, expected: &str) -> ApiError {
 
 /// A metric value: a JSON number or "NaN", "Infinity", "-Infinity" (how
 /// protobuf's JSON mapping writes the values JSON has no literal for).
-pub fn metric_value(v: Option<&Value>) -> Result<f64, ApiError> {
+pub fn metric_value(v: &Loose) -> Result<f64, ApiError> {
     match v {
-        Some(Value::Number(n)) => n.as_f64().ok_or_else(|| invalid_type("value", "a number")),
-        Some(Value::String(s)) => match s.as_str() {
+        Loose::Int(n) => Ok(*n as f64),
+        Loose::Float(f) => Ok(*f),
+        Loose::Text(s) => match s.as_str() {
             "NaN" | "nan" => Ok(f64::NAN),
             "Infinity" | "inf" => Ok(f64::INFINITY),
             "-Infinity" | "-inf" => Ok(f64::NEG_INFINITY),
@@ -204,7 +347,8 @@ pub fn metric_value(v: Option<&Value>) -> Result<f64, ApiError> {
                 .parse::<f64>()
                 .map_err(|_| invalid_type("value", "a number")),
         },
-        _ => Err(missing("value")),
+        Loose::Other => Err(invalid_type("value", "a number")),
+        Loose::Absent => Err(missing("value")),
     }
 }
 

@@ -10,7 +10,7 @@ use weir_store::filter;
 use weir_store::tracking::{self, Metric, NewTrackingRun, RunSearch, ViewType};
 
 use crate::error::{ApiError, ApiResult};
-use crate::params::{self, Params};
+use crate::params::{self, Loose, MetricIn, Params};
 use crate::{json as shape, App};
 
 // MLflow's limits (mlflow/utils/validation.py).
@@ -328,35 +328,33 @@ pub async fn restore_run(State(app): State<App>, p: Params) -> Reply {
     ok(json!({}))
 }
 
-fn parse_metric(v: &Value) -> ApiResult<Metric> {
-    let key = v
-        .get("key")
-        .and_then(Value::as_str)
-        .ok_or_else(|| params::missing("metrics[].key"))?;
-    check_key("metric", key)?;
-    let int = |field: &str| -> ApiResult<Option<i64>> {
-        match v.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => Ok(n.as_i64().or_else(|| n.as_f64().map(|f| f as i64))),
-            Some(Value::String(s)) => s.parse().map(Some).map_err(|_| {
+fn parse_metric(m: MetricIn) -> ApiResult<Metric> {
+    let key = m.key.ok_or_else(|| params::missing("metrics[].key"))?;
+    check_key("metric", &key)?;
+    let int = |field: &str, v: &Loose| -> ApiResult<Option<i64>> {
+        match v {
+            Loose::Absent => Ok(None),
+            Loose::Int(n) => Ok(Some(*n)),
+            Loose::Float(f) => Ok(Some(*f as i64)),
+            Loose::Text(s) => s.parse().map(Some).map_err(|_| {
                 ApiError::InvalidParameter(format!("metric '{key}': {field} must be an integer"))
             }),
-            Some(_) => Err(ApiError::InvalidParameter(format!(
+            Loose::Other => Err(ApiError::InvalidParameter(format!(
                 "metric '{key}': {field} must be an integer"
             ))),
         }
     };
     Ok(Metric {
-        key: key.to_string(),
-        value: params::metric_value(v.get("value"))?,
-        timestamp: int("timestamp")?.ok_or_else(|| params::missing("timestamp"))?,
-        step: int("step")?.unwrap_or(0),
+        value: params::metric_value(&m.value)?,
+        timestamp: int("timestamp", &m.timestamp)?.ok_or_else(|| params::missing("timestamp"))?,
+        step: int("step", &m.step)?.unwrap_or(0),
+        key,
     })
 }
 
 pub async fn log_metric(State(app): State<App>, p: Params) -> Reply {
     let run_id = p.run_id()?;
-    let metric = parse_metric(&Value::Object(p.0))?;
+    let metric = parse_metric(p.as_metric())?;
     app.store.log_batch(&run_id, &[metric], &[], &[]).await?;
     ok(json!({}))
 }
@@ -394,7 +392,7 @@ pub async fn delete_tag(State(app): State<App>, p: Params) -> Reply {
 
 pub async fn log_batch(State(app): State<App>, mut p: Params) -> Reply {
     let run_id = p.run_id()?;
-    let metrics = p.take_list("metrics");
+    let metrics = p.take_metrics();
     let params = p.key_values("params")?;
     let tags = p.key_values("tags")?;
     if metrics.len() > MAX_METRICS_PER_BATCH {
@@ -428,7 +426,7 @@ pub async fn log_batch(State(app): State<App>, mut p: Params) -> Reply {
         check_value("Tag", k, v, MAX_TAG_VALUE_LENGTH)?;
     }
     let metrics = metrics
-        .iter()
+        .into_iter()
         .map(parse_metric)
         .collect::<ApiResult<Vec<_>>>()?;
     app.store

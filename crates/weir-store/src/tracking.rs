@@ -106,6 +106,7 @@ pub(crate) enum Bind {
     Text(String),
     Real(f64),
     Int(i64),
+    Bytes(Vec<u8>),
 }
 
 pub(crate) fn bind_all<'q>(
@@ -117,6 +118,7 @@ pub(crate) fn bind_all<'q>(
             Bind::Text(s) => q.bind(s.as_str()),
             Bind::Real(v) => q.bind(*v),
             Bind::Int(v) => q.bind(*v),
+            Bind::Bytes(v) => q.bind(v.as_slice()),
         };
     }
     q
@@ -220,17 +222,6 @@ impl Store {
     }
 }
 
-/// Splits `len:textlen:text...` (lengths in characters) into key-value pairs.
-fn decode_pairs(encoded: &str, what: &str) -> Result<Vec<(String, String)>> {
-    Ok(decode_fields(encoded, 2, what)?
-        .into_iter()
-        .map(|mut f| {
-            let value = f.pop().unwrap_or_default();
-            (f.pop().unwrap_or_default(), value)
-        })
-        .collect())
-}
-
 /// Splits length-prefixed texts (`len:text`, lengths in characters) into
 /// records of `n` fields.
 fn decode_fields(encoded: &str, n: usize, what: &str) -> Result<Vec<Vec<String>>> {
@@ -277,6 +268,28 @@ fn storable(value: f64) -> (f64, i64) {
     } else {
         (value, 0)
     }
+}
+
+/// Bytes per packed point: step, timestamp (i64) and value (f64), little-endian.
+const POINT_BYTES: usize = 24;
+
+fn unpack_points(key: &str, packed: &[u8]) -> Result<Vec<Metric>> {
+    if packed.len() % POINT_BYTES != 0 {
+        return Err(StoreError::Corrupt {
+            what: format!("metric_chunks ({key})"),
+            reason: format!("{} bytes is not a whole number of points", packed.len()),
+        });
+    }
+    let word = |b: &[u8]| -> [u8; 8] { b.try_into().expect("8-byte slice") };
+    Ok(packed
+        .chunks_exact(POINT_BYTES)
+        .map(|p| Metric {
+            key: key.to_string(),
+            step: i64::from_le_bytes(word(&p[0..8])),
+            timestamp: i64::from_le_bytes(word(&p[8..16])),
+            value: f64::from_le_bytes(word(&p[16..24])),
+        })
+        .collect())
 }
 
 fn metric_from_row(row: &AnyRow) -> Result<Metric> {
@@ -689,23 +702,30 @@ impl Store {
         let list = ids.join(", ");
         let mut params: HashMap<String, Vec<(String, String)>> = HashMap::new();
         let mut tags: HashMap<String, Vec<(String, String)>> = HashMap::new();
-        // One row per run, its pairs length-prefixed in one string: SQLite
-        // hands rows over one at a time, and a search returning 1,000 runs
-        // would otherwise move ten thousand of them.
+        // One row in all, every (run, key, value) length-prefixed in one
+        // string: SQLite's driver hands rows over one at a time, each a
+        // wake-up of another thread, and a search returning 1,000 runs would
+        // otherwise move thousands of them.
+        let field = |f: &str| format!("length({f}) || ':' || {f}");
         for (table, out) in [("run_params", &mut params), ("run_tags", &mut tags)] {
-            let rows = bind_all(
+            let row = bind_all(
                 sqlx::query(&format!(
-                    "SELECT run_id, string_agg(length(key) || ':' || key || length(value) || ':' || value, '' \
-                     ORDER BY key) AS pairs FROM {table} WHERE run_id IN ({list}) GROUP BY run_id"
+                    "SELECT string_agg({} || {} || {}, '' ORDER BY run_id, key) AS pairs \
+                     FROM {table} WHERE run_id IN ({list})",
+                    field("run_id"),
+                    field("key"),
+                    field("value"),
                 )),
                 binds.values(),
             )
-            .fetch_all(&self.pool)
+            .fetch_one(&self.pool)
             .await?;
-            for r in rows {
-                let run: String = r.try_get("run_id")?;
-                let pairs: String = r.try_get("pairs")?;
-                out.insert(run, decode_pairs(&pairs, table)?);
+            let pairs: Option<String> = row.try_get("pairs")?;
+            for mut f in decode_fields(pairs.as_deref().unwrap_or(""), 3, table)? {
+                let value = f.pop().unwrap_or_default();
+                let key = f.pop().unwrap_or_default();
+                let run = f.pop().unwrap_or_default();
+                out.entry(run).or_default().push((key, value));
             }
         }
         let mut metrics: HashMap<String, Vec<Metric>> = HashMap::new();
@@ -714,11 +734,11 @@ impl Store {
             crate::Backend::Sqlite => "printf('%!.17g', value)",
             crate::Backend::Postgres => "CAST(value AS TEXT)",
         };
-        let field = |f: &str| format!("length({f}) || ':' || {f}");
-        let rows = bind_all(
+        let row = bind_all(
             sqlx::query(&format!(
-                "SELECT run_id, string_agg({} || {} || {} || {} || {}, '' ORDER BY key) AS points \
-                 FROM latest_metrics WHERE run_id IN ({list}) GROUP BY run_id",
+                "SELECT string_agg({} || {} || {} || {} || {} || {}, '' ORDER BY run_id, key) AS points \
+                 FROM latest_metrics WHERE run_id IN ({list})",
+                field("run_id"),
                 field("key"),
                 field(value_text),
                 field("CAST(ts AS TEXT)"),
@@ -727,27 +747,22 @@ impl Store {
             )),
             binds.values(),
         )
-        .fetch_all(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        for r in rows {
-            let run: String = r.try_get("run_id")?;
-            let points: String = r.try_get("points")?;
-            let corrupt = |reason: &str| StoreError::Corrupt {
-                what: "latest_metrics".into(),
-                reason: reason.into(),
-            };
-            let mut out = Vec::new();
-            for f in decode_fields(&points, 5, "latest_metrics")? {
-                let int = |s: &str| s.parse::<i64>().map_err(|_| corrupt("not an integer"));
-                let value: f64 = f[1].parse().map_err(|_| corrupt("not a number"))?;
-                out.push(Metric {
-                    key: f[0].clone(),
-                    value: if int(&f[4])? != 0 { f64::NAN } else { value },
-                    timestamp: int(&f[2])?,
-                    step: int(&f[3])?,
-                });
-            }
-            metrics.insert(run, out);
+        let points: Option<String> = row.try_get("points")?;
+        let corrupt = |reason: &str| StoreError::Corrupt {
+            what: "latest_metrics".into(),
+            reason: reason.into(),
+        };
+        for f in decode_fields(points.as_deref().unwrap_or(""), 6, "latest_metrics")? {
+            let int = |s: &str| s.parse::<i64>().map_err(|_| corrupt("not an integer"));
+            let value: f64 = f[2].parse().map_err(|_| corrupt("not a number"))?;
+            metrics.entry(f[0].clone()).or_default().push(Metric {
+                key: f[1].clone(),
+                value: if int(&f[5])? != 0 { f64::NAN } else { value },
+                timestamp: int(&f[3])?,
+                step: int(&f[4])?,
+            });
         }
         let mut models: HashMap<String, Vec<(String, String, i64)>> = HashMap::new();
         let mut datasets: HashMap<String, Vec<DatasetInput>> = HashMap::new();
@@ -948,17 +963,32 @@ impl Store {
         offset: i64,
     ) -> Result<Vec<Metric>> {
         self.run_info(run_id).await?;
-        let rows = sqlx::query(
-            "SELECT key, value, ts, step, is_nan FROM run_metrics WHERE run_id = $1 AND key = $2 \
-             ORDER BY step, ts LIMIT $3 OFFSET $4",
+        let mut points = Vec::new();
+        let chunks = sqlx::query("SELECT points FROM metric_chunks WHERE run_id = $1 AND key = $2")
+            .bind(run_id)
+            .bind(key)
+            .fetch_all(&self.pool)
+            .await?;
+        for row in &chunks {
+            let packed: Vec<u8> = row.try_get("points")?;
+            points.extend(unpack_points(key, &packed)?);
+        }
+        // Points logged before metric_chunks existed.
+        let legacy = sqlx::query(
+            "SELECT key, value, ts, step, is_nan FROM run_metrics WHERE run_id = $1 AND key = $2",
         )
         .bind(run_id)
         .bind(key)
-        .bind(max_results)
-        .bind(offset)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(metric_from_row).collect()
+        for row in &legacy {
+            points.push(metric_from_row(row)?);
+        }
+        // Stable: points with the same step and time keep their logging order.
+        points.sort_by_key(|m| (m.step, m.timestamp));
+        let skip = usize::try_from(offset).unwrap_or(0);
+        let take = usize::try_from(max_results).unwrap_or(usize::MAX);
+        Ok(points.into_iter().skip(skip).take(take).collect())
     }
 
     /// Runs matching a search, and whether more follow this page.
@@ -970,7 +1000,8 @@ impl Store {
             return Ok((Vec::new(), false));
         }
         let mut binds = Binds::new(self.backend);
-        let mut sql = format!("SELECT {} FROM {RUN_FROM}", run_info_columns());
+        // FROM ... WHERE ...: the page query wraps it below.
+        let mut sql = format!("FROM {RUN_FROM}");
         let mut order = Vec::new();
         for (i, o) in search.order_by.iter().enumerate() {
             let dir = if o.ascending { "ASC" } else { "DESC" };
@@ -1018,14 +1049,63 @@ impl Store {
             order.push(format!("{START_SQL} DESC"));
         }
         order.push("r.run_id ASC".into());
-        sql += &format!(" ORDER BY {}", order.join(", "));
-        let (rows, more) = self
-            .page(sql, binds, search.max_results, search.offset)
+        let order = order.join(", ");
+        // The page comes back as one row, its runs length-prefixed in order
+        // (see complete_runs for why one row).
+        let text = |f: &str| format!("length(COALESCE({f}, '')) || ':' || COALESCE({f}, '')");
+        let encoded = [
+            "run_id",
+            "CAST(experiment_id AS TEXT)",
+            "name",
+            "user_id",
+            "status",
+            "CAST(start_time AS TEXT)",
+            "CAST(end_time AS TEXT)",
+            "lifecycle_stage",
+            "artifact_uri",
+        ]
+        .map(text)
+        .join(" || ");
+        let sql = format!(
+            "SELECT string_agg({encoded}, '' ORDER BY rn) AS page FROM (\
+             SELECT {}, ROW_NUMBER() OVER (ORDER BY {order}) AS rn {sql} ORDER BY {order} \
+             LIMIT {} OFFSET {}) t",
+            run_info_columns(),
+            binds.push(Bind::Int(search.max_results + 1)),
+            binds.push(Bind::Int(search.offset)),
+        );
+        let row = bind_all(sqlx::query(&sql), binds.values())
+            .fetch_one(&self.pool)
             .await?;
-        let infos = rows
-            .iter()
-            .map(run_info_from_row)
+        let page: Option<String> = row.try_get("page")?;
+        let corrupt = || StoreError::Corrupt {
+            what: "tracking_runs".into(),
+            reason: "a page row does not decode".into(),
+        };
+        let time = |t: &str| -> Result<Option<i64>> {
+            match t {
+                "" => Ok(None),
+                t => t.parse().map(Some).map_err(|_| corrupt()),
+            }
+        };
+        let mut infos = decode_fields(page.as_deref().unwrap_or(""), 9, "tracking_runs")?
+            .into_iter()
+            .map(|mut f| {
+                Ok(RunInfo {
+                    experiment_id: f[1].parse().map_err(|_| corrupt())?,
+                    start_time: time(&f[5])?,
+                    end_time: time(&f[6])?,
+                    artifact_uri: std::mem::take(&mut f[8]),
+                    lifecycle_stage: std::mem::take(&mut f[7]),
+                    status: std::mem::take(&mut f[4]),
+                    user_id: std::mem::take(&mut f[3]),
+                    name: std::mem::take(&mut f[2]),
+                    run_id: std::mem::take(&mut f[0]),
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
+        let more = infos.len() as i64 > search.max_results;
+        infos.truncate(search.max_results.max(0) as usize);
         Ok((self.complete_runs(infos, true).await?, more))
     }
 
@@ -1327,34 +1407,41 @@ pub(crate) async fn insert_metric_points(
     run_id: &str,
     metrics: &[Metric],
 ) -> Result<()> {
+    // One packed row per key, points in the order they arrived.
     let mut latest: BTreeMap<&str, Point> = BTreeMap::new();
-    for chunk in metrics.chunks(ROWS_PER_INSERT) {
+    let mut packed: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
+    for m in metrics {
+        let (value, is_nan) = storable(m.value);
+        let point = (m.step, m.timestamp, value, is_nan);
+        match latest.get(m.key.as_str()) {
+            Some(best) if !newer(point, *best) => {}
+            _ => {
+                latest.insert(&m.key, point);
+            }
+        }
+        let bytes = packed.entry(&m.key).or_default();
+        bytes.extend_from_slice(&m.step.to_le_bytes());
+        bytes.extend_from_slice(&m.timestamp.to_le_bytes());
+        let stored = if is_nan != 0 { f64::NAN } else { value };
+        bytes.extend_from_slice(&stored.to_le_bytes());
+    }
+    let packed: Vec<(&str, Vec<u8>)> = packed.into_iter().collect();
+    for chunk in packed.chunks(ROWS_PER_INSERT) {
         let mut binds = Binds::for_tx(tx);
         let rows: Vec<String> = chunk
             .iter()
-            .map(|m| {
-                let (value, is_nan) = storable(m.value);
-                let point = (m.step, m.timestamp, value, is_nan);
-                match latest.get(m.key.as_str()) {
-                    Some(best) if !newer(point, *best) => {}
-                    _ => {
-                        latest.insert(&m.key, point);
-                    }
-                }
+            .map(|(key, points)| {
                 format!(
-                    "({}, {}, {}, {}, {}, {})",
+                    "({}, {}, {})",
                     binds.text(run_id),
-                    binds.text(&m.key),
-                    binds.push(Bind::Real(value)),
-                    binds.push(Bind::Int(m.timestamp)),
-                    binds.push(Bind::Int(m.step)),
-                    binds.push(Bind::Int(is_nan))
+                    binds.text(*key),
+                    binds.push(Bind::Bytes(points.clone()))
                 )
             })
             .collect();
         bind_all(
             sqlx::query(&format!(
-                "INSERT INTO run_metrics (run_id, key, value, ts, step, is_nan) VALUES {}",
+                "INSERT INTO metric_chunks (run_id, key, points) VALUES {}",
                 rows.join(", ")
             )),
             binds.values(),
@@ -1694,22 +1781,45 @@ async fn upsert_model_pairs(
 
 #[cfg(test)]
 mod tests {
-    use super::decode_pairs;
+    use super::{decode_fields, unpack_points};
+
+    fn fields(records: &[&[&str]]) -> Vec<Vec<String>> {
+        records
+            .iter()
+            .map(|r| r.iter().map(|f| f.to_string()).collect())
+            .collect()
+    }
 
     #[test]
-    fn length_prefixed_pairs_hold_any_text() {
-        let pairs = decode_pairs("2:lr3:0.19:team:name5:a:b:c1:x0:", "t").unwrap();
-        let expected: Vec<(String, String)> = vec![
-            ("lr".into(), "0.1".into()),
-            ("team:name".into(), "a:b:c".into()),
-            ("x".into(), String::new()),
-        ];
-        assert_eq!(pairs, expected);
+    fn length_prefixed_fields_hold_any_text() {
+        let got = decode_fields("2:lr3:0.19:team:name5:a:b:c1:x0:", 2, "t").unwrap();
         assert_eq!(
-            decode_pairs("1:é2:日本", "t").unwrap(),
-            vec![("é".to_string(), "日本".to_string())]
+            got,
+            fields(&[&["lr", "0.1"], &["team:name", "a:b:c"], &["x", ""]])
         );
-        assert!(decode_pairs("5:ab", "t").is_err());
-        assert!(decode_pairs("x:ab", "t").is_err());
+        assert_eq!(
+            decode_fields("1:é2:日本", 2, "t").unwrap(),
+            fields(&[&["é", "日本"]])
+        );
+        assert!(decode_fields("5:ab", 2, "t").is_err());
+        assert!(decode_fields("x:ab", 2, "t").is_err());
+        // A record cut short is an error, not a shorter record.
+        assert!(decode_fields("1:a1:b1:c", 2, "t").is_err());
+    }
+
+    #[test]
+    fn packed_points_round_trip_every_bit() {
+        let mut packed = Vec::new();
+        for (step, ts, value) in [(3i64, -1i64, f64::NAN), (i64::MAX, 7, -0.0), (0, 0, 0.1)] {
+            packed.extend_from_slice(&step.to_le_bytes());
+            packed.extend_from_slice(&ts.to_le_bytes());
+            packed.extend_from_slice(&value.to_le_bytes());
+        }
+        let points = unpack_points("m", &packed).unwrap();
+        assert_eq!(points.len(), 3);
+        assert!(points[0].value.is_nan() && points[0].step == 3 && points[0].timestamp == -1);
+        assert_eq!(points[1].value.to_bits(), (-0.0f64).to_bits());
+        assert_eq!((points[2].step, points[2].value), (0, 0.1));
+        assert!(unpack_points("m", &packed[..30]).is_err());
     }
 }

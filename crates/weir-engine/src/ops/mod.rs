@@ -62,10 +62,15 @@ pub struct OpOutcome {
 
 impl OpOutcome {
     pub fn metric(&mut self, key: impl Into<String>, value: f64) {
+        self.metric_at(key, value, 0);
+    }
+
+    /// A point of a series: `step` is the round, epoch or rung.
+    pub fn metric_at(&mut self, key: impl Into<String>, value: f64, step: i64) {
         self.metrics.push(MetricPoint {
             key: key.into(),
             value,
-            step: 0,
+            step,
             ts: weir_core::now_ms(),
         });
     }
@@ -140,6 +145,7 @@ pub fn run(op: BuiltinOp, ctx: &OpContext) -> Result<OpOutcome, EngineError> {
         BuiltinOp::Join => join::run(ctx),
         BuiltinOp::Split => split::run(ctx),
         BuiltinOp::TrainLinear => train::run(ctx),
+        BuiltinOp::TrainGbdt => train::run_gbdt(ctx),
         BuiltinOp::Evaluate => evaluate::run(ctx),
         BuiltinOp::Register => register::run(ctx),
     }
@@ -159,6 +165,7 @@ pub fn preflight(pipeline: &Pipeline) -> Result<(), SpecError> {
             BuiltinOp::Join => params::<weir_data::JoinSpec>(step).map(drop),
             BuiltinOp::Split => params::<weir_data::SplitSpec>(step).map(drop),
             BuiltinOp::TrainLinear => params::<weir_ml::LinearParams>(step).map(drop),
+            BuiltinOp::TrainGbdt => params::<weir_ml::GbdtParams>(step).map(drop),
             BuiltinOp::Evaluate => params::<evaluate::Params>(step).map(drop),
             BuiltinOp::Register => register::preflight(step),
         };

@@ -1,9 +1,10 @@
-//! `weir/train-linear`: linear or logistic regression with the feature
-//! transforms fitted on `train` and saved inside the model file.
+//! `weir/train-linear` (linear or logistic regression) and `weir/train-gbdt`
+//! (gradient-boosted trees), with the feature transforms fitted on `train`
+//! and saved inside the model file.
 
 use std::time::Instant;
 
-use weir_ml::{metrics, train_linear, LinearParams, Model};
+use weir_ml::{metrics, train_gbdt, train_linear, GbdtParams, LinearParams, Model};
 
 use super::{params, OpContext, OpOutcome};
 use crate::EngineError;
@@ -40,18 +41,92 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
         fit.rows as f64 * fit.iterations as f64 / fit.fit_seconds.max(1e-9),
     );
     if let Some(valid) = ctx.inputs.get("valid") {
-        let evaluating = Instant::now();
         let valid = weir_data::read_parquet(valid)?;
-        let (rows, y) = model.labelled(&valid)?;
-        if !y.is_empty() {
-            let p = model.predict_batch(&rows)?;
-            for (k, v) in metrics::for_task(model.task(), &y, &p) {
-                out.metric(format!("valid.{k}"), v);
-            }
+        evaluate_valid(&model, &valid, &mut out)?;
+    }
+    finish(ctx, &model, out)
+}
+
+pub(super) fn run_gbdt(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
+    let p: GbdtParams = params(ctx.step).map_err(EngineError::StepFailed)?;
+    let loading = Instant::now();
+    let train = weir_data::read_parquet(ctx.input("train"))?;
+    let valid = match ctx.inputs.get("valid") {
+        Some(path) => Some(weir_data::read_parquet(path)?),
+        None => None,
+    };
+    let load_seconds = loading.elapsed().as_secs_f64();
+    ctx.log.line(format!(
+        "training gradient-boosted trees on {} rows, target '{}'",
+        train.num_rows(),
+        p.target
+    ));
+    let (gbdt, fit) = train_gbdt(&train, valid.as_ref(), &p)?;
+    ctx.log.line(format!(
+        "{:?} model: {} inputs, {} of {} rounds kept, {} threads, binning {:.2}s, fit {:.2}s",
+        gbdt.task,
+        gbdt.features.len(),
+        fit.best_round,
+        fit.rounds,
+        fit.threads,
+        fit.bin_seconds,
+        fit.fit_seconds
+    ));
+    let mut out = OpOutcome::default();
+    // The validation curve, one point per round (what a tuner's scheduler reads).
+    for (round, loss) in fit.valid_curve.iter().enumerate() {
+        out.metric_at("valid.loss", *loss, round as i64 + 1);
+    }
+    out.metric("train.rows", fit.rows as f64);
+    out.metric("train.iterations", fit.rounds as f64);
+    out.metric("train.best_iteration", fit.best_round as f64);
+    out.metric("train.loss", fit.train_loss);
+    out.metric("train.load_seconds", load_seconds);
+    out.metric("train.bin_seconds", fit.bin_seconds);
+    out.metric("train.fit_seconds", fit.fit_seconds);
+    out.metric(
+        "train.rows_per_second",
+        fit.rows as f64 * fit.rounds as f64 / fit.fit_seconds.max(1e-9),
+    );
+    out.metric("train.threads", fit.threads as f64);
+    let model = Model::Gbdt(gbdt);
+    if let Some(valid) = &valid {
+        evaluate_valid(&model, valid, &mut out)?;
+    }
+    finish(ctx, &model, out)
+}
+
+fn evaluate_valid(
+    model: &Model,
+    valid: &arrow::record_batch::RecordBatch,
+    out: &mut OpOutcome,
+) -> Result<(), EngineError> {
+    let evaluating = Instant::now();
+    let (rows, y) = model.labelled(valid)?;
+    if !y.is_empty() {
+        let p = model.predict_batch(&rows)?;
+        for (k, v) in metrics::for_task(model.task(), &y, &p) {
+            out.metric(format!("valid.{k}"), v);
         }
-        out.metric("train.evaluate_seconds", evaluating.elapsed().as_secs_f64());
+    }
+    out.metric("train.evaluate_seconds", evaluating.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn finish(ctx: &OpContext, model: &Model, mut out: OpOutcome) -> Result<OpOutcome, EngineError> {
+    if let Some(kb) = peak_rss_kb() {
+        out.metric("train.peak_memory_mb", kb as f64 / 1024.0);
     }
     let path = ctx.output("model");
     std::fs::write(&path, model.to_bytes()).map_err(EngineError::io("cannot write", &path))?;
     Ok(out)
+}
+
+/// The step runtime's peak resident memory (Linux), as VmHWM.
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }

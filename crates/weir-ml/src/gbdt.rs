@@ -310,6 +310,18 @@ pub fn train_gbdt(
     valid: Option<&RecordBatch>,
     params: &GbdtParams,
 ) -> Result<(GbdtModel, GbdtReport)> {
+    train_gbdt_reporting(train, valid, params, &mut |_, _| true)
+}
+
+/// [`train_gbdt`], calling `on_round(round, validation loss)` after every
+/// round that has a validation set; training stops (keeping the best round
+/// so far) when it returns false. A tuner's scheduler (ASHA) decides there.
+pub fn train_gbdt_reporting(
+    train: &RecordBatch,
+    valid: Option<&RecordBatch>,
+    params: &GbdtParams,
+    on_round: &mut (dyn FnMut(usize, f64) -> bool + Send),
+) -> Result<(GbdtModel, GbdtReport)> {
     check_params(params)?;
     let threads = if params.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -320,7 +332,7 @@ pub fn train_gbdt(
         .num_threads(threads)
         .build()
         .map_err(|e| MlError::invalid("with.threads", e.to_string()))?;
-    pool.install(|| train_in_pool(train, valid, params, threads))
+    pool.install(|| train_in_pool(train, valid, params, threads, on_round))
 }
 
 fn check_params(p: &GbdtParams) -> Result<()> {
@@ -346,7 +358,7 @@ fn check_params(p: &GbdtParams) -> Result<()> {
     if !(p.l2 >= 0.0 && p.l2.is_finite()) {
         return Err(MlError::invalid("with.l2", "must be a non-negative number"));
     }
-    if !(p.min_sum_hessian >= 0.0) {
+    if p.min_sum_hessian.is_nan() || p.min_sum_hessian < 0.0 {
         return Err(MlError::invalid(
             "with.min_sum_hessian",
             "must be a non-negative number",
@@ -372,6 +384,7 @@ fn train_in_pool(
     valid: Option<&RecordBatch>,
     params: &GbdtParams,
     threads: usize,
+    on_round: &mut (dyn FnMut(usize, f64) -> bool + Send),
 ) -> Result<(GbdtModel, GbdtReport)> {
     let started = Instant::now();
     let (rows, y, target, task) =
@@ -432,6 +445,9 @@ fn train_in_pool(
             if params.early_stopping_rounds > 0
                 && round + 1 - best.1 >= params.early_stopping_rounds
             {
+                break;
+            }
+            if !on_round(round + 1, loss) {
                 break;
             }
         } else {
@@ -1041,10 +1057,10 @@ impl<'a> Booster<'a> {
                 let mut best: Option<Split> = None;
                 let (mut lg, mut lh, mut ln) = (0.0, 0.0, 0u32);
                 // Bins 1..last: splitting after the last bin would leave the right empty.
-                for b in 1..hist.len() - 1 {
-                    lg += hist[b].g;
-                    lh += hist[b].h;
-                    ln += hist[b].n;
+                for (b, bin) in hist.iter().enumerate().take(hist.len() - 1).skip(1) {
+                    lg += bin.g;
+                    lh += bin.h;
+                    ln += bin.n;
                     let directions: &[bool] = if miss.n > 0 { &[false, true] } else { &[false] };
                     for &miss_left in directions {
                         let (xg, xh, xn) = if miss_left {
@@ -1168,6 +1184,32 @@ mod tests {
         let auc = crate::metrics::roc_auc(&y, &p);
         // One label in 17 is flipped, which caps the AUC near 0.94.
         assert!(auc > 0.92, "test AUC {auc}");
+    }
+
+    #[test]
+    fn a_scheduler_can_stop_training_after_any_round() {
+        let (train, valid) = (table(2000, 7), table(500, 8));
+        let mut seen = Vec::new();
+        let spec = params(
+            "{ target: 'delay > 15', features: [x, z, carrier], num_rounds: 100, \
+               early_stopping_rounds: 0 }",
+        );
+        let (model, report) = train_gbdt_reporting(&train, Some(&valid), &spec, &mut |r, loss| {
+            seen.push((r, loss));
+            r < 7
+        })
+        .unwrap();
+        assert_eq!(report.rounds, 7);
+        assert_eq!(seen.len(), 7);
+        assert_eq!(
+            seen.iter().map(|s| s.0).collect::<Vec<_>>(),
+            (1..=7).collect::<Vec<_>>()
+        );
+        assert!(model.trees.len() <= 7);
+        assert_eq!(
+            report.valid_curve,
+            seen.iter().map(|s| s.1).collect::<Vec<_>>()
+        );
     }
 
     #[test]

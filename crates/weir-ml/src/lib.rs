@@ -13,7 +13,7 @@ mod model;
 mod target;
 
 pub use features::{Column, FeaturePipeline, FeatureTransform, Frame, InputKind, InputSpec};
-pub use gbdt::{train_gbdt, GbdtModel, GbdtParams, GbdtReport};
+pub use gbdt::{train_gbdt, train_gbdt_reporting, GbdtModel, GbdtParams, GbdtReport};
 pub use linear::{train_linear, LinearModel, LinearParams};
 pub use model::{Model, Task};
 pub use target::Target;

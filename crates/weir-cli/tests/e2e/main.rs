@@ -12,3 +12,4 @@ mod recovery;
 mod retries;
 mod scheduling;
 mod team_backends;
+mod training;

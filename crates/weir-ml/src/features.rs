@@ -209,18 +209,11 @@ impl FeaturePipeline {
 
     /// Reads the model's input columns out of a batch.
     pub fn frame(&self, batch: &RecordBatch) -> Result<Frame> {
-        let mut columns = Vec::with_capacity(self.transforms.len());
-        for t in &self.transforms {
-            let col = weir_data::column(batch, t.name(), "model input")?;
-            columns.push(match t.kind() {
-                InputKind::Numeric => Column::Numeric(numeric_values(col.as_ref())?),
-                InputKind::Text => Column::Text(text_values(col.as_ref())?),
-            });
-        }
-        Ok(Frame {
-            rows: batch.num_rows(),
-            columns,
-        })
+        read_frame(
+            batch,
+            self.transforms.iter().map(|t| (t.name(), t.kind())),
+            "model input",
+        )
     }
 
     pub fn encode(&self, frame: &Frame) -> Result<Design> {
@@ -305,6 +298,27 @@ impl FeaturePipeline {
             value,
         })
     }
+}
+
+/// The named columns of a batch, read as numbers or texts; `what` says in
+/// errors where the names came from.
+pub(crate) fn read_frame<'a>(
+    batch: &RecordBatch,
+    inputs: impl Iterator<Item = (&'a str, InputKind)>,
+    what: &str,
+) -> Result<Frame> {
+    let mut columns = Vec::new();
+    for (name, kind) in inputs {
+        let col = weir_data::column(batch, name, what)?;
+        columns.push(match kind {
+            InputKind::Numeric => Column::Numeric(numeric_values(col.as_ref())?),
+            InputKind::Text => Column::Text(text_values(col.as_ref())?),
+        });
+    }
+    Ok(Frame {
+        rows: batch.num_rows(),
+        columns,
+    })
 }
 
 pub(crate) fn numeric_values(col: &dyn Array) -> Result<Vec<f64>> {

@@ -18,7 +18,7 @@ use rand::SeedableRng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::features::{numeric_values, text_values, Column, Frame, InputKind, InputSpec};
+use crate::features::{read_frame, text_values, Column, Frame, InputKind, InputSpec};
 use crate::linear::{labelled_task, sigmoid};
 use crate::model::Task;
 use crate::{MlError, Result, Target};
@@ -203,18 +203,7 @@ impl GbdtModel {
     }
 
     pub fn frame(&self, batch: &RecordBatch) -> Result<Frame> {
-        let mut columns = Vec::with_capacity(self.features.len());
-        for f in &self.features {
-            let col = weir_data::column(batch, f.name(), "model input")?;
-            columns.push(match f.kind() {
-                InputKind::Numeric => Column::Numeric(numeric_values(col.as_ref())?),
-                InputKind::Text => Column::Text(text_values(col.as_ref())?),
-            });
-        }
-        Ok(Frame {
-            rows: batch.num_rows(),
-            columns,
-        })
+        frame_of(&self.features, batch, "model input")
     }
 
     /// Probabilities of the positive class, or predicted values.
@@ -390,7 +379,7 @@ fn train_in_pool(
     let (rows, y, target, task) =
         labelled_task(train, &params.target, &params.features, params.task)?;
     let features = fit_features(&rows, params)?;
-    let frame = frame_of(&features, &rows)?;
+    let frame = frame_of(&features, &rows, "with.features")?;
     let x = tree_inputs(&features, &frame)?;
     let binner = Binner::fit(&x, features.len(), params.max_bin, params.seed);
     for (j, f) in features.iter().enumerate() {
@@ -409,7 +398,7 @@ fn train_in_pool(
             if vy.is_empty() {
                 None
             } else {
-                let vx = tree_inputs(&features, &frame_of(&features, &vrows)?)?;
+                let vx = tree_inputs(&features, &frame_of(&features, &vrows, "valid")?)?;
                 Some((binner.bin(&vx), vy))
             }
         }
@@ -477,19 +466,8 @@ fn train_in_pool(
     Ok((model, report))
 }
 
-fn frame_of(features: &[TreeFeature], batch: &RecordBatch) -> Result<Frame> {
-    let mut columns = Vec::with_capacity(features.len());
-    for f in features {
-        let col = weir_data::column(batch, f.name(), "with.features")?;
-        columns.push(match f.kind() {
-            InputKind::Numeric => Column::Numeric(numeric_values(col.as_ref())?),
-            InputKind::Text => Column::Text(text_values(col.as_ref())?),
-        });
-    }
-    Ok(Frame {
-        rows: batch.num_rows(),
-        columns,
-    })
+fn frame_of(features: &[TreeFeature], batch: &RecordBatch, what: &str) -> Result<Frame> {
+    read_frame(batch, features.iter().map(|f| (f.name(), f.kind())), what)
 }
 
 fn fit_features(batch: &RecordBatch, params: &GbdtParams) -> Result<Vec<TreeFeature>> {

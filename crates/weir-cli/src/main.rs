@@ -88,6 +88,9 @@ enum Command {
     /// Tracking experiments
     #[command(subcommand)]
     Experiments(ExperimentsCommand),
+    /// Hyper-parameter studies (steps with a `tune:` block)
+    #[command(subcommand)]
+    Study(StudyCommand),
     /// Serve registered models over the Open Inference Protocol v2 and MLflow's /invocations
     Serve {
         /// Models to serve: NAME (latest version) or NAME:VERSION
@@ -162,6 +165,19 @@ enum ExperimentsCommand {
         /// Include deleted experiments
         #[arg(long)]
         all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum StudyCommand {
+    /// The trials of a tuned step, best first marked with *
+    Show {
+        /// Run id (or a unique prefix)
+        run: String,
+        /// The tuned step
+        step: String,
         #[arg(long)]
         json: bool,
     },
@@ -343,6 +359,11 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 json,
             )
             .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Study(StudyCommand::Show { run, step, json }) => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            output::study(&ctx, &run, &step, json).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Experiments(ExperimentsCommand::List { all, json }) => {

@@ -217,6 +217,98 @@ pub async fn logs(ctx: &Context, run: &str, step: &str) -> Result<()> {
     Ok(())
 }
 
+pub async fn study(ctx: &Context, run: &str, step: &str, json: bool) -> Result<()> {
+    let run = ctx.store.run(run).await?;
+    let trials = ctx.store.study_trials(&run.id, step).await?;
+    if trials.is_empty() {
+        let steps = ctx.store.step_runs(&run.id).await?;
+        let names: Vec<&str> = steps.iter().map(|s| s.step.as_str()).collect();
+        anyhow::bail!(
+            "run {} has no study for step '{step}'\n  hint: studies belong to steps with a tune: block; the run's steps are: {}",
+            run.id,
+            names.join(", ")
+        );
+    }
+    // The objective's direction is in the recorded spec.
+    let spec: weir_core::pipeline::Pipeline = serde_json::from_str(&run.spec_json)?;
+    let maximize = spec
+        .steps
+        .iter()
+        .find(|s| s.name == step)
+        .and_then(|s| s.tune.as_ref())
+        .and_then(|t| t.spec.pointer("/objective/goal"))
+        .and_then(|g| g.as_str())
+        == Some("maximize");
+    let metric = spec
+        .steps
+        .iter()
+        .find(|s| s.name == step)
+        .and_then(|s| s.tune.as_ref())
+        .and_then(|t| t.spec.pointer("/objective/metric"))
+        .and_then(|m| m.as_str())
+        .unwrap_or("objective")
+        .to_string();
+    let best = trials
+        .iter()
+        .filter(|t| t.state == "complete" && t.value.is_some())
+        .min_by(|a, b| {
+            let key = |t: &&weir_store::StoredTrial| {
+                let v = t.value.unwrap_or(f64::NAN);
+                if maximize {
+                    -v
+                } else {
+                    v
+                }
+            };
+            key(a).total_cmp(&key(b))
+        })
+        .map(|t| t.number);
+    if json {
+        let docs: Vec<serde_json::Value> = trials
+            .iter()
+            .map(|t| {
+                json!({
+                    "number": t.number, "state": t.state, "value": t.value,
+                    "best": Some(t.number) == best,
+                    "params": serde_json::from_str::<serde_json::Value>(&t.params_json).unwrap_or_default(),
+                    "rounds": serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&t.intermediate_json).map(|m| m.len()).unwrap_or(0),
+                    "error": t.error, "tracking_run_id": t.tracking_run_id,
+                    "seconds": t.ended_at.map(|e| (e - t.started_at) as f64 / 1000.0),
+                })
+            })
+            .collect();
+        print_json(&json!({"run_id": run.id, "step": step, "metric": metric,
+            "goal": if maximize { "maximize" } else { "minimize" }, "best_trial": best, "trials": docs}));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = trials
+        .iter()
+        .map(|t| {
+            vec![
+                format!(
+                    "{}{}",
+                    t.number,
+                    if Some(t.number) == best { " *" } else { "" }
+                ),
+                t.state.clone(),
+                t.value.map_or("-".into(), |v| format!("{v:.5}")),
+                t.ended_at.map_or("-".into(), |e| {
+                    format!("{:.1}s", (e - t.started_at) as f64 / 1000.0)
+                }),
+                weir_engine::tune::show_params(&t.params_json),
+            ]
+        })
+        .collect();
+    table(
+        &["TRIAL", "STATE", &metric.to_uppercase(), "TIME", "PARAMS"],
+        &rows,
+    );
+    if let Some(b) = best {
+        println!("best: trial {b}");
+    }
+    Ok(())
+}
+
 pub fn models(models: &[ModelSummary], json: bool) {
     if json {
         print_json(&models);

@@ -58,6 +58,17 @@ pub struct Step {
     /// How long a preempted step may take to checkpoint after SIGTERM.
     #[serde(default = "default_grace_ms")]
     pub grace_ms: u64,
+    /// `tune:`: a hyper-parameter study over the op's `with:` options,
+    /// checked by the engine (weir-tune reads it), not here.
+    #[serde(default)]
+    pub tune: Option<TuneBlock>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TuneBlock {
+    /// Where the block starts, for errors found when it is read.
+    pub line: u64,
+    pub spec: Value,
 }
 
 fn default_grace_ms() -> u64 {
@@ -310,6 +321,8 @@ struct RawStep {
     preemptible: Option<bool>,
     #[serde(default)]
     grace: Option<Spanned<Value>>,
+    #[serde(default)]
+    tune: Option<Spanned<Value>>,
     #[allow(dead_code)]
     description: Option<String>,
 }
@@ -781,6 +794,14 @@ fn build_step(
             on_timeout,
         })
     });
+    if let (Some(t), Action::Command(_)) = (&raw.tune, &action) {
+        issues.push(SpecIssue {
+            line: Some(t.referenced.line()),
+            field: field("tune"),
+            message: "only built-in training ops can be tuned".into(),
+            hint: Some("use weir/train-gbdt or weir/train-linear".into()),
+        });
+    }
     if raw.preemptible == Some(true) && matches!(action, Action::Builtin(_)) {
         issues.push(SpecIssue {
             line: Some(line),
@@ -860,6 +881,10 @@ fn build_step(
         resources,
         preemptible: raw.preemptible.unwrap_or(false),
         grace_ms,
+        tune: raw.tune.as_ref().map(|t| TuneBlock {
+            line: t.referenced.line(),
+            spec: t.value.clone(),
+        }),
     })
 }
 

@@ -82,6 +82,9 @@ pub(crate) fn compute(
     for (k, v) in &step.with {
         components.insert(format!("with.{k}"), v.to_string());
     }
+    if let Some(tune) = &step.tune {
+        components.insert("tune".into(), tune.spec.to_string());
+    }
     for (k, v) in &step.env {
         components.insert(format!("env {k}"), v.clone());
     }

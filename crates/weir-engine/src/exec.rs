@@ -336,6 +336,25 @@ async fn run_step(
     }
 
     let outcome = match &step.action {
+        Action::Builtin(op) if step.tune.is_some() => {
+            let input_digests = inputs.iter().map(|(k, v)| (k.clone(), v.digest)).collect();
+            crate::tune::run_study(crate::tune::StudyJob {
+                ctx,
+                run_id,
+                step_run_id,
+                step,
+                op: *op,
+                base_dir,
+                inputs: staged,
+                input_digests,
+                work,
+                outputs_dir: &outputs_dir,
+                log,
+            })
+            .await
+            .inspect_err(|e| log.line(format!("error: {e}")))
+            .map_err(fail)?
+        }
         Action::Builtin(op) => {
             let lineage = match op {
                 weir_core::ops::BuiltinOp::Register => {
@@ -366,6 +385,7 @@ async fn run_step(
                     run_id: &run_id,
                     step_run_id: &step_run_id,
                     lineage,
+                    report: None,
                 };
                 let result = ops::run(op, &ctx);
                 if let Err(e) = &result {

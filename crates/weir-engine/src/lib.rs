@@ -16,6 +16,7 @@ pub mod liveness;
 pub mod ops;
 pub mod progress;
 pub mod runner;
+pub mod tune;
 
 use std::path::PathBuf;
 

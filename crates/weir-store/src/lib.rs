@@ -16,6 +16,7 @@ mod mirror;
 mod models;
 pub mod registry;
 mod runs;
+mod studies;
 pub mod tracking;
 
 use std::path::Path;
@@ -33,6 +34,7 @@ pub use runs::{
     NewStepRun, RunRecord, RunStatus, SourceFile, StepCompletion, StepRunRecord, StepStart,
     StepStatus, StepTask,
 };
+pub use studies::StoredTrial;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -56,6 +58,14 @@ impl Store {
     /// up to date. `sqlite://path` and `postgres://...` are accepted.
     pub async fn open(url: &str) -> Result<Store> {
         let store = Store::connect(url).await?;
+        // sqlx holds an advisory lock while it migrates PostgreSQL, but
+        // nothing on SQLite: two commands started at once on a new database
+        // would both create the tables, and one would fail. A lock file
+        // beside the database serializes them.
+        let _lock = match store.backend {
+            Backend::Sqlite => migration_lock(&store.url).await?,
+            Backend::Postgres => None,
+        };
         MIGRATOR
             .run(&store.pool)
             .await
@@ -103,6 +113,30 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// An exclusive lock on `<database>-migrate.lock`, held until dropped; none
+/// for an in-memory database.
+async fn migration_lock(url: &str) -> Result<Option<std::fs::File>> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .map(|rest| rest.split('?').next().unwrap_or(rest))
+        .filter(|p| !p.is_empty() && *p != ":memory:");
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let lock_path = format!("{path}-migrate.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StoreError::Migrate(format!("cannot open {lock_path}: {e}")))?;
+    let locked = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+        .await
+        .map_err(|e| StoreError::Migrate(format!("cannot lock {lock_path}: {e}")))?
+        .map_err(|e| StoreError::Migrate(format!("cannot lock {lock_path}: {e}")))?;
+    Ok(Some(locked))
 }
 
 fn parse_url(url: &str) -> Result<(Backend, String, AnyConnectOptions)> {

@@ -454,6 +454,41 @@ async fn late_step_transitions_cannot_revive_a_reaped_run(s: &Store) {
     assert_eq!(statuses, [StepStatus::Failed, StepStatus::Skipped]);
 }
 
+async fn study_trials_round_trip_and_replace(s: &Store) {
+    let (run, steps) = new_run(&["train"]);
+    s.create_run(&run, &steps).await.unwrap();
+    assert!(s.study_trials(&run.id, "train").await.unwrap().is_empty());
+    let mut trial = StoredTrial {
+        number: 0,
+        state: "running".into(),
+        params_json: r#"{"lr":0.1}"#.into(),
+        value: None,
+        intermediate_json: "{}".into(),
+        metrics_json: "[]".into(),
+        outputs_json: None,
+        error: None,
+        tracking_run_id: Some("child".into()),
+        started_at: 1,
+        ended_at: None,
+    };
+    s.save_trial(&run.id, "train", &trial).await.unwrap();
+    let second = StoredTrial {
+        number: 1,
+        ..trial.clone()
+    };
+    s.save_trial(&run.id, "train", &second).await.unwrap();
+    // Finishing a trial replaces its row.
+    trial.state = "complete".into();
+    trial.value = Some(0.731_234_567_890_123_4);
+    trial.intermediate_json = r#"{"1":0.5,"2":0.4}"#.into();
+    trial.outputs_json = Some(r#"{"model":{"digest":"ab","kind":"file"}}"#.into());
+    trial.ended_at = Some(9);
+    s.save_trial(&run.id, "train", &trial).await.unwrap();
+    let stored = s.study_trials(&run.id, "train").await.unwrap();
+    assert_eq!(stored, vec![trial, second]);
+    assert!(s.study_trials(&run.id, "other").await.unwrap().is_empty());
+}
+
 macro_rules! store_suite {
     ($($case:ident),* $(,)?) => {
         mod sqlite_backend {
@@ -485,6 +520,7 @@ store_suite!(
     cache_hits_copy_outputs_and_metrics,
     orphaned_runs_fail_whole_and_reopen_for_resume,
     late_step_transitions_cannot_revive_a_reaped_run,
+    study_trials_round_trip_and_replace,
 );
 
 /// Separate stores on one SQLite file stand for separate `weir exec`
@@ -557,4 +593,22 @@ async fn rejects_unknown_url_schemes() {
             .contains("not a supported metadata store URL"),
         "{err}"
     );
+}
+
+/// Commands started at once on a new SQLite database each open it: the
+/// schema must be created once, not by all of them at the same time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stores_opened_at_once_on_a_new_sqlite_file_all_succeed() {
+    let dir = std::env::temp_dir().join(format!("weir-store-{}", weir_core::new_id()));
+    let _cleanup = tempfile_dir::TempDir(dir.clone());
+    let url = format!("sqlite://{}/weir.db", dir.display());
+    let opens: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { Store::open(&url).await.map(drop) })
+        })
+        .collect();
+    for open in opens {
+        open.await.unwrap().unwrap();
+    }
 }

@@ -2,7 +2,9 @@
 //! (boosting rounds, epochs); a trial reaching a rung goes on only if its
 //! intermediate value there ranks in the best `max(1, ⌊n/η⌋)` of the `n`
 //! trials that reached that rung so far. No trial waits for another, so
-//! parallel trials never idle.
+//! parallel trials never idle. Nothing is stopped at a rung until
+//! `bootstrap` trials (η by default) have reached it: judging the second
+//! trial against the first alone stopped most of a small study.
 
 use crate::{Goal, Result, Trial, TrialState, TuneError};
 
@@ -13,6 +15,8 @@ pub struct Asha {
     pub reduction: f64,
     /// The direction of the intermediate metric (a loss falls, an AUC rises).
     pub goal: Goal,
+    /// Trials that must reach a rung before it stops any.
+    pub bootstrap: usize,
 }
 
 impl Asha {
@@ -40,6 +44,7 @@ impl Asha {
             max_resource,
             reduction,
             goal,
+            bootstrap: reduction.ceil() as usize,
         })
     }
 
@@ -78,6 +83,9 @@ impl Asha {
             .filter(|v| !v.is_nan())
             .collect();
         competing.push(key(mine));
+        if competing.len() < self.bootstrap {
+            return false;
+        }
         competing.sort_by(f64::total_cmp);
         let keep = ((competing.len() as f64 / self.reduction).floor() as usize).max(1);
         key(mine).is_nan() || key(mine) > competing[keep - 1]
@@ -128,6 +136,8 @@ mod tests {
         assert!(!a.should_stop(&history[1], 10, &history));
         assert!(a.should_stop(&history[2], 10, &history));
         assert!(a.should_stop(&history[5], 12, &history));
+        // Too few trials at a rung: nothing is decided yet.
+        assert!(!a.should_stop(&history[2], 10, &history[1..3]));
         // Before the first rung nothing is decided.
         let early = trial(9, &[(5, 9.0)]);
         assert!(!a.should_stop(&early, 5, &history));

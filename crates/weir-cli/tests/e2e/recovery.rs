@@ -68,6 +68,12 @@ fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
 fn verify_blobs(sb: &Sandbox) {
     for blob in sb.blobs() {
         let name = blob.file_name().unwrap().to_str().unwrap().to_string();
+        // object_store writes `<digest>#<n>` and renames it into place; a
+        // kill between the two leaves the staging file, which no reader
+        // opens. Every blob under its own name must still be whole.
+        if name.contains('#') {
+            continue;
+        }
         let actual = weir_core::Digest::of_file(&blob).unwrap().hex();
         assert_eq!(
             actual,

@@ -171,3 +171,221 @@ fn bad_gbdt_options_stop_the_run_before_it_starts() {
         "{err}"
     );
 }
+
+const TUNE: &str = r#"
+    tune:
+      space:
+        learning_rate: loguniform(0.05, 0.5)
+        num_leaves: int(4, 32, log)
+        subsample: choice(0.8, 1.0, 2.0)
+      objective: { metric: valid.auc, goal: maximize }
+      trials: 9
+      parallel: 2
+      sampler: tpe
+      scheduler: { type: asha, min_resource: 5, reduction: 3 }
+"#;
+
+fn tuned(tune: &str) -> String {
+    PIPELINE.replace("      threads: 2\n", &format!("      threads: 2\n{tune}"))
+}
+
+#[test]
+fn a_tuned_step_runs_a_study_and_keeps_the_best_trial() {
+    let sb = Sandbox::new();
+    sb.write("data/points.csv", &points());
+    sb.write("pipeline.yaml", &tuned(TUNE));
+    let out = sb.ok(&["run", "pipeline.yaml"]);
+    assert!(
+        out.contains("registered model gbdt-points version 1"),
+        "{out}"
+    );
+    let run_id = sb.json(&["runs", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let study = sb.json(&["study", "show", &run_id, "train"]);
+    let trials = study["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 9, "{study}");
+    let count = |s: &str| trials.iter().filter(|t| t["state"] == s).count();
+    // subsample 2.0 is invalid: those trials fail and the study goes on.
+    assert!(count("complete") >= 1, "{study}");
+    assert_eq!(count("complete") + count("pruned") + count("failed"), 9);
+    for t in trials.iter().filter(|t| t["state"] == "failed") {
+        assert_eq!(t["params"]["subsample"], 2.0, "{t}");
+        assert!(
+            t["error"].as_str().unwrap().contains("with.subsample"),
+            "{t}"
+        );
+    }
+    let best = trials.iter().find(|t| t["best"] == true).unwrap();
+    let best_value = best["value"].as_f64().unwrap();
+    assert!(trials
+        .iter()
+        .filter(|t| t["state"] == "complete")
+        .all(|t| t["value"].as_f64().unwrap() <= best_value));
+
+    // The step's metrics are the best trial's, with the study's summary.
+    let show = sb.json(&["runs", "show", &run_id]);
+    let m = &step(&show, "train")["metrics"];
+    assert_eq!(m["valid.auc"].as_f64(), Some(best_value), "{m}");
+    assert_eq!(m["tune.trials"].as_f64(), Some(9.0));
+    assert_eq!(m["tune.best_trial"], best["number"].as_f64().unwrap());
+    assert!(sb
+        .ok(&["study", "show", &run_id, "train"])
+        .contains("best: trial"));
+
+    // Trials are child runs of the step in the tracking view.
+    let children = sb.json(&[
+        "runs",
+        "search",
+        "tags.weir.kind = 'trial'",
+        "-e",
+        "gbdt-points",
+    ]);
+    let children = children.as_array().unwrap();
+    assert_eq!(children.len(), 9, "{children:?}");
+    let train_run = step(&show, "train")["step_run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        children
+            .iter()
+            .all(|c| c["tags"]["mlflow.parentRunId"] == train_run.as_str()),
+        "{children:?}"
+    );
+}
+
+#[test]
+fn bad_tune_blocks_name_the_field() {
+    let sb = Sandbox::new();
+    sb.write("data/points.csv", &points());
+    let case = |tune: &str| {
+        sb.write("pipeline.yaml", &tuned(tune));
+        sb.fails(&["run", "pipeline.yaml"])
+    };
+    let e = case(
+        "    tune:\n      space: { learning_rate: 'uniform(0.5, 0.1)' }\n      objective: { metric: valid.auc, goal: maximize }\n      trials: 3\n",
+    );
+    assert!(
+        e.contains("steps.train.tune.space.learning_rate") && e.contains("greater than high"),
+        "{e}"
+    );
+    let e = case(
+        "    tune:\n      space: { learning_rate: 'loguniform(0, 1)' }\n      objective: { metric: valid.auc, goal: maximize }\n      trials: 3\n",
+    );
+    assert!(e.contains("positive low bound"), "{e}");
+    let e = case(
+        "    tune:\n      space: { booster: 'choice()' }\n      objective: { metric: valid.auc, goal: maximize }\n      trials: 3\n",
+    );
+    assert!(e.contains("steps.train.tune.space.booster"), "{e}");
+    let e = case(
+        "    tune:\n      space: { learning_rte: 'uniform(0.1, 0.5)' }\n      objective: { metric: valid.auc, goal: maximize }\n      trials: 3\n",
+    );
+    assert!(e.contains("has no option 'learning_rte'"), "{e}");
+    let e = case(
+        "    tune:\n      space: { learning_rate: 'uniform(0.1, 0.5)' }\n      objective: { metric: valid.auc, goal: maximize }\n",
+    );
+    assert!(e.contains("steps.train.tune.budget"), "{e}");
+    assert!(sb.json(&["runs", "list"]).as_array().unwrap().is_empty());
+
+    // A metric the trainer never reports fails the step, saying what it reports.
+    sb.write(
+        "pipeline.yaml",
+        &tuned("    tune:\n      space: { learning_rate: 'uniform(0.1, 0.5)' }\n      objective: { metric: valid.aucc, goal: maximize }\n      trials: 2\n"),
+    );
+    let out = sb.weir(&["run", "pipeline.yaml"]);
+    assert!(!out.status.success());
+    let run_id = sb.json(&["runs", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let log = sb.ok(&["logs", &run_id, "train"]);
+    assert!(
+        log.contains("tune.objective.metric")
+            && log.contains("'valid.aucc'")
+            && log.contains("valid.auc,"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_cancelled_study_resumes_with_the_trials_it_had() {
+    use std::time::{Duration, Instant};
+    let sb = Sandbox::new();
+    // Enough rows and rounds that a trial takes a noticeable time.
+    let mut csv = points();
+    for _ in 0..12 {
+        csv.push_str(&points()["x,z,carrier,delay\n".len()..]);
+    }
+    sb.write("data/points.csv", &csv);
+    let pipeline = tuned(
+        "    tune:\n      space: { learning_rate: 'loguniform(0.01, 0.3)', num_leaves: 'int(8, 31)' }\n      objective: { metric: valid.auc, goal: maximize }\n      trials: 6\n      sampler: random\n",
+    )
+    .replace("num_rounds: 60", "num_rounds: 150\n      early_stopping_rounds: 0");
+    sb.write("pipeline.yaml", &pipeline);
+    let err_log = std::fs::File::create(sb.path().join("run.err")).unwrap();
+    let mut child = sb
+        .command(&["run", "pipeline.yaml"])
+        .stdout(std::process::Stdio::null())
+        .stderr(err_log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let complete = |sb: &Sandbox| -> Vec<Value> {
+        let runs = sb.json(&["runs", "list"]);
+        let Some(id) = runs.get(0).and_then(|r| r["id"].as_str()) else {
+            return Vec::new();
+        };
+        let out = sb.weir(&["study", "show", id, "train", "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v["trials"].as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|t| t["state"] == "complete")
+            .collect()
+    };
+    while complete(&sb).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no trial completed: {}",
+            std::fs::read_to_string(sb.path().join("run.err")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let run_id = sb.json(&["runs", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    sb.weir(&["cancel", &run_id]);
+    child.wait().unwrap();
+    let before = complete(&sb);
+    let status = sb.json(&["runs", "list"])[0]["status"].clone();
+    if status == "succeeded" {
+        eprintln!("the study finished before the cancel landed; nothing to resume");
+        return;
+    }
+    assert!(before.len() >= 2 && before.len() < 6, "{before:?}");
+
+    let out = sb.ok(&["resume", &run_id]);
+    assert!(out.contains("succeeded"), "{out}");
+    let study = sb.json(&["study", "show", &run_id, "train"]);
+    let trials = study["trials"].as_array().unwrap();
+    assert_eq!(
+        trials.len(),
+        6,
+        "the budget counts the first attempt's trials: {study}"
+    );
+    // The trials finished before the cancel are kept as they were.
+    for t in &before {
+        let n = t["number"].as_u64().unwrap() as usize;
+        assert_eq!(trials[n]["params"], t["params"]);
+        assert_eq!(trials[n]["value"], t["value"]);
+    }
+    let log = sb.ok(&["logs", &run_id, "train"]);
+    assert!(
+        log.contains("trials from an earlier attempt are kept"),
+        "{log}"
+    );
+}

@@ -40,6 +40,9 @@ pub struct OpContext<'a> {
     pub step_run_id: &'a str,
     /// The lineage document, computed for ops that register models.
     pub lineage: Option<serde_json::Value>,
+    /// In a study: hears each round's validation loss, and answers whether
+    /// the trial should go on (ASHA's decision).
+    pub report: Option<&'a (dyn Fn(i64, f64) -> bool + Sync)>,
 }
 
 impl OpContext<'_> {
@@ -169,13 +172,29 @@ pub fn preflight(pipeline: &Pipeline) -> Result<(), SpecError> {
             BuiltinOp::Evaluate => params::<evaluate::Params>(step).map(drop),
             BuiltinOp::Register => register::preflight(step),
         };
-        if let Err(message) = result {
-            issues.push(SpecIssue {
+        match (&step.tune, result) {
+            (_, Err(message)) => issues.push(SpecIssue {
                 line: Some(step.line),
                 field: format!("steps.{}.with", step.name),
                 message,
                 hint: Some(format!("see README.md for the options of {op}")),
-            });
+            }),
+            (Some(tune), Ok(())) => {
+                if let Err(message) = crate::tune::preflight(step, op) {
+                    // Messages start with the field they are about ("tune.space.lr: ...").
+                    let (field, message) = match message.split_once(": ") {
+                        Some((f, m)) if f.starts_with("tune") => (f.to_string(), m.to_string()),
+                        _ => ("tune".to_string(), message),
+                    };
+                    issues.push(SpecIssue {
+                        line: Some(tune.line),
+                        field: format!("steps.{}.{field}", step.name),
+                        message,
+                        hint: Some("see README.md, Tuning".into()),
+                    });
+                }
+            }
+            (None, Ok(())) => {}
         }
     }
     SpecError::check(&pipeline.file, issues)

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use weir_ml::{metrics, train_gbdt, train_linear, GbdtParams, LinearParams, Model};
+use weir_ml::{metrics, train_gbdt_reporting, train_linear, GbdtParams, LinearParams, Model};
 
 use super::{params, OpContext, OpOutcome};
 use crate::EngineError;
@@ -61,7 +61,10 @@ pub(super) fn run_gbdt(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
         train.num_rows(),
         p.target
     ));
-    let (gbdt, fit) = train_gbdt(&train, valid.as_ref(), &p)?;
+    let report = ctx.report;
+    let (gbdt, fit) = train_gbdt_reporting(&train, valid.as_ref(), &p, &mut |round, loss| {
+        report.is_none_or(|r| r(round as i64, loss))
+    })?;
     ctx.log.line(format!(
         "{:?} model: {} inputs, {} of {} rounds kept, {} threads, binning {:.2}s, fit {:.2}s",
         gbdt.task,

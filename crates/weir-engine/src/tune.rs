@@ -1,0 +1,787 @@
+//! Studies: a `tune:` block on a built-in training step runs the op as
+//! trials inside the step runtime, `parallel` at a time, each with the
+//! sampler's values laid over the step's `with:`. Every trial is stored as it
+//! starts and ends (`study_trials`), with its outputs as artifacts, and is a
+//! child run of the step in the tracking view; `weir resume` reads the
+//! trials back and spends only what is left of the budget. The best complete
+//! trial's outputs and metrics become the step's.
+//!
+//! ```yaml
+//! tune:
+//!   space: { learning_rate: loguniform(0.02, 0.3), num_leaves: int(8, 128, log) }
+//!   objective: { metric: valid.auc, goal: maximize }
+//!   budget: { trials: 40, time: 20m }   # `trials: 40` alone also works
+//!   parallel: 2
+//!   sampler: tpe                        # random | grid | tpe
+//!   scheduler: asha                     # or { type: asha, min_resource, max_resource, reduction }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use weir_core::ops::BuiltinOp;
+use weir_core::pipeline::Step;
+use weir_core::{ArtifactKind, Digest};
+use weir_store::tracking::NewTrackingRun;
+use weir_store::{MetricPoint, StoredTrial};
+use weir_tune::{Asha, Goal, ParamValue, SamplerKind, Space, Trial, TrialState};
+
+use crate::ops::{self, OpContext, OpOutcome, StepLog};
+use crate::{Context, EngineError};
+
+/// A checked `tune:` block.
+#[derive(Debug)]
+pub struct TuneSpec {
+    pub space: Space,
+    pub metric: String,
+    pub goal: Goal,
+    pub trials: Option<usize>,
+    pub time: Option<Duration>,
+    pub parallel: usize,
+    pub sampler: SamplerKind,
+    pub seed: u64,
+    /// ASHA over the op's per-round validation loss.
+    pub asha: Option<Asha>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTune {
+    space: BTreeMap<String, Value>,
+    objective: RawObjective,
+    #[serde(default)]
+    trials: Option<usize>,
+    #[serde(default)]
+    budget: Option<RawBudget>,
+    #[serde(default = "one")]
+    parallel: usize,
+    #[serde(default)]
+    sampler: SamplerKind,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default)]
+    scheduler: Option<Value>,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawObjective {
+    metric: String,
+    goal: Goal,
+}
+
+/// What a study may spend. Money joins trials and time once cost accounting
+/// lands; the first limit reached ends the study.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    #[serde(default)]
+    trials: Option<usize>,
+    #[serde(default)]
+    time: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAsha {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    metric: Option<String>,
+    #[serde(default)]
+    min_resource: Option<i64>,
+    #[serde(default)]
+    max_resource: Option<i64>,
+    #[serde(default)]
+    reduction: Option<f64>,
+}
+
+/// The per-round metric each op reports to a scheduler.
+fn round_metric(op: BuiltinOp) -> Option<&'static str> {
+    match op {
+        BuiltinOp::TrainGbdt => Some("valid.loss"),
+        _ => None,
+    }
+}
+
+impl TuneSpec {
+    /// Reads and checks a step's `tune:` block; errors name the field.
+    pub fn parse(step: &Step, op: BuiltinOp) -> Result<TuneSpec, String> {
+        let block = step.tune.as_ref().ok_or("the step has no tune: block")?;
+        let raw: RawTune = serde_json::from_value(block.spec.clone()).map_err(|e| e.to_string())?;
+        let space = Space::parse(&raw.space, "tune.space").map_err(|e| e.to_string())?;
+        for p in &space.params {
+            if !step.with.contains_key(&p.name) && !known_option(op, &p.name) {
+                return Err(format!(
+                    "tune.space.{}: {op} has no option '{}'",
+                    p.name, p.name
+                ));
+            }
+        }
+        let (mut trials, mut time) = (raw.trials, None);
+        if let Some(b) = raw.budget {
+            trials = b.trials.or(trials);
+            time = match b.time {
+                Some(t) => Some(
+                    humantime::parse_duration(&t)
+                        .map_err(|e| format!("tune.budget.time: '{t}': {e}"))?,
+                ),
+                None => None,
+            };
+        }
+        if trials.is_none() && time.is_none() && raw.sampler != SamplerKind::Grid {
+            return Err(
+                "tune.budget: give a budget: trials (`trials: 40`) or wall time (`budget: { time: 20m }`)"
+                    .into(),
+            );
+        }
+        if trials == Some(0) {
+            return Err("tune.trials: must be at least 1".into());
+        }
+        if raw.parallel == 0 {
+            return Err("tune.parallel: must be at least 1".into());
+        }
+        let asha = match &raw.scheduler {
+            None => None,
+            Some(Value::String(s)) if s == "none" => None,
+            Some(v) => {
+                let raw_asha: RawAsha = match v {
+                    Value::String(s) => RawAsha {
+                        kind: s.clone(),
+                        metric: None,
+                        min_resource: None,
+                        max_resource: None,
+                        reduction: None,
+                    },
+                    other => serde_json::from_value(other.clone())
+                        .map_err(|e| format!("tune.scheduler: {e}"))?,
+                };
+                if raw_asha.kind != "asha" {
+                    return Err(format!(
+                        "tune.scheduler: unknown scheduler '{}': use asha or none",
+                        raw_asha.kind
+                    ));
+                }
+                let Some(metric) = round_metric(op) else {
+                    return Err(format!(
+                        "tune.scheduler: {op} reports no per-round metric for ASHA to judge; use scheduler: none"
+                    ));
+                };
+                if let Some(m) = &raw_asha.metric {
+                    if m != metric {
+                        return Err(format!(
+                            "tune.scheduler.metric: {op} reports '{metric}' every round, not '{m}'"
+                        ));
+                    }
+                }
+                let rounds = step
+                    .with
+                    .get("num_rounds")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(500);
+                Some(
+                    Asha::new(
+                        raw_asha.min_resource.unwrap_or(10),
+                        raw_asha.max_resource.unwrap_or(rounds),
+                        raw_asha.reduction.unwrap_or(3.0),
+                        Goal::Minimize,
+                    )
+                    .map_err(|e| e.to_string())?,
+                )
+            }
+        };
+        Ok(TuneSpec {
+            space,
+            metric: raw.objective.metric,
+            goal: raw.objective.goal,
+            trials,
+            time,
+            parallel: raw.parallel,
+            sampler: raw.sampler,
+            seed: raw.seed,
+            asha,
+        })
+    }
+}
+
+/// Whether `name` is an option of the op's `with:` (by asking its parser).
+fn known_option(op: BuiltinOp, name: &str) -> bool {
+    let probe = |value: Value| {
+        let mut with = serde_json::Map::new();
+        with.insert(name.to_string(), value);
+        let err = match op {
+            BuiltinOp::TrainGbdt => {
+                serde_json::from_value::<weir_ml::GbdtParams>(Value::Object(with)).err()
+            }
+            BuiltinOp::TrainLinear => {
+                serde_json::from_value::<weir_ml::LinearParams>(Value::Object(with)).err()
+            }
+            _ => return false,
+        };
+        // Missing required fields are expected; an unknown one is the answer.
+        err.is_none_or(|e| !e.to_string().contains("unknown field"))
+    };
+    probe(json!(1))
+}
+
+/// Checks a tuned step before the run starts.
+pub fn preflight(step: &Step, op: BuiltinOp) -> Result<(), String> {
+    if !matches!(op, BuiltinOp::TrainGbdt | BuiltinOp::TrainLinear) {
+        return Err(format!("{op} cannot be tuned; only training ops can"));
+    }
+    TuneSpec::parse(step, op).map(drop)
+}
+
+struct Running {
+    tracking_run: Option<String>,
+    started_at: i64,
+}
+
+/// What one trial produced.
+struct TrialResult {
+    number: usize,
+    outcome: Result<OpOutcome, EngineError>,
+    pruned: bool,
+    outputs_dir: PathBuf,
+}
+
+/// Everything a study needs of the step runtime.
+pub(crate) struct StudyJob<'a> {
+    pub ctx: &'a Context,
+    pub run_id: &'a str,
+    pub step_run_id: &'a str,
+    pub step: &'a Step,
+    pub op: BuiltinOp,
+    pub base_dir: &'a Path,
+    pub inputs: BTreeMap<String, PathBuf>,
+    pub input_digests: BTreeMap<String, Digest>,
+    pub work: &'a Path,
+    pub outputs_dir: &'a Path,
+    pub log: &'a StepLog,
+}
+
+fn state_name(s: TrialState) -> &'static str {
+    match s {
+        TrialState::Running => "running",
+        TrialState::Complete => "complete",
+        TrialState::Pruned => "pruned",
+        TrialState::Failed => "failed",
+    }
+}
+
+fn state_of(s: &str) -> TrialState {
+    match s {
+        "complete" => TrialState::Complete,
+        "pruned" => TrialState::Pruned,
+        "running" => TrialState::Running,
+        _ => TrialState::Failed,
+    }
+}
+
+pub(crate) async fn run_study(job: StudyJob<'_>) -> Result<OpOutcome, EngineError> {
+    let spec = TuneSpec::parse(job.step, job.op).map_err(EngineError::StepFailed)?;
+    let store = &job.ctx.store;
+    let step_name = job.step.name.as_str();
+    // Trials of an earlier attempt: kept, except those it never finished.
+    let mut stored: BTreeMap<usize, StoredTrial> = BTreeMap::new();
+    for mut t in store.study_trials(job.run_id, step_name).await? {
+        if t.state == "running" {
+            t.state = "failed".into();
+            t.error = Some("interrupted: the step stopped while the trial ran".into());
+            t.ended_at = Some(weir_core::now_ms());
+            store.save_trial(job.run_id, step_name, &t).await?;
+        }
+        stored.insert(t.number as usize, t);
+    }
+    let history: Vec<Trial> = stored.values().map(trial_of).collect();
+    if !history.is_empty() {
+        job.log.line(format!(
+            "study: {} trials from an earlier attempt are kept",
+            history.len()
+        ));
+    }
+    let shared = Arc::new(Mutex::new(history));
+    // A resumed study draws new values, not the first attempt's again.
+    let mut sampler = spec
+        .sampler
+        .build(spec.seed.wrapping_add(stored.len() as u64));
+    let experiment = store.run_info(job.step_run_id).await.ok();
+    let started = Instant::now();
+    let mut running: BTreeMap<usize, Running> = BTreeMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut exhausted = false;
+    let threads_per_trial =
+        (std::thread::available_parallelism().map_or(1, |n| n.get()) / spec.parallel).max(1);
+    loop {
+        while !exhausted && running.len() < spec.parallel {
+            let used = shared.lock().expect("study lock").len();
+            let out_of_trials = spec.trials.is_some_and(|n| used >= n);
+            let out_of_time = spec.time.is_some_and(|t| started.elapsed() >= t);
+            if out_of_trials || out_of_time {
+                exhausted = true;
+                break;
+            }
+            let params = {
+                let history = shared.lock().expect("study lock");
+                sampler.sample(&spec.space, &history, spec.goal)
+            };
+            let Some(params) = params else {
+                exhausted = true;
+                break;
+            };
+            let number = used;
+            let trial = Trial {
+                number,
+                params: params.clone(),
+                state: TrialState::Running,
+                value: None,
+                intermediate: BTreeMap::new(),
+            };
+            shared.lock().expect("study lock").push(trial.clone());
+            let tracking_run = match &experiment {
+                Some(info) => Some(
+                    start_child_run(
+                        job.ctx,
+                        info,
+                        job.step_run_id,
+                        job.run_id,
+                        step_name,
+                        &trial,
+                    )
+                    .await?,
+                ),
+                None => None,
+            };
+            let started_at = weir_core::now_ms();
+            store
+                .save_trial(
+                    job.run_id,
+                    step_name,
+                    &stored_of(&trial, None, None, None, tracking_run.clone(), started_at),
+                )
+                .await?;
+            job.log.line(format!(
+                "trial {number}: {}",
+                params
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+            tasks.spawn_blocking(trial_task(&job, &spec, &shared, &trial, threads_per_trial)?);
+            running.insert(
+                number,
+                Running {
+                    tracking_run,
+                    started_at,
+                },
+            );
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        let result =
+            joined.map_err(|e| EngineError::StepFailed(format!("a trial panicked: {e}")))?;
+        let r = running
+            .remove(&result.number)
+            .expect("every task is a running trial");
+        if let Err(e) = finish_trial(&job, &spec, &shared, r, result).await {
+            // Let the other trials end before failing the step.
+            while tasks.join_next().await.is_some() {}
+            return Err(e);
+        }
+    }
+    conclude(&job, &spec, &shared, started).await
+}
+
+/// The closure one trial runs on a blocking thread.
+fn trial_task(
+    job: &StudyJob<'_>,
+    spec: &TuneSpec,
+    shared: &Arc<Mutex<Vec<Trial>>>,
+    trial: &Trial,
+    threads: usize,
+) -> Result<impl FnOnce() -> TrialResult + Send + 'static, EngineError> {
+    let mut step = job.step.clone();
+    step.tune = None;
+    for (k, v) in &trial.params {
+        step.with.insert(k.clone(), v.to_json());
+    }
+    if job.op == BuiltinOp::TrainGbdt && spec.parallel > 1 && !step.with.contains_key("threads") {
+        step.with.insert("threads".into(), json!(threads));
+    }
+    let outputs_dir = job
+        .work
+        .join("trials")
+        .join(trial.number.to_string())
+        .join("outputs");
+    std::fs::create_dir_all(&outputs_dir)
+        .map_err(EngineError::io("cannot create", &outputs_dir))?;
+    let (op, base_dir, inputs, digests) = (
+        job.op,
+        job.base_dir.to_path_buf(),
+        job.inputs.clone(),
+        job.input_digests.clone(),
+    );
+    let (run_id, step_run_id) = (job.run_id.to_string(), job.step_run_id.to_string());
+    let log_path = job.log.path().to_path_buf();
+    let (shared, asha, number) = (Arc::clone(shared), spec.asha.clone(), trial.number);
+    Ok(move || {
+        let pruned = AtomicBool::new(false);
+        let outcome = (|| {
+            let log = StepLog::append(&log_path)?;
+            let report = |round: i64, loss: f64| -> bool {
+                let mut history = shared.lock().expect("study lock");
+                history[number].intermediate.insert(round, loss);
+                let stop = asha
+                    .as_ref()
+                    .is_some_and(|a| a.should_stop(&history[number], round, &history));
+                if stop {
+                    pruned.store(true, Ordering::SeqCst);
+                }
+                !stop
+            };
+            let ctx = OpContext {
+                step: &step,
+                base_dir: &base_dir,
+                inputs,
+                input_digests: digests,
+                outputs_dir: &outputs_dir,
+                log: &log,
+                run_id: &run_id,
+                step_run_id: &step_run_id,
+                lineage: None,
+                report: Some(&report),
+            };
+            ops::run(op, &ctx)
+        })();
+        TrialResult {
+            number,
+            outcome,
+            pruned: pruned.load(Ordering::SeqCst),
+            outputs_dir,
+        }
+    })
+}
+
+async fn finish_trial(
+    job: &StudyJob<'_>,
+    spec: &TuneSpec,
+    shared: &Arc<Mutex<Vec<Trial>>>,
+    r: Running,
+    result: TrialResult,
+) -> Result<(), EngineError> {
+    let number = result.number;
+    let step_name = job.step.name.as_str();
+    let (state, value, metrics, outputs, error) = match result.outcome {
+        Ok(outcome) => {
+            let finals: BTreeMap<String, f64> = outcome
+                .metrics
+                .iter()
+                .filter(|m| m.step == 0)
+                .map(|m| (m.key.clone(), m.value))
+                .collect();
+            let Some(value) = finals.get(&spec.metric).copied() else {
+                return Err(EngineError::StepFailed(format!(
+                    "tune.objective.metric: trial {number} reported no '{}'; {} reports: {}",
+                    spec.metric,
+                    job.op,
+                    finals.keys().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            };
+            if result.pruned {
+                (TrialState::Pruned, Some(value), outcome.metrics, None, None)
+            } else {
+                let mut outputs = serde_json::Map::new();
+                for name in &job.step.outputs {
+                    let stored = job
+                        .ctx
+                        .artifacts
+                        .put_path(&result.outputs_dir.join(name))
+                        .await?;
+                    outputs.insert(
+                        name.clone(),
+                        json!({"digest": stored.digest, "kind": stored.kind.as_str()}),
+                    );
+                }
+                (
+                    TrialState::Complete,
+                    Some(value),
+                    outcome.metrics,
+                    Some(Value::Object(outputs).to_string()),
+                    None,
+                )
+            }
+        }
+        Err(e) => (
+            TrialState::Failed,
+            None,
+            Vec::new(),
+            None,
+            Some(e.to_string()),
+        ),
+    };
+    let _ = std::fs::remove_dir_all(result.outputs_dir.parent().unwrap_or(&result.outputs_dir));
+    let trial = {
+        let mut history = shared.lock().expect("study lock");
+        let t = &mut history[number];
+        t.state = state;
+        t.value = value;
+        t.clone()
+    };
+    let mut saved = stored_of(
+        &trial,
+        Some(&metrics),
+        outputs,
+        error.clone(),
+        r.tracking_run.clone(),
+        r.started_at,
+    );
+    saved.ended_at = Some(weir_core::now_ms());
+    job.ctx
+        .store
+        .save_trial(job.run_id, step_name, &saved)
+        .await?;
+    if let Some(child) = &r.tracking_run {
+        finish_child_run(job.ctx, child, state, &metrics).await?;
+    }
+    let best =
+        best_trial(&shared.lock().expect("study lock"), spec.goal).map(|b| (b.number, b.value));
+    let shown = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.5}"));
+    job.log.line(match (&error, state) {
+        (Some(e), _) => format!("trial {number}: failed: {e}"),
+        (None, TrialState::Pruned) => format!(
+            "trial {number}: pruned by ASHA after {} rounds ({} {})",
+            trial.intermediate.len(),
+            spec.metric,
+            shown(value)
+        ),
+        _ => format!(
+            "trial {number}: {} {} (best: trial {} with {})",
+            spec.metric,
+            shown(value),
+            best.map_or("-".into(), |b| b.0.to_string()),
+            shown(best.and_then(|b| b.1))
+        ),
+    });
+    Ok(())
+}
+
+fn best_trial(history: &[Trial], goal: Goal) -> Option<&Trial> {
+    history
+        .iter()
+        .filter(|t| t.state == TrialState::Complete && t.value.is_some_and(|v| !v.is_nan()))
+        .min_by(|a, b| {
+            let key = |t: &Trial| match goal {
+                Goal::Minimize => t.value.unwrap_or(f64::INFINITY),
+                Goal::Maximize => -t.value.unwrap_or(f64::NEG_INFINITY),
+            };
+            key(a).total_cmp(&key(b)).then(a.number.cmp(&b.number))
+        })
+}
+
+/// Puts the best trial's outputs and metrics in the step's place.
+async fn conclude(
+    job: &StudyJob<'_>,
+    spec: &TuneSpec,
+    shared: &Arc<Mutex<Vec<Trial>>>,
+    started: Instant,
+) -> Result<OpOutcome, EngineError> {
+    let history = shared.lock().expect("study lock").clone();
+    let count = |s: TrialState| history.iter().filter(|t| t.state == s).count();
+    let (complete, pruned, failed) = (
+        count(TrialState::Complete),
+        count(TrialState::Pruned),
+        count(TrialState::Failed),
+    );
+    let stored = job
+        .ctx
+        .store
+        .study_trials(job.run_id, &job.step.name)
+        .await?;
+    let Some(best) = best_trial(&history, spec.goal) else {
+        let first_error = stored
+            .iter()
+            .find_map(|t| t.error.clone())
+            .unwrap_or_else(|| "every trial was pruned".into());
+        return Err(EngineError::StepFailed(format!(
+            "the study has no complete trial ({failed} failed, {pruned} pruned); first error: {first_error}"
+        )));
+    };
+    let row = stored
+        .iter()
+        .find(|t| t.number as usize == best.number)
+        .ok_or_else(|| EngineError::corrupt("study_trials", "the best trial is not stored"))?;
+    let outputs: BTreeMap<String, Value> =
+        serde_json::from_str(row.outputs_json.as_deref().unwrap_or("{}"))
+            .map_err(|e| EngineError::corrupt("study_trials.outputs_json", e))?;
+    for (name, o) in &outputs {
+        let digest: Digest = serde_json::from_value(o["digest"].clone())
+            .map_err(|e| EngineError::corrupt("study_trials.outputs_json", e))?;
+        let kind = o["kind"]
+            .as_str()
+            .and_then(ArtifactKind::parse)
+            .ok_or_else(|| EngineError::corrupt("study_trials.outputs_json", "no kind"))?;
+        job.ctx
+            .artifacts
+            .fetch(&digest, kind, &job.outputs_dir.join(name))
+            .await?;
+    }
+    let metrics: Vec<MetricPoint> = serde_json::from_str(&row.metrics_json)
+        .map_err(|e| EngineError::corrupt("study_trials.metrics_json", e))?;
+    let mut out = OpOutcome {
+        metrics,
+        ..Default::default()
+    };
+    out.metric("tune.trials", history.len() as f64);
+    out.metric("tune.complete", complete as f64);
+    out.metric("tune.pruned", pruned as f64);
+    out.metric("tune.failed", failed as f64);
+    out.metric("tune.best_trial", best.number as f64);
+    out.metric("tune.best_value", best.value.unwrap_or(f64::NAN));
+    out.metric("tune.wall_seconds", started.elapsed().as_secs_f64());
+    // Best value so far after each trial: the study's progress curve.
+    let mut best_so_far: Option<f64> = None;
+    for t in &history {
+        if t.state == TrialState::Complete {
+            if let Some(v) = t.value {
+                best_so_far = Some(match (best_so_far, spec.goal) {
+                    (None, _) => v,
+                    (Some(b), Goal::Maximize) => b.max(v),
+                    (Some(b), Goal::Minimize) => b.min(v),
+                });
+            }
+        }
+        if let Some(b) = best_so_far {
+            out.metric_at("tune.best_so_far", b, t.number as i64 + 1);
+        }
+    }
+    job.log.line(format!(
+        "study: {} trials ({complete} complete, {pruned} pruned, {failed} failed) in {:.1}s; best: trial {} with {} {}",
+        history.len(),
+        started.elapsed().as_secs_f64(),
+        best.number,
+        spec.metric,
+        best.value.unwrap_or(f64::NAN)
+    ));
+    Ok(out)
+}
+
+fn trial_of(t: &StoredTrial) -> Trial {
+    Trial {
+        number: t.number as usize,
+        params: serde_json::from_str(&t.params_json).unwrap_or_default(),
+        state: state_of(&t.state),
+        value: t.value,
+        intermediate: serde_json::from_str::<BTreeMap<i64, f64>>(&t.intermediate_json)
+            .unwrap_or_default(),
+    }
+}
+
+fn stored_of(
+    t: &Trial,
+    metrics: Option<&[MetricPoint]>,
+    outputs_json: Option<String>,
+    error: Option<String>,
+    tracking_run_id: Option<String>,
+    started_at: i64,
+) -> StoredTrial {
+    StoredTrial {
+        number: t.number as i64,
+        state: state_name(t.state).into(),
+        params_json: serde_json::to_string(&t.params).expect("params serialize"),
+        value: t.value.filter(|v| v.is_finite()),
+        intermediate_json: serde_json::to_string(&t.intermediate).expect("numbers serialize"),
+        metrics_json: serde_json::to_string(metrics.unwrap_or(&[])).expect("metrics serialize"),
+        outputs_json,
+        error,
+        tracking_run_id,
+        started_at,
+        ended_at: None,
+    }
+}
+
+async fn start_child_run(
+    ctx: &Context,
+    parent: &weir_store::tracking::RunInfo,
+    step_run_id: &str,
+    run_id: &str,
+    step: &str,
+    trial: &Trial,
+) -> Result<String, EngineError> {
+    let id = weir_core::new_id();
+    ctx.store
+        .create_tracking_run(&NewTrackingRun {
+            run_id: id.clone(),
+            experiment_id: parent.experiment_id,
+            name: format!("{step}-trial-{}", trial.number),
+            user_id: parent.user_id.clone(),
+            start_time: Some(weir_core::now_ms()),
+            tags: vec![
+                ("mlflow.parentRunId".into(), step_run_id.to_string()),
+                ("weir.run".into(), run_id.to_string()),
+                ("weir.study".into(), step.to_string()),
+                ("weir.trial".into(), trial.number.to_string()),
+                ("weir.kind".into(), "trial".into()),
+            ],
+        })
+        .await?;
+    let params: Vec<(String, String)> = trial
+        .params
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_string()))
+        .collect();
+    ctx.store.log_batch(&id, &[], &params, &[]).await?;
+    Ok(id)
+}
+
+async fn finish_child_run(
+    ctx: &Context,
+    id: &str,
+    state: TrialState,
+    metrics: &[MetricPoint],
+) -> Result<(), EngineError> {
+    let points: Vec<weir_store::tracking::Metric> = metrics
+        .iter()
+        .filter(|m| m.value.is_finite())
+        .map(|m| weir_store::tracking::Metric {
+            key: m.key.clone(),
+            value: m.value,
+            timestamp: m.ts,
+            step: m.step,
+        })
+        .collect();
+    for chunk in points.chunks(1000) {
+        ctx.store.log_batch(id, chunk, &[], &[]).await?;
+    }
+    let status = match state {
+        TrialState::Complete => "FINISHED",
+        TrialState::Pruned => "KILLED",
+        _ => "FAILED",
+    };
+    ctx.store
+        .update_tracking_run(id, Some(status), Some(weir_core::now_ms()), None)
+        .await?;
+    Ok(())
+}
+
+/// Parameter values as text, for tables.
+pub fn show_params(params_json: &str) -> String {
+    serde_json::from_str::<BTreeMap<String, ParamValue>>(params_json)
+        .map(|p| {
+            p.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}

@@ -1127,12 +1127,12 @@ mod tests {
             let h = (i * 7919 + seed * 104_729) % 1000;
             let xv = h as f64 / 100.0;
             let cv = ["ua", "dl", "aa", "b6"][(i * 31 + seed) % 4];
-            let zv = if h % 5 == 0 {
+            let zv = if h.is_multiple_of(5) {
                 None
             } else {
                 Some((h % 37) as f64)
             };
-            let noise = (i * 13 + seed) % 17 == 0;
+            let noise = (i * 13 + seed).is_multiple_of(17);
             let late = (xv > 6.0) ^ (cv == "dl") ^ zv.is_none() ^ noise;
             x.push(xv);
             z.push(zv);

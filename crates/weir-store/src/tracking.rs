@@ -274,7 +274,7 @@ fn storable(value: f64) -> (f64, i64) {
 const POINT_BYTES: usize = 24;
 
 fn unpack_points(key: &str, packed: &[u8]) -> Result<Vec<Metric>> {
-    if packed.len() % POINT_BYTES != 0 {
+    if !packed.len().is_multiple_of(POINT_BYTES) {
         return Err(StoreError::Corrupt {
             what: format!("metric_chunks ({key})"),
             reason: format!("{} bytes is not a whole number of points", packed.len()),

@@ -314,7 +314,14 @@ pub(crate) async fn run_study(job: StudyJob<'_>) -> Result<OpOutcome, EngineErro
     let mut sampler = spec
         .sampler
         .build(spec.seed.wrapping_add(stored.len() as u64));
-    let experiment = store.run_info(job.step_run_id).await.ok();
+    // The step's tracking run, parent of the trials' runs. Every step run
+    // has one (the mirror creates it with the run); without it trials are
+    // still stored, only not shown as child runs.
+    let experiment = match store.run_info(job.step_run_id).await {
+        Ok(info) => Some(info),
+        Err(weir_store::StoreError::NotFound { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
     let started = Instant::now();
     let mut running: BTreeMap<usize, Running> = BTreeMap::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -491,12 +498,32 @@ async fn finish_trial(
                 .map(|m| (m.key.clone(), m.value))
                 .collect();
             let Some(value) = finals.get(&spec.metric).copied() else {
-                return Err(EngineError::StepFailed(format!(
+                let message = format!(
                     "tune.objective.metric: trial {number} reported no '{}'; {} reports: {}",
                     spec.metric,
                     job.op,
                     finals.keys().cloned().collect::<Vec<_>>().join(", ")
-                )));
+                );
+                // Recorded as failed, so a resumed study does not call it interrupted.
+                let mut saved = {
+                    let mut history = shared.lock().expect("study lock");
+                    history[number].state = TrialState::Failed;
+                    let t = history[number].clone();
+                    stored_of(
+                        &t,
+                        None,
+                        None,
+                        Some(message.clone()),
+                        r.tracking_run.clone(),
+                        r.started_at,
+                    )
+                };
+                saved.ended_at = Some(weir_core::now_ms());
+                job.ctx
+                    .store
+                    .save_trial(job.run_id, step_name, &saved)
+                    .await?;
+                return Err(EngineError::StepFailed(message));
             };
             if result.pruned {
                 (TrialState::Pruned, Some(value), outcome.metrics, None, None)

@@ -59,6 +59,13 @@ fn points() -> String {
     csv
 }
 
+fn latest_run(sb: &Sandbox) -> String {
+    sb.json(&["runs", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 fn step<'a>(show: &'a Value, name: &str) -> &'a Value {
     show["steps"]
         .as_array()
@@ -78,10 +85,7 @@ fn gbdt_trains_reports_and_serves_identical_predictions() {
         out.contains("registered model gbdt-points version 1"),
         "{out}"
     );
-    let run_id = sb.json(&["runs", "list"])[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let run_id = latest_run(&sb);
     let show = sb.json(&["runs", "show", &run_id]);
     let train = step(&show, "train");
     let m = &train["metrics"];
@@ -199,10 +203,7 @@ fn a_tuned_step_runs_a_study_and_keeps_the_best_trial() {
         out.contains("registered model gbdt-points version 1"),
         "{out}"
     );
-    let run_id = sb.json(&["runs", "list"])[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let run_id = latest_run(&sb);
     let study = sb.json(&["study", "show", &run_id, "train"]);
     let trials = study["trials"].as_array().unwrap();
     assert_eq!(trials.len(), 9, "{study}");
@@ -296,10 +297,7 @@ fn bad_tune_blocks_name_the_field() {
     );
     let out = sb.weir(&["run", "pipeline.yaml"]);
     assert!(!out.status.success());
-    let run_id = sb.json(&["runs", "list"])[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let run_id = latest_run(&sb);
     let log = sb.ok(&["logs", &run_id, "train"]);
     assert!(
         log.contains("tune.objective.metric")
@@ -354,10 +352,7 @@ fn a_cancelled_study_resumes_with_the_trials_it_had() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let run_id = sb.json(&["runs", "list"])[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let run_id = latest_run(&sb);
     sb.weir(&["cancel", &run_id]);
     child.wait().unwrap();
     let before = complete(&sb);

@@ -19,10 +19,10 @@ for step, point in out["metrics"]:
 res = {"script": "tuning_asha"}
 for s in ("with_asha", "without_asha"):
     x = m[s]
-    res[s] = {"best_valid_auc": round(x["tune.best_value"], 4), "wall_s": round(x["tune.wall_seconds"], 1),
+    res[s] = {"best_valid_auc": round(x["tune.best_value"], 5), "wall_s": round(x["tune.wall_seconds"], 1),
               "trials": int(x["tune.trials"]), "complete": int(x["tune.complete"]),
               "pruned": int(x["tune.pruned"]), "failed": int(x["tune.failed"])}
-res["auc_gap"] = round(res["without_asha"]["best_valid_auc"] - res["with_asha"]["best_valid_auc"], 4)
+res["auc_gap"] = round(res["without_asha"]["best_valid_auc"] - res["with_asha"]["best_valid_auc"], 5)
 res["time_ratio_asha_over_full"] = round(res["with_asha"]["wall_s"] / res["without_asha"]["wall_s"], 2)
 print(json.dumps(res))
 PY

@@ -444,7 +444,8 @@ fn trial_task(
     let (shared, asha, number) = (Arc::clone(shared), spec.asha.clone(), trial.number);
     Ok(move || {
         let pruned = AtomicBool::new(false);
-        let outcome = (|| {
+        // A trial that panics is a failed trial; the study goes on.
+        let run_trial = std::panic::AssertUnwindSafe(|| {
             let log = StepLog::append(&log_path)?;
             let report = |round: i64, loss: f64| -> bool {
                 let mut history = shared.lock().expect("study lock");
@@ -470,7 +471,17 @@ fn trial_task(
                 report: Some(&report),
             };
             ops::run(op, &ctx)
-        })();
+        });
+        let outcome = std::panic::catch_unwind(run_trial).unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("no message");
+            Err(EngineError::StepFailed(format!(
+                "the trial panicked: {what}"
+            )))
+        });
         TrialResult {
             number,
             outcome,

@@ -265,11 +265,11 @@ impl<'a> Parzen<'a> {
         // Each kernel is as wide as the larger gap to its neighbours in
         // that dimension (hyperopt's rule, as Optuna's TPE): dense regions
         // of good trials get narrow kernels. The floor is range / min(100,
-        // (n + 1)^(8 / (d + 2))): in one or two dimensions kernels may
-        // narrow as fast as 1/n², in six as 1/n (hyperopt's floor), since a
-        // low-dimensional space is covered with fewer trials. Measured on
+        // (n + 1)^(10 / (d + 2))): in two dimensions kernels may narrow as
+        // fast as n^-2.5, in six as n^-1.25 (hyperopt's floor is n^-1), since
+        // a low-dimensional space is covered with fewer trials. Measured on
         // Branin and Hartmann-6 (BENCHMARKS.md).
-        let min_width_divisor = (100f64).min((n as f64 + 1.0).powf(8.0 / (d as f64 + 2.0)));
+        let min_width_divisor = (100f64).min((n as f64 + 1.0).powf(10.0 / (d as f64 + 2.0)));
         let sigmas: Vec<Vec<f64>> = {
             let mut per_dim: Vec<Vec<f64>> = Vec::with_capacity(d);
             for (j, p) in params.iter().enumerate() {

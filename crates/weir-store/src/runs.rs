@@ -512,22 +512,32 @@ impl Store {
     /// statement was in flight (PostgreSQL may still execute it) cannot revive
     /// a step that another command has since failed or skipped.
     pub async fn start_step(&self, id: &str, start: &StepStart) -> Result<()> {
-        let updated = sqlx::query(
+        // On PostgreSQL the run row is locked while this is decided: the
+        // subquery would otherwise read the run as running while a reap that
+        // already failed it is still committing, and a step could start
+        // between the reap failing the running steps and skipping the
+        // pending ones (found by the crash trials). SQLite has one writer.
+        let lock = match self.backend {
+            crate::Backend::Postgres => " FOR SHARE",
+            crate::Backend::Sqlite => "",
+        };
+        let sql = format!(
             "UPDATE step_runs SET status = $1, started_at = $2, heartbeat_at = $2, inputs_json = $3, \
              cache_key = $4, cache_components = $5 WHERE id = $6 AND status = $7 \
-             AND run_id IN (SELECT id FROM runs WHERE status = $8)",
-        )
-        .bind(StepStatus::Running.as_str())
-        .bind(weir_core::now_ms())
-        .bind(&start.inputs_json)
-        .bind(&start.cache_key)
-        .bind(&start.cache_components)
-        .bind(id)
-        .bind(StepStatus::Pending.as_str())
-        .bind(RunStatus::Running.as_str())
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+             AND run_id IN (SELECT id FROM runs WHERE status = $8{lock})"
+        );
+        let updated = sqlx::query(&sql)
+            .bind(StepStatus::Running.as_str())
+            .bind(weir_core::now_ms())
+            .bind(&start.inputs_json)
+            .bind(&start.cache_key)
+            .bind(&start.cache_components)
+            .bind(id)
+            .bind(StepStatus::Pending.as_str())
+            .bind(RunStatus::Running.as_str())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
         self.expect_transition(id, updated, "start").await
     }
 

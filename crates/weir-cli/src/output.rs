@@ -229,40 +229,24 @@ pub async fn study(ctx: &Context, run: &str, step: &str, json: bool) -> Result<(
             names.join(", ")
         );
     }
-    // The objective's direction is in the recorded spec.
+    // The objective and its direction are in the run's recorded spec.
     let spec: weir_core::pipeline::Pipeline = serde_json::from_str(&run.spec_json)?;
-    let maximize = spec
+    let objective = spec
         .steps
         .iter()
         .find(|s| s.name == step)
         .and_then(|s| s.tune.as_ref())
-        .and_then(|t| t.spec.pointer("/objective/goal"))
-        .and_then(|g| g.as_str())
-        == Some("maximize");
-    let metric = spec
-        .steps
-        .iter()
-        .find(|s| s.name == step)
-        .and_then(|s| s.tune.as_ref())
-        .and_then(|t| t.spec.pointer("/objective/metric"))
-        .and_then(|m| m.as_str())
-        .unwrap_or("objective")
-        .to_string();
-    let best = trials
-        .iter()
-        .filter(|t| t.state == "complete" && t.value.is_some())
-        .min_by(|a, b| {
-            let key = |t: &&weir_store::StoredTrial| {
-                let v = t.value.unwrap_or(f64::NAN);
-                if maximize {
-                    -v
-                } else {
-                    v
-                }
-            };
-            key(a).total_cmp(&key(b))
-        })
-        .map(|t| t.number);
+        .and_then(|t| t.spec.get("objective"));
+    let field = |name: &str| objective.and_then(|o| o.get(name)).and_then(|v| v.as_str());
+    let metric = field("metric").unwrap_or("objective").to_string();
+    let maximize = field("goal") == Some("maximize");
+    let goal = if maximize {
+        weir_tune::Goal::Maximize
+    } else {
+        weir_tune::Goal::Minimize
+    };
+    let history: Vec<weir_tune::Trial> = trials.iter().map(weir_engine::tune::trial_of).collect();
+    let best = weir_engine::tune::best_trial(&history, goal).map(|t| t.number as i64);
     if json {
         let docs: Vec<serde_json::Value> = trials
             .iter()

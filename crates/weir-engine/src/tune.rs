@@ -373,7 +373,15 @@ pub(crate) async fn run_study(job: StudyJob<'_>) -> Result<OpOutcome, EngineErro
                 .save_trial(
                     job.run_id,
                     step_name,
-                    &stored_of(&trial, None, None, None, tracking_run.clone(), started_at),
+                    &stored_of(
+                        &trial,
+                        None,
+                        None,
+                        None,
+                        tracking_run.clone(),
+                        started_at,
+                        None,
+                    ),
                 )
                 .await?;
             job.log.line(format!(
@@ -500,6 +508,9 @@ async fn finish_trial(
 ) -> Result<(), EngineError> {
     let number = result.number;
     let step_name = job.step.name.as_str();
+    // A trial without the objective metric is recorded as failed like any
+    // other, then fails the study: no later trial would report it either.
+    let mut fatal = None;
     let (state, value, metrics, outputs, error) = match result.outcome {
         Ok(outcome) => {
             let finals: BTreeMap<String, f64> = outcome
@@ -508,56 +519,47 @@ async fn finish_trial(
                 .filter(|m| m.step == 0)
                 .map(|m| (m.key.clone(), m.value))
                 .collect();
-            let Some(value) = finals.get(&spec.metric).copied() else {
-                let message = format!(
-                    "tune.objective.metric: trial {number} reported no '{}'; {} reports: {}",
-                    spec.metric,
-                    job.op,
-                    finals.keys().cloned().collect::<Vec<_>>().join(", ")
-                );
-                // Recorded as failed, so a resumed study does not call it interrupted.
-                let mut saved = {
-                    let mut history = shared.lock().expect("study lock");
-                    history[number].state = TrialState::Failed;
-                    let t = history[number].clone();
-                    stored_of(
-                        &t,
-                        None,
-                        None,
-                        Some(message.clone()),
-                        r.tracking_run.clone(),
-                        r.started_at,
-                    )
-                };
-                saved.ended_at = Some(weir_core::now_ms());
-                job.ctx
-                    .store
-                    .save_trial(job.run_id, step_name, &saved)
-                    .await?;
-                return Err(EngineError::StepFailed(message));
-            };
-            if result.pruned {
-                (TrialState::Pruned, Some(value), outcome.metrics, None, None)
-            } else {
-                let mut outputs = serde_json::Map::new();
-                for name in &job.step.outputs {
-                    let stored = job
-                        .ctx
-                        .artifacts
-                        .put_path(&result.outputs_dir.join(name))
-                        .await?;
-                    outputs.insert(
-                        name.clone(),
-                        json!({"digest": stored.digest, "kind": stored.kind.as_str()}),
+            match finals.get(&spec.metric).copied() {
+                None => {
+                    let message = format!(
+                        "tune.objective.metric: trial {number} reported no '{}'; {} reports: {}",
+                        spec.metric,
+                        job.op,
+                        finals.keys().cloned().collect::<Vec<_>>().join(", ")
                     );
+                    fatal = Some(message.clone());
+                    (
+                        TrialState::Failed,
+                        None,
+                        outcome.metrics,
+                        None,
+                        Some(message),
+                    )
                 }
-                (
-                    TrialState::Complete,
-                    Some(value),
-                    outcome.metrics,
-                    Some(Value::Object(outputs).to_string()),
-                    None,
-                )
+                Some(value) if result.pruned => {
+                    (TrialState::Pruned, Some(value), outcome.metrics, None, None)
+                }
+                Some(value) => {
+                    let mut outputs = serde_json::Map::new();
+                    for name in &job.step.outputs {
+                        let stored = job
+                            .ctx
+                            .artifacts
+                            .put_path(&result.outputs_dir.join(name))
+                            .await?;
+                        outputs.insert(
+                            name.clone(),
+                            json!({"digest": stored.digest, "kind": stored.kind.as_str()}),
+                        );
+                    }
+                    (
+                        TrialState::Complete,
+                        Some(value),
+                        outcome.metrics,
+                        Some(Value::Object(outputs).to_string()),
+                        None,
+                    )
+                }
             }
         }
         Err(e) => (
@@ -576,15 +578,15 @@ async fn finish_trial(
         t.value = value;
         t.clone()
     };
-    let mut saved = stored_of(
+    let saved = stored_of(
         &trial,
         Some(&metrics),
         outputs,
         error.clone(),
         r.tracking_run.clone(),
         r.started_at,
+        Some(weir_core::now_ms()),
     );
-    saved.ended_at = Some(weir_core::now_ms());
     job.ctx
         .store
         .save_trial(job.run_id, step_name, &saved)
@@ -595,6 +597,9 @@ async fn finish_trial(
     let best =
         best_trial(&shared.lock().expect("study lock"), spec.goal).map(|b| (b.number, b.value));
     let shown = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.5}"));
+    if let Some(message) = fatal {
+        return Err(EngineError::StepFailed(message));
+    }
     job.log.line(match (&error, state) {
         (Some(e), _) => format!("trial {number}: failed: {e}"),
         (None, TrialState::Pruned) => format!(
@@ -614,7 +619,8 @@ async fn finish_trial(
     Ok(())
 }
 
-fn best_trial(history: &[Trial], goal: Goal) -> Option<&Trial> {
+/// The complete trial with the best objective (the lowest number on ties).
+pub fn best_trial(history: &[Trial], goal: Goal) -> Option<&Trial> {
     history
         .iter()
         .filter(|t| t.state == TrialState::Complete && t.value.is_some_and(|v| !v.is_nan()))
@@ -714,7 +720,8 @@ async fn conclude(
     Ok(out)
 }
 
-fn trial_of(t: &StoredTrial) -> Trial {
+/// A stored trial as samplers and schedulers see it.
+pub fn trial_of(t: &StoredTrial) -> Trial {
     Trial {
         number: t.number as usize,
         params: serde_json::from_str(&t.params_json).unwrap_or_default(),
@@ -732,6 +739,7 @@ fn stored_of(
     error: Option<String>,
     tracking_run_id: Option<String>,
     started_at: i64,
+    ended_at: Option<i64>,
 ) -> StoredTrial {
     StoredTrial {
         number: t.number as i64,
@@ -744,7 +752,7 @@ fn stored_of(
         error,
         tracking_run_id,
         started_at,
-        ended_at: None,
+        ended_at,
     }
 }
 

@@ -1425,17 +1425,17 @@ pub(crate) async fn insert_metric_points(
         let stored = if is_nan != 0 { f64::NAN } else { value };
         bytes.extend_from_slice(&stored.to_le_bytes());
     }
-    let packed: Vec<(&str, Vec<u8>)> = packed.into_iter().collect();
-    for chunk in packed.chunks(ROWS_PER_INSERT) {
+    let mut packed: Vec<(&str, Vec<u8>)> = packed.into_iter().collect();
+    for chunk in packed.chunks_mut(ROWS_PER_INSERT) {
         let mut binds = Binds::for_tx(tx);
         let rows: Vec<String> = chunk
-            .iter()
+            .iter_mut()
             .map(|(key, points)| {
                 format!(
                     "({}, {}, {})",
                     binds.text(run_id),
                     binds.text(*key),
-                    binds.push(Bind::Bytes(points.clone()))
+                    binds.push(Bind::Bytes(std::mem::take(points)))
                 )
             })
             .collect();

@@ -5,6 +5,7 @@
 //! inputs through [`FeaturePipeline::encode`], so a row scores identically in
 //! every one of them.
 
+mod expr;
 mod features;
 mod gbdt;
 mod linear;
@@ -12,7 +13,11 @@ pub mod metrics;
 mod model;
 mod target;
 
-pub use features::{Column, FeaturePipeline, FeatureTransform, Frame, InputKind, InputSpec};
+pub use expr::Expr;
+pub use features::{
+    parse_datetime, Column, ColumnSpec, DatePart, Encoder, FeaturePipeline, FeatureTransform,
+    Frame, InputKind, InputSpec, Unknown,
+};
 pub use gbdt::{train_gbdt, train_gbdt_reporting, GbdtModel, GbdtParams, GbdtReport};
 pub use linear::{train_linear, LinearModel, LinearParams};
 pub use model::{Model, Task};

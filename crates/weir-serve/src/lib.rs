@@ -152,7 +152,9 @@ async fn load(
         columns: inputs
             .iter()
             .map(|i| match i.kind {
-                InputKind::Numeric => weir_ml::Column::Numeric(vec![f64::NAN]),
+                InputKind::Numeric | InputKind::Datetime => {
+                    weir_ml::Column::Numeric(vec![f64::NAN])
+                }
                 InputKind::Text => weir_ml::Column::Text(vec![None]),
             })
             .collect(),

@@ -326,6 +326,34 @@ pub(crate) fn frame(inputs: &[InputSpec], mut columns: Columns) -> Result<Frame,
                     })
                     .collect::<Result<_, _>>()?,
             ),
+            InputKind::Datetime => Column::Numeric(
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(r, v)| match v {
+                        Value::String(s) => weir_ml::parse_datetime(s).ok_or_else(|| {
+                            bad(format!(
+                                "input '{}' row {r}: '{s}' is not a date-time; send RFC 3339 \
+                                 (2013-01-01T05:00:00Z) or YYYY-MM-DD HH:MM:SS",
+                                spec.name
+                            ))
+                        }),
+                        // A number is seconds since the Unix epoch.
+                        Value::Number(n) => n.as_f64().ok_or_else(|| {
+                            bad(format!(
+                                "input '{}' row {r}: {n} is not a finite number",
+                                spec.name
+                            ))
+                        }),
+                        Value::Null => Ok(f64::NAN),
+                        other => Err(bad(format!(
+                            "input '{}' row {r}: expected a date-time, got {}",
+                            spec.name,
+                            describe(other)
+                        ))),
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
             InputKind::Text => Column::Text(
                 values
                     .iter()

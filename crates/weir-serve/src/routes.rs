@@ -134,7 +134,8 @@ async fn ping(State(s): Shared) -> Response {
 fn datatype(kind: InputKind) -> &'static str {
     match kind {
         InputKind::Numeric => "FP64",
-        InputKind::Text => "BYTES",
+        // Date-times travel as RFC 3339 or "YYYY-MM-DD HH:MM:SS" text.
+        InputKind::Text | InputKind::Datetime => "BYTES",
     }
 }
 

@@ -112,8 +112,149 @@ fn gbdt_trains_reports_and_serves_identical_predictions() {
     let logs = sb.ok(&["logs", &run_id, "train"]);
     assert!(logs.contains("rounds kept"), "{logs}");
 
-    // Training-time predictions against the served ones, bit for bit.
-    let digest = step(&show, "evaluate")["outputs"]["predictions"]["digest"]
+    assert_served_bit_identical(&sb, &show, "gbdt-points:1", &["x", "z", "carrier"]);
+}
+
+const TRANSFORMS: &str = r#"
+version: 1
+name: transforms
+steps:
+  ingest:
+    uses: weir/ingest
+    with: { path: data/points.csv, schema: { t: timestamp } }
+  split:
+    uses: weir/split
+    inputs: { table: ingest.table }
+    with: { method: random, valid: 0.2, test: 0.2, seed: 5 }
+  train:
+    uses: weir/train-linear
+    inputs: { train: split.train, valid: split.valid }
+    with:
+      target: "delay > 15"
+      exclude: [id]
+      l1: 0.0005
+      derive: { xz: "x * x - z / 10" }
+      transforms:
+        x: { impute: mean, scale: minmax }
+        z: { impute: { constant: 0 }, bucketize: { quantiles: 5 } }
+        carrier: { max_categories: 2, unknown: other }
+        route: { encode: frequency, impute: most_frequent }
+        t: { datetime: [hour, weekday] }
+  evaluate:
+    uses: weir/evaluate
+    inputs: { model: train.model, table: split.test }
+  register:
+    uses: weir/register
+    inputs: { model: train.model, metrics: evaluate.metrics }
+    with: { name: transformed }
+"#;
+
+fn transform_points() -> String {
+    let mut csv = String::from("id,x,z,carrier,route,t,delay\n");
+    for i in 0..1500usize {
+        let h = (i * 7919) % 1000;
+        let x = h as f64 / 100.0;
+        let z = if h % 6 == 0 {
+            String::new()
+        } else {
+            format!("{}", h % 29)
+        };
+        let carrier = ["UA", "DL", "AA", "B6"][(i * 31) % 4];
+        let route = if i % 11 == 0 {
+            ""
+        } else {
+            ["JFK-LAX", "EWR-SFO", "LGA-ORD"][(i * 17) % 3]
+        };
+        let hour = (i * 13) % 24;
+        let day = 1 + (i * 7) % 28;
+        let score = (x - 5.0) / 2.0
+            + if hour >= 18 { 1.5 } else { 0.0 }
+            + if carrier == "DL" { 1.0 } else { 0.0 }
+            + (h % 7) as f64 / 3.0
+            - 1.0;
+        let late = (score > 0.0) ^ ((i * 13) % 19 == 0);
+        csv.push_str(&format!(
+            "{i},{x},{z},{carrier},{route},2013-02-{day:02} {hour:02}:15:00,{}\n",
+            if late { 40 } else { 0 }
+        ));
+    }
+    csv
+}
+
+#[test]
+fn fitted_transforms_are_saved_in_the_model_and_served_bit_identically() {
+    let sb = Sandbox::new();
+    sb.write("data/points.csv", &transform_points());
+    sb.write("pipeline.yaml", TRANSFORMS);
+    let out = sb.ok(&["run", "pipeline.yaml"]);
+    assert!(
+        out.contains("registered model transformed version 1"),
+        "{out}"
+    );
+    let show = sb.json(&["runs", "show", &latest_run(&sb)]);
+    let m = &step(&show, "train")["metrics"];
+    assert!(m["valid.auc"].as_f64().unwrap() > 0.8, "{m}");
+    for key in [
+        "train.best_iteration",
+        "train.nonzero_weights",
+        "valid.loss",
+    ] {
+        assert!(m[key].is_number(), "{key} missing: {m}");
+    }
+    let server = assert_served_bit_identical(
+        &sb,
+        &show,
+        "transformed:1",
+        &["x", "z", "carrier", "route", "t"],
+    );
+    // The signature lists the raw inputs, the date-time as text.
+    let (status, meta) = server.get("/v2/models/transformed");
+    assert_eq!(status, 200, "{meta}");
+    let t = meta["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "t")
+        .unwrap();
+    assert_eq!(t["datatype"], "BYTES", "{meta}");
+    let (status, body) = server.post(
+        "/invocations",
+        json!({"dataframe_records": [{"x": 1, "z": 2, "carrier": "UA", "route": "JFK-LAX", "t": "soon"}]})
+            .to_string(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("input 't' row 0: 'soon' is not a date-time"),
+        "{body}"
+    );
+
+    // A bad transform fails the step, naming its field.
+    sb.write(
+        "pipeline.yaml",
+        &TRANSFORMS.replace("quantiles: 5", "quantiles: 1"),
+    );
+    let err = sb.fails(&["run", "pipeline.yaml"]);
+    assert!(
+        err.contains(
+            "with.transforms.z.bucketize.quantiles: must be a whole number from 2 to 1000"
+        ),
+        "{err}"
+    );
+}
+
+/// Serves `model` and checks that its predictions for the evaluate step's
+/// rows (sent as JSON records of `inputs`) equal the evaluate step's bit for
+/// bit; returns the server for further requests.
+fn assert_served_bit_identical(
+    sb: &Sandbox,
+    show: &Value,
+    model: &str,
+    inputs: &[&str],
+) -> crate::common::Server {
+    let digest = step(show, "evaluate")["outputs"]["predictions"]["digest"]
         .as_str()
         .unwrap()
         .to_string();
@@ -126,11 +267,19 @@ fn gbdt_trains_reports_and_serves_identical_predictions() {
         .iter()
         .map(|r| r["prediction"].as_f64().unwrap())
         .collect();
+    // Null values are absent from arrow's JSON rows; send them as null.
     let records: Vec<Value> = rows
         .iter()
-        .map(|r| json!({"x": r["x"], "z": r.get("z").cloned().unwrap_or(Value::Null), "carrier": r["carrier"]}))
+        .map(|r| {
+            Value::Object(
+                inputs
+                    .iter()
+                    .map(|c| (c.to_string(), r.get(*c).cloned().unwrap_or(Value::Null)))
+                    .collect(),
+            )
+        })
         .collect();
-    let server = sb.serve(&["gbdt-points:1"]);
+    let server = sb.serve(&[model]);
     let (status, body) = server.post(
         "/invocations",
         json!({ "dataframe_records": records }).to_string(),
@@ -146,6 +295,7 @@ fn gbdt_trains_reports_and_serves_identical_predictions() {
     for (s, e) in served.iter().zip(&expected) {
         assert_eq!(s.to_bits(), e.to_bits(), "served {s} vs trained {e}");
     }
+    server
 }
 
 #[test]

@@ -13,26 +13,37 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
     let p: LinearParams = params(ctx.step).map_err(EngineError::StepFailed)?;
     let loading = Instant::now();
     let train = weir_data::read_parquet(ctx.input("train"))?;
+    let valid = match ctx.inputs.get("valid") {
+        Some(path) => Some(weir_data::read_parquet(path)?),
+        None => None,
+    };
     let load_seconds = loading.elapsed().as_secs_f64();
     ctx.log.line(format!(
         "training on {} rows, target '{}'",
         train.num_rows(),
         p.target
     ));
-    let (linear, fit) = train_linear(&train, &p)?;
+    let (linear, fit) = train_linear(&train, valid.as_ref(), &p)?;
     ctx.log.line(format!(
-        "{:?} model: {} inputs -> {} weights, {} Newton iterations, loss {:.6}, {:.2}s",
+        "{:?} model: {} features -> {} weights ({} non-zero), {} Newton iterations (kept {}), loss {:.6}, {:.2}s",
         linear.task,
         linear.features.transforms.len(),
         linear.weights.len(),
+        fit.nonzero_weights,
         fit.iterations,
+        fit.best_iteration,
         fit.loss,
         fit.fit_seconds
     ));
     let model = Model::Linear(linear);
     let mut out = OpOutcome::default();
+    for (i, loss) in fit.valid_curve.iter().enumerate() {
+        out.metric_at("valid.loss", *loss, i as i64 + 1);
+    }
     out.metric("train.rows", fit.rows as f64);
     out.metric("train.iterations", fit.iterations as f64);
+    out.metric("train.best_iteration", fit.best_iteration as f64);
+    out.metric("train.nonzero_weights", fit.nonzero_weights as f64);
     out.metric("train.loss", fit.loss);
     out.metric("train.load_seconds", load_seconds);
     out.metric("train.fit_seconds", fit.fit_seconds);
@@ -40,9 +51,8 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
         "train.rows_per_second",
         fit.rows as f64 * fit.iterations as f64 / fit.fit_seconds.max(1e-9),
     );
-    if let Some(valid) = ctx.inputs.get("valid") {
-        let valid = weir_data::read_parquet(valid)?;
-        evaluate_valid(&model, &valid, &mut out)?;
+    if let Some(valid) = &valid {
+        evaluate_valid(&model, valid, &mut out)?;
     }
     finish(ctx, &model, out)
 }

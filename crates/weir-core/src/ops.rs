@@ -13,18 +13,20 @@ pub enum BuiltinOp {
     Split,
     TrainLinear,
     TrainGbdt,
+    TrainMlp,
     Evaluate,
     Register,
 }
 
 impl BuiltinOp {
-    pub const ALL: [BuiltinOp; 8] = [
+    pub const ALL: [BuiltinOp; 9] = [
         BuiltinOp::Ingest,
         BuiltinOp::Validate,
         BuiltinOp::Join,
         BuiltinOp::Split,
         BuiltinOp::TrainLinear,
         BuiltinOp::TrainGbdt,
+        BuiltinOp::TrainMlp,
         BuiltinOp::Evaluate,
         BuiltinOp::Register,
     ];
@@ -37,6 +39,7 @@ impl BuiltinOp {
             BuiltinOp::Split => "weir/split",
             BuiltinOp::TrainLinear => "weir/train-linear",
             BuiltinOp::TrainGbdt => "weir/train-gbdt",
+            BuiltinOp::TrainMlp => "weir/train-mlp",
             BuiltinOp::Evaluate => "weir/evaluate",
             BuiltinOp::Register => "weir/register",
         }
@@ -53,7 +56,7 @@ impl BuiltinOp {
             BuiltinOp::Validate => &["table"],
             BuiltinOp::Join => &["left", "right"],
             BuiltinOp::Split => &["table"],
-            BuiltinOp::TrainLinear | BuiltinOp::TrainGbdt => &["train"],
+            BuiltinOp::TrainLinear | BuiltinOp::TrainGbdt | BuiltinOp::TrainMlp => &["train"],
             BuiltinOp::Evaluate => &["model", "table"],
             BuiltinOp::Register => &["model"],
         }
@@ -62,10 +65,20 @@ impl BuiltinOp {
     /// Inputs the op understands, required or optional.
     pub fn known_inputs(self) -> &'static [&'static str] {
         match self {
-            BuiltinOp::TrainLinear | BuiltinOp::TrainGbdt => &["train", "valid"],
+            BuiltinOp::TrainLinear | BuiltinOp::TrainGbdt | BuiltinOp::TrainMlp => {
+                &["train", "valid"]
+            }
             BuiltinOp::Register => &["model", "metrics"],
             other => other.required_inputs(),
         }
+    }
+
+    /// Whether the op trains a model (and so may carry a `tune:` block).
+    pub fn trains(self) -> bool {
+        matches!(
+            self,
+            BuiltinOp::TrainLinear | BuiltinOp::TrainGbdt | BuiltinOp::TrainMlp
+        )
     }
 
     pub fn outputs(self) -> &'static [&'static str] {
@@ -74,7 +87,7 @@ impl BuiltinOp {
             BuiltinOp::Validate => &["table", "report"],
             BuiltinOp::Join => &["table"],
             BuiltinOp::Split => &["train", "valid", "test"],
-            BuiltinOp::TrainLinear | BuiltinOp::TrainGbdt => &["model"],
+            BuiltinOp::TrainLinear | BuiltinOp::TrainGbdt | BuiltinOp::TrainMlp => &["model"],
             BuiltinOp::Evaluate => &["metrics", "predictions"],
             BuiltinOp::Register => &[],
         }

@@ -799,7 +799,7 @@ fn build_step(
             line: Some(t.referenced.line()),
             field: field("tune"),
             message: "only built-in training ops can be tuned".into(),
-            hint: Some("use weir/train-gbdt or weir/train-linear".into()),
+            hint: Some("use weir/train-gbdt, weir/train-linear or weir/train-mlp".into()),
         });
     }
     if raw.preemptible == Some(true) && matches!(action, Action::Builtin(_)) {

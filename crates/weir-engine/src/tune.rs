@@ -105,10 +105,12 @@ struct RawAsha {
     reduction: Option<f64>,
 }
 
-/// The per-round metric each op reports to a scheduler.
-fn round_metric(op: BuiltinOp) -> Option<&'static str> {
+/// The per-round metric an op reports to a scheduler, and the option that
+/// caps its rounds (ASHA's resource) with that option's default.
+fn round_metric(op: BuiltinOp) -> Option<(&'static str, &'static str, i64)> {
     match op {
-        BuiltinOp::TrainGbdt => Some("valid.loss"),
+        BuiltinOp::TrainGbdt => Some(("valid.loss", "num_rounds", 500)),
+        BuiltinOp::TrainMlp => Some(("valid.loss", "epochs", 30)),
         _ => None,
     }
 }
@@ -171,7 +173,7 @@ impl TuneSpec {
                         raw_asha.kind
                     ));
                 }
-                let Some(metric) = round_metric(op) else {
+                let Some((metric, resource, default_resource)) = round_metric(op) else {
                     return Err(format!(
                         "tune.scheduler: {op} reports no per-round metric for ASHA to judge; use scheduler: none"
                     ));
@@ -185,9 +187,9 @@ impl TuneSpec {
                 }
                 let rounds = step
                     .with
-                    .get("num_rounds")
+                    .get(resource)
                     .and_then(Value::as_i64)
-                    .unwrap_or(500);
+                    .unwrap_or(default_resource);
                 Some(
                     Asha::new(
                         raw_asha.min_resource.unwrap_or(10),
@@ -225,6 +227,9 @@ fn known_option(op: BuiltinOp, name: &str) -> bool {
             BuiltinOp::TrainLinear => {
                 serde_json::from_value::<weir_ml::LinearParams>(Value::Object(with)).err()
             }
+            BuiltinOp::TrainMlp => {
+                serde_json::from_value::<weir_ml::MlpParams>(Value::Object(with)).err()
+            }
             _ => return false,
         };
         // Missing required fields are expected; an unknown one is the answer.
@@ -235,7 +240,7 @@ fn known_option(op: BuiltinOp, name: &str) -> bool {
 
 /// Checks a tuned step before the run starts.
 pub fn preflight(step: &Step, op: BuiltinOp) -> Result<(), String> {
-    if !matches!(op, BuiltinOp::TrainGbdt | BuiltinOp::TrainLinear) {
+    if !op.trains() {
         return Err(format!("{op} cannot be tuned; only training ops can"));
     }
     TuneSpec::parse(step, op).map(drop)
@@ -431,7 +436,10 @@ fn trial_task(
     for (k, v) in &trial.params {
         step.with.insert(k.clone(), v.to_json());
     }
-    if job.op == BuiltinOp::TrainGbdt && spec.parallel > 1 && !step.with.contains_key("threads") {
+    if matches!(job.op, BuiltinOp::TrainGbdt | BuiltinOp::TrainMlp)
+        && spec.parallel > 1
+        && !step.with.contains_key("threads")
+    {
         step.with.insert("threads".into(), json!(threads));
     }
     let outputs_dir = job

@@ -10,6 +10,7 @@ mod features;
 mod gbdt;
 mod linear;
 pub mod metrics;
+mod mlp;
 mod model;
 mod target;
 
@@ -20,6 +21,7 @@ pub use features::{
 };
 pub use gbdt::{train_gbdt, train_gbdt_reporting, GbdtModel, GbdtParams, GbdtReport};
 pub use linear::{train_linear, LinearModel, LinearParams};
+pub use mlp::{train_mlp, MlpModel, MlpParams, MlpReport};
 pub use model::{Model, Task};
 pub use target::Target;
 

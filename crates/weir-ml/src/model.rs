@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::features::{Frame, InputSpec};
 use crate::gbdt::GbdtModel;
 use crate::linear::LinearModel;
+use crate::mlp::MlpModel;
 use crate::{MlError, Result, Target};
 
 const FORMAT: &str = "weir-model";
@@ -24,6 +25,7 @@ pub enum Task {
 pub enum Model {
     Linear(LinearModel),
     Gbdt(GbdtModel),
+    Mlp(MlpModel),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -62,6 +64,7 @@ impl Model {
             Model::Linear(m) if m.task == Task::Classification => "logistic",
             Model::Linear(_) => "linear",
             Model::Gbdt(_) => "gbdt",
+            Model::Mlp(_) => "mlp",
         }
     }
 
@@ -69,6 +72,7 @@ impl Model {
         match self {
             Model::Linear(m) => m.task,
             Model::Gbdt(m) => m.task,
+            Model::Mlp(m) => m.task,
         }
     }
 
@@ -76,6 +80,7 @@ impl Model {
         match self {
             Model::Linear(m) => &m.target,
             Model::Gbdt(m) => &m.target,
+            Model::Mlp(m) => &m.target,
         }
     }
 
@@ -84,6 +89,7 @@ impl Model {
         match self {
             Model::Linear(m) => m.features.inputs(),
             Model::Gbdt(m) => m.inputs(),
+            Model::Mlp(m) => m.features.inputs(),
         }
     }
 
@@ -92,6 +98,7 @@ impl Model {
         match self {
             Model::Linear(m) => m.predict(frame),
             Model::Gbdt(m) => m.predict(frame),
+            Model::Mlp(m) => m.predict(frame),
         }
     }
 
@@ -99,6 +106,7 @@ impl Model {
         match self {
             Model::Linear(m) => m.predict(&m.features.frame(batch)?),
             Model::Gbdt(m) => m.predict(&m.frame(batch)?),
+            Model::Mlp(m) => m.predict(&m.features.frame(batch)?),
         }
     }
 

@@ -299,6 +299,60 @@ fn assert_served_bit_identical(
 }
 
 #[test]
+fn a_tuned_mlp_trains_on_fitted_transforms_and_serves_bit_identically() {
+    let sb = Sandbox::new();
+    sb.write("data/points.csv", &transform_points());
+    let train = r#"  train:
+    uses: weir/train-mlp
+    inputs: { train: split.train, valid: split.valid }
+    with:
+      target: "delay > 15"
+      exclude: [id, route]
+      transforms: { t: { datetime: [hour] }, z: { impute: mean } }
+      hidden: [16]
+      epochs: 12
+      batch_size: 64
+      schedule: cosine
+      warmup_epochs: 1
+      seed: 3
+    tune:
+      space:
+        learning_rate: loguniform(0.003, 0.03)
+        optimizer: choice(adam, sgd)
+      objective: { metric: valid.auc, goal: maximize }
+      trials: 4
+      parallel: 2
+      sampler: random
+      scheduler: { type: asha, min_resource: 3, reduction: 2 }
+"#;
+    let start = TRANSFORMS.find("  train:").unwrap();
+    let end = TRANSFORMS.find("  evaluate:").unwrap();
+    let pipeline = format!("{}{train}{}", &TRANSFORMS[..start], &TRANSFORMS[end..]);
+    sb.write("pipeline.yaml", &pipeline);
+    let out = sb.ok(&["run", "pipeline.yaml"]);
+    assert!(
+        out.contains("registered model transformed version 1"),
+        "{out}"
+    );
+    let run_id = latest_run(&sb);
+    let show = sb.json(&["runs", "show", &run_id]);
+    let m = &step(&show, "train")["metrics"];
+    assert!(m["valid.auc"].as_f64().unwrap() > 0.8, "{m}");
+    assert_eq!(m["tune.trials"], 4.0, "{m}");
+    for key in [
+        "train.best_iteration",
+        "train.parameters",
+        "train.rows_per_second",
+        "train.peak_memory_mb",
+    ] {
+        assert!(m[key].is_number(), "{key} missing: {m}");
+    }
+    let study = sb.json(&["study", "show", &run_id, "train"]);
+    assert_eq!(study["trials"].as_array().unwrap().len(), 4, "{study}");
+    assert_served_bit_identical(&sb, &show, "transformed:1", &["x", "z", "carrier", "t"]);
+}
+
+#[test]
 fn bad_gbdt_options_stop_the_run_before_it_starts() {
     let sb = Sandbox::new();
     sb.write("data/points.csv", &points());

@@ -149,6 +149,7 @@ pub fn run(op: BuiltinOp, ctx: &OpContext) -> Result<OpOutcome, EngineError> {
         BuiltinOp::Split => split::run(ctx),
         BuiltinOp::TrainLinear => train::run(ctx),
         BuiltinOp::TrainGbdt => train::run_gbdt(ctx),
+        BuiltinOp::TrainMlp => train::run_mlp(ctx),
         BuiltinOp::Evaluate => evaluate::run(ctx),
         BuiltinOp::Register => register::run(ctx),
     }
@@ -169,6 +170,7 @@ pub fn preflight(pipeline: &Pipeline) -> Result<(), SpecError> {
             BuiltinOp::Split => params::<weir_data::SplitSpec>(step).map(drop),
             BuiltinOp::TrainLinear => params::<weir_ml::LinearParams>(step).map(drop),
             BuiltinOp::TrainGbdt => params::<weir_ml::GbdtParams>(step).map(drop),
+            BuiltinOp::TrainMlp => params::<weir_ml::MlpParams>(step).map(drop),
             BuiltinOp::Evaluate => params::<evaluate::Params>(step).map(drop),
             BuiltinOp::Register => register::preflight(step),
         };

@@ -1,10 +1,13 @@
-//! `weir/train-linear` (linear or logistic regression) and `weir/train-gbdt`
-//! (gradient-boosted trees), with the feature transforms fitted on `train`
+//! `weir/train-linear` (linear or logistic regression), `weir/train-gbdt`
+//! (gradient-boosted trees) and `weir/train-mlp` (a small neural network), with the feature transforms fitted on `train`
 //! and saved inside the model file.
 
 use std::time::Instant;
 
-use weir_ml::{metrics, train_gbdt_reporting, train_linear, GbdtParams, LinearParams, Model};
+use weir_ml::{
+    metrics, train_gbdt_reporting, train_linear, train_mlp, GbdtParams, LinearParams, MlpParams,
+    Model,
+};
 
 use super::{params, OpContext, OpOutcome};
 use crate::EngineError;
@@ -103,6 +106,58 @@ pub(super) fn run_gbdt(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
     );
     out.metric("train.threads", fit.threads as f64);
     let model = Model::Gbdt(gbdt);
+    if let Some(valid) = &valid {
+        evaluate_valid(&model, valid, &mut out)?;
+    }
+    finish(ctx, &model, out)
+}
+
+pub(super) fn run_mlp(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
+    let p: MlpParams = params(ctx.step).map_err(EngineError::StepFailed)?;
+    let loading = Instant::now();
+    let train = weir_data::read_parquet(ctx.input("train"))?;
+    let valid = match ctx.inputs.get("valid") {
+        Some(path) => Some(weir_data::read_parquet(path)?),
+        None => None,
+    };
+    let load_seconds = loading.elapsed().as_secs_f64();
+    ctx.log.line(format!(
+        "training an MLP {:?} on {} rows, target '{}'",
+        p.hidden,
+        train.num_rows(),
+        p.target
+    ));
+    let report = ctx.report;
+    let (mlp, fit) = train_mlp(&train, valid.as_ref(), &p, &mut |epoch, loss| {
+        report.is_none_or(|r| r(epoch as i64, loss))
+    })?;
+    ctx.log.line(format!(
+        "{:?} model: {} features -> {} weights, {} of {} epochs kept, {} threads, fit {:.2}s",
+        mlp.task,
+        mlp.features.transforms.len(),
+        fit.parameters,
+        fit.best_epoch,
+        fit.epochs,
+        fit.threads,
+        fit.fit_seconds
+    ));
+    let mut out = OpOutcome::default();
+    for (epoch, loss) in fit.valid_curve.iter().enumerate() {
+        out.metric_at("valid.loss", *loss, epoch as i64 + 1);
+    }
+    out.metric("train.rows", fit.rows as f64);
+    out.metric("train.iterations", fit.epochs as f64);
+    out.metric("train.best_iteration", fit.best_epoch as f64);
+    out.metric("train.parameters", fit.parameters as f64);
+    out.metric("train.loss", fit.train_loss);
+    out.metric("train.load_seconds", load_seconds);
+    out.metric("train.fit_seconds", fit.fit_seconds);
+    out.metric(
+        "train.rows_per_second",
+        fit.rows as f64 * fit.epochs as f64 / fit.fit_seconds.max(1e-9),
+    );
+    out.metric("train.threads", fit.threads as f64);
+    let model = Model::Mlp(mlp);
     if let Some(valid) = &valid {
         evaluate_valid(&model, valid, &mut out)?;
     }

@@ -69,6 +69,23 @@ pub struct TuneBlock {
     /// Where the block starts, for errors found when it is read.
     pub line: u64,
     pub spec: Value,
+    /// CPU slots the executor reserves for the study when the step gives no
+    /// `resources.cpu`: one per trial running at once (`parallel`).
+    #[serde(default)]
+    pub reserve_cpu: Option<f64>,
+}
+
+impl Step {
+    /// What the step asks the executor for, given the machine's capacity: a
+    /// study's implicit request is capped by the machine, so `parallel: 8`
+    /// on 2 cores still runs (2 trials' worth of slots, 8 trials at once).
+    pub fn request(&self, capacity: &Resources) -> Resources {
+        let mut r = self.resources;
+        if let Some(cpu) = self.tune.as_ref().and_then(|t| t.reserve_cpu) {
+            r.cpu = cpu.min(capacity.cpu);
+        }
+        r
+    }
 }
 
 fn default_grace_ms() -> u64 {
@@ -884,6 +901,14 @@ fn build_step(
         tune: raw.tune.as_ref().map(|t| TuneBlock {
             line: t.referenced.line(),
             spec: t.value.clone(),
+            reserve_cpu: match raw.resources.as_ref().and_then(|r| r.value.cpu) {
+                Some(_) => None,
+                None => t
+                    .value
+                    .get("parallel")
+                    .and_then(Value::as_f64)
+                    .filter(|p| *p >= 1.0),
+            },
         }),
     })
 }
@@ -1201,6 +1226,50 @@ steps:
         );
         assert_eq!(p.steps[1].with["l2"], serde_json::json!(0.1));
         assert_eq!(p.steps[1].with["target"], serde_json::json!("late"));
+    }
+
+    #[test]
+    fn a_study_reserves_a_cpu_per_parallel_trial_unless_told_otherwise() {
+        let yaml = |resources: &str| {
+            format!(
+                r#"
+version: 1
+name: study
+steps:
+  train:
+    uses: weir/train-gbdt
+    inputs: {{ train: prep.data }}
+    with: {{ target: y, features: [x] }}
+    {resources}
+    tune: {{ space: {{ num_leaves: int(8, 64) }}, objective: {{ metric: valid.auc, goal: maximize }}, trials: 4, parallel: 3 }}
+  prep:
+    run: python prep.py
+    outputs: [data]
+"#
+            )
+        };
+        let machine = |cpu: f64| Resources {
+            cpu,
+            memory_bytes: 1 << 30,
+            gpu: 0,
+        };
+        let p = parse_ok(&yaml(""));
+        let train = p.steps.iter().find(|s| s.name == "train").unwrap();
+        assert_eq!(train.request(&machine(8.0)).cpu, 3.0);
+        assert_eq!(
+            train.request(&machine(2.0)).cpu,
+            2.0,
+            "capped by the machine"
+        );
+        let prep = p.steps.iter().find(|s| s.name == "prep").unwrap();
+        assert_eq!(prep.request(&machine(8.0)).cpu, 1.0);
+        let p = parse_ok(&yaml("resources: { cpu: 1 }"));
+        let train = p.steps.iter().find(|s| s.name == "train").unwrap();
+        assert_eq!(
+            train.request(&machine(8.0)).cpu,
+            1.0,
+            "an explicit request wins"
+        );
     }
 
     #[test]

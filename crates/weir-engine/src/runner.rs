@@ -330,7 +330,7 @@ async fn walk(
                 }
                 // Wait for slots before any work: gathering and hashing inputs
                 // would otherwise be repeated each time the loop comes round.
-                if !slots.fits(step.resources) {
+                if !slots.fits(step.request(&slots.capacity)) {
                     continue;
                 }
                 let mut inputs = BTreeMap::new();
@@ -388,7 +388,7 @@ async fn walk(
                         ),
                     }
                 };
-                let Some(gpus) = slots.try_take(&step.name, step.resources) else {
+                let Some(gpus) = slots.try_take(&step.name, step.request(&slots.capacity)) else {
                     continue;
                 };
                 ctx.store.start_step(&id, &start).await?;
@@ -667,7 +667,7 @@ fn check_capacity(pipeline: &Pipeline, capacity: Resources) -> Result<(), Engine
     let mut issues = Vec::new();
     let gib = |b: u64| format!("{:.1}GiB", b as f64 / (1u64 << 30) as f64);
     for step in &pipeline.steps {
-        let r = step.resources;
+        let r = step.request(&capacity);
         let mut push = |field: &str, message: String, hint: &str| {
             issues.push(SpecIssue {
                 line: Some(step.line),

@@ -237,6 +237,20 @@ struct Parzen<'a> {
     log_norm: Vec<Vec<f64>>,
     log_weights: Vec<f64>,
     n_obs: usize,
+    /// The density's hot loop reads flat arrays: per component, its log
+    /// weight plus every numeric normaliser, then per numeric dimension the
+    /// centre and 1/width, then per choice dimension the log probabilities.
+    flat: FlatDensity,
+}
+
+#[derive(Default)]
+struct FlatDensity {
+    numeric: Vec<usize>,
+    constant: Vec<f64>,
+    mu: Vec<f64>,
+    inv_sigma: Vec<f64>,
+    /// (dimension, values, per component × values log probabilities).
+    choices: Vec<(usize, usize, Vec<f64>)>,
 }
 
 const PRIOR_WEIGHT: f64 = 1.0;
@@ -315,6 +329,7 @@ impl<'a> Parzen<'a> {
             log_norm: Vec::new(),
             log_weights: Vec::new(),
             n_obs: n,
+            flat: FlatDensity::default(),
         };
         parzen.log_weights = parzen.weights.iter().map(|w| w.ln()).collect();
         parzen.log_norm = (0..parzen.weights.len())
@@ -325,8 +340,13 @@ impl<'a> Parzen<'a> {
                     .map(|(j, p)| match p.distribution.range() {
                         Some((lo, hi)) => {
                             let (mu, s) = parzen.kernel(c, j, lo, hi);
-                            let mass =
-                                (norm_cdf((hi - mu) / s) - norm_cdf((lo - mu) / s)).max(1e-300);
+                            let (upper, lower) = ((hi - mu) / s, (lo - mu) / s);
+                            // Both tails below 1e-19: the mass is 1.0 in f64.
+                            let mass = if upper > 9.0 && lower < -9.0 {
+                                1.0
+                            } else {
+                                (norm_cdf(upper) - norm_cdf(lower)).max(1e-300)
+                            };
                             -(s * (2.0 * std::f64::consts::PI).sqrt()).ln() - mass.ln()
                         }
                         None => 0.0,
@@ -334,7 +354,42 @@ impl<'a> Parzen<'a> {
                     .collect()
             })
             .collect();
+        parzen.flat = parzen.flatten();
         parzen
+    }
+
+    fn flatten(&self) -> FlatDensity {
+        let components = self.weights.len();
+        let mut flat = FlatDensity::default();
+        for (j, p) in self.params.iter().enumerate() {
+            match &p.distribution {
+                Distribution::Choice(values) => {
+                    let k = values.len();
+                    let mut table = Vec::with_capacity(components * k);
+                    for c in 0..components {
+                        table.extend(self.choice_probs(c, j, k).iter().map(|q| q.ln()));
+                    }
+                    flat.choices.push((j, k, table));
+                }
+                _ => flat.numeric.push(j),
+            }
+        }
+        let ranges: Vec<(f64, f64)> = flat
+            .numeric
+            .iter()
+            .map(|&j| self.params[j].distribution.range().expect("numeric"))
+            .collect();
+        for c in 0..components {
+            let mut constant = self.log_weights[c];
+            for (&j, &(lo, hi)) in flat.numeric.iter().zip(&ranges) {
+                let (mu, s) = self.kernel(c, j, lo, hi);
+                flat.mu.push(mu);
+                flat.inv_sigma.push(1.0 / s);
+                constant += self.log_norm[c][j];
+            }
+            flat.constant.push(constant);
+        }
+        flat
     }
 
     fn is_prior(&self, c: usize) -> bool {
@@ -398,21 +453,21 @@ impl<'a> Parzen<'a> {
     }
 
     fn log_pdf(&self, x: &[f64], terms: &mut Vec<f64>) -> f64 {
+        let f = &self.flat;
+        let m = f.numeric.len();
+        let point: Vec<f64> = f.numeric.iter().map(|&j| x[j]).collect();
         terms.clear();
-        for c in 0..self.weights.len() {
-            let mut lp = self.log_weights[c];
-            for (j, p) in self.params.iter().enumerate() {
-                lp += match &p.distribution {
-                    Distribution::Choice(values) => {
-                        self.choice_probs(c, j, values.len())[x[j] as usize].ln()
-                    }
-                    d => {
-                        let (lo, hi) = d.range().expect("numeric");
-                        let (mu, s) = self.kernel(c, j, lo, hi);
-                        let z = (x[j] - mu) / s;
-                        -0.5 * z * z + self.log_norm[c][j]
-                    }
-                };
+        for c in 0..f.constant.len() {
+            let mu = &f.mu[c * m..(c + 1) * m];
+            let inv = &f.inv_sigma[c * m..(c + 1) * m];
+            let mut sq = 0.0;
+            for ((xj, mj), ij) in point.iter().zip(mu).zip(inv) {
+                let z = (xj - mj) * ij;
+                sq += z * z;
+            }
+            let mut lp = f.constant[c] - 0.5 * sq;
+            for (j, k, table) in &f.choices {
+                lp += table[c * k + x[*j] as usize];
             }
             terms.push(lp);
         }
@@ -425,7 +480,14 @@ fn log_sum_exp(xs: &[f64]) -> f64 {
     if m == f64::NEG_INFINITY {
         return m;
     }
-    m + xs.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+    // Terms more than 709 below the largest add nothing to a sum of at
+    // least 1 (exp would underflow, slowly); far kernels are most terms.
+    m + xs
+        .iter()
+        .filter(|x| **x - m > -709.0)
+        .map(|x| (x - m).exp())
+        .sum::<f64>()
+        .ln()
 }
 
 /// Φ, the standard normal CDF, from erfc.

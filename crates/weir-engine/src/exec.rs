@@ -350,6 +350,7 @@ async fn run_step(
                 work,
                 outputs_dir: &outputs_dir,
                 log,
+                cache: Default::default(),
             })
             .await
             .inspect_err(|e| log.line(format!("error: {e}")))
@@ -386,6 +387,7 @@ async fn run_step(
                     step_run_id: &step_run_id,
                     lineage,
                     report: None,
+                    cache: None,
                 };
                 let result = ops::run(op, &ctx);
                 if let Err(e) = &result {

@@ -272,6 +272,8 @@ pub(crate) struct StudyJob<'a> {
     pub work: &'a Path,
     pub outputs_dir: &'a Path,
     pub log: &'a StepLog,
+    /// Shared by the study's trials: inputs read once, GBDT data binned once.
+    pub cache: Arc<crate::ops::StudyCache>,
 }
 
 fn state_name(s: TrialState) -> &'static str {
@@ -458,6 +460,7 @@ fn trial_task(
     let (run_id, step_run_id) = (job.run_id.to_string(), job.step_run_id.to_string());
     let log_path = job.log.path().to_path_buf();
     let (shared, asha, number) = (Arc::clone(shared), spec.asha.clone(), trial.number);
+    let cache = Arc::clone(&job.cache);
     Ok(move || {
         let pruned = AtomicBool::new(false);
         // A trial that panics is a failed trial; the study goes on.
@@ -485,6 +488,7 @@ fn trial_task(
                 step_run_id: &step_run_id,
                 lineage: None,
                 report: Some(&report),
+                cache: Some(&cache),
             };
             ops::run(op, &ctx)
         });

@@ -321,7 +321,115 @@ pub fn train_gbdt_reporting(
         .num_threads(threads)
         .build()
         .map_err(|e| MlError::invalid("with.threads", e.to_string()))?;
-    pool.install(|| train_in_pool(train, valid, params, threads, on_round))
+    pool.install(|| {
+        let data = GbdtData::prepare(train, valid, params)?;
+        boost(&data, params, threads, on_round)
+    })
+}
+
+/// [`train_gbdt_reporting`] on data already prepared (binned) with
+/// [`GbdtData::prepare`]: the trials of a study share one preparation.
+pub fn train_gbdt_prepared(
+    data: &GbdtData,
+    params: &GbdtParams,
+    on_round: &mut (dyn FnMut(usize, f64) -> bool + Send),
+) -> Result<(GbdtModel, GbdtReport)> {
+    check_params(params)?;
+    if data.key != GbdtData::key(params) {
+        return Err(MlError::invalid(
+            "with",
+            "the prepared data was binned for other target, feature or binning options",
+        ));
+    }
+    let threads = if params.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        params.threads
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| MlError::invalid("with.threads", e.to_string()))?;
+    pool.install(|| boost(data, params, threads, on_round))
+}
+
+/// Training rows binned once: labels, tree features, bin edges and the
+/// binned training (and validation) rows. Depends only on the options in
+/// [`GbdtData::key`], so trials that vary anything else can share it.
+pub struct GbdtData {
+    key: String,
+    y: Vec<f64>,
+    target: Target,
+    task: Task,
+    features: Vec<TreeFeature>,
+    binner: Binner,
+    bins: Vec<u8>,
+    valid: Option<(Vec<u8>, Vec<f64>)>,
+    bin_seconds: f64,
+}
+
+impl GbdtData {
+    /// The options that shape the prepared data.
+    pub fn key(p: &GbdtParams) -> String {
+        serde_json::json!([
+            p.target,
+            p.features,
+            p.categorical,
+            p.task,
+            p.max_bin,
+            p.max_categories,
+            p.seed
+        ])
+        .to_string()
+    }
+
+    pub fn prepare(
+        train: &RecordBatch,
+        valid: Option<&RecordBatch>,
+        params: &GbdtParams,
+    ) -> Result<GbdtData> {
+        check_params(params)?;
+        let started = Instant::now();
+        let (rows, y, target, task) =
+            labelled_task(train, &params.target, &params.features, params.task)?;
+        let features = fit_features(&rows, params)?;
+        let frame = frame_of(&features, &rows, "with.features")?;
+        let x = tree_inputs(&features, &frame)?;
+        let binner = Binner::fit(&x, features.len(), params.max_bin, params.seed);
+        for (j, f) in features.iter().enumerate() {
+            if binner.edges[j].is_empty() && binner.all_missing[j] {
+                return Err(MlError::invalid(
+                    format!("with.features.{}", f.name()),
+                    "the column is empty or all null in the training data",
+                ));
+            }
+        }
+        let bins = binner.bin(&x);
+        drop(x);
+        let valid = match valid {
+            Some(v) => {
+                let (vrows, vy) = crate::linear::labelled(v, &target)?;
+                if vy.is_empty() {
+                    None
+                } else {
+                    let vx = tree_inputs(&features, &frame_of(&features, &vrows, "valid")?)?;
+                    Some((binner.bin(&vx), vy))
+                }
+            }
+            None => None,
+        };
+        Ok(GbdtData {
+            key: GbdtData::key(params),
+            y,
+            target,
+            task,
+            features,
+            binner,
+            bins,
+            valid,
+            bin_seconds: started.elapsed().as_secs_f64(),
+        })
+    }
 }
 
 fn check_params(p: &GbdtParams) -> Result<()> {
@@ -368,49 +476,28 @@ fn check_params(p: &GbdtParams) -> Result<()> {
     Ok(())
 }
 
-fn train_in_pool(
-    train: &RecordBatch,
-    valid: Option<&RecordBatch>,
+fn boost(
+    data: &GbdtData,
     params: &GbdtParams,
     threads: usize,
     on_round: &mut (dyn FnMut(usize, f64) -> bool + Send),
 ) -> Result<(GbdtModel, GbdtReport)> {
     let started = Instant::now();
-    let (rows, y, target, task) =
-        labelled_task(train, &params.target, &params.features, params.task)?;
-    let features = fit_features(&rows, params)?;
-    let frame = frame_of(&features, &rows, "with.features")?;
-    let x = tree_inputs(&features, &frame)?;
-    let binner = Binner::fit(&x, features.len(), params.max_bin, params.seed);
-    for (j, f) in features.iter().enumerate() {
-        if binner.edges[j].is_empty() && binner.all_missing[j] {
-            return Err(MlError::invalid(
-                format!("with.features.{}", f.name()),
-                "the column is empty or all null in the training data",
-            ));
-        }
-    }
-    let bins = binner.bin(&x);
-    drop(x);
-    let valid_set = match valid {
-        Some(v) => {
-            let (vrows, vy) = crate::linear::labelled(v, &target)?;
-            if vy.is_empty() {
-                None
-            } else {
-                let vx = tree_inputs(&features, &frame_of(&features, &vrows, "valid")?)?;
-                Some((binner.bin(&vx), vy))
-            }
-        }
-        None => None,
-    };
-    let bin_seconds = started.elapsed().as_secs_f64();
-
-    let weights = class_weights(params, task, &y)?;
-    let base_score = base_score(task, &y, weights.as_deref());
-    let mut booster = Booster::new(&binner, &bins, params);
+    let GbdtData {
+        y,
+        task,
+        binner,
+        bins,
+        bin_seconds,
+        ..
+    } = data;
+    let (task, bin_seconds) = (*task, *bin_seconds);
+    let valid_set = data.valid.as_ref();
+    let weights = class_weights(params, task, y)?;
+    let base_score = base_score(task, y, weights.as_deref());
+    let mut booster = Booster::new(binner, bins, params);
     let mut scores = vec![base_score; y.len()];
-    let mut valid_scores = valid_set.as_ref().map(|(_, vy)| vec![base_score; vy.len()]);
+    let mut valid_scores = valid_set.map(|(_, vy)| vec![base_score; vy.len()]);
     let mut trees: Vec<Tree> = Vec::new();
     let mut curve = Vec::new();
     let mut best = (f64::INFINITY, 0usize);
@@ -418,9 +505,9 @@ fn train_in_pool(
     let mut grad = vec![0f32; y.len()];
     let mut hess = vec![0f32; y.len()];
     for round in 0..params.num_rounds {
-        gradients(task, &y, &scores, weights.as_deref(), &mut grad, &mut hess);
+        gradients(task, y, &scores, weights.as_deref(), &mut grad, &mut hess);
         let tree = booster.grow(&grad, &hess, &mut rng, &mut scores);
-        if let (Some((vbins, vy)), Some(vs)) = (&valid_set, valid_scores.as_mut()) {
+        if let (Some((vbins, vy)), Some(vs)) = (valid_set, valid_scores.as_mut()) {
             let width = binner.edges.len();
             vs.par_iter_mut().enumerate().for_each(|(r, s)| {
                 *s += tree.predict_binned(&vbins[r * width..(r + 1) * width]);
@@ -430,7 +517,7 @@ fn train_in_pool(
             if loss < best.0 - 1e-12 {
                 best = (loss, round + 1);
             }
-            trees.push(tree.finish(&binner));
+            trees.push(tree.finish(binner));
             if params.early_stopping_rounds > 0
                 && round + 1 - best.1 >= params.early_stopping_rounds
             {
@@ -440,7 +527,7 @@ fn train_in_pool(
                 break;
             }
         } else {
-            trees.push(tree.finish(&binner));
+            trees.push(tree.finish(binner));
             best.1 = round + 1;
         }
     }
@@ -451,15 +538,16 @@ fn train_in_pool(
         rounds,
         best_round: trees.len(),
         bin_seconds,
-        fit_seconds: started.elapsed().as_secs_f64(),
+        // As if alone: binning, shared or not, is part of a fit's cost.
+        fit_seconds: bin_seconds + started.elapsed().as_secs_f64(),
         valid_curve: curve,
-        train_loss: mean_loss(task, &y, &scores),
+        train_loss: mean_loss(task, y, &scores),
         threads,
     };
     let model = GbdtModel {
         task,
-        target,
-        features,
+        target: data.target.clone(),
+        features: data.features.clone(),
         base_score,
         trees,
     };
@@ -1188,6 +1276,33 @@ mod tests {
             report.valid_curve,
             seen.iter().map(|s| s.1).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn trials_sharing_prepared_data_train_the_models_they_would_alone() {
+        let (train, valid) = (table(2000, 7), table(500, 8));
+        let base = "{ target: 'delay > 15', features: [x, z, carrier], num_rounds: 30, threads: 1";
+        let data = GbdtData::prepare(&train, Some(&valid), &params(&format!("{base} }}"))).unwrap();
+        for extra in [
+            "",
+            ", learning_rate: 0.3, num_leaves: 4",
+            ", subsample: 0.7, colsample: 0.5",
+        ] {
+            let p = params(&format!("{base}{extra} }}"));
+            assert_eq!(
+                GbdtData::key(&p),
+                data.key,
+                "tuned options do not change the key"
+            );
+            let (alone, _) = train_gbdt(&train, Some(&valid), &p).unwrap();
+            let (shared, _) = train_gbdt_prepared(&data, &p, &mut |_, _| true).unwrap();
+            assert_eq!(alone, shared, "{extra}");
+        }
+        let other = params(&format!("{base}, max_bin: 16 }}"));
+        let err = train_gbdt_prepared(&data, &other, &mut |_, _| true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("binned for other"), "{err}");
     }
 
     #[test]

@@ -19,7 +19,10 @@ pub use features::{
     parse_datetime, Column, ColumnSpec, DatePart, Encoder, FeaturePipeline, FeatureTransform,
     Frame, InputKind, InputSpec, Unknown,
 };
-pub use gbdt::{train_gbdt, train_gbdt_reporting, GbdtModel, GbdtParams, GbdtReport};
+pub use gbdt::{
+    train_gbdt, train_gbdt_prepared, train_gbdt_reporting, GbdtData, GbdtModel, GbdtParams,
+    GbdtReport,
+};
 pub use linear::{train_linear, LinearModel, LinearParams};
 pub use mlp::{train_mlp, MlpModel, MlpParams, MlpReport};
 pub use model::{Model, Task};

@@ -14,11 +14,12 @@ mod split;
 mod train;
 mod validate;
 
-use std::collections::BTreeMap;
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
 use weir_core::ops::BuiltinOp;
@@ -43,6 +44,45 @@ pub struct OpContext<'a> {
     /// In a study: hears each round's validation loss, and answers whether
     /// the trial should go on (ASHA's decision).
     pub report: Option<&'a (dyn Fn(i64, f64) -> bool + Sync)>,
+    /// In a study: what its trials share (inputs read once, data binned once).
+    pub cache: Option<&'a StudyCache>,
+}
+
+type Slot = Arc<Mutex<Option<Arc<dyn Any + Send + Sync>>>>;
+
+/// Values a study's trials compute once and share, keyed by what shaped
+/// them. A trial asking for a value another trial is computing waits for
+/// it; a computation that fails is not kept, so the next trial tries again.
+#[derive(Default)]
+pub struct StudyCache {
+    slots: Mutex<HashMap<String, Slot>>,
+}
+
+impl StudyCache {
+    pub fn get_or_try<T: Any + Send + Sync, E>(
+        &self,
+        key: &str,
+        make: impl FnOnce() -> Result<T, E>,
+    ) -> Result<Arc<T>, E> {
+        let slot = Arc::clone(
+            self.slots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(key.to_string())
+                .or_default(),
+        );
+        // A trial that panicked while computing left nothing behind.
+        let mut value = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(shared) = value
+            .as_ref()
+            .and_then(|v| Arc::clone(v).downcast::<T>().ok())
+        {
+            return Ok(shared);
+        }
+        let made = Arc::new(make()?);
+        *value = Some(Arc::clone(&made) as Arc<dyn Any + Send + Sync>);
+        Ok(made)
+    }
 }
 
 impl OpContext<'_> {
@@ -200,4 +240,35 @@ pub fn preflight(pipeline: &Pipeline) -> Result<(), SpecError> {
         }
     }
     SpecError::check(&pipeline.file, issues)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StudyCache;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_study_cache_computes_once_and_forgets_failures() {
+        let cache = StudyCache::default();
+        let calls = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    let v = cache
+                        .get_or_try("k", || {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                            Ok::<_, String>(42u32)
+                        })
+                        .unwrap();
+                    assert_eq!(*v, 42);
+                });
+            }
+        });
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let failed: Result<std::sync::Arc<u32>, String> =
+            cache.get_or_try("f", || Err("no".into()));
+        assert_eq!(failed.unwrap_err(), "no");
+        assert_eq!(*cache.get_or_try("f", || Ok::<_, String>(7u32)).unwrap(), 7);
+    }
 }

@@ -2,11 +2,13 @@
 //! (gradient-boosted trees) and `weir/train-mlp` (a small neural network), with the feature transforms fitted on `train`
 //! and saved inside the model file.
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use arrow::record_batch::RecordBatch;
 use weir_ml::{
-    metrics, train_gbdt_reporting, train_linear, train_mlp, GbdtParams, LinearParams, MlpParams,
-    Model,
+    metrics, train_gbdt_prepared, train_linear, train_mlp, GbdtData, GbdtParams, LinearParams,
+    MlpParams, Model,
 };
 
 use super::{params, OpContext, OpOutcome};
@@ -15,18 +17,14 @@ use crate::EngineError;
 pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
     let p: LinearParams = params(ctx.step).map_err(EngineError::StepFailed)?;
     let loading = Instant::now();
-    let train = weir_data::read_parquet(ctx.input("train"))?;
-    let valid = match ctx.inputs.get("valid") {
-        Some(path) => Some(weir_data::read_parquet(path)?),
-        None => None,
-    };
+    let (train, valid) = read_inputs(ctx)?;
     let load_seconds = loading.elapsed().as_secs_f64();
     ctx.log.line(format!(
         "training on {} rows, target '{}'",
         train.num_rows(),
         p.target
     ));
-    let (linear, fit) = train_linear(&train, valid.as_ref(), &p)?;
+    let (linear, fit) = train_linear(&train, valid.as_deref(), &p)?;
     ctx.log.line(format!(
         "{:?} model: {} features -> {} weights ({} non-zero), {} Newton iterations (kept {}), loss {:.6}, {:.2}s",
         linear.task,
@@ -54,7 +52,7 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
         "train.rows_per_second",
         fit.rows as f64 * fit.iterations as f64 / fit.fit_seconds.max(1e-9),
     );
-    if let Some(valid) = &valid {
+    if let Some(valid) = valid.as_deref() {
         evaluate_valid(&model, valid, &mut out)?;
     }
     finish(ctx, &model, out)
@@ -63,21 +61,23 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
 pub(super) fn run_gbdt(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
     let p: GbdtParams = params(ctx.step).map_err(EngineError::StepFailed)?;
     let loading = Instant::now();
-    let train = weir_data::read_parquet(ctx.input("train"))?;
-    let valid = match ctx.inputs.get("valid") {
-        Some(path) => Some(weir_data::read_parquet(path)?),
-        None => None,
-    };
+    let (train, valid) = read_inputs(ctx)?;
     let load_seconds = loading.elapsed().as_secs_f64();
     ctx.log.line(format!(
         "training gradient-boosted trees on {} rows, target '{}'",
         train.num_rows(),
         p.target
     ));
+    let prepare = || GbdtData::prepare(&train, valid.as_deref(), &p);
+    let data = match ctx.cache {
+        Some(cache) => cache.get_or_try(&format!("gbdt-data:{}", GbdtData::key(&p)), prepare)?,
+        None => Arc::new(prepare()?),
+    };
     let report = ctx.report;
-    let (gbdt, fit) = train_gbdt_reporting(&train, valid.as_ref(), &p, &mut |round, loss| {
+    let (gbdt, fit) = train_gbdt_prepared(&data, &p, &mut |round, loss| {
         report.is_none_or(|r| r(round as i64, loss))
     })?;
+    drop(data);
     ctx.log.line(format!(
         "{:?} model: {} inputs, {} of {} rounds kept, {} threads, binning {:.2}s, fit {:.2}s",
         gbdt.task,
@@ -106,7 +106,7 @@ pub(super) fn run_gbdt(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
     );
     out.metric("train.threads", fit.threads as f64);
     let model = Model::Gbdt(gbdt);
-    if let Some(valid) = &valid {
+    if let Some(valid) = valid.as_deref() {
         evaluate_valid(&model, valid, &mut out)?;
     }
     finish(ctx, &model, out)
@@ -115,11 +115,7 @@ pub(super) fn run_gbdt(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
 pub(super) fn run_mlp(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
     let p: MlpParams = params(ctx.step).map_err(EngineError::StepFailed)?;
     let loading = Instant::now();
-    let train = weir_data::read_parquet(ctx.input("train"))?;
-    let valid = match ctx.inputs.get("valid") {
-        Some(path) => Some(weir_data::read_parquet(path)?),
-        None => None,
-    };
+    let (train, valid) = read_inputs(ctx)?;
     let load_seconds = loading.elapsed().as_secs_f64();
     ctx.log.line(format!(
         "training an MLP {:?} on {} rows, target '{}'",
@@ -128,7 +124,7 @@ pub(super) fn run_mlp(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
         p.target
     ));
     let report = ctx.report;
-    let (mlp, fit) = train_mlp(&train, valid.as_ref(), &p, &mut |epoch, loss| {
+    let (mlp, fit) = train_mlp(&train, valid.as_deref(), &p, &mut |epoch, loss| {
         report.is_none_or(|r| r(epoch as i64, loss))
     })?;
     ctx.log.line(format!(
@@ -158,10 +154,31 @@ pub(super) fn run_mlp(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
     );
     out.metric("train.threads", fit.threads as f64);
     let model = Model::Mlp(mlp);
-    if let Some(valid) = &valid {
+    if let Some(valid) = valid.as_deref() {
         evaluate_valid(&model, valid, &mut out)?;
     }
     finish(ctx, &model, out)
+}
+
+type Inputs = (Arc<RecordBatch>, Option<Arc<RecordBatch>>);
+
+/// The `train` and optional `valid` tables; in a study, read once for all
+/// its trials.
+fn read_inputs(ctx: &OpContext) -> Result<Inputs, EngineError> {
+    let read = |name: &str| -> Result<Option<Arc<RecordBatch>>, EngineError> {
+        let Some(path) = ctx.inputs.get(name) else {
+            return Ok(None);
+        };
+        let load = || weir_data::read_parquet(path);
+        Ok(Some(match ctx.cache {
+            Some(cache) => cache.get_or_try(&format!("input:{}", path.display()), load)?,
+            None => Arc::new(load()?),
+        }))
+    };
+    Ok((
+        read("train")?.expect("train is a required input"),
+        read("valid")?,
+    ))
 }
 
 fn evaluate_valid(

@@ -621,6 +621,22 @@ fn build_step(
         }
     }
 
+    let tune = raw
+        .tune
+        .as_ref()
+        .and_then(|t| match substitute(&t.value, &scope) {
+            Ok(spec) => Some((t.referenced.line(), spec)),
+            Err(m) => {
+                issues.push(SpecIssue {
+                    line: Some(t.referenced.line()),
+                    field: field("tune"),
+                    message: m,
+                    hint: Some(param_hint(params)),
+                });
+                None
+            }
+        });
+
     let mut env = BTreeMap::new();
     for (key, value) in &raw.env {
         match substitute_str(&value.value, &scope) {
@@ -898,17 +914,16 @@ fn build_step(
         resources,
         preemptible: raw.preemptible.unwrap_or(false),
         grace_ms,
-        tune: raw.tune.as_ref().map(|t| TuneBlock {
-            line: t.referenced.line(),
-            spec: t.value.clone(),
+        tune: tune.map(|(line, spec)| TuneBlock {
+            line,
             reserve_cpu: match raw.resources.as_ref().and_then(|r| r.value.cpu) {
                 Some(_) => None,
-                None => t
-                    .value
+                None => spec
                     .get("parallel")
                     .and_then(Value::as_f64)
                     .filter(|p| *p >= 1.0),
             },
+            spec,
         }),
     })
 }
@@ -1269,6 +1284,34 @@ steps:
             train.request(&machine(8.0)).cpu,
             1.0,
             "an explicit request wins"
+        );
+    }
+
+    #[test]
+    fn params_are_substituted_inside_tune_blocks() {
+        let yaml = r#"
+version: 1
+name: study
+params: { trials: 12, seed: 3 }
+steps:
+  train:
+    uses: weir/train-gbdt
+    inputs: { train: prep.data }
+    with: { target: y, features: [x] }
+    tune: { space: { num_leaves: int(8, 64) }, objective: { metric: valid.auc, goal: maximize }, trials: "${{ params.trials }}", seed: "${{ params.seed }}" }
+  prep:
+    run: python prep.py
+    outputs: [data]
+"#;
+        let p = parse(Path::new("p.yaml"), yaml, &[("seed".into(), "9".into())]).unwrap();
+        let train = p.steps.iter().find(|s| s.name == "train").unwrap();
+        let spec = &train.tune.as_ref().unwrap().spec;
+        assert_eq!(spec["trials"], serde_json::json!(12));
+        assert_eq!(spec["seed"], serde_json::json!(9));
+        let err = parse_err(&yaml.replace("params.seed", "params.sead"));
+        assert!(
+            err.contains("steps.train.tune") && err.contains("sead"),
+            "{err}"
         );
     }
 

@@ -27,7 +27,7 @@ weir_fit = m["weir_gbdt:train.fit_seconds"]
 lgb_fit = m["lightgbm:lightgbm.fit_seconds"]
 print(json.dumps({
     "script": "gbdt_vs_lightgbm", "threads": int(sys.argv[2]), "train_rows": int(m["weir_gbdt:train.rows"]),
-    "weir": {"fit_s": round(weir_fit, 2), "test_auc": round(m["weir_test:test.auc"], 4),
+    "weir": {"fit_s": round(weir_fit, 2), "bin_s": round(m["weir_gbdt:train.bin_seconds"], 2), "test_auc": round(m["weir_test:test.auc"], 4),
              "valid_auc": round(m["weir_gbdt:valid.auc"], 4),
              "rounds": int(m["weir_gbdt:train.iterations"]), "best_round": int(m["weir_gbdt:train.best_iteration"]),
              "peak_memory_mb": round(m.get("weir_gbdt:train.peak_memory_mb", 0), 1)},

@@ -18,7 +18,7 @@ use rand::SeedableRng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::features::{read_frame, text_values, Column, Frame, InputKind, InputSpec};
+use crate::features::{numeric_values, read_frame, Column, Frame, InputKind, InputSpec};
 use crate::linear::{labelled_task, sigmoid};
 use crate::model::Task;
 use crate::{MlError, Result, Target};
@@ -280,6 +280,66 @@ fn tree_inputs(features: &[TreeFeature], frame: &Frame) -> Result<Vec<f64>> {
     Ok(out)
 }
 
+/// Only the columns training reads (the target's and the features), so
+/// selecting the labelled rows copies nothing else. Unknown names are left
+/// for the callers to report.
+fn used_columns(batch: &RecordBatch, params: &GbdtParams) -> Result<RecordBatch> {
+    let target = Target::parse(&params.target)?;
+    let schema = batch.schema();
+    let keep: Vec<usize> = (0..schema.fields().len())
+        .filter(|&i| {
+            let name = schema.field(i).name();
+            *name == target.column || params.features.contains(name)
+        })
+        .collect();
+    Ok(batch.project(&keep)?)
+}
+
+/// The column as UTF-8 texts, borrowed from Arrow (no string per row).
+fn utf8(col: &dyn arrow::array::Array) -> Result<arrow::array::StringArray> {
+    let cast = arrow::compute::cast(col, &arrow::datatypes::DataType::Utf8)?;
+    Ok(cast
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .expect("utf8")
+        .clone())
+}
+
+/// [`tree_inputs`] straight from a batch, as training reads it: the same
+/// numbers and codes, without turning every text cell into a `String`.
+fn batch_tree_inputs(
+    features: &[TreeFeature],
+    batch: &RecordBatch,
+    what: &str,
+) -> Result<Vec<f64>> {
+    let width = features.len();
+    let rows = batch.num_rows();
+    let mut out = vec![f64::NAN; rows * width];
+    for (j, f) in features.iter().enumerate() {
+        let col = weir_data::column(batch, f.name(), what)?;
+        match f {
+            TreeFeature::Numeric { .. } => {
+                for (r, x) in numeric_values(col.as_ref())?.into_iter().enumerate() {
+                    out[r * width + j] = x;
+                }
+            }
+            TreeFeature::Category { categories, .. } => {
+                let codes: HashMap<&str, f64> = categories
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.as_str(), i as f64))
+                    .collect();
+                for (r, x) in utf8(col.as_ref())?.iter().enumerate() {
+                    if let Some(&code) = x.and_then(|s| codes.get(s)) {
+                        out[r * width + j] = code;
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// What training measured, reported as metrics.
 #[derive(Clone, Debug, Default)]
 pub struct GbdtReport {
@@ -390,11 +450,11 @@ impl GbdtData {
     ) -> Result<GbdtData> {
         check_params(params)?;
         let started = Instant::now();
+        let train = &used_columns(train, params)?;
         let (rows, y, target, task) =
             labelled_task(train, &params.target, &params.features, params.task)?;
         let features = fit_features(&rows, params)?;
-        let frame = frame_of(&features, &rows, "with.features")?;
-        let x = tree_inputs(&features, &frame)?;
+        let x = batch_tree_inputs(&features, &rows, "with.features")?;
         let binner = Binner::fit(&x, features.len(), params.max_bin, params.seed);
         for (j, f) in features.iter().enumerate() {
             if binner.edges[j].is_empty() && binner.all_missing[j] {
@@ -408,11 +468,11 @@ impl GbdtData {
         drop(x);
         let valid = match valid {
             Some(v) => {
-                let (vrows, vy) = crate::linear::labelled(v, &target)?;
+                let (vrows, vy) = crate::linear::labelled(&used_columns(v, params)?, &target)?;
                 if vy.is_empty() {
                     None
                 } else {
-                    let vx = tree_inputs(&features, &frame_of(&features, &vrows, "valid")?)?;
+                    let vx = batch_tree_inputs(&features, &vrows, "valid")?;
                     Some((binner.bin(&vx), vy))
                 }
             }
@@ -582,7 +642,7 @@ fn fit_features(batch: &RecordBatch, params: &GbdtParams) -> Result<Vec<TreeFeat
             out.push(TreeFeature::Numeric { name: name.clone() });
             continue;
         }
-        let text = text_values(col.as_ref())?;
+        let text = utf8(col.as_ref())?;
         let mut counts: HashMap<&str, usize> = HashMap::new();
         for v in text.iter().flatten() {
             *counts.entry(v).or_default() += 1;

@@ -611,40 +611,42 @@ impl Store {
 
     /// Creates a run and returns it as written (no read-back).
     pub async fn create_tracking_run(&self, run: &NewTrackingRun) -> Result<TrackingRun> {
-        let row = sqlx::query(
-            "SELECT artifact_location, lifecycle_stage FROM experiments WHERE experiment_id = $1",
-        )
-        .bind(run.experiment_id)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(|| experiment_not_found(run.experiment_id))?;
-        let location: String = row.try_get("artifact_location")?;
-        let stage: String = row.try_get("lifecycle_stage")?;
-        if stage != ACTIVE {
-            return Err(StoreError::Invalid(format!(
-                "experiment {} is deleted; restore it before creating runs in it",
-                run.experiment_id
-            )));
-        }
-        let artifact_uri = format!(
-            "{}/{}/artifacts",
-            location.trim_end_matches('/'),
-            run.run_id
-        );
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        // One statement checks the experiment and inserts the run (a request
+        // is a handful of round trips to the database thread; each one counts).
+        let created = sqlx::query(
             "INSERT INTO tracking_runs (run_id, experiment_id, name, user_id, status, start_time, \
-             end_time, lifecycle_stage, artifact_uri) VALUES ($1, $2, $3, $4, 'RUNNING', $5, NULL, $6, $7)",
+             end_time, lifecycle_stage, artifact_uri) \
+             SELECT $1, experiment_id, $2, $3, 'RUNNING', $4, NULL, $5, \
+             rtrim(artifact_location, '/') || '/' || $1 || '/artifacts' \
+             FROM experiments WHERE experiment_id = $6 AND lifecycle_stage = $5 \
+             RETURNING artifact_uri",
         )
         .bind(&run.run_id)
-        .bind(run.experiment_id)
         .bind(&run.name)
         .bind(&run.user_id)
         .bind(run.start_time)
         .bind(ACTIVE)
-        .bind(&artifact_uri)
-        .execute(&mut *tx)
+        .bind(run.experiment_id)
+        .fetch_optional(&mut *tx)
         .await?;
+        let Some(created) = created else {
+            drop(tx);
+            let stage: Option<String> = sqlx::query_scalar(
+                "SELECT lifecycle_stage FROM experiments WHERE experiment_id = $1",
+            )
+            .bind(run.experiment_id)
+            .fetch_optional(&self.pool)
+            .await?;
+            return Err(match stage {
+                None => experiment_not_found(run.experiment_id),
+                Some(_) => StoreError::Invalid(format!(
+                    "experiment {} is deleted; restore it before creating runs in it",
+                    run.experiment_id
+                )),
+            });
+        };
+        let artifact_uri: String = created.try_get("artifact_uri")?;
         let mut tags: BTreeMap<String, String> = run.tags.iter().cloned().collect();
         // The name and its tag are one thing, as in MLflow.
         tags.insert("mlflow.runName".into(), run.name.clone());

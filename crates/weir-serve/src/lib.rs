@@ -8,6 +8,7 @@
 //! artifact store, verified, loaded and warmed up; only then is it ready.
 
 mod error;
+mod metrics;
 mod payload;
 mod routes;
 
@@ -72,6 +73,7 @@ pub(crate) struct AppState {
     pub primary: String,
     ready: AtomicBool,
     pub max_body_bytes: usize,
+    pub metrics: metrics::Metrics,
 }
 
 impl AppState {
@@ -188,6 +190,7 @@ pub async fn serve(
         primary: resolved.first().map(|(n, _)| n.clone()).unwrap_or_default(),
         ready: AtomicBool::new(false),
         max_body_bytes: options.max_body_bytes,
+        metrics: metrics::Metrics::new(),
     });
     let listener = tokio::net::TcpListener::bind(&options.addr)
         .await
@@ -215,6 +218,7 @@ pub async fn serve(
             loaded.model.kind(),
             loaded.inputs.len()
         );
+        state.metrics.loaded(name, *version);
         let mut map = state.models.write().expect("models lock");
         let versions = map.entry(name.clone()).or_default();
         versions.push(Arc::new(loaded));

@@ -2,6 +2,7 @@
 //! signature check and the same model call, and differ only in their shapes.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -13,6 +14,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use weir_ml::{InputKind, Task};
 
+use crate::metrics::Observation;
 use crate::payload::{self, Columns};
 use crate::{AppState, Loaded, ServeError};
 
@@ -47,6 +49,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             post(infer_version),
         )
         .route("/invocations", post(invocations))
+        .route("/metrics", get(metrics))
         .route("/ping", get(ping))
         .route("/health", get(ping))
         .fallback(|| async {
@@ -108,6 +111,54 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes
 fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ServeError> {
     serde_json::from_slice(bytes)
         .map_err(|e| ServeError::BadRequest(format!("malformed JSON body: {e}")))
+}
+
+async fn metrics(State(s): Shared) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+/// One inference request being timed; what it learns (the version that
+/// answered, the rows scored) is filled in as the handler goes.
+struct Timed {
+    started: Instant,
+    protocol: &'static str,
+    model: String,
+    version: String,
+    rows: Option<usize>,
+}
+
+impl Timed {
+    fn start(protocol: &'static str, model: &str) -> Timed {
+        Timed {
+            started: Instant::now(),
+            protocol,
+            model: model.to_string(),
+            version: String::new(),
+            rows: None,
+        }
+    }
+
+    fn answered_by(&mut self, loaded: &Loaded) {
+        self.version = loaded.version.to_string();
+    }
+
+    fn finish(self, s: &AppState, status: StatusCode) {
+        s.metrics.observe(Observation {
+            model: &self.model,
+            version: &self.version,
+            protocol: self.protocol,
+            code: status.as_u16(),
+            elapsed: self.started.elapsed(),
+            rows: self.rows,
+        });
+    }
 }
 
 async fn server_metadata() -> Json<Value> {
@@ -236,7 +287,24 @@ async fn run_infer(
     version: Option<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, OipError> {
-    let loaded = ready_model(&s, &name, version.as_deref())?;
+    let mut timed = Timed::start("v2", &name);
+    let result = score_infer(&s, &name, version.as_deref(), body, &mut timed).await;
+    let status = result
+        .as_ref()
+        .map_or_else(|e| e.0.status(), |_| StatusCode::OK);
+    timed.finish(&s, status);
+    result
+}
+
+async fn score_infer(
+    s: &AppState,
+    name: &str,
+    version: Option<&str>,
+    body: Result<Bytes, BytesRejection>,
+    timed: &mut Timed,
+) -> Result<Json<Value>, OipError> {
+    let loaded = ready_model(s, name, version)?;
+    timed.answered_by(&loaded);
     let bytes = body_bytes(body, s.max_body_bytes)?;
     let request: payload::OipRequest = parse_json(&bytes)?;
     let requested: Option<Vec<String>> = request
@@ -260,6 +328,7 @@ async fn run_infer(
     let columns = payload::oip_columns(&request)?;
     let scores = predict(loaded.clone(), columns).await?;
     let n = scores.len();
+    timed.rows = Some(n);
     let outputs: Vec<Value> = available
         .iter()
         .filter(|(out, _)| {
@@ -294,6 +363,21 @@ async fn invocations(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, MlflowError> {
+    let mut timed = Timed::start("invocations", &s.primary);
+    let result = score_invocations(&s, &headers, body, &mut timed).await;
+    let status = result
+        .as_ref()
+        .map_or_else(|e| e.0.status(), |_| StatusCode::OK);
+    timed.finish(&s, status);
+    result
+}
+
+async fn score_invocations(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    timed: &mut Timed,
+) -> Result<Json<Value>, MlflowError> {
     if let Some(ct) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -302,11 +386,13 @@ async fn invocations(
             return Err(ServeError::UnsupportedMediaType(ct.to_string()).into());
         }
     }
-    let loaded = ready_model(&s, &s.primary, None)?;
+    let loaded = ready_model(s, &s.primary, None)?;
+    timed.answered_by(&loaded);
     let bytes = body_bytes(body, s.max_body_bytes)?;
     let request: Value = parse_json(&bytes)?;
     let columns = payload::mlflow_columns(&request)?;
     let scores = predict(loaded.clone(), columns).await?;
+    timed.rows = Some(scores.len());
     let predictions: Vec<Value> = match loaded.model.task() {
         Task::Classification => scores
             .iter()

@@ -231,6 +231,45 @@ fn fitted_transforms_are_saved_in_the_model_and_served_bit_identically() {
         "{body}"
     );
 
+    // /metrics counts both requests by status, and the rows the good one scored.
+    let metrics = server
+        .client
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let value = |series: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+            .parse::<f64>()
+            .unwrap()
+    };
+    let labels = r#"model="transformed",version="1",protocol="invocations""#;
+    assert_eq!(
+        value(&format!(
+            "weir_serve_requests_total{{{labels},code=\"200\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(
+        value(&format!(
+            "weir_serve_requests_total{{{labels},code=\"400\"}}"
+        )),
+        1.0
+    );
+    let version = r#"{model="transformed",version="1"}"#;
+    assert_eq!(
+        value(&format!(
+            "weir_serve_request_duration_seconds_count{version}"
+        )),
+        2.0
+    );
+    assert_eq!(value(&format!("weir_serve_batch_rows_count{version}")), 1.0);
+    assert_eq!(value(&format!("weir_serve_model_loaded{version}")), 1.0);
+
     // A bad transform fails the step, naming its field.
     sb.write(
         "pipeline.yaml",

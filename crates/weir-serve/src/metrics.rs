@@ -1,0 +1,121 @@
+//! `/metrics` in Prometheus text format: per model and version, requests by
+//! protocol and status, their latency, and the rows each request scored.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    model: String,
+    version: String,
+    /// `v2` (Open Inference Protocol) or `invocations` (MLflow).
+    protocol: String,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    model: String,
+    version: String,
+}
+
+/// One request's outcome, as the handlers report it.
+pub(crate) struct Observation<'a> {
+    pub model: &'a str,
+    /// Empty when the request never reached a version (an unknown model).
+    pub version: &'a str,
+    pub protocol: &'static str,
+    pub code: u16,
+    pub elapsed: Duration,
+    /// Rows scored; none when the request failed before scoring.
+    pub rows: Option<usize>,
+}
+
+pub(crate) struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<VersionLabels, Histogram>,
+    rows: Family<VersionLabels, Histogram>,
+    loaded: Family<VersionLabels, Gauge>,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("weir_serve");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Inference requests by model, version, protocol and HTTP status",
+            requests.clone(),
+        );
+        // 25 µs to ~0.8 s: the model call alone is microseconds for one row.
+        let latency = Family::<VersionLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(25e-6, 2.0, 16))
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to response, scoring included",
+            latency.clone(),
+        );
+        let rows = Family::<VersionLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(1.0, 4.0, 10))
+        });
+        registry.register("batch_rows", "Rows scored per request", rows.clone());
+        let loaded = Family::<VersionLabels, Gauge>::default();
+        registry.register(
+            "model_loaded",
+            "1 for each model version loaded and warmed up",
+            loaded.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            rows,
+            loaded,
+        }
+    }
+
+    pub(crate) fn loaded(&self, model: &str, version: i64) {
+        self.loaded
+            .get_or_create(&VersionLabels {
+                model: model.to_string(),
+                version: version.to_string(),
+            })
+            .set(1);
+    }
+
+    pub(crate) fn observe(&self, o: Observation) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                model: o.model.to_string(),
+                version: o.version.to_string(),
+                protocol: o.protocol.to_string(),
+                code: o.code,
+            })
+            .inc();
+        let version = VersionLabels {
+            model: o.model.to_string(),
+            version: o.version.to_string(),
+        };
+        self.latency
+            .get_or_create(&version)
+            .observe(o.elapsed.as_secs_f64());
+        if let Some(rows) = o.rows {
+            self.rows.get_or_create(&version).observe(rows as f64);
+        }
+    }
+
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

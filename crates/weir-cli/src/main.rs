@@ -102,6 +102,12 @@ enum Command {
         /// Largest request body accepted, in bytes
         #[arg(long, env = "WEIR_SERVE_MAX_BODY_BYTES", default_value_t = 16 << 20)]
         max_body_bytes: usize,
+        /// Inference requests answered at once; more get 429 Too Many Requests
+        #[arg(long, env = "WEIR_SERVE_MAX_CONCURRENCY", default_value_t = 256)]
+        max_concurrency: usize,
+        /// Longest an inference request may take, body included (e.g. 10s, 500ms); then 504
+        #[arg(long, env = "WEIR_SERVE_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+        request_timeout: std::time::Duration,
     },
     /// Serve experiment tracking over MLflow's REST API (MLFLOW_TRACKING_URI=http://ADDR)
     Server {
@@ -389,6 +395,8 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             models,
             addr,
             max_body_bytes,
+            max_concurrency,
+            request_timeout,
         } => {
             let config = config(&cli.global, &[("serve_addr", addr)])?;
             let ctx = Context::open(config.clone()).await?;
@@ -399,6 +407,8 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             let options = weir_serve::ServeOptions {
                 addr: config.serve_addr().to_string(),
                 max_body_bytes,
+                max_concurrency,
+                request_timeout,
             };
             weir_serve::serve(&ctx.store, &ctx.artifacts, &selected, options).await?;
             Ok(ExitCode::SUCCESS)

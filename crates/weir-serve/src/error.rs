@@ -33,6 +33,10 @@ pub enum ServeError {
     TooLarge { limit: usize },
     #[error("unsupported content type '{0}'; send application/json")]
     UnsupportedMediaType(String),
+    #[error("the server is answering {limit} inference requests already; retry shortly")]
+    Busy { limit: usize },
+    #[error("the request took longer than the server's limit of {seconds} s (body and scoring)")]
+    Timeout { seconds: f64 },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -47,6 +51,8 @@ impl ServeError {
             ServeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ServeError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ServeError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ServeError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ServeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ServeError::Store(e) if e.is_not_found() => StatusCode::NOT_FOUND,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -59,7 +65,10 @@ impl ServeError {
             | StatusCode::PAYLOAD_TOO_LARGE
             | StatusCode::UNSUPPORTED_MEDIA_TYPE => "BAD_REQUEST",
             StatusCode::NOT_FOUND => "RESOURCE_DOES_NOT_EXIST",
-            StatusCode::SERVICE_UNAVAILABLE => "TEMPORARILY_UNAVAILABLE",
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
+                "TEMPORARILY_UNAVAILABLE"
+            }
+            StatusCode::GATEWAY_TIMEOUT => "DEADLINE_EXCEEDED",
             _ => "INTERNAL_ERROR",
         }
     }

@@ -56,6 +56,10 @@ impl ModelRef {
 pub struct ServeOptions {
     pub addr: String,
     pub max_body_bytes: usize,
+    /// Inference requests answered at once; more get 429.
+    pub max_concurrency: usize,
+    /// Longest an inference request may take, body included; then 504.
+    pub request_timeout: std::time::Duration,
 }
 
 /// A model version loaded and warmed up.
@@ -74,6 +78,9 @@ pub(crate) struct AppState {
     ready: AtomicBool,
     pub max_body_bytes: usize,
     pub metrics: metrics::Metrics,
+    pub inflight: Arc<tokio::sync::Semaphore>,
+    pub max_concurrency: usize,
+    pub request_timeout: std::time::Duration,
 }
 
 impl AppState {
@@ -191,6 +198,9 @@ pub async fn serve(
         ready: AtomicBool::new(false),
         max_body_bytes: options.max_body_bytes,
         metrics: metrics::Metrics::new(),
+        inflight: Arc::new(tokio::sync::Semaphore::new(options.max_concurrency.max(1))),
+        max_concurrency: options.max_concurrency.max(1),
+        request_timeout: options.request_timeout,
     });
     let listener = tokio::net::TcpListener::bind(&options.addr)
         .await

@@ -21,6 +21,12 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectLabels {
+    /// `busy` (429: over the concurrency limit) or `timeout` (504).
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     model: String,
     version: String,
@@ -44,6 +50,7 @@ pub(crate) struct Metrics {
     latency: Family<VersionLabels, Histogram>,
     rows: Family<VersionLabels, Histogram>,
     loaded: Family<VersionLabels, Gauge>,
+    rejected: Family<RejectLabels, Counter>,
 }
 
 impl Metrics {
@@ -74,8 +81,15 @@ impl Metrics {
             "1 for each model version loaded and warmed up",
             loaded.clone(),
         );
+        let rejected = Family::<RejectLabels, Counter>::default();
+        registry.register(
+            "rejected",
+            "Inference requests refused before an answer: over the concurrency limit, or too slow",
+            rejected.clone(),
+        );
         Metrics {
             registry,
+            rejected,
             requests,
             latency,
             rows,
@@ -111,6 +125,14 @@ impl Metrics {
         if let Some(rows) = o.rows {
             self.rows.get_or_create(&version).observe(rows as f64);
         }
+    }
+
+    pub(crate) fn rejected(&self, reason: &str) {
+        self.rejected
+            .get_or_create(&RejectLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     pub(crate) fn render(&self) -> String {

@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -43,12 +44,16 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             "/v2/models/{name}/versions/{version}/ready",
             get(version_ready),
         )
-        .route("/v2/models/{name}/infer", post(infer))
-        .route(
-            "/v2/models/{name}/versions/{version}/infer",
-            post(infer_version),
+        .merge(
+            Router::new()
+                .route("/v2/models/{name}/infer", post(infer))
+                .route(
+                    "/v2/models/{name}/versions/{version}/infer",
+                    post(infer_version),
+                )
+                .route("/invocations", post(invocations))
+                .route_layer(middleware::from_fn_with_state(state.clone(), limits)),
         )
-        .route("/invocations", post(invocations))
         .route("/metrics", get(metrics))
         .route("/ping", get(ping))
         .route("/health", get(ping))
@@ -60,6 +65,38 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// Inference requests beyond `max_concurrency` in flight get 429 at once
+/// (queueing them would only move the wait into the client's timeout), and
+/// one that takes longer than `request_timeout` from its first byte (a body
+/// trickling in counts) gets 504.
+async fn limits(State(s): Shared, request: Request, next: Next) -> Response {
+    // Each protocol answers errors in its own shape.
+    let error = if request.uri().path() == "/invocations" {
+        |e: ServeError| MlflowError(e).into_response()
+    } else {
+        |e: ServeError| OipError(e).into_response()
+    };
+    let Ok(_permit) = s.inflight.clone().try_acquire_owned() else {
+        s.metrics.rejected("busy");
+        let mut response = error(ServeError::Busy {
+            limit: s.max_concurrency,
+        });
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return response;
+    };
+    match tokio::time::timeout(s.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            s.metrics.rejected("timeout");
+            error(ServeError::Timeout {
+                seconds: s.request_timeout.as_secs_f64(),
+            })
+        }
+    }
 }
 
 fn oip_error(e: ServeError, status: StatusCode) -> Response {

@@ -624,3 +624,80 @@ fn a_cancelled_study_resumes_with_the_trials_it_had() {
         "{log}"
     );
 }
+
+/// Sends the head of a POST whose body never finishes; returns the stream.
+fn trickle(server: &crate::common::Server, path: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let addr = server.url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    )
+    .unwrap();
+    stream.flush().unwrap();
+    stream
+}
+
+fn status_line(stream: &mut std::net::TcpStream) -> String {
+    use std::io::{BufRead, BufReader};
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    line.trim().to_string()
+}
+
+#[test]
+fn a_busy_server_answers_429_and_a_trickling_body_504() {
+    let sb = Sandbox::new();
+    sb.write("data/points.csv", &points());
+    sb.write("pipeline.yaml", PIPELINE);
+    sb.ok(&["run", "pipeline.yaml"]);
+    let server = sb.serve(&[
+        "gbdt-points:1",
+        "--max-concurrency",
+        "1",
+        "--request-timeout",
+        "700ms",
+    ]);
+    let started = std::time::Instant::now();
+    // A client that sends its body byte by byte holds the only slot...
+    let mut slow = trickle(&server, "/invocations");
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let record = json!({"dataframe_records": [{"x": 1.0, "z": 2.0, "carrier": "UA"}]}).to_string();
+    let (status, body) = server.post_alone("/invocations", record.clone());
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error_code"], "TEMPORARILY_UNAVAILABLE", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("answering 1 inference requests"),
+        "{body}"
+    );
+    // ...until the timeout answers it with 504.
+    assert_eq!(status_line(&mut slow), "HTTP/1.1 504 Gateway Timeout");
+    let waited = started.elapsed();
+    assert!(waited < std::time::Duration::from_secs(5), "{waited:?}");
+    // The slot is free again.
+    let (status, body) = server.post_alone("/invocations", record);
+    assert_eq!(status, 200, "{body}");
+    let metrics = server
+        .client
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for series in [
+        "weir_serve_rejected_total{reason=\"busy\"} 1",
+        "weir_serve_rejected_total{reason=\"timeout\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == series),
+            "no {series} in\n{metrics}"
+        );
+    }
+}

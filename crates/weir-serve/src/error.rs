@@ -51,6 +51,8 @@ impl ServeError {
             ServeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ServeError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ServeError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            // The version exists but cannot be put in service (corrupt, unreadable).
+            ServeError::Load { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ServeError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
             ServeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ServeError::Store(e) if e.is_not_found() => StatusCode::NOT_FOUND,

@@ -81,9 +81,71 @@ pub(crate) struct AppState {
     pub inflight: Arc<tokio::sync::Semaphore>,
     pub max_concurrency: usize,
     pub request_timeout: std::time::Duration,
+    /// Where the repository extension loads versions from.
+    pub store: Store,
+    pub artifacts: ArtifactStore,
+    /// Versions whose last load failed, with why (shown by the index).
+    pub failed: RwLock<BTreeMap<(String, i64), String>>,
 }
 
 impl AppState {
+    /// Puts a loaded version in service (replacing the same version).
+    pub(crate) fn add(&self, loaded: Loaded) {
+        self.metrics.loaded(&loaded.name, loaded.version);
+        self.failed
+            .write()
+            .expect("failed lock")
+            .remove(&(loaded.name.clone(), loaded.version));
+        let mut map = self.models.write().expect("models lock");
+        let versions = map.entry(loaded.name.clone()).or_default();
+        versions.retain(|l| l.version != loaded.version);
+        versions.push(Arc::new(loaded));
+        versions.sort_by_key(|l| l.version);
+    }
+
+    /// Takes a model's versions (or one of them) out of service; in-flight
+    /// requests finish on the version they hold. Returns what was removed.
+    pub(crate) fn remove(&self, name: &str, version: Option<i64>) -> Vec<i64> {
+        let mut map = self.models.write().expect("models lock");
+        let Some(versions) = map.get_mut(name) else {
+            return Vec::new();
+        };
+        let removed: Vec<i64> = versions
+            .iter()
+            .map(|l| l.version)
+            .filter(|v| version.is_none_or(|want| *v == want))
+            .collect();
+        versions.retain(|l| !removed.contains(&l.version));
+        if versions.is_empty() {
+            map.remove(name);
+        }
+        for v in &removed {
+            self.metrics.unloaded(name, *v);
+        }
+        removed
+    }
+
+    /// Every version this server has loaded or failed to load.
+    pub(crate) fn index(&self) -> Vec<(String, i64, Option<String>)> {
+        let mut out: Vec<(String, i64, Option<String>)> = self
+            .models
+            .read()
+            .expect("models lock")
+            .values()
+            .flatten()
+            .map(|l| (l.name.clone(), l.version, None))
+            .collect();
+        out.extend(
+            self.failed
+                .read()
+                .expect("failed lock")
+                .iter()
+                .map(|((n, v), why)| (n.clone(), *v, Some(why.clone()))),
+        );
+        out.sort();
+        out
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
@@ -135,7 +197,7 @@ impl AppState {
 }
 
 /// Loads a model version's artifact and checks it predicts.
-async fn load(
+pub(crate) async fn load(
     store: &Store,
     artifacts: &ArtifactStore,
     name: &str,
@@ -201,6 +263,9 @@ pub async fn serve(
         inflight: Arc::new(tokio::sync::Semaphore::new(options.max_concurrency.max(1))),
         max_concurrency: options.max_concurrency.max(1),
         request_timeout: options.request_timeout,
+        store: store.clone(),
+        artifacts: artifacts.clone(),
+        failed: RwLock::new(BTreeMap::new()),
     });
     let listener = tokio::net::TcpListener::bind(&options.addr)
         .await
@@ -228,11 +293,7 @@ pub async fn serve(
             loaded.model.kind(),
             loaded.inputs.len()
         );
-        state.metrics.loaded(name, *version);
-        let mut map = state.models.write().expect("models lock");
-        let versions = map.entry(name.clone()).or_default();
-        versions.push(Arc::new(loaded));
-        versions.sort_by_key(|l| l.version);
+        state.add(loaded);
     }
     state.ready.store(true, Ordering::Release);
     eprintln!("ready");

@@ -78,7 +78,7 @@ impl Metrics {
         let loaded = Family::<VersionLabels, Gauge>::default();
         registry.register(
             "model_loaded",
-            "1 for each model version loaded and warmed up",
+            "1 for each model version loaded and warmed up, 0 once unloaded",
             loaded.clone(),
         );
         let rejected = Family::<RejectLabels, Counter>::default();
@@ -104,6 +104,15 @@ impl Metrics {
                 version: version.to_string(),
             })
             .set(1);
+    }
+
+    pub(crate) fn unloaded(&self, model: &str, version: i64) {
+        self.loaded
+            .get_or_create(&VersionLabels {
+                model: model.to_string(),
+                version: version.to_string(),
+            })
+            .set(0);
     }
 
     pub(crate) fn observe(&self, o: Observation) {

@@ -54,6 +54,12 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
                 .route("/invocations", post(invocations))
                 .route_layer(middleware::from_fn_with_state(state.clone(), limits)),
         )
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{name}/load", post(repository_load))
+        .route(
+            "/v2/repository/models/{name}/unload",
+            post(repository_unload),
+        )
         .route("/metrics", get(metrics))
         .route("/ping", get(ping))
         .route("/health", get(ping))
@@ -199,7 +205,124 @@ impl Timed {
 }
 
 async fn server_metadata() -> Json<Value> {
-    Json(json!({"name": "weir", "version": weir_core::WEIR_VERSION, "extensions": []}))
+    Json(
+        json!({"name": "weir", "version": weir_core::WEIR_VERSION, "extensions": ["model_repository"]}),
+    )
+}
+
+/// The version a repository request names: `{"parameters": {"version": "2"}}`
+/// (the protocol's form) or `{"version": 2}`; none means the latest.
+fn requested_version(body: &[u8]) -> Result<Option<i64>, ServeError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let doc: Value = parse_json(body)?;
+    let v = doc
+        .get("parameters")
+        .and_then(|p| p.get("version"))
+        .or_else(|| doc.get("version"));
+    let parsed = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::String(t)) => t.parse().ok(),
+        Some(_) => None,
+    };
+    parsed.map(Some).ok_or_else(|| {
+        ServeError::BadRequest(format!(
+            "version: expected a whole number, got {}",
+            v.expect("present")
+        ))
+    })
+}
+
+/// POST /v2/repository/index: every version loaded (READY) or that failed
+/// to load (UNAVAILABLE, with the reason). `{"ready": true}` lists only READY.
+async fn repository_index(State(s): Shared, body: Bytes) -> Result<Json<Value>, OipError> {
+    let only_ready = if body.iter().all(u8::is_ascii_whitespace) {
+        false
+    } else {
+        parse_json::<Value>(&body)?["ready"]
+            .as_bool()
+            .unwrap_or(false)
+    };
+    let entries: Vec<Value> = s
+        .index()
+        .into_iter()
+        .filter(|(_, _, failed)| !only_ready || failed.is_none())
+        .map(|(name, version, failed)| match failed {
+            None => json!({"name": name, "version": version.to_string(), "state": "READY", "reason": ""}),
+            Some(why) => json!({"name": name, "version": version.to_string(), "state": "UNAVAILABLE", "reason": why}),
+        })
+        .collect();
+    Ok(Json(Value::Array(entries)))
+}
+
+/// POST /v2/repository/models/{name}/load: loads (or reloads) a registered
+/// version, warms it up and puts it in service beside the others. A version
+/// that cannot load answers 422 and shows in the index; the server and the
+/// models it serves carry on.
+async fn repository_load(
+    State(s): Shared,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, OipError> {
+    let version = requested_version(&body)?;
+    // An unknown name or version is the store's not-found: 404.
+    let mv = s
+        .store
+        .model_version(&name, version)
+        .await
+        .map_err(ServeError::from)?;
+    let loading = crate::load(&s.store, &s.artifacts, &mv.name, mv.version).await;
+    // Whatever stops a registered version from loading (a damaged or missing
+    // file, a failed warm-up) is a failed load of that version.
+    let loading = loading.map_err(|e| match e {
+        ServeError::Load { .. } => e,
+        other => ServeError::Load {
+            model: format!("{}:{}", mv.name, mv.version),
+            reason: other.to_string(),
+        },
+    });
+    match loading {
+        Ok(loaded) => {
+            s.add(loaded);
+            Ok(Json(
+                json!({"name": mv.name, "version": mv.version.to_string(), "state": "READY"}),
+            ))
+        }
+        Err(e) => {
+            s.failed
+                .write()
+                .expect("failed lock")
+                .insert((mv.name.clone(), mv.version), e.to_string());
+            Err(e.into())
+        }
+    }
+}
+
+/// POST /v2/repository/models/{name}/unload: takes every version of the
+/// model (or the one named) out of service.
+async fn repository_unload(
+    State(s): Shared,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, OipError> {
+    let version = requested_version(&body)?;
+    let removed = s.remove(&name, version);
+    if removed.is_empty() {
+        return Err(ServeError::UnknownModel {
+            name: match version {
+                Some(v) => format!("{name}:{v}"),
+                None => name,
+            },
+            served: s.names().join(", "),
+        }
+        .into());
+    }
+    Ok(Json(json!({
+        "name": name,
+        "unloaded": removed.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+    })))
 }
 
 async fn server_ready(State(s): Shared) -> Response {

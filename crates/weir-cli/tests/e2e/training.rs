@@ -701,3 +701,83 @@ fn a_busy_server_answers_429_and_a_trickling_body_504() {
         );
     }
 }
+
+#[test]
+fn the_model_repository_loads_unloads_and_reports_a_corrupt_version() {
+    let sb = Sandbox::new();
+    sb.write("data/points.csv", &points());
+    // Three versions, each a different model file.
+    for rounds in [60, 61, 62] {
+        sb.write(
+            "pipeline.yaml",
+            &PIPELINE.replace("num_rounds: 60", &format!("num_rounds: {rounds}")),
+        );
+        sb.ok(&["run", "pipeline.yaml"]);
+    }
+    let third = sb.json(&["runs", "show", &latest_run(&sb)]);
+    let digest = step(&third, "train")["outputs"]["model"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let server = sb.serve(&["gbdt-points:1"]);
+    let index = |server: &crate::common::Server| server.post("/v2/repository/index", "").1;
+    assert_eq!(
+        index(&server),
+        json!([{"name": "gbdt-points", "version": "1", "state": "READY", "reason": ""}])
+    );
+
+    let (status, body) = server.post(
+        "/v2/repository/models/gbdt-points/load",
+        json!({"parameters": {"version": "2"}}).to_string(),
+    );
+    assert_eq!(
+        (status, body["state"].clone()),
+        (200, json!("READY")),
+        "{body}"
+    );
+    assert_eq!(server.get("/v2/models/gbdt-points/versions/2/ready").0, 200);
+    assert_eq!(index(&server).as_array().unwrap().len(), 2);
+
+    let (status, body) = server.post(
+        "/v2/repository/models/gbdt-points/unload",
+        json!({"version": 1}).to_string(),
+    );
+    assert_eq!(
+        (status, body["unloaded"].clone()),
+        (200, json!(["1"])),
+        "{body}"
+    );
+    assert_eq!(server.get("/v2/models/gbdt-points/versions/1/ready").0, 404);
+    assert_eq!(
+        server.post("/v2/repository/models/nope/load", "").0,
+        404,
+        "an unregistered model"
+    );
+
+    // Version 3's file is damaged on disk: its load fails, the server and
+    // version 2 carry on, and the index says why.
+    std::fs::write(sb.blob(&digest), b"not a model").unwrap();
+    let (status, body) = server.post(
+        "/v2/repository/models/gbdt-points/load",
+        json!({"parameters": {"version": 3}}).to_string(),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("gbdt-points:3"),
+        "{body}"
+    );
+    let entries = index(&server);
+    let failed = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["version"] == "3")
+        .unwrap();
+    assert_eq!(failed["state"], "UNAVAILABLE", "{entries}");
+    assert!(!failed["reason"].as_str().unwrap().is_empty());
+    assert_eq!(server.get("/v2/models/gbdt-points/ready").0, 200);
+    let ready_only = server
+        .post("/v2/repository/index", json!({"ready": true}).to_string())
+        .1;
+    assert_eq!(ready_only.as_array().unwrap().len(), 1, "{ready_only}");
+}

@@ -372,6 +372,15 @@ pub fn train_gbdt_reporting(
     on_round: &mut (dyn FnMut(usize, f64) -> bool + Send),
 ) -> Result<(GbdtModel, GbdtReport)> {
     check_params(params)?;
+    let (pool, threads) = thread_pool(params)?;
+    pool.install(|| {
+        let data = GbdtData::prepare(train, valid, params)?;
+        boost(&data, params, threads, on_round)
+    })
+}
+
+/// The pool training runs in: `threads` workers, or one per core.
+fn thread_pool(params: &GbdtParams) -> Result<(rayon::ThreadPool, usize)> {
     let threads = if params.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
@@ -381,10 +390,7 @@ pub fn train_gbdt_reporting(
         .num_threads(threads)
         .build()
         .map_err(|e| MlError::invalid("with.threads", e.to_string()))?;
-    pool.install(|| {
-        let data = GbdtData::prepare(train, valid, params)?;
-        boost(&data, params, threads, on_round)
-    })
+    Ok((pool, threads))
 }
 
 /// [`train_gbdt_reporting`] on data already prepared (binned) with
@@ -401,15 +407,7 @@ pub fn train_gbdt_prepared(
             "the prepared data was binned for other target, feature or binning options",
         ));
     }
-    let threads = if params.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        params.threads
-    };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| MlError::invalid("with.threads", e.to_string()))?;
+    let (pool, threads) = thread_pool(params)?;
     pool.install(|| boost(data, params, threads, on_round))
 }
 

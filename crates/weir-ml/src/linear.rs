@@ -147,6 +147,23 @@ pub(crate) fn labelled(batch: &RecordBatch, target: &Target) -> Result<(RecordBa
     Ok((batch, y))
 }
 
+/// The validation rows that have a label, encoded with the fitted
+/// transforms, and their labels; `None` without any.
+pub(crate) fn encoded_valid(
+    features: &FeaturePipeline,
+    valid: Option<&RecordBatch>,
+    target: &Target,
+) -> Result<Option<(Design, Vec<f64>)>> {
+    let Some(batch) = valid else {
+        return Ok(None);
+    };
+    let (rows, y) = labelled(batch, target)?;
+    if y.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((features.encode(&features.frame(&rows)?)?, y)))
+}
+
 /// The labelled training rows, their labels, the parsed target and the task
 /// (given, or inferred from the labels), with the checks every trainer
 /// shares: the target is no feature, has values, and is not constant.
@@ -226,15 +243,7 @@ pub fn train_linear(
         labelled_task(train, &params.target, &params.features, params.task)?;
     let features = FeaturePipeline::fit(&rows, &params.feature_spec(&target.column))?;
     let design = features.encode(&features.frame(&rows)?)?;
-    let valid = match valid {
-        Some(batch) => {
-            let (rows, y) = labelled(batch, &target)?;
-            (!y.is_empty())
-                .then(|| Ok::<_, MlError>((features.encode(&features.frame(&rows)?)?, y)))
-                .transpose()?
-        }
-        None => None,
-    };
+    let valid = encoded_valid(&features, valid, &target)?;
     let penalty = Penalty {
         l2: params.l2.max(1e-10),
         l1: params.l1,

@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::features::{ColumnSpec, Design, FeaturePipeline, FeatureSpec, Frame};
-use crate::linear::{labelled, labelled_task, sigmoid};
+use crate::linear::{encoded_valid, labelled_task, sigmoid};
 use crate::model::Task;
 use crate::{MlError, Result, Target};
 
@@ -321,15 +321,7 @@ pub fn train_mlp(
         },
     )?;
     let design = features.encode(&features.frame(&rows)?)?;
-    let valid = match valid {
-        Some(batch) => {
-            let (rows, y) = labelled(batch, &target)?;
-            (!y.is_empty())
-                .then(|| Ok::<_, MlError>((features.encode(&features.frame(&rows)?)?, y)))
-                .transpose()?
-        }
-        None => None,
-    };
+    let valid = encoded_valid(&features, valid, &target)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(params.threads)
         .build()
@@ -659,6 +651,7 @@ impl OptimizerState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::linear::labelled;
     use arrow::array::{ArrayRef, Float64Array, StringArray};
     use std::sync::Arc;
 

@@ -38,24 +38,20 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
     ));
     let model = Model::Linear(linear);
     let mut out = OpOutcome::default();
-    for (i, loss) in fit.valid_curve.iter().enumerate() {
-        out.metric_at("valid.loss", *loss, i as i64 + 1);
-    }
-    out.metric("train.rows", fit.rows as f64);
-    out.metric("train.iterations", fit.iterations as f64);
-    out.metric("train.best_iteration", fit.best_iteration as f64);
-    out.metric("train.nonzero_weights", fit.nonzero_weights as f64);
-    out.metric("train.loss", fit.loss);
-    out.metric("train.load_seconds", load_seconds);
-    out.metric("train.fit_seconds", fit.fit_seconds);
-    out.metric(
-        "train.rows_per_second",
-        fit.rows as f64 * fit.iterations as f64 / fit.fit_seconds.max(1e-9),
+    telemetry(
+        &mut out,
+        Telemetry {
+            rows: fit.rows,
+            iterations: fit.iterations,
+            best_iteration: fit.best_iteration,
+            loss: fit.loss,
+            load_seconds,
+            fit_seconds: fit.fit_seconds,
+            valid_curve: &fit.valid_curve,
+        },
     );
-    if let Some(valid) = valid.as_deref() {
-        evaluate_valid(&model, valid, &mut out)?;
-    }
-    finish(ctx, &model, out)
+    out.metric("train.nonzero_weights", fit.nonzero_weights as f64);
+    finish(ctx, &model, valid.as_deref(), out)
 }
 
 pub(super) fn run_gbdt(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
@@ -89,27 +85,22 @@ pub(super) fn run_gbdt(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
         fit.fit_seconds
     ));
     let mut out = OpOutcome::default();
-    // The validation curve, one point per round (what a tuner's scheduler reads).
-    for (round, loss) in fit.valid_curve.iter().enumerate() {
-        out.metric_at("valid.loss", *loss, round as i64 + 1);
-    }
-    out.metric("train.rows", fit.rows as f64);
-    out.metric("train.iterations", fit.rounds as f64);
-    out.metric("train.best_iteration", fit.best_round as f64);
-    out.metric("train.loss", fit.train_loss);
-    out.metric("train.load_seconds", load_seconds);
-    out.metric("train.bin_seconds", fit.bin_seconds);
-    out.metric("train.fit_seconds", fit.fit_seconds);
-    out.metric(
-        "train.rows_per_second",
-        fit.rows as f64 * fit.rounds as f64 / fit.fit_seconds.max(1e-9),
+    telemetry(
+        &mut out,
+        Telemetry {
+            rows: fit.rows,
+            iterations: fit.rounds,
+            best_iteration: fit.best_round,
+            loss: fit.train_loss,
+            load_seconds,
+            fit_seconds: fit.fit_seconds,
+            valid_curve: &fit.valid_curve,
+        },
     );
+    out.metric("train.bin_seconds", fit.bin_seconds);
     out.metric("train.threads", fit.threads as f64);
     let model = Model::Gbdt(gbdt);
-    if let Some(valid) = valid.as_deref() {
-        evaluate_valid(&model, valid, &mut out)?;
-    }
-    finish(ctx, &model, out)
+    finish(ctx, &model, valid.as_deref(), out)
 }
 
 pub(super) fn run_mlp(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
@@ -138,26 +129,51 @@ pub(super) fn run_mlp(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
         fit.fit_seconds
     ));
     let mut out = OpOutcome::default();
-    for (epoch, loss) in fit.valid_curve.iter().enumerate() {
-        out.metric_at("valid.loss", *loss, epoch as i64 + 1);
-    }
-    out.metric("train.rows", fit.rows as f64);
-    out.metric("train.iterations", fit.epochs as f64);
-    out.metric("train.best_iteration", fit.best_epoch as f64);
-    out.metric("train.parameters", fit.parameters as f64);
-    out.metric("train.loss", fit.train_loss);
-    out.metric("train.load_seconds", load_seconds);
-    out.metric("train.fit_seconds", fit.fit_seconds);
-    out.metric(
-        "train.rows_per_second",
-        fit.rows as f64 * fit.epochs as f64 / fit.fit_seconds.max(1e-9),
+    telemetry(
+        &mut out,
+        Telemetry {
+            rows: fit.rows,
+            iterations: fit.epochs,
+            best_iteration: fit.best_epoch,
+            loss: fit.train_loss,
+            load_seconds,
+            fit_seconds: fit.fit_seconds,
+            valid_curve: &fit.valid_curve,
+        },
     );
+    out.metric("train.parameters", fit.parameters as f64);
     out.metric("train.threads", fit.threads as f64);
     let model = Model::Mlp(mlp);
-    if let Some(valid) = valid.as_deref() {
-        evaluate_valid(&model, valid, &mut out)?;
+    finish(ctx, &model, valid.as_deref(), out)
+}
+
+/// What every trainer reports, under the same metric names.
+struct Telemetry<'a> {
+    rows: usize,
+    /// Newton iterations, boosting rounds or epochs run, and the one kept.
+    iterations: usize,
+    best_iteration: usize,
+    loss: f64,
+    load_seconds: f64,
+    fit_seconds: f64,
+    /// The validation loss after each iteration (what ASHA reads).
+    valid_curve: &'a [f64],
+}
+
+fn telemetry(out: &mut OpOutcome, t: Telemetry) {
+    for (i, loss) in t.valid_curve.iter().enumerate() {
+        out.metric_at("valid.loss", *loss, i as i64 + 1);
     }
-    finish(ctx, &model, out)
+    out.metric("train.rows", t.rows as f64);
+    out.metric("train.iterations", t.iterations as f64);
+    out.metric("train.best_iteration", t.best_iteration as f64);
+    out.metric("train.loss", t.loss);
+    out.metric("train.load_seconds", t.load_seconds);
+    out.metric("train.fit_seconds", t.fit_seconds);
+    out.metric(
+        "train.rows_per_second",
+        t.rows as f64 * t.iterations as f64 / t.fit_seconds.max(1e-9),
+    );
 }
 
 type Inputs = (Arc<RecordBatch>, Option<Arc<RecordBatch>>);
@@ -183,7 +199,7 @@ fn read_inputs(ctx: &OpContext) -> Result<Inputs, EngineError> {
 
 fn evaluate_valid(
     model: &Model,
-    valid: &arrow::record_batch::RecordBatch,
+    valid: &RecordBatch,
     out: &mut OpOutcome,
 ) -> Result<(), EngineError> {
     let evaluating = Instant::now();
@@ -198,7 +214,17 @@ fn evaluate_valid(
     Ok(())
 }
 
-fn finish(ctx: &OpContext, model: &Model, mut out: OpOutcome) -> Result<OpOutcome, EngineError> {
+/// Scores the validation rows (if any), records peak memory and writes the
+/// model file.
+fn finish(
+    ctx: &OpContext,
+    model: &Model,
+    valid: Option<&RecordBatch>,
+    mut out: OpOutcome,
+) -> Result<OpOutcome, EngineError> {
+    if let Some(valid) = valid {
+        evaluate_valid(model, valid, &mut out)?;
+    }
     if let Some(kb) = peak_rss_kb() {
         out.metric("train.peak_memory_mb", kb as f64 / 1024.0);
     }

@@ -108,6 +108,9 @@ enum Command {
         /// Longest an inference request may take, body included (e.g. 10s, 500ms); then 504
         #[arg(long, env = "WEIR_SERVE_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
         request_timeout: std::time::Duration,
+        /// Memory for cached answers, in MiB (answers keyed by model, version and the exact body); 0: off
+        #[arg(long, env = "WEIR_SERVE_RESPONSE_CACHE_MB", default_value_t = 0)]
+        response_cache_mb: usize,
     },
     /// Serve experiment tracking over MLflow's REST API (MLFLOW_TRACKING_URI=http://ADDR)
     Server {
@@ -397,6 +400,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             max_body_bytes,
             max_concurrency,
             request_timeout,
+            response_cache_mb,
         } => {
             let config = config(&cli.global, &[("serve_addr", addr)])?;
             let ctx = Context::open(config.clone()).await?;
@@ -409,6 +413,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 max_body_bytes,
                 max_concurrency,
                 request_timeout,
+                response_cache_bytes: response_cache_mb << 20,
             };
             weir_serve::serve(&ctx.store, &ctx.artifacts, &selected, options).await?;
             Ok(ExitCode::SUCCESS)

@@ -7,6 +7,7 @@
 //! answering live but not ready, while each model is fetched from the
 //! artifact store, verified, loaded and warmed up; only then is it ready.
 
+mod cache;
 mod error;
 mod metrics;
 mod payload;
@@ -60,6 +61,8 @@ pub struct ServeOptions {
     pub max_concurrency: usize,
     /// Longest an inference request may take, body included; then 504.
     pub request_timeout: std::time::Duration,
+    /// Bytes of answers the response cache may hold; 0 turns it off.
+    pub response_cache_bytes: usize,
 }
 
 /// A model version loaded and warmed up.
@@ -86,6 +89,7 @@ pub(crate) struct AppState {
     pub artifacts: ArtifactStore,
     /// Versions whose last load failed, with why (shown by the index).
     pub failed: RwLock<BTreeMap<(String, i64), String>>,
+    pub cache: cache::ResponseCache,
 }
 
 impl AppState {
@@ -266,6 +270,7 @@ pub async fn serve(
         store: store.clone(),
         artifacts: artifacts.clone(),
         failed: RwLock::new(BTreeMap::new()),
+        cache: cache::ResponseCache::new(options.response_cache_bytes),
     });
     let listener = tokio::net::TcpListener::bind(&options.addr)
         .await

@@ -51,6 +51,7 @@ pub(crate) struct Metrics {
     rows: Family<VersionLabels, Histogram>,
     loaded: Family<VersionLabels, Gauge>,
     rejected: Family<RejectLabels, Counter>,
+    cache_hits: Family<VersionLabels, Counter>,
 }
 
 impl Metrics {
@@ -87,9 +88,16 @@ impl Metrics {
             "Inference requests refused before an answer: over the concurrency limit, or too slow",
             rejected.clone(),
         );
+        let cache_hits = Family::<VersionLabels, Counter>::default();
+        registry.register(
+            "cache_hits",
+            "Requests answered from the response cache",
+            cache_hits.clone(),
+        );
         Metrics {
             registry,
             rejected,
+            cache_hits,
             requests,
             latency,
             rows,
@@ -134,6 +142,15 @@ impl Metrics {
         if let Some(rows) = o.rows {
             self.rows.get_or_create(&version).observe(rows as f64);
         }
+    }
+
+    pub(crate) fn cache_hit(&self, model: &str, version: i64) {
+        self.cache_hits
+            .get_or_create(&VersionLabels {
+                model: model.to_string(),
+                version: version.to_string(),
+            })
+            .inc();
     }
 
     pub(crate) fn rejected(&self, reason: &str) {

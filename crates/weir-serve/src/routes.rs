@@ -15,6 +15,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use weir_ml::{InputKind, Task};
 
+use crate::cache::ResponseCache;
 use crate::metrics::Observation;
 use crate::payload::{self, Columns};
 use crate::{AppState, Loaded, ServeError};
@@ -466,6 +467,10 @@ async fn score_infer(
     let loaded = ready_model(s, name, version)?;
     timed.answered_by(&loaded);
     let bytes = body_bytes(body, s.max_body_bytes)?;
+    let key = ResponseCache::key("v2", &loaded.name, loaded.version, &bytes);
+    if let Some(answer) = cached(s, &loaded, &key) {
+        return Ok(Json(answer));
+    }
     let request: payload::OipRequest = parse_json(&bytes)?;
     let requested: Option<Vec<String>> = request
         .outputs
@@ -515,6 +520,9 @@ async fn score_infer(
     if let Some(id) = request.id {
         response["id"] = json!(id);
     }
+    if s.cache.enabled() {
+        s.cache.put(key, &response);
+    }
     Ok(Json(response))
 }
 
@@ -549,6 +557,10 @@ async fn score_invocations(
     let loaded = ready_model(s, &s.primary, None)?;
     timed.answered_by(&loaded);
     let bytes = body_bytes(body, s.max_body_bytes)?;
+    let key = ResponseCache::key("invocations", &loaded.name, loaded.version, &bytes);
+    if let Some(answer) = cached(s, &loaded, &key) {
+        return Ok(Json(answer));
+    }
     let request: Value = parse_json(&bytes)?;
     let columns = payload::mlflow_columns(&request)?;
     let scores = predict(loaded.clone(), columns).await?;
@@ -560,5 +572,19 @@ async fn score_invocations(
             .collect(),
         Task::Regression => scores.iter().map(|p| json!(p)).collect(),
     };
-    Ok(Json(json!({"predictions": predictions})))
+    let response = json!({ "predictions": predictions });
+    if s.cache.enabled() {
+        s.cache.put(key, &response);
+    }
+    Ok(Json(response))
+}
+
+/// The cached answer to this exact request, if the cache is on and has it.
+fn cached(s: &AppState, loaded: &Loaded, key: &crate::cache::Key) -> Option<Value> {
+    if !s.cache.enabled() {
+        return None;
+    }
+    let answer = s.cache.get(key)?;
+    s.metrics.cache_hit(&loaded.name, loaded.version);
+    Some(answer)
 }

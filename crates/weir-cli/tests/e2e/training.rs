@@ -781,3 +781,54 @@ fn the_model_repository_loads_unloads_and_reports_a_corrupt_version() {
         .1;
     assert_eq!(ready_only.as_array().unwrap().len(), 1, "{ready_only}");
 }
+
+#[test]
+fn the_response_cache_answers_a_repeated_request_and_counts_it() {
+    let sb = Sandbox::new();
+    sb.write("data/points.csv", &points());
+    sb.write("pipeline.yaml", PIPELINE);
+    sb.ok(&["run", "pipeline.yaml"]);
+    let hits = |server: &crate::common::Server| {
+        let text = server
+            .client
+            .get(format!("{}/metrics", server.url))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(r#"weir_serve_cache_hits_total{model="gbdt-points",version="1"} "#)
+            })
+            .map(|v| v.parse::<f64>().unwrap())
+    };
+    let row =
+        |x: f64| json!({"dataframe_records": [{"x": x, "z": 2.0, "carrier": "UA"}]}).to_string();
+    let oip = json!({"inputs": [
+        {"name": "x", "shape": [1], "datatype": "FP64", "data": [3.0]},
+        {"name": "z", "shape": [1], "datatype": "FP64", "data": [2.0]},
+        {"name": "carrier", "shape": [1], "datatype": "BYTES", "data": ["DL"]}
+    ]})
+    .to_string();
+
+    let server = sb.serve(&["gbdt-points:1", "--response-cache-mb", "1"]);
+    let first = server.post("/invocations", row(7.0));
+    assert_eq!(first.0, 200, "{}", first.1);
+    assert_eq!(server.post("/invocations", row(7.0)), first);
+    assert_eq!(hits(&server), Some(1.0));
+    assert_eq!(server.post("/invocations", row(8.0)).0, 200);
+    let v2 = server.post("/v2/models/gbdt-points/infer", oip.clone());
+    assert_eq!(v2.0, 200, "{}", v2.1);
+    assert_eq!(server.post("/v2/models/gbdt-points/infer", oip.clone()), v2);
+    assert_eq!(
+        hits(&server),
+        Some(2.0),
+        "a new body misses; a repeated one hits"
+    );
+    drop(server);
+
+    let uncached = sb.serve(&["gbdt-points:1"]);
+    assert_eq!(uncached.post("/invocations", row(7.0)), first);
+    assert_eq!(uncached.post("/invocations", row(7.0)), first);
+    assert_eq!(hits(&uncached), None, "off unless asked for");
+}

@@ -111,6 +111,12 @@ enum Command {
         /// Memory for cached answers, in MiB (answers keyed by model, version and the exact body); 0: off
         #[arg(long, env = "WEIR_SERVE_RESPONSE_CACHE_MB", default_value_t = 0)]
         response_cache_mb: usize,
+        /// Batch each model's concurrent requests into calls of at most this many rows; 0: off
+        #[arg(long, env = "WEIR_SERVE_MAX_BATCH_ROWS", default_value_t = 0)]
+        max_batch_rows: usize,
+        /// How long the first request of a batch waits for others (e.g. 2ms)
+        #[arg(long, env = "WEIR_SERVE_MAX_BATCH_DELAY", default_value = "2ms", value_parser = humantime::parse_duration)]
+        max_batch_delay: std::time::Duration,
     },
     /// Serve experiment tracking over MLflow's REST API (MLFLOW_TRACKING_URI=http://ADDR)
     Server {
@@ -401,6 +407,8 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             max_concurrency,
             request_timeout,
             response_cache_mb,
+            max_batch_rows,
+            max_batch_delay,
         } => {
             let config = config(&cli.global, &[("serve_addr", addr)])?;
             let ctx = Context::open(config.clone()).await?;
@@ -414,6 +422,10 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 max_concurrency,
                 request_timeout,
                 response_cache_bytes: response_cache_mb << 20,
+                batch: weir_serve::BatchOptions {
+                    max_rows: max_batch_rows,
+                    max_delay: max_batch_delay,
+                },
             };
             weir_serve::serve(&ctx.store, &ctx.artifacts, &selected, options).await?;
             Ok(ExitCode::SUCCESS)

@@ -7,6 +7,7 @@
 //! answering live but not ready, while each model is fetched from the
 //! artifact store, verified, loaded and warmed up; only then is it ready.
 
+mod batch;
 mod cache;
 mod error;
 mod metrics;
@@ -21,6 +22,7 @@ use weir_artifacts::ArtifactStore;
 use weir_ml::{InputKind, InputSpec, Model};
 use weir_store::Store;
 
+pub use batch::BatchOptions;
 pub use error::ServeError;
 
 /// `NAME` (the latest version) or `NAME:VERSION`.
@@ -63,14 +65,18 @@ pub struct ServeOptions {
     pub request_timeout: std::time::Duration,
     /// Bytes of answers the response cache may hold; 0 turns it off.
     pub response_cache_bytes: usize,
+    /// Adaptive batching of each model version's requests.
+    pub batch: BatchOptions,
 }
 
 /// A model version loaded and warmed up.
 pub(crate) struct Loaded {
     pub name: String,
     pub version: i64,
-    pub model: Model,
+    pub model: Arc<Model>,
     pub inputs: Vec<InputSpec>,
+    /// The queue that batches this version's requests, when batching is on.
+    pub batcher: Option<batch::Batcher>,
 }
 
 pub(crate) struct AppState {
@@ -80,7 +86,8 @@ pub(crate) struct AppState {
     pub primary: String,
     ready: AtomicBool,
     pub max_body_bytes: usize,
-    pub metrics: metrics::Metrics,
+    pub metrics: Arc<metrics::Metrics>,
+    pub batch: batch::BatchOptions,
     pub inflight: Arc<tokio::sync::Semaphore>,
     pub max_concurrency: usize,
     pub request_timeout: std::time::Duration,
@@ -201,12 +208,8 @@ impl AppState {
 }
 
 /// Loads a model version's artifact and checks it predicts.
-pub(crate) async fn load(
-    store: &Store,
-    artifacts: &ArtifactStore,
-    name: &str,
-    version: i64,
-) -> Result<Loaded, ServeError> {
+pub(crate) async fn load(state: &AppState, name: &str, version: i64) -> Result<Loaded, ServeError> {
+    let (store, artifacts) = (&state.store, &state.artifacts);
     let mv = store.model_version(name, Some(version)).await?;
     let digest = mv
         .weir_digest()?
@@ -238,11 +241,21 @@ pub(crate) async fn load(
         model: format!("{name}:{version}"),
         reason: format!("warm-up failed: {e}"),
     })?;
+    let model = Arc::new(model);
+    let batcher = (state.batch.max_rows > 0).then(|| {
+        batch::Batcher::start(
+            Arc::clone(&model),
+            state.batch,
+            Arc::clone(&state.metrics),
+            (name.to_string(), version),
+        )
+    });
     Ok(Loaded {
         name: name.to_string(),
         version,
         model,
         inputs,
+        batcher,
     })
 }
 
@@ -263,7 +276,8 @@ pub async fn serve(
         primary: resolved.first().map(|(n, _)| n.clone()).unwrap_or_default(),
         ready: AtomicBool::new(false),
         max_body_bytes: options.max_body_bytes,
-        metrics: metrics::Metrics::new(),
+        metrics: Arc::new(metrics::Metrics::new()),
+        batch: options.batch,
         inflight: Arc::new(tokio::sync::Semaphore::new(options.max_concurrency.max(1))),
         max_concurrency: options.max_concurrency.max(1),
         request_timeout: options.request_timeout,
@@ -292,7 +306,7 @@ pub async fn serve(
     });
 
     for (name, version) in &resolved {
-        let loaded = load(store, artifacts, name, *version).await?;
+        let loaded = load(&state, name, *version).await?;
         eprintln!(
             "loaded {name}:{version} ({}, {} inputs)",
             loaded.model.kind(),

@@ -52,6 +52,7 @@ pub(crate) struct Metrics {
     loaded: Family<VersionLabels, Gauge>,
     rejected: Family<RejectLabels, Counter>,
     cache_hits: Family<VersionLabels, Counter>,
+    model_calls: Family<VersionLabels, Histogram>,
 }
 
 impl Metrics {
@@ -94,10 +95,19 @@ impl Metrics {
             "Requests answered from the response cache",
             cache_hits.clone(),
         );
+        let model_calls = Family::<VersionLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(1.0, 2.0, 12))
+        });
+        registry.register(
+            "model_call_rows",
+            "Rows per model call when requests are batched",
+            model_calls.clone(),
+        );
         Metrics {
             registry,
             rejected,
             cache_hits,
+            model_calls,
             requests,
             latency,
             rows,
@@ -142,6 +152,15 @@ impl Metrics {
         if let Some(rows) = o.rows {
             self.rows.get_or_create(&version).observe(rows as f64);
         }
+    }
+
+    pub(crate) fn model_call(&self, model: &str, version: i64, rows: usize) {
+        self.model_calls
+            .get_or_create(&VersionLabels {
+                model: model.to_string(),
+                version: version.to_string(),
+            })
+            .observe(rows as f64);
     }
 
     pub(crate) fn cache_hit(&self, model: &str, version: i64) {

@@ -274,7 +274,7 @@ async fn repository_load(
         .model_version(&name, version)
         .await
         .map_err(ServeError::from)?;
-    let loading = crate::load(&s.store, &s.artifacts, &mv.name, mv.version).await;
+    let loading = crate::load(&s, &mv.name, mv.version).await;
     // Whatever stops a registered version from loading (a damaged or missing
     // file, a failed warm-up) is a failed load of that version.
     let loading = loading.map_err(|e| match e {
@@ -410,6 +410,9 @@ async fn version_ready(
 
 async fn predict(loaded: Arc<Loaded>, columns: Columns) -> Result<Vec<f64>, ServeError> {
     let frame = payload::frame(&loaded.inputs, columns)?;
+    if let Some(batcher) = &loaded.batcher {
+        return batcher.score(frame).await.map_err(ServeError::BadRequest);
+    }
     let rows = frame.rows;
     let score = move || {
         loaded

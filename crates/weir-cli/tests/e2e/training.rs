@@ -832,3 +832,86 @@ fn the_response_cache_answers_a_repeated_request_and_counts_it() {
     assert_eq!(uncached.post("/invocations", row(7.0)), first);
     assert_eq!(hits(&uncached), None, "off unless asked for");
 }
+
+#[test]
+fn batched_requests_get_their_own_answers_and_a_bad_one_fails_alone() {
+    let sb = Sandbox::new();
+    sb.write("data/points.csv", &transform_points());
+    sb.write(
+        "pipeline.yaml",
+        &TRANSFORMS.replace(
+            "carrier: { max_categories: 2, unknown: other }",
+            "carrier: { unknown: error }",
+        ),
+    );
+    sb.ok(&["run", "pipeline.yaml"]);
+    let body = |i: usize, carrier: &str| {
+        json!({"dataframe_records": [{"x": i as f64 / 3.0, "z": (i % 7) as f64, "carrier": carrier,
+               "route": "JFK-LAX", "t": format!("2013-02-{:02} {:02}:15:00", 1 + i % 28, i % 24)}]})
+        .to_string()
+    };
+    // What each request scores alone.
+    let alone: Vec<Value> = {
+        let server = sb.serve(&["transformed:1"]);
+        (0..8)
+            .map(|i| server.post("/invocations", body(i, "UA")).1)
+            .collect()
+    };
+    let server = sb.serve(&[
+        "transformed:1",
+        "--max-batch-rows",
+        "64",
+        "--max-batch-delay",
+        "300ms",
+    ]);
+    let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..9)
+            .map(|i| {
+                let (server, body) = (&server, &body);
+                s.spawn(move || {
+                    // Request 8 names a carrier the model refuses (unknown: error).
+                    let b = if i == 8 { body(0, "ZZ") } else { body(i, "UA") };
+                    server.post_alone("/invocations", b)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, (status, answer)) in answers.iter().take(8).enumerate() {
+        assert_eq!(*status, 200, "{answer}");
+        assert_eq!(answer, &alone[i], "request {i}: batched and alone differ");
+    }
+    assert_eq!(answers[8].0, 400, "{}", answers[8].1);
+    assert!(
+        answers[8].1["message"]
+            .as_str()
+            .unwrap()
+            .contains("category 'ZZ'"),
+        "{}",
+        answers[8].1
+    );
+    let metrics = server
+        .client
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let value = |series: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+            .parse::<f64>()
+            .unwrap()
+    };
+    let calls = value(r#"weir_serve_model_call_rows_count{model="transformed",version="1"}"#);
+    assert!(
+        calls < 9.0,
+        "nine requests in {calls} model calls: nothing was batched"
+    );
+    assert_eq!(
+        value(r#"weir_serve_model_call_rows_sum{model="transformed",version="1"}"#),
+        9.0
+    );
+}

@@ -34,8 +34,9 @@ struct VersionLabels {
 
 /// One request's outcome, as the handlers report it.
 pub(crate) struct Observation<'a> {
+    /// Both empty when the request never reached a served version (an
+    /// unknown model), so client-chosen names never become labels.
     pub model: &'a str,
-    /// Empty when the request never reached a version (an unknown model).
     pub version: &'a str,
     pub protocol: &'static str,
     pub code: u16,

@@ -169,7 +169,9 @@ async fn metrics(State(s): Shared) -> Response {
 }
 
 /// One inference request being timed; what it learns (the version that
-/// answered, the rows scored) is filled in as the handler goes.
+/// answered, the rows scored) is filled in as the handler goes. A request
+/// that never reaches a served model is counted under an empty model label:
+/// names taken from request paths would let any client grow /metrics.
 struct Timed {
     started: Instant,
     protocol: &'static str,
@@ -179,17 +181,18 @@ struct Timed {
 }
 
 impl Timed {
-    fn start(protocol: &'static str, model: &str) -> Timed {
+    fn start(protocol: &'static str) -> Timed {
         Timed {
             started: Instant::now(),
             protocol,
-            model: model.to_string(),
+            model: String::new(),
             version: String::new(),
             rows: None,
         }
     }
 
     fn answered_by(&mut self, loaded: &Loaded) {
+        self.model = loaded.name.clone();
         self.version = loaded.version.to_string();
     }
 
@@ -451,7 +454,7 @@ async fn run_infer(
     version: Option<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, OipError> {
-    let mut timed = Timed::start("v2", &name);
+    let mut timed = Timed::start("v2");
     let result = score_infer(&s, &name, version.as_deref(), body, &mut timed).await;
     let status = result
         .as_ref()
@@ -534,7 +537,7 @@ async fn invocations(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, MlflowError> {
-    let mut timed = Timed::start("invocations", &s.primary);
+    let mut timed = Timed::start("invocations");
     let result = score_invocations(&s, &headers, body, &mut timed).await;
     let status = result
         .as_ref()

@@ -753,6 +753,22 @@ fn the_model_repository_loads_unloads_and_reports_a_corrupt_version() {
         404,
         "an unregistered model"
     );
+    // A request for a model that is not served is counted without its name.
+    assert_eq!(server.post("/v2/models/random-name/infer", "{}").0, 404);
+    let metrics = server
+        .client
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(!metrics.contains("random-name"), "{metrics}");
+    assert!(
+        metrics.contains(
+            r#"weir_serve_requests_total{model="",version="",protocol="v2",code="404"} 1"#
+        ),
+        "{metrics}"
+    );
 
     // Version 3's file is damaged on disk: its load fails, the server and
     // version 2 carry on, and the index says why.

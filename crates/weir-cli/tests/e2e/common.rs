@@ -130,6 +130,16 @@ impl Sandbox {
     }
 }
 
+/// A run's step entry in `weir runs show --json`.
+pub fn step<'a>(show: &'a Value, name: &str) -> &'a Value {
+    show["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == name)
+        .unwrap()
+}
+
 pub struct Server {
     pub child: Child,
     pub url: String,
@@ -137,6 +147,24 @@ pub struct Server {
 }
 
 impl Server {
+    /// The `/metrics` page, as text.
+    pub fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+
+    /// The value of one series on `/metrics` (`name{labels}`), if it is there.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map(|v| v.parse().unwrap())
+    }
+
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {

@@ -1,9 +1,7 @@
 //! Pipelines of `run:` steps in several languages, params, logs, listings,
 //! and every kind of bad input, each leaving no half-written state.
 
-use serde_json::Value;
-
-use crate::common::{python, Sandbox};
+use crate::common::{python, step, Sandbox};
 
 fn polyglot(sb: &Sandbox) {
     sb.write(
@@ -47,15 +45,6 @@ steps:
             py = python()
         ),
     );
-}
-
-fn step<'a>(show: &'a Value, name: &str) -> &'a Value {
-    show["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["step"] == name)
-        .unwrap()
 }
 
 #[test]

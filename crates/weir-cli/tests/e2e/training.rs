@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-use crate::common::Sandbox;
+use crate::common::{step, Sandbox};
 
 const PIPELINE: &str = r#"
 version: 1
@@ -64,15 +64,6 @@ fn latest_run(sb: &Sandbox) -> String {
         .as_str()
         .unwrap()
         .to_string()
-}
-
-fn step<'a>(show: &'a Value, name: &str) -> &'a Value {
-    show["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["step"] == name)
-        .unwrap()
 }
 
 #[test]
@@ -232,20 +223,10 @@ fn fitted_transforms_are_saved_in_the_model_and_served_bit_identically() {
     );
 
     // /metrics counts both requests by status, and the rows the good one scored.
-    let metrics = server
-        .client
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
     let value = |series: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
-            .parse::<f64>()
-            .unwrap()
+        server
+            .metric(series)
+            .unwrap_or_else(|| panic!("no {series} in\n{}", server.metrics()))
     };
     let labels = r#"model="transformed",version="1",protocol="invocations""#;
     assert_eq!(
@@ -684,13 +665,7 @@ fn a_busy_server_answers_429_and_a_trickling_body_504() {
     // The slot is free again.
     let (status, body) = server.post_alone("/invocations", record);
     assert_eq!(status, 200, "{body}");
-    let metrics = server
-        .client
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = server.metrics();
     for series in [
         "weir_serve_rejected_total{reason=\"busy\"} 1",
         "weir_serve_rejected_total{reason=\"timeout\"} 1",
@@ -755,13 +730,7 @@ fn the_model_repository_loads_unloads_and_reports_a_corrupt_version() {
     );
     // A request for a model that is not served is counted without its name.
     assert_eq!(server.post("/v2/models/random-name/infer", "{}").0, 404);
-    let metrics = server
-        .client
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = server.metrics();
     assert!(!metrics.contains("random-name"), "{metrics}");
     assert!(
         metrics.contains(
@@ -805,18 +774,7 @@ fn the_response_cache_answers_a_repeated_request_and_counts_it() {
     sb.write("pipeline.yaml", PIPELINE);
     sb.ok(&["run", "pipeline.yaml"]);
     let hits = |server: &crate::common::Server| {
-        let text = server
-            .client
-            .get(format!("{}/metrics", server.url))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(r#"weir_serve_cache_hits_total{model="gbdt-points",version="1"} "#)
-            })
-            .map(|v| v.parse::<f64>().unwrap())
+        server.metric(r#"weir_serve_cache_hits_total{model="gbdt-points",version="1"}"#)
     };
     let row =
         |x: f64| json!({"dataframe_records": [{"x": x, "z": 2.0, "carrier": "UA"}]}).to_string();
@@ -906,20 +864,10 @@ fn batched_requests_get_their_own_answers_and_a_bad_one_fails_alone() {
         "{}",
         answers[8].1
     );
-    let metrics = server
-        .client
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
     let value = |series: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
-            .parse::<f64>()
-            .unwrap()
+        server
+            .metric(series)
+            .unwrap_or_else(|| panic!("no {series} in\n{}", server.metrics()))
     };
     let calls = value(r#"weir_serve_model_call_rows_count{model="transformed",version="1"}"#);
     assert!(

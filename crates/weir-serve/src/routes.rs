@@ -473,8 +473,12 @@ async fn score_infer(
     let loaded = ready_model(s, name, version)?;
     timed.answered_by(&loaded);
     let bytes = body_bytes(body, s.max_body_bytes)?;
-    let key = ResponseCache::key("v2", &loaded.name, loaded.version, &bytes);
-    if let Some(answer) = cached(s, &loaded, &key) {
+    // Hashing the body is only worth it when there is a cache to look in.
+    let key = s
+        .cache
+        .enabled()
+        .then(|| ResponseCache::key("v2", &loaded.name, loaded.version, &bytes));
+    if let Some(answer) = key.as_ref().and_then(|k| cached(s, &loaded, k)) {
         return Ok(Json(answer));
     }
     let request: payload::OipRequest = parse_json(&bytes)?;
@@ -526,7 +530,7 @@ async fn score_infer(
     if let Some(id) = request.id {
         response["id"] = json!(id);
     }
-    if s.cache.enabled() {
+    if let Some(key) = key {
         s.cache.put(key, &response);
     }
     Ok(Json(response))
@@ -563,8 +567,12 @@ async fn score_invocations(
     let loaded = ready_model(s, &s.primary, None)?;
     timed.answered_by(&loaded);
     let bytes = body_bytes(body, s.max_body_bytes)?;
-    let key = ResponseCache::key("invocations", &loaded.name, loaded.version, &bytes);
-    if let Some(answer) = cached(s, &loaded, &key) {
+    // Hashing the body is only worth it when there is a cache to look in.
+    let key = s
+        .cache
+        .enabled()
+        .then(|| ResponseCache::key("invocations", &loaded.name, loaded.version, &bytes));
+    if let Some(answer) = key.as_ref().and_then(|k| cached(s, &loaded, k)) {
         return Ok(Json(answer));
     }
     let request: Value = parse_json(&bytes)?;
@@ -579,17 +587,14 @@ async fn score_invocations(
         Task::Regression => scores.iter().map(|p| json!(p)).collect(),
     };
     let response = json!({ "predictions": predictions });
-    if s.cache.enabled() {
+    if let Some(key) = key {
         s.cache.put(key, &response);
     }
     Ok(Json(response))
 }
 
-/// The cached answer to this exact request, if the cache is on and has it.
+/// The cached answer to this exact request, if the cache has it.
 fn cached(s: &AppState, loaded: &Loaded, key: &crate::cache::Key) -> Option<Value> {
-    if !s.cache.enabled() {
-        return None;
-    }
     let answer = s.cache.get(key)?;
     s.metrics.cache_hit(&loaded.name, loaded.version);
     Some(answer)

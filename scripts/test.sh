@@ -6,6 +6,8 @@
 #     and started on a free loopback port for the duration of the run;
 #   - the official mlflow client (pinned), in the same virtualenv, driving a
 #     real `weir server` on SQLite and on PostgreSQL (tests/mlflow).
+#   - scikit-learn + skl2onnx + onnxruntime (pinned, own virtualenv): ONNX exports
+#     served by `weir serve` must match onnxruntime (tests/onnx).
 # Extra arguments go to `cargo test` (e.g. scripts/test.sh -p weir-store).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +18,9 @@ MLFLOW_CLIENT="mlflow-skinny==3.17.2 pandas==3.1.1 pytest==9.2.0"
 # The 2.x client too, in a venv of its own (SQLite only: the server code is shared).
 VENV2="${WEIR_CI_VENV2:-$HOME/.cache/weir-ci/venv-mlflow2}"
 MLFLOW2_CLIENT="mlflow-skinny==2.22.1 pandas==3.1.1 pytest==9.2.0"
+# scikit-learn models exported to ONNX, checked against onnxruntime (tests/onnx).
+VENV_ONNX="${WEIR_CI_VENV_ONNX:-$HOME/.cache/weir-ci/venv-onnx}"
+ONNX_CLIENT="scikit-learn==1.9.1 skl2onnx==1.20.0 onnxruntime==1.32.0 requests==2.34.2 pytest==9.2.0"
 log() { printf '\033[1m[test]\033[0m %s\n' "$*" >&2; }
 
 # --- PostgreSQL -------------------------------------------------------------
@@ -48,6 +53,12 @@ if ! "$VENV2/bin/python" -c 'import mlflow, pandas, pytest' 2>/dev/null; then
   # shellcheck disable=SC2086
   "$VENV2/bin/pip" install -q $MLFLOW2_CLIENT
 fi
+if ! "$VENV_ONNX/bin/python" -c 'import sklearn, skl2onnx, onnxruntime, requests, pytest' 2>/dev/null; then
+  log "installing scikit-learn, skl2onnx and onnxruntime into $VENV_ONNX"
+  python3 -m venv "$VENV_ONNX"
+  # shellcheck disable=SC2086
+  "$VENV_ONNX/bin/pip" install -q $ONNX_CLIENT
+fi
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p target
 setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >target/moto.log 2>&1 &
@@ -71,4 +82,6 @@ if [ $# -eq 0 ]; then
   WEIR_BIN="$PWD/target/debug/weir" "$VENV/bin/python" -m pytest -q -p no:warnings -p no:cacheprovider tests/mlflow
   log "mlflow 2.x client suite (tests/mlflow, SQLite)"
   WEIR_TEST_POSTGRES=off WEIR_BIN="$PWD/target/debug/weir" "$VENV2/bin/python" -m pytest -q -p no:warnings -p no:cacheprovider tests/mlflow
+  log "ONNX suite: scikit-learn -> skl2onnx -> weir serve, against onnxruntime (tests/onnx)"
+  WEIR_BIN="$PWD/target/debug/weir" "$VENV_ONNX/bin/python" -m pytest -q -p no:warnings -p no:cacheprovider tests/onnx
 fi

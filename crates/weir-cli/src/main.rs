@@ -205,6 +205,16 @@ enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Register a model file as the next version of NAME: an ONNX graph (e.g. from skl2onnx)
+    /// or a Weir model file. The file must load and run before it gets a version.
+    Register {
+        name: String,
+        file: std::path::PathBuf,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// A model's versions, or one version with its lineage and metrics
     Show {
         name: String,
@@ -391,6 +401,19 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             output::models(&ctx.store.list_models().await?, json);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Models(ModelsCommand::Register {
+            name,
+            file,
+            description,
+            json,
+        }) => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            let registered =
+                weir_serve::register_file(&ctx.store, &ctx.artifacts, &name, &file, description)
+                    .await?;
+            output::registered(&registered, json);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Models(ModelsCommand::Show {
             name,
             version,
@@ -451,7 +474,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tract_onnx=error")),
         )
         .with_writer(std::io::stderr)
         .init();

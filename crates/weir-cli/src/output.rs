@@ -312,6 +312,41 @@ pub fn models(models: &[ModelSummary], json: bool) {
     table(&["MODEL", "LATEST", "VERSIONS", "UPDATED (UTC)"], &rows);
 }
 
+pub fn registered(r: &weir_serve::Registered, json: bool) {
+    if json {
+        print_json(r);
+        return;
+    }
+    println!(
+        "registered {}:{} ({} model, {})",
+        r.name,
+        r.version,
+        r.format,
+        &r.digest[..12]
+    );
+    let shapes = |list: &serde_json::Value| {
+        list.as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|t| match (&t["datatype"], &t["shape"]) {
+                        (serde_json::Value::String(d), shape) => {
+                            format!("{} {d} {shape}", t["name"].as_str().unwrap_or(""))
+                        }
+                        _ => t["name"].as_str().unwrap_or("").to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    println!("  inputs:  {}", shapes(&r.inputs));
+    if r.outputs.as_array().is_some_and(|o| !o.is_empty()) {
+        println!("  outputs: {}", shapes(&r.outputs));
+    }
+    println!("  serve it: weir serve {}:{}", r.name, r.version);
+}
+
 pub async fn model_detail(
     store: &Store,
     name: &str,

@@ -242,6 +242,68 @@ fn patch_binary_tree_classifiers(graph: &mut pb::GraphProto) {
     graph.initializer.extend(added_constants);
 }
 
+/// tract has no `ai.onnx.ml` Scaler (what skl2onnx writes for a
+/// StandardScaler or MinMaxScaler); it is `(float(x) - offset) * scale`,
+/// so it is rewritten as Cast, Sub and Mul, which tract runs.
+fn rewrite_scalers(graph: &mut pb::GraphProto) {
+    let mut rewritten = Vec::with_capacity(graph.node.len());
+    for (ix, node) in std::mem::take(&mut graph.node).into_iter().enumerate() {
+        if node.op_type != "Scaler" || node.input.len() != 1 || node.output.len() != 1 {
+            rewritten.push(node);
+            continue;
+        }
+        let floats = |name: &str| {
+            node.attribute
+                .iter()
+                .find(|a| a.name == name)
+                .map(|a| a.floats.clone())
+        };
+        let offset = floats("offset").unwrap_or_else(|| vec![0.0]);
+        let scale = floats("scale").unwrap_or_else(|| vec![1.0]);
+        let constant = |name: String, values: Vec<f32>| pb::TensorProto {
+            name,
+            dims: vec![values.len() as i64],
+            data_type: 1, // FLOAT
+            float_data: values,
+            ..Default::default()
+        };
+        let (offset_name, scale_name) = (format!("weir_offset_{ix}"), format!("weir_scale_{ix}"));
+        graph
+            .initializer
+            .push(constant(offset_name.clone(), offset));
+        graph.initializer.push(constant(scale_name.clone(), scale));
+        let (cast, centred) = (format!("weir_cast_{ix}"), format!("weir_centred_{ix}"));
+        rewritten.push(pb::NodeProto {
+            name: cast.clone(),
+            op_type: "Cast".into(),
+            input: node.input.clone(),
+            output: vec![cast.clone()],
+            attribute: vec![pb::AttributeProto {
+                name: "to".into(),
+                i: 1, // FLOAT
+                r#type: 2,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        rewritten.push(pb::NodeProto {
+            name: centred.clone(),
+            op_type: "Sub".into(),
+            input: vec![cast, offset_name],
+            output: vec![centred.clone()],
+            ..Default::default()
+        });
+        rewritten.push(pb::NodeProto {
+            name: format!("weir_scaled_{ix}"),
+            op_type: "Mul".into(),
+            input: vec![centred, scale_name],
+            output: node.output.clone(),
+            ..Default::default()
+        });
+    }
+    graph.node = rewritten;
+}
+
 fn datum(elem: ElemType) -> DatumType {
     match elem {
         ElemType::Bool => bool::datum_type(),
@@ -269,6 +331,7 @@ impl OnnxModel {
             return Err(OnnxError::Parse("the graph has no operators".into()));
         }
         patch_binary_tree_classifiers(graph);
+        rewrite_scalers(graph);
         let initialized: std::collections::HashSet<&str> =
             graph.initializer.iter().map(|t| t.name.as_str()).collect();
         let inputs: Vec<TensorSpec> = graph

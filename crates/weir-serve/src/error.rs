@@ -24,6 +24,8 @@ pub enum ServeError {
         version: String,
         served: String,
     },
+    #[error("model {model} is registered but could not be loaded ({reason}); fix it and load it again with POST /v2/repository/models/NAME/load")]
+    Unavailable { model: String, reason: String },
     #[error("the server is still loading its models; retry when /v2/health/ready answers 200")]
     NotReady,
     /// A request the client must fix; the message says what and where.
@@ -50,7 +52,9 @@ impl ServeError {
             }
             ServeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ServeError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ServeError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ServeError::NotReady | ServeError::Unavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             // The version exists but cannot be put in service (corrupt, unreadable).
             ServeError::Load { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ServeError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,

@@ -11,7 +11,9 @@ mod batch;
 mod cache;
 mod error;
 mod metrics;
+mod onnx;
 mod payload;
+mod register;
 mod routes;
 
 use std::collections::BTreeMap;
@@ -24,6 +26,7 @@ use weir_store::Store;
 
 pub use batch::BatchOptions;
 pub use error::ServeError;
+pub use register::{register_file, Registered};
 
 /// `NAME` (the latest version) or `NAME:VERSION`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,10 +76,35 @@ pub struct ServeOptions {
 pub(crate) struct Loaded {
     pub name: String,
     pub version: i64,
-    pub model: Arc<Model>,
-    pub inputs: Vec<InputSpec>,
-    /// The queue that batches this version's requests, when batching is on.
-    pub batcher: Option<batch::Batcher>,
+    pub predictor: Predictor,
+}
+
+pub(crate) enum Predictor {
+    /// A Weir model: named feature columns in, its fitted transforms applied.
+    Native {
+        model: Arc<Model>,
+        inputs: Vec<InputSpec>,
+        /// The queue that batches this version's requests, when batching is on.
+        batcher: Option<batch::Batcher>,
+    },
+    /// An ONNX graph: tensors in, tensors out.
+    Onnx(Arc<weir_onnx::OnnxModel>),
+}
+
+impl Loaded {
+    pub fn platform(&self) -> String {
+        match &self.predictor {
+            Predictor::Native { model, .. } => format!("weir_{}", model.kind()),
+            Predictor::Onnx(_) => "onnx".into(),
+        }
+    }
+
+    fn input_count(&self) -> usize {
+        match &self.predictor {
+            Predictor::Native { inputs, .. } => inputs.len(),
+            Predictor::Onnx(m) => m.inputs().len(),
+        }
+    }
 }
 
 pub(crate) struct AppState {
@@ -183,6 +211,18 @@ impl AppState {
     pub fn model(&self, name: &str, version: Option<&str>) -> Result<Arc<Loaded>, ServeError> {
         let versions = self.versions(name);
         if versions.is_empty() {
+            if let Some(((_, v), why)) = self
+                .failed
+                .read()
+                .expect("failed lock")
+                .iter()
+                .find(|((n, v), _)| n == name && version.is_none_or(|want| want == v.to_string()))
+            {
+                return Err(ServeError::Unavailable {
+                    model: format!("{name}:{v}"),
+                    reason: why.clone(),
+                });
+            }
             return Err(ServeError::UnknownModel {
                 name: name.to_string(),
                 served: self.names().join(", "),
@@ -211,18 +251,32 @@ impl AppState {
 pub(crate) async fn load(state: &AppState, name: &str, version: i64) -> Result<Loaded, ServeError> {
     let (store, artifacts) = (&state.store, &state.artifacts);
     let mv = store.model_version(name, Some(version)).await?;
+    let failed = |reason: String| ServeError::Load {
+        model: format!("{name}:{version}"),
+        reason,
+    };
     let digest = mv
         .weir_digest()?
         .parse()
-        .map_err(|e: weir_core::DigestError| ServeError::Load {
-            model: format!("{name}:{version}"),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e: weir_core::DigestError| failed(e.to_string()))?;
     let bytes = artifacts.get(&digest).await?;
-    let model = Model::from_bytes(&bytes).map_err(|e| ServeError::Load {
-        model: format!("{name}:{version}"),
-        reason: e.to_string(),
-    })?;
+    if register::is_onnx(&mv) {
+        // Parsing and optimising a graph is CPU work; keep it off the reactor.
+        let model = tokio::task::spawn_blocking(move || {
+            let model = weir_onnx::OnnxModel::from_bytes(&bytes)?;
+            register::warm_up_onnx(&model)?;
+            Ok::<_, weir_onnx::OnnxError>(model)
+        })
+        .await
+        .map_err(|e| ServeError::Internal(e.to_string()))?
+        .map_err(|e| failed(e.to_string()))?;
+        return Ok(Loaded {
+            name: name.to_string(),
+            version,
+            predictor: Predictor::Onnx(Arc::new(model)),
+        });
+    }
+    let model = Model::from_bytes(&bytes).map_err(|e| failed(e.to_string()))?;
     let inputs = model.inputs();
     // Warm-up: one row of missing values exercises every transform.
     let frame = weir_ml::Frame {
@@ -237,10 +291,9 @@ pub(crate) async fn load(state: &AppState, name: &str, version: i64) -> Result<L
             })
             .collect(),
     };
-    model.predict(&frame).map_err(|e| ServeError::Load {
-        model: format!("{name}:{version}"),
-        reason: format!("warm-up failed: {e}"),
-    })?;
+    model
+        .predict(&frame)
+        .map_err(|e| failed(format!("warm-up failed: {e}")))?;
     let model = Arc::new(model);
     let batcher = (state.batch.max_rows > 0).then(|| {
         batch::Batcher::start(
@@ -253,9 +306,11 @@ pub(crate) async fn load(state: &AppState, name: &str, version: i64) -> Result<L
     Ok(Loaded {
         name: name.to_string(),
         version,
-        model,
-        inputs,
-        batcher,
+        predictor: Predictor::Native {
+            model,
+            inputs,
+            batcher,
+        },
     })
 }
 
@@ -305,14 +360,32 @@ pub async fn serve(
             .await
     });
 
+    // A version that cannot load is reported and the server serves the
+    // rest (as KServe does); only when nothing loads is there nothing to run.
+    let mut first_failure = None;
     for (name, version) in &resolved {
-        let loaded = load(&state, name, *version).await?;
-        eprintln!(
-            "loaded {name}:{version} ({}, {} inputs)",
-            loaded.model.kind(),
-            loaded.inputs.len()
-        );
-        state.add(loaded);
+        match load(&state, name, *version).await {
+            Ok(loaded) => {
+                eprintln!(
+                    "loaded {name}:{version} ({}, {} inputs)",
+                    loaded.platform(),
+                    loaded.input_count()
+                );
+                state.add(loaded);
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                state
+                    .failed
+                    .write()
+                    .expect("failed lock")
+                    .insert((name.clone(), *version), e.to_string());
+                first_failure.get_or_insert(e);
+            }
+        }
+    }
+    if let (Some(e), true) = (first_failure, state.names().is_empty()) {
+        return Err(e);
     }
     state.ready.store(true, Ordering::Release);
     eprintln!("ready");

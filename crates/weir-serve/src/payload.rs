@@ -50,7 +50,7 @@ pub(crate) struct OipTensor {
     pub parameters: Option<serde_json::Map<String, Value>>,
 }
 
-const NUMERIC_TYPES: &[&str] = &[
+pub(crate) const NUMERIC_TYPES: &[&str] = &[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16",
     "FP32", "FP64",
 ];
@@ -120,7 +120,7 @@ pub(crate) fn oip_columns(request: &OipRequest) -> Result<Columns, ServeError> {
     })
 }
 
-fn describe(v: &Value) -> String {
+pub(crate) fn describe(v: &Value) -> String {
     match v {
         Value::String(s) => format!("the string {s:?}"),
         Value::Number(n) => format!("the number {n}"),

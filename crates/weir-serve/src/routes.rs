@@ -18,7 +18,7 @@ use weir_ml::{InputKind, Task};
 use crate::cache::ResponseCache;
 use crate::metrics::Observation;
 use crate::payload::{self, Columns};
-use crate::{AppState, Loaded, ServeError};
+use crate::{onnx, AppState, Loaded, Predictor, ServeError};
 
 /// Batches above this many rows are scored on a blocking thread so the
 /// reactor keeps answering other requests.
@@ -362,12 +362,25 @@ fn output_names(task: Task) -> &'static [(&'static str, &'static str)] {
 }
 
 fn metadata(s: &AppState, loaded: &Loaded) -> Value {
+    let (inputs, outputs): (Vec<Value>, Vec<Value>) = match &loaded.predictor {
+        Predictor::Native { model, inputs, .. } => (
+            inputs
+                .iter()
+                .map(|i| json!({"name": i.name, "datatype": datatype(i.kind), "shape": [-1]}))
+                .collect(),
+            output_names(model.task())
+                .iter()
+                .map(|(n, t)| json!({"name": n, "datatype": t, "shape": [-1]}))
+                .collect(),
+        ),
+        Predictor::Onnx(model) => (onnx::metadata_inputs(model), onnx::metadata_outputs(model)),
+    };
     json!({
         "name": loaded.name,
         "versions": s.versions(&loaded.name).iter().map(|l| l.version.to_string()).collect::<Vec<_>>(),
-        "platform": format!("weir_{}", loaded.model.kind()),
-        "inputs": loaded.inputs.iter().map(|i| json!({"name": i.name, "datatype": datatype(i.kind), "shape": [-1]})).collect::<Vec<_>>(),
-        "outputs": output_names(loaded.model.task()).iter().map(|(n, t)| json!({"name": n, "datatype": t, "shape": [-1]})).collect::<Vec<_>>(),
+        "platform": loaded.platform(),
+        "inputs": inputs,
+        "outputs": outputs,
     })
 }
 
@@ -411,18 +424,32 @@ async fn version_ready(
     ))
 }
 
-async fn predict(loaded: Arc<Loaded>, columns: Columns) -> Result<Vec<f64>, ServeError> {
-    let frame = payload::frame(&loaded.inputs, columns)?;
-    if let Some(batcher) = &loaded.batcher {
+async fn predict(
+    model: &Arc<weir_ml::Model>,
+    inputs: &[weir_ml::InputSpec],
+    batcher: Option<&crate::batch::Batcher>,
+    columns: Columns,
+) -> Result<Vec<f64>, ServeError> {
+    let frame = payload::frame(inputs, columns)?;
+    if let Some(batcher) = batcher {
         return batcher.score(frame).await.map_err(ServeError::BadRequest);
     }
     let rows = frame.rows;
+    let model = Arc::clone(model);
     let score = move || {
-        loaded
-            .model
+        model
             .predict(&frame)
             .map_err(|e| ServeError::BadRequest(e.to_string()))
     };
+    off_reactor(rows, score).await
+}
+
+/// Runs small calls in place; large ones on a blocking thread, so the
+/// reactor keeps answering other requests.
+async fn off_reactor<T: Send + 'static>(
+    rows: usize,
+    score: impl FnOnce() -> Result<T, ServeError> + Send + 'static,
+) -> Result<T, ServeError> {
     if rows <= INLINE_ROWS {
         score()
     } else {
@@ -486,7 +513,18 @@ async fn score_infer(
         .outputs
         .as_ref()
         .map(|o| o.iter().map(|o| o.name.clone()).collect());
-    let available = output_names(loaded.model.task());
+    let (model, inputs, batcher) = match &loaded.predictor {
+        Predictor::Native {
+            model,
+            inputs,
+            batcher,
+        } => (model, inputs, batcher.as_ref()),
+        Predictor::Onnx(graph) => {
+            let outputs = score_onnx(graph, &request, requested.as_deref(), timed).await?;
+            return Ok(Json(respond(s, &loaded, request.id, outputs, key)));
+        }
+    };
+    let available = output_names(model.task());
     if let Some(names) = &requested {
         if let Some(bad) = names
             .iter()
@@ -501,7 +539,7 @@ async fn score_infer(
         }
     }
     let columns = payload::oip_columns(&request)?;
-    let scores = predict(loaded.clone(), columns).await?;
+    let scores = predict(model, inputs, batcher, columns).await?;
     let n = scores.len();
     timed.rows = Some(n);
     let outputs: Vec<Value> = available
@@ -522,18 +560,72 @@ async fn score_infer(
             json!({"name": out, "shape": [n], "datatype": dtype, "data": data})
         })
         .collect();
+    Ok(Json(respond(s, &loaded, request.id, outputs, key)))
+}
+
+/// The OIP answer, cached when the cache is on.
+fn respond(
+    s: &AppState,
+    loaded: &Loaded,
+    id: Option<String>,
+    outputs: Vec<Value>,
+    key: Option<crate::cache::Key>,
+) -> Value {
     let mut response = json!({
         "model_name": loaded.name,
         "model_version": loaded.version.to_string(),
         "outputs": outputs,
     });
-    if let Some(id) = request.id {
+    if let Some(id) = id {
         response["id"] = json!(id);
     }
     if let Some(key) = key {
         s.cache.put(key, &response);
     }
-    Ok(Json(response))
+    response
+}
+
+async fn score_onnx(
+    graph: &Arc<weir_onnx::OnnxModel>,
+    request: &payload::OipRequest,
+    requested: Option<&[String]>,
+    timed: &mut Timed,
+) -> Result<Vec<Value>, ServeError> {
+    if let Some(bad) = requested.and_then(|names| {
+        names
+            .iter()
+            .find(|n| !graph.outputs().iter().any(|o| &o.name == *n))
+    }) {
+        let known: Vec<&str> = graph.outputs().iter().map(|o| o.name.as_str()).collect();
+        return Err(ServeError::BadRequest(format!(
+            "unknown output '{bad}'; the model produces: {}",
+            known.join(", ")
+        )));
+    }
+    let (rows, values) = onnx::oip_inputs(graph, request)?;
+    let outputs = run_graph(graph, rows, values).await?;
+    timed.rows = Some(rows);
+    Ok(onnx::oip_outputs(&outputs, requested))
+}
+
+async fn run_graph(
+    graph: &Arc<weir_onnx::OnnxModel>,
+    rows: usize,
+    values: Vec<Vec<f64>>,
+) -> Result<Vec<weir_onnx::Output>, ServeError> {
+    let run = move |graph: &weir_onnx::OnnxModel, values: &[Vec<f64>]| {
+        graph
+            .run(rows, values)
+            .map_err(|e| ServeError::BadRequest(e.to_string()))
+    };
+    let outputs = if rows <= INLINE_ROWS {
+        run(graph, &values)?
+    } else {
+        let graph = Arc::clone(graph);
+        off_reactor(rows, move || run(&graph, &values)).await?
+    };
+    onnx::check_rows(&outputs, rows)?;
+    Ok(outputs)
 }
 
 async fn invocations(
@@ -576,10 +668,27 @@ async fn score_invocations(
         return Ok(Json(answer));
     }
     let request: Value = parse_json(&bytes)?;
+    let (model, inputs, batcher) = match &loaded.predictor {
+        Predictor::Native {
+            model,
+            inputs,
+            batcher,
+        } => (model, inputs, batcher.as_ref()),
+        Predictor::Onnx(graph) => {
+            let (rows, values) = onnx::mlflow_inputs(graph, &request)?;
+            let outputs = run_graph(graph, rows, values).await?;
+            timed.rows = Some(rows);
+            let response = onnx::mlflow_predictions(&outputs, rows);
+            if let Some(key) = key {
+                s.cache.put(key, &response);
+            }
+            return Ok(Json(response));
+        }
+    };
     let columns = payload::mlflow_columns(&request)?;
-    let scores = predict(loaded.clone(), columns).await?;
+    let scores = predict(model, inputs, batcher, columns).await?;
     timed.rows = Some(scores.len());
-    let predictions: Vec<Value> = match loaded.model.task() {
+    let predictions: Vec<Value> = match model.task() {
         Task::Classification => scores
             .iter()
             .map(|p| json!({"probability": p, "label": i64::from(*p >= 0.5)}))

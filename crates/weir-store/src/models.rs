@@ -180,6 +180,20 @@ impl Store {
         Ok(version)
     }
 
+    /// Registers a version whose file was just stored: the artifact record
+    /// and the version land in one transaction, or neither does.
+    pub async fn register_model_file(
+        &self,
+        artifact: &crate::ArtifactRecord,
+        new: &NewModelVersion,
+    ) -> Result<ModelVersion> {
+        let mut tx = self.pool.begin().await?;
+        crate::artifacts::insert_artifact(&mut tx, artifact).await?;
+        let version = insert_model_version(&mut tx, new, weir_core::now_ms()).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
     pub async fn list_models(&self) -> Result<Vec<ModelSummary>> {
         let rows = sqlx::query(
             "SELECT m.name AS name, m.created_at AS created_at, MAX(v.version) AS latest, \

@@ -6,6 +6,7 @@ mod caching;
 mod common;
 mod fanout;
 mod flights;
+mod onnx;
 mod pipelines;
 mod preemption;
 mod recovery;

@@ -1,0 +1,120 @@
+"""scikit-learn models exported with skl2onnx, registered with `weir models
+register`, served by `weir serve`: Weir's answers must match onnxruntime's
+within 1e-5 (labels exactly), over OIP v2 and MLflow's /invocations."""
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import requests
+from skl2onnx import to_onnx
+from sklearn.datasets import load_breast_cancer, load_diabetes
+from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+from sklearn.neural_network import MLPClassifier, MLPRegressor
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WEIR = os.environ.get("WEIR_BIN", os.path.join(ROOT, "target", "debug", "weir"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def models():
+    X, y = load_breast_cancer(return_X_y=True)
+    Xd, yd = load_diabetes(return_X_y=True)
+    return {
+        # The serving benchmark's model (../shared/peers/mlflow_serving.sh).
+        "gbdt": (GradientBoostingClassifier(random_state=0).fit(X, y), X),
+        "forest": (RandomForestClassifier(n_estimators=30, max_depth=6, random_state=0).fit(X, y), X),
+        "mlp": (make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(32,), max_iter=400, random_state=0)).fit(X, y), X),
+        "mlp-regressor": (make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(16,), max_iter=800, random_state=0)).fit(Xd, yd), Xd),
+    }
+
+
+@pytest.fixture(scope="module")
+def served():
+    home = tempfile.mkdtemp(prefix="weir-onnx-")
+    env = dict(os.environ, WEIR_HOME=home, WEIR_LOG="warn")
+    cases = {}
+    for name, (model, X) in models().items():
+        onx = to_onnx(model, X[:1].astype(np.float32), options={"zipmap": False} if hasattr(model, "predict_proba") else None)
+        path = os.path.join(home, f"{name}.onnx")
+        with open(path, "wb") as f:
+            f.write(onx.SerializeToString())
+        out = subprocess.run([WEIR, "models", "register", name, path, "--json"], env=env,
+                             capture_output=True, text=True, check=True)
+        assert json.loads(out.stdout)["format"] == "onnx"
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        rows = X[np.random.default_rng(0).integers(0, len(X), 200)].astype(np.float32)
+        expected = session.run(None, {session.get_inputs()[0].name: rows})
+        cases[name] = (rows, [o.name for o in session.get_outputs()], expected)
+    port = free_port()
+    log = open(os.path.join(home, "serve.log"), "w")
+    proc = subprocess.Popen([WEIR, "serve", *cases, "--addr", f"127.0.0.1:{port}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if requests.get(url + "/v2/health/ready", timeout=1).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    else:
+        raise RuntimeError(open(os.path.join(home, "serve.log")).read())
+    yield url, cases
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def assert_matches(name, got, want):
+    got = np.asarray(got)
+    want = np.asarray(want)
+    assert got.shape == want.shape, name
+    if want.dtype.kind in "iu":
+        assert (got == want).all(), name
+    else:
+        worst = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
+        assert worst <= 1e-5, f"{name}: largest difference {worst}"
+
+
+@pytest.mark.parametrize("name", ["gbdt", "forest", "mlp", "mlp-regressor"])
+def test_oip_batch_matches_onnxruntime(served, name):
+    url, cases = served
+    rows, outputs, expected = cases[name]
+    body = {"inputs": [{"name": "X", "datatype": "FP32", "shape": list(rows.shape), "data": rows.ravel().tolist()}]}
+    r = requests.post(f"{url}/v2/models/{name}/infer", json=body)
+    assert r.status_code == 200, r.text
+    got = {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in r.json()["outputs"]}
+    for out, want in zip(outputs, expected):
+        assert_matches(f"{name}.{out}", got[out], want)
+
+
+@pytest.mark.parametrize("name", ["gbdt", "mlp-regressor"])
+def test_invocations_single_rows_match_onnxruntime(served, name):
+    url, cases = served
+    rows, outputs, expected = cases[name]
+    columns = [f"f{i}" for i in range(rows.shape[1])]
+    s = requests.Session()
+    for i in range(50):
+        r = s.post(f"{url}/invocations" if name == "gbdt" else f"{url}/v2/models/{name}/infer",
+                   json={"dataframe_split": {"columns": columns, "data": [rows[i].tolist()]}} if name == "gbdt" else
+                   {"inputs": [{"name": "X", "datatype": "FP64", "shape": [1, rows.shape[1]], "data": rows[i].tolist()}]})
+        assert r.status_code == 200, r.text
+        if name == "gbdt":
+            p = r.json()["predictions"][0]
+            assert p["label"] == expected[0][i]
+            assert_matches("gbdt.probabilities", p["probabilities"], expected[1][i])
+        else:
+            assert_matches(name, np.asarray(r.json()["outputs"][0]["data"]).reshape(1, -1), expected[0][i:i + 1])

@@ -91,10 +91,43 @@ enum Command {
     /// Hyper-parameter studies (steps with a `tune:` block)
     #[command(subcommand)]
     Study(StudyCommand),
+    /// Deploy a model version to an endpoint; after the first, versions roll out by strategy
+    Deploy {
+        endpoint: String,
+        #[arg(long)]
+        model: String,
+        /// The version to deploy [default: the latest]
+        #[arg(long)]
+        version: Option<i64>,
+        /// canary (weighted steps, judged each interval), bluegreen (switch once warm),
+        /// shadow (mirror traffic, promote by hand), direct (switch now)
+        #[arg(long, default_value = "canary")]
+        strategy: String,
+        /// Canary weights in percent
+        #[arg(long, value_delimiter = ',', default_value = "5,25,50,100")]
+        steps: Vec<i64>,
+        /// How often the candidate is judged against the stable version
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+        /// Roll back when the candidate's error rate exceeds the stable's by more than this
+        #[arg(long, default_value_t = 0.01)]
+        max_error_rate: f64,
+        /// Roll back when the candidate's p99 latency exceeds this (e.g. 50ms)
+        #[arg(long, value_parser = humantime::parse_duration)]
+        max_p99: Option<std::time::Duration>,
+        /// Fewer candidate requests than this in an interval: pause instead of judging
+        #[arg(long, default_value_t = 20)]
+        min_requests: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rollouts of an endpoint: status, promote, rollback, history
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Serve registered models over the Open Inference Protocol v2 and MLflow's /invocations
     Serve {
-        /// Models to serve: NAME (latest version) or NAME:VERSION
-        #[arg(required = true)]
+        /// Models to serve: NAME (latest version) or NAME:VERSION. Endpoints made with
+        /// `weir deploy` are served as well, with their rollouts.
         models: Vec<String>,
         /// Address to listen on [env: WEIR_SERVE_ADDR] [default: 127.0.0.1:8080]
         #[arg(long)]
@@ -180,6 +213,34 @@ enum ExperimentsCommand {
         /// Include deleted experiments
         #[arg(long)]
         all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// The endpoint's versions, weights, phase and why
+    Status {
+        endpoint: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Advance the rollout one step now (the last step makes the candidate stable)
+    Promote {
+        endpoint: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Withdraw the candidate now
+    Rollback {
+        endpoint: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything that happened to the endpoint, oldest first
+    History {
+        endpoint: String,
         #[arg(long)]
         json: bool,
     },
@@ -421,6 +482,74 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
         }) => {
             let ctx = Context::open(config(&cli.global, &[])?).await?;
             output::model_detail(&ctx.store, &name, version, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deploy {
+            endpoint,
+            model,
+            version,
+            strategy,
+            steps,
+            interval,
+            max_error_rate,
+            max_p99,
+            min_requests,
+            json,
+        } => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            let mv = ctx.store.model_version(&model, version).await?;
+            let current = match ctx.store.deployment(&endpoint).await {
+                Ok(d) => Some(d),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(e.into()),
+            };
+            let analysis = weir_serve::rollout::Analysis {
+                interval,
+                max_error_rate,
+                max_p99,
+                min_requests,
+            };
+            let (next, what) = weir_serve::rollout::start(
+                current.as_ref(),
+                &endpoint,
+                &mv.name,
+                mv.version,
+                &strategy,
+                steps,
+                &analysis,
+            )?;
+            let saved = ctx.store.save_deployment(&next, "deployed", &what).await?;
+            output::rollout_changed(&saved, &what, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rollout(command) => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            match command {
+                RolloutCommand::Status { endpoint, json } => {
+                    output::rollout_status(&ctx.store.deployment(&endpoint).await?, json);
+                }
+                RolloutCommand::History { endpoint, json } => {
+                    output::rollout_history(&ctx.store.deployment_events(&endpoint).await?, json);
+                }
+                RolloutCommand::Promote { endpoint, json } => {
+                    let d = ctx.store.deployment(&endpoint).await?;
+                    let (next, what) = weir_serve::rollout::promote(&d)?;
+                    let saved = ctx
+                        .store
+                        .save_deployment(&next, "promoted", &format!("{what} (by hand)"))
+                        .await?;
+                    output::rollout_changed(&saved, &what, json);
+                }
+                RolloutCommand::Rollback { endpoint, json } => {
+                    let d = ctx.store.deployment(&endpoint).await?;
+                    let (next, what) = weir_serve::rollout::rollback(&d, "rolled back by hand")?;
+                    let saved = ctx
+                        .store
+                        .save_deployment(&next, "rolled back", &what)
+                        .await?;
+                    output::rollout_changed(&saved, &what, json);
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve {

@@ -347,6 +347,74 @@ pub fn registered(r: &weir_serve::Registered, json: bool) {
     println!("  serve it: weir serve {}:{}", r.name, r.version);
 }
 
+pub fn rollout_status(d: &weir_store::Deployment, json: bool) {
+    if json {
+        print_json(d);
+        return;
+    }
+    println!(
+        "endpoint {}  (model {}, {} strategy)",
+        d.endpoint, d.model, d.strategy
+    );
+    println!(
+        "  phase:     {}{}",
+        d.phase,
+        if d.reason.is_empty() {
+            String::new()
+        } else {
+            format!(" — {}", d.reason)
+        }
+    );
+    let shadow = d.strategy == "shadow";
+    match (d.stable, d.candidate) {
+        (Some(s), Some(c)) if shadow => println!(
+            "  stable:    version {s} (100%)\n  shadow:    version {c} (mirrored, answers unused)"
+        ),
+        (Some(s), Some(c)) => println!(
+            "  stable:    version {s} ({}%)\n  candidate: version {c} ({}%, step {} of {:?})",
+            100 - d.weight,
+            d.weight,
+            d.step_index + 1,
+            d.steps
+        ),
+        (Some(s), None) => println!("  stable:    version {s} (100%)"),
+        (None, _) => println!("  no stable version"),
+    }
+    println!("  analysis:  {}", d.analysis);
+    println!(
+        "  updated:   {} (revision {})",
+        time(d.updated_at),
+        d.revision
+    );
+}
+
+pub fn rollout_changed(d: &weir_store::Deployment, what: &str, json: bool) {
+    if json {
+        print_json(d);
+    } else {
+        println!("{}: {what}", d.endpoint);
+    }
+}
+
+pub fn rollout_history(events: &[weir_store::DeploymentEvent], json: bool) {
+    if json {
+        print_json(&events);
+        return;
+    }
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            vec![
+                e.seq.to_string(),
+                time(e.at),
+                e.event.clone(),
+                e.detail.clone(),
+            ]
+        })
+        .collect();
+    table(&["#", "AT (UTC)", "EVENT", "DETAIL"], &rows);
+}
+
 pub async fn model_detail(
     store: &Store,
     name: &str,

@@ -14,11 +14,13 @@ mod metrics;
 mod onnx;
 mod payload;
 mod register;
+pub mod rollout;
 mod routes;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use weir_artifacts::ArtifactStore;
 use weir_ml::{InputKind, InputSpec, Model};
@@ -125,6 +127,12 @@ pub(crate) struct AppState {
     /// Versions whose last load failed, with why (shown by the index).
     pub failed: RwLock<BTreeMap<(String, i64), String>>,
     pub cache: cache::ResponseCache,
+    /// Endpoints (from the store's deployments), by name.
+    endpoints: RwLock<BTreeMap<String, Arc<weir_store::Deployment>>>,
+    /// What each version answered through each endpoint this interval.
+    windows: std::sync::Mutex<BTreeMap<(String, i64), rollout::Window>>,
+    /// Mirrored requests whose answers agreed / all, per endpoint, this rollout.
+    shadow_agreement: std::sync::Mutex<BTreeMap<String, (u64, u64)>>,
 }
 
 impl AppState {
@@ -183,6 +191,100 @@ impl AppState {
         );
         out.sort();
         out
+    }
+
+    pub fn endpoint(&self, name: &str) -> Option<Arc<weir_store::Deployment>> {
+        self.endpoints
+            .read()
+            .expect("endpoints lock")
+            .get(name)
+            .cloned()
+    }
+
+    /// Puts an endpoint's (new) state in service; a changed revision starts
+    /// a fresh analysis window.
+    pub(crate) fn set_endpoint(&self, d: weir_store::Deployment) -> bool {
+        let changed = self
+            .endpoint(&d.endpoint)
+            .is_none_or(|old| old.revision != d.revision);
+        if !changed {
+            return false;
+        }
+        let mut shares = Vec::new();
+        if let Some(stable) = d.stable {
+            let cand_share = if d.strategy == "shadow" { 0 } else { d.weight };
+            shares.push((
+                stable,
+                100 - if d.candidate.is_some() { cand_share } else { 0 },
+            ));
+            if let Some(c) = d.candidate {
+                shares.push((c, cand_share));
+            }
+        }
+        // Versions this endpoint no longer routes to show 0.
+        if let Some(old) = self.endpoint(&d.endpoint) {
+            for v in [old.stable, old.candidate].into_iter().flatten() {
+                if !shares.iter().any(|(s, _)| *s == v) {
+                    shares.push((v, 0));
+                }
+            }
+        }
+        self.metrics.rollout(&d.endpoint, &shares, &d.phase);
+        self.windows
+            .lock()
+            .expect("windows lock")
+            .retain(|(e, _), _| *e != d.endpoint);
+        if d.candidate.is_none() {
+            self.shadow_agreement
+                .lock()
+                .expect("shadow lock")
+                .remove(&d.endpoint);
+        }
+        self.endpoints
+            .write()
+            .expect("endpoints lock")
+            .insert(d.endpoint.clone(), Arc::new(d));
+        true
+    }
+
+    /// Counts a request an endpoint routed to `version`.
+    pub(crate) fn record(&self, endpoint: &str, version: i64, code: u16, elapsed: Duration) {
+        self.metrics
+            .endpoint_request(endpoint, version, code, elapsed);
+        // 429 is the server's own limit, not the version's doing.
+        let error = code >= 400 && code != 429;
+        self.windows
+            .lock()
+            .expect("windows lock")
+            .entry((endpoint.to_string(), version))
+            .or_default()
+            .record(error, elapsed);
+    }
+
+    pub(crate) fn record_shadow(&self, endpoint: &str, version: i64, agree: bool) {
+        self.metrics.shadow(endpoint, version, agree);
+        let mut map = self.shadow_agreement.lock().expect("shadow lock");
+        let entry = map.entry(endpoint.to_string()).or_default();
+        entry.0 += u64::from(agree);
+        entry.1 += 1;
+    }
+
+    fn take_window(&self, endpoint: &str, version: Option<i64>) -> rollout::Window {
+        version
+            .and_then(|v| {
+                self.windows
+                    .lock()
+                    .expect("windows lock")
+                    .remove(&(endpoint.to_string(), v))
+            })
+            .unwrap_or_default()
+    }
+
+    /// A loaded version, if this server has it.
+    pub fn loaded_version(&self, name: &str, version: i64) -> Option<Arc<Loaded>> {
+        self.versions(name)
+            .into_iter()
+            .find(|l| l.version == version)
     }
 
     pub fn is_ready(&self) -> bool {
@@ -314,6 +416,154 @@ pub(crate) async fn load(state: &AppState, name: &str, version: i64) -> Result<L
     })
 }
 
+/// Keeps endpoints current: picks up changes made with `weir deploy` and
+/// `weir rollout` (polling the store), loads the versions they route to,
+/// and judges each rollout once per analysis interval.
+#[derive(Default)]
+struct Controller {
+    /// When each endpoint's current analysis window opened.
+    opened: BTreeMap<String, Instant>,
+}
+
+/// How often the store is polled for endpoint changes.
+const CONTROL_TICK: Duration = Duration::from_millis(200);
+
+impl Controller {
+    async fn run(mut self, state: Arc<AppState>) {
+        let mut tick = tokio::time::interval(CONTROL_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match state.store.deployments().await {
+                Ok(all) => {
+                    for d in all {
+                        self.step(&state, d).await;
+                    }
+                }
+                Err(e) => eprintln!("warning: cannot read endpoints: {e}"),
+            }
+        }
+    }
+
+    /// Saves a transition; someone else's newer change wins (it is picked
+    /// up on the next tick).
+    async fn save(&mut self, state: &AppState, d: weir_store::Deployment, event: &str, what: &str) {
+        match state.store.save_deployment(&d, event, what).await {
+            Ok(saved) => {
+                eprintln!("endpoint {}: {what}", saved.endpoint);
+                self.opened.insert(saved.endpoint.clone(), Instant::now());
+                state.set_endpoint(saved);
+            }
+            Err(weir_store::StoreError::Conflict(_)) => {}
+            Err(e) => eprintln!(
+                "warning: endpoint {}: cannot save ({what}): {e}",
+                d.endpoint
+            ),
+        }
+    }
+
+    async fn step(&mut self, state: &AppState, d: weir_store::Deployment) {
+        use rollout::phase;
+        // Every version the endpoint routes to must be loaded first; a
+        // candidate that cannot load is rolled back before it sees traffic.
+        for v in [d.stable, d.candidate].into_iter().flatten() {
+            if state.loaded_version(&d.model, v).is_some() {
+                continue;
+            }
+            let key = (d.model.clone(), v);
+            if d.stable == Some(v) && state.failed.read().expect("failed lock").contains_key(&key) {
+                continue;
+            }
+            match load(state, &d.model, v).await {
+                Ok(loaded) => {
+                    eprintln!("loaded {}:{v} for endpoint {}", d.model, d.endpoint);
+                    state.add(loaded);
+                }
+                Err(e) => {
+                    eprintln!("error: endpoint {}: {e}", d.endpoint);
+                    state
+                        .failed
+                        .write()
+                        .expect("failed lock")
+                        .insert(key, e.to_string());
+                    if d.candidate == Some(v) {
+                        if let Ok((next, what)) =
+                            rollout::rollback(&d, &format!("cannot load: {e}"))
+                        {
+                            self.save(state, next, "rolled back", &what).await;
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+        if state.set_endpoint(d.clone()) {
+            self.opened.insert(d.endpoint.clone(), Instant::now());
+        }
+        if d.candidate.is_none() || d.phase == phase::ROLLED_BACK || d.phase == phase::HEALTHY {
+            return;
+        }
+        if d.strategy == "bluegreen" || d.strategy == "direct" {
+            // The candidate is loaded and answered its warm-up: switch.
+            if let Ok((next, what)) = rollout::promote(&d) {
+                self.save(state, next, "promoted", &what).await;
+            }
+            return;
+        }
+        let analysis = rollout::Analysis::from_json(&d.analysis);
+        let opened = *self
+            .opened
+            .entry(d.endpoint.clone())
+            .or_insert_with(Instant::now);
+        if opened.elapsed() < analysis.interval {
+            return;
+        }
+        let mut stable = state.take_window(&d.endpoint, d.stable);
+        let mut candidate = state.take_window(&d.endpoint, d.candidate);
+        self.opened.insert(d.endpoint.clone(), Instant::now());
+        match rollout::judge(&analysis, &mut stable, &mut candidate) {
+            rollout::Verdict::Violation(why) => {
+                if let Ok((next, what)) = rollout::rollback(&d, &why) {
+                    self.save(state, next, "rolled back", &what).await;
+                }
+            }
+            rollout::Verdict::TooLittleTraffic(why) => {
+                if d.phase != phase::PAUSED || d.reason != why {
+                    self.save(state, rollout::pause(&d, &why), "paused", &why)
+                        .await;
+                }
+            }
+            rollout::Verdict::Pass if d.strategy == "shadow" => {
+                // A shadow is promoted by hand; passing keeps it progressing.
+                let agreement = state
+                    .shadow_agreement
+                    .lock()
+                    .expect("shadow lock")
+                    .get(&d.endpoint)
+                    .copied()
+                    .unwrap_or_default();
+                let reason = format!(
+                    "shadow agreed on {} of {} mirrored requests",
+                    agreement.0, agreement.1
+                );
+                if d.phase != phase::PROGRESSING || d.reason != reason {
+                    let next = weir_store::Deployment {
+                        phase: phase::PROGRESSING.into(),
+                        reason: reason.clone(),
+                        ..d.clone()
+                    };
+                    self.save(state, next, "analysed", &reason).await;
+                }
+            }
+            rollout::Verdict::Pass => {
+                if let Ok((next, what)) = rollout::promote(&d) {
+                    self.save(state, next, "promoted", &what).await;
+                }
+            }
+        }
+    }
+}
+
 /// Serves until Ctrl-C or SIGTERM, then drains in-flight requests.
 pub async fn serve(
     store: &Store,
@@ -326,9 +576,14 @@ pub async fn serve(
         let mv = store.model_version(&m.name, m.version).await?;
         resolved.push((mv.name, mv.version));
     }
+    let deployments = store.deployments().await?;
     let state = Arc::new(AppState {
         models: RwLock::new(BTreeMap::new()),
-        primary: resolved.first().map(|(n, _)| n.clone()).unwrap_or_default(),
+        primary: resolved
+            .first()
+            .map(|(n, _)| n.clone())
+            .or_else(|| deployments.first().map(|d| d.endpoint.clone()))
+            .unwrap_or_default(),
         ready: AtomicBool::new(false),
         max_body_bytes: options.max_body_bytes,
         metrics: Arc::new(metrics::Metrics::new()),
@@ -340,6 +595,9 @@ pub async fn serve(
         artifacts: artifacts.clone(),
         failed: RwLock::new(BTreeMap::new()),
         cache: cache::ResponseCache::new(options.response_cache_bytes),
+        endpoints: RwLock::new(BTreeMap::new()),
+        windows: std::sync::Mutex::new(BTreeMap::new()),
+        shadow_agreement: std::sync::Mutex::new(BTreeMap::new()),
     });
     let listener = tokio::net::TcpListener::bind(&options.addr)
         .await
@@ -384,9 +642,22 @@ pub async fn serve(
             }
         }
     }
+    // Endpoints: their versions are loaded and their routing set before the
+    // server says it is ready; the controller keeps them current after.
+    let mut control = Controller::default();
+    for d in deployments {
+        control.step(&state, d).await;
+    }
     if let (Some(e), true) = (first_failure, state.names().is_empty()) {
         return Err(e);
     }
+    if state.names().is_empty() {
+        return Err(ServeError::BadRequest(
+            "nothing to serve: name models (NAME or NAME:VERSION) or create an endpoint with `weir deploy`".into(),
+        ));
+    }
+    let controlled = state.clone();
+    tokio::spawn(async move { control.run(controlled).await });
     state.ready.store(true, Ordering::Release);
     eprintln!("ready");
     server

@@ -32,6 +32,33 @@ struct VersionLabels {
     version: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: String,
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointCodeLabels {
+    endpoint: String,
+    version: String,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    endpoint: String,
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShadowLabels {
+    endpoint: String,
+    version: String,
+    /// `agree` or `disagree` with the stable version's answer.
+    result: String,
+}
+
 /// One request's outcome, as the handlers report it.
 pub(crate) struct Observation<'a> {
     /// Both empty when the request never reached a served version (an
@@ -54,6 +81,11 @@ pub(crate) struct Metrics {
     rejected: Family<RejectLabels, Counter>,
     cache_hits: Family<VersionLabels, Counter>,
     model_calls: Family<VersionLabels, Histogram>,
+    endpoint_requests: Family<EndpointCodeLabels, Counter>,
+    endpoint_latency: Family<EndpointLabels, Histogram>,
+    rollout_weight: Family<EndpointLabels, Gauge>,
+    rollout_phase: Family<PhaseLabels, Gauge>,
+    shadow: Family<ShadowLabels, Counter>,
 }
 
 impl Metrics {
@@ -104,7 +136,44 @@ impl Metrics {
             "Rows per model call when requests are batched",
             model_calls.clone(),
         );
+        let endpoint_requests = Family::<EndpointCodeLabels, Counter>::default();
+        registry.register(
+            "endpoint_requests",
+            "Requests to an endpoint by the version that answered and HTTP status",
+            endpoint_requests.clone(),
+        );
+        let endpoint_latency = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(25e-6, 2.0, 16))
+        });
+        registry.register(
+            "endpoint_request_duration_seconds",
+            "Time from request to response through an endpoint, by version",
+            endpoint_latency.clone(),
+        );
+        let rollout_weight = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "rollout_weight",
+            "Percent of an endpoint's traffic each version answers",
+            rollout_weight.clone(),
+        );
+        let rollout_phase = Family::<PhaseLabels, Gauge>::default();
+        registry.register(
+            "rollout_phase",
+            "1 for an endpoint's current rollout phase, 0 for the others",
+            rollout_phase.clone(),
+        );
+        let shadow = Family::<ShadowLabels, Counter>::default();
+        registry.register(
+            "shadow_comparisons",
+            "Mirrored requests whose shadow answer agreed or disagreed with the stable one",
+            shadow.clone(),
+        );
         Metrics {
+            endpoint_requests,
+            endpoint_latency,
+            rollout_weight,
+            rollout_phase,
+            shadow,
             registry,
             rejected,
             cache_hits,
@@ -177,6 +246,59 @@ impl Metrics {
         self.rejected
             .get_or_create(&RejectLabels {
                 reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn endpoint_request(
+        &self,
+        endpoint: &str,
+        version: i64,
+        code: u16,
+        elapsed: Duration,
+    ) {
+        let version = version.to_string();
+        self.endpoint_requests
+            .get_or_create(&EndpointCodeLabels {
+                endpoint: endpoint.to_string(),
+                version: version.clone(),
+                code,
+            })
+            .inc();
+        self.endpoint_latency
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint.to_string(),
+                version,
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Publishes an endpoint's routing: each version's share and the phase.
+    pub(crate) fn rollout(&self, endpoint: &str, shares: &[(i64, i64)], phase: &str) {
+        for (version, share) in shares {
+            self.rollout_weight
+                .get_or_create(&EndpointLabels {
+                    endpoint: endpoint.to_string(),
+                    version: version.to_string(),
+                })
+                .set(*share);
+        }
+        for p in crate::rollout::phase::ALL {
+            self.rollout_phase
+                .get_or_create(&PhaseLabels {
+                    endpoint: endpoint.to_string(),
+                    phase: p.to_string(),
+                })
+                .set(i64::from(*p == phase));
+        }
+    }
+
+    pub(crate) fn shadow(&self, endpoint: &str, version: i64, agree: bool) {
+        self.shadow
+            .get_or_create(&ShadowLabels {
+                endpoint: endpoint.to_string(),
+                version: version.to_string(),
+                result: if agree { "agree" } else { "disagree" }.into(),
             })
             .inc();
     }

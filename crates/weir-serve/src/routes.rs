@@ -462,53 +462,183 @@ async fn off_reactor<T: Send + 'static>(
 async fn infer(
     state: Shared,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, OipError> {
-    run_infer(state, name, None, body).await
+    run_infer(state, name, None, headers, body).await
 }
 
 async fn infer_version(
     state: Shared,
     Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, OipError> {
-    run_infer(state, name, Some(version), body).await
+    run_infer(state, name, Some(version), headers, body).await
+}
+
+/// Where a request goes: the version that answers it and, when an
+/// endpoint routed it there, the endpoint (and a shadow to mirror it to).
+struct Target {
+    loaded: Arc<Loaded>,
+    endpoint: Option<String>,
+    shadow: Option<Arc<Loaded>>,
+}
+
+/// The header whose value keeps a client on one side of a rollout.
+const ROUTE_KEY: &str = "x-weir-route-key";
+
+/// A well-spread number per request, for weighted routing without a key.
+fn draw() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // splitmix64 of a counter: uniform enough for percentages, no lock.
+    let mut z = NEXT
+        .fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed)
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn resolve(
+    s: &AppState,
+    name: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Target, ServeError> {
+    if !s.is_ready() {
+        return Err(ServeError::NotReady);
+    }
+    if let (None, Some(d)) = (version, s.endpoint(name)) {
+        let Some(stable) = d.stable else {
+            return Err(ServeError::Unavailable {
+                model: name.to_string(),
+                reason: "the endpoint has no stable version yet".into(),
+            });
+        };
+        let key = headers.get(ROUTE_KEY).map(|v| v.as_bytes());
+        let shadowing = d.strategy == "shadow";
+        let to_candidate = !shadowing
+            && d.candidate.is_some()
+            && crate::rollout::pick_candidate(d.weight, key, draw());
+        let candidate = d.candidate.and_then(|c| s.loaded_version(&d.model, c));
+        let loaded = match (to_candidate, &candidate) {
+            (true, Some(c)) => c.clone(),
+            _ => s.loaded_version(&d.model, stable).ok_or_else(|| {
+                let reason = s
+                    .failed
+                    .read()
+                    .expect("failed lock")
+                    .get(&(d.model.clone(), stable))
+                    .cloned()
+                    .unwrap_or_else(|| "not loaded yet".into());
+                ServeError::Unavailable {
+                    model: format!("{}:{stable}", d.model),
+                    reason,
+                }
+            })?,
+        };
+        return Ok(Target {
+            loaded,
+            endpoint: Some(d.endpoint.clone()),
+            shadow: candidate.filter(|_| shadowing),
+        });
+    }
+    Ok(Target {
+        loaded: s.model(name, version)?,
+        endpoint: None,
+        shadow: None,
+    })
 }
 
 async fn run_infer(
     State(s): Shared,
     name: String,
     version: Option<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, OipError> {
     let mut timed = Timed::start("v2");
-    let result = score_infer(&s, &name, version.as_deref(), body, &mut timed).await;
+    let mut routed = None;
+    let result = match resolve(&s, &name, version.as_deref(), &headers) {
+        Err(e) => Err(OipError(e)),
+        Ok(target) => {
+            timed.answered_by(&target.loaded);
+            routed = target.endpoint.clone().map(|e| (e, target.loaded.version));
+            match body_bytes(body, s.max_body_bytes) {
+                Err(e) => Err(e.into()),
+                Ok(bytes) => {
+                    let result = score_infer(&s, &target.loaded, &bytes, &mut timed).await;
+                    if let (Some(shadow), Some(endpoint)) = (target.shadow, target.endpoint) {
+                        let answer = result.as_ref().ok().map(|j| j.0["outputs"].clone());
+                        mirror(s.clone(), endpoint, shadow, bytes, answer, "v2");
+                    }
+                    result
+                }
+            }
+        }
+    };
     let status = result
         .as_ref()
         .map_or_else(|e| e.0.status(), |_| StatusCode::OK);
+    if let Some((endpoint, version)) = routed {
+        s.record(&endpoint, version, status.as_u16(), timed.started.elapsed());
+    }
     timed.finish(&s, status);
     result
 }
 
+/// Sends a copy of a request to an endpoint's shadow after the stable
+/// version has answered; the client never waits for it or sees it.
+fn mirror(
+    s: Arc<AppState>,
+    endpoint: String,
+    shadow: Arc<Loaded>,
+    bytes: Bytes,
+    stable_answer: Option<Value>,
+    protocol: &'static str,
+) {
+    tokio::spawn(async move {
+        let mut timed = Timed::start(protocol);
+        let (status, answer) = if protocol == "v2" {
+            match score_infer(&s, &shadow, &bytes, &mut timed).await {
+                Ok(j) => (StatusCode::OK, Some(j.0["outputs"].clone())),
+                Err(e) => (e.0.status(), None),
+            }
+        } else {
+            match score_mlflow(&s, &shadow, &bytes, &mut timed).await {
+                Ok(j) => (StatusCode::OK, Some(j.0["predictions"].clone())),
+                Err(e) => (e.0.status(), None),
+            }
+        };
+        s.record(
+            &endpoint,
+            shadow.version,
+            status.as_u16(),
+            timed.started.elapsed(),
+        );
+        if let (Some(stable), Some(shadowed)) = (stable_answer, answer) {
+            s.record_shadow(&endpoint, shadow.version, stable == shadowed);
+        }
+    });
+}
+
 async fn score_infer(
     s: &AppState,
-    name: &str,
-    version: Option<&str>,
-    body: Result<Bytes, BytesRejection>,
+    loaded: &Arc<Loaded>,
+    bytes: &Bytes,
     timed: &mut Timed,
 ) -> Result<Json<Value>, OipError> {
-    let loaded = ready_model(s, name, version)?;
-    timed.answered_by(&loaded);
-    let bytes = body_bytes(body, s.max_body_bytes)?;
+    let loaded = loaded.clone();
     // Hashing the body is only worth it when there is a cache to look in.
     let key = s
         .cache
         .enabled()
-        .then(|| ResponseCache::key("v2", &loaded.name, loaded.version, &bytes));
+        .then(|| ResponseCache::key("v2", &loaded.name, loaded.version, bytes));
     if let Some(answer) = key.as_ref().and_then(|k| cached(s, &loaded, k)) {
         return Ok(Json(answer));
     }
-    let request: payload::OipRequest = parse_json(&bytes)?;
+    let request: payload::OipRequest = parse_json(bytes)?;
     let requested: Option<Vec<String>> = request
         .outputs
         .as_ref()
@@ -634,40 +764,54 @@ async fn invocations(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, MlflowError> {
     let mut timed = Timed::start("invocations");
-    let result = score_invocations(&s, &headers, body, &mut timed).await;
+    let mut routed = None;
+    let result = async {
+        if let Some(ct) = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+        {
+            if !ct.starts_with("application/json") {
+                return Err(ServeError::UnsupportedMediaType(ct.to_string()).into());
+            }
+        }
+        let target = resolve(&s, &s.primary, None, &headers)?;
+        timed.answered_by(&target.loaded);
+        routed = target.endpoint.clone().map(|e| (e, target.loaded.version));
+        let bytes = body_bytes(body, s.max_body_bytes)?;
+        let result = score_mlflow(&s, &target.loaded, &bytes, &mut timed).await;
+        if let (Some(shadow), Some(endpoint)) = (target.shadow, target.endpoint) {
+            let answer = result.as_ref().ok().map(|j| j.0["predictions"].clone());
+            mirror(s.clone(), endpoint, shadow, bytes, answer, "invocations");
+        }
+        result
+    }
+    .await;
     let status = result
         .as_ref()
         .map_or_else(|e| e.0.status(), |_| StatusCode::OK);
+    if let Some((endpoint, version)) = routed {
+        s.record(&endpoint, version, status.as_u16(), timed.started.elapsed());
+    }
     timed.finish(&s, status);
     result
 }
 
-async fn score_invocations(
+async fn score_mlflow(
     s: &AppState,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    loaded: &Arc<Loaded>,
+    bytes: &Bytes,
     timed: &mut Timed,
 ) -> Result<Json<Value>, MlflowError> {
-    if let Some(ct) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    {
-        if !ct.starts_with("application/json") {
-            return Err(ServeError::UnsupportedMediaType(ct.to_string()).into());
-        }
-    }
-    let loaded = ready_model(s, &s.primary, None)?;
-    timed.answered_by(&loaded);
-    let bytes = body_bytes(body, s.max_body_bytes)?;
+    let loaded = loaded.clone();
     // Hashing the body is only worth it when there is a cache to look in.
     let key = s
         .cache
         .enabled()
-        .then(|| ResponseCache::key("invocations", &loaded.name, loaded.version, &bytes));
+        .then(|| ResponseCache::key("invocations", &loaded.name, loaded.version, bytes));
     if let Some(answer) = key.as_ref().and_then(|k| cached(s, &loaded, k)) {
         return Ok(Json(answer));
     }
-    let request: Value = parse_json(&bytes)?;
+    let request: Value = parse_json(bytes)?;
     let (model, inputs, batcher) = match &loaded.predictor {
         Predictor::Native {
             model,

@@ -9,6 +9,7 @@
 //! locked" when two processes commit at once.
 
 mod artifacts;
+mod deployments;
 mod error;
 pub mod filter;
 mod metrics;
@@ -27,6 +28,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use artifacts::{ArtifactKind, ArtifactRecord};
+pub use deployments::{Deployment, DeploymentEvent};
 pub use error::StoreError;
 pub use metrics::MetricPoint;
 pub use models::{ModelSummary, ModelVersion, NewModelVersion};

@@ -521,7 +521,79 @@ store_suite!(
     orphaned_runs_fail_whole_and_reopen_for_resume,
     late_step_transitions_cannot_revive_a_reaped_run,
     study_trials_round_trip_and_replace,
+    deployments_change_by_revision_with_their_events,
 );
+
+/// The controller and `weir rollout` both write an endpoint: a write based
+/// on a revision someone else has moved past is refused, and nothing of it
+/// (row or event) lands.
+async fn deployments_change_by_revision_with_their_events(s: &Store) {
+    use weir_store::Deployment;
+    let d = Deployment {
+        endpoint: "web".into(),
+        model: "m".into(),
+        stable: Some(1),
+        candidate: None,
+        strategy: "canary".into(),
+        steps: vec![5, 100],
+        step_index: 0,
+        weight: 0,
+        phase: "Healthy".into(),
+        analysis: serde_json::json!({"interval_ms": 1000}),
+        reason: String::new(),
+        revision: 0,
+        updated_at: 0,
+    };
+    let first = s.save_deployment(&d, "deployed", "v1").await.unwrap();
+    assert_eq!(first.revision, 1);
+    assert!(
+        s.save_deployment(&d, "deployed", "again").await.is_err(),
+        "a second create"
+    );
+    let moved = s
+        .save_deployment(
+            &Deployment {
+                candidate: Some(2),
+                weight: 5,
+                ..first.clone()
+            },
+            "deployed",
+            "v2 at 5%",
+        )
+        .await
+        .unwrap();
+    let stale = s
+        .save_deployment(
+            &Deployment {
+                weight: 100,
+                ..first.clone()
+            },
+            "promoted",
+            "stale",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(stale, weir_store::StoreError::Conflict(_)),
+        "{stale}"
+    );
+    let now = s.deployment("web").await.unwrap();
+    assert_eq!(
+        (now.candidate, now.weight, now.revision),
+        (Some(2), 5, moved.revision)
+    );
+    assert_eq!(now.analysis["interval_ms"], 1000);
+    let events: Vec<String> = s
+        .deployment_events("web")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.detail)
+        .collect();
+    assert_eq!(events, ["v1", "v2 at 5%"]);
+    assert_eq!(s.deployments().await.unwrap().len(), 1);
+    assert!(s.deployment("nope").await.unwrap_err().is_not_found());
+}
 
 /// Separate stores on one SQLite file stand for separate `weir exec`
 /// processes: their concurrent commits must all land, none failing with

@@ -11,6 +11,7 @@ mod pipelines;
 mod preemption;
 mod recovery;
 mod retries;
+mod rollouts;
 mod scheduling;
 mod team_backends;
 mod training;

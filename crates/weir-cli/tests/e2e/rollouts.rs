@@ -1,0 +1,364 @@
+//! Endpoints and rollouts, end to end: `weir deploy` and `weir rollout`
+//! against a running `weir serve` that judges candidates under live traffic.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::{Sandbox, Server};
+
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../weir-onnx/tests/data");
+
+fn register(sb: &Sandbox, file: &str) {
+    sb.ok(&["models", "register", "bc", &format!("{DATA}/{file}")]);
+}
+
+fn body() -> String {
+    json!({"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 30], "data": vec![1.0; 30]}]})
+        .to_string()
+}
+
+/// Requests in a loop from a few threads until stopped: answers counted by
+/// (HTTP status, version that answered).
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    counts: Arc<Mutex<BTreeMap<(u16, String), u64>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(server: &Server, path: &str) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(Mutex::new(BTreeMap::new()));
+        let threads = (0..3)
+            .map(|_| {
+                let (stop, counts) = (stop.clone(), counts.clone());
+                let url = format!("{}{path}", server.url);
+                std::thread::spawn(move || {
+                    let client = reqwest::blocking::Client::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = client.post(&url).body(body()).send().unwrap();
+                        let status = r.status().as_u16();
+                        let v: Value = r.json().unwrap_or(Value::Null);
+                        let version = v["model_version"].as_str().unwrap_or("").to_string();
+                        *counts.lock().unwrap().entry((status, version)).or_default() += 1;
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                })
+            })
+            .collect();
+        Traffic {
+            stop,
+            counts,
+            threads,
+        }
+    }
+
+    fn finish(self) -> BTreeMap<(u16, String), u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        Arc::try_unwrap(self.counts).unwrap().into_inner().unwrap()
+    }
+}
+
+fn status(sb: &Sandbox) -> Value {
+    sb.json(&["rollout", "status", "web"])
+}
+
+fn wait_for(sb: &Sandbox, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(sb);
+        if done(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what} never happened: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_healthy_canary_is_promoted_and_a_failing_one_rolled_back_under_traffic() {
+    let sb = Sandbox::new();
+    register(&sb, "gbdt_classifier.onnx");
+    let first = sb.ok(&["deploy", "web", "--model", "bc", "--version", "1"]);
+    assert!(first.contains("version 1 deployed directly"), "{first}");
+    let server = sb.serve(&[]);
+    let (status_code, answer) = server.post("/v2/models/web/infer", body());
+    assert_eq!(
+        (status_code, answer["model_version"].clone()),
+        (200, json!("1")),
+        "{answer}"
+    );
+
+    // A healthy candidate walks 50% then 100% while traffic flows.
+    register(&sb, "gbdt_classifier.onnx");
+    let traffic = Traffic::start(&server, "/v2/models/web/infer");
+    let started = sb.ok(&[
+        "deploy",
+        "web",
+        "--model",
+        "bc",
+        "--version",
+        "2",
+        "--steps",
+        "50,100",
+        "--interval",
+        "700ms",
+        "--min-requests",
+        "5",
+    ]);
+    assert!(
+        started.contains("canary rollout of version 2 started at 50%"),
+        "{started}"
+    );
+    let done = wait_for(&sb, "promotion", |s| s["stable"] == 2);
+    assert_eq!(
+        (done["candidate"].clone(), done["phase"].clone()),
+        (Value::Null, json!("Healthy"))
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let counts = traffic.finish();
+    assert!(
+        counts.keys().all(|(code, _)| *code == 200),
+        "no request failed: {counts:?}"
+    );
+    assert!(
+        counts.contains_key(&(200, "1".into())) && counts.contains_key(&(200, "2".into())),
+        "{counts:?}"
+    );
+    let history = sb.json(&["rollout", "history", "web"]);
+    let details: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["detail"].as_str().unwrap())
+        .collect();
+    assert!(
+        details.contains(&"version 2 is stable (was 1)"),
+        "{details:?}"
+    );
+    assert_eq!(
+        server.metric(r#"weir_serve_rollout_weight{endpoint="web",version="2"}"#),
+        Some(100.0)
+    );
+    assert_eq!(
+        server.metric(r#"weir_serve_rollout_phase{endpoint="web",phase="Healthy"}"#),
+        Some(1.0)
+    );
+
+    // A candidate that fails every request (it takes 10 inputs, not 30) is
+    // rolled back; only the requests it answered failed.
+    sb.ok(&[
+        "models",
+        "register",
+        "bc",
+        &format!("{DATA}/mlp_regressor.onnx"),
+    ]);
+    let traffic = Traffic::start(&server, "/v2/models/web/infer");
+    sb.ok(&[
+        "deploy",
+        "web",
+        "--model",
+        "bc",
+        "--version",
+        "3",
+        "--steps",
+        "20,100",
+        "--interval",
+        "700ms",
+        "--min-requests",
+        "5",
+    ]);
+    let back = wait_for(&sb, "rollback", |s| s["phase"] == "RolledBack");
+    assert_eq!(
+        (back["stable"].clone(), back["candidate"].clone()),
+        (json!(2), Value::Null)
+    );
+    assert!(
+        back["reason"].as_str().unwrap().contains("error rate"),
+        "{back}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let counts = traffic.finish();
+    let failed: u64 = counts
+        .iter()
+        .filter(|((c, _), _)| *c != 200)
+        .map(|(_, n)| n)
+        .sum();
+    let by_candidate = server
+        .metric(r#"weir_serve_endpoint_requests_total{endpoint="web",version="3",code="400"}"#)
+        .unwrap_or(0.0) as u64;
+    assert!(
+        failed > 0 && failed == by_candidate,
+        "failures {failed}, answered by v3 {by_candidate}: {counts:?}"
+    );
+    assert_eq!(
+        server.post("/v2/models/web/infer", body()).1["model_version"],
+        "2"
+    );
+}
+
+#[test]
+fn rollout_state_survives_a_restart_and_commands_take_effect_live() {
+    let sb = Sandbox::new();
+    for _ in 0..3 {
+        register(&sb, "gbdt_classifier.onnx");
+    }
+    sb.ok(&["deploy", "web", "--model", "bc", "--version", "1"]);
+    // A long interval: nothing moves unless told.
+    sb.ok(&[
+        "deploy",
+        "web",
+        "--model",
+        "bc",
+        "--version",
+        "2",
+        "--steps",
+        "10,50,100",
+        "--interval",
+        "1h",
+        "--min-requests",
+        "1",
+    ]);
+    let e = sb.fails(&["deploy", "web", "--model", "bc", "--version", "3"]);
+    assert!(e.contains("is rolling out version 2"), "{e}");
+    let promoted = sb.ok(&["rollout", "promote", "web"]);
+    assert!(promoted.contains("version 2 promoted to 50%"), "{promoted}");
+
+    let server = sb.serve(&[]);
+    assert_eq!(
+        server.metric(r#"weir_serve_rollout_weight{endpoint="web",version="2"}"#),
+        Some(50.0)
+    );
+    // A routing key always lands on the same version.
+    let client = reqwest::blocking::Client::new();
+    let answered_by = |key: &str| -> String {
+        let r = client
+            .post(format!("{}/v2/models/web/infer", server.url))
+            .header("x-weir-route-key", key)
+            .body(body())
+            .send()
+            .unwrap();
+        r.json::<Value>().unwrap()["model_version"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    for key in ["alice", "bob", "carol"] {
+        let first = answered_by(key);
+        assert!((0..10).all(|_| answered_by(key) == first), "{key} moved");
+    }
+    drop(server);
+
+    // Restarted, the server routes as the store says; a rollback by hand
+    // reaches the running server within a tick.
+    let server = sb.serve(&[]);
+    assert_eq!(
+        server.metric(r#"weir_serve_rollout_weight{endpoint="web",version="2"}"#),
+        Some(50.0)
+    );
+    sb.ok(&["rollout", "rollback", "web"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.metric(r#"weir_serve_rollout_weight{endpoint="web",version="2"}"#) != Some(0.0) {
+        assert!(Instant::now() < deadline, "{}", server.metrics());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!((0..20).all(|_| server.post("/v2/models/web/infer", body()).1["model_version"] == "1"));
+
+    // Too little traffic to judge: the rollout pauses and says why.
+    sb.ok(&[
+        "deploy",
+        "web",
+        "--model",
+        "bc",
+        "--version",
+        "3",
+        "--interval",
+        "300ms",
+        "--min-requests",
+        "1000",
+    ]);
+    let paused = wait_for(&sb, "a pause", |s| s["phase"] == "Paused");
+    assert!(
+        paused["reason"]
+            .as_str()
+            .unwrap()
+            .contains("too little traffic"),
+        "{paused}"
+    );
+}
+
+#[test]
+fn shadow_mirrors_without_touching_answers_and_bluegreen_switches_once_warm() {
+    let sb = Sandbox::new();
+    for _ in 0..3 {
+        register(&sb, "gbdt_classifier.onnx");
+    }
+    sb.ok(&["deploy", "web", "--model", "bc", "--version", "1"]);
+    let server = sb.serve(&[]);
+    sb.ok(&[
+        "deploy",
+        "web",
+        "--model",
+        "bc",
+        "--version",
+        "2",
+        "--strategy",
+        "shadow",
+        "--interval",
+        "500ms",
+        "--min-requests",
+        "5",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server
+        .metric(r#"weir_serve_rollout_weight{endpoint="web",version="2"}"#)
+        .is_none()
+    {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..30 {
+        assert_eq!(
+            server.post("/v2/models/web/infer", body()).1["model_version"],
+            "1"
+        );
+    }
+    let agreed = wait_for(&sb, "a shadow analysis", |s| {
+        s["reason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("shadow agreed on")
+    });
+    assert_eq!(agreed["candidate"], 2, "{agreed}");
+    let mirrored = server
+        .metric(r#"weir_serve_shadow_comparisons_total{endpoint="web",version="2",result="agree"}"#)
+        .unwrap();
+    assert!(mirrored >= 30.0, "{}", server.metrics());
+    sb.ok(&["rollout", "promote", "web"]);
+    wait_for(&sb, "the shadow's promotion", |s| s["stable"] == 2);
+
+    sb.ok(&[
+        "deploy",
+        "web",
+        "--model",
+        "bc",
+        "--version",
+        "3",
+        "--strategy",
+        "bluegreen",
+    ]);
+    let switched = wait_for(&sb, "the blue/green switch", |s| s["stable"] == 3);
+    assert_eq!(switched["phase"], "Healthy");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.post("/v2/models/web/infer", body()).1["model_version"] != "3" {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,440 @@
+//! Endpoints and rollouts: an endpoint is a name clients call that routes to
+//! a model's stable version and, during a rollout, a candidate. The state
+//! lives in the metadata store (`deployments`); this module holds the rules
+//! that change it, used by the server's controller (each analysis interval)
+//! and by `weir deploy` / `weir rollout` alike.
+
+use std::time::Duration;
+
+use serde_json::json;
+use weir_store::Deployment;
+
+use crate::ServeError;
+
+pub const STRATEGIES: &[&str] = &["canary", "bluegreen", "shadow", "direct"];
+
+/// Phases: `Healthy` (stable only), `Progressing` (a candidate is being
+/// judged), `Paused` (too little traffic to judge; judged again next
+/// interval), `RolledBack` (the candidate was withdrawn; `reason` says why).
+pub mod phase {
+    pub const HEALTHY: &str = "Healthy";
+    pub const PROGRESSING: &str = "Progressing";
+    pub const PAUSED: &str = "Paused";
+    pub const ROLLED_BACK: &str = "RolledBack";
+    pub const ALL: &[&str] = &[HEALTHY, PROGRESSING, PAUSED, ROLLED_BACK];
+}
+
+/// When the candidate is judged and what it must meet.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Analysis {
+    pub interval: Duration,
+    /// The candidate's error rate may exceed the stable's by at most this.
+    pub max_error_rate: f64,
+    /// The candidate's p99 latency may be at most this.
+    pub max_p99: Option<Duration>,
+    /// Fewer candidate requests than this in an interval: pause, not judge.
+    pub min_requests: u64,
+}
+
+impl Analysis {
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "interval_ms": self.interval.as_millis() as u64,
+            "max_error_rate": self.max_error_rate,
+            "max_p99_ms": self.max_p99.map(|d| d.as_secs_f64() * 1e3),
+            "min_requests": self.min_requests,
+        })
+    }
+
+    pub fn from_json(v: &serde_json::Value) -> Analysis {
+        Analysis {
+            interval: Duration::from_millis(v["interval_ms"].as_u64().unwrap_or(30_000).max(10)),
+            max_error_rate: v["max_error_rate"].as_f64().unwrap_or(0.01),
+            max_p99: v["max_p99_ms"]
+                .as_f64()
+                .map(|ms| Duration::from_secs_f64(ms / 1e3)),
+            min_requests: v["min_requests"].as_u64().unwrap_or(20),
+        }
+    }
+}
+
+/// What one version answered through an endpoint during an interval.
+#[derive(Clone, Debug, Default)]
+pub struct Window {
+    pub requests: u64,
+    /// Answers of 5xx, or of 4xx that the other version did not give for
+    /// the same share of traffic: counted raw here, compared in [`judge`].
+    pub errors: u64,
+    pub latencies_us: Vec<u32>,
+}
+
+/// Latency samples kept per version per interval (enough for a p99).
+const MAX_SAMPLES: usize = 200_000;
+
+impl Window {
+    pub fn record(&mut self, error: bool, latency: Duration) {
+        self.requests += 1;
+        self.errors += u64::from(error);
+        if self.latencies_us.len() < MAX_SAMPLES {
+            self.latencies_us
+                .push(latency.as_micros().min(u128::from(u32::MAX)) as u32);
+        }
+    }
+
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.requests as f64
+        }
+    }
+
+    pub fn p99(&mut self) -> Option<Duration> {
+        if self.latencies_us.is_empty() {
+            return None;
+        }
+        self.latencies_us.sort_unstable();
+        let ix = (self.latencies_us.len() * 99)
+            .div_ceil(100)
+            .saturating_sub(1);
+        Some(Duration::from_micros(u64::from(self.latencies_us[ix])))
+    }
+}
+
+/// The verdict on an interval.
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    Pass,
+    TooLittleTraffic(String),
+    Violation(String),
+}
+
+pub fn judge(a: &Analysis, stable: &mut Window, candidate: &mut Window) -> Verdict {
+    // A violation is judged even on little traffic: a candidate failing
+    // every request it got must not wait for more.
+    let excess = candidate.error_rate() - stable.error_rate();
+    if candidate.requests > 0 && excess > a.max_error_rate && candidate.errors >= 3 {
+        return Verdict::Violation(format!(
+            "error rate {:.1}% ({} of {}) against the stable version's {:.1}%, over the allowed {:.1} points",
+            candidate.error_rate() * 100.0,
+            candidate.errors,
+            candidate.requests,
+            stable.error_rate() * 100.0,
+            a.max_error_rate * 100.0
+        ));
+    }
+    if candidate.requests < a.min_requests {
+        return Verdict::TooLittleTraffic(format!(
+            "too little traffic to judge: {} candidate requests, {} needed per interval",
+            candidate.requests, a.min_requests
+        ));
+    }
+    if let (Some(limit), Some(p99)) = (a.max_p99, candidate.p99()) {
+        if p99 > limit {
+            return Verdict::Violation(format!(
+                "p99 latency {:.1} ms over the limit of {:.1} ms",
+                p99.as_secs_f64() * 1e3,
+                limit.as_secs_f64() * 1e3
+            ));
+        }
+    }
+    Verdict::Pass
+}
+
+fn bad(message: impl Into<String>) -> ServeError {
+    ServeError::BadRequest(message.into())
+}
+
+/// A new rollout of `version` on `current` (or a new endpoint when `None`).
+/// The first version of an endpoint is deployed directly, whatever the
+/// strategy: there is nothing to compare it with.
+pub fn start(
+    current: Option<&Deployment>,
+    endpoint: &str,
+    model: &str,
+    version: i64,
+    strategy: &str,
+    steps: Vec<i64>,
+    analysis: &Analysis,
+) -> Result<(Deployment, String), ServeError> {
+    if !STRATEGIES.contains(&strategy) {
+        return Err(bad(format!(
+            "unknown strategy '{strategy}'; use one of {}",
+            STRATEGIES.join(", ")
+        )));
+    }
+    if steps.is_empty()
+        || steps.iter().any(|s| !(1..=100).contains(s))
+        || steps.windows(2).any(|w| w[0] >= w[1])
+        || steps.last() != Some(&100)
+    {
+        return Err(bad(format!(
+            "--steps {steps:?}: canary steps are increasing percentages ending at 100, e.g. 5,25,50,100"
+        )));
+    }
+    if let Some(c) = current {
+        if c.model != model {
+            return Err(bad(format!(
+                "endpoint '{endpoint}' serves model '{}'; deploy a version of it, or use another endpoint for '{model}'",
+                c.model
+            )));
+        }
+        if let Some(cand) = c.candidate {
+            return Err(bad(format!(
+                "endpoint '{endpoint}' is rolling out version {cand}; `weir rollout promote {endpoint}` or `weir rollout rollback {endpoint}` first"
+            )));
+        }
+        if c.stable == Some(version) {
+            return Err(bad(format!(
+                "version {version} is already the stable version of '{endpoint}'"
+            )));
+        }
+    }
+    let base = Deployment {
+        endpoint: endpoint.to_string(),
+        model: model.to_string(),
+        stable: current.and_then(|c| c.stable),
+        candidate: None,
+        strategy: strategy.to_string(),
+        steps: steps.clone(),
+        step_index: 0,
+        weight: 0,
+        phase: phase::HEALTHY.into(),
+        analysis: analysis.to_json(),
+        reason: String::new(),
+        revision: current.map_or(0, |c| c.revision),
+        updated_at: 0,
+    };
+    if base.stable.is_none() || strategy == "direct" {
+        let from = base
+            .stable
+            .map(|v| format!(" (was {v})"))
+            .unwrap_or_default();
+        return Ok((
+            Deployment {
+                stable: Some(version),
+                ..base
+            },
+            format!("version {version} deployed directly{from}"),
+        ));
+    }
+    let weight = if strategy == "canary" { steps[0] } else { 0 };
+    Ok((
+        Deployment {
+            candidate: Some(version),
+            weight,
+            phase: phase::PROGRESSING.into(),
+            ..base
+        },
+        format!(
+            "{strategy} rollout of version {version} started{}",
+            if strategy == "canary" {
+                format!(" at {weight}%")
+            } else {
+                String::new()
+            }
+        ),
+    ))
+}
+
+/// The next step of a rollout: the next canary weight, or the candidate
+/// becoming the stable version. Returns the new state and what happened.
+pub fn promote(d: &Deployment) -> Result<(Deployment, String), ServeError> {
+    let Some(cand) = d.candidate else {
+        return Err(bad(format!(
+            "endpoint '{}' has no rollout in progress",
+            d.endpoint
+        )));
+    };
+    let next = d.step_index as usize + 1;
+    if d.strategy == "canary" && next < d.steps.len() && d.steps[next] < 100 {
+        let weight = d.steps[next];
+        return Ok((
+            Deployment {
+                step_index: next as i64,
+                weight,
+                phase: phase::PROGRESSING.into(),
+                reason: String::new(),
+                ..d.clone()
+            },
+            format!("version {cand} promoted to {weight}%"),
+        ));
+    }
+    Ok((
+        Deployment {
+            stable: Some(cand),
+            candidate: None,
+            weight: 0,
+            step_index: 0,
+            phase: phase::HEALTHY.into(),
+            reason: String::new(),
+            ..d.clone()
+        },
+        format!(
+            "version {cand} is stable{}",
+            d.stable.map(|v| format!(" (was {v})")).unwrap_or_default()
+        ),
+    ))
+}
+
+pub fn rollback(d: &Deployment, why: &str) -> Result<(Deployment, String), ServeError> {
+    let Some(cand) = d.candidate else {
+        return Err(bad(format!(
+            "endpoint '{}' has no rollout in progress",
+            d.endpoint
+        )));
+    };
+    Ok((
+        Deployment {
+            candidate: None,
+            weight: 0,
+            step_index: 0,
+            phase: phase::ROLLED_BACK.into(),
+            reason: format!("version {cand}: {why}"),
+            ..d.clone()
+        },
+        format!("version {cand} rolled back: {why}"),
+    ))
+}
+
+pub fn pause(d: &Deployment, why: &str) -> Deployment {
+    Deployment {
+        phase: phase::PAUSED.into(),
+        reason: why.to_string(),
+        ..d.clone()
+    }
+}
+
+/// Which version answers a request: the candidate for `weight` percent of
+/// keys. A routing key (`x-weir-route-key`) always lands on the same side
+/// for a given weight; without one, `draw` (uniform) decides.
+pub fn pick_candidate(weight: i64, key: Option<&[u8]>, draw: u64) -> bool {
+    if weight <= 0 {
+        return false;
+    }
+    let bucket = match key {
+        Some(k) => {
+            let h = blake3::hash(k);
+            u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes")) % 100
+        }
+        None => draw % 100,
+    };
+    (bucket as i64) < weight
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn analysis() -> Analysis {
+        Analysis {
+            interval: Duration::from_secs(1),
+            max_error_rate: 0.01,
+            max_p99: Some(Duration::from_millis(50)),
+            min_requests: 20,
+        }
+    }
+
+    fn window(requests: u64, errors: u64, latency_ms: u64) -> Window {
+        let mut w = Window::default();
+        for i in 0..requests {
+            w.record(i < errors, Duration::from_millis(latency_ms));
+        }
+        w
+    }
+
+    #[test]
+    fn a_canary_walks_its_steps_then_becomes_stable() {
+        let (d, _) = start(None, "e", "m", 1, "canary", vec![5, 50, 100], &analysis()).unwrap();
+        assert_eq!(
+            (d.stable, d.candidate, d.phase.as_str()),
+            (Some(1), None, "Healthy")
+        );
+        let d = Deployment { revision: 1, ..d };
+        let (d, what) = start(
+            Some(&d),
+            "e",
+            "m",
+            2,
+            "canary",
+            vec![5, 50, 100],
+            &analysis(),
+        )
+        .unwrap();
+        assert_eq!((d.candidate, d.weight), (Some(2), 5), "{what}");
+        let (d, _) = promote(&d).unwrap();
+        assert_eq!(d.weight, 50);
+        let (d, what) = promote(&d).unwrap();
+        assert_eq!(
+            (d.stable, d.candidate, d.weight),
+            (Some(2), None, 0),
+            "{what}"
+        );
+        assert!(promote(&d).is_err());
+    }
+
+    #[test]
+    fn bad_steps_strategies_and_overlapping_rollouts_are_refused() {
+        let a = analysis();
+        for steps in [
+            vec![],
+            vec![50, 25, 100],
+            vec![5, 50],
+            vec![0, 100],
+            vec![5, 200],
+        ] {
+            assert!(start(None, "e", "m", 1, "canary", steps, &a).is_err());
+        }
+        assert!(start(None, "e", "m", 1, "yolo", vec![100], &a).is_err());
+        let (d, _) = start(None, "e", "m", 1, "canary", vec![100], &a).unwrap();
+        let (d, _) = start(Some(&d), "e", "m", 2, "canary", vec![10, 100], &a).unwrap();
+        let e = start(Some(&d), "e", "m", 3, "canary", vec![100], &a).unwrap_err();
+        assert!(e.to_string().contains("is rolling out version 2"), "{e}");
+        let e = start(Some(&d), "e", "other", 3, "canary", vec![100], &a).unwrap_err();
+        assert!(e.to_string().contains("serves model 'm'"), "{e}");
+    }
+
+    #[test]
+    fn judging_rolls_back_on_errors_or_latency_and_pauses_on_little_traffic() {
+        let a = analysis();
+        assert_eq!(
+            judge(&a, &mut window(100, 0, 1), &mut window(50, 0, 2)),
+            Verdict::Pass
+        );
+        // Errors both versions give (bad client input) are not the candidate's fault.
+        assert_eq!(
+            judge(&a, &mut window(100, 10, 1), &mut window(50, 5, 2)),
+            Verdict::Pass
+        );
+        assert!(matches!(
+            judge(&a, &mut window(100, 0, 1), &mut window(50, 10, 2)),
+            Verdict::Violation(why) if why.contains("error rate 20.0%")
+        ));
+        assert!(matches!(
+            judge(&a, &mut window(100, 0, 1), &mut window(50, 0, 80)),
+            Verdict::Violation(why) if why.contains("p99 latency 80.0 ms")
+        ));
+        assert!(matches!(
+            judge(&a, &mut window(100, 0, 1), &mut window(5, 0, 1)),
+            Verdict::TooLittleTraffic(_)
+        ));
+        // A candidate failing everything it got is judged without waiting.
+        assert!(matches!(
+            judge(&a, &mut window(100, 0, 1), &mut window(5, 5, 1)),
+            Verdict::Violation(_)
+        ));
+    }
+
+    #[test]
+    fn routing_keys_are_sticky_and_weights_are_honoured() {
+        let key = b"user-42".as_slice();
+        let first = pick_candidate(50, Some(key), 0);
+        assert!((0..100).all(|d| pick_candidate(50, Some(key), d) == first));
+        let share = (0..10_000u64)
+            .filter(|d| pick_candidate(25, None, *d))
+            .count();
+        assert_eq!(share, 2_500);
+        assert!(!pick_candidate(0, Some(key), 0));
+        assert!(pick_candidate(100, Some(key), 0));
+    }
+}

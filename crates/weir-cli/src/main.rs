@@ -118,6 +118,13 @@ enum Command {
         /// Fewer candidate requests than this in an interval: pause instead of judging
         #[arg(long, default_value_t = 20)]
         min_requests: u64,
+        /// Roll back when the candidate's online accuracy (labels sent to
+        /// POST /v2/models/ENDPOINT/feedback) is this much below the stable's (e.g. 0.02)
+        #[arg(long)]
+        max_accuracy_drop: Option<f64>,
+        /// Labels each version needs in an interval before accuracy is judged
+        #[arg(long, default_value_t = 20)]
+        min_labels: u64,
         #[arg(long)]
         json: bool,
     },
@@ -494,6 +501,8 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             max_error_rate,
             max_p99,
             min_requests,
+            max_accuracy_drop,
+            min_labels,
             json,
         } => {
             let ctx = Context::open(config(&cli.global, &[])?).await?;
@@ -508,6 +517,8 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 max_error_rate,
                 max_p99,
                 min_requests,
+                max_accuracy_drop,
+                min_labels,
             };
             let (next, what) = weir_serve::rollout::start(
                 current.as_ref(),

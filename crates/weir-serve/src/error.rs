@@ -26,6 +26,8 @@ pub enum ServeError {
     },
     #[error("model {model} is registered but could not be loaded ({reason}); fix it and load it again with POST /v2/repository/models/NAME/load")]
     Unavailable { model: String, reason: String },
+    #[error("no prediction of endpoint '{endpoint}' has request id '{id}' (feedback is kept for the most recent 100000 endpoint predictions; the id is the request's OIP \"id\" or its x-weir-request-id response header)")]
+    UnknownRequest { endpoint: String, id: String },
     #[error("the server is still loading its models; retry when /v2/health/ready answers 200")]
     NotReady,
     /// A request the client must fix; the message says what and where.
@@ -47,9 +49,9 @@ impl ServeError {
     pub fn status(&self) -> StatusCode {
         match self {
             ServeError::BadRequest(_) | ServeError::BadModelRef(_) => StatusCode::BAD_REQUEST,
-            ServeError::UnknownModel { .. } | ServeError::UnknownVersion { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            ServeError::UnknownModel { .. }
+            | ServeError::UnknownVersion { .. }
+            | ServeError::UnknownRequest { .. } => StatusCode::NOT_FOUND,
             ServeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ServeError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ServeError::NotReady | ServeError::Unavailable { .. } => {

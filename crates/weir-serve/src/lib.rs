@@ -133,7 +133,20 @@ pub(crate) struct AppState {
     windows: std::sync::Mutex<BTreeMap<(String, i64), rollout::Window>>,
     /// Mirrored requests whose answers agreed / all, per endpoint, this rollout.
     shadow_agreement: std::sync::Mutex<BTreeMap<String, (u64, u64)>>,
+    /// Recent endpoint predictions by request id, for label feedback.
+    predictions: std::sync::Mutex<lru::LruCache<String, Prediction>>,
 }
+
+/// What an endpoint answered to one request, kept until its label arrives.
+pub(crate) struct Prediction {
+    pub endpoint: String,
+    pub version: i64,
+    /// The predicted label of each row.
+    pub labels: Vec<serde_json::Value>,
+}
+
+/// Predictions remembered for feedback (the oldest are forgotten first).
+const PREDICTIONS_KEPT: usize = 100_000;
 
 impl AppState {
     /// Puts a loaded version in service (replacing the same version).
@@ -259,6 +272,53 @@ impl AppState {
             .entry((endpoint.to_string(), version))
             .or_default()
             .record(error, elapsed);
+    }
+
+    pub(crate) fn remember(&self, id: String, prediction: Prediction) {
+        self.predictions
+            .lock()
+            .expect("predictions lock")
+            .put(id, prediction);
+    }
+
+    /// Scores fed-back labels against what was predicted for request `id`;
+    /// returns how many rows were right, of how many.
+    pub(crate) fn feedback(
+        &self,
+        endpoint: &str,
+        id: &str,
+        truth: &[serde_json::Value],
+    ) -> Result<(u64, u64), ServeError> {
+        let (version, labels) = {
+            let mut log = self.predictions.lock().expect("predictions lock");
+            let p = log
+                .get(id)
+                .filter(|p| p.endpoint == endpoint)
+                .ok_or_else(|| ServeError::UnknownRequest {
+                    endpoint: endpoint.to_string(),
+                    id: id.to_string(),
+                })?;
+            (p.version, p.labels.clone())
+        };
+        if labels.len() != truth.len() {
+            return Err(ServeError::BadRequest(format!(
+                "request '{id}' scored {} rows; send one label per row ({} given)",
+                labels.len(),
+                truth.len()
+            )));
+        }
+        // Labels compare as numbers when both are numbers (1 == 1.0).
+        let same = |a: &serde_json::Value, b: &serde_json::Value| match (a.as_f64(), b.as_f64()) {
+            (Some(x), Some(y)) => x == y,
+            _ => a == b,
+        };
+        let right = labels.iter().zip(truth).filter(|(p, t)| same(p, t)).count() as u64;
+        let mut windows = self.windows.lock().expect("windows lock");
+        let window = windows.entry((endpoint.to_string(), version)).or_default();
+        for i in 0..truth.len() as u64 {
+            window.label(i < right);
+        }
+        Ok((right, truth.len() as u64))
     }
 
     pub(crate) fn record_shadow(&self, endpoint: &str, version: i64, agree: bool) {
@@ -598,6 +658,9 @@ pub async fn serve(
         endpoints: RwLock::new(BTreeMap::new()),
         windows: std::sync::Mutex::new(BTreeMap::new()),
         shadow_agreement: std::sync::Mutex::new(BTreeMap::new()),
+        predictions: std::sync::Mutex::new(lru::LruCache::new(
+            std::num::NonZeroUsize::new(PREDICTIONS_KEPT).expect("non-zero"),
+        )),
     });
     let listener = tokio::net::TcpListener::bind(&options.addr)
         .await

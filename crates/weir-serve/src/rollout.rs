@@ -34,6 +34,10 @@ pub struct Analysis {
     pub max_p99: Option<Duration>,
     /// Fewer candidate requests than this in an interval: pause, not judge.
     pub min_requests: u64,
+    /// The candidate's online accuracy (from label feedback) may be at most
+    /// this far below the stable's, once each has `min_labels` labels.
+    pub max_accuracy_drop: Option<f64>,
+    pub min_labels: u64,
 }
 
 impl Analysis {
@@ -43,6 +47,8 @@ impl Analysis {
             "max_error_rate": self.max_error_rate,
             "max_p99_ms": self.max_p99.map(|d| d.as_secs_f64() * 1e3),
             "min_requests": self.min_requests,
+            "max_accuracy_drop": self.max_accuracy_drop,
+            "min_labels": self.min_labels,
         })
     }
 
@@ -54,6 +60,8 @@ impl Analysis {
                 .as_f64()
                 .map(|ms| Duration::from_secs_f64(ms / 1e3)),
             min_requests: v["min_requests"].as_u64().unwrap_or(20),
+            max_accuracy_drop: v["max_accuracy_drop"].as_f64(),
+            min_labels: v["min_labels"].as_u64().unwrap_or(20),
         }
     }
 }
@@ -66,6 +74,9 @@ pub struct Window {
     /// the same share of traffic: counted raw here, compared in [`judge`].
     pub errors: u64,
     pub latencies_us: Vec<u32>,
+    /// Predictions whose true label came back, and how many were right.
+    pub labelled: u64,
+    pub correct: u64,
 }
 
 /// Latency samples kept per version per interval (enough for a p99).
@@ -79,6 +90,15 @@ impl Window {
             self.latencies_us
                 .push(latency.as_micros().min(u128::from(u32::MAX)) as u32);
         }
+    }
+
+    pub fn label(&mut self, correct: bool) {
+        self.labelled += 1;
+        self.correct += u64::from(correct);
+    }
+
+    pub fn accuracy(&self) -> Option<f64> {
+        (self.labelled > 0).then(|| self.correct as f64 / self.labelled as f64)
     }
 
     pub fn error_rate(&self) -> f64 {
@@ -122,6 +142,23 @@ pub fn judge(a: &Analysis, stable: &mut Window, candidate: &mut Window) -> Verdi
             stable.error_rate() * 100.0,
             a.max_error_rate * 100.0
         ));
+    }
+    if let (Some(drop), Some(cand), Some(stab)) =
+        (a.max_accuracy_drop, candidate.accuracy(), stable.accuracy())
+    {
+        if candidate.labelled >= a.min_labels
+            && stable.labelled >= a.min_labels
+            && cand < stab - drop
+        {
+            return Verdict::Violation(format!(
+                "online accuracy {:.1}% ({} of {} labelled) against the stable version's {:.1}%, more than {:.1} points lower",
+                cand * 100.0,
+                candidate.correct,
+                candidate.labelled,
+                stab * 100.0,
+                drop * 100.0
+            ));
+        }
     }
     if candidate.requests < a.min_requests {
         return Verdict::TooLittleTraffic(format!(
@@ -332,6 +369,8 @@ mod tests {
             max_error_rate: 0.01,
             max_p99: Some(Duration::from_millis(50)),
             min_requests: 20,
+            max_accuracy_drop: Some(0.05),
+            min_labels: 10,
         }
     }
 
@@ -423,6 +462,29 @@ mod tests {
             judge(&a, &mut window(100, 0, 1), &mut window(5, 5, 1)),
             Verdict::Violation(_)
         ));
+    }
+
+    #[test]
+    fn a_candidate_less_accurate_on_fed_back_labels_is_rolled_back() {
+        let a = analysis();
+        let labelled = |right: u64, of: u64| {
+            let mut w = window(100, 0, 1);
+            (0..of).for_each(|i| w.label(i < right));
+            w
+        };
+        assert_eq!(
+            judge(&a, &mut labelled(90, 100), &mut labelled(88, 100)),
+            Verdict::Pass
+        );
+        assert!(matches!(
+            judge(&a, &mut labelled(90, 100), &mut labelled(70, 100)),
+            Verdict::Violation(why) if why.contains("online accuracy 70.0%")
+        ));
+        // Too few labels to say.
+        assert_eq!(
+            judge(&a, &mut labelled(90, 100), &mut labelled(0, 5)),
+            Verdict::Pass
+        );
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
                 .route("/invocations", post(invocations))
                 .route_layer(middleware::from_fn_with_state(state.clone(), limits)),
         )
+        .route("/v2/models/{name}/feedback", post(feedback))
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{name}/load", post(repository_load))
         .route(
@@ -464,7 +465,7 @@ async fn infer(
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, OipError> {
+) -> Response {
     run_infer(state, name, None, headers, body).await
 }
 
@@ -473,7 +474,7 @@ async fn infer_version(
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, OipError> {
+) -> Response {
     run_infer(state, name, Some(version), headers, body).await
 }
 
@@ -557,7 +558,7 @@ async fn run_infer(
     version: Option<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, OipError> {
+) -> Response {
     let mut timed = Timed::start("v2");
     let mut routed = None;
     let result = match resolve(&s, &name, version.as_deref(), &headers) {
@@ -581,11 +582,89 @@ async fn run_infer(
     let status = result
         .as_ref()
         .map_or_else(|e| e.0.status(), |_| StatusCode::OK);
-    if let Some((endpoint, version)) = routed {
-        s.record(&endpoint, version, status.as_u16(), timed.started.elapsed());
+    if let Some((endpoint, version)) = &routed {
+        s.record(endpoint, *version, status.as_u16(), timed.started.elapsed());
     }
     timed.finish(&s, status);
-    result
+    match result {
+        Ok(Json(answer)) => {
+            let id = routed.map(|(endpoint, version)| {
+                let labels = answer["outputs"]
+                    .as_array()
+                    .and_then(|o| o.iter().find(|t| t["name"] == "label"))
+                    .and_then(|t| t["data"].as_array().cloned());
+                let id = answer["id"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| request_id(&headers));
+                if let Some(labels) = labels {
+                    s.remember(
+                        id.clone(),
+                        crate::Prediction {
+                            endpoint,
+                            version,
+                            labels,
+                        },
+                    );
+                }
+                id
+            });
+            with_request_id(Json(answer).into_response(), id)
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The id feedback refers to: the client's `x-request-id`, else a new one.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:016x}", draw()))
+}
+
+fn with_request_id(mut response: Response, id: Option<String>) -> Response {
+    if let Some(value) = id.and_then(|id| header::HeaderValue::from_str(&id).ok()) {
+        response.headers_mut().insert("x-weir-request-id", value);
+    }
+    response
+}
+
+/// POST /v2/models/{endpoint}/feedback: the true label(s) of a request an
+/// endpoint answered, `{"id": "...", "label": 1}` (or `"labels": [...]` for
+/// a request of several rows); they count toward the answering version's
+/// online accuracy, which a rollout can be judged on.
+async fn feedback(
+    State(s): Shared,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, OipError> {
+    if s.endpoint(&name).is_none() {
+        return Err(ServeError::BadRequest(format!(
+            "'{name}' is not an endpoint; feedback is kept for endpoints (create one with `weir deploy`)"
+        ))
+        .into());
+    }
+    let doc: Value = parse_json(&body)?;
+    let id = doc["id"].as_str().ok_or_else(|| {
+        ServeError::BadRequest("feedback needs \"id\": the id of the request it labels".into())
+    })?;
+    let truth: Vec<Value> = match (&doc["label"], &doc["labels"]) {
+        (Value::Null, Value::Array(many)) => many.clone(),
+        (Value::Array(many), Value::Null) => many.clone(),
+        (one, Value::Null) if !one.is_null() => vec![one.clone()],
+        _ => {
+            return Err(ServeError::BadRequest(
+                "feedback needs \"label\" (one row) or \"labels\" (one per row)".into(),
+            )
+            .into())
+        }
+    };
+    let (correct, labelled) = s.feedback(&name, id, &truth)?;
+    Ok(Json(
+        json!({"id": id, "correct": correct, "labelled": labelled}),
+    ))
 }
 
 /// Sends a copy of a request to an endpoint's shadow after the stable
@@ -762,7 +841,7 @@ async fn invocations(
     State(s): Shared,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, MlflowError> {
+) -> Response {
     let mut timed = Timed::start("invocations");
     let mut routed = None;
     let result = async {
@@ -789,11 +868,33 @@ async fn invocations(
     let status = result
         .as_ref()
         .map_or_else(|e| e.0.status(), |_| StatusCode::OK);
-    if let Some((endpoint, version)) = routed {
-        s.record(&endpoint, version, status.as_u16(), timed.started.elapsed());
+    if let Some((endpoint, version)) = &routed {
+        s.record(endpoint, *version, status.as_u16(), timed.started.elapsed());
     }
     timed.finish(&s, status);
-    result
+    match result {
+        Ok(Json(answer)) => {
+            let id = routed.map(|(endpoint, version)| {
+                let id = request_id(&headers);
+                let labels: Option<Vec<Value>> = answer["predictions"]
+                    .as_array()
+                    .and_then(|rows| rows.iter().map(|r| r.get("label").cloned()).collect());
+                if let Some(labels) = labels {
+                    s.remember(
+                        id.clone(),
+                        crate::Prediction {
+                            endpoint,
+                            version,
+                            labels,
+                        },
+                    );
+                }
+                id
+            });
+            with_request_id(Json(answer).into_response(), id)
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn score_mlflow(

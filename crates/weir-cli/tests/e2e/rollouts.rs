@@ -362,3 +362,85 @@ fn shadow_mirrors_without_touching_answers_and_bluegreen_switches_once_warm() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn labels_fed_back_judge_online_accuracy_and_roll_back_a_worse_candidate() {
+    let sb = Sandbox::new();
+    for _ in 0..2 {
+        register(&sb, "gbdt_classifier.onnx");
+    }
+    sb.ok(&["deploy", "web", "--model", "bc", "--version", "1"]);
+    let server = sb.serve(&["bc:1"]);
+    sb.ok(&[
+        "deploy",
+        "web",
+        "--model",
+        "bc",
+        "--version",
+        "2",
+        "--steps",
+        "50,100",
+        "--interval",
+        "3s",
+        "--min-requests",
+        "5",
+        "--max-accuracy-drop",
+        "0.1",
+        "--min-labels",
+        "5",
+    ]);
+    let client = reqwest::blocking::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.metric(r#"weir_serve_rollout_weight{endpoint="web",version="2"}"#) != Some(50.0) {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The world agrees with the stable version and never with the candidate.
+    for i in 0..60 {
+        let r = client
+            .post(format!("{}/v2/models/web/infer", server.url))
+            .body(body())
+            .send()
+            .unwrap();
+        let id = r.headers()["x-weir-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let answer: Value = r.json().unwrap();
+        let predicted = answer["outputs"][0]["data"][0].as_i64().unwrap();
+        let truth = if answer["model_version"] == "1" {
+            predicted
+        } else {
+            1 - predicted
+        };
+        let (code, fed) = server.post(
+            "/v2/models/web/feedback",
+            json!({"id": id, "label": truth}).to_string(),
+        );
+        assert_eq!(code, 200, "request {i}: {fed}");
+        assert_eq!(fed["labelled"], 1);
+    }
+    let back = wait_for(&sb, "an accuracy rollback", |s| s["phase"] == "RolledBack");
+    assert!(
+        back["reason"]
+            .as_str()
+            .unwrap()
+            .contains("online accuracy 0.0%"),
+        "{back}"
+    );
+
+    let (code, e) = server.post(
+        "/v2/models/web/feedback",
+        json!({"id": "nope", "label": 1}).to_string(),
+    );
+    assert_eq!(code, 404, "{e}");
+    let (code, e) = server.post(
+        "/v2/models/bc/feedback",
+        json!({"id": "x", "label": 1}).to_string(),
+    );
+    assert_eq!(code, 400, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("not an endpoint"),
+        "{e}"
+    );
+}

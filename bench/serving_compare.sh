@@ -18,7 +18,8 @@ for f in model.onnx bodies.jsonl expected.csv requests.csv post_bodies.lua; do
   [ -f "$SV/$f" ] || { echo "run ../shared/peers/mlflow_serving.sh first (missing $SV/$f)" >&2; exit 1; }
 done
 command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 1; }
-cargo build --release --quiet -p weir-cli -p weir-onnx --example latency
+cargo build --release --quiet -p weir-cli
+cargo build --release --quiet -p weir-onnx --example latency
 
 WORK="$(mktemp -d /tmp/weir-serving-bench.XXXXXX)"
 export WEIR_HOME="$WORK/home"

@@ -6,6 +6,7 @@
 #     and started on a free loopback port for the duration of the run;
 #   - the official mlflow client (pinned), in the same virtualenv, driving a
 #     real `weir server` on SQLite and on PostgreSQL (tests/mlflow).
+#   - wrk, the HTTP load generator, for the rollout test under load;
 #   - scikit-learn + skl2onnx + onnxruntime (pinned, own virtualenv): ONNX exports
 #     served by `weir serve` must match onnxruntime (tests/onnx).
 # Extra arguments go to `cargo test` (e.g. scripts/test.sh -p weir-store).
@@ -59,6 +60,12 @@ if ! "$VENV_ONNX/bin/python" -c 'import sklearn, skl2onnx, onnxruntime, requests
   # shellcheck disable=SC2086
   "$VENV_ONNX/bin/pip" install -q $ONNX_CLIENT
 fi
+# wrk drives the zero-drop rollout test (tests/e2e/rollouts.rs).
+if ! command -v wrk >/dev/null 2>&1; then
+  log "installing wrk"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+fi
+export WEIR_REQUIRE_WRK=1
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p target
 setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >target/moto.log 2>&1 &

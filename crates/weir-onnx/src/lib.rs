@@ -6,6 +6,8 @@
 //! The batch dimension (the first) stays symbolic unless the file fixes it,
 //! so one plan serves one row or ten thousand.
 
+mod trees;
+
 use std::io::Cursor;
 use std::sync::Arc;
 
@@ -120,9 +122,16 @@ type Plan = TypedSimplePlan<TypedModel>;
 /// A parsed, optimised ONNX graph ready to run; cheap to share.
 #[derive(Clone)]
 pub struct OnnxModel {
-    plan: Arc<Plan>,
+    engine: Engine,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
+}
+
+#[derive(Clone)]
+enum Engine {
+    Tract(Arc<Plan>),
+    /// A graph that is one tree ensemble, evaluated natively (`trees.rs`).
+    Trees(Arc<trees::Ensemble>),
 }
 
 impl std::fmt::Debug for OnnxModel {
@@ -330,6 +339,17 @@ impl OnnxModel {
         if graph.node.is_empty() {
             return Err(OnnxError::Parse("the graph has no operators".into()));
         }
+        let fast = {
+            let first = graph
+                .input
+                .iter()
+                .find(|i| !graph.initializer.iter().any(|t| t.name == i.name));
+            let width = first
+                .map(|i| spec(i, "input"))
+                .transpose()?
+                .and_then(|s| s.row_width());
+            trees::recognise(graph, width)?
+        };
         patch_binary_tree_classifiers(graph);
         rewrite_scalers(graph);
         let initialized: std::collections::HashSet<&str> =
@@ -355,6 +375,15 @@ impl OnnxModel {
             )));
         }
 
+        if let Some(ensemble) = fast {
+            if inputs.len() == 1 && inputs[0].shape.len() == 2 {
+                return Ok(OnnxModel {
+                    engine: Engine::Trees(Arc::new(ensemble)),
+                    inputs,
+                    outputs,
+                });
+            }
+        }
         let mut model = onnx
             .model_for_proto_model(&proto)
             .map_err(|e| OnnxError::Unsupported(format!("{e:#}")))?;
@@ -380,7 +409,7 @@ impl OnnxModel {
             .and_then(|m| m.into_runnable())
             .map_err(|e| OnnxError::Unsupported(format!("{e:#}")))?;
         Ok(OnnxModel {
-            plan: Arc::new(plan),
+            engine: Engine::Tract(Arc::new(plan)),
             inputs,
             outputs,
         })
@@ -409,12 +438,22 @@ impl OnnxModel {
                 values.len()
             )));
         }
+        let plan = match &self.engine {
+            Engine::Trees(ensemble) => {
+                return ensemble.run(rows, &values[0]).map_err(|e| match e {
+                    OnnxError::Input(m) => {
+                        OnnxError::Input(format!("input '{}': {m}", self.inputs[0].name))
+                    }
+                    other => other,
+                })
+            }
+            Engine::Tract(plan) => plan,
+        };
         let mut tensors: TVec<TValue> = TVec::with_capacity(values.len());
         for (spec, data) in self.inputs.iter().zip(values) {
             tensors.push(input_tensor(spec, rows, data)?.into_tvalue());
         }
-        let results = self
-            .plan
+        let results = plan
             .run(tensors)
             .map_err(|e| OnnxError::Run(format!("{e:#}")))?;
         results

@@ -444,3 +444,178 @@ fn labels_fed_back_judge_online_accuracy_and_roll_back_a_worse_candidate() {
         "{e}"
     );
 }
+
+/// wrk, the load generator, driving one endpoint for `seconds`: its summary
+/// (requests, non-2xx answers, socket errors).
+fn wrk(url: &str, seconds: u64, dir: &std::path::Path) -> std::process::Child {
+    let script = dir.join("post.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = '{}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
+            body()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("wrk")
+        .args([
+            "-t2",
+            "-c8",
+            &format!("-d{seconds}s"),
+            "--timeout",
+            "10s",
+            "-s",
+        ])
+        .arg(&script)
+        .arg(url)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wrk_figure(report: &str, prefix: &str) -> u64 {
+    report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(prefix))
+        .map_or(0, |rest| {
+            rest.split_whitespace()
+                .next()
+                .unwrap()
+                .trim_end_matches(',')
+                .parse()
+                .unwrap()
+        })
+}
+
+fn wrk_available() -> bool {
+    let found = std::process::Command::new("wrk")
+        .arg("--version")
+        .output()
+        .is_ok();
+    assert!(
+        found || std::env::var_os("WEIR_REQUIRE_WRK").is_none(),
+        "WEIR_REQUIRE_WRK is set but wrk is not installed"
+    );
+    if !found {
+        eprintln!("skipped: wrk is not installed (scripts/test.sh installs it)");
+    }
+    found
+}
+
+/// Seconds between two events of the endpoint's history.
+fn event_gap(history: &Value, from: &str, to: &str) -> f64 {
+    let at = |needle: &str| {
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|e| e["detail"].as_str().unwrap().contains(needle))
+            .unwrap_or_else(|| panic!("no '{needle}' in {history}"))["at"]
+            .as_i64()
+            .unwrap()
+    };
+    (at(to) - at(from)) as f64 / 1e3
+}
+
+#[test]
+fn under_load_a_healthy_canary_is_promoted_and_bad_ones_rolled_back_dropping_nothing() {
+    if !wrk_available() {
+        return;
+    }
+    let sb = Sandbox::new();
+    for file in [
+        "gbdt_classifier.onnx",
+        "gbdt_classifier.onnx",
+        "mlp_regressor.onnx",
+        "slow_tile.onnx",
+    ] {
+        register(&sb, file);
+    }
+    sb.ok(&["deploy", "web", "--model", "bc", "--version", "1"]);
+    let server = sb.serve(&[]);
+    let load = wrk(
+        &format!("{}/v2/models/web/infer", server.url),
+        20,
+        sb.path(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let interval = [
+        "--interval",
+        "1s",
+        "--min-requests",
+        "20",
+        "--max-p99",
+        "15ms",
+    ];
+
+    // (a) a healthy canary goes to 100%.
+    sb.ok(&[
+        &[
+            "deploy",
+            "web",
+            "--model",
+            "bc",
+            "--version",
+            "2",
+            "--steps",
+            "25,50,100",
+        ][..],
+        &interval[..],
+    ]
+    .concat());
+    wait_for(&sb, "the healthy canary's promotion", |s| s["stable"] == 2);
+    // (b) one that errors on every request, then (c) one that is slow.
+    for (version, why) in [("3", "error rate"), ("4", "p99 latency")] {
+        sb.ok(&[
+            &[
+                "deploy",
+                "web",
+                "--model",
+                "bc",
+                "--version",
+                version,
+                "--steps",
+                "10,100",
+            ][..],
+            &interval[..],
+        ]
+        .concat());
+        let back = wait_for(&sb, "a rollback", |s| {
+            s["phase"] == "RolledBack" && s["candidate"].is_null()
+        });
+        assert!(back["reason"].as_str().unwrap().contains(why), "{back}");
+        let history = sb.json(&["rollout", "history", "web"]);
+        let took = event_gap(
+            &history,
+            &format!("rollout of version {version} started"),
+            &format!("version {version} rolled back"),
+        );
+        assert!(
+            took <= 2.0 * 1.0 + 0.5,
+            "version {version} rolled back {took} s after it took traffic"
+        );
+    }
+
+    let out = load.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    let requests = report
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .map(|(n, _)| n.trim().parse::<u64>().unwrap())
+        .unwrap_or_else(|| panic!("{report}"));
+    let non_2xx = wrk_figure(&report, "Non-2xx or 3xx responses:");
+    assert!(!report.contains("Socket errors"), "{report}");
+    let rate = requests as f64 / 20.0;
+    assert!(rate >= 500.0, "{rate:.0} requests/s: {report}");
+    let by_bad = server
+        .metric(r#"weir_serve_endpoint_requests_total{endpoint="web",version="3",code="400"}"#)
+        .unwrap_or(0.0) as u64;
+    assert_eq!(
+        non_2xx, by_bad,
+        "every failed request was one the erroring candidate answered: {report}"
+    );
+    eprintln!(
+        "{rate:.0} requests/s, {non_2xx} answered by the failing candidate before its rollback"
+    );
+}

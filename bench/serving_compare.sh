@@ -69,7 +69,7 @@ for line in open(sys.argv[1]):
                           "requests": w["requests"],
                           "errors": sum(w[k] for k in w if k.startswith("err_"))}
 floor = json.loads(sys.argv[5])
-out = {"script": "weir_serving", "server": "weir serve (release), ONNX through tract",
+out = {"script": "weir_serving", "server": "weir serve (release), the ONNX export",
        "ready_s": float(sys.argv[2]), "rss_mb_after_load": round(int(sys.argv[3]) / 1024, 1),
        "peak_rss_mb": round(int(sys.argv[4]) / 1024, 1), "load": load,
        "floor_tract_one_row_us_median": floor["median_us"]}

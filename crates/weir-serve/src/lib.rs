@@ -90,21 +90,26 @@ pub(crate) enum Predictor {
         batcher: Option<batch::Batcher>,
     },
     /// An ONNX graph: tensors in, tensors out.
-    Onnx(Arc<weir_onnx::OnnxModel>),
+    Onnx {
+        model: Arc<weir_onnx::OnnxModel>,
+        /// A one-row call takes long enough that every call runs on a
+        /// blocking thread rather than holding up the reactor.
+        heavy: bool,
+    },
 }
 
 impl Loaded {
     pub fn platform(&self) -> String {
         match &self.predictor {
             Predictor::Native { model, .. } => format!("weir_{}", model.kind()),
-            Predictor::Onnx(_) => "onnx".into(),
+            Predictor::Onnx { .. } => "onnx".into(),
         }
     }
 
     fn input_count(&self) -> usize {
         match &self.predictor {
             Predictor::Native { inputs, .. } => inputs.len(),
-            Predictor::Onnx(m) => m.inputs().len(),
+            Predictor::Onnx { model, .. } => model.inputs().len(),
         }
     }
 }
@@ -409,6 +414,9 @@ impl AppState {
     }
 }
 
+/// A warm-up call slower than this marks a model heavy (see `Predictor`).
+const HEAVY_CALL: Duration = Duration::from_millis(2);
+
 /// Loads a model version's artifact and checks it predicts.
 pub(crate) async fn load(state: &AppState, name: &str, version: i64) -> Result<Loaded, ServeError> {
     let (store, artifacts) = (&state.store, &state.artifacts);
@@ -424,10 +432,13 @@ pub(crate) async fn load(state: &AppState, name: &str, version: i64) -> Result<L
     let bytes = artifacts.get(&digest).await?;
     if register::is_onnx(&mv) {
         // Parsing and optimising a graph is CPU work; keep it off the reactor.
-        let model = tokio::task::spawn_blocking(move || {
+        let (model, warm_up) = tokio::task::spawn_blocking(move || {
             let model = weir_onnx::OnnxModel::from_bytes(&bytes)?;
+            // Twice: the first call pays one-off costs.
             register::warm_up_onnx(&model)?;
-            Ok::<_, weir_onnx::OnnxError>(model)
+            let started = Instant::now();
+            register::warm_up_onnx(&model)?;
+            Ok::<_, weir_onnx::OnnxError>((model, started.elapsed()))
         })
         .await
         .map_err(|e| ServeError::Internal(e.to_string()))?
@@ -435,7 +446,10 @@ pub(crate) async fn load(state: &AppState, name: &str, version: i64) -> Result<L
         return Ok(Loaded {
             name: name.to_string(),
             version,
-            predictor: Predictor::Onnx(Arc::new(model)),
+            predictor: Predictor::Onnx {
+                model: Arc::new(model),
+                heavy: warm_up > HEAVY_CALL,
+            },
         });
     }
     let model = Model::from_bytes(&bytes).map_err(|e| failed(e.to_string()))?;

@@ -160,6 +160,23 @@ pub fn judge(a: &Analysis, stable: &mut Window, candidate: &mut Window) -> Verdi
             ));
         }
     }
+    // Likewise a candidate so slow that it completes few requests: enough
+    // of them over the limit is a violation however few it answered.
+    if let Some(limit) = a.max_p99 {
+        let limit_us = limit.as_micros().min(u128::from(u32::MAX)) as u32;
+        let slow = candidate
+            .latencies_us
+            .iter()
+            .filter(|l| **l > limit_us)
+            .count() as u64;
+        if slow >= 3 && slow * 100 > candidate.requests {
+            return Verdict::Violation(format!(
+                "p99 latency over the limit of {:.1} ms ({slow} of {} requests slower)",
+                limit.as_secs_f64() * 1e3,
+                candidate.requests
+            ));
+        }
+    }
     if candidate.requests < a.min_requests {
         return Verdict::TooLittleTraffic(format!(
             "too little traffic to judge: {} candidate requests, {} needed per interval",
@@ -451,16 +468,28 @@ mod tests {
         ));
         assert!(matches!(
             judge(&a, &mut window(100, 0, 1), &mut window(50, 0, 80)),
-            Verdict::Violation(why) if why.contains("p99 latency 80.0 ms")
+            Verdict::Violation(why) if why.contains("over the limit of 50.0 ms (50 of 50")
+        ));
+        let mut two_slow = window(50, 0, 1);
+        two_slow.record(false, Duration::from_millis(90));
+        two_slow.record(false, Duration::from_millis(90));
+        assert!(matches!(
+            judge(&a, &mut window(100, 0, 1), &mut two_slow),
+            Verdict::Violation(why) if why.contains("p99 latency 90.0 ms")
         ));
         assert!(matches!(
             judge(&a, &mut window(100, 0, 1), &mut window(5, 0, 1)),
             Verdict::TooLittleTraffic(_)
         ));
-        // A candidate failing everything it got is judged without waiting.
+        // A candidate failing everything it got is judged without waiting,
+        // and so is one too slow to answer much.
         assert!(matches!(
             judge(&a, &mut window(100, 0, 1), &mut window(5, 5, 1)),
             Verdict::Violation(_)
+        ));
+        assert!(matches!(
+            judge(&a, &mut window(100, 0, 1), &mut window(4, 0, 300)),
+            Verdict::Violation(why) if why.contains("4 of 4 requests slower")
         ));
     }
 

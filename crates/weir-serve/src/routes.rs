@@ -374,7 +374,9 @@ fn metadata(s: &AppState, loaded: &Loaded) -> Value {
                 .map(|(n, t)| json!({"name": n, "datatype": t, "shape": [-1]}))
                 .collect(),
         ),
-        Predictor::Onnx(model) => (onnx::metadata_inputs(model), onnx::metadata_outputs(model)),
+        Predictor::Onnx { model, .. } => {
+            (onnx::metadata_inputs(model), onnx::metadata_outputs(model))
+        }
     };
     json!({
         "name": loaded.name,
@@ -728,8 +730,11 @@ async fn score_infer(
             inputs,
             batcher,
         } => (model, inputs, batcher.as_ref()),
-        Predictor::Onnx(graph) => {
-            let outputs = score_onnx(graph, &request, requested.as_deref(), timed).await?;
+        Predictor::Onnx {
+            model: graph,
+            heavy,
+        } => {
+            let outputs = score_onnx(graph, *heavy, &request, requested.as_deref(), timed).await?;
             return Ok(Json(respond(s, &loaded, request.id, outputs, key)));
         }
     };
@@ -796,6 +801,7 @@ fn respond(
 
 async fn score_onnx(
     graph: &Arc<weir_onnx::OnnxModel>,
+    heavy: bool,
     request: &payload::OipRequest,
     requested: Option<&[String]>,
     timed: &mut Timed,
@@ -812,13 +818,14 @@ async fn score_onnx(
         )));
     }
     let (rows, values) = onnx::oip_inputs(graph, request)?;
-    let outputs = run_graph(graph, rows, values).await?;
+    let outputs = run_graph(graph, heavy, rows, values).await?;
     timed.rows = Some(rows);
     Ok(onnx::oip_outputs(&outputs, requested))
 }
 
 async fn run_graph(
     graph: &Arc<weir_onnx::OnnxModel>,
+    heavy: bool,
     rows: usize,
     values: Vec<Vec<f64>>,
 ) -> Result<Vec<weir_onnx::Output>, ServeError> {
@@ -827,11 +834,13 @@ async fn run_graph(
             .run(rows, values)
             .map_err(|e| ServeError::BadRequest(e.to_string()))
     };
-    let outputs = if rows <= INLINE_ROWS {
+    let outputs = if rows <= INLINE_ROWS && !heavy {
         run(graph, &values)?
     } else {
         let graph = Arc::clone(graph);
-        off_reactor(rows, move || run(&graph, &values)).await?
+        tokio::task::spawn_blocking(move || run(&graph, &values))
+            .await
+            .map_err(|e| ServeError::Internal(e.to_string()))??
     };
     onnx::check_rows(&outputs, rows)?;
     Ok(outputs)
@@ -919,9 +928,12 @@ async fn score_mlflow(
             inputs,
             batcher,
         } => (model, inputs, batcher.as_ref()),
-        Predictor::Onnx(graph) => {
+        Predictor::Onnx {
+            model: graph,
+            heavy,
+        } => {
             let (rows, values) = onnx::mlflow_inputs(graph, &request)?;
-            let outputs = run_graph(graph, rows, values).await?;
+            let outputs = run_graph(graph, *heavy, rows, values).await?;
             timed.rows = Some(rows);
             let response = onnx::mlflow_predictions(&outputs, rows);
             if let Some(key) = key {

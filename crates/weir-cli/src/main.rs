@@ -125,6 +125,10 @@ enum Command {
         /// Labels each version needs in an interval before accuracy is judged
         #[arg(long, default_value_t = 20)]
         min_labels: u64,
+        /// Roll back when the candidate's predictions drift from the stable version's
+        /// over the interval: population stability index above this (e.g. 0.2)
+        #[arg(long)]
+        max_drift: Option<f64>,
         #[arg(long)]
         json: bool,
     },
@@ -503,6 +507,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             min_requests,
             max_accuracy_drop,
             min_labels,
+            max_drift,
             json,
         } => {
             let ctx = Context::open(config(&cli.global, &[])?).await?;
@@ -519,6 +524,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 min_requests,
                 max_accuracy_drop,
                 min_labels,
+                max_drift,
             };
             let (next, what) = weir_serve::rollout::start(
                 current.as_ref(),

@@ -279,6 +279,19 @@ impl AppState {
             .record(error, elapsed);
     }
 
+    /// Keeps the scores a version gave through an endpoint, for drift.
+    pub(crate) fn record_scores(&self, endpoint: &str, version: i64, scores: &[f64]) {
+        if scores.is_empty() {
+            return;
+        }
+        self.windows
+            .lock()
+            .expect("windows lock")
+            .entry((endpoint.to_string(), version))
+            .or_default()
+            .scored(scores);
+    }
+
     pub(crate) fn remember(&self, id: String, prediction: Prediction) {
         self.predictions
             .lock()

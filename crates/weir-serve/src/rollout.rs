@@ -38,6 +38,9 @@ pub struct Analysis {
     /// this far below the stable's, once each has `min_labels` labels.
     pub max_accuracy_drop: Option<f64>,
     pub min_labels: u64,
+    /// The largest population stability index allowed between the
+    /// candidate's predictions and the stable version's in the interval.
+    pub max_drift: Option<f64>,
 }
 
 impl Analysis {
@@ -49,6 +52,7 @@ impl Analysis {
             "min_requests": self.min_requests,
             "max_accuracy_drop": self.max_accuracy_drop,
             "min_labels": self.min_labels,
+            "max_drift": self.max_drift,
         })
     }
 
@@ -62,6 +66,7 @@ impl Analysis {
             min_requests: v["min_requests"].as_u64().unwrap_or(20),
             max_accuracy_drop: v["max_accuracy_drop"].as_f64(),
             min_labels: v["min_labels"].as_u64().unwrap_or(20),
+            max_drift: v["max_drift"].as_f64(),
         }
     }
 }
@@ -77,6 +82,9 @@ pub struct Window {
     /// Predictions whose true label came back, and how many were right.
     pub labelled: u64,
     pub correct: u64,
+    /// The score of each row answered (probability of the positive class,
+    /// or the regression value), for drift.
+    pub scores: Vec<f32>,
 }
 
 /// Latency samples kept per version per interval (enough for a p99).
@@ -90,6 +98,12 @@ impl Window {
             self.latencies_us
                 .push(latency.as_micros().min(u128::from(u32::MAX)) as u32);
         }
+    }
+
+    pub fn scored(&mut self, scores: &[f64]) {
+        let room = MAX_SAMPLES.saturating_sub(self.scores.len());
+        self.scores
+            .extend(scores.iter().take(room).map(|s| *s as f32));
     }
 
     pub fn label(&mut self, correct: bool) {
@@ -177,6 +191,19 @@ pub fn judge(a: &Analysis, stable: &mut Window, candidate: &mut Window) -> Verdi
             ));
         }
     }
+    if let Some(limit) = a.max_drift {
+        let enough = a.min_requests.max(10) as usize;
+        if candidate.scores.len() >= enough && stable.scores.len() >= enough {
+            let psi = population_stability(&stable.scores, &candidate.scores);
+            if psi > limit {
+                return Verdict::Violation(format!(
+                    "prediction drift: population stability index {psi:.3} between the candidate's {} predictions and the stable version's {} (limit {limit})",
+                    candidate.scores.len(),
+                    stable.scores.len()
+                ));
+            }
+        }
+    }
     if candidate.requests < a.min_requests {
         return Verdict::TooLittleTraffic(format!(
             "too little traffic to judge: {} candidate requests, {} needed per interval",
@@ -193,6 +220,31 @@ pub fn judge(a: &Analysis, stable: &mut Window, candidate: &mut Window) -> Verdi
         }
     }
     Verdict::Pass
+}
+
+/// The population stability index of `actual` against `reference`, over
+/// ten bins cut at the reference's deciles.
+pub fn population_stability(reference: &[f32], actual: &[f32]) -> f64 {
+    let mut sorted = reference.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    let mut edges: Vec<f32> = (1..10).map(|d| sorted[d * sorted.len() / 10]).collect();
+    edges.dedup();
+    let shares = |values: &[f32]| {
+        let mut counts = vec![0usize; edges.len() + 1];
+        for v in values {
+            counts[edges.partition_point(|e| e < v)] += 1;
+        }
+        counts
+            .into_iter()
+            .map(|c| (c as f64 / values.len() as f64).max(1e-4))
+            .collect::<Vec<_>>()
+    };
+    let (expected, seen) = (shares(reference), shares(actual));
+    expected
+        .iter()
+        .zip(&seen)
+        .map(|(e, a)| (a - e) * (a / e).ln())
+        .sum()
 }
 
 fn bad(message: impl Into<String>) -> ServeError {
@@ -388,6 +440,7 @@ mod tests {
             min_requests: 20,
             max_accuracy_drop: Some(0.05),
             min_labels: 10,
+            max_drift: Some(0.2),
         }
     }
 
@@ -514,6 +567,26 @@ mod tests {
             judge(&a, &mut labelled(90, 100), &mut labelled(0, 5)),
             Verdict::Pass
         );
+    }
+
+    #[test]
+    fn predictions_that_drift_from_the_stable_versions_roll_back() {
+        let a = analysis();
+        let scored = |f: &dyn Fn(usize) -> f64| {
+            let mut w = window(100, 0, 1);
+            w.scored(&(0..500).map(f).collect::<Vec<_>>());
+            w
+        };
+        let spread = |i: usize| (i % 100) as f64 / 100.0;
+        assert_eq!(
+            judge(&a, &mut scored(&spread), &mut scored(&|i| spread(i + 37))),
+            Verdict::Pass
+        );
+        assert!(matches!(
+            judge(&a, &mut scored(&spread), &mut scored(&|i| 0.5 + spread(i) / 2.0)),
+            Verdict::Violation(why) if why.contains("population stability index")
+        ));
+        assert!(population_stability(&[0.1, 0.2, 0.3], &[0.1, 0.2, 0.3]) < 1e-9);
     }
 
     #[test]

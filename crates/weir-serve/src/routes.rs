@@ -599,6 +599,7 @@ async fn run_infer(
                     .as_str()
                     .map(str::to_string)
                     .unwrap_or_else(|| request_id(&headers));
+                s.record_scores(&endpoint, version, &oip_scores(&answer));
                 if let Some(labels) = labels {
                     s.remember(
                         id.clone(),
@@ -615,6 +616,52 @@ async fn run_infer(
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// One score per row of an answer, for drift: the positive class's
+/// probability of a binary classifier, or the value of a regressor.
+fn oip_scores(answer: &Value) -> Vec<f64> {
+    let Some(outputs) = answer["outputs"].as_array() else {
+        return Vec::new();
+    };
+    let pick = ["probability", "prediction", "probabilities", "variable"];
+    let Some(t) = pick
+        .iter()
+        .find_map(|n| outputs.iter().find(|o| o["name"] == *n))
+    else {
+        return Vec::new();
+    };
+    let data: Vec<f64> = t["data"]
+        .as_array()
+        .map(|d| d.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    match t["shape"].as_array().map(Vec::len) {
+        Some(1) => data,
+        Some(2) if t["shape"][1] == 1 => data,
+        Some(2) if t["shape"][1] == 2 => data.into_iter().skip(1).step_by(2).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn mlflow_scores(answer: &Value) -> Vec<f64> {
+    answer["predictions"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|r| match r {
+                    Value::Number(n) => n.as_f64(),
+                    Value::Object(o) => {
+                        o.get("probability").and_then(Value::as_f64).or_else(|| {
+                            o.get("probabilities")
+                                .and_then(|p| p.get(1))
+                                .and_then(Value::as_f64)
+                        })
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The id feedback refers to: the client's `x-request-id`, else a new one.
@@ -885,6 +932,7 @@ async fn invocations(
         Ok(Json(answer)) => {
             let id = routed.map(|(endpoint, version)| {
                 let id = request_id(&headers);
+                s.record_scores(&endpoint, version, &mlflow_scores(&answer));
                 let labels: Option<Vec<Value>> = answer["predictions"]
                     .as_array()
                     .and_then(|rows| rows.iter().map(|r| r.get("label").cloned()).collect());

@@ -639,3 +639,52 @@ fn under_load_a_healthy_canary_is_promoted_and_bad_ones_rolled_back_dropping_not
         "{rate:.0} requests/s, {non_2xx} answered by the failing candidate before its rollback"
     );
 }
+
+#[test]
+fn a_candidate_whose_predictions_drift_from_the_stable_versions_is_rolled_back() {
+    let sb = Sandbox::new();
+    register(&sb, "gbdt_classifier.onnx");
+    register(&sb, "gbdt_shallow.onnx");
+    sb.ok(&["deploy", "web", "--model", "bc", "--version", "1"]);
+    let server = sb.serve(&[]);
+    sb.ok(&[
+        "deploy",
+        "web",
+        "--model",
+        "bc",
+        "--version",
+        "2",
+        "--steps",
+        "50,100",
+        "--interval",
+        "1500ms",
+        "--min-requests",
+        "10",
+        "--max-drift",
+        "0.2",
+    ]);
+    let text = std::fs::read_to_string(format!("{DATA}/expected.json")).unwrap();
+    let rows = serde_json::from_str::<Value>(&text).unwrap()["gbdt_classifier"]["rows"].clone();
+    let rows = rows.as_array().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for row in rows {
+            let (code, _) = server.post(
+                "/invocations",
+                json!({"dataframe_split": {"columns": (0..30).map(|i| format!("f{i}")).collect::<Vec<_>>(), "data": [row]}})
+                    .to_string(),
+            );
+            assert_eq!(code, 200);
+        }
+        let s = status(&sb);
+        if s["phase"] == "RolledBack" {
+            assert!(
+                s["reason"].as_str().unwrap().contains("prediction drift"),
+                "{s}"
+            );
+            break;
+        }
+        assert_ne!(s["stable"], 2, "the drifting candidate was promoted: {s}");
+        assert!(Instant::now() < deadline, "{s}");
+    }
+}

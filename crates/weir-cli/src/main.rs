@@ -161,6 +161,10 @@ enum Command {
         /// How long the first request of a batch waits for others (e.g. 2ms)
         #[arg(long, env = "WEIR_SERVE_MAX_BATCH_DELAY", default_value = "2ms", value_parser = humantime::parse_duration)]
         max_batch_delay: std::time::Duration,
+        /// One model's batching, over the two above: NAME=ROWS[:DELAY] (e.g. flights=64:5ms;
+        /// ROWS 0 turns it off for that model); repeatable
+        #[arg(long = "batch", value_parser = weir_serve::BatchOptions::parse_override)]
+        batch_by_model: Vec<(String, weir_serve::BatchOptions)>,
     },
     /// Serve experiment tracking over MLflow's REST API (MLFLOW_TRACKING_URI=http://ADDR)
     Server {
@@ -578,6 +582,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             response_cache_mb,
             max_batch_rows,
             max_batch_delay,
+            batch_by_model,
         } => {
             let config = config(&cli.global, &[("serve_addr", addr)])?;
             let ctx = Context::open(config.clone()).await?;
@@ -595,6 +600,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                     max_rows: max_batch_rows,
                     max_delay: max_batch_delay,
                 },
+                batch_by_model: batch_by_model.into_iter().collect(),
             };
             weir_serve::serve(&ctx.store, &ctx.artifacts, &selected, options).await?;
             Ok(ExitCode::SUCCESS)

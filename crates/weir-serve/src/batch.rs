@@ -25,6 +25,37 @@ pub struct BatchOptions {
     pub max_delay: Duration,
 }
 
+impl BatchOptions {
+    /// `NAME=ROWS` or `NAME=ROWS:DELAY` (e.g. `flights=64:5ms`): one
+    /// model's batching, over the server-wide setting.
+    pub fn parse_override(text: &str) -> Result<(String, BatchOptions), String> {
+        let hint = "use NAME=ROWS or NAME=ROWS:DELAY, e.g. flights=64:5ms (ROWS 0 turns batching off for that model)";
+        let (name, spec) = text
+            .split_once('=')
+            .filter(|(n, _)| !n.is_empty())
+            .ok_or_else(|| format!("'{text}': {hint}"))?;
+        let (rows, delay) = match spec.split_once(':') {
+            Some((r, d)) => (r, Some(d)),
+            None => (spec, None),
+        };
+        let max_rows = rows
+            .parse()
+            .map_err(|_| format!("'{text}': '{rows}' is not a row count; {hint}"))?;
+        let max_delay = match delay {
+            Some(d) => humantime::parse_duration(d)
+                .map_err(|e| format!("'{text}': delay '{d}': {e}; {hint}"))?,
+            None => Duration::from_millis(2),
+        };
+        Ok((
+            name.to_string(),
+            BatchOptions {
+                max_rows,
+                max_delay,
+            },
+        ))
+    }
+}
+
 /// The queue in front of one model version; dropping it ends its task.
 pub(crate) struct Batcher {
     queue: mpsc::Sender<(Frame, Reply)>,
@@ -129,4 +160,24 @@ fn concat<'a>(frames: impl Iterator<Item = &'a Frame>) -> Frame {
         }
     }
     out.expect("a batch has a request")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_model_settings_parse_or_say_what_is_wrong() {
+        let (name, o) = BatchOptions::parse_override("flights=64:5ms").unwrap();
+        assert_eq!(
+            (name.as_str(), o.max_rows, o.max_delay),
+            ("flights", 64, Duration::from_millis(5))
+        );
+        let (_, o) = BatchOptions::parse_override("m=0").unwrap();
+        assert_eq!(o.max_rows, 0);
+        for bad in ["flights", "=64", "m=lots", "m=8:soon"] {
+            let e = BatchOptions::parse_override(bad).unwrap_err();
+            assert!(e.contains("NAME=ROWS"), "{e}");
+        }
+    }
 }

@@ -72,6 +72,8 @@ pub struct ServeOptions {
     pub response_cache_bytes: usize,
     /// Adaptive batching of each model version's requests.
     pub batch: BatchOptions,
+    /// Batching for particular models, over `batch`.
+    pub batch_by_model: BTreeMap<String, BatchOptions>,
 }
 
 /// A model version loaded and warmed up.
@@ -123,6 +125,7 @@ pub(crate) struct AppState {
     pub max_body_bytes: usize,
     pub metrics: Arc<metrics::Metrics>,
     pub batch: batch::BatchOptions,
+    pub batch_by_model: BTreeMap<String, batch::BatchOptions>,
     pub inflight: Arc<tokio::sync::Semaphore>,
     pub max_concurrency: usize,
     pub request_timeout: std::time::Duration,
@@ -484,10 +487,15 @@ pub(crate) async fn load(state: &AppState, name: &str, version: i64) -> Result<L
         .predict(&frame)
         .map_err(|e| failed(format!("warm-up failed: {e}")))?;
     let model = Arc::new(model);
-    let batcher = (state.batch.max_rows > 0).then(|| {
+    let options = state
+        .batch_by_model
+        .get(name)
+        .copied()
+        .unwrap_or(state.batch);
+    let batcher = (options.max_rows > 0).then(|| {
         batch::Batcher::start(
             Arc::clone(&model),
-            state.batch,
+            options,
             Arc::clone(&state.metrics),
             (name.to_string(), version),
         )
@@ -675,6 +683,7 @@ pub async fn serve(
         max_body_bytes: options.max_body_bytes,
         metrics: Arc::new(metrics::Metrics::new()),
         batch: options.batch,
+        batch_by_model: options.batch_by_model,
         inflight: Arc::new(tokio::sync::Semaphore::new(options.max_concurrency.max(1))),
         max_concurrency: options.max_concurrency.max(1),
         request_timeout: options.request_timeout,

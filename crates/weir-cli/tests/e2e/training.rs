@@ -831,13 +831,8 @@ fn batched_requests_get_their_own_answers_and_a_bad_one_fails_alone() {
             .map(|i| server.post("/invocations", body(i, "UA")).1)
             .collect()
     };
-    let server = sb.serve(&[
-        "transformed:1",
-        "--max-batch-rows",
-        "64",
-        "--max-batch-delay",
-        "300ms",
-    ]);
+    // Batching for this model only (the server-wide setting stays off).
+    let server = sb.serve(&["transformed:1", "--batch", "transformed=64:300ms"]);
     let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..9)
             .map(|i| {

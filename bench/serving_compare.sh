@@ -55,12 +55,15 @@ for C in $CONCURRENCY; do
   grep -E "Requests/sec|Non-2xx|Socket errors" "$WORK/wrk_c$C.txt" >&2 || true
   echo "{\"c\":$C,\"wrk\":$(grep '^WRKJSON ' "$WORK/wrk_c$C.txt" | sed 's/^WRKJSON //')}" >>"$RESULTS"
 done
+# Server-side time per request (body read, parse, score, serialise, count),
+# from the request-duration histogram of /metrics.
+curl -fs "http://127.0.0.1:$PORT/metrics" >"$WORK/metrics.txt"
 RSS_KB=$(awk '/VmRSS/ {print $2}' "/proc/$SERVER_PID/status")
 PEAK_KB=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status")
 FLOOR="$(target/release/examples/latency "$SV/model.onnx" "$SV/requests.csv" 20000)"
 
-python3 - "$RESULTS" "$READY_S" "$RSS_KB" "$PEAK_KB" "$FLOOR" <<'PY'
-import json, sys
+python3 - "$RESULTS" "$READY_S" "$RSS_KB" "$PEAK_KB" "$FLOOR" "$WORK/metrics.txt" <<'PY'
+import json, re, sys
 load = {}
 for line in open(sys.argv[1]):
     r = json.loads(line); w = r["wrk"]; secs = w["duration_us"] / 1e6
@@ -73,6 +76,15 @@ out = {"script": "weir_serving", "server": "weir serve (release), the ONNX expor
        "ready_s": float(sys.argv[2]), "rss_mb_after_load": round(int(sys.argv[3]) / 1024, 1),
        "peak_rss_mb": round(int(sys.argv[4]) / 1024, 1), "load": load,
        "floor_tract_one_row_us_median": floor["median_us"]}
+buckets = []
+for line in open(sys.argv[6]):
+    m = re.match(r'weir_serve_request_duration_seconds_bucket\{.*model="cancer".*le="([^"]+)"\} (\d+)', line)
+    if m and m.group(1) != "+Inf":
+        buckets.append((float(m.group(1)), int(m.group(2))))
+total = max((c for _, c in buckets), default=0)
+if total:
+    out["server_side_p50_us_at_most"] = round(next(le for le, c in sorted(buckets) if c >= total / 2) * 1e6, 1)
+    out["server_side_share_under_25us"] = round(next((c for le, c in sorted(buckets) if abs(le - 25e-6) < 1e-9), 0) / total, 3)
 if "c1" in load:
     out["overhead_us_p50_c1"] = round(load["c1"]["p50_ms"] * 1e3 - floor["median_us"], 1)
 print(json.dumps(out))

@@ -26,7 +26,7 @@ pub enum ServeError {
     },
     #[error("model {model} is registered but could not be loaded ({reason}); fix it and load it again with POST /v2/repository/models/NAME/load")]
     Unavailable { model: String, reason: String },
-    #[error("no prediction of endpoint '{endpoint}' has request id '{id}' (feedback is kept for the most recent 100000 endpoint predictions; the id is the request's OIP \"id\" or its x-weir-request-id response header)")]
+    #[error("no prediction of endpoint '{endpoint}' has request id '{id}' (feedback is kept for the most recent 20000 endpoint predictions; the id is the request's OIP \"id\" or its x-weir-request-id response header)")]
     UnknownRequest { endpoint: String, id: String },
     #[error("the server is still loading its models; retry when /v2/health/ready answers 200")]
     NotReady,

@@ -154,7 +154,7 @@ pub(crate) struct Prediction {
 }
 
 /// Predictions remembered for feedback (the oldest are forgotten first).
-const PREDICTIONS_KEPT: usize = 100_000;
+const PREDICTIONS_KEPT: usize = 20_000;
 
 impl AppState {
     /// Puts a loaded version in service (replacing the same version).

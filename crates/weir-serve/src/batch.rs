@@ -16,8 +16,6 @@ use weir_ml::{Column, Frame, Model};
 
 use crate::metrics::Metrics;
 
-type Reply = oneshot::Sender<Result<Vec<f64>, String>>;
-
 #[derive(Clone, Copy, Debug)]
 pub struct BatchOptions {
     /// Rows per model call at most; 0 turns batching off.
@@ -56,27 +54,144 @@ impl BatchOptions {
     }
 }
 
-/// The queue in front of one model version; dropping it ends its task.
-pub(crate) struct Batcher {
-    queue: mpsc::Sender<(Frame, Reply)>,
+/// A model whose requests can be scored together: requests' rows are
+/// joined into one call and its answer split back by rows.
+pub(crate) trait Batched: Send + Sync + 'static {
+    type Input: Send + 'static;
+    type Output: Send + 'static;
+    fn rows(input: &Self::Input) -> usize;
+    fn join(inputs: Vec<&Self::Input>) -> Self::Input;
+    fn call(&self, input: &Self::Input) -> Result<Self::Output, String>;
+    /// The answer to a joined call, as the answers to its parts.
+    fn split(output: Self::Output, rows: &[usize]) -> Vec<Self::Output>;
 }
 
-impl Batcher {
+impl Batched for Model {
+    type Input = Frame;
+    type Output = Vec<f64>;
+
+    fn rows(input: &Frame) -> usize {
+        input.rows
+    }
+
+    fn join(inputs: Vec<&Frame>) -> Frame {
+        concat(inputs.into_iter())
+    }
+
+    fn call(&self, input: &Frame) -> Result<Vec<f64>, String> {
+        self.predict(input).map_err(|e| e.to_string())
+    }
+
+    fn split(output: Vec<f64>, rows: &[usize]) -> Vec<Vec<f64>> {
+        let mut at = 0;
+        rows.iter()
+            .map(|n| {
+                at += n;
+                output[at - n..at].to_vec()
+            })
+            .collect()
+    }
+}
+
+/// One request to an ONNX graph: its rows, and each input's values.
+pub(crate) struct GraphInput {
+    pub rows: usize,
+    pub values: Vec<Vec<f64>>,
+}
+
+impl Batched for weir_onnx::OnnxModel {
+    type Input = GraphInput;
+    type Output = Vec<weir_onnx::Output>;
+
+    fn rows(input: &GraphInput) -> usize {
+        input.rows
+    }
+
+    fn join(inputs: Vec<&GraphInput>) -> GraphInput {
+        let n = inputs.first().map_or(0, |i| i.values.len());
+        GraphInput {
+            rows: inputs.iter().map(|i| i.rows).sum(),
+            values: (0..n)
+                .map(|k| {
+                    inputs
+                        .iter()
+                        .flat_map(|i| i.values[k].iter().copied())
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
+    fn call(&self, input: &GraphInput) -> Result<Self::Output, String> {
+        let outputs = self
+            .run(input.rows, &input.values)
+            .map_err(|e| e.to_string())?;
+        // Splitting by rows needs every output to have one entry per row.
+        match outputs
+            .iter()
+            .find(|o| o.shape.first() != Some(&input.rows))
+        {
+            Some(o) => Err(format!("output '{}' is not one entry per row", o.name)),
+            None => Ok(outputs),
+        }
+    }
+
+    fn split(output: Self::Output, rows: &[usize]) -> Vec<Self::Output> {
+        let mut at = 0;
+        rows.iter()
+            .map(|n| {
+                let (from, to) = (at, at + n);
+                at = to;
+                output
+                    .iter()
+                    .map(|o| {
+                        let per_row: usize = o.shape[1..].iter().product();
+                        let (a, b) = (from * per_row, to * per_row);
+                        let data = match &o.data {
+                            weir_onnx::Data::Bool(v) => weir_onnx::Data::Bool(v[a..b].to_vec()),
+                            weir_onnx::Data::I64(v) => weir_onnx::Data::I64(v[a..b].to_vec()),
+                            weir_onnx::Data::F32(v) => weir_onnx::Data::F32(v[a..b].to_vec()),
+                            weir_onnx::Data::F64(v) => weir_onnx::Data::F64(v[a..b].to_vec()),
+                            weir_onnx::Data::Text(v) => weir_onnx::Data::Text(v[a..b].to_vec()),
+                        };
+                        let mut shape = o.shape.clone();
+                        shape[0] = *n;
+                        weir_onnx::Output {
+                            name: o.name.clone(),
+                            shape,
+                            data,
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+type Reply<M> = oneshot::Sender<Result<<M as Batched>::Output, String>>;
+type Job<M> = (<M as Batched>::Input, Reply<M>);
+
+/// The queue in front of one model version; dropping it ends its task.
+pub(crate) struct Batcher<M: Batched> {
+    queue: mpsc::Sender<Job<M>>,
+}
+
+impl<M: Batched> Batcher<M> {
     pub(crate) fn start(
-        model: Arc<Model>,
+        model: Arc<M>,
         options: BatchOptions,
         metrics: Arc<Metrics>,
         label: (String, i64),
-    ) -> Batcher {
+    ) -> Batcher<M> {
         let (queue, jobs) = mpsc::channel(1024);
         tokio::spawn(run(model, options, metrics, label, jobs));
         Batcher { queue }
     }
 
-    pub(crate) async fn score(&self, frame: Frame) -> Result<Vec<f64>, String> {
+    pub(crate) async fn score(&self, input: M::Input) -> Result<M::Output, String> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send((frame, reply))
+            .send((input, reply))
             .await
             .map_err(|_| "the model was unloaded".to_string())?;
         answer
@@ -85,21 +200,21 @@ impl Batcher {
     }
 }
 
-async fn run(
-    model: Arc<Model>,
+async fn run<M: Batched>(
+    model: Arc<M>,
     options: BatchOptions,
     metrics: Arc<Metrics>,
     label: (String, i64),
-    mut jobs: mpsc::Receiver<(Frame, Reply)>,
+    mut jobs: mpsc::Receiver<Job<M>>,
 ) {
     while let Some(first) = jobs.recv().await {
-        let mut rows = first.0.rows;
+        let mut rows = M::rows(&first.0);
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + options.max_delay;
         while rows < options.max_rows {
             match tokio::time::timeout_at(deadline, jobs.recv()).await {
                 Ok(Some(job)) => {
-                    rows += job.0.rows;
+                    rows += M::rows(&job.0);
                     batch.push(job);
                 }
                 Ok(None) | Err(_) => break,
@@ -108,7 +223,7 @@ async fn run(
         metrics.model_call(&label.0, label.1, rows);
         let model = Arc::clone(&model);
         // Scoring is CPU work: off the reactor, so requests keep arriving.
-        let answered = tokio::task::spawn_blocking(move || score_batch(&model, batch)).await;
+        let answered = tokio::task::spawn_blocking(move || score_batch(&*model, batch)).await;
         if let Err(e) = answered {
             // A panic in the model: the replies were dropped, so their
             // requests fail with "unloaded"-style errors; keep serving.
@@ -117,24 +232,23 @@ async fn run(
     }
 }
 
-fn score_batch(model: &Model, batch: Vec<(Frame, Reply)>) {
+fn score_batch<M: Batched>(model: &M, batch: Vec<Job<M>>) {
     if batch.len() == 1 {
-        let (frame, reply) = batch.into_iter().next().expect("one job");
-        let _ = reply.send(model.predict(&frame).map_err(|e| e.to_string()));
+        let (input, reply) = batch.into_iter().next().expect("one job");
+        let _ = reply.send(model.call(&input));
         return;
     }
-    let joined = concat(batch.iter().map(|(f, _)| f));
-    match model.predict(&joined) {
-        Ok(scores) => {
-            let mut at = 0;
-            for (frame, reply) in batch {
-                let _ = reply.send(Ok(scores[at..at + frame.rows].to_vec()));
-                at += frame.rows;
+    let joined = M::join(batch.iter().map(|(i, _)| i).collect());
+    match model.call(&joined) {
+        Ok(output) => {
+            let rows: Vec<usize> = batch.iter().map(|(i, _)| M::rows(i)).collect();
+            for (part, (_, reply)) in M::split(output, &rows).into_iter().zip(batch) {
+                let _ = reply.send(Ok(part));
             }
         }
         Err(_) => {
-            for (frame, reply) in batch {
-                let _ = reply.send(model.predict(&frame).map_err(|e| e.to_string()));
+            for (input, reply) in batch {
+                let _ = reply.send(model.call(&input));
             }
         }
     }

@@ -89,7 +89,7 @@ pub(crate) enum Predictor {
         model: Arc<Model>,
         inputs: Vec<InputSpec>,
         /// The queue that batches this version's requests, when batching is on.
-        batcher: Option<batch::Batcher>,
+        batcher: Option<batch::Batcher<Model>>,
     },
     /// An ONNX graph: tensors in, tensors out.
     Onnx {
@@ -97,6 +97,7 @@ pub(crate) enum Predictor {
         /// A one-row call takes long enough that every call runs on a
         /// blocking thread rather than holding up the reactor.
         heavy: bool,
+        batcher: Option<batch::Batcher<weir_onnx::OnnxModel>>,
     },
 }
 
@@ -446,6 +447,11 @@ pub(crate) async fn load(state: &AppState, name: &str, version: i64) -> Result<L
         .parse()
         .map_err(|e: weir_core::DigestError| failed(e.to_string()))?;
     let bytes = artifacts.get(&digest).await?;
+    let options = state
+        .batch_by_model
+        .get(name)
+        .copied()
+        .unwrap_or(state.batch);
     if register::is_onnx(&mv) {
         // Parsing and optimising a graph is CPU work; keep it off the reactor.
         let (model, warm_up) = tokio::task::spawn_blocking(move || {
@@ -462,9 +468,21 @@ pub(crate) async fn load(state: &AppState, name: &str, version: i64) -> Result<L
         return Ok(Loaded {
             name: name.to_string(),
             version,
-            predictor: Predictor::Onnx {
-                model: Arc::new(model),
-                heavy: warm_up > HEAVY_CALL,
+            predictor: {
+                let model = Arc::new(model);
+                let batcher = (options.max_rows > 0).then(|| {
+                    batch::Batcher::start(
+                        Arc::clone(&model),
+                        options,
+                        Arc::clone(&state.metrics),
+                        (name.to_string(), version),
+                    )
+                });
+                Predictor::Onnx {
+                    model,
+                    heavy: warm_up > HEAVY_CALL,
+                    batcher,
+                }
             },
         });
     }
@@ -487,11 +505,6 @@ pub(crate) async fn load(state: &AppState, name: &str, version: i64) -> Result<L
         .predict(&frame)
         .map_err(|e| failed(format!("warm-up failed: {e}")))?;
     let model = Arc::new(model);
-    let options = state
-        .batch_by_model
-        .get(name)
-        .copied()
-        .unwrap_or(state.batch);
     let batcher = (options.max_rows > 0).then(|| {
         batch::Batcher::start(
             Arc::clone(&model),

@@ -430,7 +430,7 @@ async fn version_ready(
 async fn predict(
     model: &Arc<weir_ml::Model>,
     inputs: &[weir_ml::InputSpec],
-    batcher: Option<&crate::batch::Batcher>,
+    batcher: Option<&crate::batch::Batcher<weir_ml::Model>>,
     columns: Columns,
 ) -> Result<Vec<f64>, ServeError> {
     let frame = payload::frame(inputs, columns)?;
@@ -780,8 +780,17 @@ async fn score_infer(
         Predictor::Onnx {
             model: graph,
             heavy,
+            batcher,
         } => {
-            let outputs = score_onnx(graph, *heavy, &request, requested.as_deref(), timed).await?;
+            let outputs = score_onnx(
+                graph,
+                *heavy,
+                batcher.as_ref(),
+                &request,
+                requested.as_deref(),
+                timed,
+            )
+            .await?;
             return Ok(Json(respond(s, &loaded, request.id, outputs, key)));
         }
     };
@@ -849,6 +858,7 @@ fn respond(
 async fn score_onnx(
     graph: &Arc<weir_onnx::OnnxModel>,
     heavy: bool,
+    batcher: Option<&crate::batch::Batcher<weir_onnx::OnnxModel>>,
     request: &payload::OipRequest,
     requested: Option<&[String]>,
     timed: &mut Timed,
@@ -865,7 +875,7 @@ async fn score_onnx(
         )));
     }
     let (rows, values) = onnx::oip_inputs(graph, request)?;
-    let outputs = run_graph(graph, heavy, rows, values).await?;
+    let outputs = run_graph(graph, heavy, batcher, rows, values).await?;
     timed.rows = Some(rows);
     Ok(onnx::oip_outputs(&outputs, requested))
 }
@@ -873,9 +883,18 @@ async fn score_onnx(
 async fn run_graph(
     graph: &Arc<weir_onnx::OnnxModel>,
     heavy: bool,
+    batcher: Option<&crate::batch::Batcher<weir_onnx::OnnxModel>>,
     rows: usize,
     values: Vec<Vec<f64>>,
 ) -> Result<Vec<weir_onnx::Output>, ServeError> {
+    if let Some(batcher) = batcher {
+        let outputs = batcher
+            .score(crate::batch::GraphInput { rows, values })
+            .await
+            .map_err(ServeError::BadRequest)?;
+        onnx::check_rows(&outputs, rows)?;
+        return Ok(outputs);
+    }
     let run = move |graph: &weir_onnx::OnnxModel, values: &[Vec<f64>]| {
         graph
             .run(rows, values)
@@ -979,9 +998,10 @@ async fn score_mlflow(
         Predictor::Onnx {
             model: graph,
             heavy,
+            batcher,
         } => {
             let (rows, values) = onnx::mlflow_inputs(graph, &request)?;
-            let outputs = run_graph(graph, *heavy, rows, values).await?;
+            let outputs = run_graph(graph, *heavy, batcher.as_ref(), rows, values).await?;
             timed.rows = Some(rows);
             let response = onnx::mlflow_predictions(&outputs, rows);
             if let Some(key) = key {

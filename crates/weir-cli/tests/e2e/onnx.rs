@@ -263,3 +263,49 @@ fn a_corrupt_onnx_file_fails_its_load_and_the_server_serves_the_rest() {
     assert_eq!(server.post("/v2/repository/models/bc/load", "").0, 422);
     assert_eq!(server.get("/v2/health/ready").0, 200);
 }
+
+#[test]
+fn concurrent_onnx_requests_are_batched_and_each_gets_its_own_rows() {
+    let sb = registered();
+    let server = sb.serve(&["bc", "--batch", "bc=64:300ms"]);
+    let bc = expected("gbdt_classifier");
+    let rows = bc["rows"].as_array().unwrap();
+    let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (server, row) = (&server, &rows[i]);
+                s.spawn(move || {
+                    server.post_alone(
+                        "/v2/models/bc/infer",
+                        json!({"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 30], "data": row}]})
+                            .to_string(),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, (status, answer)) in answers.iter().enumerate() {
+        assert_eq!(*status, 200, "{answer}");
+        assert_eq!(
+            answer["outputs"][0]["data"],
+            json!([bc["outputs"]["label"][i]])
+        );
+        assert_eq!(answer["outputs"][1]["shape"], json!([1, 2]));
+        close(
+            &flat(&answer["outputs"][1]["data"]),
+            &flat(&bc["outputs"]["probabilities"][i]),
+        );
+    }
+    let calls = server
+        .metric(r#"weir_serve_model_call_rows_count{model="bc",version="1"}"#)
+        .unwrap();
+    assert!(
+        calls < 8.0,
+        "8 requests in {calls} calls: nothing was batched"
+    );
+    assert_eq!(
+        server.metric(r#"weir_serve_model_call_rows_sum{model="bc",version="1"}"#),
+        Some(8.0)
+    );
+}

@@ -431,6 +431,24 @@ impl AppState {
     }
 }
 
+/// The batching queue of a loaded version, when batching is on for it.
+fn batcher_for<M: batch::Batched>(
+    state: &AppState,
+    options: BatchOptions,
+    model: &Arc<M>,
+    name: &str,
+    version: i64,
+) -> Option<batch::Batcher<M>> {
+    (options.max_rows > 0).then(|| {
+        batch::Batcher::start(
+            Arc::clone(model),
+            options,
+            Arc::clone(&state.metrics),
+            (name.to_string(), version),
+        )
+    })
+}
+
 /// A warm-up call slower than this marks a model heavy (see `Predictor`).
 const HEAVY_CALL: Duration = Duration::from_millis(2);
 
@@ -470,18 +488,10 @@ pub(crate) async fn load(state: &AppState, name: &str, version: i64) -> Result<L
             version,
             predictor: {
                 let model = Arc::new(model);
-                let batcher = (options.max_rows > 0).then(|| {
-                    batch::Batcher::start(
-                        Arc::clone(&model),
-                        options,
-                        Arc::clone(&state.metrics),
-                        (name.to_string(), version),
-                    )
-                });
                 Predictor::Onnx {
+                    batcher: batcher_for(state, options, &model, name, version),
                     model,
                     heavy: warm_up > HEAVY_CALL,
-                    batcher,
                 }
             },
         });
@@ -505,14 +515,7 @@ pub(crate) async fn load(state: &AppState, name: &str, version: i64) -> Result<L
         .predict(&frame)
         .map_err(|e| failed(format!("warm-up failed: {e}")))?;
     let model = Arc::new(model);
-    let batcher = (options.max_rows > 0).then(|| {
-        batch::Batcher::start(
-            Arc::clone(&model),
-            options,
-            Arc::clone(&state.metrics),
-            (name.to_string(), version),
-        )
-    });
+    let batcher = batcher_for(state, options, &model, name, version);
     Ok(Loaded {
         name: name.to_string(),
         version,

@@ -590,32 +590,44 @@ async fn run_infer(
     timed.finish(&s, status);
     match result {
         Ok(Json(answer)) => {
-            let id = routed.map(|(endpoint, version)| {
-                let labels = answer["outputs"]
-                    .as_array()
-                    .and_then(|o| o.iter().find(|t| t["name"] == "label"))
-                    .and_then(|t| t["data"].as_array().cloned());
-                let id = answer["id"]
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| request_id(&headers));
-                s.record_scores(&endpoint, version, &oip_scores(&answer));
-                if let Some(labels) = labels {
-                    s.remember(
-                        id.clone(),
-                        crate::Prediction {
-                            endpoint,
-                            version,
-                            labels,
-                        },
-                    );
-                }
-                id
-            });
-            with_request_id(Json(answer).into_response(), id)
+            let labels = answer["outputs"]
+                .as_array()
+                .and_then(|o| o.iter().find(|t| t["name"] == "label"))
+                .and_then(|t| t["data"].as_array().cloned());
+            let id = answer["id"].as_str().map(str::to_string);
+            let scores = oip_scores(&answer);
+            answered(&s, routed, id, &headers, scores, labels, answer)
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// The response to a scored request. One an endpoint routed gets its
+/// request id (`x-weir-request-id`), and what it predicted is kept: its
+/// scores for drift, its labels for feedback under that id.
+fn answered(
+    s: &AppState,
+    routed: Option<(String, i64)>,
+    id: Option<String>,
+    headers: &HeaderMap,
+    scores: Vec<f64>,
+    labels: Option<Vec<Value>>,
+    answer: Value,
+) -> Response {
+    let id = routed.map(|(endpoint, version)| {
+        let id = id.unwrap_or_else(|| request_id(headers));
+        s.record_scores(&endpoint, version, &scores);
+        if let Some(labels) = labels {
+            let prediction = crate::Prediction {
+                endpoint,
+                version,
+                labels,
+            };
+            s.remember(id.clone(), prediction);
+        }
+        id
+    });
+    with_request_id(Json(answer).into_response(), id)
 }
 
 /// One score per row of an answer, for drift: the positive class's
@@ -949,25 +961,11 @@ async fn invocations(
     timed.finish(&s, status);
     match result {
         Ok(Json(answer)) => {
-            let id = routed.map(|(endpoint, version)| {
-                let id = request_id(&headers);
-                s.record_scores(&endpoint, version, &mlflow_scores(&answer));
-                let labels: Option<Vec<Value>> = answer["predictions"]
-                    .as_array()
-                    .and_then(|rows| rows.iter().map(|r| r.get("label").cloned()).collect());
-                if let Some(labels) = labels {
-                    s.remember(
-                        id.clone(),
-                        crate::Prediction {
-                            endpoint,
-                            version,
-                            labels,
-                        },
-                    );
-                }
-                id
-            });
-            with_request_id(Json(answer).into_response(), id)
+            let labels: Option<Vec<Value>> = answer["predictions"]
+                .as_array()
+                .and_then(|rows| rows.iter().map(|r| r.get("label").cloned()).collect());
+            let scores = mlflow_scores(&answer);
+            answered(&s, routed, None, &headers, scores, labels, answer)
         }
         Err(e) => e.into_response(),
     }

@@ -78,9 +78,11 @@ out = {"script": "weir_serving", "server": "weir serve (release), the ONNX expor
        "floor_tract_one_row_us_median": floor["median_us"]}
 buckets = []
 for line in open(sys.argv[6]):
-    m = re.match(r'weir_serve_request_duration_seconds_bucket\{.*model="cancer".*le="([^"]+)"\} (\d+)', line)
-    if m and m.group(1) != "+Inf":
-        buckets.append((float(m.group(1)), int(m.group(2))))
+    if not line.startswith("weir_serve_request_duration_seconds_bucket{") or 'model="cancer"' not in line:
+        continue
+    le = re.search(r'le="([^"]+)"', line).group(1)
+    if le != "+Inf":
+        buckets.append((float(le), int(float(line.split()[-1]))))
 total = max((c for _, c in buckets), default=0)
 if total:
     out["server_side_p50_us_at_most"] = round(next(le for le, c in sorted(buckets) if c >= total / 2) * 1e6, 1)

@@ -387,9 +387,23 @@ fn metadata(s: &AppState, loaded: &Loaded) -> Value {
     })
 }
 
+/// The version metadata and readiness describe: for an endpoint, its
+/// stable version.
 fn ready_model(s: &AppState, name: &str, version: Option<&str>) -> Result<Arc<Loaded>, ServeError> {
     if !s.is_ready() {
         return Err(ServeError::NotReady);
+    }
+    if let (None, Some(d)) = (version, s.endpoint(name)) {
+        let unavailable = |reason: &str| ServeError::Unavailable {
+            model: name.to_string(),
+            reason: reason.to_string(),
+        };
+        let stable = d
+            .stable
+            .ok_or_else(|| unavailable("the endpoint has no stable version yet"))?;
+        return s
+            .loaded_version(&d.model, stable)
+            .ok_or_else(|| unavailable("its stable version is not loaded"));
     }
     s.model(name, version)
 }
@@ -399,7 +413,13 @@ async fn model_metadata(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, OipError> {
     let loaded = ready_model(&s, &name, None)?;
-    Ok(Json(metadata(&s, &loaded)))
+    let mut doc = metadata(&s, &loaded);
+    if s.endpoint(&name).is_some() {
+        doc["name"] = json!(name);
+        doc["endpoint"] =
+            json!({"model": loaded.name, "stable_version": loaded.version.to_string()});
+    }
+    Ok(Json(doc))
 }
 
 async fn version_metadata(

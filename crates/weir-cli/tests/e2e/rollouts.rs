@@ -89,6 +89,14 @@ fn a_healthy_canary_is_promoted_and_a_failing_one_rolled_back_under_traffic() {
     let first = sb.ok(&["deploy", "web", "--model", "bc", "--version", "1"]);
     assert!(first.contains("version 1 deployed directly"), "{first}");
     let server = sb.serve(&[]);
+    // An endpoint answers metadata and readiness like a model (its stable version).
+    assert_eq!(server.get("/v2/models/web/ready").0, 200);
+    let (_, meta) = server.get("/v2/models/web");
+    assert_eq!(
+        (meta["name"].clone(), meta["platform"].clone()),
+        (json!("web"), json!("onnx")),
+        "{meta}"
+    );
     let (status_code, answer) = server.post("/v2/models/web/infer", body());
     assert_eq!(
         (status_code, answer["model_version"].clone()),

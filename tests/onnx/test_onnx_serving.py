@@ -16,6 +16,7 @@ from skl2onnx import to_onnx
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from sklearn.ensemble import (GradientBoostingClassifier, GradientBoostingRegressor, RandomForestClassifier,
                               RandomForestRegressor)
+from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -43,6 +44,10 @@ def models():
         "forest-regressor": (RandomForestRegressor(n_estimators=20, max_depth=8, random_state=0).fit(Xd, yd), Xd),
         "gbdt-multiclass": (GradientBoostingClassifier(n_estimators=30, random_state=0).fit(Xi, yi), Xi),
         "forest-multiclass": (RandomForestClassifier(n_estimators=20, random_state=0).fit(Xi, yi), Xi),
+        # Linear models run natively too (tract has no LinearClassifier/Regressor).
+        "logistic": (LogisticRegression(max_iter=5000).fit(X, y), X),
+        "logistic-multiclass": (LogisticRegression(max_iter=5000).fit(Xi, yi), Xi),
+        "linear-regression": (LinearRegression().fit(Xd, yd), Xd),
         "scaled-gbdt": (make_pipeline(StandardScaler(), GradientBoostingClassifier(n_estimators=20, random_state=0)).fit(X, y), X),
         "forest": (RandomForestClassifier(n_estimators=30, max_depth=6, random_state=0).fit(X, y), X),
         "mlp": (make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(32,), max_iter=400, random_state=0)).fit(X, y), X),
@@ -101,7 +106,8 @@ def assert_matches(name, got, want):
 
 
 @pytest.mark.parametrize("name", ["gbdt", "forest", "mlp", "mlp-regressor", "gbdt-regressor", "forest-regressor",
-                                  "gbdt-multiclass", "forest-multiclass", "scaled-gbdt"])
+                                  "gbdt-multiclass", "forest-multiclass", "scaled-gbdt", "logistic",
+                                  "logistic-multiclass", "linear-regression"])
 def test_oip_batch_matches_onnxruntime(served, name):
     url, cases = served
     rows, outputs, expected = cases[name]

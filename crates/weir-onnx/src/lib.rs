@@ -6,6 +6,7 @@
 //! The batch dimension (the first) stays symbolic unless the file fixes it,
 //! so one plan serves one row or ten thousand.
 
+mod linear;
 mod trees;
 
 use std::io::Cursor;
@@ -132,6 +133,8 @@ enum Engine {
     Tract(Arc<Plan>),
     /// A graph that is one tree ensemble, evaluated natively (`trees.rs`).
     Trees(Arc<trees::Ensemble>),
+    /// A graph that is one linear model, evaluated natively (`linear.rs`).
+    Linear(Arc<linear::Linear>),
 }
 
 impl std::fmt::Debug for OnnxModel {
@@ -339,6 +342,8 @@ impl OnnxModel {
         if graph.node.is_empty() {
             return Err(OnnxError::Parse("the graph has no operators".into()));
         }
+        // Graphs that are one ONNX-ML tree ensemble or linear model run
+        // natively: tract is slow on the first and lacks the second.
         let fast = {
             let first = graph
                 .input
@@ -348,7 +353,10 @@ impl OnnxModel {
                 .map(|i| spec(i, "input"))
                 .transpose()?
                 .and_then(|s| s.row_width());
-            trees::recognise(graph, width)?
+            match trees::recognise(graph, width)? {
+                Some(ensemble) => Some(Engine::Trees(Arc::new(ensemble))),
+                None => linear::recognise(graph, width)?.map(|l| Engine::Linear(Arc::new(l))),
+            }
         };
         patch_binary_tree_classifiers(graph);
         rewrite_scalers(graph);
@@ -375,10 +383,10 @@ impl OnnxModel {
             )));
         }
 
-        if let Some(ensemble) = fast {
+        if let Some(engine) = fast {
             if inputs.len() == 1 && inputs[0].shape.len() == 2 {
                 return Ok(OnnxModel {
-                    engine: Engine::Trees(Arc::new(ensemble)),
+                    engine,
                     inputs,
                     outputs,
                 });
@@ -438,17 +446,25 @@ impl OnnxModel {
                 values.len()
             )));
         }
-        let plan = match &self.engine {
-            Engine::Trees(ensemble) => {
-                return ensemble.run(rows, &values[0]).map_err(|e| match e {
-                    OnnxError::Input(m) => {
-                        OnnxError::Input(format!("input '{}': {m}", self.inputs[0].name))
-                    }
-                    other => other,
-                })
-            }
-            Engine::Tract(plan) => plan,
+        let native = match &self.engine {
+            Engine::Trees(ensemble) => ensemble.run(rows, &values[0]),
+            Engine::Linear(model) => model.run(rows, &values[0]),
+            Engine::Tract(plan) => return self.run_tract(plan, rows, values),
         };
+        native.map_err(|e| match e {
+            OnnxError::Input(m) => {
+                OnnxError::Input(format!("input '{}': {m}", self.inputs[0].name))
+            }
+            other => other,
+        })
+    }
+
+    fn run_tract(
+        &self,
+        plan: &Plan,
+        rows: usize,
+        values: &[Vec<f64>],
+    ) -> Result<Vec<Output>, OnnxError> {
         let mut tensors: TVec<TValue> = TVec::with_capacity(values.len());
         for (spec, data) in self.inputs.iter().zip(values) {
             tensors.push(input_tensor(spec, rows, data)?.into_tvalue());

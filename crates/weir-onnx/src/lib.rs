@@ -7,6 +7,7 @@
 //! so one plan serves one row or ten thousand.
 
 mod linear;
+mod post;
 mod trees;
 
 use std::io::Cursor;

@@ -6,15 +6,8 @@ use std::collections::HashMap;
 
 use tract_onnx::pb;
 
+use crate::post::{attr, reads_only_input, unsupported, Post};
 use crate::{Data, OnnxError, Output};
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Post {
-    None,
-    Logistic,
-    Softmax,
-    SoftmaxZero,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Norm {
@@ -35,14 +28,6 @@ pub(crate) struct Linear {
     /// Each graph output: which node output (0: label or values, 1:
     /// scores) and the normalisation on the way to it.
     outputs: Vec<(String, usize, Option<Norm>)>,
-}
-
-fn attr<'a>(node: &'a pb::NodeProto, name: &str) -> Option<&'a pb::AttributeProto> {
-    node.attribute.iter().find(|a| a.name == name)
-}
-
-fn unsupported(message: impl Into<String>) -> OnnxError {
-    OnnxError::Unsupported(message.into())
 }
 
 /// The model, if `graph` is one linear node on the graph's only input
@@ -79,16 +64,10 @@ pub(crate) fn recognise(
         }
     }
     let Some(node) = linear else { return Ok(None) };
-    let inputs: Vec<&pb::ValueInfoProto> = graph
-        .input
-        .iter()
-        .filter(|i| !graph.initializer.iter().any(|t| t.name == i.name))
-        .collect();
-    let ([input], Some(n_features)) = (inputs.as_slice(), n_features) else {
+    let Some(n_features) = n_features else {
         return Ok(None);
     };
-    let source = node.input.first().map(String::as_str).unwrap_or_default();
-    if source != input.name && casts.get(source) != Some(&input.name.as_str()) {
+    if !reads_only_input(graph, node, &casts) {
         return Ok(None);
     }
     let mut outputs = Vec::new();
@@ -139,19 +118,7 @@ fn build(
             intercepts.len()
         )));
     }
-    let post = match attr(node, "post_transform").map(|a| a.s.as_slice()) {
-        None | Some(b"NONE") => Post::None,
-        Some(b"LOGISTIC") => Post::Logistic,
-        Some(b"SOFTMAX") => Post::Softmax,
-        Some(b"SOFTMAX_ZERO") => Post::SoftmaxZero,
-        Some(other) => {
-            return Err(unsupported(format!(
-                "{}: post_transform {}",
-                node.op_type,
-                String::from_utf8_lossy(other)
-            )))
-        }
-    };
+    let post = Post::of(node)?;
     let labels = if classifier {
         let labels = attr(node, "classlabels_ints")
             .map(|a| a.ints.clone())
@@ -217,26 +184,7 @@ impl Linear {
                 }
             }
             winners.push(best);
-            match self.post {
-                Post::None => {}
-                Post::Logistic => raw.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp())),
-                Post::Softmax | Post::SoftmaxZero => {
-                    let zero = self.post == Post::SoftmaxZero;
-                    let max = raw.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                    let mut sum = 0.0;
-                    for v in raw.iter_mut() {
-                        *v = if zero && *v == 0.0 {
-                            0.0
-                        } else {
-                            (*v - max).exp()
-                        };
-                        sum += *v;
-                    }
-                    if sum > 0.0 {
-                        raw.iter_mut().for_each(|v| *v /= sum);
-                    }
-                }
-            }
+            self.post.apply(&mut raw);
             scores.extend(raw.iter().copied());
         }
         Ok(self

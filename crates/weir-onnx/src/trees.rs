@@ -12,6 +12,7 @@ use std::collections::HashMap;
 
 use tract_onnx::pb;
 
+use crate::post::{attr, reads_only_input, unsupported, Post};
 use crate::{Data, OnnxError, Output};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -35,14 +36,6 @@ struct Node {
     /// of their weights in `Ensemble::weights`.
     yes: u32,
     no: u32,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Post {
-    None,
-    Logistic,
-    Softmax,
-    SoftmaxZero,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -90,10 +83,6 @@ pub(crate) struct Ensemble {
     outputs: Vec<(String, usize)>,
 }
 
-fn attr<'a>(node: &'a pb::NodeProto, name: &str) -> Option<&'a pb::AttributeProto> {
-    node.attribute.iter().find(|a| a.name == name)
-}
-
 fn ints(node: &pb::NodeProto, name: &str) -> Vec<i64> {
     attr(node, name).map(|a| a.ints.clone()).unwrap_or_default()
 }
@@ -117,10 +106,6 @@ fn strings(node: &pb::NodeProto, name: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn unsupported(message: impl Into<String>) -> OnnxError {
-    OnnxError::Unsupported(message.into())
 }
 
 /// The ensemble, if `graph` is one tree-ensemble node reading the graph's
@@ -148,16 +133,7 @@ pub(crate) fn recognise(
         }
     }
     let Some(node) = trees else { return Ok(None) };
-    let inputs: Vec<&pb::ValueInfoProto> = graph
-        .input
-        .iter()
-        .filter(|i| !graph.initializer.iter().any(|t| t.name == i.name))
-        .collect();
-    let [input] = inputs.as_slice() else {
-        return Ok(None);
-    };
-    let source = node.input.first().map(String::as_str).unwrap_or_default();
-    if source != input.name && cast_from.get(source) != Some(&input.name.as_str()) {
+    if !reads_only_input(graph, node, &cast_from) {
         return Ok(None);
     }
     // Graph outputs, traced back through Identity nodes to the tree node.
@@ -305,18 +281,7 @@ fn build(
         .map(|i| (tree_ids[i], i as u32))
         .collect();
     roots.sort();
-    let post = match text(node, "post_transform").as_deref() {
-        None | Some("NONE") => Post::None,
-        Some("LOGISTIC") => Post::Logistic,
-        Some("SOFTMAX") => Post::Softmax,
-        Some("SOFTMAX_ZERO") => Post::SoftmaxZero,
-        Some(other) => {
-            return Err(unsupported(format!(
-                "{}: post_transform {other}",
-                node.op_type
-            )))
-        }
-    };
+    let post = Post::of(node)?;
     let base = floats(node, "base_values");
     let used_max = weights
         .iter()
@@ -466,27 +431,7 @@ impl Ensemble {
     }
 
     fn transform(&self, scores: &mut [f64]) {
-        let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
-        match self.post {
-            Post::None => {}
-            Post::Logistic => scores.iter_mut().for_each(|v| *v = sigmoid(*v)),
-            Post::Softmax | Post::SoftmaxZero => {
-                let zero = self.post == Post::SoftmaxZero;
-                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let mut sum = 0.0;
-                for v in scores.iter_mut() {
-                    *v = if zero && *v == 0.0 {
-                        0.0
-                    } else {
-                        (*v - max).exp()
-                    };
-                    sum += *v;
-                }
-                if sum > 0.0 {
-                    scores.iter_mut().for_each(|v| *v /= sum);
-                }
-            }
-        }
+        self.post.apply(scores);
     }
 
     pub(crate) fn run(&self, rows: usize, data: &[f64]) -> Result<Vec<Output>, OnnxError> {

@@ -288,6 +288,12 @@ enum ModelsCommand {
         file: std::path::PathBuf,
         #[arg(long)]
         description: Option<String>,
+        /// Rows like those the model will serve (CSV, Parquet or JSON lines): the model
+        /// scores them and their spread becomes the version's prediction reference, which
+        /// rollouts measure drift against (`weir deploy --max-drift`). A Weir model file
+        /// from a pipeline carries its own, from the validation rows.
+        #[arg(long, value_name = "ROWS")]
+        reference: Option<std::path::PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -481,12 +487,19 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             name,
             file,
             description,
+            reference,
             json,
         }) => {
             let ctx = Context::open(config(&cli.global, &[])?).await?;
-            let registered =
-                weir_serve::register_file(&ctx.store, &ctx.artifacts, &name, &file, description)
-                    .await?;
+            let registered = weir_serve::register_file(
+                &ctx.store,
+                &ctx.artifacts,
+                &name,
+                &file,
+                description,
+                reference.as_deref(),
+            )
+            .await?;
             output::registered(&registered, json);
             Ok(ExitCode::SUCCESS)
         }

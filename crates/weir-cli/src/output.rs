@@ -344,6 +344,14 @@ pub fn registered(r: &weir_serve::Registered, json: bool) {
     if r.outputs.as_array().is_some_and(|o| !o.is_empty()) {
         println!("  outputs: {}", shapes(&r.outputs));
     }
+    match (r.reference_rows, &r.reference_from) {
+        (Some(rows), Some(from)) => {
+            println!("  prediction reference: {rows} scores, from {from}")
+        }
+        _ => println!(
+            "  prediction reference: none (give --reference ROWS to measure drift against it)"
+        ),
+    }
     println!("  serve it: weir serve {}:{}", r.name, r.version);
 }
 

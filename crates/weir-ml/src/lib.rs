@@ -12,6 +12,7 @@ mod linear;
 pub mod metrics;
 mod mlp;
 mod model;
+mod reference;
 mod target;
 
 pub use expr::Expr;
@@ -26,6 +27,7 @@ pub use gbdt::{
 pub use linear::{train_linear, LinearModel, LinearParams};
 pub use mlp::{train_mlp, MlpModel, MlpParams, MlpReport};
 pub use model::{Model, Task};
+pub use reference::ScoreReference;
 pub use target::Target;
 
 #[derive(Debug, thiserror::Error)]

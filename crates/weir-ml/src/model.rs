@@ -8,6 +8,7 @@ use crate::features::{Frame, InputSpec};
 use crate::gbdt::GbdtModel;
 use crate::linear::LinearModel;
 use crate::mlp::MlpModel;
+use crate::reference::ScoreReference;
 use crate::{MlError, Result, Target};
 
 const FORMAT: &str = "weir-model";
@@ -34,20 +35,34 @@ struct ModelFile {
     format_version: u32,
     weir_version: String,
     model: Model,
+    /// The model's scores on held-out rows when it was trained, for drift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reference: Option<ScoreReference>,
 }
 
 impl Model {
     pub fn to_bytes(&self) -> Vec<u8> {
+        self.to_bytes_with(None)
+    }
+
+    /// The model file, with the prediction reference taken when it was made.
+    pub fn to_bytes_with(&self, reference: Option<&ScoreReference>) -> Vec<u8> {
         serde_json::to_vec(&ModelFile {
             format: FORMAT.into(),
             format_version: FORMAT_VERSION,
             weir_version: weir_core::WEIR_VERSION.into(),
             model: self.clone(),
+            reference: reference.cloned(),
         })
         .expect("a model always serializes")
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Model> {
+        Ok(Model::read(bytes)?.0)
+    }
+
+    /// The model and the prediction reference its file holds, if any.
+    pub fn read(bytes: &[u8]) -> Result<(Model, Option<ScoreReference>)> {
         let file: ModelFile =
             serde_json::from_slice(bytes).map_err(|e| MlError::ModelFormat(e.to_string()))?;
         if file.format != FORMAT || file.format_version > FORMAT_VERSION {
@@ -56,7 +71,7 @@ impl Model {
                 file.format, file.format_version
             )));
         }
-        Ok(file.model)
+        Ok((file.model, file.reference))
     }
 
     pub fn kind(&self) -> &'static str {

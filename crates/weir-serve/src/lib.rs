@@ -81,6 +81,9 @@ pub(crate) struct Loaded {
     pub name: String,
     pub version: i64,
     pub predictor: Predictor,
+    /// How the version's scores were spread when it was made (registered
+    /// with it); rollouts measure its drift against this.
+    pub reference: Option<weir_ml::ScoreReference>,
 }
 
 pub(crate) enum Predictor {
@@ -465,6 +468,9 @@ pub(crate) async fn load(state: &AppState, name: &str, version: i64) -> Result<L
         .parse()
         .map_err(|e: weir_core::DigestError| failed(e.to_string()))?;
     let bytes = artifacts.get(&digest).await?;
+    let reference = serde_json::from_str::<serde_json::Value>(&mv.lineage_json)
+        .ok()
+        .and_then(|l| weir_ml::ScoreReference::from_json(&l["prediction_reference"]));
     let options = state
         .batch_by_model
         .get(name)
@@ -486,6 +492,7 @@ pub(crate) async fn load(state: &AppState, name: &str, version: i64) -> Result<L
         return Ok(Loaded {
             name: name.to_string(),
             version,
+            reference,
             predictor: {
                 let model = Arc::new(model);
                 Predictor::Onnx {
@@ -519,6 +526,7 @@ pub(crate) async fn load(state: &AppState, name: &str, version: i64) -> Result<L
     Ok(Loaded {
         name: name.to_string(),
         version,
+        reference,
         predictor: Predictor::Native {
             model,
             inputs,
@@ -632,7 +640,11 @@ impl Controller {
         let mut stable = state.take_window(&d.endpoint, d.stable);
         let mut candidate = state.take_window(&d.endpoint, d.candidate);
         self.opened.insert(d.endpoint.clone(), Instant::now());
-        match rollout::judge(&analysis, &mut stable, &mut candidate) {
+        let reference = d
+            .candidate
+            .and_then(|v| state.loaded_version(&d.model, v))
+            .and_then(|l| l.reference.clone());
+        match rollout::judge(&analysis, &mut stable, &mut candidate, reference.as_ref()) {
             rollout::Verdict::Violation(why) => {
                 if let Ok((next, what)) = rollout::rollback(&d, &why) {
                     self.save(state, next, "rolled back", &what).await;

@@ -7,7 +7,7 @@ use std::path::Path;
 use bytes::Bytes;
 use serde_json::json;
 use weir_artifacts::ArtifactStore;
-use weir_ml::Model;
+use weir_ml::{Model, ScoreReference};
 use weir_onnx::{OnnxError, OnnxModel};
 use weir_store::{ArtifactRecord, ModelVersion, NewModelVersion, Store};
 
@@ -44,6 +44,10 @@ pub struct Registered {
     pub digest: String,
     pub inputs: serde_json::Value,
     pub outputs: serde_json::Value,
+    /// How many scores the prediction reference was taken from, and where
+    /// they came from (`--reference`, or the model file's own from training).
+    pub reference_rows: Option<u64>,
+    pub reference_from: Option<String>,
 }
 
 fn refused(path: &Path, reason: impl std::fmt::Display) -> ServeError {
@@ -52,13 +56,17 @@ fn refused(path: &Path, reason: impl std::fmt::Display) -> ServeError {
 
 /// Registers `path` as the next version of `name`: the file goes to the
 /// artifact store and the version to the registry only once it has loaded
-/// and answered a warm-up call.
+/// and answered a warm-up call. With `reference` (a table of rows like
+/// those the model will serve), the model scores them and their spread is
+/// kept with the version as its prediction reference for drift; without
+/// it, a Weir model file's own reference from training is kept.
 pub async fn register_file(
     store: &Store,
     artifacts: &ArtifactStore,
     name: &str,
     path: &Path,
     description: Option<String>,
+    rows_path: Option<&Path>,
 ) -> Result<Registered, ServeError> {
     if name.trim().is_empty() || name.contains(':') {
         return Err(ServeError::BadRequest(format!(
@@ -67,17 +75,43 @@ pub async fn register_file(
     }
     let bytes = tokio::fs::read(path).await.map_err(|e| refused(path, e))?;
     let file = path.display().to_string();
-    let (format, signature, source_prefix) = {
+    let (identified, reference) = {
         let bytes = bytes.clone();
         let looks_onnx = path.extension().is_some_and(|e| e == "onnx");
-        tokio::task::spawn_blocking(move || identify(&bytes, looks_onnx))
-            .await
-            .map_err(|e| ServeError::Internal(e.to_string()))?
-            .map_err(|reason| refused(path, reason))?
+        let rows = rows_path.map(Path::to_path_buf);
+        tokio::task::spawn_blocking(move || {
+            let identified = identify(&bytes, looks_onnx)?;
+            let reference = match rows {
+                Some(rows) => Some(
+                    reference_of(&identified.model, &rows)
+                        .map_err(|e| format!("--reference {}: {e}", rows.display()))?,
+                ),
+                None => identified.embedded.clone(),
+            };
+            Ok::<_, String>((identified, reference))
+        })
+        .await
+        .map_err(|e| ServeError::Internal(e.to_string()))?
+        .map_err(|reason| refused(path, reason))?
     };
+    let Identified {
+        format,
+        signature,
+        source_prefix,
+        ..
+    } = identified;
     let stored = artifacts.put_bytes(Bytes::from(bytes)).await?;
     let hex = stored.digest.hex();
-    let lineage = json!({"registered_from": file, "format": format});
+    let reference_from = reference.as_ref().map(|_| {
+        rows_path.map_or_else(
+            || "the model file (training)".to_string(),
+            |p| p.display().to_string(),
+        )
+    });
+    let mut lineage = json!({"registered_from": file, "format": format});
+    if let Some(r) = &reference {
+        lineage["prediction_reference"] = json!(r);
+    }
     let record = ArtifactRecord {
         digest: stored.digest,
         size: stored.size as i64,
@@ -106,29 +140,50 @@ pub async fn register_file(
         digest: hex,
         inputs: signature.0,
         outputs: signature.1,
+        reference_rows: reference.as_ref().map(|r| r.rows),
+        reference_from,
     })
 }
 
 type Signature = (serde_json::Value, serde_json::Value);
 
-/// Which kind of model file this is, its signature, and the source prefix
-/// that marks its versions (none for Weir models, the registry's default).
-fn identify(
-    bytes: &[u8],
-    looks_onnx: bool,
-) -> Result<(&'static str, Signature, Option<&'static str>), String> {
+/// A model file that loaded and ran.
+struct Identified {
+    format: &'static str,
+    signature: Signature,
+    /// The prefix that marks its versions' source (none for Weir models, the
+    /// registry's default).
+    source_prefix: Option<&'static str>,
+    model: Loadable,
+    /// A Weir model file's prediction reference from training.
+    embedded: Option<ScoreReference>,
+}
+
+enum Loadable {
+    Native(Model),
+    Onnx(OnnxModel),
+}
+
+/// Which kind of model file this is, proven by loading and running it.
+fn identify(bytes: &[u8], looks_onnx: bool) -> Result<Identified, String> {
     let native = if looks_onnx {
         None
     } else {
-        Model::from_bytes(bytes).ok()
+        Model::read(bytes).ok()
     };
-    if let Some(model) = native {
+    if let Some((model, embedded)) = native {
         let inputs = model
             .inputs()
             .iter()
             .map(|i| json!({"name": i.name, "kind": format!("{:?}", i.kind)}))
             .collect();
-        return Ok(("weir", (inputs, json!([])), None));
+        return Ok(Identified {
+            format: "weir",
+            signature: (inputs, json!([])),
+            source_prefix: None,
+            model: Loadable::Native(model),
+            embedded,
+        });
     }
     let model = OnnxModel::from_bytes(bytes).map_err(|e| {
         if looks_onnx {
@@ -139,12 +194,86 @@ fn identify(
     })?;
     warm_up_onnx(&model)
         .map_err(|e| format!("the graph loads but fails on a row of zeros: {e}"))?;
-    Ok((
-        "onnx",
-        (
+    Ok(Identified {
+        format: "onnx",
+        signature: (
             crate::onnx::metadata_inputs(&model).into(),
             crate::onnx::metadata_outputs(&model).into(),
         ),
-        Some(ONNX_SOURCE),
-    ))
+        source_prefix: Some(ONNX_SOURCE),
+        model: Loadable::Onnx(model),
+        embedded: None,
+    })
+}
+
+/// The model's scores on the rows of `path` (CSV, Parquet or JSON lines),
+/// taken the way serving takes them: a Weir model reads its named input
+/// columns; a graph reads the columns in order as `dataframe_split` would
+/// give them, so they are read as numbers.
+fn reference_of(model: &Loadable, path: &Path) -> Result<ScoreReference, String> {
+    let table = weir_data::read_table(
+        path,
+        &weir_data::IngestOptions::new(path.display().to_string()),
+    )
+    .map_err(|e| e.to_string())?;
+    let scores = match model {
+        Loadable::Native(model) => model.predict_batch(&table).map_err(|e| e.to_string())?,
+        Loadable::Onnx(model) => {
+            let body = json!({"dataframe_split": dataframe_split(&table)?});
+            let (rows, inputs) =
+                crate::onnx::mlflow_inputs(model, &body).map_err(|e| e.to_string())?;
+            let outputs = model.run(rows, &inputs).map_err(|e| e.to_string())?;
+            crate::routes::oip_scores(&json!({"outputs": crate::onnx::oip_outputs(&outputs, None)}))
+        }
+    };
+    ScoreReference::from_scores(&scores).ok_or_else(|| {
+        format!(
+            "the model gave {} usable scores (a probability or a value per row); a reference needs at least 10",
+            scores.iter().filter(|s| s.is_finite()).count()
+        )
+    })
+}
+
+/// A table as MLflow's `dataframe_split`: every column as numbers.
+fn dataframe_split(table: &arrow::record_batch::RecordBatch) -> Result<serde_json::Value, String> {
+    use arrow::array::{Array, Float64Array};
+    use arrow::datatypes::DataType;
+    let mut columns = Vec::new();
+    for (field, column) in table.schema().fields().iter().zip(table.columns()) {
+        let numbers = arrow::compute::cast(column, &DataType::Float64)
+            .ok()
+            .filter(|_| field.data_type().is_numeric() || *field.data_type() == DataType::Boolean)
+            .ok_or_else(|| {
+                format!(
+                    "column '{}' is {}; an ONNX graph takes numbers",
+                    field.name(),
+                    field.data_type()
+                )
+            })?;
+        if numbers.null_count() > 0 {
+            return Err(format!(
+                "column '{}' has {} missing values; an ONNX graph takes none",
+                field.name(),
+                numbers.null_count()
+            ));
+        }
+        columns.push(
+            numbers
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .expect("cast to Float64")
+                .values()
+                .to_vec(),
+        );
+    }
+    let data: Vec<serde_json::Value> = (0..table.num_rows())
+        .map(|r| columns.iter().map(|c| json!(c[r])).collect())
+        .collect();
+    let names: Vec<&String> = table
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.name())
+        .collect();
+    Ok(json!({"columns": names, "data": data}))
 }

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use serde_json::json;
+use weir_ml::ScoreReference;
 use weir_store::Deployment;
 
 use crate::ServeError;
@@ -39,7 +40,8 @@ pub struct Analysis {
     pub max_accuracy_drop: Option<f64>,
     pub min_labels: u64,
     /// The largest population stability index allowed between the
-    /// candidate's predictions and the stable version's in the interval.
+    /// candidate's predictions in the interval and its training reference
+    /// (the stable version's predictions when it has none).
     pub max_drift: Option<f64>,
 }
 
@@ -143,7 +145,13 @@ pub enum Verdict {
     Violation(String),
 }
 
-pub fn judge(a: &Analysis, stable: &mut Window, candidate: &mut Window) -> Verdict {
+/// `reference` is the candidate's prediction reference from training.
+pub fn judge(
+    a: &Analysis,
+    stable: &mut Window,
+    candidate: &mut Window,
+    reference: Option<&ScoreReference>,
+) -> Verdict {
     // A violation is judged even on little traffic: a candidate failing
     // every request it got must not wait for more.
     let excess = candidate.error_rate() - stable.error_rate();
@@ -193,13 +201,31 @@ pub fn judge(a: &Analysis, stable: &mut Window, candidate: &mut Window) -> Verdi
     }
     if let Some(limit) = a.max_drift {
         let enough = a.min_requests.max(10) as usize;
-        if candidate.scores.len() >= enough && stable.scores.len() >= enough {
-            let psi = population_stability(&stable.scores, &candidate.scores);
+        let live = || candidate.scores.iter().map(|s| f64::from(*s));
+        let drift = match reference {
+            Some(r) if candidate.scores.len() >= enough => Some((
+                r.stability(live()),
+                format!("its training reference ({} scores)", r.rows),
+            )),
+            None if candidate.scores.len() >= enough && stable.scores.len() >= enough => {
+                let stable_scores: Vec<f64> = stable.scores.iter().map(|s| f64::from(*s)).collect();
+                ScoreReference::from_scores(&stable_scores).map(|r| {
+                    (
+                        r.stability(live()),
+                        format!(
+                            "the stable version's {} predictions (the candidate has no training reference)",
+                            stable.scores.len()
+                        ),
+                    )
+                })
+            }
+            _ => None,
+        };
+        if let Some((psi, against)) = drift {
             if psi > limit {
                 return Verdict::Violation(format!(
-                    "prediction drift: population stability index {psi:.3} between the candidate's {} predictions and the stable version's {} (limit {limit})",
+                    "prediction drift: population stability index {psi:.3} of the candidate's {} predictions against {against} (limit {limit})",
                     candidate.scores.len(),
-                    stable.scores.len()
                 ));
             }
         }
@@ -220,31 +246,6 @@ pub fn judge(a: &Analysis, stable: &mut Window, candidate: &mut Window) -> Verdi
         }
     }
     Verdict::Pass
-}
-
-/// The population stability index of `actual` against `reference`, over
-/// ten bins cut at the reference's deciles.
-pub fn population_stability(reference: &[f32], actual: &[f32]) -> f64 {
-    let mut sorted = reference.to_vec();
-    sorted.sort_by(f32::total_cmp);
-    let mut edges: Vec<f32> = (1..10).map(|d| sorted[d * sorted.len() / 10]).collect();
-    edges.dedup();
-    let shares = |values: &[f32]| {
-        let mut counts = vec![0usize; edges.len() + 1];
-        for v in values {
-            counts[edges.partition_point(|e| e < v)] += 1;
-        }
-        counts
-            .into_iter()
-            .map(|c| (c as f64 / values.len() as f64).max(1e-4))
-            .collect::<Vec<_>>()
-    };
-    let (expected, seen) = (shares(reference), shares(actual));
-    expected
-        .iter()
-        .zip(&seen)
-        .map(|(e, a)| (a - e) * (a / e).ln())
-        .sum()
 }
 
 fn bad(message: impl Into<String>) -> ServeError {
@@ -507,41 +508,41 @@ mod tests {
     fn judging_rolls_back_on_errors_or_latency_and_pauses_on_little_traffic() {
         let a = analysis();
         assert_eq!(
-            judge(&a, &mut window(100, 0, 1), &mut window(50, 0, 2)),
+            judge(&a, &mut window(100, 0, 1), &mut window(50, 0, 2), None),
             Verdict::Pass
         );
         // Errors both versions give (bad client input) are not the candidate's fault.
         assert_eq!(
-            judge(&a, &mut window(100, 10, 1), &mut window(50, 5, 2)),
+            judge(&a, &mut window(100, 10, 1), &mut window(50, 5, 2), None),
             Verdict::Pass
         );
         assert!(matches!(
-            judge(&a, &mut window(100, 0, 1), &mut window(50, 10, 2)),
+            judge(&a, &mut window(100, 0, 1), &mut window(50, 10, 2), None),
             Verdict::Violation(why) if why.contains("error rate 20.0%")
         ));
         assert!(matches!(
-            judge(&a, &mut window(100, 0, 1), &mut window(50, 0, 80)),
+            judge(&a, &mut window(100, 0, 1), &mut window(50, 0, 80), None),
             Verdict::Violation(why) if why.contains("over the limit of 50.0 ms (50 of 50")
         ));
         let mut two_slow = window(50, 0, 1);
         two_slow.record(false, Duration::from_millis(90));
         two_slow.record(false, Duration::from_millis(90));
         assert!(matches!(
-            judge(&a, &mut window(100, 0, 1), &mut two_slow),
+            judge(&a, &mut window(100, 0, 1), &mut two_slow, None),
             Verdict::Violation(why) if why.contains("p99 latency 90.0 ms")
         ));
         assert!(matches!(
-            judge(&a, &mut window(100, 0, 1), &mut window(5, 0, 1)),
+            judge(&a, &mut window(100, 0, 1), &mut window(5, 0, 1), None),
             Verdict::TooLittleTraffic(_)
         ));
         // A candidate failing everything it got is judged without waiting,
         // and so is one too slow to answer much.
         assert!(matches!(
-            judge(&a, &mut window(100, 0, 1), &mut window(5, 5, 1)),
+            judge(&a, &mut window(100, 0, 1), &mut window(5, 5, 1), None),
             Verdict::Violation(_)
         ));
         assert!(matches!(
-            judge(&a, &mut window(100, 0, 1), &mut window(4, 0, 300)),
+            judge(&a, &mut window(100, 0, 1), &mut window(4, 0, 300), None),
             Verdict::Violation(why) if why.contains("4 of 4 requests slower")
         ));
     }
@@ -555,22 +556,22 @@ mod tests {
             w
         };
         assert_eq!(
-            judge(&a, &mut labelled(90, 100), &mut labelled(88, 100)),
+            judge(&a, &mut labelled(90, 100), &mut labelled(88, 100), None),
             Verdict::Pass
         );
         assert!(matches!(
-            judge(&a, &mut labelled(90, 100), &mut labelled(70, 100)),
+            judge(&a, &mut labelled(90, 100), &mut labelled(70, 100), None),
             Verdict::Violation(why) if why.contains("online accuracy 70.0%")
         ));
         // Too few labels to say.
         assert_eq!(
-            judge(&a, &mut labelled(90, 100), &mut labelled(0, 5)),
+            judge(&a, &mut labelled(90, 100), &mut labelled(0, 5), None),
             Verdict::Pass
         );
     }
 
     #[test]
-    fn predictions_that_drift_from_the_stable_versions_roll_back() {
+    fn predictions_that_drift_from_the_reference_roll_back() {
         let a = analysis();
         let scored = |f: &dyn Fn(usize) -> f64| {
             let mut w = window(100, 0, 1);
@@ -579,14 +580,36 @@ mod tests {
         };
         let spread = |i: usize| (i % 100) as f64 / 100.0;
         assert_eq!(
-            judge(&a, &mut scored(&spread), &mut scored(&|i| spread(i + 37))),
+            judge(
+                &a,
+                &mut scored(&spread),
+                &mut scored(&|i| spread(i + 37)),
+                None
+            ),
             Verdict::Pass
         );
         assert!(matches!(
-            judge(&a, &mut scored(&spread), &mut scored(&|i| 0.5 + spread(i) / 2.0)),
+            judge(&a, &mut scored(&spread), &mut scored(&|i| 0.5 + spread(i) / 2.0), None),
             Verdict::Violation(why) if why.contains("population stability index")
         ));
-        assert!(population_stability(&[0.1, 0.2, 0.3], &[0.1, 0.2, 0.3]) < 1e-9);
+        // With a training reference, drift is measured against it: a
+        // candidate whose scores moved the same way as the stable version's
+        // has still drifted from what it was trained to give.
+        let trained = ScoreReference::from_scores(&(0..500).map(spread).collect::<Vec<_>>());
+        let shifted = |i: usize| 0.5 + spread(i) / 2.0;
+        assert!(matches!(
+            judge(&a, &mut scored(&shifted), &mut scored(&shifted), trained.as_ref()),
+            Verdict::Violation(why) if why.contains("its training reference (500 scores)")
+        ));
+        assert_eq!(
+            judge(
+                &a,
+                &mut scored(&shifted),
+                &mut scored(&|i| spread(i + 37)),
+                trained.as_ref()
+            ),
+            Verdict::Pass
+        );
     }
 
     #[test]

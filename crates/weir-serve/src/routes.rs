@@ -652,7 +652,7 @@ fn answered(
 
 /// One score per row of an answer, for drift: the positive class's
 /// probability of a binary classifier, or the value of a regressor.
-fn oip_scores(answer: &Value) -> Vec<f64> {
+pub(crate) fn oip_scores(answer: &Value) -> Vec<f64> {
     let Some(outputs) = answer["outputs"].as_array() else {
         return Vec::new();
     };

@@ -101,6 +101,13 @@ fn flights_example_trains_registers_and_serves_identical_predictions() {
         lineage["model"]["inputs"].as_array().unwrap().len(),
         FEATURES.len()
     );
+    // The validation scores' spread, kept for drift during rollouts.
+    let reference = &lineage["prediction_reference"];
+    assert!(reference["rows"].as_u64().unwrap() > 1000, "{reference}");
+    assert_eq!(
+        reference["shares"].as_array().unwrap().len(),
+        reference["edges"].as_array().unwrap().len() + 1
+    );
 
     let err = sb.fails(&["serve", "no-such-model"]);
     assert!(

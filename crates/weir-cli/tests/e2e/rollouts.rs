@@ -696,3 +696,144 @@ fn a_candidate_whose_predictions_drift_from_the_stable_versions_is_rolled_back()
         assert!(Instant::now() < deadline, "{s}");
     }
 }
+
+/// The rows of the fixture model's expected answers, with its labels.
+fn fixture_rows() -> (Vec<Value>, Vec<i64>) {
+    let text = std::fs::read_to_string(format!("{DATA}/expected.json")).unwrap();
+    let model = serde_json::from_str::<Value>(&text).unwrap()["gbdt_classifier"].clone();
+    let rows = model["rows"].as_array().unwrap().clone();
+    let labels = model["outputs"]["label"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_i64().unwrap())
+        .collect();
+    (rows, labels)
+}
+
+#[test]
+fn a_candidate_whose_predictions_drift_from_its_training_reference_is_rolled_back() {
+    let sb = Sandbox::new();
+    let (rows, labels) = fixture_rows();
+    let columns: Vec<String> = (0..30).map(|i| format!("f{i}")).collect();
+    let mut csv = columns.join(",") + "\n";
+    for row in &rows {
+        let cells: Vec<String> = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(Value::to_string)
+            .collect();
+        csv += &(cells.join(",") + "\n");
+    }
+    let reference = sb.write("reference.csv", &csv);
+    let reference = reference.to_str().unwrap();
+    let model = format!("{DATA}/gbdt_classifier.onnx");
+
+    // Bad reference tables are refused before a version exists.
+    let text_column = sb.write(
+        "text.csv",
+        &format!("{}\n{}", columns.join(","), "a,".repeat(29) + "b"),
+    );
+    let e = sb.fails(&[
+        "models",
+        "register",
+        "bc",
+        &model,
+        "--reference",
+        text_column.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("--reference") && e.contains("column 'f0' is"),
+        "{e}"
+    );
+    let e = sb.fails(&[
+        "models",
+        "register",
+        "bc",
+        &model,
+        "--reference",
+        "no-such.csv",
+    ]);
+    assert!(e.contains("--reference no-such.csv"), "{e}");
+    assert!(sb.json(&["models", "list"]).as_array().unwrap().is_empty());
+
+    sb.ok(&["models", "register", "bc", &model]);
+    // The same graph again, now with the rows it is expected to see.
+    let v2 = sb.json(&["models", "register", "bc", &model, "--reference", reference]);
+    assert_eq!(v2["reference_rows"], 20, "{v2}");
+    sb.ok(&["deploy", "web", "--model", "bc", "--version", "1"]);
+    let server = sb.serve(&[]);
+    sb.ok(&[
+        "deploy",
+        "web",
+        "--model",
+        "bc",
+        "--version",
+        "2",
+        "--steps",
+        "50,100",
+        "--interval",
+        "1500ms",
+        "--min-requests",
+        "10",
+        "--max-drift",
+        "0.2",
+    ]);
+    // Live traffic that is all of one class: the stable version, the same
+    // graph, answers exactly as the candidate does, so only the candidate's
+    // training reference shows the shift.
+    let negatives: Vec<&Value> = rows
+        .iter()
+        .zip(&labels)
+        .filter(|(_, l)| **l == 0)
+        .map(|(r, _)| r)
+        .collect();
+    let drive = |rows: &[&Value], done: &dyn Fn(&Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for row in rows {
+                let body = json!({"dataframe_split": {"columns": columns, "data": [row]}});
+                assert_eq!(server.post("/invocations", body.to_string()).0, 200);
+            }
+            let s = status(&sb);
+            if done(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{s}");
+        }
+    };
+    let s = drive(&negatives, &|s| {
+        assert_ne!(s["stable"], 2, "the drifting candidate was promoted: {s}");
+        s["phase"] == "RolledBack"
+    });
+    let reason = s["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("against its training reference (20 scores)"),
+        "{s}"
+    );
+
+    // Traffic like the reference rows: no drift, the candidate goes through.
+    sb.ok(&["models", "register", "bc", &model, "--reference", reference]);
+    sb.ok(&[
+        "deploy",
+        "web",
+        "--model",
+        "bc",
+        "--version",
+        "3",
+        "--steps",
+        "50,100",
+        "--interval",
+        "1500ms",
+        "--min-requests",
+        "10",
+        "--max-drift",
+        "0.2",
+    ]);
+    let all: Vec<&Value> = rows.iter().collect();
+    drive(&all, &|s| {
+        assert_ne!(s["phase"], "RolledBack", "{s}");
+        s["stable"] == 3 && s["phase"] == "Healthy"
+    });
+}

@@ -8,7 +8,7 @@ use std::time::Instant;
 use arrow::record_batch::RecordBatch;
 use weir_ml::{
     metrics, train_gbdt_prepared, train_linear, train_mlp, GbdtData, GbdtParams, LinearParams,
-    MlpParams, Model,
+    MlpParams, Model, ScoreReference,
 };
 
 use super::{params, OpContext, OpOutcome};
@@ -197,39 +197,46 @@ fn read_inputs(ctx: &OpContext) -> Result<Inputs, EngineError> {
     ))
 }
 
+/// Scores the labelled validation rows into `valid.*` metrics; the scores
+/// themselves are returned for the model's prediction reference.
 fn evaluate_valid(
     model: &Model,
     valid: &RecordBatch,
     out: &mut OpOutcome,
-) -> Result<(), EngineError> {
+) -> Result<Vec<f64>, EngineError> {
     let evaluating = Instant::now();
     let (rows, y) = model.labelled(valid)?;
+    let mut p = Vec::new();
     if !y.is_empty() {
-        let p = model.predict_batch(&rows)?;
+        p = model.predict_batch(&rows)?;
         for (k, v) in metrics::for_task(model.task(), &y, &p) {
             out.metric(format!("valid.{k}"), v);
         }
     }
     out.metric("train.evaluate_seconds", evaluating.elapsed().as_secs_f64());
-    Ok(())
+    Ok(p)
 }
 
 /// Scores the validation rows (if any), records peak memory and writes the
-/// model file.
+/// model file, with the validation scores as its prediction reference
+/// (serving measures drift against it).
 fn finish(
     ctx: &OpContext,
     model: &Model,
     valid: Option<&RecordBatch>,
     mut out: OpOutcome,
 ) -> Result<OpOutcome, EngineError> {
+    let mut reference = None;
     if let Some(valid) = valid {
-        evaluate_valid(model, valid, &mut out)?;
+        let scores = evaluate_valid(model, valid, &mut out)?;
+        reference = ScoreReference::from_scores(&scores);
     }
     if let Some(kb) = peak_rss_kb() {
         out.metric("train.peak_memory_mb", kb as f64 / 1024.0);
     }
     let path = ctx.output("model");
-    std::fs::write(&path, model.to_bytes()).map_err(EngineError::io("cannot write", &path))?;
+    std::fs::write(&path, model.to_bytes_with(reference.as_ref()))
+        .map_err(EngineError::io("cannot write", &path))?;
     Ok(out)
 }
 

@@ -5,7 +5,8 @@
 # concurrencies. Run the peer script first (it writes those files under
 # /tmp/peers/serving and measures `mlflow models serve`), then this, back to
 # back on the same machine, and compare the two JSON lines as ratios.
-#   DURATION=15 CONCURRENCY="1 8 64" (the peer script's knobs)
+#   DURATION=15 CONCURRENCY="1 8 64" (the peer script's knobs); THREADS=N runs
+#   the server with --threads N (default: one per core)
 # Prints one JSON line: requests/s and latency per concurrency, time from
 # start to ready, resident memory after the load, the in-process compute floor
 # (tract, one row) and the server's overhead over it at c=1.
@@ -26,7 +27,7 @@ export WEIR_HOME="$WORK/home"
 target/release/weir models register cancer "$SV/model.onnx" >&2
 PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 T0=$(date +%s.%N)
-setsid target/release/weir serve cancer --addr "127.0.0.1:$PORT" >"$WORK/serve.log" 2>&1 &
+setsid target/release/weir serve cancer --addr "127.0.0.1:$PORT" ${THREADS:+--threads "$THREADS"} >"$WORK/serve.log" 2>&1 &
 SERVER_PID=$!
 trap 'kill -- -"$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true' EXIT
 until curl -fs "http://127.0.0.1:$PORT/v2/health/ready" >/dev/null 2>&1; do sleep 0.005; done
@@ -63,7 +64,7 @@ PEAK_KB=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status")
 FLOOR="$(target/release/examples/latency "$SV/model.onnx" "$SV/requests.csv" 20000)"
 
 python3 - "$RESULTS" "$READY_S" "$RSS_KB" "$PEAK_KB" "$FLOOR" "$WORK/metrics.txt" <<'PY'
-import json, re, sys
+import json, os, re, sys
 load = {}
 for line in open(sys.argv[1]):
     r = json.loads(line); w = r["wrk"]; secs = w["duration_us"] / 1e6
@@ -73,6 +74,7 @@ for line in open(sys.argv[1]):
                           "errors": sum(w[k] for k in w if k.startswith("err_"))}
 floor = json.loads(sys.argv[5])
 out = {"script": "weir_serving", "server": "weir serve (release), the ONNX export",
+       "threads": os.environ.get("THREADS") or "default (one per core)",
        "ready_s": float(sys.argv[2]), "rss_mb_after_load": round(int(sys.argv[3]) / 1024, 1),
        "peak_rss_mb": round(int(sys.argv[4]) / 1024, 1), "load": load,
        "floor_tract_one_row_us_median": floor["median_us"]}

@@ -165,6 +165,11 @@ enum Command {
         /// ROWS 0 turns it off for that model); repeatable
         #[arg(long = "batch", value_parser = weir_serve::BatchOptions::parse_override)]
         batch_by_model: Vec<(String, weir_serve::BatchOptions)>,
+        /// Threads answering requests [default: one per core]. On a machine shared with
+        /// other busy processes (a load generator, say), fewer threads than cores keep the
+        /// tail latency down: a thread preempted mid-request is what makes a slow p99
+        #[arg(long, env = "WEIR_SERVE_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+        threads: Option<u16>,
     },
     /// Serve experiment tracking over MLflow's REST API (MLFLOW_TRACKING_URI=http://ADDR)
     Server {
@@ -596,6 +601,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             max_batch_rows,
             max_batch_delay,
             batch_by_model,
+            threads: _, // taken when the runtime was built
         } => {
             let config = config(&cli.global, &[("serve_addr", addr)])?;
             let ctx = Context::open(config.clone()).await?;
@@ -645,12 +651,17 @@ fn main() -> ExitCode {
         .init();
     // A step runtime is one short-lived process per step: a single-threaded
     // runtime starts faster; everything else gets the multi-threaded one.
-    let runtime = if matches!(cli.command, Command::Exec { .. }) {
-        tokio::runtime::Builder::new_current_thread()
+    let runtime = match &cli.command {
+        Command::Exec { .. } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Runtime::new()
+            .build(),
+        Command::Serve {
+            threads: Some(n), ..
+        } => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(*n))
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Runtime::new(),
     };
     let runtime = match runtime {
         Ok(rt) => rt,

@@ -61,7 +61,8 @@ fn registered() -> Sandbox {
 #[test]
 fn an_onnx_file_registers_and_serves_onnxruntime_answers_over_both_protocols() {
     let sb = registered();
-    let server = sb.serve(&["bc", "diabetes"]);
+    // One worker thread (as on a host shared with a load generator) serves the same.
+    let server = sb.serve(&["bc", "diabetes", "--threads", "1"]);
     let (status, meta) = server.get("/v2/models/bc");
     assert_eq!(status, 200);
     assert_eq!(meta["platform"], "onnx");
@@ -137,6 +138,11 @@ fn an_onnx_file_registers_and_serves_onnxruntime_answers_over_both_protocols() {
 #[test]
 fn bad_onnx_requests_and_files_are_refused_with_what_was_wrong() {
     let sb = registered();
+    let e = sb.fails(&["serve", "bc", "--threads", "0"]);
+    assert!(
+        e.contains("--threads") && e.contains("0 is not in 1..="),
+        "{e}"
+    );
     let server = sb.serve(&["bc"]);
     let row: Vec<f64> = vec![1.0; 30];
     let bad = |body: Value| {

@@ -171,7 +171,8 @@ fn main() {
                 }),
             );
             let (mut b50, mut b200) = (vec![], vec![]);
-            for seed in 100..100 + qs as u64 {
+            let base = env("QUALITY_SEED_BASE", 100) as u64;
+            for seed in base..base + qs as u64 {
                 let (_, best, _) = run(make(seed).as_mut(), &space, f, 200);
                 b50.push(best[49]);
                 b200.push(best[199]);

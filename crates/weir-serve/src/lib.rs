@@ -669,13 +669,26 @@ impl Controller {
                     "shadow agreed on {} of {} mirrored requests",
                     agreement.0, agreement.1
                 );
-                if d.phase != phase::PROGRESSING || d.reason != reason {
-                    let next = weir_store::Deployment {
-                        phase: phase::PROGRESSING.into(),
-                        reason: reason.clone(),
-                        ..d.clone()
-                    };
+                let next = weir_store::Deployment {
+                    phase: phase::PROGRESSING.into(),
+                    reason: reason.clone(),
+                    ..d.clone()
+                };
+                if d.phase != phase::PROGRESSING {
                     self.save(state, next, "analysed", &reason).await;
+                } else if d.reason != reason {
+                    // The tally moves every interval: kept current in the
+                    // status, not written into the history each time.
+                    match state.store.save_deployment_quietly(&next).await {
+                        Ok(saved) => {
+                            state.set_endpoint(saved);
+                        }
+                        Err(weir_store::StoreError::Conflict(_)) => {}
+                        Err(e) => eprintln!(
+                            "warning: endpoint {}: cannot save the shadow's tally: {e}",
+                            d.endpoint
+                        ),
+                    }
                 }
             }
             rollout::Verdict::Pass => {

@@ -103,6 +103,20 @@ impl Store {
         event: &str,
         detail: &str,
     ) -> Result<Deployment> {
+        self.write_deployment(d, Some((event, detail))).await
+    }
+
+    /// Saves a change of the reason alone (a running tally, such as a
+    /// shadow's agreement), which is no event worth a line of history.
+    pub async fn save_deployment_quietly(&self, d: &Deployment) -> Result<Deployment> {
+        self.write_deployment(d, None).await
+    }
+
+    async fn write_deployment(
+        &self,
+        d: &Deployment,
+        event: Option<(&str, &str)>,
+    ) -> Result<Deployment> {
         let now = weir_core::now_ms();
         let mut tx = self.pool.begin().await?;
         let steps = serde_json::to_string(&d.steps).expect("numbers serialise");
@@ -158,16 +172,18 @@ impl Store {
                 d.endpoint
             )));
         }
-        sqlx::query(
-            "INSERT INTO deployment_events (endpoint, seq, at, event, detail) \
-             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4 FROM deployment_events WHERE endpoint = $1",
-        )
-        .bind(&d.endpoint)
-        .bind(now)
-        .bind(event)
-        .bind(detail)
-        .execute(&mut *tx)
-        .await?;
+        if let Some((event, detail)) = event {
+            sqlx::query(
+                "INSERT INTO deployment_events (endpoint, seq, at, event, detail) \
+                 SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4 FROM deployment_events WHERE endpoint = $1",
+            )
+            .bind(&d.endpoint)
+            .bind(now)
+            .bind(event)
+            .bind(detail)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(Deployment {
             revision: d.revision + 1,

@@ -349,6 +349,24 @@ fn shadow_mirrors_without_touching_answers_and_bluegreen_switches_once_warm() {
         .metric(r#"weir_serve_shadow_comparisons_total{endpoint="web",version="2",result="agree"}"#)
         .unwrap();
     assert!(mirrored >= 30.0, "{}", server.metrics());
+    // The tally stays current in the status without a history line per interval.
+    let events = |sb: &Sandbox| {
+        sb.json(&["rollout", "history", "web"])
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let before = events(&sb);
+    for _ in 0..30 {
+        server.post("/v2/models/web/infer", body());
+    }
+    wait_for(&sb, "a later tally", |s| {
+        s["reason"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("of 60 mirrored requests")
+    });
+    assert_eq!(events(&sb), before);
     sb.ok(&["rollout", "promote", "web"]);
     wait_for(&sb, "the shadow's promotion", |s| s["stable"] == 2);
 

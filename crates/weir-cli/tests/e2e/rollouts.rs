@@ -673,28 +673,11 @@ fn a_candidate_whose_predictions_drift_from_the_stable_versions_is_rolled_back()
     register(&sb, "gbdt_shallow.onnx");
     sb.ok(&["deploy", "web", "--model", "bc", "--version", "1"]);
     let server = sb.serve(&[]);
-    sb.ok(&[
-        "deploy",
-        "web",
-        "--model",
-        "bc",
-        "--version",
-        "2",
-        "--steps",
-        "50,100",
-        "--interval",
-        "1500ms",
-        "--min-requests",
-        "10",
-        "--max-drift",
-        "0.2",
-    ]);
-    let text = std::fs::read_to_string(format!("{DATA}/expected.json")).unwrap();
-    let rows = serde_json::from_str::<Value>(&text).unwrap()["gbdt_classifier"]["rows"].clone();
-    let rows = rows.as_array().unwrap();
+    deploy_judging_drift(&sb, "2");
+    let (rows, _) = fixture_rows();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        for row in rows {
+        for row in &rows {
             let (code, _) = server.post(
                 "/invocations",
                 json!({"dataframe_split": {"columns": (0..30).map(|i| format!("f{i}")).collect::<Vec<_>>(), "data": [row]}})
@@ -713,6 +696,26 @@ fn a_candidate_whose_predictions_drift_from_the_stable_versions_is_rolled_back()
         assert_ne!(s["stable"], 2, "the drifting candidate was promoted: {s}");
         assert!(Instant::now() < deadline, "{s}");
     }
+}
+
+/// A canary of `version` on endpoint `web`, judged on drift every 1.5 s.
+fn deploy_judging_drift(sb: &Sandbox, version: &str) {
+    sb.ok(&[
+        "deploy",
+        "web",
+        "--model",
+        "bc",
+        "--version",
+        version,
+        "--steps",
+        "50,100",
+        "--interval",
+        "1500ms",
+        "--min-requests",
+        "10",
+        "--max-drift",
+        "0.2",
+    ]);
 }
 
 /// The rows of the fixture model's expected answers, with its labels.
@@ -782,22 +785,7 @@ fn a_candidate_whose_predictions_drift_from_its_training_reference_is_rolled_bac
     assert_eq!(v2["reference_rows"], 20, "{v2}");
     sb.ok(&["deploy", "web", "--model", "bc", "--version", "1"]);
     let server = sb.serve(&[]);
-    sb.ok(&[
-        "deploy",
-        "web",
-        "--model",
-        "bc",
-        "--version",
-        "2",
-        "--steps",
-        "50,100",
-        "--interval",
-        "1500ms",
-        "--min-requests",
-        "10",
-        "--max-drift",
-        "0.2",
-    ]);
+    deploy_judging_drift(&sb, "2");
     // Live traffic that is all of one class: the stable version, the same
     // graph, answers exactly as the candidate does, so only the candidate's
     // training reference shows the shift.
@@ -833,22 +821,7 @@ fn a_candidate_whose_predictions_drift_from_its_training_reference_is_rolled_bac
 
     // Traffic like the reference rows: no drift, the candidate goes through.
     sb.ok(&["models", "register", "bc", &model, "--reference", reference]);
-    sb.ok(&[
-        "deploy",
-        "web",
-        "--model",
-        "bc",
-        "--version",
-        "3",
-        "--steps",
-        "50,100",
-        "--interval",
-        "1500ms",
-        "--min-requests",
-        "10",
-        "--max-drift",
-        "0.2",
-    ]);
+    deploy_judging_drift(&sb, "3");
     let all: Vec<&Value> = rows.iter().collect();
     drive(&all, &|s| {
         assert_ne!(s["phase"], "RolledBack", "{s}");

@@ -56,7 +56,7 @@ fn refused(path: &Path, reason: impl std::fmt::Display) -> ServeError {
 
 /// Registers `path` as the next version of `name`: the file goes to the
 /// artifact store and the version to the registry only once it has loaded
-/// and answered a warm-up call. With `reference` (a table of rows like
+/// and answered a warm-up call. With `rows_path` (a table of rows like
 /// those the model will serve), the model scores them and their spread is
 /// kept with the version as its prediction reference for drift; without
 /// it, a Weir model file's own reference from training is kept.

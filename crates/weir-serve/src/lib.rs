@@ -619,7 +619,20 @@ impl Controller {
         if state.set_endpoint(d.clone()) {
             self.opened.insert(d.endpoint.clone(), Instant::now());
         }
+        let analysis = rollout::Analysis::from_json(&d.analysis);
         if d.candidate.is_none() || d.phase == phase::ROLLED_BACK || d.phase == phase::HEALTHY {
+            // Nothing to judge: the stable version's interval still closes,
+            // for its drift, and so that a rollout starting later is judged
+            // on fresh traffic, not on everything since the last one.
+            let opened = *self
+                .opened
+                .entry(d.endpoint.clone())
+                .or_insert_with(Instant::now);
+            if opened.elapsed() >= analysis.interval {
+                self.opened.insert(d.endpoint.clone(), Instant::now());
+                let stable = state.take_window(&d.endpoint, d.stable);
+                publish_drift(state, &d, d.stable, &stable);
+            }
             return;
         }
         if d.strategy == "bluegreen" || d.strategy == "direct" {
@@ -629,7 +642,6 @@ impl Controller {
             }
             return;
         }
-        let analysis = rollout::Analysis::from_json(&d.analysis);
         let opened = *self
             .opened
             .entry(d.endpoint.clone())
@@ -640,6 +652,8 @@ impl Controller {
         let mut stable = state.take_window(&d.endpoint, d.stable);
         let mut candidate = state.take_window(&d.endpoint, d.candidate);
         self.opened.insert(d.endpoint.clone(), Instant::now());
+        publish_drift(state, &d, d.stable, &stable);
+        publish_drift(state, &d, d.candidate, &candidate);
         let reference = d
             .candidate
             .and_then(|v| state.loaded_version(&d.model, v))
@@ -696,6 +710,26 @@ impl Controller {
                     self.save(state, next, "promoted", &what).await;
                 }
             }
+        }
+    }
+}
+
+/// Puts a version's drift over the interval against its prediction
+/// reference on /metrics, when it has a reference and scored enough rows.
+fn publish_drift(
+    state: &AppState,
+    d: &weir_store::Deployment,
+    version: Option<i64>,
+    window: &rollout::Window,
+) {
+    let Some(version) = version else { return };
+    let Some(loaded) = state.loaded_version(&d.model, version) else {
+        return;
+    };
+    if let Some(reference) = &loaded.reference {
+        if window.scores.len() >= rollout::MIN_DRIFT_SCORES {
+            let psi = reference.stability(window.scores.iter().map(|s| f64::from(*s)));
+            state.metrics.drift(&d.endpoint, version, psi);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `/metrics` in Prometheus text format: per model and version, requests by
 //! protocol and status, their latency, and the rows each request scored.
 
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -85,6 +86,7 @@ pub(crate) struct Metrics {
     endpoint_latency: Family<EndpointLabels, Histogram>,
     rollout_weight: Family<EndpointLabels, Gauge>,
     rollout_phase: Family<PhaseLabels, Gauge>,
+    prediction_drift: Family<EndpointLabels, Gauge<f64, AtomicU64>>,
     shadow: Family<ShadowLabels, Counter>,
 }
 
@@ -162,6 +164,12 @@ impl Metrics {
             "1 for an endpoint's current rollout phase, 0 for the others",
             rollout_phase.clone(),
         );
+        let prediction_drift = Family::<EndpointLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "prediction_drift",
+            "Population stability index of a version's scores over the last analysis interval against its prediction reference",
+            prediction_drift.clone(),
+        );
         let shadow = Family::<ShadowLabels, Counter>::default();
         registry.register(
             "shadow_comparisons",
@@ -173,6 +181,7 @@ impl Metrics {
             endpoint_latency,
             rollout_weight,
             rollout_phase,
+            prediction_drift,
             shadow,
             registry,
             rejected,
@@ -291,6 +300,15 @@ impl Metrics {
                 })
                 .set(i64::from(*p == phase));
         }
+    }
+
+    pub(crate) fn drift(&self, endpoint: &str, version: i64, psi: f64) {
+        self.prediction_drift
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint.to_string(),
+                version: version.to_string(),
+            })
+            .set(psi);
     }
 
     pub(crate) fn shadow(&self, endpoint: &str, version: i64, agree: bool) {

@@ -89,6 +89,9 @@ pub struct Window {
     pub scores: Vec<f32>,
 }
 
+/// Fewer scores than this in an interval say nothing about drift.
+pub const MIN_DRIFT_SCORES: usize = 10;
+
 /// Latency samples kept per version per interval (enough for a p99).
 const MAX_SAMPLES: usize = 200_000;
 
@@ -200,7 +203,7 @@ pub fn judge(
         }
     }
     if let Some(limit) = a.max_drift {
-        let enough = a.min_requests.max(10) as usize;
+        let enough = (a.min_requests as usize).max(MIN_DRIFT_SCORES);
         let live = || candidate.scores.iter().map(|s| f64::from(*s));
         let drift = match reference {
             Some(r) if candidate.scores.len() >= enough => Some((

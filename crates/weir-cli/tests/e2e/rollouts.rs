@@ -818,6 +818,12 @@ fn a_candidate_whose_predictions_drift_from_its_training_reference_is_rolled_bac
         reason.contains("against its training reference (20 scores)"),
         "{s}"
     );
+    let drift = |v: u32| {
+        server.metric(&format!(
+            r#"weir_serve_prediction_drift{{endpoint="web",version="{v}"}}"#
+        ))
+    };
+    assert!(drift(2).unwrap() > 0.2, "{}", server.metrics());
 
     // Traffic like the reference rows: no drift, the candidate goes through.
     sb.ok(&["models", "register", "bc", &model, "--reference", reference]);
@@ -827,4 +833,15 @@ fn a_candidate_whose_predictions_drift_from_its_training_reference_is_rolled_bac
         assert_ne!(s["phase"], "RolledBack", "{s}");
         s["stable"] == 3 && s["phase"] == "Healthy"
     });
+    assert!(drift(3).unwrap() < 0.2, "{}", server.metrics());
+    // Once stable, the version is still watched: the one-class traffic shows
+    // on /metrics an interval later.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while drift(3).unwrap() < 0.2 {
+        for row in &negatives {
+            let body = json!({"dataframe_split": {"columns": columns, "data": [row]}});
+            server.post("/invocations", body.to_string());
+        }
+        assert!(Instant::now() < deadline, "{}", server.metrics());
+    }
 }

@@ -642,6 +642,19 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(
+        cli.command,
+        Command::Serve { .. } | Command::Server { .. } | Command::Exec { .. }
+    ) {
+        // A command whose output goes to a reader that stops early
+        // (`weir runs search ... | head`) ends quietly, as Unix tools do,
+        // instead of failing on the write. Servers and step runtimes keep
+        // Rust's default (the signal ignored, the write an error).
+        // SAFETY: no other thread exists yet to race the handler change.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")

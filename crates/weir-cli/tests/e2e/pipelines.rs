@@ -459,3 +459,20 @@ fn an_interrupted_run_is_recorded_as_failed_and_leaves_no_process_behind() {
         .unwrap()
         .contains("cancelled"));
 }
+
+#[test]
+fn output_to_a_reader_that_already_left_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let sb = Sandbox::new();
+    // `weir models list | head -0`: the reading end is gone before the first write.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = sb
+        .command(&["models", "list"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(13), "{:?} {stderr}", out.status);
+}

@@ -617,13 +617,16 @@ impl Controller {
             }
         }
         if state.set_endpoint(d.clone()) {
+            // New routing, new window: traffic answered under the old one
+            // (before a rollout started, say) is not this one's to judge.
             self.opened.insert(d.endpoint.clone(), Instant::now());
+            state.take_window(&d.endpoint, d.stable);
+            state.take_window(&d.endpoint, d.candidate);
         }
         let analysis = rollout::Analysis::from_json(&d.analysis);
         if d.candidate.is_none() || d.phase == phase::ROLLED_BACK || d.phase == phase::HEALTHY {
             // Nothing to judge: the stable version's interval still closes,
-            // for its drift, and so that a rollout starting later is judged
-            // on fresh traffic, not on everything since the last one.
+            // for its drift on /metrics.
             let opened = *self
                 .opened
                 .entry(d.endpoint.clone())

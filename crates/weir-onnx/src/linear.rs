@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use tract_onnx::pb;
 
-use crate::post::{attr, reads_only_input, unsupported, Post};
+use crate::post::{attr, check_rows, reads_only_input, unsupported, Post};
 use crate::{Data, OnnxError, Output};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -155,13 +155,7 @@ fn build(
 impl Linear {
     pub(crate) fn run(&self, rows: usize, data: &[f64]) -> Result<Vec<Output>, OnnxError> {
         let width = self.n_features;
-        if data.len() != rows * width {
-            return Err(OnnxError::Input(format!(
-                "{rows} rows of {width} values need {} values, got {}",
-                rows * width,
-                data.len()
-            )));
-        }
+        check_rows(rows, width, data)?;
         let k = self.weights.len();
         let mut scores = Vec::with_capacity(rows * k);
         let mut winners = Vec::with_capacity(rows);

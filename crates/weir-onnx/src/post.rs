@@ -27,6 +27,18 @@ pub(crate) fn reads_only_input(
     source == input.name || casts.get(source) == Some(&input.name.as_str())
 }
 
+/// A native evaluator's input must be `rows` full rows of `width` values.
+pub(crate) fn check_rows(rows: usize, width: usize, data: &[f64]) -> Result<(), OnnxError> {
+    if data.len() == rows * width {
+        return Ok(());
+    }
+    Err(OnnxError::Input(format!(
+        "{rows} rows of {width} values need {} values, got {}",
+        rows * width,
+        data.len()
+    )))
+}
+
 pub(crate) fn unsupported(message: impl Into<String>) -> OnnxError {
     OnnxError::Unsupported(message.into())
 }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use tract_onnx::pb;
 
-use crate::post::{attr, reads_only_input, unsupported, Post};
+use crate::post::{attr, check_rows, reads_only_input, unsupported, Post};
 use crate::{Data, OnnxError, Output};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -436,13 +436,7 @@ impl Ensemble {
 
     pub(crate) fn run(&self, rows: usize, data: &[f64]) -> Result<Vec<Output>, OnnxError> {
         let width = self.n_features;
-        if data.len() != rows * width {
-            return Err(OnnxError::Input(format!(
-                "{rows} rows of {width} values need {} values, got {}",
-                rows * width,
-                data.len()
-            )));
-        }
+        check_rows(rows, width, data)?;
         let mut row = vec![0f32; width];
         let mut raw = vec![0f64; self.columns];
         let (mut labels, mut label_text, mut scores) = (Vec::new(), Vec::new(), Vec::new());

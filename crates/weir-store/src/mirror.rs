@@ -132,6 +132,7 @@ pub(crate) async fn mark_cache_hit(
     if !tracking::tracked(tx, step_run_id).await? {
         return Ok(());
     }
+    tracking::stale_data(tx, &[step_run_id]).await?;
     tracking::upsert_run_tags(
         tx,
         step_run_id,
@@ -185,6 +186,7 @@ pub(crate) async fn log_step_metrics(
         })
         .collect();
     if tracking::tracked(tx, step_run_id).await? {
+        tracking::stale_data(tx, &[step_run_id]).await?;
         tracking::insert_metric_points(tx, step_run_id, &points).await?;
     }
     if let (Some(step), true) = (step, tracking::tracked(tx, run_id).await?) {
@@ -195,6 +197,7 @@ pub(crate) async fn log_step_metrics(
                 ..m
             })
             .collect();
+        tracking::stale_data(tx, &[run_id]).await?;
         tracking::insert_metric_points(tx, run_id, &prefixed).await?;
     }
     Ok(())

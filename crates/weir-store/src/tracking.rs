@@ -190,11 +190,7 @@ impl Store {
             .await?
             .rows_affected();
         if deleted == 0 {
-            return Err(StoreError::NotFound {
-                kind: "tag",
-                id: key.to_string(),
-                hint: format!("{what} has no tag '{key}'"),
-            });
+            return Err(tag_not_found(what, key));
         }
         Ok(())
     }
@@ -224,35 +220,268 @@ impl Store {
 
 /// Splits length-prefixed texts (`len:text`, lengths in characters) into
 /// records of `n` fields.
-fn decode_fields(encoded: &str, n: usize, what: &str) -> Result<Vec<Vec<String>>> {
-    let corrupt = || StoreError::Corrupt {
-        what: what.to_string(),
-        reason: "an aggregated row is not length-prefixed fields".into(),
-    };
-    // One length-prefixed text from the front of `rest`, and its length in bytes.
-    let take = |rest: &str| -> Result<(String, usize)> {
-        let (len, after) = rest.split_once(':').ok_or_else(corrupt)?;
+fn decode_fields<'a>(encoded: &'a str, n: usize, what: &str) -> Result<Vec<Vec<&'a str>>> {
+    let mut fields = fields(encoded, what);
+    let mut out = Vec::new();
+    while !fields.rest.is_empty() {
+        out.push((0..n).map(|_| fields.next_field()).collect::<Result<_>>()?);
+    }
+    Ok(out)
+}
+
+fn fields<'a, 'w>(encoded: &'a str, what: &'w str) -> Fields<'a, 'w> {
+    Fields {
+        rest: encoded,
+        what,
+    }
+}
+
+/// The length-prefixed texts of an encoded string, one after another.
+struct Fields<'a, 'w> {
+    rest: &'a str,
+    what: &'w str,
+}
+
+impl<'a> Fields<'a, '_> {
+    fn next_field(&mut self) -> Result<&'a str> {
+        let corrupt = || StoreError::Corrupt {
+            what: self.what.to_string(),
+            reason: "an aggregated row is not length-prefixed fields".into(),
+        };
+        let (len, after) = self.rest.split_once(':').ok_or_else(corrupt)?;
         let chars: usize = len.parse().map_err(|_| corrupt())?;
         let end = match chars {
             0 => 0,
+            // ASCII text, the usual case: as many bytes as characters.
+            c if after.as_bytes().get(..c).is_some_and(|b| b.is_ascii()) => c,
             c => after
                 .char_indices()
                 .nth(c - 1)
                 .map(|(i, ch)| i + ch.len_utf8())
                 .ok_or_else(corrupt)?,
         };
-        Ok((after[..end].to_string(), len.len() + 1 + end))
-    };
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < encoded.len() {
-        let mut record = Vec::with_capacity(n);
-        for _ in 0..n {
-            let (text, used) = take(&encoded[at..])?;
-            at += used;
-            record.push(text);
+        let (field, rest) = after.split_at(end);
+        self.rest = rest;
+        Ok(field)
+    }
+}
+
+/// A run's params, tags and latest metrics (each ordered by key), the
+/// datasets it used and its models: all of a [`TrackingRun`] but its info.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct RunData {
+    params: Vec<(String, String)>,
+    tags: Vec<(String, String)>,
+    metrics: Vec<Metric>,
+    inputs: Vec<DatasetInput>,
+    models: Vec<(String, String, i64)>,
+}
+
+impl RunData {
+    /// The form kept in `tracking_runs.data_cache`: length-prefixed fields
+    /// (as [`decode_fields`] reads them), the three counts first.
+    fn encode(&self) -> String {
+        let mut out = String::new();
+        let mut field = |text: &str| {
+            out.push_str(&text.chars().count().to_string());
+            out.push(':');
+            out.push_str(text);
+        };
+        for n in [
+            self.params.len(),
+            self.tags.len(),
+            self.metrics.len(),
+            self.inputs.len(),
+            self.models.len(),
+        ] {
+            field(&n.to_string());
         }
-        out.push(record);
+        for (k, v) in self.params.iter().chain(&self.tags) {
+            field(k);
+            field(v);
+        }
+        for m in &self.metrics {
+            field(&m.key);
+            // Debug formatting of a double parses back to the same bits, NaN included.
+            field(&format!("{:?}", m.value));
+            field(&m.timestamp.to_string());
+            field(&m.step.to_string());
+        }
+        for d in &self.inputs {
+            field(&d.dataset_json);
+            field(&d.tags_json);
+        }
+        for (model, direction, step) in &self.models {
+            field(model);
+            field(direction);
+            field(&step.to_string());
+        }
+        out
+    }
+
+    fn decode(text: &str) -> Result<RunData> {
+        let corrupt = || StoreError::Corrupt {
+            what: "tracking_runs.data_cache".into(),
+            reason: "the cached run data does not decode".into(),
+        };
+        let mut fields = fields(text, "tracking_runs.data_cache");
+        let mut next = || fields.next_field();
+        let mut count = || -> Result<usize> { next()?.parse().map_err(|_| corrupt()) };
+        let counts = [count()?, count()?, count()?, count()?, count()?];
+        let mut pairs = |n: usize| -> Result<Vec<(String, String)>> {
+            (0..n)
+                .map(|_| Ok((next()?.to_string(), next()?.to_string())))
+                .collect()
+        };
+        let params = pairs(counts[0])?;
+        let tags = pairs(counts[1])?;
+        let metrics = (0..counts[2])
+            .map(|_| {
+                Ok(Metric {
+                    key: next()?.to_string(),
+                    value: next()?.parse().map_err(|_| corrupt())?,
+                    timestamp: next()?.parse().map_err(|_| corrupt())?,
+                    step: next()?.parse().map_err(|_| corrupt())?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let inputs = (0..counts[3])
+            .map(|_| {
+                Ok(DatasetInput {
+                    dataset_json: next()?.to_string(),
+                    tags_json: next()?.to_string(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        let models = (0..counts[4])
+            .map(|_| {
+                Ok((
+                    next()?.to_string(),
+                    next()?.to_string(),
+                    next()?.parse().map_err(|_| corrupt())?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        Ok(RunData {
+            params,
+            tags,
+            metrics,
+            inputs,
+            models,
+        })
+    }
+}
+
+/// The data of many runs, one aggregate query per table, on `conn` (a
+/// pooled connection, or a transaction's).
+async fn data_of_runs(
+    conn: &mut sqlx::AnyConnection,
+    backend: crate::Backend,
+    ids: &[&str],
+) -> Result<HashMap<String, RunData>> {
+    let mut out: HashMap<String, RunData> = HashMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let mut binds = Binds::new(backend);
+    let list: Vec<String> = ids.iter().map(|id| binds.text(*id)).collect();
+    let list = list.join(", ");
+    // One row in all, every (run, key, value) length-prefixed in one
+    // string: SQLite's driver hands rows over one at a time, each a
+    // wake-up of another thread, and a search returning 1,000 runs would
+    // otherwise move thousands of them.
+    let field = |f: &str| format!("length({f}) || ':' || {f}");
+    for table in ["run_params", "run_tags"] {
+        let row = bind_all(
+            sqlx::query(&format!(
+                "SELECT string_agg({} || {} || {}, '' ORDER BY run_id, key) AS pairs \
+                 FROM {table} WHERE run_id IN ({list})",
+                field("run_id"),
+                field("key"),
+                field("value"),
+            )),
+            binds.values(),
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        let pairs: Option<String> = row.try_get("pairs")?;
+        for f in decode_fields(pairs.as_deref().unwrap_or(""), 3, table)? {
+            let data = out.entry(f[0].to_string()).or_default();
+            let pair = (f[1].to_string(), f[2].to_string());
+            match table {
+                "run_params" => data.params.push(pair),
+                _ => data.tags.push(pair),
+            }
+        }
+    }
+    // Doubles as text that parses back to the same bits.
+    let value_text = match backend {
+        crate::Backend::Sqlite => "printf('%!.17g', value)",
+        crate::Backend::Postgres => "CAST(value AS TEXT)",
+    };
+    let row = bind_all(
+        sqlx::query(&format!(
+            "SELECT string_agg({} || {} || {} || {} || {} || {}, '' ORDER BY run_id, key) AS points \
+             FROM latest_metrics WHERE run_id IN ({list})",
+            field("run_id"),
+            field("key"),
+            field(value_text),
+            field("CAST(ts AS TEXT)"),
+            field("CAST(step AS TEXT)"),
+            field("CAST(is_nan AS TEXT)"),
+        )),
+        binds.values(),
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let points: Option<String> = row.try_get("points")?;
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        what: "latest_metrics".into(),
+        reason: reason.into(),
+    };
+    for f in decode_fields(points.as_deref().unwrap_or(""), 6, "latest_metrics")? {
+        let int = |s: &str| s.parse::<i64>().map_err(|_| corrupt("not an integer"));
+        let value: f64 = f[2].parse().map_err(|_| corrupt("not a number"))?;
+        out.entry(f[0].to_string()).or_default().metrics.push(Metric {
+            key: f[1].to_string(),
+            value: if int(&f[5])? != 0 { f64::NAN } else { value },
+            timestamp: int(&f[3])?,
+            step: int(&f[4])?,
+        });
+    }
+    let rows = bind_all(
+        sqlx::query(&format!(
+            "SELECT run_id, model_id, direction, step FROM run_models WHERE run_id IN ({list}) \
+             ORDER BY model_id"
+        )),
+        binds.values(),
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for r in rows {
+        out.entry(r.try_get("run_id")?).or_default().models.push((
+            r.try_get("model_id")?,
+            r.try_get("direction")?,
+            r.try_get("step")?,
+        ));
+    }
+    let rows = bind_all(
+        sqlx::query(&format!(
+            "SELECT run_id, dataset_json, tags_json FROM run_inputs WHERE run_id IN ({list}) \
+             ORDER BY name, digest"
+        )),
+        binds.values(),
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for r in rows {
+        out.entry(r.try_get("run_id")?)
+            .or_default()
+            .inputs
+            .push(DatasetInput {
+                dataset_json: r.try_get("dataset_json")?,
+                tags_json: r.try_get("tags_json")?,
+            });
     }
     Ok(out)
 }
@@ -688,133 +917,81 @@ impl Store {
     pub async fn tracking_run(&self, run_id: &str) -> Result<TrackingRun> {
         let info = self.run_info(run_id).await?;
         Ok(self
-            .complete_runs(vec![info], true)
+            .complete_runs(vec![info])
             .await?
             .pop()
             .expect("one run in, one out"))
     }
 
-    /// Params, tags, latest metrics (and inputs) of many runs, a query each.
-    async fn complete_runs(&self, infos: Vec<RunInfo>, inputs: bool) -> Result<Vec<TrackingRun>> {
-        if infos.is_empty() {
-            return Ok(Vec::new());
-        }
+    /// Runs with their data, read now.
+    async fn complete_runs(&self, infos: Vec<RunInfo>) -> Result<Vec<TrackingRun>> {
+        let ids: Vec<&str> = infos.iter().map(|i| i.run_id.as_str()).collect();
+        let mut conn = self.pool.acquire().await?;
+        let data = data_of_runs(&mut conn, self.backend, &ids).await?;
+        drop(conn);
+        Ok(Store::assemble(infos, data))
+    }
+
+    /// Puts each run's info and data together.
+    fn assemble(infos: Vec<RunInfo>, mut data: HashMap<String, RunData>) -> Vec<TrackingRun> {
+        infos
+            .into_iter()
+            .map(|info| {
+                let data = data.remove(&info.run_id).unwrap_or_default();
+                TrackingRun {
+                    metrics: data.metrics,
+                    params: data.params,
+                    tags: data.tags,
+                    inputs: data.inputs,
+                    models: data.models,
+                    info,
+                }
+            })
+            .collect()
+    }
+
+    /// Reads the data of runs whose cached copy is stale and caches it.
+    async fn refresh_data(&self, ids: &[&str]) -> Result<HashMap<String, RunData>> {
+        let mut tx = self.pool.begin().await?;
+        // A write first: it takes SQLite's write lock, and on PostgreSQL
+        // these rows' locks, so no write to these runs (each of which clears
+        // the cache in its own transaction) can fall between the read below
+        // and the write-back.
         let mut binds = Binds::new(self.backend);
-        let ids: Vec<String> = infos.iter().map(|i| binds.text(&i.run_id)).collect();
-        let list = ids.join(", ");
-        let mut params: HashMap<String, Vec<(String, String)>> = HashMap::new();
-        let mut tags: HashMap<String, Vec<(String, String)>> = HashMap::new();
-        // One row in all, every (run, key, value) length-prefixed in one
-        // string: SQLite's driver hands rows over one at a time, each a
-        // wake-up of another thread, and a search returning 1,000 runs would
-        // otherwise move thousands of them.
-        let field = |f: &str| format!("length({f}) || ':' || {f}");
-        for (table, out) in [("run_params", &mut params), ("run_tags", &mut tags)] {
-            let row = bind_all(
-                sqlx::query(&format!(
-                    "SELECT string_agg({} || {} || {}, '' ORDER BY run_id, key) AS pairs \
-                     FROM {table} WHERE run_id IN ({list})",
-                    field("run_id"),
-                    field("key"),
-                    field("value"),
-                )),
-                binds.values(),
-            )
-            .fetch_one(&self.pool)
-            .await?;
-            let pairs: Option<String> = row.try_get("pairs")?;
-            for mut f in decode_fields(pairs.as_deref().unwrap_or(""), 3, table)? {
-                let value = f.pop().unwrap_or_default();
-                let key = f.pop().unwrap_or_default();
-                let run = f.pop().unwrap_or_default();
-                out.entry(run).or_default().push((key, value));
-            }
-        }
-        let mut metrics: HashMap<String, Vec<Metric>> = HashMap::new();
-        // Doubles as text that parses back to the same bits.
-        let value_text = match self.backend {
-            crate::Backend::Sqlite => "printf('%!.17g', value)",
-            crate::Backend::Postgres => "CAST(value AS TEXT)",
-        };
-        let row = bind_all(
+        let list: Vec<String> = ids.iter().map(|id| binds.text(*id)).collect();
+        bind_all(
             sqlx::query(&format!(
-                "SELECT string_agg({} || {} || {} || {} || {} || {}, '' ORDER BY run_id, key) AS points \
-                 FROM latest_metrics WHERE run_id IN ({list})",
-                field("run_id"),
-                field("key"),
-                field(value_text),
-                field("CAST(ts AS TEXT)"),
-                field("CAST(step AS TEXT)"),
-                field("CAST(is_nan AS TEXT)"),
+                "UPDATE tracking_runs SET data_cache = NULL WHERE run_id IN ({})",
+                list.join(", ")
             )),
             binds.values(),
         )
-        .fetch_one(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        let points: Option<String> = row.try_get("points")?;
-        let corrupt = |reason: &str| StoreError::Corrupt {
-            what: "latest_metrics".into(),
-            reason: reason.into(),
-        };
-        for f in decode_fields(points.as_deref().unwrap_or(""), 6, "latest_metrics")? {
-            let int = |s: &str| s.parse::<i64>().map_err(|_| corrupt("not an integer"));
-            let value: f64 = f[2].parse().map_err(|_| corrupt("not a number"))?;
-            metrics.entry(f[0].clone()).or_default().push(Metric {
-                key: f[1].clone(),
-                value: if int(&f[5])? != 0 { f64::NAN } else { value },
-                timestamp: int(&f[3])?,
-                step: int(&f[4])?,
-            });
-        }
-        let mut models: HashMap<String, Vec<(String, String, i64)>> = HashMap::new();
-        let mut datasets: HashMap<String, Vec<DatasetInput>> = HashMap::new();
-        if inputs {
-            let rows = bind_all(
+        let data = data_of_runs(&mut tx, self.backend, ids).await?;
+        let encoded: Vec<(&str, String)> = ids
+            .iter()
+            .map(|id| (*id, data.get(*id).map(RunData::encode).unwrap_or_else(|| RunData::default().encode())))
+            .collect();
+        for chunk in encoded.chunks(ROWS_PER_INSERT) {
+            let mut binds = Binds::new(self.backend);
+            let rows: Vec<String> = chunk
+                .iter()
+                .map(|(id, text)| format!("({}, {})", binds.text(*id), binds.text(text.as_str())))
+                .collect();
+            bind_all(
                 sqlx::query(&format!(
-                    "SELECT run_id, model_id, direction, step FROM run_models WHERE run_id IN ({list}) \
-                     ORDER BY model_id"
+                    "UPDATE tracking_runs SET data_cache = v.column2 FROM (VALUES {}) AS v \
+                     WHERE tracking_runs.run_id = v.column1",
+                    rows.join(", ")
                 )),
                 binds.values(),
             )
-            .fetch_all(&self.pool)
+            .execute(&mut *tx)
             .await?;
-            for r in rows {
-                models.entry(r.try_get("run_id")?).or_default().push((
-                    r.try_get("model_id")?,
-                    r.try_get("direction")?,
-                    r.try_get("step")?,
-                ));
-            }
-            let rows = bind_all(
-                sqlx::query(&format!(
-                    "SELECT run_id, dataset_json, tags_json FROM run_inputs WHERE run_id IN ({list}) \
-                     ORDER BY name, digest"
-                )),
-                binds.values(),
-            )
-            .fetch_all(&self.pool)
-            .await?;
-            for r in rows {
-                datasets
-                    .entry(r.try_get("run_id")?)
-                    .or_default()
-                    .push(DatasetInput {
-                        dataset_json: r.try_get("dataset_json")?,
-                        tags_json: r.try_get("tags_json")?,
-                    });
-            }
         }
-        Ok(infos
-            .into_iter()
-            .map(|info| TrackingRun {
-                metrics: metrics.remove(&info.run_id).unwrap_or_default(),
-                params: params.remove(&info.run_id).unwrap_or_default(),
-                tags: tags.remove(&info.run_id).unwrap_or_default(),
-                inputs: datasets.remove(&info.run_id).unwrap_or_default(),
-                models: models.remove(&info.run_id).unwrap_or_default(),
-                info,
-            })
-            .collect())
+        tx.commit().await?;
+        Ok(data)
     }
 
     pub async fn update_tracking_run(
@@ -827,7 +1004,8 @@ impl Store {
         let info = self.run_info(run_id).await?;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "UPDATE tracking_runs SET status = $1, end_time = $2, name = $3 WHERE run_id = $4",
+            "UPDATE tracking_runs SET status = $1, end_time = $2, name = $3, data_cache = NULL \
+             WHERE run_id = $4",
         )
         .bind(status.unwrap_or(&info.status))
         .bind(end_time.or(info.end_time))
@@ -871,9 +1049,10 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         // A write first, so SQLite takes its write lock now (see the crate
-        // docs); it also checks the run exists and is active.
+        // docs); it also checks the run exists and is active, and marks its
+        // cached data stale.
         let touched = sqlx::query(
-            "UPDATE tracking_runs SET run_id = run_id WHERE run_id = $1 AND lifecycle_stage = $2",
+            "UPDATE tracking_runs SET data_cache = NULL WHERE run_id = $1 AND lifecycle_stage = $2",
         )
         .bind(run_id)
         .bind(ACTIVE)
@@ -915,14 +1094,19 @@ impl Store {
                 "the run {run_id} must be in the 'active' state"
             )));
         }
-        self.delete_tag(
-            "run_tags",
-            "run_id",
-            Bind::Text(run_id.to_string()),
-            &format!("run {run_id}"),
-            key,
-        )
-        .await
+        let mut tx = self.pool.begin().await?;
+        stale_data(&mut tx, &[run_id]).await?;
+        let deleted = sqlx::query("DELETE FROM run_tags WHERE run_id = $1 AND key = $2")
+            .bind(run_id)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(tag_not_found(&format!("run {run_id}"), key));
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Records datasets a run used: `(name, digest, dataset JSON, tags JSON)`.
@@ -933,6 +1117,7 @@ impl Store {
     ) -> Result<()> {
         self.run_info(run_id).await?;
         let mut tx = self.pool.begin().await?;
+        stale_data(&mut tx, &[run_id]).await?;
         for (name, digest, dataset, tags) in datasets {
             sqlx::query("DELETE FROM run_inputs WHERE run_id = $1 AND name = $2 AND digest = $3")
                 .bind(run_id)
@@ -1010,16 +1195,25 @@ impl Store {
             let column = match o.entity {
                 Entity::Attribute => attribute_column(&o.key).to_string(),
                 Entity::Metric | Entity::Param | Entity::Tag => {
-                    let (table, value) = match o.entity {
-                        Entity::Metric => ("latest_metrics", "value"),
-                        Entity::Param => ("run_params", "value"),
-                        _ => ("run_tags", "value"),
-                    };
-                    let key = binds.text(&o.key);
-                    sql += &format!(
-                        " LEFT JOIN {table} o{i} ON o{i}.run_id = r.run_id AND o{i}.key = {key}"
-                    );
-                    format!("o{i}.{value}")
+                    // A key the filter joins on already has its row at hand.
+                    let filtered = search
+                        .filter
+                        .iter()
+                        .position(|c| joins(c) && c.entity == o.entity && c.key == o.key);
+                    if let Some(f) = filtered {
+                        format!("f{f}.value")
+                    } else {
+                        let table = match o.entity {
+                            Entity::Metric => "latest_metrics",
+                            Entity::Param => "run_params",
+                            _ => "run_tags",
+                        };
+                        let key = binds.text(&o.key);
+                        sql += &format!(
+                            " LEFT JOIN {table} o{i} ON o{i}.run_id = r.run_id AND o{i}.key = {key}"
+                        );
+                        format!("o{i}.value")
+                    }
                 }
                 Entity::Dataset => continue,
             };
@@ -1028,7 +1222,15 @@ impl Store {
                 "CASE WHEN {column} IS NULL THEN 1 ELSE 0 END, {column} {dir}"
             ));
         }
-        // Placeholders in text order: the joins' keys above, then these.
+        // A comparison on a metric, param or tag is a join (each run has at
+        // most one row per key), so the planner may start from the key's
+        // index instead of visiting every run of the experiment.
+        for (i, clause) in search.filter.iter().enumerate() {
+            if let Some(join) = clause_join(i, clause, &mut binds) {
+                sql += &join;
+            }
+        }
+        // Placeholders in text order: the joins' binds above, then these.
         let experiments: Vec<String> = search
             .experiment_ids
             .iter()
@@ -1039,7 +1241,7 @@ impl Store {
             experiments.join(", "),
             search.view.sql("r.lifecycle_stage")
         );
-        for clause in &search.filter {
+        for clause in search.filter.iter().filter(|c| !joins(c)) {
             sql += " AND ";
             sql += &clause_sql(clause, &mut binds);
         }
@@ -1056,23 +1258,29 @@ impl Store {
         // (see complete_runs for why one row).
         let text = |f: &str| format!("length(COALESCE({f}, '')) || ':' || COALESCE({f}, '')");
         let encoded = [
-            "run_id",
-            "CAST(experiment_id AS TEXT)",
-            "name",
-            "user_id",
-            "status",
-            "CAST(start_time AS TEXT)",
-            "CAST(end_time AS TEXT)",
-            "lifecycle_stage",
-            "artifact_uri",
+            "CAST(rn AS TEXT)",
+            "r.run_id",
+            "CAST(r.experiment_id AS TEXT)",
+            "r.name",
+            "r.user_id",
+            &format!("({STATUS_SQL})"),
+            &format!("CAST({START_SQL} AS TEXT)"),
+            &format!("CAST(({END_SQL}) AS TEXT)"),
+            "r.lifecycle_stage",
+            "r.artifact_uri",
+            "r.data_cache",
         ]
         .map(text)
         .join(" || ");
+        // The page's ids are sorted on their own (narrow rows) and only then
+        // joined to what is returned; the page comes back as one row (see
+        // data_of_runs for why), each run numbered, in no particular order.
         let sql = format!(
-            "SELECT string_agg({encoded}, '' ORDER BY rn) AS page FROM (\
-             SELECT {}, ROW_NUMBER() OVER (ORDER BY {order}) AS rn {sql} ORDER BY {order} \
-             LIMIT {} OFFSET {}) t",
-            run_info_columns(),
+            "SELECT string_agg({encoded}, '') AS page FROM (\
+             SELECT r.run_id AS id, ROW_NUMBER() OVER (ORDER BY {order}) AS rn \
+             {sql} ORDER BY {order} LIMIT {} OFFSET {}) p \
+             JOIN tracking_runs r ON r.run_id = p.id \
+             LEFT JOIN step_runs ws ON ws.id = r.run_id LEFT JOIN runs wp ON wp.id = r.run_id",
             binds.push(Bind::Int(search.max_results + 1)),
             binds.push(Bind::Int(search.offset)),
         );
@@ -1090,25 +1298,42 @@ impl Store {
                 t => t.parse().map(Some).map_err(|_| corrupt()),
             }
         };
-        let mut infos = decode_fields(page.as_deref().unwrap_or(""), 9, "tracking_runs")?
+        let mut records = decode_fields(page.as_deref().unwrap_or(""), 11, "tracking_runs")?
             .into_iter()
-            .map(|mut f| {
+            .map(|f| Ok((f[0].parse::<i64>().map_err(|_| corrupt())?, f)))
+            .collect::<Result<Vec<_>>>()?;
+        records.sort_unstable_by_key(|(rn, _)| *rn);
+        let more = records.len() as i64 > search.max_results;
+        records.truncate(search.max_results.max(0) as usize);
+        let mut data = HashMap::new();
+        let mut stale = Vec::new();
+        let infos = records
+            .into_iter()
+            .map(|(_, f)| {
+                match f[10] {
+                    "" => stale.push(f[1].to_string()),
+                    cached => {
+                        data.insert(f[1].to_string(), RunData::decode(cached)?);
+                    }
+                }
                 Ok(RunInfo {
-                    experiment_id: f[1].parse().map_err(|_| corrupt())?,
-                    start_time: time(&f[5])?,
-                    end_time: time(&f[6])?,
-                    artifact_uri: std::mem::take(&mut f[8]),
-                    lifecycle_stage: std::mem::take(&mut f[7]),
-                    status: std::mem::take(&mut f[4]),
-                    user_id: std::mem::take(&mut f[3]),
-                    name: std::mem::take(&mut f[2]),
-                    run_id: std::mem::take(&mut f[0]),
+                    run_id: f[1].to_string(),
+                    experiment_id: f[2].parse().map_err(|_| corrupt())?,
+                    name: f[3].to_string(),
+                    user_id: f[4].to_string(),
+                    status: f[5].to_string(),
+                    start_time: time(f[6])?,
+                    end_time: time(f[7])?,
+                    lifecycle_stage: f[8].to_string(),
+                    artifact_uri: f[9].to_string(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let more = infos.len() as i64 > search.max_results;
-        infos.truncate(search.max_results.max(0) as usize);
-        Ok((self.complete_runs(infos, true).await?, more))
+        if !stale.is_empty() {
+            let stale: Vec<&str> = stale.iter().map(String::as_str).collect();
+            data.extend(self.refresh_data(&stale).await?);
+        }
+        Ok((Store::assemble(infos, data), more))
     }
 
     pub async fn put_artifact_path(&self, path: &str, digest: &str, size: i64) -> Result<()> {
@@ -1206,49 +1431,97 @@ pub(crate) fn value_sql(clause: &Clause, column: &str, binds: &mut Binds) -> Str
 }
 
 /// One filter clause as a SQL condition on the run `r`.
+/// Whether a clause is written as a join (see [`clause_join`]).
+fn joins(clause: &Clause) -> bool {
+    matches!(
+        clause.entity,
+        Entity::Metric | Entity::Param | Entity::Tag
+    ) && !matches!(
+        clause.comparator,
+        Comparator::IsNull | Comparator::IsNotNull
+    )
+}
+
+/// A comparison on the `i`th clause's metric, param or tag as an inner join
+/// on its row: the same runs as `EXISTS`, since a run has one row per key.
+fn clause_join(i: usize, clause: &Clause, binds: &mut Binds) -> Option<String> {
+    if !joins(clause) {
+        return None;
+    }
+    let table = match clause.entity {
+        Entity::Metric => "latest_metrics",
+        Entity::Param => "run_params",
+        _ => "run_tags",
+    };
+    let key = binds.text(&clause.key);
+    let nan = if clause.entity == Entity::Metric {
+        format!(" AND f{i}.is_nan = 0")
+    } else {
+        String::new()
+    };
+    Some(format!(
+        " JOIN {table} f{i} ON f{i}.run_id = r.run_id AND f{i}.key = {key}{nan} AND {}",
+        value_sql(clause, &format!("f{i}.value"), binds)
+    ))
+}
+
+/// A clause as a condition on the run `r`.
 fn clause_sql(clause: &Clause, binds: &mut Binds) -> String {
-    let c = clause.comparator;
-    match clause.entity {
-        Entity::Attribute => value_sql(clause, attribute_column(&clause.key), binds),
-        Entity::Metric | Entity::Param | Entity::Tag => {
-            let table = match clause.entity {
-                Entity::Metric => "latest_metrics",
-                Entity::Param => "run_params",
-                _ => "run_tags",
-            };
-            let key = binds.text(&clause.key);
-            match c {
-                Comparator::IsNull => format!(
-                    "NOT EXISTS (SELECT 1 FROM {table} f WHERE f.run_id = r.run_id AND f.key = {key})"
-                ),
-                Comparator::IsNotNull => format!(
-                    "EXISTS (SELECT 1 FROM {table} f WHERE f.run_id = r.run_id AND f.key = {key})"
-                ),
-                _ => {
-                    let nan = if clause.entity == Entity::Metric {
-                        " AND f.is_nan = 0"
-                    } else {
-                        ""
-                    };
-                    format!(
-                        "EXISTS (SELECT 1 FROM {table} f WHERE f.run_id = r.run_id AND f.key = {key}{nan} AND {})",
-                        value_sql(clause, "f.value", binds)
-                    )
-                }
-            }
-        }
+    let table = match clause.entity {
+        Entity::Attribute => return value_sql(clause, attribute_column(&clause.key), binds),
         Entity::Dataset => {
             let column = match clause.key.as_str() {
                 "name" => "d.name",
                 "digest" => "d.digest",
                 _ => "d.tags_json",
             };
-            format!(
+            return format!(
                 "EXISTS (SELECT 1 FROM run_inputs d WHERE d.run_id = r.run_id AND {})",
                 value_sql(clause, column, binds)
-            )
+            );
+        }
+        Entity::Metric => "latest_metrics",
+        Entity::Param => "run_params",
+        Entity::Tag => "run_tags",
+    };
+    let key = binds.text(&clause.key);
+    let exists = format!("EXISTS (SELECT 1 FROM {table} f WHERE f.run_id = r.run_id AND f.key = {key}");
+    match clause.comparator {
+        Comparator::IsNull => format!("NOT {exists})"),
+        Comparator::IsNotNull => format!("{exists})"),
+        // Search writes these as joins; as a condition they read the same.
+        _ => {
+            let nan = if clause.entity == Entity::Metric { " AND f.is_nan = 0" } else { "" };
+            format!("{exists}{nan} AND {})", value_sql(clause, "f.value", binds))
         }
     }
+}
+
+fn tag_not_found(what: &str, key: &str) -> StoreError {
+    StoreError::NotFound {
+        kind: "tag",
+        id: key.to_string(),
+        hint: format!("{what} has no tag '{key}'"),
+    }
+}
+
+/// Marks runs' cached data (`tracking_runs.data_cache`) stale. Whatever
+/// writes a run's params, tags, latest metrics, inputs or models calls this
+/// (or clears the column itself) in the same transaction; the writers below
+/// do not.
+pub(crate) async fn stale_data(tx: &mut Transaction<'_, Any>, run_ids: &[&str]) -> Result<()> {
+    let mut binds = Binds::for_tx(tx);
+    let list: Vec<String> = run_ids.iter().map(|id| binds.text(*id)).collect();
+    bind_all(
+        sqlx::query(&format!(
+            "UPDATE tracking_runs SET data_cache = NULL WHERE run_id IN ({})",
+            list.join(", ")
+        )),
+        binds.values(),
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Whether a tracking run exists (pipeline runs from before tracking have none).
@@ -1280,6 +1553,7 @@ async fn upsert_experiment_tag(
     Ok(())
 }
 
+/// The caller marks the runs' cached data stale ([`stale_data`]).
 pub(crate) async fn upsert_run_tags(
     tx: &mut Transaction<'_, Any>,
     run_id: &str,
@@ -1293,6 +1567,7 @@ pub(crate) async fn upsert_run_tags(
 }
 
 /// `(run_id, key, value)` rows, a multi-row statement per chunk.
+/// The caller marks the runs' cached data stale ([`stale_data`]).
 pub(crate) async fn upsert_tags_of_runs(
     tx: &mut Transaction<'_, Any>,
     tags: &[(&str, &str, &str)],
@@ -1328,6 +1603,7 @@ pub(crate) async fn upsert_tags_of_runs(
     Ok(())
 }
 
+/// The caller marks the runs' cached data stale ([`stale_data`]).
 pub(crate) async fn insert_params(
     tx: &mut Transaction<'_, Any>,
     run_id: &str,
@@ -1404,6 +1680,7 @@ fn newer(a: Point, b: Point) -> bool {
     (a.0, a.1) > (b.0, b.1) || ((a.0, a.1) == (b.0, b.1) && value(a) > value(b))
 }
 
+/// The caller marks the runs' cached data stale ([`stale_data`]).
 pub(crate) async fn insert_metric_points(
     tx: &mut Transaction<'_, Any>,
     run_id: &str,
@@ -1725,6 +2002,7 @@ impl Store {
     ) -> Result<()> {
         self.run_info(run_id).await?;
         let mut tx = self.pool.begin().await?;
+        stale_data(&mut tx, &[run_id]).await?;
         for (model_id, step) in models {
             sqlx::query(
                 "INSERT INTO run_models (run_id, model_id, direction, step) VALUES ($1, $2, $3, $4) \
@@ -1783,13 +2061,49 @@ async fn upsert_model_pairs(
 
 #[cfg(test)]
 mod tests {
-    use super::{decode_fields, unpack_points};
+    use super::{decode_fields, unpack_points, DatasetInput, Metric, RunData};
 
-    fn fields(records: &[&[&str]]) -> Vec<Vec<String>> {
-        records
-            .iter()
-            .map(|r| r.iter().map(|f| f.to_string()).collect())
-            .collect()
+    fn fields<'a>(records: &[&[&'a str]]) -> Vec<Vec<&'a str>> {
+        records.iter().map(|r| r.to_vec()).collect()
+    }
+
+    #[test]
+    fn cached_run_data_round_trips_every_bit() {
+        let metric = |key: &str, value: f64| Metric {
+            key: key.into(),
+            value,
+            timestamp: -3,
+            step: i64::MAX,
+        };
+        let data = RunData {
+            params: vec![("lr".into(), "0.1".into()), ("".into(), "a:1:b".into())],
+            tags: vec![("note".into(), "日本 é\n".into())],
+            metrics: vec![
+                metric("nan", f64::NAN),
+                metric("neg_zero", -0.0),
+                metric("max", f64::MAX),
+                metric("tiny", 5e-324),
+                metric("third", 1.0 / 3.0),
+            ],
+            inputs: vec![DatasetInput {
+                dataset_json: r#"{"name":"d"}"#.into(),
+                tags_json: "[]".into(),
+            }],
+            models: vec![("m-1".into(), "output".into(), 7)],
+        };
+        let back = RunData::decode(&data.encode()).unwrap();
+        assert_eq!(back.params, data.params);
+        assert_eq!(back.tags, data.tags);
+        assert_eq!(back.inputs, data.inputs);
+        assert_eq!(back.models, data.models);
+        for (a, b) in back.metrics.iter().zip(&data.metrics) {
+            assert_eq!(a.value.to_bits(), b.value.to_bits(), "{}", a.key);
+            assert_eq!((&a.key, a.timestamp, a.step), (&b.key, b.timestamp, b.step));
+        }
+        assert_eq!(RunData::decode(&RunData::default().encode()).unwrap(), RunData::default());
+        // A cache cut short is an error.
+        let text = data.encode();
+        assert!(RunData::decode(&text[..text.len() - 2]).is_err());
     }
 
     #[test]

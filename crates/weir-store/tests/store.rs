@@ -522,7 +522,107 @@ store_suite!(
     late_step_transitions_cannot_revive_a_reaped_run,
     study_trials_round_trip_and_replace,
     deployments_change_by_revision_with_their_events,
+    search_sees_every_write_after_caching_a_run,
 );
+
+/// One search of `exp` for `filter`, ordered by `metrics.acc DESC`.
+async fn search(s: &Store, exp: i64, filter: &str) -> Vec<tracking::TrackingRun> {
+    s.search_tracking_runs(&tracking::RunSearch {
+        experiment_ids: vec![exp],
+        filter: filter::parse(filter).unwrap(),
+        view: tracking::ViewType::ActiveOnly,
+        order_by: vec![filter::parse_order_by("metrics.acc DESC").unwrap()],
+        max_results: 100,
+        offset: 0,
+    })
+    .await
+    .unwrap()
+    .0
+}
+
+/// A search caches what it returns of each run (`data_cache`); every kind of
+/// write afterwards must show in the next search, exactly as `tracking_run`
+/// (which never reads the cache) sees it.
+async fn search_sees_every_write_after_caching_a_run(s: &Store) {
+    let exp = s.create_experiment("cached", None, &[]).await.unwrap();
+    let metric = |key: &str, value: f64, step: i64| tracking::Metric {
+        key: key.into(),
+        value,
+        timestamp: 1,
+        step,
+    };
+    let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+    for (id, acc) in [("a", 0.9), ("b", 0.7)] {
+        let run_id = format!("{id:0>32}");
+        s.create_tracking_run(&tracking::NewTrackingRun {
+            run_id: run_id.clone(),
+            experiment_id: exp,
+            name: format!("run-{id}"),
+            user_id: "u".into(),
+            start_time: Some(1),
+            tags: vec![],
+        })
+        .await
+        .unwrap();
+        s.log_batch(
+            &run_id,
+            &[metric("acc", acc, 0), metric("loss", f64::NAN, 0)],
+            &[pair("lr", "0.1"), pair("note", "a:b 日本")],
+            &[pair("team", "x")],
+        )
+        .await
+        .unwrap();
+    }
+    let a = format!("{:0>32}", "a");
+    // Each search must equal the runs read one by one (no cache there).
+    let check = |runs: Vec<tracking::TrackingRun>| async move {
+        for run in &runs {
+            let fresh = s.tracking_run(&run.info.run_id).await.unwrap();
+            assert_eq!(run.params, fresh.params);
+            assert_eq!(run.tags, fresh.tags);
+            assert_eq!(run.inputs, fresh.inputs);
+            assert_eq!(run.models, fresh.models);
+            assert_eq!(run.metrics.len(), fresh.metrics.len());
+            for (m, f) in run.metrics.iter().zip(&fresh.metrics) {
+                assert_eq!((&m.key, m.step, m.timestamp), (&f.key, f.step, f.timestamp));
+                assert!(m.value.to_bits() == f.value.to_bits() || (m.value.is_nan() && f.value.is_nan()));
+            }
+        }
+        runs
+    };
+    let runs = check(search(s, exp, "metrics.acc > 0.5").await).await;
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0].info.run_id, a);
+    assert!(runs[0].metrics.iter().any(|m| m.key == "loss" && m.value.is_nan()));
+    // Served from the cache now; the same again (NaN != NaN, so as text).
+    let again = check(search(s, exp, "metrics.acc > 0.5").await).await;
+    assert_eq!(format!("{again:?}"), format!("{runs:?}"));
+
+    // A newer metric value, a new param and a changed tag.
+    s.log_batch(&a, &[metric("acc", 0.1, 1)], &[pair("depth", "3")], &[pair("team", "y")])
+        .await
+        .unwrap();
+    let runs = check(search(s, exp, "").await).await;
+    let run_a = runs.iter().find(|r| r.info.run_id == a).unwrap();
+    assert_eq!(run_a.metrics.iter().find(|m| m.key == "acc").unwrap().value, 0.1);
+    assert!(run_a.params.contains(&pair("depth", "3")));
+    assert!(run_a.tags.contains(&pair("team", "y")));
+    assert_eq!(runs.last().unwrap().info.run_id, a, "ordered by the new acc");
+    assert_eq!(search(s, exp, "metrics.acc > 0.5").await.len(), 1);
+
+    // A deleted tag, a renamed run, a dataset input and a logged model.
+    s.delete_run_tag(&a, "team").await.unwrap();
+    s.update_tracking_run(&a, None, None, Some("renamed")).await.unwrap();
+    s.log_inputs(&a, &[("ds".into(), "d1".into(), "{}".into(), "[]".into())])
+        .await
+        .unwrap();
+    let runs = check(search(s, exp, "params.lr = '0.1'").await).await;
+    let run_a = runs.iter().find(|r| r.info.run_id == a).unwrap();
+    assert!(!run_a.tags.iter().any(|(k, _)| k == "team"));
+    assert!(run_a.tags.contains(&pair("mlflow.runName", "renamed")));
+    assert_eq!(run_a.inputs.len(), 1);
+    assert_eq!(search(s, exp, "tags.team = 'x'").await.len(), 1);
+}
 
 /// The controller and `weir rollout` both write an endpoint: a write based
 /// on a revision someone else has moved past is refused, and nothing of it

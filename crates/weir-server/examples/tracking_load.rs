@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::{Rng, SeedableRng};
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 
 fn main() {
     if let Err(e) = run() {

@@ -152,6 +152,10 @@ fn pool_options(backend: Backend) -> AnyPoolOptions {
     match backend {
         Backend::Sqlite => AnyPoolOptions::new()
             .max_connections(4)
+            // A file connection cannot drop the way a socket can; pinging it
+            // on every checkout costs each request another round trip to
+            // the connection's thread.
+            .test_before_acquire(false)
             .after_connect(|conn, _meta| {
                 Box::pin(async move {
                     // WAL lets readers run beside one writer; NORMAL sync is

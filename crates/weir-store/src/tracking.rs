@@ -442,12 +442,15 @@ async fn data_of_runs(
     for f in decode_fields(points.as_deref().unwrap_or(""), 6, "latest_metrics")? {
         let int = |s: &str| s.parse::<i64>().map_err(|_| corrupt("not an integer"));
         let value: f64 = f[2].parse().map_err(|_| corrupt("not a number"))?;
-        out.entry(f[0].to_string()).or_default().metrics.push(Metric {
-            key: f[1].to_string(),
-            value: if int(&f[5])? != 0 { f64::NAN } else { value },
-            timestamp: int(&f[3])?,
-            step: int(&f[4])?,
-        });
+        out.entry(f[0].to_string())
+            .or_default()
+            .metrics
+            .push(Metric {
+                key: f[1].to_string(),
+                value: if int(&f[5])? != 0 { f64::NAN } else { value },
+                timestamp: int(&f[3])?,
+                step: int(&f[4])?,
+            });
     }
     let rows = bind_all(
         sqlx::query(&format!(
@@ -971,7 +974,14 @@ impl Store {
         let data = data_of_runs(&mut tx, self.backend, ids).await?;
         let encoded: Vec<(&str, String)> = ids
             .iter()
-            .map(|id| (*id, data.get(*id).map(RunData::encode).unwrap_or_else(|| RunData::default().encode())))
+            .map(|id| {
+                (
+                    *id,
+                    data.get(*id)
+                        .map(RunData::encode)
+                        .unwrap_or_else(|| RunData::default().encode()),
+                )
+            })
             .collect();
         for chunk in encoded.chunks(ROWS_PER_INSERT) {
             let mut binds = Binds::new(self.backend);
@@ -1433,13 +1443,11 @@ pub(crate) fn value_sql(clause: &Clause, column: &str, binds: &mut Binds) -> Str
 /// One filter clause as a SQL condition on the run `r`.
 /// Whether a clause is written as a join (see [`clause_join`]).
 fn joins(clause: &Clause) -> bool {
-    matches!(
-        clause.entity,
-        Entity::Metric | Entity::Param | Entity::Tag
-    ) && !matches!(
-        clause.comparator,
-        Comparator::IsNull | Comparator::IsNotNull
-    )
+    matches!(clause.entity, Entity::Metric | Entity::Param | Entity::Tag)
+        && !matches!(
+            clause.comparator,
+            Comparator::IsNull | Comparator::IsNotNull
+        )
 }
 
 /// A comparison on the `i`th clause's metric, param or tag as an inner join
@@ -1485,13 +1493,18 @@ fn clause_sql(clause: &Clause, binds: &mut Binds) -> String {
         Entity::Tag => "run_tags",
     };
     let key = binds.text(&clause.key);
-    let exists = format!("EXISTS (SELECT 1 FROM {table} f WHERE f.run_id = r.run_id AND f.key = {key}");
+    let exists =
+        format!("EXISTS (SELECT 1 FROM {table} f WHERE f.run_id = r.run_id AND f.key = {key}");
     match clause.comparator {
         Comparator::IsNull => format!("NOT {exists})"),
         Comparator::IsNotNull => format!("{exists})"),
         // Search writes these as joins; as a condition they read the same.
         _ => {
-            let nan = if clause.entity == Entity::Metric { " AND f.is_nan = 0" } else { "" };
+            let nan = if clause.entity == Entity::Metric {
+                " AND f.is_nan = 0"
+            } else {
+                ""
+            };
             format!("{exists}{nan} AND {})", value_sql(clause, "f.value", binds))
         }
     }
@@ -1619,6 +1632,38 @@ pub(crate) async fn insert_params(
             }
         }
     }
+    // New keys are inserted; a key the run already has is left as it is,
+    // and only then (rows short of the batch) compared.
+    let pairs: Vec<(&str, &str)> = wanted.iter().map(|(k, v)| (*k, *v)).collect();
+    let mut inserted = 0;
+    for chunk in pairs.chunks(ROWS_PER_INSERT) {
+        let mut binds = Binds::for_tx(tx);
+        let rows: Vec<String> = chunk
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "({}, {}, {})",
+                    binds.text(run_id),
+                    binds.text(*k),
+                    binds.text(*v)
+                )
+            })
+            .collect();
+        inserted += bind_all(
+            sqlx::query(&format!(
+                "INSERT INTO run_params (run_id, key, value) VALUES {} \
+                 ON CONFLICT (run_id, key) DO NOTHING",
+                rows.join(", ")
+            )),
+            binds.values(),
+        )
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    }
+    if inserted == pairs.len() as u64 {
+        return Ok(());
+    }
     let mut binds = Binds::for_tx(tx);
     let run = binds.text(run_id);
     let keys: Vec<String> = wanted.keys().map(|k| binds.text(*k)).collect();
@@ -1634,38 +1679,16 @@ pub(crate) async fn insert_params(
     for row in existing {
         let key: String = row.try_get("key")?;
         let old: String = row.try_get("value")?;
-        if let Some(new) = wanted.remove(key.as_str()) {
-            if new != old {
+        if let Some(new) = wanted.get(key.as_str()) {
+            if *new != old {
+                // The caller's transaction is dropped with this error: the
+                // keys inserted above go with it.
                 return Err(StoreError::Invalid(format!(
                     "changing param values is not allowed. Param with key='{key}' was already logged \
                      with value='{old}' for run ID='{run_id}'. Attempted logging new value '{new}'."
                 )));
             }
         }
-    }
-    let wanted: Vec<(&str, &str)> = wanted.into_iter().collect();
-    for chunk in wanted.chunks(ROWS_PER_INSERT) {
-        let mut binds = Binds::for_tx(tx);
-        let rows: Vec<String> = chunk
-            .iter()
-            .map(|(k, v)| {
-                format!(
-                    "({}, {}, {})",
-                    binds.text(run_id),
-                    binds.text(*k),
-                    binds.text(*v)
-                )
-            })
-            .collect();
-        bind_all(
-            sqlx::query(&format!(
-                "INSERT INTO run_params (run_id, key, value) VALUES {}",
-                rows.join(", ")
-            )),
-            binds.values(),
-        )
-        .execute(&mut **tx)
-        .await?;
     }
     Ok(())
 }
@@ -2100,7 +2123,10 @@ mod tests {
             assert_eq!(a.value.to_bits(), b.value.to_bits(), "{}", a.key);
             assert_eq!((&a.key, a.timestamp, a.step), (&b.key, b.timestamp, b.step));
         }
-        assert_eq!(RunData::decode(&RunData::default().encode()).unwrap(), RunData::default());
+        assert_eq!(
+            RunData::decode(&RunData::default().encode()).unwrap(),
+            RunData::default()
+        );
         // A cache cut short is an error.
         let text = data.encode();
         assert!(RunData::decode(&text[..text.len() - 2]).is_err());

@@ -585,7 +585,10 @@ async fn search_sees_every_write_after_caching_a_run(s: &Store) {
             assert_eq!(run.metrics.len(), fresh.metrics.len());
             for (m, f) in run.metrics.iter().zip(&fresh.metrics) {
                 assert_eq!((&m.key, m.step, m.timestamp), (&f.key, f.step, f.timestamp));
-                assert!(m.value.to_bits() == f.value.to_bits() || (m.value.is_nan() && f.value.is_nan()));
+                assert!(
+                    m.value.to_bits() == f.value.to_bits()
+                        || (m.value.is_nan() && f.value.is_nan())
+                );
             }
         }
         runs
@@ -593,26 +596,43 @@ async fn search_sees_every_write_after_caching_a_run(s: &Store) {
     let runs = check(search(s, exp, "metrics.acc > 0.5").await).await;
     assert_eq!(runs.len(), 2);
     assert_eq!(runs[0].info.run_id, a);
-    assert!(runs[0].metrics.iter().any(|m| m.key == "loss" && m.value.is_nan()));
+    assert!(runs[0]
+        .metrics
+        .iter()
+        .any(|m| m.key == "loss" && m.value.is_nan()));
     // Served from the cache now; the same again (NaN != NaN, so as text).
     let again = check(search(s, exp, "metrics.acc > 0.5").await).await;
     assert_eq!(format!("{again:?}"), format!("{runs:?}"));
 
     // A newer metric value, a new param and a changed tag.
-    s.log_batch(&a, &[metric("acc", 0.1, 1)], &[pair("depth", "3")], &[pair("team", "y")])
-        .await
-        .unwrap();
+    s.log_batch(
+        &a,
+        &[metric("acc", 0.1, 1)],
+        &[pair("depth", "3")],
+        &[pair("team", "y")],
+    )
+    .await
+    .unwrap();
     let runs = check(search(s, exp, "").await).await;
     let run_a = runs.iter().find(|r| r.info.run_id == a).unwrap();
-    assert_eq!(run_a.metrics.iter().find(|m| m.key == "acc").unwrap().value, 0.1);
+    assert_eq!(
+        run_a.metrics.iter().find(|m| m.key == "acc").unwrap().value,
+        0.1
+    );
     assert!(run_a.params.contains(&pair("depth", "3")));
     assert!(run_a.tags.contains(&pair("team", "y")));
-    assert_eq!(runs.last().unwrap().info.run_id, a, "ordered by the new acc");
+    assert_eq!(
+        runs.last().unwrap().info.run_id,
+        a,
+        "ordered by the new acc"
+    );
     assert_eq!(search(s, exp, "metrics.acc > 0.5").await.len(), 1);
 
     // A deleted tag, a renamed run, a dataset input and a logged model.
     s.delete_run_tag(&a, "team").await.unwrap();
-    s.update_tracking_run(&a, None, None, Some("renamed")).await.unwrap();
+    s.update_tracking_run(&a, None, None, Some("renamed"))
+        .await
+        .unwrap();
     s.log_inputs(&a, &[("ds".into(), "d1".into(), "{}".into(), "[]".into())])
         .await
         .unwrap();

@@ -447,9 +447,9 @@ async fn data_of_runs(
             .metrics
             .push(Metric {
                 key: f[1].to_string(),
-                value: if int(&f[5])? != 0 { f64::NAN } else { value },
-                timestamp: int(&f[3])?,
-                step: int(&f[4])?,
+                value: if int(f[5])? != 0 { f64::NAN } else { value },
+                timestamp: int(f[3])?,
+                step: int(f[4])?,
             });
     }
     let rows = bind_all(
@@ -1341,7 +1341,16 @@ impl Store {
             .collect::<Result<Vec<_>>>()?;
         if !stale.is_empty() {
             let stale: Vec<&str> = stale.iter().map(String::as_str).collect();
-            data.extend(self.refresh_data(&stale).await?);
+            let fresh = match self.refresh_data(&stale).await {
+                Ok(fresh) => fresh,
+                // A store this process may only read, or one kept busy past
+                // the timeout, still answers; it just caches nothing.
+                Err(_) => {
+                    let mut conn = self.pool.acquire().await?;
+                    data_of_runs(&mut conn, self.backend, &stale).await?
+                }
+            };
+            data.extend(fresh);
         }
         Ok((Store::assemble(infos, data), more))
     }

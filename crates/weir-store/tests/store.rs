@@ -715,6 +715,46 @@ async fn deployments_change_by_revision_with_their_events(s: &Store) {
     assert!(s.deployment("nope").await.unwrap_err().is_not_found());
 }
 
+/// A search through a store this process may only read cannot cache what it
+/// reads; it answers all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_store_searches_without_caching() {
+    let dir = std::env::temp_dir().join(format!("weir-store-{}", weir_core::new_id()));
+    let url = format!("sqlite://{}/weir.db", dir.display());
+    let _cleanup = tempfile_dir::TempDir(dir);
+    let writer = Store::open(&url).await.unwrap();
+    let exp = writer.create_experiment("ro", None, &[]).await.unwrap();
+    let run_id = weir_core::new_id();
+    writer
+        .create_tracking_run(&tracking::NewTrackingRun {
+            run_id: run_id.clone(),
+            experiment_id: exp,
+            name: "r".into(),
+            user_id: String::new(),
+            start_time: Some(1),
+            tags: vec![],
+        })
+        .await
+        .unwrap();
+    let acc = tracking::Metric {
+        key: "acc".into(),
+        value: 0.75,
+        timestamp: 1,
+        step: 0,
+    };
+    writer
+        .log_batch(&run_id, &[acc], &[("lr".into(), "0.1".into())], &[])
+        .await
+        .unwrap();
+    let reader = Store::connect(&format!("{url}?mode=ro")).await.unwrap();
+    for store in [&reader, &writer, &reader] {
+        let runs = search(store, exp, "metrics.acc > 0.5").await;
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].params, vec![("lr".to_string(), "0.1".to_string())]);
+        assert_eq!(runs[0].metrics[0].value, 0.75);
+    }
+}
+
 /// Separate stores on one SQLite file stand for separate `weir exec`
 /// processes: their concurrent commits must all land, none failing with
 /// "database is locked".

@@ -6,7 +6,8 @@
 # this driver costs the client ~0.2 ms a log-batch iteration, so the ratios
 # are the servers'. Run the peer script first: it creates the venv with MLflow.
 #   Knobs: the peer script's (LOG_SECONDS, CONC_SECONDS, SEARCH_RUNS, ...);
-#   ONLY=weir or ONLY=mlflow runs one side.
+#   ONLY=weir or ONLY=mlflow runs one side; BACKEND=postgres puts Weir on a
+#   fresh database on 127.0.0.1:5432 (MLflow stays on SQLite, as in the peer).
 # Last stdout line: one JSON object {"mlflow": {...}, "weir": {...}, "ratios": {...}}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,11 +23,16 @@ export LOG_SECONDS="${LOG_SECONDS:-20}" CONC_SECONDS="${CONC_SECONDS:-10}" CONC_
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 SERVER_PID=""
+DB=""
 stop_server() {
   [ -n "$SERVER_PID" ] && { kill -- -"$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; }
   SERVER_PID=""
 }
-trap stop_server EXIT
+cleanup() {
+  stop_server
+  [ -z "$DB" ] || psql postgres://postgres@127.0.0.1:5432/postgres -qc "DROP DATABASE IF EXISTS $DB" || true
+}
+trap cleanup EXIT
 
 # measure NAME CMD...: starts the server in its own session, waits for
 # /health, runs the driver, prints the driver's JSON plus time to ready and RSS.
@@ -63,6 +69,11 @@ if [ "$ONLY" != weir ]; then
 fi
 if [ "$ONLY" != mlflow ]; then
   PORT="$(free_port)"
+  if [ "${BACKEND:-sqlite}" = postgres ]; then
+    DB="weir_driver_$$"
+    psql postgres://postgres@127.0.0.1:5432/postgres -qc "CREATE DATABASE $DB"
+    export WEIR_DB="postgres://postgres@127.0.0.1:5432/$DB"
+  fi
   WEIR_HOME="$WORK/weir" measure weir "$PORT" target/release/weir server --addr "127.0.0.1:$PORT"
 fi
 
@@ -74,6 +85,7 @@ for side in ("mlflow", "weir"):
     p = os.path.join(work, side + ".json")
     if os.path.exists(p):
         out[side] = json.load(open(p))
+out.get("weir", {})["backend"] = os.environ.get("BACKEND", "sqlite")
 if len(out) == 2:
     m, w = out["mlflow"], out["weir"]
     r = lambda a, b: round(a / b, 1) if b else None

@@ -279,7 +279,7 @@ pub(crate) struct RunData {
 
 impl RunData {
     /// The form kept in `tracking_runs.data_cache`: length-prefixed fields
-    /// (as [`decode_fields`] reads them), the three counts first.
+    /// (as [`decode_fields`] reads them), the five counts first.
     fn encode(&self) -> String {
         let mut out = String::new();
         let mut field = |text: &str| {
@@ -1264,8 +1264,6 @@ impl Store {
         }
         order.push("r.run_id ASC".into());
         let order = order.join(", ");
-        // The page comes back as one row, its runs length-prefixed in order
-        // (see complete_runs for why one row).
         let text = |f: &str| format!("length(COALESCE({f}, '')) || ':' || COALESCE({f}, '')");
         let encoded = [
             "CAST(rn AS TEXT)",
@@ -1320,10 +1318,11 @@ impl Store {
         let infos = records
             .into_iter()
             .map(|(_, f)| {
-                match f[10] {
-                    "" => stale.push(f[1].to_string()),
-                    cached => {
-                        data.insert(f[1].to_string(), RunData::decode(cached)?);
+                // Cleared (empty), or, should it ever not decode, rebuilt alike.
+                match (f[10], RunData::decode(f[10])) {
+                    ("", _) | (_, Err(_)) => stale.push(f[1].to_string()),
+                    (_, Ok(cached)) => {
+                        data.insert(f[1].to_string(), cached);
                     }
                 }
                 Ok(RunInfo {

@@ -716,9 +716,10 @@ async fn deployments_change_by_revision_with_their_events(s: &Store) {
 }
 
 /// A search through a store this process may only read cannot cache what it
-/// reads; it answers all the same.
+/// reads; it answers all the same. Nor does a cache that does not decode stop
+/// a search.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_read_only_store_searches_without_caching() {
+async fn a_read_only_store_searches_without_caching_and_a_bad_cache_is_rebuilt() {
     let dir = std::env::temp_dir().join(format!("weir-store-{}", weir_core::new_id()));
     let url = format!("sqlite://{}/weir.db", dir.display());
     let _cleanup = tempfile_dir::TempDir(dir);
@@ -747,12 +748,24 @@ async fn a_read_only_store_searches_without_caching() {
         .await
         .unwrap();
     let reader = Store::connect(&format!("{url}?mode=ro")).await.unwrap();
-    for store in [&reader, &writer, &reader] {
-        let runs = search(store, exp, "metrics.acc > 0.5").await;
+    let check = |runs: Vec<tracking::TrackingRun>| {
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].params, vec![("lr".to_string(), "0.1".to_string())]);
         assert_eq!(runs[0].metrics[0].value, 0.75);
+    };
+    for store in [&reader, &writer, &reader] {
+        check(search(store, exp, "metrics.acc > 0.5").await);
     }
+    // A cache that does not decode is rebuilt, not an error.
+    sqlx::any::install_default_drivers();
+    let mut raw = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE tracking_runs SET data_cache = '3:abc'")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    check(search(&writer, exp, "metrics.acc > 0.5").await);
 }
 
 /// Separate stores on one SQLite file stand for separate `weir exec`

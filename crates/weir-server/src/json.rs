@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 use serde_json::{json, Map, Value};
+use weir_store::run_json::{Double, RunBody};
 use weir_store::tracking::{Experiment, LoggedModel, Metric, RunInfo, TrackingRun};
 
 pub fn key_values(items: &[(String, String)]) -> Value {
@@ -28,15 +29,7 @@ pub fn experiment(e: &Experiment) -> Value {
 
 /// A double as protobuf writes it: JSON has no NaN.
 pub fn double(v: f64) -> Value {
-    if v.is_nan() {
-        Value::String("NaN".into())
-    } else if v == f64::INFINITY {
-        Value::String("Infinity".into())
-    } else if v == f64::NEG_INFINITY {
-        Value::String("-Infinity".into())
-    } else {
-        json!(v)
-    }
+    serde_json::to_value(Double(v)).expect("a double serializes")
 }
 
 pub fn metric(m: &Metric) -> Value {
@@ -62,18 +55,17 @@ pub fn run_info(i: &RunInfo) -> Value {
     Value::Object(o)
 }
 
-/// A run as MLflow's JSON has it, serialized straight from the store's
-/// records (a search answers with up to 50,000 of them).
+/// A run as MLflow's JSON has it: its info, then the store's rendering of
+/// its data, inputs and outputs (the form a search copies from its cache).
 #[derive(Serialize)]
 pub struct RunJson<'a> {
     info: RunInfoJson<'a>,
-    data: RunData<'a>,
-    inputs: RunInputs<'a>,
-    outputs: RunOutputs<'a>,
+    #[serde(flatten)]
+    body: RunBody<'a>,
 }
 
 #[derive(Serialize)]
-struct RunInfoJson<'a> {
+pub struct RunInfoJson<'a> {
     run_id: &'a str,
     run_uuid: &'a str,
     run_name: &'a str,
@@ -88,131 +80,25 @@ struct RunInfoJson<'a> {
     lifecycle_stage: &'a str,
 }
 
-#[derive(Serialize)]
-struct Pair<'a> {
-    key: &'a str,
-    value: &'a str,
-}
-
-#[derive(Serialize)]
-struct MetricJson<'a> {
-    key: &'a str,
-    value: Double,
-    timestamp: i64,
-    step: i64,
-}
-
-/// A double as protobuf writes it: JSON has no NaN or infinities.
-struct Double(f64);
-
-impl Serialize for Double {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let v = self.0;
-        if v.is_nan() {
-            s.serialize_str("NaN")
-        } else if v == f64::INFINITY {
-            s.serialize_str("Infinity")
-        } else if v == f64::NEG_INFINITY {
-            s.serialize_str("-Infinity")
-        } else {
-            s.serialize_f64(v)
-        }
+pub fn run_info_json(i: &RunInfo) -> RunInfoJson<'_> {
+    RunInfoJson {
+        run_id: &i.run_id,
+        run_uuid: &i.run_id,
+        run_name: &i.name,
+        experiment_id: i.experiment_id.to_string(),
+        user_id: &i.user_id,
+        status: &i.status,
+        start_time: i.start_time,
+        end_time: i.end_time,
+        artifact_uri: &i.artifact_uri,
+        lifecycle_stage: &i.lifecycle_stage,
     }
 }
 
-#[derive(Serialize)]
-struct RunData<'a> {
-    metrics: Vec<MetricJson<'a>>,
-    params: Vec<Pair<'a>>,
-    tags: Vec<Pair<'a>>,
-}
-
-#[derive(Serialize)]
-struct RunInputs<'a> {
-    dataset_inputs: Vec<Value>,
-    model_inputs: Vec<ModelRef<'a>>,
-}
-
-#[derive(Serialize)]
-struct RunOutputs<'a> {
-    model_outputs: Vec<ModelRef<'a>>,
-}
-
-#[derive(Serialize)]
-struct ModelRef<'a> {
-    model_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    step: Option<i64>,
-}
-
-fn pairs(items: &[(String, String)]) -> Vec<Pair<'_>> {
-    items
-        .iter()
-        .map(|(k, v)| Pair { key: k, value: v })
-        .collect()
-}
-
 pub fn run(r: &TrackingRun) -> RunJson<'_> {
-    let i = &r.info;
     RunJson {
-        info: RunInfoJson {
-            run_id: &i.run_id,
-            run_uuid: &i.run_id,
-            run_name: &i.name,
-            experiment_id: i.experiment_id.to_string(),
-            user_id: &i.user_id,
-            status: &i.status,
-            start_time: i.start_time,
-            end_time: i.end_time,
-            artifact_uri: &i.artifact_uri,
-            lifecycle_stage: &i.lifecycle_stage,
-        },
-        data: RunData {
-            metrics: r
-                .metrics
-                .iter()
-                .map(|m| MetricJson {
-                    key: &m.key,
-                    value: Double(m.value),
-                    timestamp: m.timestamp,
-                    step: m.step,
-                })
-                .collect(),
-            params: pairs(&r.params),
-            tags: pairs(&r.tags),
-        },
-        inputs: RunInputs {
-            dataset_inputs: r
-                .inputs
-                .iter()
-                .map(|d| {
-                    json!({
-                        "tags": serde_json::from_str::<Value>(&d.tags_json).unwrap_or(json!([])),
-                        "dataset": serde_json::from_str::<Value>(&d.dataset_json).unwrap_or(json!({})),
-                    })
-                })
-                .collect(),
-            model_inputs: r
-                .models
-                .iter()
-                .filter(|m| m.1 == "input")
-                .map(|m| ModelRef {
-                    model_id: &m.0,
-                    step: None,
-                })
-                .collect(),
-        },
-        outputs: RunOutputs {
-            model_outputs: r
-                .models
-                .iter()
-                .filter(|m| m.1 == "output")
-                .map(|m| ModelRef {
-                    model_id: &m.0,
-                    step: Some(m.2),
-                })
-                .collect(),
-        },
+        info: run_info_json(&r.info),
+        body: RunBody::new(&r.params, &r.tags, &r.metrics, &r.inputs, &r.models),
     }
 }
 

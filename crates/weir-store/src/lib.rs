@@ -16,6 +16,7 @@ mod metrics;
 mod mirror;
 mod models;
 pub mod registry;
+pub mod run_json;
 mod runs;
 mod studies;
 pub mod tracking;

@@ -10,6 +10,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use crate::filter::{Clause, Comparator, Entity, OrderBy, Value};
+use crate::run_json::{self, RunBody};
 use crate::{Result, Store, StoreError};
 
 pub const ACTIVE: &str = "active";
@@ -278,98 +279,39 @@ pub(crate) struct RunData {
 }
 
 impl RunData {
-    /// The form kept in `tracking_runs.data_cache`: length-prefixed fields
-    /// (as [`decode_fields`] reads them), the five counts first.
+    /// The form kept in `tracking_runs.data_cache`: MLflow's JSON for the
+    /// run's data, inputs and outputs (see [`crate::run_json`]).
     fn encode(&self) -> String {
-        let mut out = String::new();
-        let mut field = |text: &str| {
-            out.push_str(&text.chars().count().to_string());
-            out.push(':');
-            out.push_str(text);
-        };
-        for n in [
-            self.params.len(),
-            self.tags.len(),
-            self.metrics.len(),
-            self.inputs.len(),
-            self.models.len(),
-        ] {
-            field(&n.to_string());
-        }
-        for (k, v) in self.params.iter().chain(&self.tags) {
-            field(k);
-            field(v);
-        }
-        for m in &self.metrics {
-            field(&m.key);
-            // Debug formatting of a double parses back to the same bits, NaN included.
-            field(&format!("{:?}", m.value));
-            field(&m.timestamp.to_string());
-            field(&m.step.to_string());
-        }
-        for d in &self.inputs {
-            field(&d.dataset_json);
-            field(&d.tags_json);
-        }
-        for (model, direction, step) in &self.models {
-            field(model);
-            field(direction);
-            field(&step.to_string());
-        }
-        out
+        RunBody::new(
+            &self.params,
+            &self.tags,
+            &self.metrics,
+            &self.inputs,
+            &self.models,
+        )
+        .encode()
     }
 
     fn decode(text: &str) -> Result<RunData> {
-        let corrupt = || StoreError::Corrupt {
-            what: "tracking_runs.data_cache".into(),
-            reason: "the cached run data does not decode".into(),
-        };
-        let mut fields = fields(text, "tracking_runs.data_cache");
-        let mut next = || fields.next_field();
-        let mut count = || -> Result<usize> { next()?.parse().map_err(|_| corrupt()) };
-        let counts = [count()?, count()?, count()?, count()?, count()?];
-        let mut pairs = |n: usize| -> Result<Vec<(String, String)>> {
-            (0..n)
-                .map(|_| Ok((next()?.to_string(), next()?.to_string())))
-                .collect()
-        };
-        let params = pairs(counts[0])?;
-        let tags = pairs(counts[1])?;
-        let metrics = (0..counts[2])
-            .map(|_| {
-                Ok(Metric {
-                    key: next()?.to_string(),
-                    value: next()?.parse().map_err(|_| corrupt())?,
-                    timestamp: next()?.parse().map_err(|_| corrupt())?,
-                    step: next()?.parse().map_err(|_| corrupt())?,
-                })
-            })
-            .collect::<Result<_>>()?;
-        let inputs = (0..counts[3])
-            .map(|_| {
-                Ok(DatasetInput {
-                    dataset_json: next()?.to_string(),
-                    tags_json: next()?.to_string(),
-                })
-            })
-            .collect::<Result<_>>()?;
-        let models = (0..counts[4])
-            .map(|_| {
-                Ok((
-                    next()?.to_string(),
-                    next()?.to_string(),
-                    next()?.parse().map_err(|_| corrupt())?,
-                ))
-            })
-            .collect::<Result<_>>()?;
+        let d = run_json::decode(text)?;
         Ok(RunData {
-            params,
-            tags,
-            metrics,
-            inputs,
-            models,
+            params: d.params,
+            tags: d.tags,
+            metrics: d.metrics,
+            inputs: d.inputs,
+            models: d.models,
         })
     }
+}
+
+/// Each of `ids`' bodies as cached: a run without data has an empty one.
+fn encode_bodies(mut data: HashMap<String, RunData>, ids: &[&str]) -> HashMap<String, String> {
+    ids.iter()
+        .map(|id| {
+            let body = data.remove(*id).unwrap_or_default().encode();
+            (id.to_string(), body)
+        })
+        .collect()
 }
 
 /// The data of many runs, one aggregate query per table, on `conn` (a
@@ -455,7 +397,7 @@ async fn data_of_runs(
     let rows = bind_all(
         sqlx::query(&format!(
             "SELECT run_id, model_id, direction, step FROM run_models WHERE run_id IN ({list}) \
-             ORDER BY model_id"
+             ORDER BY model_id, direction"
         )),
         binds.values(),
     )
@@ -953,8 +895,9 @@ impl Store {
             .collect()
     }
 
-    /// Reads the data of runs whose cached copy is stale and caches it.
-    async fn refresh_data(&self, ids: &[&str]) -> Result<HashMap<String, RunData>> {
+    /// Reads the data of runs whose cached copy is stale and caches it;
+    /// returns each run's body as cached.
+    async fn refresh_data(&self, ids: &[&str]) -> Result<HashMap<String, String>> {
         let mut tx = self.pool.begin().await?;
         // A write first: it takes SQLite's write lock, and on PostgreSQL
         // these rows' locks, so no write to these runs (each of which clears
@@ -971,23 +914,18 @@ impl Store {
         )
         .execute(&mut *tx)
         .await?;
-        let data = data_of_runs(&mut tx, self.backend, ids).await?;
-        let encoded: Vec<(&str, String)> = ids
-            .iter()
-            .map(|id| {
-                (
-                    *id,
-                    data.get(*id)
-                        .map(RunData::encode)
-                        .unwrap_or_else(|| RunData::default().encode()),
-                )
-            })
-            .collect();
-        for chunk in encoded.chunks(ROWS_PER_INSERT) {
+        let encoded = encode_bodies(data_of_runs(&mut tx, self.backend, ids).await?, ids);
+        for chunk in ids.chunks(ROWS_PER_INSERT) {
             let mut binds = Binds::new(self.backend);
             let rows: Vec<String> = chunk
                 .iter()
-                .map(|(id, text)| format!("({}, {})", binds.text(*id), binds.text(text.as_str())))
+                .map(|id| {
+                    format!(
+                        "({}, {})",
+                        binds.text(*id),
+                        binds.text(encoded[*id].as_str())
+                    )
+                })
                 .collect();
             bind_all(
                 sqlx::query(&format!(
@@ -1001,7 +939,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok(data)
+        Ok(encoded)
     }
 
     pub async fn update_tracking_run(
@@ -1189,10 +1127,36 @@ impl Store {
     }
 
     /// Runs matching a search, and whether more follow this page.
+    /// One page of runs and whether more follow.
     pub async fn search_tracking_runs(
         &self,
         search: &RunSearch,
     ) -> Result<(Vec<TrackingRun>, bool)> {
+        let (page, more) = self.search_tracking_runs_json(search).await?;
+        let runs = page
+            .into_iter()
+            .map(|(info, body)| {
+                let data = RunData::decode(&body)?;
+                Ok(TrackingRun {
+                    info,
+                    metrics: data.metrics,
+                    params: data.params,
+                    tags: data.tags,
+                    inputs: data.inputs,
+                    models: data.models,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok((runs, more))
+    }
+
+    /// One page of runs, each as its info and its data, inputs and outputs
+    /// as MLflow's JSON has them (see [`crate::run_json`]: what a server
+    /// replies with, ready to copy), and whether more follow.
+    pub async fn search_tracking_runs_json(
+        &self,
+        search: &RunSearch,
+    ) -> Result<(Vec<(RunInfo, String)>, bool)> {
         if search.experiment_ids.is_empty() {
             return Ok((Vec::new(), false));
         }
@@ -1276,10 +1240,17 @@ impl Store {
             &format!("CAST(({END_SQL}) AS TEXT)"),
             "r.lifecycle_stage",
             "r.artifact_uri",
-            "r.data_cache",
         ]
         .map(text)
         .join(" || ");
+        // The cache is JSON, which never holds a raw control character, so
+        // it ends at a record separator; measuring it with length() would
+        // copy every run's ~1 KB once more inside SQLite.
+        let separator = match self.backend {
+            crate::Backend::Sqlite => "char(30)",
+            crate::Backend::Postgres => "chr(30)",
+        };
+        let encoded = format!("{encoded} || COALESCE(r.data_cache, '') || {separator}");
         // The page's ids are sorted on their own (narrow rows) and only then
         // joined to what is returned; the page comes back as one row (see
         // data_of_runs for why), each run numbered, in no particular order.
@@ -1306,26 +1277,33 @@ impl Store {
                 t => t.parse().map(Some).map_err(|_| corrupt()),
             }
         };
-        let mut records = decode_fields(page.as_deref().unwrap_or(""), 11, "tracking_runs")?
-            .into_iter()
-            .map(|f| Ok((f[0].parse::<i64>().map_err(|_| corrupt())?, f)))
-            .collect::<Result<Vec<_>>>()?;
+        let mut records = Vec::new();
+        let mut fields = fields(page.as_deref().unwrap_or(""), "tracking_runs");
+        while !fields.rest.is_empty() {
+            let mut f = (0..10)
+                .map(|_| fields.next_field())
+                .collect::<Result<Vec<_>>>()?;
+            let (cache, rest) = fields.rest.split_once('\x1e').ok_or_else(corrupt)?;
+            fields.rest = rest;
+            f.push(cache);
+            records.push((f[0].parse::<i64>().map_err(|_| corrupt())?, f));
+        }
         records.sort_unstable_by_key(|(rn, _)| *rn);
         let more = records.len() as i64 > search.max_results;
         records.truncate(search.max_results.max(0) as usize);
-        let mut data = HashMap::new();
         let mut stale = Vec::new();
-        let infos = records
+        let mut page = records
             .into_iter()
             .map(|(_, f)| {
-                // Cleared (empty), or, should it ever not decode, rebuilt alike.
-                match (f[10], RunData::decode(f[10])) {
-                    ("", _) | (_, Err(_)) => stale.push(f[1].to_string()),
-                    (_, Ok(cached)) => {
-                        data.insert(f[1].to_string(), cached);
-                    }
-                }
-                Ok(RunInfo {
+                // Cleared (empty), or, should it not have the form this
+                // release writes, rebuilt alike.
+                let body = if run_json::looks_encoded(f[10]) {
+                    f[10].to_string()
+                } else {
+                    stale.push(f[1].to_string());
+                    String::new()
+                };
+                let info = RunInfo {
                     run_id: f[1].to_string(),
                     experiment_id: f[2].parse().map_err(|_| corrupt())?,
                     name: f[3].to_string(),
@@ -1335,23 +1313,31 @@ impl Store {
                     end_time: time(f[7])?,
                     lifecycle_stage: f[8].to_string(),
                     artifact_uri: f[9].to_string(),
-                })
+                };
+                Ok((info, body))
             })
             .collect::<Result<Vec<_>>>()?;
         if !stale.is_empty() {
             let stale: Vec<&str> = stale.iter().map(String::as_str).collect();
-            let fresh = match self.refresh_data(&stale).await {
+            let mut fresh = match self.refresh_data(&stale).await {
                 Ok(fresh) => fresh,
                 // A store this process may only read, or one kept busy past
                 // the timeout, still answers; it just caches nothing.
                 Err(_) => {
                     let mut conn = self.pool.acquire().await?;
-                    data_of_runs(&mut conn, self.backend, &stale).await?
+                    let data = data_of_runs(&mut conn, self.backend, &stale).await?;
+                    encode_bodies(data, &stale)
                 }
             };
-            data.extend(fresh);
+            for (info, body) in &mut page {
+                if body.is_empty() {
+                    *body = fresh
+                        .remove(&info.run_id)
+                        .unwrap_or_else(|| RunData::default().encode());
+                }
+            }
         }
-        Ok((Store::assemble(infos, data), more))
+        Ok((page, more))
     }
 
     pub async fn put_artifact_path(&self, path: &str, digest: &str, size: i64) -> Result<()> {
@@ -2115,13 +2101,20 @@ mod tests {
                 metric("max", f64::MAX),
                 metric("tiny", 5e-324),
                 metric("third", 1.0 / 3.0),
+                metric("inf", f64::INFINITY),
+                metric("-inf", f64::NEG_INFINITY),
             ],
             inputs: vec![DatasetInput {
                 dataset_json: r#"{"name":"d"}"#.into(),
                 tags_json: "[]".into(),
             }],
-            models: vec![("m-1".into(), "output".into(), 7)],
+            models: vec![
+                ("m-0".into(), "input".into(), 0),
+                ("m-1".into(), "input".into(), 0),
+                ("m-1".into(), "output".into(), 7),
+            ],
         };
+        assert!(crate::run_json::looks_encoded(&data.encode()));
         let back = RunData::decode(&data.encode()).unwrap();
         assert_eq!(back.params, data.params);
         assert_eq!(back.tags, data.tags);
@@ -2138,6 +2131,9 @@ mod tests {
         // A cache cut short is an error.
         let text = data.encode();
         assert!(RunData::decode(&text[..text.len() - 2]).is_err());
+        assert!(!crate::run_json::looks_encoded(&text[..text.len() - 1]));
+        // So is the form an older release cached, which is rebuilt.
+        assert!(!crate::run_json::looks_encoded("1:02:lr3:0.1"));
     }
 
     #[test]

@@ -1228,29 +1228,34 @@ impl Store {
         }
         order.push("r.run_id ASC".into());
         let order = order.join(", ");
-        let text = |f: &str| format!("length(COALESCE({f}, '')) || ':' || COALESCE({f}, '')");
-        let encoded = [
+        // A record: the fields that are numbers or a lifecycle stage, each
+        // ended by a unit separator; the free texts, length-prefixed; then
+        // the cache, which is JSON and so never holds a raw control
+        // character, ended by a record separator. Measuring a field with
+        // length() makes SQLite copy it, a cost per field and run.
+        let (unit, record) = match self.backend {
+            crate::Backend::Sqlite => ("char(31)", "char(30)"),
+            crate::Backend::Postgres => ("chr(31)", "chr(30)"),
+        };
+        let plain = [
             "CAST(rn AS TEXT)",
-            "r.run_id",
             "CAST(r.experiment_id AS TEXT)",
-            "r.name",
-            "r.user_id",
-            &format!("({STATUS_SQL})"),
             &format!("CAST({START_SQL} AS TEXT)"),
             &format!("CAST(({END_SQL}) AS TEXT)"),
             "r.lifecycle_stage",
+        ]
+        .map(|f| format!("COALESCE({f}, '') || {unit}"))
+        .join(" || ");
+        let text = [
+            "r.run_id",
+            "r.name",
+            "r.user_id",
+            &format!("({STATUS_SQL})"),
             "r.artifact_uri",
         ]
-        .map(text)
+        .map(|f| format!("length(COALESCE({f}, '')) || ':' || COALESCE({f}, '')"))
         .join(" || ");
-        // The cache is JSON, which never holds a raw control character, so
-        // it ends at a record separator; measuring it with length() would
-        // copy every run's ~1 KB once more inside SQLite.
-        let separator = match self.backend {
-            crate::Backend::Sqlite => "char(30)",
-            crate::Backend::Postgres => "chr(30)",
-        };
-        let encoded = format!("{encoded} || COALESCE(r.data_cache, '') || {separator}");
+        let encoded = format!("{plain} || {text} || COALESCE(r.data_cache, '') || {record}");
         // The page's ids are sorted on their own (narrow rows) and only then
         // joined to what is returned; the page comes back as one row (see
         // data_of_runs for why), each run numbered, in no particular order.
@@ -1280,13 +1285,24 @@ impl Store {
         let mut records = Vec::new();
         let mut fields = fields(page.as_deref().unwrap_or(""), "tracking_runs");
         while !fields.rest.is_empty() {
-            let mut f = (0..10)
-                .map(|_| fields.next_field())
-                .collect::<Result<Vec<_>>>()?;
+            let mut plain = [""; 5];
+            for field in &mut plain {
+                let (value, rest) = fields.rest.split_once('\x1f').ok_or_else(corrupt)?;
+                *field = value;
+                fields.rest = rest;
+            }
+            let mut text = [""; 5];
+            for field in &mut text {
+                *field = fields.next_field()?;
+            }
             let (cache, rest) = fields.rest.split_once('\x1e').ok_or_else(corrupt)?;
             fields.rest = rest;
-            f.push(cache);
-            records.push((f[0].parse::<i64>().map_err(|_| corrupt())?, f));
+            let [rn, experiment, start, end, stage] = plain;
+            let [run_id, name, user, status, artifacts] = text;
+            let f = vec![
+                rn, run_id, experiment, name, user, status, start, end, stage, artifacts, cache,
+            ];
+            records.push((rn.parse::<i64>().map_err(|_| corrupt())?, f));
         }
         records.sort_unstable_by_key(|(rn, _)| *rn);
         let more = records.len() as i64 > search.max_results;

@@ -11,7 +11,7 @@ use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::tracking::{DatasetInput, Metric};
+use crate::tracking::{DatasetInput, Metric, RunData};
 use crate::{Result, StoreError};
 
 /// Borrowed parts of a run, serialized as MLflow's `data`, `inputs` and
@@ -227,17 +227,8 @@ impl<'de> Deserialize<'de> for Double {
     }
 }
 
-/// The parts of a run read back from [`RunBody::encode`]'s text.
-#[derive(Debug, Default, PartialEq)]
-pub(crate) struct Decoded {
-    pub params: Vec<(String, String)>,
-    pub tags: Vec<(String, String)>,
-    pub metrics: Vec<Metric>,
-    pub inputs: Vec<DatasetInput>,
-    pub models: Vec<(String, String, i64)>,
-}
-
-pub(crate) fn decode(text: &str) -> Result<Decoded> {
+/// A run's parts read back from [`RunBody::encode`]'s text.
+pub(crate) fn decode(text: &str) -> Result<RunData> {
     #[derive(Deserialize)]
     struct Body<'a> {
         #[serde(borrow)]
@@ -321,7 +312,7 @@ pub(crate) fn decode(text: &str) -> Result<Decoded> {
         .collect();
     // The store lists a run's models by id whatever their direction.
     models.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(Decoded {
+    Ok(RunData {
         params: pairs(body.data.params),
         tags: pairs(body.data.tags),
         metrics: body

@@ -271,11 +271,11 @@ impl<'a> Fields<'a, '_> {
 /// datasets it used and its models: all of a [`TrackingRun`] but its info.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct RunData {
-    params: Vec<(String, String)>,
-    tags: Vec<(String, String)>,
-    metrics: Vec<Metric>,
-    inputs: Vec<DatasetInput>,
-    models: Vec<(String, String, i64)>,
+    pub(crate) params: Vec<(String, String)>,
+    pub(crate) tags: Vec<(String, String)>,
+    pub(crate) metrics: Vec<Metric>,
+    pub(crate) inputs: Vec<DatasetInput>,
+    pub(crate) models: Vec<(String, String, i64)>,
 }
 
 impl RunData {
@@ -293,14 +293,7 @@ impl RunData {
     }
 
     fn decode(text: &str) -> Result<RunData> {
-        let d = run_json::decode(text)?;
-        Ok(RunData {
-            params: d.params,
-            tags: d.tags,
-            metrics: d.metrics,
-            inputs: d.inputs,
-            models: d.models,
-        })
+        run_json::decode(text)
     }
 }
 

@@ -255,7 +255,7 @@ pub async fn study(ctx: &Context, run: &str, step: &str, json: bool) -> Result<(
                     "number": t.number, "state": t.state, "value": t.value,
                     "best": Some(t.number) == best,
                     "params": serde_json::from_str::<serde_json::Value>(&t.params_json).unwrap_or_default(),
-                    "rounds": serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&t.intermediate_json).map(|m| m.len()).unwrap_or(0),
+                    "rounds": weir_engine::tune::trial_rounds(t),
                     "error": t.error, "tracking_run_id": t.tracking_run_id,
                     "seconds": t.ended_at.map(|e| (e - t.started_at) as f64 / 1000.0),
                 })

@@ -45,8 +45,14 @@ pub struct TuneSpec {
     pub parallel: usize,
     pub sampler: SamplerKind,
     pub seed: u64,
-    /// ASHA over the op's per-round validation loss.
+    /// ASHA, judging trials at its rungs by `asha_metric`.
     pub asha: Option<Asha>,
+    /// The validation metric ASHA ranks trials by (`valid.auc`): the
+    /// objective itself when the trainer can compute it after any round, so
+    /// a trial is stopped for being behind on what the study maximises, not
+    /// on a proxy (a slow learner's log loss lags long after its ranking
+    /// is good); otherwise `valid.loss`.
+    pub asha_metric: String,
 }
 
 #[derive(Deserialize)]
@@ -105,12 +111,22 @@ struct RawAsha {
     reduction: Option<f64>,
 }
 
-/// The per-round metric an op reports to a scheduler, and the option that
-/// caps its rounds (ASHA's resource) with that option's default.
-fn round_metric(op: BuiltinOp) -> Option<(&'static str, &'static str, i64)> {
+/// The option that caps an op's rounds (ASHA's resource), with its default,
+/// for the ops that report every round to a scheduler.
+fn round_resource(op: BuiltinOp) -> Option<(&'static str, i64)> {
     match op {
-        BuiltinOp::TrainGbdt => Some(("valid.loss", "num_rounds", 500)),
-        BuiltinOp::TrainMlp => Some(("valid.loss", "epochs", 30)),
+        BuiltinOp::TrainGbdt => Some(("num_rounds", 500)),
+        BuiltinOp::TrainMlp => Some(("epochs", 30)),
+        _ => None,
+    }
+}
+
+/// The validation metrics a trainer can compute after any round (see
+/// `weir_ml::Round::metric`), with the direction that is better.
+fn per_round_metric(name: &str) -> Option<Goal> {
+    match name.strip_prefix("valid.")? {
+        "loss" | "log_loss" | "rmse" | "mae" => Some(Goal::Minimize),
+        "auc" | "accuracy" | "precision" | "recall" | "f1" | "r2" => Some(Goal::Maximize),
         _ => None,
     }
 }
@@ -152,6 +168,7 @@ impl TuneSpec {
         if raw.parallel == 0 {
             return Err("tune.parallel: must be at least 1".into());
         }
+        let mut asha_metric = String::from("valid.loss");
         let asha = match &raw.scheduler {
             None => None,
             Some(Value::String(s)) if s == "none" => None,
@@ -173,18 +190,32 @@ impl TuneSpec {
                         raw_asha.kind
                     ));
                 }
-                let Some((metric, resource, default_resource)) = round_metric(op) else {
+                let Some((resource, default_resource)) = round_resource(op) else {
                     return Err(format!(
                         "tune.scheduler: {op} reports no per-round metric for ASHA to judge; use scheduler: none"
                     ));
                 };
-                if let Some(m) = &raw_asha.metric {
-                    if m != metric {
-                        return Err(format!(
-                            "tune.scheduler.metric: {op} reports '{metric}' every round, not '{m}'"
-                        ));
+                let objective = &raw.objective;
+                let goal = match &raw_asha.metric {
+                    Some(m) => {
+                        let Some(goal) = per_round_metric(m) else {
+                            return Err(format!(
+                                "tune.scheduler.metric: {op} cannot compute '{m}' after every round; use valid.loss or one of the validation metrics it reports (valid.auc, valid.log_loss, valid.accuracy, valid.f1, valid.rmse, valid.mae, valid.r2 ...)"
+                            ));
+                        };
+                        asha_metric = m.clone();
+                        if *m == objective.metric {
+                            objective.goal
+                        } else {
+                            goal
+                        }
                     }
-                }
+                    None if per_round_metric(&objective.metric).is_some() => {
+                        asha_metric = objective.metric.clone();
+                        objective.goal
+                    }
+                    None => Goal::Minimize,
+                };
                 let rounds = step
                     .with
                     .get(resource)
@@ -195,7 +226,7 @@ impl TuneSpec {
                         raw_asha.min_resource.unwrap_or(10),
                         raw_asha.max_resource.unwrap_or(rounds),
                         raw_asha.reduction.unwrap_or(3.0),
-                        Goal::Minimize,
+                        goal,
                     )
                     .map_err(|e| e.to_string())?,
                 )
@@ -211,6 +242,7 @@ impl TuneSpec {
             sampler: raw.sampler,
             seed: raw.seed,
             asha,
+            asha_metric,
         })
     }
 }
@@ -333,8 +365,16 @@ pub(crate) async fn run_study(job: StudyJob<'_>) -> Result<OpOutcome, EngineErro
     let mut running: BTreeMap<usize, Running> = BTreeMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut exhausted = false;
-    let threads_per_trial =
-        (std::thread::available_parallelism().map_or(1, |n| n.get()) / spec.parallel).max(1);
+    // The trials running at once share the CPU slots the executor granted
+    // the step (one per trial unless `resources.cpu` says more), so a study
+    // never uses more of the machine than the scheduler reserved for it.
+    let granted = job
+        .ctx
+        .config
+        .capacity()
+        .map(|c| job.step.request(&c).cpu)
+        .unwrap_or(1.0);
+    let threads_per_trial = ((granted / spec.parallel as f64).floor() as usize).max(1);
     loop {
         while !exhausted && running.len() < spec.parallel {
             let used = shared.lock().expect("study lock").len();
@@ -460,18 +500,30 @@ fn trial_task(
     let (run_id, step_run_id) = (job.run_id.to_string(), job.step_run_id.to_string());
     let log_path = job.log.path().to_path_buf();
     let (shared, asha, number) = (Arc::clone(shared), spec.asha.clone(), trial.number);
+    let rungs = asha.as_ref().map(Asha::rungs).unwrap_or_default();
+    let judged = spec.asha_metric.trim_start_matches("valid.").to_string();
     let cache = Arc::clone(&job.cache);
     Ok(move || {
         let pruned = AtomicBool::new(false);
         // A trial that panics is a failed trial; the study goes on.
         let run_trial = std::panic::AssertUnwindSafe(|| {
             let log = StepLog::append(&log_path)?;
-            let report = |round: i64, loss: f64| -> bool {
+            let report = |round: &weir_ml::Round| -> bool {
+                let Some(asha) = &asha else {
+                    return true;
+                };
+                let at = round.number as i64;
+                // Only the rungs' values are judged; computing one (an AUC
+                // sorts the validation rows) happens outside the lock.
+                let value = rungs
+                    .binary_search(&at)
+                    .ok()
+                    .and_then(|_| round.metric(&judged));
                 let mut history = shared.lock().expect("study lock");
-                history[number].intermediate.insert(round, loss);
-                let stop = asha
-                    .as_ref()
-                    .is_some_and(|a| a.should_stop(&history[number], round, &history));
+                if let Some(v) = value {
+                    history[number].intermediate.insert(at, v);
+                }
+                let stop = asha.should_stop(&history[number], at, &history);
                 if stop {
                     pruned.store(true, Ordering::SeqCst);
                 }
@@ -616,7 +668,7 @@ async fn finish_trial(
         (Some(e), _) => format!("trial {number}: failed: {e}"),
         (None, TrialState::Pruned) => format!(
             "trial {number}: pruned by ASHA after {} rounds ({} {})",
-            trial.intermediate.len(),
+            final_metric(&metrics, "train.iterations").unwrap_or(f64::NAN),
             spec.metric,
             shown(value)
         ),
@@ -732,6 +784,20 @@ async fn conclude(
     Ok(out)
 }
 
+/// A trial's final (not per-round) value of `key`.
+fn final_metric(metrics: &[MetricPoint], key: &str) -> Option<f64> {
+    metrics
+        .iter()
+        .find(|m| m.step == 0 && m.key == key)
+        .map(|m| m.value)
+}
+
+/// The rounds (boosting rounds, epochs) a finished trial ran.
+pub fn trial_rounds(t: &StoredTrial) -> Option<f64> {
+    let metrics: Vec<MetricPoint> = serde_json::from_str(&t.metrics_json).ok()?;
+    final_metric(&metrics, "train.iterations")
+}
+
 /// A stored trial as samplers and schedulers see it.
 pub fn trial_of(t: &StoredTrial) -> Trial {
     Trial {
@@ -842,4 +908,72 @@ pub fn show_params(params_json: &str) -> String {
                 .join(" ")
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(objective: &str, scheduler: &str) -> Result<TuneSpec, String> {
+        let yaml = format!(
+            "version: 1\nname: t\nsteps:\n  data:\n    uses: weir/ingest\n    with: {{ path: d.csv }}\n  train:\n    uses: weir/train-gbdt\n    inputs: {{ train: data.table }}\n    with: {{ target: y, num_rounds: 300 }}\n    tune:\n      space:\n        learning_rate: loguniform(0.01, 0.3)\n      objective: {objective}\n      trials: 4\n      scheduler: {scheduler}\n"
+        );
+        let pipeline = weir_core::pipeline::parse(Path::new("p.yaml"), &yaml, &[]).unwrap();
+        let step = pipeline.steps.iter().find(|s| s.name == "train").unwrap();
+        TuneSpec::parse(step, BuiltinOp::TrainGbdt)
+    }
+
+    #[test]
+    fn asha_judges_the_objective_when_a_round_can_compute_it() {
+        let s = spec("{ metric: valid.auc, goal: maximize }", "asha").unwrap();
+        assert_eq!(s.asha_metric, "valid.auc");
+        let asha = s.asha.unwrap();
+        assert_eq!((asha.goal, asha.max_resource), (Goal::Maximize, 300));
+        // An objective only known at the end: ASHA falls back to the loss.
+        let s = spec("{ metric: train.fit_seconds, goal: minimize }", "asha").unwrap();
+        assert_eq!(s.asha_metric, "valid.loss");
+        assert_eq!(s.asha.unwrap().goal, Goal::Minimize);
+        // Named explicitly, a metric brings its own direction.
+        let s = spec(
+            "{ metric: valid.auc, goal: maximize }",
+            "{ type: asha, metric: valid.log_loss }",
+        )
+        .unwrap();
+        assert_eq!(s.asha_metric, "valid.log_loss");
+        assert_eq!(s.asha.unwrap().goal, Goal::Minimize);
+        let err = spec(
+            "{ metric: valid.auc, goal: maximize }",
+            "{ type: asha, metric: train.loss }",
+        )
+        .unwrap_err();
+        assert!(err.starts_with("tune.scheduler.metric:"), "{err}");
+    }
+
+    #[test]
+    fn every_per_round_metric_is_one_a_trainer_reports() {
+        let y = [0.0, 1.0, 1.0, 0.0];
+        let p = [0.2, 0.7, 0.6, 0.4];
+        let mut reported: Vec<String> = weir_ml::metrics::classification(&y, &p)
+            .into_keys()
+            .chain(weir_ml::metrics::regression(&y, &p).into_keys())
+            .collect();
+        reported.push("loss".into());
+        for name in [
+            "loss",
+            "log_loss",
+            "rmse",
+            "mae",
+            "auc",
+            "accuracy",
+            "precision",
+            "recall",
+            "f1",
+            "r2",
+        ] {
+            assert!(per_round_metric(&format!("valid.{name}")).is_some());
+            assert!(reported.iter().any(|r| r == name), "{name}");
+        }
+        assert!(per_round_metric("valid.rows").is_none());
+        assert!(per_round_metric("auc").is_none());
+    }
 }

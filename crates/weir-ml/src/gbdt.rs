@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::features::{numeric_values, read_frame, Column, Frame, InputKind, InputSpec};
 use crate::linear::{labelled_task, sigmoid};
+use crate::metrics::Round;
 use crate::model::Task;
 use crate::{MlError, Result, Target};
 
@@ -359,17 +360,17 @@ pub fn train_gbdt(
     valid: Option<&RecordBatch>,
     params: &GbdtParams,
 ) -> Result<(GbdtModel, GbdtReport)> {
-    train_gbdt_reporting(train, valid, params, &mut |_, _| true)
+    train_gbdt_reporting(train, valid, params, &mut |_| true)
 }
 
-/// [`train_gbdt`], calling `on_round(round, validation loss)` after every
-/// round that has a validation set; training stops (keeping the best round
+/// [`train_gbdt`], calling `on_round` after every round that has a
+/// validation set; training stops (keeping the best round
 /// so far) when it returns false. A tuner's scheduler (ASHA) decides there.
 pub fn train_gbdt_reporting(
     train: &RecordBatch,
     valid: Option<&RecordBatch>,
     params: &GbdtParams,
-    on_round: &mut (dyn FnMut(usize, f64) -> bool + Send),
+    on_round: &mut (dyn FnMut(&Round) -> bool + Send),
 ) -> Result<(GbdtModel, GbdtReport)> {
     check_params(params)?;
     let (pool, threads) = thread_pool(params)?;
@@ -398,7 +399,7 @@ fn thread_pool(params: &GbdtParams) -> Result<(rayon::ThreadPool, usize)> {
 pub fn train_gbdt_prepared(
     data: &GbdtData,
     params: &GbdtParams,
-    on_round: &mut (dyn FnMut(usize, f64) -> bool + Send),
+    on_round: &mut (dyn FnMut(&Round) -> bool + Send),
 ) -> Result<(GbdtModel, GbdtReport)> {
     check_params(params)?;
     if data.key != GbdtData::key(params) {
@@ -538,7 +539,7 @@ fn boost(
     data: &GbdtData,
     params: &GbdtParams,
     threads: usize,
-    on_round: &mut (dyn FnMut(usize, f64) -> bool + Send),
+    on_round: &mut (dyn FnMut(&Round) -> bool + Send),
 ) -> Result<(GbdtModel, GbdtReport)> {
     let started = Instant::now();
     let GbdtData {
@@ -581,7 +582,8 @@ fn boost(
             {
                 break;
             }
-            if !on_round(round + 1, loss) {
+            let raw = || vs.clone();
+            if !on_round(&Round::new(round + 1, loss, task, vy, &raw)) {
                 break;
             }
         } else {
@@ -1318,9 +1320,17 @@ mod tests {
             "{ target: 'delay > 15', features: [x, z, carrier], num_rounds: 100, \
                early_stopping_rounds: 0 }",
         );
-        let (model, report) = train_gbdt_reporting(&train, Some(&valid), &spec, &mut |r, loss| {
-            seen.push((r, loss));
-            r < 7
+        let (model, report) = train_gbdt_reporting(&train, Some(&valid), &spec, &mut |round| {
+            seen.push((round.number, round.loss));
+            // Metrics on demand are computed from the same scores as the loss.
+            let log_loss = round.metric("log_loss").unwrap();
+            assert!(
+                (log_loss - round.loss).abs() < 1e-9,
+                "{log_loss} {}",
+                round.loss
+            );
+            assert!(round.metric("auc").unwrap() > 0.5);
+            round.number < 7
         })
         .unwrap();
         assert_eq!(report.rounds, 7);
@@ -1353,11 +1363,11 @@ mod tests {
                 "tuned options do not change the key"
             );
             let (alone, _) = train_gbdt(&train, Some(&valid), &p).unwrap();
-            let (shared, _) = train_gbdt_prepared(&data, &p, &mut |_, _| true).unwrap();
+            let (shared, _) = train_gbdt_prepared(&data, &p, &mut |_| true).unwrap();
             assert_eq!(alone, shared, "{extra}");
         }
         let other = params(&format!("{base}, max_bin: 16 }}"));
-        let err = train_gbdt_prepared(&data, &other, &mut |_, _| true)
+        let err = train_gbdt_prepared(&data, &other, &mut |_| true)
             .unwrap_err()
             .to_string();
         assert!(err.contains("binned for other"), "{err}");

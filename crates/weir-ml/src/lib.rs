@@ -25,6 +25,7 @@ pub use gbdt::{
     GbdtReport,
 };
 pub use linear::{train_linear, LinearModel, LinearParams};
+pub use metrics::Round;
 pub use mlp::{train_mlp, MlpModel, MlpParams, MlpReport};
 pub use model::{Model, Task};
 pub use reference::ScoreReference;

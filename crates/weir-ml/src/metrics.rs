@@ -5,6 +5,56 @@ use std::collections::BTreeMap;
 
 use crate::Task;
 
+/// One training round (a boosting round, an epoch) as a tuner's scheduler
+/// sees it: the validation loss, and any other validation metric on demand,
+/// so a scheduler can judge a trial by the study's own objective.
+pub struct Round<'a> {
+    pub number: usize,
+    /// The validation loss (log loss, or squared error); NaN without a
+    /// validation set.
+    pub loss: f64,
+    task: Task,
+    y: &'a [f64],
+    /// The model's raw validation outputs after this round (margins for
+    /// classification), computed only when a metric is asked for.
+    raw: &'a (dyn Fn() -> Vec<f64> + Sync),
+}
+
+impl<'a> Round<'a> {
+    pub fn new(
+        number: usize,
+        loss: f64,
+        task: Task,
+        y: &'a [f64],
+        raw: &'a (dyn Fn() -> Vec<f64> + Sync),
+    ) -> Round<'a> {
+        Round {
+            number,
+            loss,
+            task,
+            y,
+            raw,
+        }
+    }
+
+    /// The validation metric `name` after this round, under the name the
+    /// trainer reports it once done (`loss`, `auc`, `log_loss`, `rmse` ...).
+    /// Costs a pass over the validation rows (a sort, for `auc`).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        if name == "loss" {
+            return Some(self.loss).filter(|v| !v.is_nan());
+        }
+        if self.y.is_empty() {
+            return None;
+        }
+        let mut p = (self.raw)();
+        if self.task == Task::Classification {
+            p.iter_mut().for_each(|s| *s = crate::linear::sigmoid(*s));
+        }
+        for_task(self.task, self.y, &p).remove(name)
+    }
+}
+
 pub fn for_task(task: Task, y: &[f64], p: &[f64]) -> BTreeMap<String, f64> {
     match task {
         Task::Classification => classification(y, p),
@@ -102,6 +152,25 @@ mod tests {
         assert_eq!(m["precision"], 0.5);
         assert_eq!(m["recall"], 0.5);
         assert_eq!(m["f1"], 0.5);
+    }
+
+    #[test]
+    fn a_round_computes_metrics_only_when_asked() {
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        let raw = || {
+            asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            vec![-2.0, 1.0, 3.0, -1.0]
+        };
+        let y = [0.0, 1.0, 1.0, 0.0];
+        let round = Round::new(7, 0.25, Task::Classification, &y, &raw);
+        assert_eq!(round.metric("loss"), Some(0.25));
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert_eq!(round.metric("auc"), Some(1.0));
+        assert_eq!(round.metric("accuracy"), Some(1.0));
+        assert_eq!(round.metric("no_such_metric"), None);
+        let none = Round::new(1, f64::NAN, Task::Regression, &[], &raw);
+        assert_eq!(none.metric("loss"), None);
+        assert_eq!(none.metric("rmse"), None);
     }
 
     #[test]

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::features::{ColumnSpec, Design, FeaturePipeline, FeatureSpec, Frame};
 use crate::linear::{encoded_valid, labelled_task, sigmoid};
+use crate::metrics::Round;
 use crate::model::Task;
 use crate::{MlError, Result, Target};
 
@@ -272,6 +273,17 @@ fn forward(
     acts.0[last][0]
 }
 
+/// The network's raw outputs (margins for classification) over a design.
+fn raw_outputs(layers: &[Layer], activation: Activation, design: &Design) -> Vec<f64> {
+    (0..design.rows)
+        .into_par_iter()
+        .map_init(
+            || Activations::new(layers),
+            |acts, r| forward(layers, activation, design, r, acts),
+        )
+        .collect()
+}
+
 /// Mean loss (log loss or half squared error) over a design.
 fn mean_loss(
     layers: &[Layer],
@@ -302,7 +314,7 @@ pub fn train_mlp(
     train: &RecordBatch,
     valid: Option<&RecordBatch>,
     params: &MlpParams,
-    on_epoch: &mut dyn FnMut(usize, f64) -> bool,
+    on_epoch: &mut dyn FnMut(&Round) -> bool,
 ) -> Result<(MlpModel, MlpReport)> {
     let started = Instant::now();
     check(params)?;
@@ -366,7 +378,8 @@ pub fn train_mlp(
         }
         report.epochs = epoch;
         let Some((vd, vy)) = &valid else {
-            if !on_epoch(epoch, f64::NAN) {
+            let nothing = Vec::new;
+            if !on_epoch(&Round::new(epoch, f64::NAN, task, &[], &nothing)) {
                 break;
             }
             continue;
@@ -378,7 +391,8 @@ pub fn train_mlp(
         }
         let since_best = epoch - best.as_ref().map_or(epoch, |b| b.1);
         let stop = params.early_stopping_rounds > 0 && since_best >= params.early_stopping_rounds;
-        if !on_epoch(epoch, vloss) || stop || !vloss.is_finite() {
+        let raw = || pool.install(|| raw_outputs(&layers, params.activation, vd));
+        if !on_epoch(&Round::new(epoch, vloss, task, vy, &raw)) || stop || !vloss.is_finite() {
             break;
         }
     }
@@ -700,7 +714,7 @@ mod tests {
             let p = params(&format!(
                 "{{ target: y, hidden: [16, 8], epochs: 40, batch_size: 64, threads: 2, {opts} }}"
             ));
-            let (model, report) = train_mlp(&train, Some(&valid), &p, &mut |_, _| true).unwrap();
+            let (model, report) = train_mlp(&train, Some(&valid), &p, &mut |_| true).unwrap();
             let a = auc(&model, &valid);
             assert!(a > 0.95, "{opts}: auc {a}, {report:?}");
             assert_eq!(report.valid_curve.len(), report.epochs);
@@ -711,8 +725,8 @@ mod tests {
     fn a_seed_and_thread_count_give_the_same_model_and_it_round_trips() {
         let train = xor(1000, 3);
         let p = params("{ target: y, hidden: [8], epochs: 3, threads: 2, seed: 9 }");
-        let (a, _) = train_mlp(&train, None, &p, &mut |_, _| true).unwrap();
-        let (b, _) = train_mlp(&train, None, &p, &mut |_, _| true).unwrap();
+        let (a, _) = train_mlp(&train, None, &p, &mut |_| true).unwrap();
+        let (b, _) = train_mlp(&train, None, &p, &mut |_| true).unwrap();
         assert_eq!(a, b);
         let model = crate::Model::Mlp(a.clone());
         let back = crate::Model::from_bytes(&model.to_bytes()).unwrap();
@@ -728,15 +742,21 @@ mod tests {
     fn early_stopping_keeps_the_best_epoch_and_a_scheduler_can_stop() {
         let (train, valid) = (xor(600, 4), xor(300, 5));
         let p = params("{ target: y, hidden: [64, 64], epochs: 200, learning_rate: 0.03, early_stopping_rounds: 3 }");
-        let (_, r) = train_mlp(&train, Some(&valid), &p, &mut |_, _| true).unwrap();
+        let (_, r) = train_mlp(&train, Some(&valid), &p, &mut |_| true).unwrap();
         assert!(r.epochs < 200, "{r:?}");
         assert_eq!(r.epochs - r.best_epoch, 3, "{r:?}");
         let best = r.valid_curve[r.best_epoch - 1];
         assert!(r.valid_curve.iter().all(|v| *v >= best));
         let mut seen = vec![];
-        let (_, r) = train_mlp(&train, Some(&valid), &p, &mut |e, _| {
-            seen.push(e);
-            e < 2
+        let (_, r) = train_mlp(&train, Some(&valid), &p, &mut |round| {
+            seen.push(round.number);
+            let log_loss = round.metric("log_loss").unwrap();
+            assert!(
+                (log_loss - round.loss).abs() < 1e-6,
+                "{log_loss} {}",
+                round.loss
+            );
+            round.number < 2
         })
         .unwrap();
         assert_eq!((r.epochs, seen), (2, vec![1, 2]));
@@ -763,7 +783,7 @@ mod tests {
             ),
         ] {
             let p = params(&format!("{{ target: y, {opts} }}"));
-            let err = train_mlp(&train, None, &p, &mut |_, _| true)
+            let err = train_mlp(&train, None, &p, &mut |_| true)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(says), "{opts}: {err}");

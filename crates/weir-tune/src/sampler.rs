@@ -548,19 +548,22 @@ impl Tpe {
                 .map(|p| p.distribution.coordinate(t.params.get(&p.name)?))
                 .collect()
         };
-        let mut done: Vec<(f64, Vec<f64>)> = Vec::new();
+        // Evaluated trials, ranked: complete ones by their value, then
+        // pruned ones by the value they had when stopped (a stopped trial
+        // says less, but it was evaluated: it counts towards the startup
+        // trials, or a study under ASHA stays random for twice as long).
+        let mut done: Vec<((bool, f64), Vec<f64>)> = Vec::new();
         let mut rest: Vec<Vec<f64>> = Vec::new();
         for t in history {
             let Some(x) = coords(t) else { continue };
-            match t.state {
-                TrialState::Complete => {
-                    if let Some(loss) = t.loss(goal).filter(|l| !l.is_nan()) {
-                        done.push((loss, x));
-                    }
-                }
-                // Pruned and running trials count as not good.
-                TrialState::Pruned | TrialState::Running => rest.push(x),
-                TrialState::Failed => {}
+            let loss = t.loss(goal).filter(|l| !l.is_nan());
+            match (t.state, loss) {
+                (TrialState::Complete, Some(loss)) => done.push(((false, loss), x)),
+                (TrialState::Pruned, Some(loss)) => done.push(((true, loss), x)),
+                (TrialState::Complete, None) | (TrialState::Failed, _) => {}
+                // Running trials (and pruned ones without a value) count
+                // as not good.
+                (TrialState::Pruned, None) | (TrialState::Running, _) => rest.push(x),
             }
         }
         if done.len() < self.startup_trials {
@@ -574,7 +577,10 @@ impl Tpe {
         }
         let n_below = gamma(done.len() + rest.len()).max(1).min(done.len());
         let mut order: Vec<usize> = (0..done.len()).collect();
-        order.sort_by(|a, b| done[*a].0.total_cmp(&done[*b].0).then(a.cmp(b)));
+        order.sort_by(|a, b| {
+            let (x, y) = (done[*a].0, done[*b].0);
+            x.0.cmp(&y.0).then(x.1.total_cmp(&y.1)).then(a.cmp(b))
+        });
         let mut is_below = vec![false; done.len()];
         for &i in &order[..n_below] {
             is_below[i] = true;
@@ -691,6 +697,43 @@ mod tests {
             tpe_wins += usize::from(t < r);
         }
         assert!(tpe_wins >= 4, "TPE won {tpe_wins} of {seeds}");
+    }
+
+    #[test]
+    fn pruned_trials_end_the_startup_and_rank_after_complete_ones() {
+        let s = space("{ x: 'uniform(0, 1)' }");
+        let trial = |number: usize, x: f64, state: TrialState, value: f64| Trial {
+            number,
+            params: BTreeMap::from([("x".to_string(), ParamValue::Float(x))]),
+            state,
+            value: Some(value),
+            intermediate: BTreeMap::new(),
+        };
+        // Ten trials, all stopped by a scheduler; the best were near 0.1.
+        let pruned: Vec<Trial> = (0..10)
+            .map(|i| {
+                let x = 0.05 + 0.1 * i as f64;
+                trial(i, x, TrialState::Pruned, (x - 0.1).abs())
+            })
+            .collect();
+        let mean_draw = |history: &[Trial]| {
+            let mut tpe = Tpe::new(11);
+            (0..40)
+                .map(|_| {
+                    tpe.sample(&s, history, Goal::Minimize).unwrap()["x"]
+                        .as_f64()
+                        .unwrap()
+                })
+                .sum::<f64>()
+                / 40.0
+        };
+        // Past the startup, TPE draws near the best of them, not uniformly.
+        assert!(mean_draw(&pruned) < 0.3, "{}", mean_draw(&pruned));
+        // A complete trial ranks before every pruned one, whatever its value.
+        let mut history = pruned.clone();
+        history.push(trial(10, 0.9, TrialState::Complete, 5.0));
+        history.push(trial(11, 0.92, TrialState::Complete, 6.0));
+        assert!(mean_draw(&history) > 0.6, "{}", mean_draw(&history));
     }
 
     #[test]

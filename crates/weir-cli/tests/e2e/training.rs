@@ -442,6 +442,10 @@ fn a_tuned_step_runs_a_study_and_keeps_the_best_trial() {
             "{t}"
         );
     }
+    for t in trials.iter().filter(|t| t["state"] != "failed") {
+        let rounds = t["rounds"].as_f64().unwrap();
+        assert!((1.0..=60.0).contains(&rounds), "{t}");
+    }
     let best = trials.iter().find(|t| t["best"] == true).unwrap();
     let best_value = best["value"].as_f64().unwrap();
     assert!(trials

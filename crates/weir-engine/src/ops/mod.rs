@@ -41,9 +41,10 @@ pub struct OpContext<'a> {
     pub step_run_id: &'a str,
     /// The lineage document, computed for ops that register models.
     pub lineage: Option<serde_json::Value>,
-    /// In a study: hears each round's validation loss, and answers whether
-    /// the trial should go on (ASHA's decision).
-    pub report: Option<&'a (dyn Fn(i64, f64) -> bool + Sync)>,
+    /// In a study: hears each round (its validation loss, other validation
+    /// metrics on demand), and answers whether the trial should go on
+    /// (ASHA's decision).
+    pub report: Option<&'a (dyn Fn(&weir_ml::Round) -> bool + Sync)>,
     /// In a study: what its trials share (inputs read once, data binned once).
     pub cache: Option<&'a StudyCache>,
 }

@@ -70,9 +70,7 @@ pub(super) fn run_gbdt(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
         None => Arc::new(prepare()?),
     };
     let report = ctx.report;
-    let (gbdt, fit) = train_gbdt_prepared(&data, &p, &mut |round, loss| {
-        report.is_none_or(|r| r(round as i64, loss))
-    })?;
+    let (gbdt, fit) = train_gbdt_prepared(&data, &p, &mut |round| report.is_none_or(|r| r(round)))?;
     drop(data);
     ctx.log.line(format!(
         "{:?} model: {} inputs, {} of {} rounds kept, {} threads, binning {:.2}s, fit {:.2}s",
@@ -115,8 +113,8 @@ pub(super) fn run_mlp(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
         p.target
     ));
     let report = ctx.report;
-    let (mlp, fit) = train_mlp(&train, valid.as_deref(), &p, &mut |epoch, loss| {
-        report.is_none_or(|r| r(epoch as i64, loss))
+    let (mlp, fit) = train_mlp(&train, valid.as_deref(), &p, &mut |epoch| {
+        report.is_none_or(|r| r(epoch))
     })?;
     ctx.log.line(format!(
         "{:?} model: {} features -> {} weights, {} of {} epochs kept, {} threads, fit {:.2}s",

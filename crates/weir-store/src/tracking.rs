@@ -104,6 +104,7 @@ pub struct RunSearch {
 /// A value bound to a `$N` placeholder of a query built at run time.
 #[derive(Clone, Debug)]
 pub(crate) enum Bind {
+    Null,
     Text(String),
     Real(f64),
     Int(i64),
@@ -116,6 +117,7 @@ pub(crate) fn bind_all<'q>(
 ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
     for b in binds {
         q = match b {
+            Bind::Null => q.bind(Option::<i64>::None),
             Bind::Text(s) => q.bind(s.as_str()),
             Bind::Real(v) => q.bind(*v),
             Bind::Int(v) => q.bind(*v),
@@ -167,6 +169,63 @@ impl Binds {
     pub(crate) fn text(&mut self, s: impl Into<String>) -> String {
         self.push(Bind::Text(s.into()))
     }
+
+    fn into_statement(self, sql: String) -> Statement {
+        Statement {
+            sql,
+            binds: self.values,
+        }
+    }
+}
+
+/// One SQL statement with its values, its placeholders numbered for one
+/// backend ([`Binds`]).
+pub(crate) struct Statement {
+    sql: String,
+    binds: Vec<Bind>,
+}
+
+fn backend_of(tx: &Transaction<'_, Any>) -> crate::Backend {
+    if tx.backend_name().eq_ignore_ascii_case("sqlite") {
+        crate::Backend::Sqlite
+    } else {
+        crate::Backend::Postgres
+    }
+}
+
+/// Runs `statements` in order in the transaction and returns every row they
+/// return (`RETURNING`). On SQLite they go to the connection's thread as one
+/// multi-statement command, sqlx binding the anonymous `?`s across them in
+/// order: each round trip to that thread is two thread hand-offs, which cost
+/// a small write more than SQLite's own work. PostgreSQL's extended protocol
+/// takes one statement at a time.
+pub(crate) async fn run_statements(
+    tx: &mut Transaction<'_, Any>,
+    statements: Vec<Statement>,
+) -> Result<Vec<AnyRow>> {
+    if statements.is_empty() {
+        return Ok(Vec::new());
+    }
+    if backend_of(tx) == crate::Backend::Sqlite {
+        let sql = statements
+            .iter()
+            .map(|s| s.sql.as_str())
+            .collect::<Vec<_>>()
+            .join(";\n");
+        let binds: Vec<Bind> = statements.into_iter().flat_map(|s| s.binds).collect();
+        return Ok(bind_all(sqlx::query(&sql), &binds)
+            .fetch_all(&mut **tx)
+            .await?);
+    }
+    let mut rows = Vec::new();
+    for s in &statements {
+        rows.extend(
+            bind_all(sqlx::query(&s.sql), &s.binds)
+                .fetch_all(&mut **tx)
+                .await?,
+        );
+    }
+    Ok(rows)
 }
 
 impl Store {
@@ -778,47 +837,60 @@ impl Store {
 
     /// Creates a run and returns it as written (no read-back).
     pub async fn create_tracking_run(&self, run: &NewTrackingRun) -> Result<TrackingRun> {
-        let mut tx = self.pool.begin().await?;
-        // One statement checks the experiment and inserts the run (a request
-        // is a handful of round trips to the database thread; each one counts).
-        let created = sqlx::query(
-            "INSERT INTO tracking_runs (run_id, experiment_id, name, user_id, status, start_time, \
-             end_time, lifecycle_stage, artifact_uri) \
-             SELECT $1, experiment_id, $2, $3, 'RUNNING', $4, NULL, $5, \
-             rtrim(artifact_location, '/') || '/' || $1 || '/artifacts' \
-             FROM experiments WHERE experiment_id = $6 AND lifecycle_stage = $5 \
-             RETURNING artifact_uri",
-        )
-        .bind(&run.run_id)
-        .bind(&run.name)
-        .bind(&run.user_id)
-        .bind(run.start_time)
-        .bind(ACTIVE)
-        .bind(run.experiment_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(created) = created else {
-            drop(tx);
-            let stage: Option<String> = sqlx::query_scalar(
-                "SELECT lifecycle_stage FROM experiments WHERE experiment_id = $1",
-            )
-            .bind(run.experiment_id)
-            .fetch_optional(&self.pool)
-            .await?;
-            return Err(match stage {
-                None => experiment_not_found(run.experiment_id),
-                Some(_) => StoreError::Invalid(format!(
-                    "experiment {} is deleted; restore it before creating runs in it",
-                    run.experiment_id
-                )),
-            });
-        };
-        let artifact_uri: String = created.try_get("artifact_uri")?;
         let mut tags: BTreeMap<String, String> = run.tags.iter().cloned().collect();
         // The name and its tag are one thing, as in MLflow.
         tags.insert("mlflow.runName".into(), run.name.clone());
         let tags: Vec<(String, String)> = tags.into_iter().collect();
-        upsert_run_tags(&mut tx, &run.run_id, &tags).await?;
+        // One statement checks the experiment and inserts the run, and the
+        // tags go in the same command (a request is a handful of round trips
+        // to SQLite's thread; each one counts). Without the experiment no run
+        // is inserted and the tags break their foreign key.
+        let mut b = Binds::new(self.backend);
+        let sql = format!(
+            "INSERT INTO tracking_runs (run_id, experiment_id, name, user_id, status, start_time, \
+             end_time, lifecycle_stage, artifact_uri) \
+             SELECT {}, experiment_id, {}, {}, 'RUNNING', {}, NULL, {}, \
+             rtrim(artifact_location, '/') || '/' || {} || '/artifacts' \
+             FROM experiments WHERE experiment_id = {} AND lifecycle_stage = {} \
+             RETURNING artifact_uri",
+            b.text(run.run_id.as_str()),
+            b.text(run.name.as_str()),
+            b.text(run.user_id.as_str()),
+            b.push(run.start_time.map_or(Bind::Null, Bind::Int)),
+            b.text(ACTIVE),
+            b.text(run.run_id.as_str()),
+            b.push(Bind::Int(run.experiment_id)),
+            b.text(ACTIVE),
+        );
+        let mut statements = vec![b.into_statement(sql)];
+        let rows: Vec<(&str, &str, &str)> = tags
+            .iter()
+            .map(|(k, v)| (run.run_id.as_str(), k.as_str(), v.as_str()))
+            .collect();
+        statements.extend(tag_statements(self.backend, &rows));
+        let mut tx = self.pool.begin().await?;
+        let created = match run_statements(&mut tx, statements).await {
+            Ok(rows) if !rows.is_empty() => rows.into_iter().next().expect("a row"),
+            outcome => {
+                drop(tx);
+                let stage: Option<String> = sqlx::query_scalar(
+                    "SELECT lifecycle_stage FROM experiments WHERE experiment_id = $1",
+                )
+                .bind(run.experiment_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                return Err(match (outcome, stage) {
+                    (_, None) => experiment_not_found(run.experiment_id),
+                    // An error with the experiment in place is its own.
+                    (Err(e), Some(stage)) if stage == ACTIVE => e,
+                    (_, Some(_)) => StoreError::Invalid(format!(
+                        "experiment {} is deleted; restore it before creating runs in it",
+                        run.experiment_id
+                    )),
+                });
+            }
+        };
+        let artifact_uri: String = created.try_get("artifact_uri")?;
         tx.commit().await?;
         Ok(TrackingRun {
             info: RunInfo {
@@ -988,44 +1060,75 @@ impl Store {
         params: &[(String, String)],
         tags: &[(String, String)],
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let backend = self.backend;
         // A write first, so SQLite takes its write lock now (see the crate
-        // docs); it also checks the run exists and is active, and marks its
-        // cached data stale.
-        let touched = sqlx::query(
-            "UPDATE tracking_runs SET data_cache = NULL WHERE run_id = $1 AND lifecycle_stage = $2",
-        )
-        .bind(run_id)
-        .bind(ACTIVE)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if touched == 0 {
-            tx.rollback().await?;
-            let info = self.run_info(run_id).await?;
-            return Err(StoreError::Invalid(format!(
-                "the run {run_id} must be in the 'active' state; it is '{}'",
-                info.lifecycle_stage
-            )));
-        }
-        if !params.is_empty() {
-            insert_params(&mut tx, run_id, params).await?;
-        }
+        // docs); it also marks the run's cached data stale, and returns a row
+        // only if the run exists and is active.
+        let mut b = Binds::new(backend);
+        let sql = format!(
+            "UPDATE tracking_runs SET data_cache = NULL WHERE run_id = {} AND lifecycle_stage = {} \
+             RETURNING 'active' AS what",
+            b.text(run_id),
+            b.text(ACTIVE)
+        );
+        let mut statements = vec![b.into_statement(sql)];
+        let (params, wanted) = param_statements(backend, run_id, params)?;
+        statements.extend(params);
         if !tags.is_empty() {
-            upsert_run_tags(&mut tx, run_id, tags).await?;
+            let rows: Vec<(&str, &str, &str)> = tags
+                .iter()
+                .map(|(k, v)| (run_id, k.as_str(), v.as_str()))
+                .collect();
+            statements.extend(tag_statements(backend, &rows));
             if let Some((_, name)) = tags.iter().rev().find(|(k, _)| k == "mlflow.runName") {
-                sqlx::query("UPDATE tracking_runs SET name = $1 WHERE run_id = $2")
-                    .bind(name)
-                    .bind(run_id)
-                    .execute(&mut *tx)
-                    .await?;
+                let mut b = Binds::new(backend);
+                let sql = format!(
+                    "UPDATE tracking_runs SET name = {} WHERE run_id = {}",
+                    b.text(name.as_str()),
+                    b.text(run_id)
+                );
+                statements.push(b.into_statement(sql));
             }
         }
-        if !metrics.is_empty() {
-            insert_metric_points(&mut tx, run_id, metrics).await?;
+        statements.extend(metric_statements(backend, run_id, metrics));
+        // The whole batch is one command to SQLite's thread; a run that is
+        // missing (its rows break a foreign key) or not active is told
+        // apart after the transaction is rolled back.
+        let mut tx = self.pool.begin().await?;
+        let rows = match run_statements(&mut tx, statements).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tx.rollback().await?;
+                return Err(self.inactive_run(run_id).await?.unwrap_or(e));
+            }
+        };
+        let mut active = false;
+        for row in &rows {
+            active |= row.try_get::<String, _>("what")? == "active";
         }
+        if !active {
+            tx.rollback().await?;
+            return Err(self.inactive_run(run_id).await?.unwrap_or_else(|| {
+                StoreError::Invalid(format!("the run {run_id} must be in the 'active' state"))
+            }));
+        }
+        check_params_kept(&mut tx, run_id, &wanted, &rows).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Why a run cannot be written to: it does not exist, or it is not
+    /// active; `None` when it is there and active.
+    async fn inactive_run(&self, run_id: &str) -> Result<Option<StoreError>> {
+        match self.run_info(run_id).await {
+            Ok(info) if info.lifecycle_stage == ACTIVE => Ok(None),
+            Ok(info) => Ok(Some(StoreError::Invalid(format!(
+                "the run {run_id} must be in the 'active' state; it is '{}'",
+                info.lifecycle_stage
+            )))),
+            Err(e @ StoreError::NotFound { .. }) => Ok(Some(e)),
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn delete_run_tag(&self, run_id: &str, key: &str) -> Result<()> {
@@ -1588,35 +1691,40 @@ pub(crate) async fn upsert_tags_of_runs(
     tx: &mut Transaction<'_, Any>,
     tags: &[(&str, &str, &str)],
 ) -> Result<()> {
+    let statements = tag_statements(backend_of(tx), tags);
+    run_statements(tx, statements).await?;
+    Ok(())
+}
+
+/// Upserts of `(run_id, key, value)` rows, a multi-row statement per chunk.
+fn tag_statements(backend: crate::Backend, tags: &[(&str, &str, &str)]) -> Vec<Statement> {
     // One statement may not set a key twice (PostgreSQL refuses): the last wins.
     let mut last: BTreeMap<(&str, &str), &str> = BTreeMap::new();
     for (run, k, v) in tags {
         last.insert((run, k), v);
     }
     let tags: Vec<(&str, &str, &str)> = last.into_iter().map(|((r, k), v)| (r, k, v)).collect();
-    for chunk in tags.chunks(ROWS_PER_INSERT) {
-        let mut binds = Binds::for_tx(tx);
-        let rows: Vec<String> = chunk
-            .iter()
-            .map(|(run, k, v)| {
-                format!(
-                    "({}, {}, {})",
-                    binds.text(*run),
-                    binds.text(*k),
-                    binds.text(*v)
-                )
-            })
-            .collect();
-        let sql = format!(
-            "INSERT INTO run_tags (run_id, key, value) VALUES {} \
-             ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
-            rows.join(", ")
-        );
-        bind_all(sqlx::query(&sql), binds.values())
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(())
+    tags.chunks(ROWS_PER_INSERT)
+        .map(|chunk| {
+            let mut binds = Binds::new(backend);
+            let rows: Vec<String> = chunk
+                .iter()
+                .map(|(run, k, v)| {
+                    format!(
+                        "({}, {}, {})",
+                        binds.text(*run),
+                        binds.text(*k),
+                        binds.text(*v)
+                    )
+                })
+                .collect();
+            binds.into_statement(format!(
+                "INSERT INTO run_tags (run_id, key, value) VALUES {} \
+                 ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
+                rows.join(", ")
+            ))
+        })
+        .collect()
 }
 
 /// The caller marks the runs' cached data stale ([`stale_data`]).
@@ -1625,6 +1733,19 @@ pub(crate) async fn insert_params(
     run_id: &str,
     params: &[(String, String)],
 ) -> Result<()> {
+    let (statements, wanted) = param_statements(backend_of(tx), run_id, params)?;
+    let rows = run_statements(tx, statements).await?;
+    check_params_kept(tx, run_id, &wanted, &rows).await
+}
+
+/// Params as inserts that leave a key the run already has as it is; each
+/// inserted key comes back as a row `('param', key)` for
+/// [`check_params_kept`].
+fn param_statements<'a>(
+    backend: crate::Backend,
+    run_id: &str,
+    params: &'a [(String, String)],
+) -> Result<(Vec<Statement>, BTreeMap<&'a str, &'a str>)> {
     let mut wanted: BTreeMap<&str, &str> = BTreeMap::new();
     for (k, v) in params {
         if let Some(previous) = wanted.insert(k, v) {
@@ -1635,36 +1756,47 @@ pub(crate) async fn insert_params(
             }
         }
     }
-    // New keys are inserted; a key the run already has is left as it is,
-    // and only then (rows short of the batch) compared.
     let pairs: Vec<(&str, &str)> = wanted.iter().map(|(k, v)| (*k, *v)).collect();
-    let mut inserted = 0;
-    for chunk in pairs.chunks(ROWS_PER_INSERT) {
-        let mut binds = Binds::for_tx(tx);
-        let rows: Vec<String> = chunk
-            .iter()
-            .map(|(k, v)| {
-                format!(
-                    "({}, {}, {})",
-                    binds.text(run_id),
-                    binds.text(*k),
-                    binds.text(*v)
-                )
-            })
-            .collect();
-        inserted += bind_all(
-            sqlx::query(&format!(
+    let statements = pairs
+        .chunks(ROWS_PER_INSERT)
+        .map(|chunk| {
+            let mut binds = Binds::new(backend);
+            let rows: Vec<String> = chunk
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "({}, {}, {})",
+                        binds.text(run_id),
+                        binds.text(*k),
+                        binds.text(*v)
+                    )
+                })
+                .collect();
+            binds.into_statement(format!(
                 "INSERT INTO run_params (run_id, key, value) VALUES {} \
-                 ON CONFLICT (run_id, key) DO NOTHING",
+                 ON CONFLICT (run_id, key) DO NOTHING RETURNING 'param' AS what, key",
                 rows.join(", ")
-            )),
-            binds.values(),
-        )
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
+            ))
+        })
+        .collect();
+    Ok((statements, wanted))
+}
+
+/// After [`param_statements`] ran: a key that was not inserted is already
+/// logged, and must have been logged with the same value (MLflow's rule).
+async fn check_params_kept(
+    tx: &mut Transaction<'_, Any>,
+    run_id: &str,
+    wanted: &BTreeMap<&str, &str>,
+    rows: &[AnyRow],
+) -> Result<()> {
+    let mut inserted = 0;
+    for row in rows {
+        if row.try_get::<String, _>("what")? == "param" {
+            inserted += 1;
+        }
     }
-    if inserted == pairs.len() as u64 {
+    if inserted == wanted.len() {
         return Ok(());
     }
     let mut binds = Binds::for_tx(tx);
@@ -1712,6 +1844,13 @@ pub(crate) async fn insert_metric_points(
     run_id: &str,
     metrics: &[Metric],
 ) -> Result<()> {
+    let statements = metric_statements(backend_of(tx), run_id, metrics);
+    run_statements(tx, statements).await?;
+    Ok(())
+}
+
+/// Metric points packed into one row per key, and each key's latest point.
+fn metric_statements(backend: crate::Backend, run_id: &str, metrics: &[Metric]) -> Vec<Statement> {
     // One packed row per key, points in the order they arrived.
     let mut latest: BTreeMap<&str, Point> = BTreeMap::new();
     let mut packed: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
@@ -1730,9 +1869,10 @@ pub(crate) async fn insert_metric_points(
         let stored = if is_nan != 0 { f64::NAN } else { value };
         bytes.extend_from_slice(&stored.to_le_bytes());
     }
+    let mut statements = Vec::new();
     let mut packed: Vec<(&str, Vec<u8>)> = packed.into_iter().collect();
     for chunk in packed.chunks_mut(ROWS_PER_INSERT) {
-        let mut binds = Binds::for_tx(tx);
+        let mut binds = Binds::new(backend);
         let rows: Vec<String> = chunk
             .iter_mut()
             .map(|(key, points)| {
@@ -1744,19 +1884,14 @@ pub(crate) async fn insert_metric_points(
                 )
             })
             .collect();
-        bind_all(
-            sqlx::query(&format!(
-                "INSERT INTO metric_chunks (run_id, key, points) VALUES {}",
-                rows.join(", ")
-            )),
-            binds.values(),
-        )
-        .execute(&mut **tx)
-        .await?;
+        statements.push(binds.into_statement(format!(
+            "INSERT INTO metric_chunks (run_id, key, points) VALUES {}",
+            rows.join(", ")
+        )));
     }
     let latest: Vec<(&str, Point)> = latest.into_iter().collect();
     for chunk in latest.chunks(ROWS_PER_INSERT) {
-        let mut binds = Binds::for_tx(tx);
+        let mut binds = Binds::new(backend);
         let rows: Vec<String> = chunk
             .iter()
             .map(|(key, (step, ts, value, is_nan))| {
@@ -1772,7 +1907,7 @@ pub(crate) async fn insert_metric_points(
             })
             .collect();
         // Replace the stored latest point only with a newer one (MLflow's order).
-        let sql = format!(
+        statements.push(binds.into_statement(format!(
             "INSERT INTO latest_metrics (run_id, key, value, ts, step, is_nan) VALUES {} \
              ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, ts = excluded.ts, \
              step = excluded.step, is_nan = excluded.is_nan \
@@ -1782,12 +1917,9 @@ pub(crate) async fn insert_metric_points(
                  AND (CASE WHEN excluded.is_nan = 1 THEN -1e308 ELSE excluded.value END) \
                    > (CASE WHEN latest_metrics.is_nan = 1 THEN -1e308 ELSE latest_metrics.value END))",
             rows.join(", ")
-        );
-        bind_all(sqlx::query(&sql), binds.values())
-            .execute(&mut **tx)
-            .await?;
+        )));
     }
-    Ok(())
+    statements
 }
 
 #[derive(Clone, Debug, PartialEq)]

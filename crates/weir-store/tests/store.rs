@@ -523,6 +523,7 @@ store_suite!(
     study_trials_round_trip_and_replace,
     deployments_change_by_revision_with_their_events,
     search_sees_every_write_after_caching_a_run,
+    refused_tracking_writes_say_why_and_leave_nothing,
 );
 
 /// One search of `exp` for `filter`, ordered by `metrics.acc DESC`.
@@ -538,6 +539,113 @@ async fn search(s: &Store, exp: i64, filter: &str) -> Vec<tracking::TrackingRun>
     .await
     .unwrap()
     .0
+}
+
+/// A request's writes go to SQLite as one command; each way it can be
+/// refused must still say why, and leave nothing of the request behind.
+async fn refused_tracking_writes_say_why_and_leave_nothing(s: &Store) {
+    let exp = s.create_experiment("refusals", None, &[]).await.unwrap();
+    let new_run = |id: &str, experiment_id: i64| tracking::NewTrackingRun {
+        run_id: format!("{id:0>32}"),
+        experiment_id,
+        name: format!("run-{id}"),
+        user_id: "u".into(),
+        start_time: None,
+        tags: vec![("team".into(), "x".into())],
+    };
+    let metric = |value: f64| tracking::Metric {
+        key: "acc".into(),
+        value,
+        timestamp: 1,
+        step: 0,
+    };
+    let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+
+    let created = s.create_tracking_run(&new_run("a", exp)).await.unwrap();
+    assert!(created.info.artifact_uri.ends_with("/artifacts"));
+    let a = created.info.run_id;
+    let stored = s.tracking_run(&a).await.unwrap();
+    assert!(stored.tags.contains(&pair("team", "x")));
+    assert!(stored.tags.contains(&pair("mlflow.runName", "run-a")));
+    assert_eq!(stored.info.start_time, None);
+
+    // No experiment, or a deleted one: no run, no tags.
+    let err = s
+        .create_tracking_run(&new_run("b", 987_654))
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    s.set_experiment_lifecycle(exp, "deleted").await.unwrap();
+    let err = s.create_tracking_run(&new_run("c", exp)).await.unwrap_err();
+    assert!(err.to_string().contains("is deleted; restore it"), "{err}");
+    s.set_experiment_lifecycle(exp, "active").await.unwrap();
+    for id in ["b", "c"] {
+        assert!(s
+            .tracking_run(&format!("{id:0>32}"))
+            .await
+            .unwrap_err()
+            .is_not_found());
+    }
+
+    // A param logged again with its value is fine; with another value the
+    // whole batch is refused, its metric and new param included.
+    s.log_batch(&a, &[metric(0.5)], &[pair("lr", "0.1")], &[])
+        .await
+        .unwrap();
+    s.log_batch(&a, &[], &[pair("lr", "0.1")], &[])
+        .await
+        .unwrap();
+    let err = s
+        .log_batch(
+            &a,
+            &[metric(0.9)],
+            &[pair("depth", "3"), pair("lr", "0.2")],
+            &[pair("team", "y")],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("changing param values is not allowed"),
+        "{err}"
+    );
+    let stored = s.tracking_run(&a).await.unwrap();
+    assert_eq!(stored.params, vec![pair("lr", "0.1")]);
+    assert_eq!(stored.metrics.len(), 1);
+    assert_eq!(stored.metrics[0].value, 0.5);
+    assert!(stored.tags.contains(&pair("team", "x")));
+
+    // An unknown run, and a deleted one.
+    let err = s
+        .log_batch(
+            &format!("{:0>32}", "f"),
+            &[metric(1.0)],
+            &[pair("k", "v")],
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    s.set_run_lifecycle(&a, "deleted").await.unwrap();
+    let err = s
+        .log_batch(&a, &[metric(0.7)], &[pair("x", "1")], &[pair("t", "1")])
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("must be in the 'active' state; it is 'deleted'"),
+        "{err}"
+    );
+    s.set_run_lifecycle(&a, "active").await.unwrap();
+    let stored = s.tracking_run(&a).await.unwrap();
+    assert_eq!(stored.params, vec![pair("lr", "0.1")]);
+    assert_eq!(stored.metrics[0].value, 0.5);
+    assert!(!stored.tags.iter().any(|(k, _)| k == "t"));
+    // And a batch that renames the run still does.
+    s.log_batch(&a, &[], &[], &[pair("mlflow.runName", "renamed")])
+        .await
+        .unwrap();
+    assert_eq!(s.tracking_run(&a).await.unwrap().info.name, "renamed");
 }
 
 /// A search caches what it returns of each run (`data_cache`); every kind of

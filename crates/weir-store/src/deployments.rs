@@ -118,7 +118,7 @@ impl Store {
         event: Option<(&str, &str)>,
     ) -> Result<Deployment> {
         let now = weir_core::now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let steps = serde_json::to_string(&d.steps).expect("numbers serialise");
         let analysis = d.analysis.to_string();
         let changed = if d.revision == 0 {

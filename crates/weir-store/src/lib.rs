@@ -52,6 +52,12 @@ pub enum Backend {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// Where write transactions run. On a SQLite file, one connection of its
+    /// own: writers in this process then queue on the pool, waking the moment
+    /// the last one commits, instead of meeting SQLite's lock and sleeping in
+    /// its busy handler (1, 2, 5, 10 ms ...). Other processes still meet the
+    /// lock and wait on the busy timeout. Elsewhere, the pool itself.
+    writer: AnyPool,
     backend: Backend,
     url: String,
 }
@@ -81,18 +87,30 @@ impl Store {
     pub async fn connect(url: &str) -> Result<Store> {
         let (backend, url, options) = parse_url(url)?;
         let pool = pool_options(backend)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(|e| StoreError::open(&url, e))?;
-        Ok(Store { pool, backend, url })
+        let writer = writer_pool(backend, &url, &pool, options);
+        Ok(Store {
+            pool,
+            writer,
+            backend,
+            url,
+        })
     }
 
     /// Like [`Store::connect`], but connects on first use, so a caller can
     /// do other work meanwhile (see [`Store::ping`]).
     pub fn connect_lazy(url: &str) -> Result<Store> {
         let (backend, url, options) = parse_url(url)?;
-        let pool = pool_options(backend).connect_lazy_with(options);
-        Ok(Store { pool, backend, url })
+        let pool = pool_options(backend).connect_lazy_with(options.clone());
+        let writer = writer_pool(backend, &url, &pool, options);
+        Ok(Store {
+            pool,
+            writer,
+            backend,
+            url,
+        })
     }
 
     /// Opens a connection now if none is open, and checks the database answers.
@@ -114,6 +132,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 }
@@ -177,6 +196,22 @@ fn pool_options(backend: Backend) -> AnyPoolOptions {
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(15)),
     }
+}
+
+/// The pool for write transactions (see [`Store`]'s `writer`): a lazy
+/// one-connection pool on a SQLite file; `pool` itself on PostgreSQL, and on
+/// an in-memory SQLite database, which another connection would not see.
+fn writer_pool(backend: Backend, url: &str, pool: &AnyPool, options: AnyConnectOptions) -> AnyPool {
+    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    if backend != Backend::Sqlite || in_memory {
+        return pool.clone();
+    }
+    pool_options(backend)
+        .max_connections(1)
+        // A write may wait behind a long one (a migration, a big batch); it
+        // should wait about as long as SQLite's busy timeout would.
+        .acquire_timeout(Duration::from_secs(15))
+        .connect_lazy_with(options)
 }
 
 /// Accepts `sqlite://rel/path.db`, `sqlite:///abs/path.db` and `postgres://...`;

@@ -73,7 +73,7 @@ impl Store {
         tags: &[(String, String)],
     ) -> Result<RegisteredModel> {
         let now = weir_core::now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO models (name, created_at, last_updated_at, description) VALUES ($1, $2, $2, $3) \
              ON CONFLICT (name) DO NOTHING",
@@ -176,7 +176,7 @@ impl Store {
                 id: new_name.to_string(),
             });
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         // A key referenced by other tables: copy the row, move the children, drop the old row.
         sqlx::query(
             "INSERT INTO models (name, created_at, last_updated_at, description) \
@@ -213,14 +213,14 @@ impl Store {
             .bind(description)
             .bind(weir_core::now_ms())
             .bind(name)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
 
     pub async fn delete_registered_model(&self, name: &str) -> Result<()> {
         self.registered_model(name).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for table in [
             "model_version_tags",
             "model_aliases",
@@ -276,7 +276,7 @@ impl Store {
         .bind(name)
         .bind(key)
         .bind(value)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -286,7 +286,7 @@ impl Store {
         sqlx::query("DELETE FROM model_tags WHERE name = $1 AND key = $2")
             .bind(name)
             .bind(key)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -300,7 +300,7 @@ impl Store {
         .bind(name)
         .bind(alias)
         .bind(version)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -310,7 +310,7 @@ impl Store {
         sqlx::query("DELETE FROM model_aliases WHERE name = $1 AND alias = $2")
             .bind(name)
             .bind(alias)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -333,7 +333,7 @@ impl Store {
     /// pipelines create the model on first registration instead).
     pub async fn create_model_version(&self, new: &NewModelVersion) -> Result<VersionDetail> {
         self.registered_model(&new.name).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let version = insert_model_version(&mut tx, new, weir_core::now_ms()).await?;
         tx.commit().await?;
         self.version_detail(&new.name, version.version).await
@@ -388,14 +388,14 @@ impl Store {
         .bind(weir_core::now_ms())
         .bind(name)
         .bind(version)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
 
     pub async fn delete_model_version(&self, name: &str, version: i64) -> Result<()> {
         self.version_detail(name, version).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for table in ["model_version_tags", "model_aliases", "model_versions"] {
             sqlx::query(&format!(
                 "DELETE FROM {table} WHERE name = $1 AND version = $2"
@@ -419,7 +419,7 @@ impl Store {
     ) -> Result<()> {
         self.version_detail(name, version).await?;
         let now = weir_core::now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         if archive_existing && matches!(stage, "Staging" | "Production") {
             sqlx::query(
                 "UPDATE model_versions SET stage = 'Archived', last_updated_at = $1 \
@@ -461,7 +461,7 @@ impl Store {
         .bind(version)
         .bind(key)
         .bind(value)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -477,7 +477,7 @@ impl Store {
             .bind(name)
             .bind(version)
             .bind(key)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

@@ -224,7 +224,7 @@ impl Store {
     /// run is never visible with only some of its steps.
     pub async fn create_run(&self, run: &RunRecord, steps: &[NewStepRun]) -> Result<()> {
         let experiment_id = self.ensure_experiment(&run.pipeline).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "INSERT INTO runs (id, pipeline, spec_file, spec_json, params_json, status, git_rev, started_at, \
              runner, heartbeat_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -267,7 +267,7 @@ impl Store {
             .bind(weir_core::now_ms())
             .bind(id)
             .bind(RunStatus::Running.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -291,7 +291,7 @@ impl Store {
         reason: &str,
     ) -> Result<Option<Vec<StepRunRecord>>> {
         let now = weir_core::now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let updated = sqlx::query(
             "UPDATE runs SET status = $1, ended_at = $2, error = $3 WHERE id = $4 AND status = $5",
         )
@@ -342,7 +342,7 @@ impl Store {
     /// transaction; fails if the run is not failed.
     pub async fn reopen_run(&self, id: &str, runner: &str) -> Result<()> {
         let now = weir_core::now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let updated = sqlx::query(
             "UPDATE runs SET status = $1, ended_at = NULL, error = NULL, runner = $2, heartbeat_at = $3 \
              WHERE id = $4 AND status = $5",
@@ -379,14 +379,14 @@ impl Store {
             .bind(weir_core::now_ms())
             .bind(id)
             .bind(StepStatus::Running.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
 
     /// Records a saved checkpoint (a directory artifact whose bytes are stored).
     pub async fn set_checkpoint(&self, id: &str, checkpoint: &ArtifactRecord) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query("UPDATE step_runs SET checkpoint_digest = $1 WHERE id = $2")
             .bind(checkpoint.digest.hex())
             .bind(id)
@@ -403,7 +403,7 @@ impl Store {
             .bind(host)
             .bind(pgid)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -414,7 +414,7 @@ impl Store {
             .bind(weir_core::now_ms())
             .bind(error)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -535,7 +535,7 @@ impl Store {
             .bind(id)
             .bind(StepStatus::Pending.as_str())
             .bind(RunStatus::Running.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?
             .rows_affected();
         self.expect_transition(id, updated, "start").await
@@ -597,7 +597,7 @@ impl Store {
         source: &StepRunRecord,
     ) -> Result<()> {
         let now = weir_core::now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "UPDATE step_runs SET status = $1, started_at = $2, ended_at = $2, exit_code = 0, inputs_json = $3, \
              cache_key = $4, cache_components = $5, cached_from = $6, log_digest = $7, sources_json = $8 \
@@ -654,7 +654,7 @@ impl Store {
         .bind(id)
         .bind(StepStatus::Failed.as_str())
         .bind(RunStatus::Running.as_str())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?
         .rows_affected();
         self.expect_transition(id, updated, "retry").await
@@ -666,7 +666,7 @@ impl Store {
             .bind(StepStatus::Skipped.as_str())
             .bind(reason)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -679,7 +679,7 @@ impl Store {
         completion: &StepCompletion,
     ) -> Result<Vec<ModelVersion>> {
         let now = weir_core::now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let run_id: String = sqlx::query(
             "UPDATE step_runs SET status = $1, ended_at = $2, exit_code = 0, error = NULL, log_digest = $3, \
              sources_json = $4 WHERE id = $5 RETURNING run_id",
@@ -727,7 +727,7 @@ impl Store {
         exit_code: Option<i64>,
         log: Option<&ArtifactRecord>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "UPDATE step_runs SET status = $1, ended_at = $2, exit_code = $3, error = $4, log_digest = $5 \
              WHERE id = $6",

@@ -246,7 +246,7 @@ impl Store {
             binds.text(key)
         );
         let deleted = bind_all(sqlx::query(&sql), binds.values())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?
             .rows_affected();
         if deleted == 0 {
@@ -599,7 +599,7 @@ impl Store {
         // Ids are allocated as max + 1 inside the transaction; on PostgreSQL two
         // concurrent creations can pick the same one, and the loser retries.
         for _ in 0..8 {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.writer.begin().await?;
             if sqlx::query("SELECT experiment_id FROM experiments WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&mut *tx)
@@ -777,7 +777,7 @@ impl Store {
         .bind(new_name)
         .bind(weir_core::now_ms())
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -794,7 +794,7 @@ impl Store {
             return Ok(());
         }
         let now = weir_core::now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "UPDATE experiments SET lifecycle_stage = $1, last_update_time = $2 WHERE experiment_id = $3",
         )
@@ -817,7 +817,7 @@ impl Store {
 
     pub async fn set_experiment_tag(&self, id: i64, key: &str, value: &str) -> Result<()> {
         self.experiment(id).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         upsert_experiment_tag(&mut tx, id, key, value).await?;
         tx.commit().await?;
         Ok(())
@@ -868,7 +868,7 @@ impl Store {
             .map(|(k, v)| (run.run_id.as_str(), k.as_str(), v.as_str()))
             .collect();
         statements.extend(tag_statements(self.backend, &rows));
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let created = match run_statements(&mut tx, statements).await {
             Ok(rows) if !rows.is_empty() => rows.into_iter().next().expect("a row"),
             outcome => {
@@ -963,7 +963,7 @@ impl Store {
     /// Reads the data of runs whose cached copy is stale and caches it;
     /// returns each run's body as cached.
     async fn refresh_data(&self, ids: &[&str]) -> Result<HashMap<String, String>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         // A write first: it takes SQLite's write lock, and on PostgreSQL
         // these rows' locks, so no write to these runs (each of which clears
         // the cache in its own transaction) can fall between the read below
@@ -1015,7 +1015,7 @@ impl Store {
         name: Option<&str>,
     ) -> Result<RunInfo> {
         let info = self.run_info(run_id).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "UPDATE tracking_runs SET status = $1, end_time = $2, name = $3, data_cache = NULL \
              WHERE run_id = $4",
@@ -1046,7 +1046,7 @@ impl Store {
         .bind(stage)
         .bind((stage == DELETED).then(weir_core::now_ms))
         .bind(run_id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -1094,7 +1094,7 @@ impl Store {
         // The whole batch is one command to SQLite's thread; a run that is
         // missing (its rows break a foreign key) or not active is told
         // apart after the transaction is rolled back.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let rows = match run_statements(&mut tx, statements).await {
             Ok(rows) => rows,
             Err(e) => {
@@ -1138,7 +1138,7 @@ impl Store {
                 "the run {run_id} must be in the 'active' state"
             )));
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         stale_data(&mut tx, &[run_id]).await?;
         let deleted = sqlx::query("DELETE FROM run_tags WHERE run_id = $1 AND key = $2")
             .bind(run_id)
@@ -1160,7 +1160,7 @@ impl Store {
         datasets: &[(String, String, String, String)],
     ) -> Result<()> {
         self.run_info(run_id).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         stale_data(&mut tx, &[run_id]).await?;
         for (name, digest, dataset, tags) in datasets {
             sqlx::query("DELETE FROM run_inputs WHERE run_id = $1 AND name = $2 AND digest = $3")
@@ -1453,7 +1453,7 @@ impl Store {
     }
 
     pub async fn put_artifact_path(&self, path: &str, digest: &str, size: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query("DELETE FROM artifact_paths WHERE path = $1")
             .bind(path)
             .execute(&mut *tx)
@@ -1509,7 +1509,7 @@ impl Store {
                 .bind(path)
                 .bind(&dir)
                 .bind(format!("{dir}\u{10FFFF}"))
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?
                 .rows_affected();
         Ok(deleted)
@@ -1969,7 +1969,7 @@ impl Store {
             new.model_id
         );
         let now = weir_core::now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query(&format!(
             "INSERT INTO logged_models ({LOGGED_MODEL_COLUMNS}, lifecycle_stage) \
              VALUES ($1, $2, $3, $4, 'LOGGED_MODEL_PENDING', NULL, NULL, $5, $6, $7, $7, $8)"
@@ -2045,7 +2045,7 @@ impl Store {
         .bind(status)
         .bind(weir_core::now_ms())
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         self.logged_model(id).await
     }
@@ -2055,7 +2055,7 @@ impl Store {
         sqlx::query("UPDATE logged_models SET lifecycle_stage = $1 WHERE model_id = $2")
             .bind(DELETED)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -2073,7 +2073,7 @@ impl Store {
         } else {
             "logged_model_params"
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         upsert_model_pairs(&mut tx, table, id, pairs).await?;
         tx.commit().await?;
         Ok(())
@@ -2159,7 +2159,7 @@ impl Store {
         models: &[(String, i64)],
     ) -> Result<()> {
         self.run_info(run_id).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         stale_data(&mut tx, &[run_id]).await?;
         for (model_id, step) in models {
             sqlx::query(

@@ -31,6 +31,9 @@ pub enum StoreError {
     Corrupt { what: String, reason: String },
     #[error("metadata store error: {0}")]
     Db(#[from] sqlx::Error),
+    /// From the connection the hot tracking writes drive themselves.
+    #[error("metadata store error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
 }
 
 impl StoreError {

@@ -10,6 +10,7 @@
 
 mod artifacts;
 mod deployments;
+mod direct;
 mod error;
 pub mod filter;
 mod metrics;
@@ -58,6 +59,9 @@ pub struct Store {
     /// its busy handler (1, 2, 5, 10 ms ...). Other processes still meet the
     /// lock and wait on the busy timeout. Elsewhere, the pool itself.
     writer: AnyPool,
+    /// On a SQLite file, the connection the hot tracking writes drive
+    /// themselves ([`direct`]).
+    direct: Option<std::sync::Arc<direct::Direct>>,
     backend: Backend,
     url: String,
 }
@@ -94,6 +98,7 @@ impl Store {
         Ok(Store {
             pool,
             writer,
+            direct: sqlite_file(&url).map(direct::Direct::new),
             backend,
             url,
         })
@@ -108,6 +113,7 @@ impl Store {
         Ok(Store {
             pool,
             writer,
+            direct: sqlite_file(&url).map(direct::Direct::new),
             backend,
             url,
         })
@@ -132,6 +138,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(direct) = &self.direct {
+            direct.close();
+        }
         self.writer.close().await;
         self.pool.close().await;
     }
@@ -140,11 +149,7 @@ impl Store {
 /// An exclusive lock on `<database>-migrate.lock`, held until dropped; none
 /// for an in-memory database.
 async fn migration_lock(url: &str) -> Result<Option<std::fs::File>> {
-    let path = url
-        .strip_prefix("sqlite://")
-        .map(|rest| rest.split('?').next().unwrap_or(rest))
-        .filter(|p| !p.is_empty() && *p != ":memory:");
-    let Some(path) = path else {
+    let Some(path) = sqlite_file(url) else {
         return Ok(None);
     };
     let lock_path = format!("{path}-migrate.lock");
@@ -159,6 +164,15 @@ async fn migration_lock(url: &str) -> Result<Option<std::fs::File>> {
         .map_err(|e| StoreError::Migrate(format!("cannot lock {lock_path}: {e}")))?
         .map_err(|e| StoreError::Migrate(format!("cannot lock {lock_path}: {e}")))?;
     Ok(Some(locked))
+}
+
+/// The path of the SQLite file a normalized URL names; `None` for
+/// PostgreSQL and for an in-memory database.
+fn sqlite_file(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("sqlite://")?;
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let in_memory = path.is_empty() || path == ":memory:" || query.contains("mode=memory");
+    (!in_memory).then_some(path)
 }
 
 fn parse_url(url: &str) -> Result<(Backend, String, AnyConnectOptions)> {
@@ -202,8 +216,7 @@ fn pool_options(backend: Backend) -> AnyPoolOptions {
 /// one-connection pool on a SQLite file; `pool` itself on PostgreSQL, and on
 /// an in-memory SQLite database, which another connection would not see.
 fn writer_pool(backend: Backend, url: &str, pool: &AnyPool, options: AnyConnectOptions) -> AnyPool {
-    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-    if backend != Backend::Sqlite || in_memory {
+    if backend != Backend::Sqlite || sqlite_file(url).is_none() {
         return pool.clone();
     }
     pool_options(backend)

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
+use crate::direct::Check;
 use crate::filter::{Clause, Comparator, Entity, OrderBy, Value};
 use crate::run_json::{self, RunBody};
 use crate::{Result, Store, StoreError};
@@ -181,8 +182,32 @@ impl Binds {
 /// One SQL statement with its values, its placeholders numbered for one
 /// backend ([`Binds`]).
 pub(crate) struct Statement {
-    sql: String,
-    binds: Vec<Bind>,
+    pub(crate) sql: String,
+    pub(crate) binds: Vec<Bind>,
+}
+
+/// A row a write returned (`RETURNING`, or a check's `SELECT`), its columns
+/// as text.
+pub(crate) struct Returned(pub(crate) Vec<(String, Option<String>)>);
+
+impl Returned {
+    fn text(&self, column: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(name, _)| name == column)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    fn from_row(row: &AnyRow) -> Result<Returned> {
+        let mut columns = Vec::with_capacity(row.columns().len());
+        for (i, column) in row.columns().iter().enumerate() {
+            columns.push((
+                sqlx::Column::name(column).to_string(),
+                row.try_get::<Option<String>, _>(i)?,
+            ));
+        }
+        Ok(Returned(columns))
+    }
 }
 
 fn backend_of(tx: &Transaction<'_, Any>) -> crate::Backend {
@@ -202,7 +227,7 @@ fn backend_of(tx: &Transaction<'_, Any>) -> crate::Backend {
 pub(crate) async fn run_statements(
     tx: &mut Transaction<'_, Any>,
     statements: Vec<Statement>,
-) -> Result<Vec<AnyRow>> {
+) -> Result<Vec<Returned>> {
     if statements.is_empty() {
         return Ok(Vec::new());
     }
@@ -213,19 +238,44 @@ pub(crate) async fn run_statements(
             .collect::<Vec<_>>()
             .join(";\n");
         let binds: Vec<Bind> = statements.into_iter().flat_map(|s| s.binds).collect();
-        return Ok(bind_all(sqlx::query(&sql), &binds)
+        let rows = bind_all(sqlx::query(&sql), &binds)
             .fetch_all(&mut **tx)
-            .await?);
+            .await?;
+        return rows.iter().map(Returned::from_row).collect();
     }
     let mut rows = Vec::new();
     for s in &statements {
-        rows.extend(
-            bind_all(sqlx::query(&s.sql), &s.binds)
-                .fetch_all(&mut **tx)
-                .await?,
-        );
+        for row in bind_all(sqlx::query(&s.sql), &s.binds)
+            .fetch_all(&mut **tx)
+            .await?
+        {
+            rows.push(Returned::from_row(&row)?);
+        }
     }
     Ok(rows)
+}
+
+impl Store {
+    /// Runs `statements` as one transaction, hands the rows they return to
+    /// `check`, and commits; any error rolls everything back. On a SQLite
+    /// file the request drives its own connection ([`crate::direct`]).
+    async fn write(&self, statements: Vec<Statement>, check: Check) -> Result<Vec<Returned>> {
+        if let Some(direct) = &self.direct {
+            return direct.write(statements, check).await;
+        }
+        let mut tx = self.writer.begin().await?;
+        let outcome = run_statements(&mut tx, statements).await;
+        match outcome.and_then(|rows| check(&rows).map(|()| rows)) {
+            Ok(rows) => {
+                tx.commit().await?;
+                Ok(rows)
+            }
+            Err(e) => {
+                tx.rollback().await?;
+                Err(e)
+            }
+        }
+    }
 }
 
 impl Store {
@@ -868,30 +918,34 @@ impl Store {
             .map(|(k, v)| (run.run_id.as_str(), k.as_str(), v.as_str()))
             .collect();
         statements.extend(tag_statements(self.backend, &rows));
-        let mut tx = self.writer.begin().await?;
-        let created = match run_statements(&mut tx, statements).await {
-            Ok(rows) if !rows.is_empty() => rows.into_iter().next().expect("a row"),
-            outcome => {
-                drop(tx);
+        let experiment_id = run.experiment_id;
+        let check: Check = Box::new(move |rows| match rows.first() {
+            Some(_) => Ok(()),
+            None => Err(StoreError::Invalid(format!(
+                "experiment {experiment_id} is not active; restore it before creating runs in it"
+            ))),
+        });
+        let rows = match self.write(statements, check).await {
+            Ok(rows) => rows,
+            Err(e) => {
                 let stage: Option<String> = sqlx::query_scalar(
                     "SELECT lifecycle_stage FROM experiments WHERE experiment_id = $1",
                 )
                 .bind(run.experiment_id)
                 .fetch_optional(&self.pool)
                 .await?;
-                return Err(match (outcome, stage) {
-                    (_, None) => experiment_not_found(run.experiment_id),
+                return Err(match stage {
+                    None => experiment_not_found(run.experiment_id),
                     // An error with the experiment in place is its own.
-                    (Err(e), Some(stage)) if stage == ACTIVE => e,
-                    (_, Some(_)) => StoreError::Invalid(format!(
+                    Some(stage) if stage == ACTIVE => e,
+                    Some(_) => StoreError::Invalid(format!(
                         "experiment {} is deleted; restore it before creating runs in it",
                         run.experiment_id
                     )),
                 });
             }
         };
-        let artifact_uri: String = created.try_get("artifact_uri")?;
-        tx.commit().await?;
+        let artifact_uri = rows[0].text("artifact_uri").unwrap_or_default().to_string();
         Ok(TrackingRun {
             info: RunInfo {
                 run_id: run.run_id.clone(),
@@ -1072,8 +1126,7 @@ impl Store {
             b.text(ACTIVE)
         );
         let mut statements = vec![b.into_statement(sql)];
-        let (params, wanted) = param_statements(backend, run_id, params)?;
-        statements.extend(params);
+        statements.extend(param_statements(backend, run_id, params)?);
         if !tags.is_empty() {
             let rows: Vec<(&str, &str, &str)> = tags
                 .iter()
@@ -1091,30 +1144,22 @@ impl Store {
             }
         }
         statements.extend(metric_statements(backend, run_id, metrics));
-        // The whole batch is one command to SQLite's thread; a run that is
-        // missing (its rows break a foreign key) or not active is told
-        // apart after the transaction is rolled back.
-        let mut tx = self.writer.begin().await?;
-        let rows = match run_statements(&mut tx, statements).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                tx.rollback().await?;
-                return Err(self.inactive_run(run_id).await?.unwrap_or(e));
+        // The whole batch is one transaction, and on SQLite one command; a
+        // run that is missing (its rows break a foreign key) or not active
+        // is told apart after the transaction is rolled back.
+        let owner = run_id.to_string();
+        let check: Check = Box::new(move |rows| {
+            if !rows.iter().any(|r| r.text("what") == Some("active")) {
+                return Err(StoreError::Invalid(format!(
+                    "the run {owner} must be in the 'active' state"
+                )));
             }
-        };
-        let mut active = false;
-        for row in &rows {
-            active |= row.try_get::<String, _>("what")? == "active";
+            params_kept(&owner, rows)
+        });
+        match self.write(statements, check).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.inactive_run(run_id).await?.unwrap_or(e)),
         }
-        if !active {
-            tx.rollback().await?;
-            return Err(self.inactive_run(run_id).await?.unwrap_or_else(|| {
-                StoreError::Invalid(format!("the run {run_id} must be in the 'active' state"))
-            }));
-        }
-        check_params_kept(&mut tx, run_id, &wanted, &rows).await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     /// Why a run cannot be written to: it does not exist, or it is not
@@ -1733,19 +1778,19 @@ pub(crate) async fn insert_params(
     run_id: &str,
     params: &[(String, String)],
 ) -> Result<()> {
-    let (statements, wanted) = param_statements(backend_of(tx), run_id, params)?;
+    let statements = param_statements(backend_of(tx), run_id, params)?;
     let rows = run_statements(tx, statements).await?;
-    check_params_kept(tx, run_id, &wanted, &rows).await
+    params_kept(run_id, &rows)
 }
 
-/// Params as inserts that leave a key the run already has as it is; each
-/// inserted key comes back as a row `('param', key)` for
-/// [`check_params_kept`].
-fn param_statements<'a>(
+/// Params as inserts that leave a key the run already has as it is, each
+/// followed by a query that returns a row `('changed', key, old, new)` for
+/// every key the run holds with another value, for [`params_kept`].
+fn param_statements(
     backend: crate::Backend,
     run_id: &str,
-    params: &'a [(String, String)],
-) -> Result<(Vec<Statement>, BTreeMap<&'a str, &'a str>)> {
+    params: &[(String, String)],
+) -> Result<Vec<Statement>> {
     let mut wanted: BTreeMap<&str, &str> = BTreeMap::new();
     for (k, v) in params {
         if let Some(previous) = wanted.insert(k, v) {
@@ -1756,76 +1801,58 @@ fn param_statements<'a>(
             }
         }
     }
-    let pairs: Vec<(&str, &str)> = wanted.iter().map(|(k, v)| (*k, *v)).collect();
-    let statements = pairs
-        .chunks(ROWS_PER_INSERT)
-        .map(|chunk| {
-            let mut binds = Binds::new(backend);
-            let rows: Vec<String> = chunk
-                .iter()
-                .map(|(k, v)| {
-                    format!(
-                        "({}, {}, {})",
-                        binds.text(run_id),
-                        binds.text(*k),
-                        binds.text(*v)
-                    )
-                })
-                .collect();
-            binds.into_statement(format!(
-                "INSERT INTO run_params (run_id, key, value) VALUES {} \
-                 ON CONFLICT (run_id, key) DO NOTHING RETURNING 'param' AS what, key",
-                rows.join(", ")
-            ))
-        })
-        .collect();
-    Ok((statements, wanted))
+    let pairs: Vec<(&str, &str)> = wanted.into_iter().collect();
+    let mut statements = Vec::new();
+    for chunk in pairs.chunks(ROWS_PER_INSERT) {
+        let mut binds = Binds::new(backend);
+        let rows: Vec<String> = chunk
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "({}, {}, {})",
+                    binds.text(run_id),
+                    binds.text(*k),
+                    binds.text(*v)
+                )
+            })
+            .collect();
+        statements.push(binds.into_statement(format!(
+            "INSERT INTO run_params (run_id, key, value) VALUES {} \
+             ON CONFLICT (run_id, key) DO NOTHING",
+            rows.join(", ")
+        )));
+        let mut binds = Binds::new(backend);
+        let rows: Vec<String> = chunk
+            .iter()
+            .map(|(k, v)| format!("({}, {})", binds.text(*k), binds.text(*v)))
+            .collect();
+        let run = binds.text(run_id);
+        statements.push(binds.into_statement(format!(
+            "SELECT 'changed' AS what, p.key AS key, p.value AS old, v.column2 AS new \
+             FROM run_params p JOIN (VALUES {}) AS v ON p.key = v.column1 \
+             WHERE p.run_id = {run} AND p.value <> v.column2",
+            rows.join(", ")
+        )));
+    }
+    Ok(statements)
 }
 
-/// After [`param_statements`] ran: a key that was not inserted is already
-/// logged, and must have been logged with the same value (MLflow's rule).
-async fn check_params_kept(
-    tx: &mut Transaction<'_, Any>,
-    run_id: &str,
-    wanted: &BTreeMap<&str, &str>,
-    rows: &[AnyRow],
-) -> Result<()> {
-    let mut inserted = 0;
-    for row in rows {
-        if row.try_get::<String, _>("what")? == "param" {
-            inserted += 1;
+/// After [`param_statements`] ran: a param the run already held must have
+/// been logged with the same value (MLflow's rule).
+fn params_kept(run_id: &str, rows: &[Returned]) -> Result<()> {
+    match rows.iter().find(|r| r.text("what") == Some("changed")) {
+        None => Ok(()),
+        Some(row) => {
+            let field = |name| row.text(name).unwrap_or_default();
+            Err(StoreError::Invalid(format!(
+                "changing param values is not allowed. Param with key='{}' was already logged \
+                 with value='{}' for run ID='{run_id}'. Attempted logging new value '{}'.",
+                field("key"),
+                field("old"),
+                field("new")
+            )))
         }
     }
-    if inserted == wanted.len() {
-        return Ok(());
-    }
-    let mut binds = Binds::for_tx(tx);
-    let run = binds.text(run_id);
-    let keys: Vec<String> = wanted.keys().map(|k| binds.text(*k)).collect();
-    let existing = bind_all(
-        sqlx::query(&format!(
-            "SELECT key, value FROM run_params WHERE run_id = {run} AND key IN ({})",
-            keys.join(", ")
-        )),
-        binds.values(),
-    )
-    .fetch_all(&mut **tx)
-    .await?;
-    for row in existing {
-        let key: String = row.try_get("key")?;
-        let old: String = row.try_get("value")?;
-        if let Some(new) = wanted.get(key.as_str()) {
-            if *new != old {
-                // The caller's transaction is dropped with this error: the
-                // keys inserted above go with it.
-                return Err(StoreError::Invalid(format!(
-                    "changing param values is not allowed. Param with key='{key}' was already logged \
-                     with value='{old}' for run ID='{run_id}'. Attempted logging new value '{new}'."
-                )));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// A stored metric point: (step, timestamp, value, is_nan).

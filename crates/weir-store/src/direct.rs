@@ -1,0 +1,165 @@
+//! Tracking writes to a SQLite file, run in the calling thread.
+//!
+//! sqlx runs each SQLite connection on a thread of its own, so every BEGIN,
+//! statement and COMMIT of a request is a round trip to that thread: two
+//! thread hand-offs each, which cost a small write several times SQLite's
+//! own work, and the write lock stays held across all of them while other
+//! writers wait. [`Direct`] keeps one more connection that a request drives
+//! itself, start to finish: no hand-off, and the lock is held only for
+//! SQLite's work. The hot tracking writes (create a run, log a batch) use it;
+//! everything else stays on sqlx.
+
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::time::Duration;
+
+use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
+use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
+
+use crate::tracking::{Bind, Returned, Statement};
+use crate::{Result, StoreError};
+
+/// How long a write waits for another process's write lock, as sqlx's
+/// connections do (`PRAGMA busy_timeout` in `pool_options`).
+const BUSY_TIMEOUT: Duration = Duration::from_millis(15_000);
+
+#[derive(Debug)]
+pub(crate) struct Direct {
+    path: String,
+    /// Opened on first use, so a store that never logs opens nothing.
+    conn: Mutex<Option<Connection>>,
+}
+
+/// What a write asks of the rows its statements returned before it commits:
+/// an error rolls the transaction back.
+pub(crate) type Check = Box<dyn Fn(&[Returned]) -> Result<()> + Send>;
+
+impl Direct {
+    pub(crate) fn new(path: &str) -> Arc<Direct> {
+        Arc::new(Direct {
+            path: path.to_string(),
+            conn: Mutex::new(None),
+        })
+    }
+
+    /// Runs `statements` in one transaction, hands their rows to `check`,
+    /// and commits; any error rolls everything back.
+    ///
+    /// The write runs right here when the connection is free and SQLite's
+    /// write lock can be had at once: tens of microseconds, less than
+    /// handing it to another thread, and with no await inside, a cancelled
+    /// request cannot leave it half-done. Otherwise (another request of
+    /// this process holds the connection, or another process the lock) it
+    /// waits on a blocking thread, never on the async runtime's.
+    pub(crate) async fn write(
+        self: &Arc<Self>,
+        statements: Vec<Statement>,
+        check: Check,
+    ) -> Result<Vec<Returned>> {
+        if let Some(done) = self.try_inline(&statements, &check)? {
+            return Ok(done);
+        }
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = this.conn.lock().unwrap_or_else(|p| p.into_inner());
+            Ok(this
+                .attempt(&mut guard, &statements, &check, true)?
+                .expect("a waiting write does not give up on a busy lock"))
+        })
+        .await
+        .map_err(|e| StoreError::Invalid(format!("a tracking write stopped: {e}")))?
+    }
+
+    /// The write in this thread, or `None` when it would have to wait.
+    fn try_inline(&self, statements: &[Statement], check: &Check) -> Result<Option<Vec<Returned>>> {
+        let mut guard = match self.conn.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Ok(None),
+        };
+        self.attempt(&mut guard, statements, check, false)
+    }
+
+    /// One try: `None` when `wait` is false and another connection holds
+    /// SQLite's write lock.
+    fn attempt(
+        &self,
+        guard: &mut MutexGuard<'_, Option<Connection>>,
+        statements: &[Statement],
+        check: &Check,
+        wait: bool,
+    ) -> Result<Option<Vec<Returned>>> {
+        if guard.is_none() {
+            **guard = Some(self.open()?);
+        }
+        let conn = guard.as_mut().expect("opened above");
+        conn.busy_timeout(if wait { BUSY_TIMEOUT } else { Duration::ZERO })?;
+        // IMMEDIATE takes the write lock now, so the lock is the only thing
+        // that can be busy, and only here.
+        let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Err(e) if !wait && e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => {
+                return Ok(None)
+            }
+            tx => tx?,
+        };
+        let mut rows = Vec::new();
+        for s in statements {
+            let mut stmt = tx.prepare_cached(&s.sql)?;
+            let names: Vec<String> = stmt.column_names().iter().map(|n| n.to_string()).collect();
+            let mut result = stmt.query(rusqlite::params_from_iter(s.binds.iter()))?;
+            while let Some(row) = result.next()? {
+                let mut columns = Vec::with_capacity(names.len());
+                for (i, name) in names.iter().enumerate() {
+                    columns.push((name.clone(), text_of(row.get_ref(i)?)));
+                }
+                rows.push(Returned(columns));
+            }
+        }
+        // Dropping `tx` on an error rolls it back.
+        check(&rows)?;
+        tx.commit()?;
+        Ok(Some(rows))
+    }
+
+    fn open(&self) -> Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // The same settings as sqlx's connections (`pool_options`).
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+             PRAGMA case_sensitive_like = ON; PRAGMA cache_size = -16384;",
+        )?;
+        // A batch's statements differ in shape with its number of keys.
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(conn)
+    }
+
+    /// Closes the connection; the next write opens it again.
+    pub(crate) fn close(&self) {
+        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+fn text_of(value: ValueRef<'_>) -> Option<String> {
+    match value {
+        ValueRef::Null => None,
+        ValueRef::Integer(v) => Some(v.to_string()),
+        ValueRef::Real(v) => Some(v.to_string()),
+        ValueRef::Text(t) | ValueRef::Blob(t) => Some(String::from_utf8_lossy(t).into_owned()),
+    }
+}
+
+impl ToSql for Bind {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self {
+            Bind::Null => ValueRef::Null,
+            Bind::Text(s) => ValueRef::Text(s.as_bytes()),
+            Bind::Real(v) => ValueRef::Real(*v),
+            Bind::Int(v) => ValueRef::Integer(*v),
+            Bind::Bytes(v) => ValueRef::Blob(v),
+        }))
+    }
+}

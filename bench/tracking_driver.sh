@@ -3,7 +3,8 @@
 # (crates/weir-server/examples/tracking_load.rs) to an MLflow server and then
 # to `weir server`, back to back, each on a fresh SQLite store. The peer
 # script's Python client caps what it can show (bench/tracking_client_cost.py);
-# this driver costs the client ~0.2 ms a log-batch iteration, so the ratios
+# this driver costs the client ~0.5 ms of CPU a log-batch iteration (typed bodies,
+# unparsed replies; Weir's server spends ~1.4 ms on it), so the ratios
 # are the servers'. Run the peer script first: it creates the venv with MLflow.
 #   Knobs: the peer script's (LOG_SECONDS, CONC_SECONDS, SEARCH_RUNS, ...);
 #   ONLY=weir or ONLY=mlflow runs one side; BACKEND=postgres puts Weir on a

@@ -9,6 +9,8 @@
 //! SQLite's work. The hot tracking writes (create a run, log a batch) use it;
 //! everything else stays on sqlx.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
@@ -22,11 +24,22 @@ use crate::{Result, StoreError};
 /// connections do (`PRAGMA busy_timeout` in `pool_options`).
 const BUSY_TIMEOUT: Duration = Duration::from_millis(15_000);
 
+/// Commits between two nudges to the checkpointer thread.
+const COMMITS_PER_CHECKPOINT: u32 = 32;
+
+/// WAL pages past which the writer checkpoints itself (SQLite's default is
+/// 1,000): the backstop for when the checkpointer cannot finish while
+/// writes keep coming.
+const WAL_BACKSTOP_PAGES: u32 = 8_000;
+
 #[derive(Debug)]
 pub(crate) struct Direct {
     path: String,
     /// Opened on first use, so a store that never logs opens nothing.
     conn: Mutex<Option<Connection>>,
+    /// Wakes the checkpointer thread (started with the connection).
+    checkpointer: Mutex<Option<SyncSender<()>>>,
+    commits: AtomicU32,
 }
 
 /// What a write asks of the rows its statements returned before it commits:
@@ -38,6 +51,8 @@ impl Direct {
         Arc::new(Direct {
             path: path.to_string(),
             conn: Mutex::new(None),
+            checkpointer: Mutex::new(None),
+            commits: AtomicU32::new(0),
         })
     }
 
@@ -90,6 +105,7 @@ impl Direct {
     ) -> Result<Option<Vec<Returned>>> {
         if guard.is_none() {
             **guard = Some(self.open()?);
+            self.start_checkpointer();
         }
         let conn = guard.as_mut().expect("opened above");
         conn.busy_timeout(if wait { BUSY_TIMEOUT } else { Duration::ZERO })?;
@@ -117,7 +133,43 @@ impl Direct {
         // Dropping `tx` on an error rolls it back.
         check(&rows)?;
         tx.commit()?;
+        if self
+            .commits
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(COMMITS_PER_CHECKPOINT)
+        {
+            if let Some(nudge) = &*self.checkpointer.lock().unwrap_or_else(|p| p.into_inner()) {
+                // Full means a checkpoint is already due.
+                let _ = nudge.try_send(());
+            }
+        }
         Ok(Some(rows))
+    }
+
+    /// Copies the WAL back into the database on a thread of its own, so a
+    /// commit does not: SQLite's automatic checkpoint runs in the commit
+    /// that crosses 1,000 pages, ~15 ms of I/O in the middle of a request.
+    /// The thread ends when the store is closed or dropped.
+    fn start_checkpointer(&self) {
+        let (nudge, nudged) = mpsc::sync_channel::<()>(1);
+        let path = self.path.clone();
+        let started = std::thread::Builder::new()
+            .name("weir-checkpoint".into())
+            .spawn(move || {
+                let Ok(conn) =
+                    Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+                else {
+                    return;
+                };
+                while nudged.recv().is_ok() {
+                    // PASSIVE never waits for readers or writers; an error
+                    // leaves the work to the next nudge or to the backstop.
+                    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
+            });
+        if started.is_ok() {
+            *self.checkpointer.lock().unwrap_or_else(|p| p.into_inner()) = Some(nudge);
+        }
     }
 
     fn open(&self) -> Result<Connection> {
@@ -128,10 +180,11 @@ impl Direct {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         // The same settings as sqlx's connections (`pool_options`).
-        conn.execute_batch(
+        conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-             PRAGMA case_sensitive_like = ON; PRAGMA cache_size = -16384;",
-        )?;
+             PRAGMA case_sensitive_like = ON; PRAGMA cache_size = -16384; \
+             PRAGMA wal_autocheckpoint = {WAL_BACKSTOP_PAGES};"
+        ))?;
         // A batch's statements differ in shape with its number of keys.
         conn.set_prepared_statement_cache_capacity(64);
         Ok(conn)
@@ -139,6 +192,7 @@ impl Direct {
 
     /// Closes the connection; the next write opens it again.
     pub(crate) fn close(&self) {
+        *self.checkpointer.lock().unwrap_or_else(|p| p.into_inner()) = None;
         *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }

@@ -938,6 +938,71 @@ async fn sqlite_concurrent_writers_do_not_see_locked_errors() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A tracking write that meets another connection's write lock (another
+/// process's, say) waits for it on a blocking thread, and writes that meet
+/// one another in one process queue: none fails with "database is locked",
+/// and every point lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_tracking_writes_wait_for_the_lock_instead_of_failing() {
+    let dir = std::env::temp_dir().join(format!("weir-store-{}", weir_core::new_id()));
+    let url = format!("sqlite://{}/weir.db", dir.display());
+    let store = Store::open(&url).await.unwrap();
+    let exp = store.create_experiment("locks", None, &[]).await.unwrap();
+    let run = store
+        .create_tracking_run(&tracking::NewTrackingRun {
+            run_id: weir_core::new_id(),
+            experiment_id: exp,
+            name: "r".into(),
+            user_id: "u".into(),
+            start_time: None,
+            tags: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .info
+        .run_id;
+
+    use sqlx::Connection;
+    let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let writers: Vec<_> = (0..8)
+        .map(|i| {
+            let (store, run) = (store.clone(), run.clone());
+            tokio::spawn(async move {
+                let points: Vec<tracking::Metric> = (0..50)
+                    .map(|step| tracking::Metric {
+                        key: format!("m{i}"),
+                        value: step as f64,
+                        timestamp: 0,
+                        step,
+                    })
+                    .collect();
+                store.log_batch(&run, &points, &[], &[]).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !writers.iter().any(|w| w.is_finished()),
+        "a write went through while another connection held the lock"
+    );
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    for w in writers {
+        w.await.unwrap().unwrap();
+    }
+    let stored = store.tracking_run(&run).await.unwrap();
+    assert_eq!(stored.metrics.len(), 8);
+    for i in 0..8 {
+        let history = store.metric_history(&run, &format!("m{i}"), 1000, 0).await;
+        assert_eq!(history.unwrap().len(), 50);
+    }
+    store.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test]
 async fn rejects_unknown_url_schemes() {
     let err = Store::open("mysql://x").await.unwrap_err();

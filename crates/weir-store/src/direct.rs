@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, SyncSender};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
@@ -36,7 +36,9 @@ const WAL_BACKSTOP_PAGES: u32 = 8_000;
 pub(crate) struct Direct {
     path: String,
     /// Opened on first use, so a store that never logs opens nothing.
-    conn: Mutex<Option<Connection>>,
+    /// Requests of this process queue for it here, as tasks: a thread never
+    /// blocks on another request's write.
+    conn: Arc<tokio::sync::Mutex<Option<Connection>>>,
     /// Wakes the checkpointer thread (started with the connection).
     checkpointer: Mutex<Option<SyncSender<()>>>,
     commits: AtomicU32,
@@ -50,7 +52,7 @@ impl Direct {
     pub(crate) fn new(path: &str) -> Arc<Direct> {
         Arc::new(Direct {
             path: path.to_string(),
-            conn: Mutex::new(None),
+            conn: Arc::new(tokio::sync::Mutex::new(None)),
             checkpointer: Mutex::new(None),
             commits: AtomicU32::new(0),
         })
@@ -59,55 +61,45 @@ impl Direct {
     /// Runs `statements` in one transaction, hands their rows to `check`,
     /// and commits; any error rolls everything back.
     ///
-    /// The write runs right here when the connection is free and SQLite's
-    /// write lock can be had at once: tens of microseconds, less than
-    /// handing it to another thread, and with no await inside, a cancelled
-    /// request cannot leave it half-done. Otherwise (another request of
-    /// this process holds the connection, or another process the lock) it
-    /// waits on a blocking thread, never on the async runtime's.
+    /// The write runs right here once the connection is this request's
+    /// (requests of this process take turns, in order) and SQLite's write
+    /// lock can be had at once: tens of microseconds, less than handing it
+    /// to another thread, and with no await inside, a cancelled request
+    /// cannot leave it half-done. When another process holds the lock, the
+    /// write waits for it on a blocking thread, never on the runtime's.
     pub(crate) async fn write(
         self: &Arc<Self>,
         statements: Vec<Statement>,
         check: Check,
     ) -> Result<Vec<Returned>> {
-        if let Some(done) = self.try_inline(&statements, &check)? {
+        let mut conn = Arc::clone(&self.conn).lock_owned().await;
+        if let Some(done) = self.attempt(&mut conn, &statements, &check, false)? {
             return Ok(done);
         }
         let this = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
-            let mut guard = this.conn.lock().unwrap_or_else(|p| p.into_inner());
             Ok(this
-                .attempt(&mut guard, &statements, &check, true)?
+                .attempt(&mut conn, &statements, &check, true)?
                 .expect("a waiting write does not give up on a busy lock"))
         })
         .await
         .map_err(|e| StoreError::Invalid(format!("a tracking write stopped: {e}")))?
     }
 
-    /// The write in this thread, or `None` when it would have to wait.
-    fn try_inline(&self, statements: &[Statement], check: &Check) -> Result<Option<Vec<Returned>>> {
-        let mut guard = match self.conn.try_lock() {
-            Ok(guard) => guard,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return Ok(None),
-        };
-        self.attempt(&mut guard, statements, check, false)
-    }
-
     /// One try: `None` when `wait` is false and another connection holds
     /// SQLite's write lock.
     fn attempt(
         &self,
-        guard: &mut MutexGuard<'_, Option<Connection>>,
+        conn: &mut Option<Connection>,
         statements: &[Statement],
         check: &Check,
         wait: bool,
     ) -> Result<Option<Vec<Returned>>> {
-        if guard.is_none() {
-            **guard = Some(self.open()?);
+        if conn.is_none() {
+            *conn = Some(self.open()?);
             self.start_checkpointer();
         }
-        let conn = guard.as_mut().expect("opened above");
+        let conn = conn.as_mut().expect("opened above");
         conn.busy_timeout(if wait { BUSY_TIMEOUT } else { Duration::ZERO })?;
         // IMMEDIATE takes the write lock now, so the lock is the only thing
         // that can be busy, and only here.
@@ -191,9 +183,9 @@ impl Direct {
     }
 
     /// Closes the connection; the next write opens it again.
-    pub(crate) fn close(&self) {
+    pub(crate) async fn close(&self) {
         *self.checkpointer.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.conn.lock().await = None;
     }
 }
 

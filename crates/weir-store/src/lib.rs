@@ -139,7 +139,7 @@ impl Store {
 
     pub async fn close(&self) {
         if let Some(direct) = &self.direct {
-            direct.close();
+            direct.close().await;
         }
         self.writer.close().await;
         self.pool.close().await;

@@ -8,7 +8,9 @@
 # are the servers'. Run the peer script first: it creates the venv with MLflow.
 #   Knobs: the peer script's (LOG_SECONDS, CONC_SECONDS, SEARCH_RUNS, ...);
 #   ONLY=weir or ONLY=mlflow runs one side; BACKEND=postgres puts Weir on a
-#   fresh database on 127.0.0.1:5432 (MLflow stays on SQLite, as in the peer).
+#   fresh database on 127.0.0.1:5432; MLFLOW_BACKEND=postgres does the same for
+#   MLflow (psycopg2-binary is added to its venv); both default to SQLite, as
+#   in the peer. On PostgreSQL the database's own CPU is in neither server's.
 # Last stdout line: one JSON object {"mlflow": {...}, "weir": {...}, "ratios": {...}}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,14 +26,20 @@ export LOG_SECONDS="${LOG_SECONDS:-20}" CONC_SECONDS="${CONC_SECONDS:-10}" CONC_
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 SERVER_PID=""
-DB=""
+DBS=""
+new_db() {  # new_db NAME: a fresh PostgreSQL database, dropped on exit
+  psql postgres://postgres@127.0.0.1:5432/postgres -qc "CREATE DATABASE $1"
+  DBS="$DBS $1"
+}
 stop_server() {
   [ -n "$SERVER_PID" ] && { kill -- -"$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; }
   SERVER_PID=""
 }
 cleanup() {
   stop_server
-  [ -z "$DB" ] || psql postgres://postgres@127.0.0.1:5432/postgres -qc "DROP DATABASE IF EXISTS $DB" || true
+  for db in $DBS; do
+    psql postgres://postgres@127.0.0.1:5432/postgres -qc "DROP DATABASE IF EXISTS $db" || true
+  done
 }
 trap cleanup EXIT
 
@@ -64,16 +72,21 @@ measure() {
 if [ "$ONLY" != weir ]; then
   [ -x "$PEERS_VENV/bin/mlflow" ] || { echo "run ../shared/peers/mlflow_tracking.sh first (it installs MLflow into $PEERS_VENV)" >&2; exit 1; }
   PORT="$(free_port)"; mkdir -p "$WORK/mlflow/artifacts"
+  MLFLOW_STORE="sqlite:///$WORK/mlflow/mlflow.db"
+  if [ "${MLFLOW_BACKEND:-sqlite}" = postgres ]; then
+    "$PEERS_VENV/bin/python" -c 'import psycopg2' 2>/dev/null || "$PEERS_VENV/bin/pip" install -q psycopg2-binary
+    new_db "mlflow_driver_$$"
+    MLFLOW_STORE="postgresql://postgres@127.0.0.1:5432/mlflow_driver_$$"
+  fi
   measure mlflow "$PORT" "$PEERS_VENV/bin/mlflow" server \
-    --backend-store-uri "sqlite:///$WORK/mlflow/mlflow.db" --default-artifact-root "$WORK/mlflow/artifacts" \
+    --backend-store-uri "$MLFLOW_STORE" --default-artifact-root "$WORK/mlflow/artifacts" \
     --host 127.0.0.1 --port "$PORT"
 fi
 if [ "$ONLY" != mlflow ]; then
   PORT="$(free_port)"
   if [ "${BACKEND:-sqlite}" = postgres ]; then
-    DB="weir_driver_$$"
-    psql postgres://postgres@127.0.0.1:5432/postgres -qc "CREATE DATABASE $DB"
-    export WEIR_DB="postgres://postgres@127.0.0.1:5432/$DB"
+    new_db "weir_driver_$$"
+    export WEIR_DB="postgres://postgres@127.0.0.1:5432/weir_driver_$$"
   fi
   WEIR_HOME="$WORK/weir" measure weir "$PORT" target/release/weir server --addr "127.0.0.1:$PORT"
 fi
@@ -87,6 +100,7 @@ for side in ("mlflow", "weir"):
     if os.path.exists(p):
         out[side] = json.load(open(p))
 out.get("weir", {})["backend"] = os.environ.get("BACKEND", "sqlite")
+out.get("mlflow", {})["backend"] = os.environ.get("MLFLOW_BACKEND", "sqlite")
 if len(out) == 2:
     m, w = out["mlflow"], out["weir"]
     r = lambda a, b: round(a / b, 1) if b else None

@@ -9,7 +9,7 @@
 #   Knobs: the peer script's (LOG_SECONDS, CONC_SECONDS, SEARCH_RUNS, ...);
 #   ONLY=weir or ONLY=mlflow runs one side; BACKEND=postgres puts Weir on a
 #   fresh database on 127.0.0.1:5432; MLFLOW_BACKEND=postgres does the same for
-#   MLflow (psycopg2-binary is added to its venv); both default to SQLite, as
+#   MLflow (psycopg[binary] is added to its venv); both default to SQLite, as
 #   in the peer. On PostgreSQL the database's own CPU is in neither server's.
 # Last stdout line: one JSON object {"mlflow": {...}, "weir": {...}, "ratios": {...}}.
 set -euo pipefail
@@ -74,7 +74,7 @@ if [ "$ONLY" != weir ]; then
   PORT="$(free_port)"; mkdir -p "$WORK/mlflow/artifacts"
   MLFLOW_STORE="sqlite:///$WORK/mlflow/mlflow.db"
   if [ "${MLFLOW_BACKEND:-sqlite}" = postgres ]; then
-    "$PEERS_VENV/bin/python" -c 'import psycopg2' 2>/dev/null || "$PEERS_VENV/bin/pip" install -q psycopg2-binary
+    "$PEERS_VENV/bin/python" -c 'import psycopg' 2>/dev/null || "$PEERS_VENV/bin/pip" install -q 'psycopg[binary]'
     new_db "mlflow_driver_$$"
     MLFLOW_STORE="postgresql://postgres@127.0.0.1:5432/mlflow_driver_$$"
   fi

@@ -94,14 +94,7 @@ impl Store {
             .connect_with(options.clone())
             .await
             .map_err(|e| StoreError::open(&url, e))?;
-        let writer = writer_pool(backend, &url, &pool, options);
-        Ok(Store {
-            pool,
-            writer,
-            direct: sqlite_file(&url).map(direct::Direct::new),
-            backend,
-            url,
-        })
+        Ok(Store::with_pool(backend, url, pool, options))
     }
 
     /// Like [`Store::connect`], but connects on first use, so a caller can
@@ -109,14 +102,24 @@ impl Store {
     pub fn connect_lazy(url: &str) -> Result<Store> {
         let (backend, url, options) = parse_url(url)?;
         let pool = pool_options(backend).connect_lazy_with(options.clone());
-        let writer = writer_pool(backend, &url, &pool, options);
-        Ok(Store {
-            pool,
-            writer,
+        Ok(Store::with_pool(backend, url, pool, options))
+    }
+
+    /// The store around its read pool: the writer pool and the direct
+    /// connection connect on first use.
+    fn with_pool(
+        backend: Backend,
+        url: String,
+        pool: AnyPool,
+        options: AnyConnectOptions,
+    ) -> Store {
+        Store {
+            writer: writer_pool(backend, &url, &pool, options),
             direct: sqlite_file(&url).map(direct::Direct::new),
+            pool,
             backend,
             url,
-        })
+        }
     }
 
     /// Opens a connection now if none is open, and checks the database answers.

@@ -9,16 +9,15 @@
 //! SQLite's work. The hot tracking writes (create a run, log a batch) use it;
 //! everything else stays on sqlx.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
 use crate::tracking::{Bind, Returned, Statement};
-use crate::{Result, StoreError};
+use crate::Result;
 
 /// How long a write waits for another process's write lock, as sqlx's
 /// connections do (`PRAGMA busy_timeout` in `pool_options`).
@@ -38,10 +37,17 @@ pub(crate) struct Direct {
     /// Opened on first use, so a store that never logs opens nothing.
     /// Requests of this process queue for it here, as tasks: a thread never
     /// blocks on another request's write.
-    conn: Arc<tokio::sync::Mutex<Option<Connection>>>,
-    /// Wakes the checkpointer thread (started with the connection).
-    checkpointer: Mutex<Option<SyncSender<()>>>,
-    commits: AtomicU32,
+    writer: Arc<tokio::sync::Mutex<Option<Writer>>>,
+}
+
+/// The open connection, and the checkpointer thread it wakes.
+#[derive(Debug)]
+struct Writer {
+    conn: Connection,
+    /// Dropping it ends the thread; `None` if the thread did not start (the
+    /// backstop then does the checkpoints).
+    checkpoints: Option<SyncSender<()>>,
+    commits: u32,
 }
 
 /// What a write asks of the rows its statements returned before it commits:
@@ -52,9 +58,7 @@ impl Direct {
     pub(crate) fn new(path: &str) -> Arc<Direct> {
         Arc::new(Direct {
             path: path.to_string(),
-            conn: Arc::new(tokio::sync::Mutex::new(None)),
-            checkpointer: Mutex::new(None),
-            commits: AtomicU32::new(0),
+            writer: Arc::new(tokio::sync::Mutex::new(None)),
         })
     }
 
@@ -72,34 +76,40 @@ impl Direct {
         statements: Vec<Statement>,
         check: Check,
     ) -> Result<Vec<Returned>> {
-        let mut conn = Arc::clone(&self.conn).lock_owned().await;
-        if let Some(done) = self.attempt(&mut conn, &statements, &check, false)? {
+        let mut writer = Arc::clone(&self.writer).lock_owned().await;
+        if let Some(done) = self.attempt(&mut writer, &statements, &check, false)? {
             return Ok(done);
         }
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
+        let waited = tokio::task::spawn_blocking(move || {
             Ok(this
-                .attempt(&mut conn, &statements, &check, true)?
+                .attempt(&mut writer, &statements, &check, true)?
                 .expect("a waiting write does not give up on a busy lock"))
         })
-        .await
-        .map_err(|e| StoreError::Invalid(format!("a tracking write stopped: {e}")))?
+        .await;
+        // A blocking task cannot be cancelled: the only way it fails to
+        // join is a panic, which goes on as if the write had run here.
+        waited.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 
     /// One try: `None` when `wait` is false and another connection holds
     /// SQLite's write lock.
     fn attempt(
         &self,
-        conn: &mut Option<Connection>,
+        writer: &mut Option<Writer>,
         statements: &[Statement],
         check: &Check,
         wait: bool,
     ) -> Result<Option<Vec<Returned>>> {
-        if conn.is_none() {
-            *conn = Some(self.open()?);
-            self.start_checkpointer();
+        if writer.is_none() {
+            *writer = Some(Writer {
+                conn: self.open()?,
+                checkpoints: self.start_checkpointer(),
+                commits: 0,
+            });
         }
-        let conn = conn.as_mut().expect("opened above");
+        let writer = writer.as_mut().expect("opened above");
+        let conn = &mut writer.conn;
         conn.busy_timeout(if wait { BUSY_TIMEOUT } else { Duration::ZERO })?;
         // IMMEDIATE takes the write lock now, so the lock is the only thing
         // that can be busy, and only here.
@@ -125,12 +135,9 @@ impl Direct {
         // Dropping `tx` on an error rolls it back.
         check(&rows)?;
         tx.commit()?;
-        if self
-            .commits
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(COMMITS_PER_CHECKPOINT)
-        {
-            if let Some(nudge) = &*self.checkpointer.lock().unwrap_or_else(|p| p.into_inner()) {
+        writer.commits = writer.commits.wrapping_add(1);
+        if writer.commits.is_multiple_of(COMMITS_PER_CHECKPOINT) {
+            if let Some(nudge) = &writer.checkpoints {
                 // Full means a checkpoint is already due.
                 let _ = nudge.try_send(());
             }
@@ -141,8 +148,9 @@ impl Direct {
     /// Copies the WAL back into the database on a thread of its own, so a
     /// commit does not: SQLite's automatic checkpoint runs in the commit
     /// that crosses 1,000 pages, ~15 ms of I/O in the middle of a request.
-    /// The thread ends when the store is closed or dropped.
-    fn start_checkpointer(&self) {
+    /// The thread ends when the returned sender is dropped (the store is
+    /// closed or dropped).
+    fn start_checkpointer(&self) -> Option<SyncSender<()>> {
         let (nudge, nudged) = mpsc::sync_channel::<()>(1);
         let path = self.path.clone();
         let started = std::thread::Builder::new()
@@ -159,17 +167,14 @@ impl Direct {
                     let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
                 }
             });
-        if started.is_ok() {
-            *self.checkpointer.lock().unwrap_or_else(|p| p.into_inner()) = Some(nudge);
-        }
+        started.ok().map(|_| nudge)
     }
 
     fn open(&self) -> Result<Connection> {
         let conn = Connection::open_with_flags(
             &self.path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            // The store's own pool created the file and its schema.
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         // The same settings as sqlx's connections (`pool_options`).
         conn.execute_batch(&format!(
@@ -184,8 +189,7 @@ impl Direct {
 
     /// Closes the connection; the next write opens it again.
     pub(crate) async fn close(&self) {
-        *self.checkpointer.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        *self.conn.lock().await = None;
+        *self.writer.lock().await = None;
     }
 }
 

@@ -115,7 +115,7 @@ impl Store {
     ) -> Store {
         Store {
             writer: writer_pool(backend, &url, &pool, options),
-            direct: sqlite_file(&url).map(direct::Direct::new),
+            direct: direct_writer(&url),
             pool,
             backend,
             url,
@@ -213,6 +213,15 @@ fn pool_options(backend: Backend) -> AnyPoolOptions {
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(15)),
     }
+}
+
+/// The direct writer ([`direct`]) of a SQLite file opened for writing. A
+/// store opened read-only (`?mode=ro`) has none, so its writes fail as
+/// sqlx's do instead of going through a connection that could write.
+fn direct_writer(url: &str) -> Option<std::sync::Arc<direct::Direct>> {
+    let path = sqlite_file(url)?;
+    let mode = url.split_once('?').map_or("", |(_, query)| query);
+    (!mode.split('&').any(|kv| kv == "mode=ro")).then(|| direct::Direct::new(path))
 }
 
 /// The pool for write transactions (see [`Store`]'s `writer`): a lazy

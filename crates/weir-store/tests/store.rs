@@ -864,6 +864,15 @@ async fn a_read_only_store_searches_without_caching_and_a_bad_cache_is_rebuilt()
     for store in [&reader, &writer, &reader] {
         check(search(store, exp, "metrics.acc > 0.5").await);
     }
+    // A read-only store cannot write, whatever path a write takes.
+    let more = tracking::Metric {
+        key: "acc".into(),
+        value: 0.5,
+        timestamp: 2,
+        step: 1,
+    };
+    assert!(reader.log_batch(&run_id, &[more], &[], &[]).await.is_err());
+    check(search(&writer, exp, "metrics.acc > 0.5").await);
     // A cache that does not decode is rebuilt, not an error.
     sqlx::any::install_default_drivers();
     let mut raw = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)

@@ -1144,9 +1144,9 @@ impl Store {
             }
         }
         statements.extend(metric_statements(backend, run_id, metrics));
-        // The whole batch is one transaction, and on SQLite one command; a
-        // run that is missing (its rows break a foreign key) or not active
-        // is told apart after the transaction is rolled back.
+        // The whole batch is one transaction ([`Store::write`]); a run that
+        // is missing (its rows break a foreign key) or not active is told
+        // apart after the transaction is rolled back.
         let owner = run_id.to_string();
         let check: Check = Box::new(move |rows| {
             if !rows.iter().any(|r| r.text("what") == Some("active")) {

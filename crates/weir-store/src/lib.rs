@@ -27,7 +27,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Connection, Executor};
 
 pub use artifacts::{ArtifactKind, ArtifactRecord};
 pub use deployments::{Deployment, DeploymentEvent};
@@ -211,7 +211,20 @@ fn pool_options(backend: Backend) -> AnyPoolOptions {
             }),
         Backend::Postgres => AnyPoolOptions::new()
             .max_connections(8)
-            .acquire_timeout(Duration::from_secs(15)),
+            .acquire_timeout(Duration::from_secs(15))
+            // sqlx pings every connection it hands out: one more round trip
+            // to the database per request. A connection in steady use has
+            // just answered; only one that sat idle (the database may have
+            // restarted meanwhile) is pinged, and a dead one is replaced.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > Duration::from_secs(1) {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            }),
     }
 }
 

@@ -524,6 +524,8 @@ store_suite!(
     deployments_change_by_revision_with_their_events,
     search_sees_every_write_after_caching_a_run,
     refused_tracking_writes_say_why_and_leave_nothing,
+    racing_params_of_one_run_keep_one_value,
+    a_full_batch_of_one_key_reads_back_whole,
 );
 
 /// One search of `exp` for `filter`, ordered by `metrics.acc DESC`.
@@ -636,6 +638,19 @@ async fn refused_tracking_writes_say_why_and_leave_nothing(s: &Store) {
             .contains("must be in the 'active' state; it is 'deleted'"),
         "{err}"
     );
+    // Without params a batch may go as one statement: it still writes
+    // nothing to a deleted or unknown run.
+    let err = s
+        .log_batch(&a, &[metric(0.8)], &[], &[pair("t", "1")])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("it is 'deleted'"), "{err}");
+    let unknown = format!("{:0>32}", "e");
+    let err = s
+        .log_batch(&unknown, &[metric(0.8)], &[], &[])
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err}");
     s.set_run_lifecycle(&a, "active").await.unwrap();
     let stored = s.tracking_run(&a).await.unwrap();
     assert_eq!(stored.params, vec![pair("lr", "0.1")]);
@@ -646,6 +661,93 @@ async fn refused_tracking_writes_say_why_and_leave_nothing(s: &Store) {
         .await
         .unwrap();
     assert_eq!(s.tracking_run(&a).await.unwrap().info.name, "renamed");
+}
+
+/// A 1,000-point batch of one key (stored in several rows on PostgreSQL)
+/// reads back as its history, every point in step order, and its latest.
+async fn a_full_batch_of_one_key_reads_back_whole(s: &Store) {
+    let exp = s.create_experiment("long", None, &[]).await.unwrap();
+    let run_id = format!("{:0>32}", "long");
+    s.create_tracking_run(&tracking::NewTrackingRun {
+        run_id: run_id.clone(),
+        experiment_id: exp,
+        name: "long".into(),
+        user_id: "u".into(),
+        start_time: None,
+        tags: Vec::new(),
+    })
+    .await
+    .unwrap();
+    let points: Vec<tracking::Metric> = (0..1000)
+        .rev()
+        .map(|step| tracking::Metric {
+            key: "loss".into(),
+            value: step as f64 / 1000.0,
+            timestamp: 7,
+            step,
+        })
+        .collect();
+    s.log_batch(&run_id, &points, &[], &[]).await.unwrap();
+    let history = s.metric_history(&run_id, "loss", 5000, 0).await.unwrap();
+    let steps: Vec<i64> = history.iter().map(|m| m.step).collect();
+    assert_eq!(steps, (0..1000).collect::<Vec<i64>>());
+    assert!(history.iter().all(|m| m.value == m.step as f64 / 1000.0));
+    let run = s.tracking_run(&run_id).await.unwrap();
+    assert_eq!(run.metrics.len(), 1);
+    assert_eq!((run.metrics[0].step, run.metrics[0].value), (999, 0.999));
+}
+
+/// Batches that log one param with different values at once: exactly one
+/// wins, and each of the others is refused whole (its metric too), however
+/// their statements interleave.
+async fn racing_params_of_one_run_keep_one_value(s: &Store) {
+    let exp = s.create_experiment("racing", None, &[]).await.unwrap();
+    let run_id = format!("{:0>32}", "race");
+    s.create_tracking_run(&tracking::NewTrackingRun {
+        run_id: run_id.clone(),
+        experiment_id: exp,
+        name: "race".into(),
+        user_id: "u".into(),
+        start_time: None,
+        tags: Vec::new(),
+    })
+    .await
+    .unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let (s, run_id) = (s.clone(), run_id.clone());
+            tokio::spawn(async move {
+                let metric = tracking::Metric {
+                    key: format!("m{i}"),
+                    value: 1.0,
+                    timestamp: 1,
+                    step: 0,
+                };
+                s.log_batch(&run_id, &[metric], &[("seed".into(), i.to_string())], &[])
+                    .await
+                    .map(|()| i)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(i) => winners.push(i),
+            Err(e) => assert!(
+                e.to_string()
+                    .contains("changing param values is not allowed"),
+                "{e}"
+            ),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let stored = s.tracking_run(&run_id).await.unwrap();
+    assert_eq!(
+        stored.params,
+        vec![("seed".to_string(), winners[0].to_string())]
+    );
+    let keys: Vec<&str> = stored.metrics.iter().map(|m| m.key.as_str()).collect();
+    assert_eq!(keys, vec![format!("m{}", winners[0]).as_str()]);
 }
 
 /// A search caches what it returns of each run (`data_cache`); every kind of

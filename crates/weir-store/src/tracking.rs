@@ -1332,6 +1332,8 @@ impl Store {
         let mut order = Vec::new();
         for (i, o) in search.order_by.iter().enumerate() {
             let dir = if o.ascending { "ASC" } else { "DESC" };
+            // A value a filter compared is never NULL.
+            let mut nullable = true;
             let column = match o.entity {
                 Entity::Attribute => attribute_column(&o.key).to_string(),
                 Entity::Metric | Entity::Param | Entity::Tag => {
@@ -1341,6 +1343,7 @@ impl Store {
                         .iter()
                         .position(|c| joins(c) && c.entity == o.entity && c.key == o.key);
                     if let Some(f) = filtered {
+                        nullable = false;
                         format!("f{f}.value")
                     } else {
                         let table = match o.entity {
@@ -1358,9 +1361,13 @@ impl Store {
                 Entity::Dataset => continue,
             };
             // Runs without the value sort last whichever the direction.
-            order.push(format!(
-                "CASE WHEN {column} IS NULL THEN 1 ELSE 0 END, {column} {dir}"
-            ));
+            // Without that key the order is the metric index's own, which
+            // lets PostgreSQL read the page off it instead of sorting every
+            // match.
+            if nullable {
+                order.push(format!("CASE WHEN {column} IS NULL THEN 1 ELSE 0 END"));
+            }
+            order.push(format!("{column} {dir}"));
         }
         // A comparison on a metric, param or tag is a join (each run has at
         // most one row per key), so the planner may start from the key's

@@ -663,21 +663,27 @@ async fn refused_tracking_writes_say_why_and_leave_nothing(s: &Store) {
     assert_eq!(s.tracking_run(&a).await.unwrap().info.name, "renamed");
 }
 
-/// A 1,000-point batch of one key (stored in several rows on PostgreSQL)
-/// reads back as its history, every point in step order, and its latest.
-async fn a_full_batch_of_one_key_reads_back_whole(s: &Store) {
-    let exp = s.create_experiment("long", None, &[]).await.unwrap();
-    let run_id = format!("{:0>32}", "long");
+/// A new run, named `name`, in a new experiment of the same name.
+async fn run_in_new_experiment(s: &Store, name: &str) -> String {
+    let experiment_id = s.create_experiment(name, None, &[]).await.unwrap();
+    let run_id = format!("{name:0>32}");
     s.create_tracking_run(&tracking::NewTrackingRun {
         run_id: run_id.clone(),
-        experiment_id: exp,
-        name: "long".into(),
+        experiment_id,
+        name: name.into(),
         user_id: "u".into(),
         start_time: None,
         tags: Vec::new(),
     })
     .await
     .unwrap();
+    run_id
+}
+
+/// A 1,000-point batch of one key (stored in several rows on PostgreSQL)
+/// reads back as its history, every point in step order, and its latest.
+async fn a_full_batch_of_one_key_reads_back_whole(s: &Store) {
+    let run_id = run_in_new_experiment(s, "long").await;
     let points: Vec<tracking::Metric> = (0..1000)
         .rev()
         .map(|step| tracking::Metric {
@@ -701,18 +707,7 @@ async fn a_full_batch_of_one_key_reads_back_whole(s: &Store) {
 /// wins, and each of the others is refused whole (its metric too), however
 /// their statements interleave.
 async fn racing_params_of_one_run_keep_one_value(s: &Store) {
-    let exp = s.create_experiment("racing", None, &[]).await.unwrap();
-    let run_id = format!("{:0>32}", "race");
-    s.create_tracking_run(&tracking::NewTrackingRun {
-        run_id: run_id.clone(),
-        experiment_id: exp,
-        name: "race".into(),
-        user_id: "u".into(),
-        start_time: None,
-        tags: Vec::new(),
-    })
-    .await
-    .unwrap();
+    let run_id = run_in_new_experiment(s, "race").await;
     let tasks: Vec<_> = (0..8)
         .map(|i| {
             let (s, run_id) = (s.clone(), run_id.clone());

@@ -197,7 +197,7 @@ fn main() {
             "overhead": overhead,
             "quality": quality,
             "settings": {"overhead_seeds": os, "quality_seeds": qs, "storage": "in-memory",
-                         "tpe": "weir_tune::Tpe (multivariate, 10 startup trials, 24 candidates)"},
+                         "tpe": "weir_tune::Tpe (multivariate, good trials weighted by rank, 10 startup trials, 24 candidates)"},
         })
     );
 }

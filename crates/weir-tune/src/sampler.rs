@@ -5,7 +5,8 @@
 //! and a group is sampled jointly from kernels centred on whole past trials,
 //! so correlated parameters are learnt together. Past trials are split into
 //! the best `γ(n) = min(⌈n/10⌉, 25)` and the rest; 24 candidates are drawn
-//! from the density of the best, and the one maximising l(x)/g(x) wins.
+//! from the density of the best (better trials weigh more, linearly in
+//! rank), and the one maximising l(x)/g(x) wins.
 //! Running trials count among the rest (a "constant liar"), so trials
 //! sampled while others run spread out instead of piling up.
 
@@ -204,7 +205,8 @@ fn gamma(n: usize) -> usize {
     (n.div_ceil(10)).min(25)
 }
 
-/// Older trials weigh less once there are more than 25 (as in Optuna).
+/// The bad trials' weights: older ones weigh less once there are more than
+/// 25 (as in Optuna).
 fn weights(n: usize) -> Vec<f64> {
     if n < 25 {
         return vec![1.0; n];
@@ -222,6 +224,17 @@ fn weights(n: usize) -> Vec<f64> {
         .collect();
     w.extend(std::iter::repeat_n(1.0, 25));
     w
+}
+
+/// The good trials' weights, given each one's rank among them (0 the
+/// best): linear in rank, the best `n` times the worst, scaled to a mean of
+/// one so the prior keeps its share. A better trial says more about where
+/// the optimum is; on Branin and Hartmann-6 this found better values at 50
+/// and 200 trials over 900 seeds than equal weights (BENCHMARKS.md).
+fn rank_weights(ranks: &[usize]) -> Vec<f64> {
+    let n = ranks.len();
+    let mean = (n + 1) as f64 / 2.0;
+    ranks.iter().map(|r| (n - r) as f64 / mean).collect()
 }
 
 /// A mixture of product kernels, one per observation plus the prior.
@@ -256,10 +269,11 @@ struct FlatDensity {
 const PRIOR_WEIGHT: f64 = 1.0;
 
 impl<'a> Parzen<'a> {
-    fn new(params: &'a [&'a Param], observations: &[Vec<f64>]) -> Self {
+    /// `weights`: one per observation, relative to the prior's one.
+    fn new(params: &'a [&'a Param], observations: &[Vec<f64>], mut weights: Vec<f64>) -> Self {
         let n = observations.len();
         let d = params.len();
-        let mut weights = weights(n);
+        debug_assert_eq!(weights.len(), n);
         weights.push(PRIOR_WEIGHT);
         let total: f64 = weights.iter().sum();
         for w in &mut weights {
@@ -581,10 +595,14 @@ impl Tpe {
             let (x, y) = (done[*a].0, done[*b].0);
             x.0.cmp(&y.0).then(x.1.total_cmp(&y.1)).then(a.cmp(b))
         });
-        let mut is_below = vec![false; done.len()];
-        for &i in &order[..n_below] {
-            is_below[i] = true;
+        // The good trials in trial order (the order the kernels are drawn
+        // from), each with its rank.
+        let mut rank = vec![None; done.len()];
+        for (r, &i) in order[..n_below].iter().enumerate() {
+            rank[i] = Some(r);
         }
+        let is_below: Vec<bool> = rank.iter().map(Option::is_some).collect();
+        let below_ranks: Vec<usize> = rank.iter().flatten().copied().collect();
         let below: Vec<Vec<f64>> = (0..done.len())
             .filter(|i| is_below[*i])
             .map(|i| done[i].1.clone())
@@ -594,8 +612,8 @@ impl Tpe {
             .map(|i| done[i].1.clone())
             .collect();
         above.extend(rest);
-        let l = Parzen::new(group, &below);
-        let g = Parzen::new(group, &above);
+        let l = Parzen::new(group, &below, rank_weights(&below_ranks));
+        let g = Parzen::new(group, &above, weights(above.len()));
         let mut best: Option<(f64, Vec<f64>)> = None;
         let mut terms = Vec::new();
         for _ in 0..self.candidates {
@@ -684,6 +702,13 @@ mod tests {
         assert!((erfc(1.0) - 0.157_299_207).abs() < 1e-7);
         assert!((erfc(-1.0) - 1.842_700_793).abs() < 1e-7);
         assert!((norm_cdf(1.959_964) - 0.975).abs() < 1e-6);
+    }
+
+    #[test]
+    fn good_trials_weigh_by_rank_with_a_mean_of_one() {
+        // Trial order, not rank order: the second trial is the best.
+        assert_eq!(rank_weights(&[2, 0, 1]), vec![0.5, 1.5, 1.0]);
+        assert_eq!(rank_weights(&[0]), vec![1.0]);
     }
 
     #[test]

@@ -563,17 +563,23 @@ impl Tpe {
                 .collect()
         };
         // Evaluated trials, ranked: complete ones by their value, then
-        // pruned ones by the value they had when stopped (a stopped trial
-        // says less, but it was evaluated: it counts towards the startup
-        // trials, or a study under ASHA stays random for twice as long).
-        let mut done: Vec<((bool, f64), Vec<f64>)> = Vec::new();
+        // pruned ones, those stopped later first (values at different
+        // resources do not compare: a trial stopped at the second rung passed
+        // the first), then by the value they had when stopped (as Optuna
+        // does). A stopped trial says less, but it was evaluated: it counts
+        // towards the startup trials, or a study under ASHA stays random for
+        // twice as long.
+        let mut done: Vec<((bool, i64, f64), Vec<f64>)> = Vec::new();
         let mut rest: Vec<Vec<f64>> = Vec::new();
         for t in history {
             let Some(x) = coords(t) else { continue };
             let loss = t.loss(goal).filter(|l| !l.is_nan());
             match (t.state, loss) {
-                (TrialState::Complete, Some(loss)) => done.push(((false, loss), x)),
-                (TrialState::Pruned, Some(loss)) => done.push(((true, loss), x)),
+                (TrialState::Complete, Some(loss)) => done.push(((false, 0, loss), x)),
+                (TrialState::Pruned, Some(loss)) => {
+                    let reached = t.intermediate.keys().next_back().copied().unwrap_or(0);
+                    done.push(((true, -reached, loss), x))
+                }
                 (TrialState::Complete, None) | (TrialState::Failed, _) => {}
                 // Running trials (and pruned ones without a value) count
                 // as not good.
@@ -593,7 +599,10 @@ impl Tpe {
         let mut order: Vec<usize> = (0..done.len()).collect();
         order.sort_by(|a, b| {
             let (x, y) = (done[*a].0, done[*b].0);
-            x.0.cmp(&y.0).then(x.1.total_cmp(&y.1)).then(a.cmp(b))
+            (x.0, x.1)
+                .cmp(&(y.0, y.1))
+                .then(x.2.total_cmp(&y.2))
+                .then(a.cmp(b))
         });
         // The good trials in trial order (the order the kernels are drawn
         // from), each with its rank.
@@ -709,6 +718,34 @@ mod tests {
         // Trial order, not rank order: the second trial is the best.
         assert_eq!(rank_weights(&[2, 0, 1]), vec![0.5, 1.5, 1.0]);
         assert_eq!(rank_weights(&[0]), vec![1.0]);
+    }
+
+    #[test]
+    fn a_trial_stopped_at_a_later_rung_ranks_above_earlier_stops() {
+        // Nine trials stopped at the first rung with the best values, near
+        // x = 0.9; one stopped at the second rung, with a worse value, at
+        // x = 0.1. Values at different rungs do not compare: the one that
+        // passed the first rung is the good trial (γ(10) = 1).
+        let s = space("{ x: 'uniform(0, 1)' }");
+        let pruned = |number: usize, x: f64, curve: &[(i64, f64)]| Trial {
+            number,
+            params: BTreeMap::from([("x".to_string(), ParamValue::Float(x))]),
+            state: TrialState::Pruned,
+            value: curve.last().map(|(_, v)| *v),
+            intermediate: curve.iter().copied().collect(),
+        };
+        let mut history: Vec<Trial> = (0..9)
+            .map(|i| pruned(i, 0.85 + 0.01 * i as f64, &[(50, 0.1)]))
+            .collect();
+        history.push(pruned(9, 0.1, &[(50, 0.5), (150, 0.4)]));
+        let mut tpe = Tpe::new(3);
+        let near: usize = (0..20)
+            .map(|_| {
+                let p = tpe.sample(&s, &history, Goal::Minimize).unwrap();
+                usize::from(p["x"].as_f64().unwrap() < 0.5)
+            })
+            .sum();
+        assert!(near >= 15, "{near} of 20 samples near the later stop");
     }
 
     #[test]

@@ -1,23 +1,24 @@
 #!/usr/bin/env bash
 # The same GBDT study on the flights data with ASHA and without
-# (bench/gbdt/tune.yaml: TPE, 16 trials, 2 at a time), one study after the
-# other, for each sampler seed in SEEDS (default 7). Prints one JSON line per
-# seed: best validation AUC, wall time and trial states of each.
+# (bench/gbdt/tune.yaml: TPE, TRIALS trials (default 32), 2 at a time), one
+# study after the other, for each sampler seed in SEEDS (default 7), with
+# BRACKETS ASHA brackets (default 1). Prints one JSON line per seed: best
+# validation AUC, wall time and trial states of each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
 home="$(mktemp -d)"
 trap 'rm -rf "$home"' EXIT
 for seed in ${SEEDS:-7}; do
-WEIR_HOME="$home" target/release/weir run bench/gbdt/tune.yaml --max-parallel 1 -p seed="$seed" --json >"$home/out.json"
-python3 - "$home/out.json" "$seed" <<'PY'
+WEIR_HOME="$home" target/release/weir run bench/gbdt/tune.yaml --max-parallel 1 -p seed="$seed" -p brackets="${BRACKETS:-1}" -p trials="${TRIALS:-32}" --json >"$home/out.json"
+python3 - "$home/out.json" "$seed" "${BRACKETS:-1}" <<'PY'
 import json, sys
 out = json.load(open(sys.argv[1]))
 m = {}
 for step, point in out["metrics"]:
     if point.get("step", 0) == 0:
         m.setdefault(step, {})[point["key"]] = point["value"]
-res = {"script": "tuning_asha", "seed": int(sys.argv[2])}
+res = {"script": "tuning_asha", "seed": int(sys.argv[2]), "brackets": int(sys.argv[3])}
 for s in ("with_asha", "without_asha"):
     x = m[s]
     res[s] = {"best_valid_auc": round(x["tune.best_value"], 5), "wall_s": round(x["tune.wall_seconds"], 1),

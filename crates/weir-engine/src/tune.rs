@@ -13,7 +13,7 @@
 //!   budget: { trials: 40, time: 20m }   # `trials: 40` alone also works
 //!   parallel: 2
 //!   sampler: tpe                        # random | grid | tpe
-//!   scheduler: asha                     # or { type: asha, min_resource, max_resource, reduction }
+//!   scheduler: asha                     # or { type: asha, min_resource, max_resource, reduction, brackets }
 //! ```
 
 use std::collections::BTreeMap;
@@ -109,6 +109,8 @@ struct RawAsha {
     max_resource: Option<i64>,
     #[serde(default)]
     reduction: Option<f64>,
+    #[serde(default)]
+    brackets: Option<usize>,
 }
 
 /// The option that caps an op's rounds (ASHA's resource), with its default,
@@ -180,6 +182,7 @@ impl TuneSpec {
                         min_resource: None,
                         max_resource: None,
                         reduction: None,
+                        brackets: None,
                     },
                     other => serde_json::from_value(other.clone())
                         .map_err(|e| format!("tune.scheduler: {e}"))?,
@@ -228,6 +231,7 @@ impl TuneSpec {
                         raw_asha.reduction.unwrap_or(3.0),
                         goal,
                     )
+                    .and_then(|a| a.with_brackets(raw_asha.brackets.unwrap_or(1)))
                     .map_err(|e| e.to_string())?,
                 )
             }
@@ -500,7 +504,10 @@ fn trial_task(
     let (run_id, step_run_id) = (job.run_id.to_string(), job.step_run_id.to_string());
     let log_path = job.log.path().to_path_buf();
     let (shared, asha, number) = (Arc::clone(shared), spec.asha.clone(), trial.number);
-    let rungs = asha.as_ref().map(Asha::rungs).unwrap_or_default();
+    let rungs = asha
+        .as_ref()
+        .map(|a| a.rungs_of(number))
+        .unwrap_or_default();
     let judged = spec.asha_metric.trim_start_matches("valid.").to_string();
     let cache = Arc::clone(&job.cache);
     Ok(move || {
@@ -947,6 +954,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.starts_with("tune.scheduler.metric:"), "{err}");
+        // Rungs at 10, 30, 90 and 270: up to four brackets and one without.
+        let s = spec(
+            "{ metric: valid.auc, goal: maximize }",
+            "{ type: asha, brackets: 2 }",
+        )
+        .unwrap();
+        assert_eq!(s.asha.unwrap().brackets, 2);
+        let err = spec(
+            "{ metric: valid.auc, goal: maximize }",
+            "{ type: asha, brackets: 6 }",
+        )
+        .unwrap_err();
+        assert!(err.starts_with("tune.scheduler.brackets:"), "{err}");
+        assert!(err.contains("between 1 and 5"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,14 @@
 //! parallel trials never idle. Nothing is stopped at a rung until
 //! `bootstrap` trials (η by default) have reached it: judging the second
 //! trial against the first alone stopped most of a small study.
+//!
+//! With `brackets > 1` (as in Hyperband, and Ray Tune's ASHA) trials are
+//! dealt to brackets whose first rung lies further out: bracket `b` skips the
+//! first `b` rungs, and a trial is judged only against its own bracket. That
+//! hedges against short-horizon bias: a slow learner (a low learning rate)
+//! is behind at the first rung and best at the end, and every bracket but the
+//! first gives such trials a longer look. Brackets get trials in proportion
+//! to `η^-b`, dealt by trial number, so a resumed study deals them the same.
 
 use crate::{Goal, Result, Trial, TrialState, TuneError};
 
@@ -17,6 +25,8 @@ pub struct Asha {
     pub goal: Goal,
     /// Trials that must reach a rung before it stops any.
     pub bootstrap: usize,
+    /// How many brackets trials are dealt to (1: plain ASHA).
+    pub brackets: usize,
 }
 
 impl Asha {
@@ -45,7 +55,66 @@ impl Asha {
             reduction,
             goal,
             bootstrap: reduction.ceil() as usize,
+            brackets: 1,
         })
+    }
+
+    /// Deals trials to `brackets` brackets; the last may have no rung at
+    /// all (its trials always run to the end), so at most one more than
+    /// there are rungs.
+    pub fn with_brackets(mut self, brackets: usize) -> Result<Asha> {
+        let most = self.rungs().len() + 1;
+        if !(1..=most).contains(&brackets) {
+            return Err(TuneError::invalid(
+                "tune.scheduler.brackets",
+                format!(
+                    "must be between 1 and {most} (one more than the rungs {:?}), got {brackets}",
+                    self.rungs()
+                ),
+            ));
+        }
+        self.brackets = brackets;
+        Ok(self)
+    }
+
+    /// The brackets of trials `0..n`: a smooth weighted round robin, each
+    /// trial going to the bracket furthest behind its share `η^-b / Σ`.
+    fn deal(&self, n: usize) -> Vec<usize> {
+        if self.brackets == 1 {
+            return vec![0; n];
+        }
+        let weights: Vec<f64> = (0..self.brackets)
+            .map(|b| self.reduction.powi(-(b as i32)))
+            .collect();
+        let total: f64 = weights.iter().sum();
+        let mut dealt = vec![0usize; self.brackets];
+        (0..n)
+            .map(|i| {
+                let behind = |b: usize| weights[b] / total * (i + 1) as f64 - dealt[b] as f64;
+                // Ties go to the lower bracket.
+                let b = (1..self.brackets).fold(0, |best, b| {
+                    if behind(b) > behind(best) + 1e-9 {
+                        b
+                    } else {
+                        best
+                    }
+                });
+                dealt[b] += 1;
+                b
+            })
+            .collect()
+    }
+
+    /// The bracket of trial `number`.
+    pub fn bracket(&self, number: usize) -> usize {
+        self.deal(number + 1)[number]
+    }
+
+    /// The rungs trial `number` is judged at: its bracket's.
+    pub fn rungs_of(&self, number: usize) -> Vec<i64> {
+        let mut rungs = self.rungs();
+        rungs.drain(..self.bracket(number).min(rungs.len()));
+        rungs
     }
 
     /// Rung resources below the maximum, ascending.
@@ -65,7 +134,16 @@ impl Asha {
     /// Whether `trial` should stop, now that it has reported up to
     /// `resource`: decided at the highest rung it has reached.
     pub fn should_stop(&self, trial: &Trial, resource: i64, history: &[Trial]) -> bool {
-        let Some(rung) = self.rungs().into_iter().rev().find(|r| *r <= resource) else {
+        let last = history.iter().map(|t| t.number).chain([trial.number]).max();
+        let dealt = self.deal(last.unwrap_or(0) + 1);
+        let bracket = dealt[trial.number];
+        let rungs = self.rungs();
+        let Some(rung) = rungs[bracket.min(rungs.len())..]
+            .iter()
+            .rev()
+            .find(|r| **r <= resource)
+            .copied()
+        else {
             return false;
         };
         let Some(mine) = value_at(trial, rung) else {
@@ -78,6 +156,7 @@ impl Asha {
         let mut competing: Vec<f64> = history
             .iter()
             .filter(|t| t.number != trial.number && t.state != TrialState::Failed)
+            .filter(|t| dealt[t.number] == bracket)
             .filter_map(|t| value_at(t, rung))
             .map(key)
             .filter(|v| !v.is_nan())
@@ -144,6 +223,48 @@ mod tests {
         // The first trial at a rung always goes on.
         let first = trial(0, &[(10, 5.0)]);
         assert!(!a.should_stop(&first, 10, &[]));
+    }
+
+    #[test]
+    fn brackets_deal_trials_by_share_and_judge_each_apart() {
+        let a = Asha::new(10, 100, 3.0, Goal::Minimize).unwrap();
+        assert_eq!(a.rungs(), vec![10, 30, 90]);
+        assert!(a.clone().with_brackets(0).is_err());
+        let err = a.clone().with_brackets(5).unwrap_err().to_string();
+        assert!(err.contains("tune.scheduler.brackets"), "{err}");
+        let two = a.clone().with_brackets(2).unwrap();
+        // Shares 3/4 and 1/4, dealt the same way every time.
+        let dealt: Vec<usize> = (0..8).map(|n| two.bracket(n)).collect();
+        assert_eq!(dealt, vec![0, 0, 1, 0, 0, 0, 1, 0]);
+        assert_eq!(two.rungs_of(2), vec![30, 90]);
+        let four = a.clone().with_brackets(4).unwrap();
+        let counts = (0..400).fold([0; 4], |mut c, n| {
+            c[four.bracket(n)] += 1;
+            c
+        });
+        assert_eq!(counts, [270, 90, 30, 10]);
+        let last = (0..400).find(|&n| four.bracket(n) == 3).unwrap();
+        assert!(four.rungs_of(last).is_empty());
+
+        // Trials 0, 1, 3 (bracket 0) and 2, 6 (bracket 1): at round 10
+        // only bracket 0 is judged, and only against itself.
+        let at = |n: usize, curve: &[(i64, f64)]| trial(n, curve);
+        let history = vec![
+            at(0, &[(10, 0.1), (30, 0.1)]),
+            at(1, &[(10, 0.2)]),
+            at(2, &[(10, 0.9), (30, 0.9)]),
+            at(3, &[(10, 0.3)]),
+        ];
+        assert!(!two.should_stop(&history[2], 10, &history));
+        assert!(two.should_stop(&history[3], 10, &history));
+        // Trial 2's first rung is 30; two trials of its bracket are too few.
+        assert!(!two.should_stop(&history[2], 30, &history));
+        let mut more = history.clone();
+        more.push(at(6, &[(30, 0.5)]));
+        more.push(at(10, &[(30, 0.4)]));
+        assert_eq!(two.bracket(10), 1);
+        assert!(two.should_stop(&more[2], 30, &more));
+        assert!(!two.should_stop(&more[5], 30, &more));
     }
 
     #[test]

@@ -516,6 +516,14 @@ fn bad_tune_blocks_name_the_field() {
         "    tune:\n      space: { learning_rate: 'uniform(0.1, 0.5)' }\n      objective: { metric: valid.auc, goal: maximize }\n",
     );
     assert!(e.contains("steps.train.tune.budget"), "{e}");
+    // Rungs at 5, 15 and 45 of 60 rounds: at most four brackets.
+    let e = case(
+        "    tune:\n      space: { learning_rate: 'uniform(0.1, 0.5)' }\n      objective: { metric: valid.auc, goal: maximize }\n      trials: 3\n      scheduler: { type: asha, min_resource: 5, brackets: 5 }\n",
+    );
+    assert!(
+        e.contains("tune.scheduler.brackets") && e.contains("between 1 and 4"),
+        "{e}"
+    );
     assert!(sb.json(&["runs", "list"]).as_array().unwrap().is_empty());
 
     // A metric the trainer never reports fails the step, saying what it reports.

@@ -112,8 +112,13 @@ impl Asha {
 
     /// The rungs trial `number` is judged at: its bracket's.
     pub fn rungs_of(&self, number: usize) -> Vec<i64> {
+        self.bracket_rungs(self.bracket(number))
+    }
+
+    /// Bracket `b`'s rungs: all but the first `b`.
+    fn bracket_rungs(&self, b: usize) -> Vec<i64> {
         let mut rungs = self.rungs();
-        rungs.drain(..self.bracket(number).min(rungs.len()));
+        rungs.drain(..b.min(rungs.len()));
         rungs
     }
 
@@ -137,12 +142,11 @@ impl Asha {
         let last = history.iter().map(|t| t.number).chain([trial.number]).max();
         let dealt = self.deal(last.unwrap_or(0) + 1);
         let bracket = dealt[trial.number];
-        let rungs = self.rungs();
-        let Some(rung) = rungs[bracket.min(rungs.len())..]
-            .iter()
+        let Some(rung) = self
+            .bracket_rungs(bracket)
+            .into_iter()
             .rev()
-            .find(|r| **r <= resource)
-            .copied()
+            .find(|r| *r <= resource)
         else {
             return false;
         };
@@ -248,20 +252,19 @@ mod tests {
 
         // Trials 0, 1, 3 (bracket 0) and 2, 6 (bracket 1): at round 10
         // only bracket 0 is judged, and only against itself.
-        let at = |n: usize, curve: &[(i64, f64)]| trial(n, curve);
         let history = vec![
-            at(0, &[(10, 0.1), (30, 0.1)]),
-            at(1, &[(10, 0.2)]),
-            at(2, &[(10, 0.9), (30, 0.9)]),
-            at(3, &[(10, 0.3)]),
+            trial(0, &[(10, 0.1), (30, 0.1)]),
+            trial(1, &[(10, 0.2)]),
+            trial(2, &[(10, 0.9), (30, 0.9)]),
+            trial(3, &[(10, 0.3)]),
         ];
         assert!(!two.should_stop(&history[2], 10, &history));
         assert!(two.should_stop(&history[3], 10, &history));
         // Trial 2's first rung is 30; two trials of its bracket are too few.
         assert!(!two.should_stop(&history[2], 30, &history));
         let mut more = history.clone();
-        more.push(at(6, &[(30, 0.5)]));
-        more.push(at(10, &[(30, 0.4)]));
+        more.push(trial(6, &[(30, 0.5)]));
+        more.push(trial(10, &[(30, 0.4)]));
         assert_eq!(two.bracket(10), 1);
         assert!(two.should_stop(&more[2], 30, &more));
         assert!(!two.should_stop(&more[5], 30, &more));

@@ -9,6 +9,9 @@
 #   - wrk, the HTTP load generator, for the rollout test under load;
 #   - scikit-learn + skl2onnx + onnxruntime (pinned, own virtualenv): ONNX exports
 #     served by `weir serve` must match onnxruntime (tests/onnx).
+#   - Ray (pinned, own virtualenv): a real cluster on loopback (a head and two
+#     worker nodes, scripts/ray-cluster.sh) for the Ray executor's tests,
+#     started after the main suite and stopped afterwards.
 # Extra arguments go to `cargo test` (e.g. scripts/test.sh -p weir-store).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +25,8 @@ MLFLOW2_CLIENT="mlflow-skinny==2.22.1 pandas==3.1.1 pytest==9.2.0"
 # scikit-learn models exported to ONNX, checked against onnxruntime (tests/onnx).
 VENV_ONNX="${WEIR_CI_VENV_ONNX:-$HOME/.cache/weir-ci/venv-onnx}"
 ONNX_CLIENT="scikit-learn==1.9.1 skl2onnx==1.20.0 onnxruntime==1.32.0 requests==2.34.2 pytest==9.2.0"
+VENV_RAY="${WEIR_CI_VENV_RAY:-$HOME/.cache/weir-ci/venv-ray}"
+RAY_PACKAGE="ray[default]==2.60.0"
 log() { printf '\033[1m[test]\033[0m %s\n' "$*" >&2; }
 
 # --- PostgreSQL -------------------------------------------------------------
@@ -60,6 +65,11 @@ if ! "$VENV_ONNX/bin/python" -c 'import sklearn, skl2onnx, onnxruntime, requests
   # shellcheck disable=SC2086
   "$VENV_ONNX/bin/pip" install -q $ONNX_CLIENT
 fi
+if ! "$VENV_RAY/bin/python" -c 'import ray, ray.dashboard' 2>/dev/null; then
+  log "installing $RAY_PACKAGE into $VENV_RAY"
+  python3 -m venv "$VENV_RAY"
+  "$VENV_RAY/bin/pip" install -q "$RAY_PACKAGE"
+fi
 # wrk drives the zero-drop rollout test (tests/e2e/rollouts.rs).
 if ! command -v wrk >/dev/null 2>&1; then
   log "installing wrk"
@@ -70,7 +80,12 @@ port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 mkdir -p target
 setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >target/moto.log 2>&1 &
 moto_pid=$!
-trap 'kill -- -"$moto_pid" 2>/dev/null || kill "$moto_pid" 2>/dev/null || true' EXIT
+ray_dir=""
+cleanup() {
+  [ -n "$ray_dir" ] && RAY="$VENV_RAY/bin/ray" scripts/ray-cluster.sh stop "$ray_dir" || true
+  kill -- -"$moto_pid" 2>/dev/null || kill "$moto_pid" 2>/dev/null || true
+}
+trap cleanup EXIT
 for _ in $(seq 100); do
   curl -fs "http://127.0.0.1:$port/" >/dev/null 2>&1 && break
   sleep 0.2
@@ -82,6 +97,22 @@ export WEIR_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
 export WEIR_TEST_S3_BUCKET=weir-test
 export WEIR_REQUIRE_S3=1
 cargo test --workspace --locked "$@"
+
+# --- the Ray executor on a real cluster -------------------------------------
+if [ $# -eq 0 ]; then
+  ray_dir="$PWD/target/ray-cluster"
+  rm -rf "$ray_dir"
+  mkdir -p "$ray_dir"
+  log "starting a Ray cluster on loopback (head + 2 workers)"
+  free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+  ray_address=$(RAY="$VENV_RAY/bin/ray" RAY_DASHBOARD_PORT="$(free_port)" RAY_GCS_PORT="$(free_port)" \
+    scripts/ray-cluster.sh start "$ray_dir" 2)
+  log "Ray executor suite against $ray_address"
+  WEIR_TEST_RAY_ADDRESS="$ray_address" WEIR_TEST_RAY_DIR="$ray_dir" WEIR_REQUIRE_RAY=1 \
+    RAY="$VENV_RAY/bin/ray" cargo test --locked -p weir-cli --test e2e ray:: -- --test-threads=1
+  RAY="$VENV_RAY/bin/ray" scripts/ray-cluster.sh stop "$ray_dir"
+  ray_dir=""
+fi
 
 # --- the mlflow client against weir server ------------------------------------
 if [ $# -eq 0 ]; then

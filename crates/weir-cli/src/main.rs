@@ -50,6 +50,9 @@ enum Command {
         /// Steps run at once [env: WEIR_MAX_PARALLEL] [default: number of CPUs]
         #[arg(long)]
         max_parallel: Option<u32>,
+        /// Where steps without their own `executor:` run: local or ray [env: WEIR_EXECUTOR] [default: local]
+        #[arg(long)]
+        executor: Option<String>,
         /// Run every step, ignoring earlier results with the same inputs [env: WEIR_NO_CACHE]
         #[arg(long, env = "WEIR_NO_CACHE")]
         no_cache: bool,
@@ -64,6 +67,9 @@ enum Command {
         /// Steps run at once [env: WEIR_MAX_PARALLEL] [default: number of CPUs]
         #[arg(long)]
         max_parallel: Option<u32>,
+        /// Where steps without their own `executor:` run: local or ray (e.g. local when the cluster is gone) [env: WEIR_EXECUTOR]
+        #[arg(long)]
+        executor: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -366,12 +372,16 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             file,
             params,
             max_parallel,
+            executor,
             no_cache,
             json,
         } => {
             let config = config(
                 &cli.global,
-                &[("max_parallel", max_parallel.map(|v| v.to_string()))],
+                &[
+                    ("max_parallel", max_parallel.map(|v| v.to_string())),
+                    ("executor", executor),
+                ],
             )?;
             let pipeline = weir_core::pipeline::load(&file, &parse_params(&params)?)?;
             let ctx = Context::open(config.clone()).await?;
@@ -388,11 +398,15 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
         Command::Resume {
             run,
             max_parallel,
+            executor,
             json,
         } => {
             let config = config(
                 &cli.global,
-                &[("max_parallel", max_parallel.map(|v| v.to_string()))],
+                &[
+                    ("max_parallel", max_parallel.map(|v| v.to_string())),
+                    ("executor", executor),
+                ],
             )?;
             let ctx = Context::open(config.clone()).await?;
             reap(&ctx).await?;

@@ -121,6 +121,7 @@ pub async fn run_detail(store: &Store, id: &str, json: bool) -> Result<()> {
                     "step": s.step, "step_run_id": s.id, "kind": s.kind, "status": s.status,
                     "started_at": s.started_at, "ended_at": s.ended_at, "exit_code": s.exit_code,
                     "error": s.error, "log_digest": s.log_digest, "cached_from": s.cached_from, "attempt": s.attempt, "heartbeat_at": s.heartbeat_at,
+                    "executor": s.executor, "executor_address": s.executor_address, "node": s.node, "job": s.job,
                     "inputs": serde_json::from_str::<serde_json::Value>(&s.inputs_json).unwrap_or_default(),
                     "outputs": outputs.iter().map(|(n, a)| (n.clone(), json!({"digest": a.digest, "size": a.size, "kind": a.kind}))).collect::<serde_json::Map<_, _>>(),
                     "sources": s.sources(),
@@ -152,10 +153,12 @@ pub async fn run_detail(store: &Store, id: &str, json: bool) -> Result<()> {
         println!("error     {}", e.lines().next().unwrap_or(""));
     }
     println!();
+    // Where each step ran matters once some ran on a cluster.
+    let clustered = steps.iter().any(|s| s.executor.as_deref() == Some("ray"));
     let rows: Vec<Vec<String>> = step_docs
         .iter()
         .map(|(s, outputs)| {
-            vec![
+            let mut row = vec![
                 s.step.clone(),
                 s.kind.clone(),
                 match &s.cached_from {
@@ -163,15 +166,36 @@ pub async fn run_detail(store: &Store, id: &str, json: bool) -> Result<()> {
                     None => s.status.to_string(),
                 },
                 duration(s.started_at, s.ended_at),
+            ];
+            if clustered {
+                row.push(match (s.executor.as_deref(), &s.node) {
+                    (Some("ray"), node) => format!(
+                        "ray node {} job {}",
+                        node.as_deref().map_or("?", |n| &n[..n.len().min(12)]),
+                        s.job.as_deref().unwrap_or("?")
+                    ),
+                    (Some(kind), Some(node)) => format!("{kind} {node}"),
+                    _ => "-".into(),
+                });
+            }
+            row.push(
                 outputs
                     .iter()
                     .map(|(n, a)| format!("{n}={}", a.digest.short()))
                     .collect::<Vec<_>>()
                     .join(" "),
-            ]
+            );
+            row
         })
         .collect();
-    table(&["STEP", "KIND", "STATUS", "DURATION", "OUTPUTS"], &rows);
+    if clustered {
+        table(
+            &["STEP", "KIND", "STATUS", "DURATION", "RAN ON", "OUTPUTS"],
+            &rows,
+        );
+    } else {
+        table(&["STEP", "KIND", "STATUS", "DURATION", "OUTPUTS"], &rows);
+    }
     if !metrics.is_empty() {
         println!();
         let names: std::collections::HashMap<&str, &str> = steps

@@ -50,6 +50,9 @@ struct FileConfig {
     memory: Option<String>,
     gpus: Option<u32>,
     tracking_uri: Option<String>,
+    executor: Option<String>,
+    ray_address: Option<String>,
+    ray_weir_bin: Option<String>,
 }
 
 /// The keys, their environment variables and descriptions, defined once.
@@ -98,6 +101,21 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "tracking_uri",
         "WEIR_TRACKING_URI",
         "a `weir server` that steps log to with mlflow (default: $MLFLOW_TRACKING_URI)",
+    ),
+    (
+        "executor",
+        "WEIR_EXECUTOR",
+        "where steps run: local (child processes) or ray (jobs on a Ray cluster)",
+    ),
+    (
+        "ray_address",
+        "WEIR_RAY_ADDRESS",
+        "the Ray cluster's dashboard (Jobs API), e.g. http://head:8265 (default: $RAY_ADDRESS)",
+    ),
+    (
+        "ray_weir_bin",
+        "WEIR_RAY_WEIR_BIN",
+        "the weir binary on the Ray nodes (default: this binary's path)",
     ),
 ];
 
@@ -149,6 +167,9 @@ impl Config {
             ("memory", file.memory),
             ("gpus", file.gpus.map(|v| v.to_string())),
             ("tracking_uri", file.tracking_uri),
+            ("executor", file.executor),
+            ("ray_address", file.ray_address),
+            ("ray_weir_bin", file.ray_weir_bin),
         ]);
         let mut settings = BTreeMap::new();
         // `home` first: the other defaults live inside it.
@@ -198,6 +219,11 @@ impl Config {
                     "tracking_uri" => env("MLFLOW_TRACKING_URI")
                         .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
                         .unwrap_or_default(),
+                    "executor" => "local".to_string(),
+                    "ray_address" => env("RAY_ADDRESS")
+                        .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+                        .unwrap_or_default(),
+                    "ray_weir_bin" => String::new(),
                     _ => unreachable!("every key has a default"),
                 };
                 Setting {
@@ -210,6 +236,7 @@ impl Config {
         let config = Config { settings };
         config.max_parallel()?;
         config.capacity()?;
+        config.executor()?;
         Ok(config)
     }
 
@@ -232,6 +259,26 @@ impl Config {
     /// The tracking server steps log to, if one is configured.
     pub fn tracking_uri(&self) -> Option<&str> {
         Some(self.get("tracking_uri").trim_end_matches('/')).filter(|u| !u.is_empty())
+    }
+
+    /// Where steps run unless a step says otherwise.
+    pub fn executor(&self) -> Result<crate::pipeline::ExecutorKind, ConfigError> {
+        let raw = self.get("executor");
+        crate::pipeline::ExecutorKind::parse(raw).ok_or_else(|| ConfigError::Value {
+            key: "executor".into(),
+            value: raw.into(),
+            message: "must be `local` or `ray`".into(),
+        })
+    }
+
+    /// The Ray cluster's Jobs API, if one is configured.
+    pub fn ray_address(&self) -> Option<&str> {
+        Some(self.get("ray_address").trim_end_matches('/')).filter(|u| !u.is_empty())
+    }
+
+    /// The `weir` binary Ray nodes run, if set apart from this one's path.
+    pub fn ray_weir_bin(&self) -> Option<&str> {
+        Some(self.get("ray_weir_bin")).filter(|u| !u.is_empty())
     }
 
     pub fn serve_addr(&self) -> &str {

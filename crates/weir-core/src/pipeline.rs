@@ -62,6 +62,41 @@ pub struct Step {
     /// checked by the engine (weir-tune reads it), not here.
     #[serde(default)]
     pub tune: Option<TuneBlock>,
+    /// `executor:` where this step runs; the configured executor when absent.
+    #[serde(default)]
+    pub executor: Option<ExecutorKind>,
+    /// Resources beyond cpu, memory and gpu (`resources: { spot: 1 }`): a
+    /// cluster executor asks for them (Ray custom resources); one machine
+    /// has none to count, so the local executor ignores them.
+    #[serde(default)]
+    pub custom_resources: BTreeMap<String, f64>,
+}
+
+/// Where a step attempt runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutorKind {
+    /// A `weir exec` child process of the runner.
+    Local,
+    /// A job on a Ray cluster that runs `weir exec` on one of its nodes.
+    Ray,
+}
+
+impl ExecutorKind {
+    pub fn parse(text: &str) -> Option<ExecutorKind> {
+        match text {
+            "local" => Some(ExecutorKind::Local),
+            "ray" => Some(ExecutorKind::Ray),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutorKind::Local => "local",
+            ExecutorKind::Ray => "ray",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -340,12 +375,13 @@ struct RawStep {
     grace: Option<Spanned<Value>>,
     #[serde(default)]
     tune: Option<Spanned<Value>>,
+    #[serde(default)]
+    executor: Option<Spanned<String>>,
     #[allow(dead_code)]
     description: Option<String>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawResources {
     #[serde(default)]
     cpu: Option<f64>,
@@ -353,7 +389,23 @@ struct RawResources {
     memory: Option<Value>,
     #[serde(default)]
     gpu: Option<u32>,
+    /// Every other key is a custom resource (Ray's `resources={...}`).
+    #[serde(flatten)]
+    custom: BTreeMap<String, Value>,
 }
+
+/// Keys that look like a misspelt cpu, memory or gpu rather than a custom
+/// resource: refused so that a typo is not silently ignored on one machine.
+const RESOURCE_TYPOS: &[(&str, &str)] = &[
+    ("cpus", "cpu"),
+    ("num_cpus", "cpu"),
+    ("CPU", "cpu"),
+    ("mem", "memory"),
+    ("ram", "memory"),
+    ("gpus", "gpu"),
+    ("num_gpus", "gpu"),
+    ("GPU", "gpu"),
+];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -844,6 +896,7 @@ fn build_step(
         });
     }
     let mut resources = Resources::default();
+    let mut custom_resources = BTreeMap::new();
     if let Some(r) = &raw.resources {
         let line = Some(r.referenced.line());
         if let Some(cpu) = r.value.cpu {
@@ -879,7 +932,43 @@ fn build_step(
         if let Some(gpu) = r.value.gpu {
             resources.gpu = gpu;
         }
+        for (key, value) in &r.value.custom {
+            if let Some((_, meant)) = RESOURCE_TYPOS.iter().find(|(typo, _)| typo == key) {
+                issues.push(SpecIssue {
+                    line,
+                    field: field(&format!("resources.{key}")),
+                    message: format!("unknown resource '{key}'"),
+                    hint: Some(format!("did you mean `{meant}`?")),
+                });
+                continue;
+            }
+            match value.as_f64().filter(|v| v.is_finite() && *v > 0.0) {
+                Some(amount) => {
+                    custom_resources.insert(key.clone(), amount);
+                }
+                None => issues.push(SpecIssue {
+                    line,
+                    field: field(&format!("resources.{key}")),
+                    message: format!(
+                        "{value} is not an amount; a custom resource takes a positive number such as 1"
+                    ),
+                    hint: None,
+                }),
+            }
+        }
     }
+    let executor = raw.executor.as_ref().and_then(|e| {
+        let kind = ExecutorKind::parse(&e.value);
+        if kind.is_none() {
+            issues.push(SpecIssue {
+                line: Some(e.referenced.line()),
+                field: field("executor"),
+                message: format!("'{}' is not an executor", e.value),
+                hint: Some("use `local` or `ray`".into()),
+            });
+        }
+        kind
+    });
     let cache_version = raw.cache_version.as_ref().map(|v| match &v.value {
         Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -925,6 +1014,8 @@ fn build_step(
             },
             spec,
         }),
+        executor,
+        custom_resources,
     })
 }
 
@@ -1379,6 +1470,38 @@ steps:
         );
         assert!(
             err.contains("steps.a.resources.memory: '2 lots' has an unknown unit 'lots'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn executors_and_custom_resources_parse_and_validate() {
+        let p = parse_ok("version: 1\nsteps:\n  a:\n    run: x\n    executor: ray\n    resources: { cpu: 1, spot: 1, accelerator_type_a100: 0.5 }\n  b:\n    run: y\n");
+        assert_eq!(p.steps[0].executor, Some(ExecutorKind::Ray));
+        assert_eq!(
+            p.steps[0].custom_resources,
+            BTreeMap::from([
+                ("accelerator_type_a100".to_string(), 0.5),
+                ("spot".to_string(), 1.0)
+            ])
+        );
+        assert_eq!(p.steps[0].resources.cpu, 1.0);
+        assert_eq!(p.steps[1].executor, None);
+        assert!(p.steps[1].custom_resources.is_empty());
+        let err = parse_err("version: 1\nsteps:\n  a:\n    run: x\n    executor: k8s\n    resources: { cpus: 2, spot: yes, gpus: 1 }\n");
+        assert!(
+            err.contains("steps.a.executor: 'k8s' is not an executor")
+                && err.contains("use `local` or `ray`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("steps.a.resources.cpus: unknown resource 'cpus'")
+                && err.contains("did you mean `cpu`?")
+                && err.contains("did you mean `gpu`?"),
+            "{err}"
+        );
+        assert!(
+            err.contains("steps.a.resources.spot: \"yes\" is not an amount"),
             "{err}"
         );
     }

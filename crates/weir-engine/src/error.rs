@@ -21,6 +21,10 @@ pub enum EngineError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The executor cannot run the steps meant for it (no cluster, a cluster
+    /// that cannot reach the stores, a lost cluster).
+    #[error("{0}")]
+    Executor(String),
     #[error("corrupt record {what}: {reason}")]
     Corrupt { what: String, reason: String },
 }

@@ -250,17 +250,22 @@ pub async fn exec_step(
             result = Err((e, None));
         }
     }
+    // On a cluster, the attempt's job: its outcome is recorded only while
+    // the step run still names that job.
+    let fence = std::env::var(FENCE_VAR).ok().filter(|f| !f.is_empty());
     let outcome = match result {
-        Ok(completion) => {
+        Ok(mut completion) => {
             tracing::info!(step = %step.name, outputs = completion.outputs.len(), metrics = completion.metrics.len(), "step succeeded");
+            completion.fence = fence;
             ctx.store.complete_step(step_run_id, &completion).await?;
             Ok(())
         }
         Err((error, exit_code)) => {
             let log_record = store_log(&job).await;
             ctx.store
-                .fail_step(
+                .fail_step_fenced(
                     step_run_id,
+                    fence.as_deref(),
                     &error.to_string(),
                     exit_code,
                     log_record.as_ref(),
@@ -272,6 +277,9 @@ pub async fn exec_step(
     say_recorded();
     outcome
 }
+
+/// The variable that names the cluster job a step runtime runs as.
+pub const FENCE_VAR: &str = "WEIR_EXEC_FENCE";
 
 /// The line a step runtime prints on stdout once the step's outcome is in
 /// the metadata store: the executor may go on from there, without waiting

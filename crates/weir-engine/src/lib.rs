@@ -15,6 +15,7 @@ mod lineage;
 pub mod liveness;
 pub mod ops;
 pub mod progress;
+pub mod ray;
 pub mod runner;
 pub mod tune;
 

@@ -86,6 +86,15 @@ pub async fn reap_orphaned_runs(ctx: &Context) -> Result<Vec<String>, EngineErro
             continue;
         };
         for step in stopped {
+            // A step on a cluster keeps running there without its runner.
+            if let (Some("ray"), Some(address), Some(job)) = (
+                step.executor.as_deref(),
+                step.executor_address.as_deref(),
+                step.job.as_deref(),
+            ) {
+                crate::ray::stop_orphaned_job(address, job).await;
+                continue;
+            }
             if step.host.as_deref() == Some(here.as_str()) {
                 if let Some(pgid) = step.pgid {
                     kill_group(pgid);

@@ -6,18 +6,24 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::task::{JoinHandle, JoinSet};
-use weir_core::pipeline::{Action, Pipeline, Resources, SpecError, SpecIssue};
+use weir_core::pipeline::{Action, ExecutorKind, Pipeline, Resources, SpecError, SpecIssue};
 use weir_store::{
     MetricPoint, ModelVersion, NewStepRun, RunRecord, RunStatus, StepStart, StepStatus,
 };
 
 use crate::exec::{StagedInput, Task};
 use crate::progress::Progress;
+use crate::ray::{self, RayAttempt, RayCluster};
 use crate::{cache, liveness, ops, Context, EngineError};
+
+/// Attempts of a step whose cluster node was lost, when its own retry
+/// policy does not say: a lost node is the cluster's failure, not the step's.
+const LOST_NODE_ATTEMPTS: i64 = 3;
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -88,11 +94,13 @@ pub async fn run_pipeline(
 ) -> Result<RunOutcome, EngineError> {
     ops::preflight(pipeline)?;
     check_capacity(
+        ctx,
         pipeline,
         ctx.config
             .capacity()
             .map_err(|e| EngineError::StepFailed(e.to_string()))?,
     )?;
+    let cluster = ray::preflight(ctx, pipeline).await?;
     let started = Instant::now();
     let base_dir = pipeline
         .base_dir()
@@ -128,7 +136,7 @@ pub async fn run_pipeline(
         })
         .collect();
     ctx.store.create_run(&run, &step_runs).await?;
-    drive(ctx, &run.id, &pipeline, options, progress, started).await
+    drive(ctx, &run.id, &pipeline, options, cluster, progress, started).await
 }
 
 /// Continues a failed run (one that failed, was cancelled, or whose runner
@@ -163,10 +171,18 @@ pub async fn resume_run(
     let pipeline: Pipeline = serde_json::from_str(&run.spec_json)
         .map_err(|e| EngineError::corrupt("runs.spec_json", e))?;
     ops::preflight(&pipeline)?;
+    check_capacity(
+        ctx,
+        &pipeline,
+        ctx.config
+            .capacity()
+            .map_err(|e| EngineError::StepFailed(e.to_string()))?,
+    )?;
+    let cluster = ray::preflight(ctx, &pipeline).await?;
     ctx.store
         .reopen_run(&run.id, &liveness::runner_identity())
         .await?;
-    drive(ctx, &run.id, &pipeline, options, progress, started).await
+    drive(ctx, &run.id, &pipeline, options, cluster, progress, started).await
 }
 
 /// Stops a running run from another process: its runner (on this host) is
@@ -223,6 +239,7 @@ async fn drive(
     run_id: &str,
     pipeline: &Pipeline,
     options: &RunOptions,
+    cluster: Option<Arc<RayCluster>>,
     progress: &dyn Progress,
     started: Instant,
 ) -> Result<RunOutcome, EngineError> {
@@ -265,6 +282,7 @@ async fn drive(
         &run,
         pipeline,
         options,
+        cluster,
         progress,
         &ids,
         &mut status,
@@ -282,19 +300,27 @@ async fn walk(
     run: &RunRecord,
     pipeline: &Pipeline,
     options: &RunOptions,
+    cluster: Option<Arc<RayCluster>>,
     progress: &dyn Progress,
     ids: &HashMap<String, String>,
     status: &mut HashMap<String, StepStatus>,
     outputs: &mut HashMap<String, BTreeMap<String, StagedInput>>,
     started: Instant,
 ) -> Result<RunOutcome, EngineError> {
+    let exe = match &options.exec_binary {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(EngineError::io("cannot locate", "the weir executable"))?,
+    };
     let launcher = Launcher {
-        exe: match &options.exec_binary {
-            Some(p) => p.clone(),
-            None => std::env::current_exe()
-                .map_err(EngineError::io("cannot locate", "the weir executable"))?,
-        },
+        ray_weir: ctx
+            .config
+            .ray_weir_bin()
+            .map_or_else(|| exe.display().to_string(), str::to_string),
+        exe,
         tracking: tracking_server(ctx, &run.id).await,
+        cluster,
+        stopping: ray::Stopping::default(),
     };
     let mut running: JoinSet<Attempt> = JoinSet::new();
     let mut slots = Slots::new(
@@ -330,7 +356,9 @@ async fn walk(
                 }
                 // Wait for slots before any work: gathering and hashing inputs
                 // would otherwise be repeated each time the loop comes round.
-                if !slots.fits(step.request(&slots.capacity)) {
+                // A cluster keeps its own count: Ray queues what does not fit.
+                let on_ray = ray::executor_of(ctx, step) == ExecutorKind::Ray;
+                if !on_ray && !slots.fits(step.request(&slots.capacity)) {
                     continue;
                 }
                 let mut inputs = BTreeMap::new();
@@ -388,8 +416,13 @@ async fn walk(
                         ),
                     }
                 };
-                let Some(gpus) = slots.try_take(&step.name, step.request(&slots.capacity)) else {
-                    continue;
+                let gpus = if on_ray {
+                    Vec::new()
+                } else {
+                    match slots.try_take(&step.name, step.request(&slots.capacity)) {
+                        Some(gpus) => gpus,
+                        None => continue,
+                    }
                 };
                 ctx.store.start_step(&id, &start).await?;
                 status.insert(step.name.clone(), StepStatus::Running);
@@ -447,11 +480,23 @@ async fn walk(
             .step(&name)
             .expect("a launched step is in the pipeline");
         if record.status == StepStatus::Failed && first_failure.is_none() {
-            if let Some(policy) = step.retry.as_ref().filter(|p| {
-                record.attempt < i64::from(p.attempts)
-                    && p.retries(record.exit_code, attempt.timed_out)
-            }) {
-                let wait = jittered(policy.backoff(record.attempt as u32));
+            // A lost cluster node is a preemption: the step runs again
+            // (from its checkpoint) whatever its policy retries on.
+            let retry = match step.retry.as_ref() {
+                Some(p)
+                    if record.attempt < i64::from(p.attempts)
+                        && (attempt.lost_node
+                            || p.retries(record.exit_code, attempt.timed_out)) =>
+                {
+                    Some((p.attempts, p.backoff(record.attempt as u32)))
+                }
+                None if attempt.lost_node && record.attempt < LOST_NODE_ATTEMPTS => {
+                    Some((LOST_NODE_ATTEMPTS as u32, Duration::from_secs(1)))
+                }
+                _ => None,
+            };
+            if let Some((attempts, backoff)) = retry {
+                let wait = jittered(backoff);
                 let why = record
                     .error
                     .as_deref()
@@ -460,7 +505,7 @@ async fn walk(
                     .next()
                     .unwrap_or("")
                     .to_string();
-                progress.step_retrying(&name, record.attempt + 1, policy.attempts, wait, &why);
+                progress.step_retrying(&name, record.attempt + 1, attempts, wait, &why);
                 tracing::info!(run_id = %run.id, step = %name, attempt = record.attempt + 1, ?wait, "retrying step");
                 ctx.store.retry_step(id, record.attempt + 1).await?;
                 let gpus = slots.gpus_of(&name);
@@ -513,8 +558,8 @@ async fn walk(
             progress.step_finished(&step.name, StepStatus::Skipped, 0.0, Some(reason));
         }
     }
-    // A finished run leaves no process behind.
-    for process in exiting {
+    // A finished run leaves no process, and no cluster job, behind.
+    for process in exiting.into_iter().chain(launcher.stopping.take()) {
         let _ = process.await;
     }
     let final_status = if first_failure.is_some() {
@@ -662,11 +707,20 @@ impl Slots {
     }
 }
 
-/// Rejects, before anything runs, a step that could never fit this machine.
-fn check_capacity(pipeline: &Pipeline, capacity: Resources) -> Result<(), EngineError> {
+/// Rejects, before anything runs, a step that could never fit this machine
+/// (steps for a cluster are checked against its nodes instead).
+fn check_capacity(
+    ctx: &Context,
+    pipeline: &Pipeline,
+    capacity: Resources,
+) -> Result<(), EngineError> {
     let mut issues = Vec::new();
     let gib = |b: u64| format!("{:.1}GiB", b as f64 / (1u64 << 30) as f64);
-    for step in &pipeline.steps {
+    for step in pipeline
+        .steps
+        .iter()
+        .filter(|s| ray::executor_of(ctx, s) == ExecutorKind::Local)
+    {
         let r = step.request(&capacity);
         let mut push = |field: &str, message: String, hint: &str| {
             issues.push(SpecIssue {
@@ -719,6 +773,8 @@ struct Attempt {
     result: Result<(), String>,
     /// The runner stopped it at its `timeout:`.
     timed_out: bool,
+    /// The cluster node running it died.
+    lost_node: bool,
     /// The runtime process, still exiting after it recorded the outcome.
     exiting: Option<JoinHandle<()>>,
 }
@@ -728,6 +784,11 @@ struct Launcher {
     exe: PathBuf,
     /// A tracking server that holds this run's tracking runs: steps log to it.
     tracking: Option<String>,
+    /// The Ray cluster, when some step runs there, and the `weir` its nodes run.
+    cluster: Option<Arc<RayCluster>>,
+    ray_weir: String,
+    /// Ray jobs being stopped, waited for before the run ends.
+    stopping: ray::Stopping,
 }
 
 /// The configured tracking server, if it answers and serves this run's
@@ -765,20 +826,48 @@ fn launch(
     gpus: &[u32],
     delay: Duration,
 ) {
-    let mut env = ctx.config.child_env();
-    if ctx.config.capacity().is_ok_and(|c| c.gpu > 0) {
-        let ids: Vec<String> = gpus.iter().map(u32::to_string).collect();
-        env.push(("WEIR_GPU_IDS", ids.join(",")));
-    }
-    if let Some(uri) = &launcher.tracking {
-        env.push(("WEIR_STEP_TRACKING_URI", uri.clone()));
-    }
-    let exec = Exec {
-        exe: launcher.exe.clone(),
-        env,
-        store: ctx.store.clone(),
-        id,
-        task: task.map(|t| serde_json::to_vec(&t).expect("a task serializes")),
+    let tracking: Vec<(&'static str, String)> = launcher
+        .tracking
+        .iter()
+        .map(|uri| ("WEIR_STEP_TRACKING_URI", uri.clone()))
+        .collect();
+    let runtime = match (ray::executor_of(ctx, step), &launcher.cluster) {
+        (ExecutorKind::Ray, Some(cluster)) => {
+            let demand = ray::demand(step, cluster.largest_cpu);
+            match ray::entrypoint(&launcher.ray_weir, &id) {
+                Ok(entrypoint) => Runtime::Ray(RayAttempt {
+                    cluster: cluster.clone(),
+                    store: ctx.store.clone(),
+                    run_id: task.as_ref().map(|t| t.run_id.clone()).unwrap_or_default(),
+                    step_run_id: id,
+                    step: step.name.clone(),
+                    entrypoint,
+                    // Ray gives a job with GPUs its own CUDA_VISIBLE_DEVICES.
+                    env: ray::job_env(ctx, &demand, &tracking),
+                    demand,
+                    stopping: launcher.stopping.clone(),
+                }),
+                Err(e) => Runtime::Refused(e.to_string()),
+            }
+        }
+        (ExecutorKind::Ray, None) => {
+            Runtime::Refused("the step runs on Ray, but no cluster is connected".into())
+        }
+        (ExecutorKind::Local, _) => {
+            let mut env = ctx.config.child_env();
+            if ctx.config.capacity().is_ok_and(|c| c.gpu > 0) {
+                let ids: Vec<String> = gpus.iter().map(u32::to_string).collect();
+                env.push(("WEIR_GPU_IDS", ids.join(",")));
+            }
+            env.extend(tracking);
+            Runtime::Local(Exec {
+                exe: launcher.exe.clone(),
+                env,
+                store: ctx.store.clone(),
+                id,
+                task: task.map(|t| serde_json::to_vec(&t).expect("a task serializes")),
+            })
+        }
     };
     let name = step.name.clone();
     let timeout = step.timeout_ms.map(Duration::from_millis);
@@ -789,28 +878,30 @@ fn launch(
         }
         let started = Instant::now();
         let (result, timed_out) = match timeout {
-            None => (exec.run().await, false),
-            // Dropping the exec future kills its process group.
-            Some(limit) => match tokio::time::timeout(limit, exec.run()).await {
+            None => (runtime.run().await, false),
+            // Dropping the runtime's future kills its process group, or
+            // stops its Ray job.
+            Some(limit) => match tokio::time::timeout(limit, runtime.run()).await {
                 Ok(result) => (result, false),
                 Err(_) => (
-                    Err(format!(
-                        "timed out after {}",
-                        humantime::format_duration(limit)
+                    Err((
+                        format!("timed out after {}", humantime::format_duration(limit)),
+                        false,
                     )),
                     true,
                 ),
             },
         };
-        let (result, exiting) = match result {
-            Ok(exiting) => (Ok(()), exiting),
-            Err(e) => (Err(e), None),
+        let (result, exiting, lost_node) = match result {
+            Ok(exiting) => (Ok(()), exiting, false),
+            Err((e, lost)) => (Err(e), None, lost),
         };
         Attempt {
             step: name,
             seconds: started.elapsed().as_secs_f64(),
             result,
             timed_out,
+            lost_node,
             exiting,
         }
     });
@@ -914,6 +1005,25 @@ impl Drop for ProcessGroup {
     fn drop(&mut self) {
         if let Some(pid) = self.0 {
             liveness::kill_group(i64::from(pid));
+        }
+    }
+}
+
+/// One attempt's step runtime, wherever it runs.
+enum Runtime {
+    Local(Exec),
+    Ray(RayAttempt),
+    /// It cannot start; the reason becomes the attempt's error.
+    Refused(String),
+}
+
+impl Runtime {
+    /// As [`Exec::run`]; an error says whether the attempt's node was lost.
+    async fn run(self) -> Result<Option<JoinHandle<()>>, (String, bool)> {
+        match self {
+            Runtime::Local(exec) => exec.run().await.map_err(|e| (e, false)),
+            Runtime::Ray(attempt) => attempt.run().await.map_err(|f| (f.message, f.lost_node)),
+            Runtime::Refused(why) => Err((why, false)),
         }
     }
 }

@@ -117,6 +117,12 @@ pub struct StepRunRecord {
     pub checkpoint_digest: Option<String>,
     /// When the step runtime last said it was alive.
     pub heartbeat_at: Option<i64>,
+    /// A step sent to a cluster: the executor (`ray`) and the cluster's
+    /// address, the node that runs it and the cluster's id for the attempt.
+    pub executor: Option<String>,
+    pub executor_address: Option<String>,
+    pub node: Option<String>,
+    pub job: Option<String>,
 }
 
 impl StepRunRecord {
@@ -161,13 +167,18 @@ pub struct StepCompletion {
     pub log: Option<ArtifactRecord>,
     pub registrations: Vec<NewModelVersion>,
     pub sources: Vec<SourceFile>,
+    /// The cluster job this attempt ran as: the completion applies only
+    /// while the step run still names it, so a lost attempt that finishes
+    /// after a new one started cannot write over it.
+    pub fence: Option<String>,
 }
 
 const RUN_COLUMNS: &str =
     "id, pipeline, spec_file, spec_json, params_json, status, git_rev, started_at, \
      ended_at, error, runner, heartbeat_at";
 const STEP_COLUMNS: &str = "id, run_id, step, kind, status, spec_json, inputs_json, started_at, \
-     ended_at, exit_code, error, log_digest, sources_json, cache_key, cached_from, attempt, host, pgid, checkpoint_digest, heartbeat_at";
+     ended_at, exit_code, error, log_digest, sources_json, cache_key, cached_from, attempt, host, pgid, checkpoint_digest, heartbeat_at, \
+     executor, executor_address, node, job";
 
 fn step_not_found(id: &str) -> StoreError {
     StoreError::NotFound {
@@ -216,6 +227,10 @@ fn step_from_row(row: &AnyRow) -> Result<StepRunRecord> {
         pgid: row.try_get("pgid")?,
         checkpoint_digest: row.try_get("checkpoint_digest")?,
         heartbeat_at: row.try_get("heartbeat_at")?,
+        executor: row.try_get("executor")?,
+        executor_address: row.try_get("executor_address")?,
+        node: row.try_get("node")?,
+        job: row.try_get("job")?,
     })
 }
 
@@ -399,9 +414,44 @@ impl Store {
 
     /// Where a step's runtime process group is, to stop it if its run is orphaned.
     pub async fn set_step_process(&self, id: &str, host: &str, pgid: i64) -> Result<()> {
-        sqlx::query("UPDATE step_runs SET host = $1, pgid = $2 WHERE id = $3")
+        sqlx::query(
+            "UPDATE step_runs SET host = $1, pgid = $2, executor = 'local', executor_address = NULL, \
+             node = $1, job = NULL WHERE id = $3",
+        )
             .bind(host)
             .bind(pgid)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Where a step attempt was sent on a cluster: `job` is the cluster's id
+    /// for it; the node is not known until the cluster places it.
+    pub async fn set_step_job(
+        &self,
+        id: &str,
+        executor: &str,
+        address: &str,
+        job: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE step_runs SET executor = $1, executor_address = $2, job = $3, node = NULL, \
+             host = NULL, pgid = NULL WHERE id = $4",
+        )
+        .bind(executor)
+        .bind(address)
+        .bind(job)
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// The cluster node a step attempt was placed on.
+    pub async fn set_step_node(&self, id: &str, node: &str) -> Result<()> {
+        sqlx::query("UPDATE step_runs SET node = $1 WHERE id = $2")
+            .bind(node)
             .bind(id)
             .execute(&self.writer)
             .await?;
@@ -539,6 +589,26 @@ impl Store {
             .await?
             .rows_affected();
         self.expect_transition(id, updated, "start").await
+    }
+
+    /// A runtime's outcome that no longer applies: its step is no longer
+    /// running, or running as another attempt.
+    async fn superseded(&self, id: &str, what: &str) -> StoreError {
+        match self.step_run(id).await {
+            Ok(step) if step.status == StepStatus::Running => StoreError::Conflict(format!(
+                "cannot {what} step '{}': another attempt of it is running now (job {})",
+                step.step,
+                step.job.as_deref().unwrap_or("local")
+            )),
+            Ok(step) => match self.run(&step.run_id).await {
+                Ok(run) => StoreError::Conflict(format!(
+                    "cannot {what} step '{}': it is {} and its run is {}",
+                    step.step, step.status, run.status
+                )),
+                Err(e) => e,
+            },
+            Err(e) => e,
+        }
     }
 
     /// A guarded status change that matched no row: the step or its run was
@@ -680,19 +750,33 @@ impl Store {
     ) -> Result<Vec<ModelVersion>> {
         let now = weir_core::now_ms();
         let mut tx = self.writer.begin().await?;
-        let run_id: String = sqlx::query(
+        let fence = match completion.fence {
+            Some(_) => " AND job = $7",
+            None => "",
+        };
+        let sql = format!(
             "UPDATE step_runs SET status = $1, ended_at = $2, exit_code = 0, error = NULL, log_digest = $3, \
-             sources_json = $4 WHERE id = $5 RETURNING run_id",
-        )
-        .bind(StepStatus::Succeeded.as_str())
-        .bind(now)
-        .bind(completion.log.as_ref().map(|l| l.digest.hex()))
-        .bind(serde_json::to_string(&completion.sources).expect("sources serialize"))
-        .bind(step_run_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| step_not_found(step_run_id))?
-        .try_get("run_id")?;
+             sources_json = $4 WHERE id = $5 AND status = $6{fence} RETURNING run_id"
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(StepStatus::Succeeded.as_str())
+            .bind(now)
+            .bind(completion.log.as_ref().map(|l| l.digest.hex()))
+            .bind(serde_json::to_string(&completion.sources).expect("sources serialize"))
+            .bind(step_run_id)
+            .bind(StepStatus::Running.as_str());
+        if let Some(job) = &completion.fence {
+            query = query.bind(job);
+        }
+        let run_id = query.fetch_optional(&mut *tx).await?;
+        // Only a running step completes: an attempt the runner has given up
+        // on (its node was lost, its run was cancelled or reaped) must not
+        // turn the step back into a success behind the runner's back.
+        let Some(run_id) = run_id else {
+            drop(tx);
+            return Err(self.superseded(step_run_id, "complete").await);
+        };
+        let run_id: String = run_id.try_get("run_id")?;
         // Distinct digests only: one statement cannot insert the same key twice.
         let mut records: Vec<&ArtifactRecord> = completion.log.iter().collect();
         for (_, artifact) in &completion.outputs {
@@ -727,19 +811,44 @@ impl Store {
         exit_code: Option<i64>,
         log: Option<&ArtifactRecord>,
     ) -> Result<()> {
+        self.fail_step_fenced(step_run_id, None, error, exit_code, log)
+            .await
+    }
+
+    /// [`Store::fail_step`] by the runtime of cluster job `fence`: applies
+    /// only while the step is running as that job (see
+    /// [`StepCompletion::fence`]).
+    pub async fn fail_step_fenced(
+        &self,
+        step_run_id: &str,
+        fence: Option<&str>,
+        error: &str,
+        exit_code: Option<i64>,
+        log: Option<&ArtifactRecord>,
+    ) -> Result<()> {
         let mut tx = self.writer.begin().await?;
-        sqlx::query(
+        let guard = match fence {
+            Some(_) => " AND status = $7 AND job = $8",
+            None => "",
+        };
+        let sql = format!(
             "UPDATE step_runs SET status = $1, ended_at = $2, exit_code = $3, error = $4, log_digest = $5 \
-             WHERE id = $6",
-        )
-        .bind(StepStatus::Failed.as_str())
-        .bind(weir_core::now_ms())
-        .bind(exit_code)
-        .bind(error)
-        .bind(log.map(|l| l.digest.hex()))
-        .bind(step_run_id)
-        .execute(&mut *tx)
-        .await?;
+             WHERE id = $6{guard}"
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(StepStatus::Failed.as_str())
+            .bind(weir_core::now_ms())
+            .bind(exit_code)
+            .bind(error)
+            .bind(log.map(|l| l.digest.hex()))
+            .bind(step_run_id);
+        if let Some(job) = fence {
+            query = query.bind(StepStatus::Running.as_str()).bind(job);
+        }
+        if query.execute(&mut *tx).await?.rows_affected() == 0 && fence.is_some() {
+            drop(tx);
+            return Err(self.superseded(step_run_id, "fail").await);
+        }
         if let Some(log) = log {
             insert_artifact(&mut tx, log).await?;
         }

@@ -156,6 +156,7 @@ async fn run_lifecycle(s: &Store) {
             digest: "ab".into(),
             size: 2,
         }],
+        fence: None,
     };
     s.complete_step(&steps[0].id, &completion).await.unwrap();
     s.fail_step(&steps[1].id, "boom", Some(3), None)
@@ -232,6 +233,9 @@ async fn model_versions_increment(s: &Store) {
         registrations: vec![reg("m")],
         ..Default::default()
     };
+    s.start_step(&steps[0].id, &StepStart::default())
+        .await
+        .unwrap();
     let v2 = s.complete_step(&steps[0].id, &completion).await.unwrap();
     assert_eq!((v1.version, v2[0].version), (1, 2));
     assert_eq!(s.model_version("m", None).await.unwrap().version, 2);
@@ -264,10 +268,13 @@ async fn failed_completion_leaves_nothing(s: &Store) {
         outputs: vec![("x".into(), artifact(b"1")), ("x".into(), artifact(b"2"))],
         ..Default::default()
     };
+    s.start_step(&steps[0].id, &StepStart::default())
+        .await
+        .unwrap();
     assert!(s.complete_step(&steps[0].id, &completion).await.is_err());
     assert_eq!(
         s.step_run(&steps[0].id).await.unwrap().status,
-        StepStatus::Pending
+        StepStatus::Running
     );
     assert!(s.step_outputs(&steps[0].id).await.unwrap().is_empty());
     assert!(s
@@ -450,8 +457,81 @@ async fn late_step_transitions_cannot_revive_a_reaped_run(s: &Store) {
     );
     let err = s.retry_step(&steps[0].id, 2).await.unwrap_err();
     assert!(err.to_string().contains("cannot retry step 'a'"), "{err}");
+    // An attempt on a lost cluster node that finishes after all cannot turn
+    // the failed step into a success.
+    let out = artifact(b"late");
+    let err = s
+        .complete_step(
+            &steps[0].id,
+            &StepCompletion {
+                outputs: vec![("table".into(), out.clone())],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("cannot complete step 'a': it is failed"),
+        "{err}"
+    );
+    assert!(s.step_outputs(&steps[0].id).await.unwrap().is_empty());
     let statuses = step_statuses(s, &run.id).await;
     assert_eq!(statuses, [StepStatus::Failed, StepStatus::Skipped]);
+    // A lost attempt's runtime that finishes while a newer attempt runs is
+    // fenced off by the job it ran as.
+    let (run2, steps2) = new_run(&["c"]);
+    s.create_run(&run2, &steps2).await.unwrap();
+    s.start_step(&steps2[0].id, &StepStart::default())
+        .await
+        .unwrap();
+    s.set_step_job(&steps2[0].id, "ray", "http://h:8265", "job-2")
+        .await
+        .unwrap();
+    let late = StepCompletion {
+        fence: Some("job-1".into()),
+        ..Default::default()
+    };
+    let err = s.complete_step(&steps2[0].id, &late).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("another attempt of it is running now (job job-2)"),
+        "{err}"
+    );
+    let err = s
+        .fail_step_fenced(&steps2[0].id, Some("job-1"), "lost", None, None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot fail step 'c'"), "{err}");
+    assert_eq!(
+        s.step_run(&steps2[0].id).await.unwrap().status,
+        StepStatus::Running
+    );
+    let current = StepCompletion {
+        fence: Some("job-2".into()),
+        ..Default::default()
+    };
+    s.complete_step(&steps2[0].id, &current).await.unwrap();
+    // Where a cluster placed an attempt is kept with the step run.
+    s.set_step_job(&steps[0].id, "ray", "http://127.0.0.2:8265", "weir-a-1")
+        .await
+        .unwrap();
+    s.set_step_node(&steps[0].id, "node-1").await.unwrap();
+    let placed = s.step_run(&steps[0].id).await.unwrap();
+    assert_eq!(
+        (
+            placed.executor.as_deref(),
+            placed.executor_address.as_deref(),
+            placed.node.as_deref(),
+            placed.job.as_deref()
+        ),
+        (
+            Some("ray"),
+            Some("http://127.0.0.2:8265"),
+            Some("node-1"),
+            Some("weir-a-1")
+        )
+    );
 }
 
 async fn study_trials_round_trip_and_replace(s: &Store) {
@@ -990,15 +1070,20 @@ async fn sqlite_concurrent_writers_do_not_see_locked_errors() {
     let dir = std::env::temp_dir().join(format!("weir-store-{}", weir_core::new_id()));
     let url = format!("sqlite://{}/weir.db", dir.display());
     let first = Store::open(&url).await.unwrap();
-    let names: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
+    // Eight writers, each starting and completing 20 steps of its own (a
+    // step completes once: only a running step can).
+    let names: Vec<String> = (0..8)
+        .flat_map(|i| (0..20).map(move |round| format!("s{i}-{round}")))
+        .collect();
     let (run, steps) = new_run(&names.iter().map(String::as_str).collect::<Vec<_>>());
     first.create_run(&run, &steps).await.unwrap();
     let mut tasks = Vec::new();
-    for (i, step) in steps.into_iter().enumerate() {
+    for (i, own) in steps.chunks(20).map(<[_]>::to_vec).enumerate() {
         let url = url.clone();
         tasks.push(tokio::spawn(async move {
             let store = Store::open(&url).await.unwrap();
-            for round in 0..20 {
+            for (round, step) in own.iter().enumerate() {
+                let round = round as i64;
                 let completion = StepCompletion {
                     metrics: vec![MetricPoint {
                         key: format!("m{round}"),
@@ -1012,12 +1097,10 @@ async fn sqlite_concurrent_writers_do_not_see_locked_errors() {
                     )],
                     ..Default::default()
                 };
-                if round == 0 {
-                    store
-                        .start_step(&step.id, &StepStart::default())
-                        .await
-                        .unwrap();
-                }
+                store
+                    .start_step(&step.id, &StepStart::default())
+                    .await
+                    .unwrap();
                 store.complete_step(&step.id, &completion).await.unwrap();
             }
             store.close().await;
@@ -1026,11 +1109,13 @@ async fn sqlite_concurrent_writers_do_not_see_locked_errors() {
     for t in tasks {
         t.await.unwrap();
     }
-    let outputs = first
-        .step_outputs(&first.step_runs(&run.id).await.unwrap()[3].id)
-        .await
-        .unwrap();
-    assert_eq!(outputs.len(), 20);
+    let recorded = first.step_runs(&run.id).await.unwrap();
+    assert!(recorded.iter().all(|s| s.status == StepStatus::Succeeded));
+    let mut outputs = 0;
+    for step in recorded.iter().filter(|s| s.step.starts_with("s3-")) {
+        outputs += first.step_outputs(&step.id).await.unwrap().len();
+    }
+    assert_eq!(outputs, 20);
     use sqlx::Connection;
     let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}/weir.db", dir.display()))
         .await

@@ -9,6 +9,7 @@ mod flights;
 mod onnx;
 mod pipelines;
 mod preemption;
+mod ray;
 mod recovery;
 mod retries;
 mod rollouts;

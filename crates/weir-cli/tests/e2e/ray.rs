@@ -1,0 +1,552 @@
+//! The Ray executor against a real Ray cluster on loopback (a head and two
+//! worker nodes, started by scripts/ray-cluster.sh), with metadata in a
+//! fresh PostgreSQL database and artifacts in a real S3-compatible server.
+//! WEIR_TEST_RAY_ADDRESS is the cluster's dashboard and WEIR_TEST_RAY_DIR the
+//! script's directory for it (to kill and add nodes); without them these
+//! tests are skipped, unless WEIR_REQUIRE_RAY=1. scripts/test.sh runs them
+//! one at a time: some take a node away and give it back.
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{python, step, PgDatabase, Sandbox};
+
+struct RayEnv {
+    sb: Sandbox,
+    address: String,
+    dir: String,
+    _db: PgDatabase,
+}
+
+fn cluster() -> Option<(String, String)> {
+    match (
+        std::env::var("WEIR_TEST_RAY_ADDRESS"),
+        std::env::var("WEIR_TEST_RAY_DIR"),
+    ) {
+        (Ok(address), Ok(dir)) => Some((address, dir)),
+        _ if std::env::var("WEIR_REQUIRE_RAY").as_deref() == Ok("1") => {
+            panic!("WEIR_REQUIRE_RAY=1 but WEIR_TEST_RAY_ADDRESS / WEIR_TEST_RAY_DIR are not set")
+        }
+        _ => {
+            eprintln!(
+                "WEIR_TEST_RAY_ADDRESS is not set: skipping (scripts/test.sh starts a cluster)"
+            );
+            None
+        }
+    }
+}
+
+/// A sandbox whose steps run on the test cluster, against PostgreSQL and S3.
+fn ray_env() -> Option<RayEnv> {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let (address, dir) = cluster()?;
+    let admin = crate::common::postgres_admin().expect("the Ray tests need PostgreSQL");
+    let endpoint =
+        std::env::var("WEIR_TEST_S3_ENDPOINT").expect("the Ray tests need WEIR_TEST_S3_ENDPOINT");
+    let bucket = std::env::var("WEIR_TEST_S3_BUCKET").unwrap_or_else(|_| "weir-test".into());
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let db = PgDatabase::create_named(&admin, &format!("weir_ray_{}_{n}", std::process::id()));
+    let mut sb = Sandbox::new();
+    for (k, v) in [
+        ("WEIR_DB", db.url()),
+        (
+            "WEIR_ARTIFACTS",
+            format!("s3://{bucket}/ray-{}-{n}", std::process::id()),
+        ),
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_ACCESS_KEY_ID", "weir".into()),
+        ("AWS_SECRET_ACCESS_KEY", "weir-secret".into()),
+        ("WEIR_EXECUTOR", "ray".into()),
+        ("WEIR_RAY_ADDRESS", address.clone()),
+    ] {
+        sb.env.push((k.into(), v));
+    }
+    Some(RayEnv {
+        sb,
+        address,
+        dir,
+        _db: db,
+    })
+}
+
+fn get(url: &str) -> Value {
+    reqwest::blocking::get(url).unwrap().json().unwrap()
+}
+
+/// The live nodes: (node id, ip, resources).
+fn nodes(address: &str) -> Vec<(String, String, Value)> {
+    get(&format!("{address}/api/v0/nodes?limit=100"))["data"]["result"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["state"] == "ALIVE")
+        .map(|n| {
+            (
+                n["node_id"].as_str().unwrap().to_string(),
+                n["node_ip"].as_str().unwrap().to_string(),
+                n["resources_total"].clone(),
+            )
+        })
+        .collect()
+}
+
+fn cluster_script(args: &[&str]) {
+    let script = format!(
+        "{}/../../scripts/ray-cluster.sh",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = Command::new("bash")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ray-cluster.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn last_run(sb: &Sandbox) -> String {
+    sb.json(&["runs", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn steps_run_as_ray_jobs_and_the_store_says_where() {
+    let Some(env) = ray_env() else {
+        return;
+    };
+    let sb = &env.sb;
+    sb.write("data/points.csv", "x,y\n1,2\n2,4\n3,6\n");
+    sb.write(
+        "pipeline.yaml",
+        r#"
+version: 1
+name: placed
+steps:
+  ingest:
+    uses: weir/ingest
+    with: { path: data/points.csv }
+  produce:
+    run: echo "producing on $(hostname) with $WEIR_CPUS CPU"; echo 42 > "$WEIR_OUTPUTS_DIR/answer"
+    outputs: [answer]
+    resources: { cpu: 1, spot: 1 }
+  consume:
+    run: cat "$WEIR_INPUTS_DIR/answer"
+    inputs: { answer: produce.answer }
+    executor: local
+"#,
+    );
+    let out = sb.ok(&["run", "pipeline.yaml"]);
+    assert!(out.contains("succeeded"), "{out}");
+    let run = last_run(sb);
+    let show = sb.json(&["runs", "show", &run]);
+    let spot_node = nodes(&env.address)
+        .into_iter()
+        .find(|(_, _, r)| r["spot"].as_f64() == Some(1.0))
+        .expect("the test cluster has a spot node")
+        .0;
+    let produce = step(&show, "produce");
+    assert_eq!(produce["executor"], "ray", "{produce}");
+    assert_eq!(produce["executor_address"], env.address.as_str());
+    // A custom resource places the step: only one node offers `spot`.
+    assert_eq!(produce["node"], spot_node.as_str(), "{produce}");
+    let job = produce["job"].as_str().unwrap();
+    let details = get(&format!("{}/api/jobs/{job}", env.address));
+    assert_eq!(details["status"], "SUCCEEDED", "{details}");
+    assert_eq!(details["metadata"]["weir_step"], "produce");
+    assert_eq!(details["metadata"]["weir_run_id"], run.as_str());
+    assert_eq!(details["driver_node_id"], spot_node.as_str());
+    // A built-in op runs on the cluster too.
+    let ingest = step(&show, "ingest");
+    assert_eq!(ingest["executor"], "ray", "{ingest}");
+    assert!(ingest["node"].is_string(), "{ingest}");
+    assert_eq!(ingest["metrics"]["rows"], 3.0, "{ingest}");
+    // `executor: local` on a step keeps it on the runner's machine.
+    let consume = step(&show, "consume");
+    assert_eq!(consume["executor"], "local", "{consume}");
+    assert!(consume["job"].is_null(), "{consume}");
+    // The step's log comes back from the node: the step saw the CPUs Ray
+    // granted it, not the runner's.
+    let log = sb.ok(&["logs", &run, "produce"]);
+    assert!(
+        log.contains("producing on") && log.contains("with 1 CPU"),
+        "{log}"
+    );
+    assert!(sb.ok(&["logs", &run, "consume"]).contains("42"));
+    let text = sb.ok(&["runs", "show", &run]);
+    assert!(
+        text.contains("RAN ON") && text.contains(&format!("ray node {}", &spot_node[..12])),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_cluster_configuration_is_refused_before_anything_runs() {
+    let Some(env) = ray_env() else {
+        return;
+    };
+    let sb = &env.sb;
+    sb.write(
+        "pipeline.yaml",
+        "version: 1\nname: refused\nsteps:\n  big:\n    run: echo never\n    resources: { cpu: 1, gpu: 2 }\n  small:\n    run: echo never\n",
+    );
+    let no_runs = |sb: &Sandbox| {
+        assert_eq!(sb.json(&["runs", "list"]), serde_json::json!([]));
+    };
+    // No node has two GPUs: the step is refused with what the cluster has.
+    let err = sb.fails(&["run", "pipeline.yaml"]);
+    assert!(
+        err.contains("steps.big.resources: no node of the Ray cluster")
+            && err.contains("offers CPU 1, GPU 2")
+            && err.contains("its nodes: 127.0.0.")
+            && err.contains("CPU 1"),
+        "{err}"
+    );
+    assert!(!err.contains("steps.small"), "{err}");
+    no_runs(sb);
+
+    sb.write(
+        "pipeline.yaml",
+        "version: 1\nname: refused\nsteps:\n  small:\n    run: echo never\n",
+    );
+    let mut unreachable = sb.command(&["run", "pipeline.yaml"]);
+    unreachable.env("WEIR_RAY_ADDRESS", "http://127.0.0.1:9");
+    let out = unreachable.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot reach the Ray cluster at http://127.0.0.1:9")
+            && err.contains("Connection refused"),
+        "{err}"
+    );
+    no_runs(sb);
+
+    let mut unset = sb.command(&["run", "pipeline.yaml"]);
+    unset
+        .env_remove("WEIR_RAY_ADDRESS")
+        .env_remove("RAY_ADDRESS");
+    let err = String::from_utf8(unset.output().unwrap().stderr).unwrap();
+    assert!(
+        err.contains("steps small run on Ray, but no Ray cluster is configured"),
+        "{err}"
+    );
+
+    // The embedded stores live on this machine: Ray's nodes cannot share them.
+    let local = Sandbox::new();
+    local.write(
+        "pipeline.yaml",
+        "version: 1\nname: refused\nsteps:\n  small:\n    run: echo never\n",
+    );
+    let mut embedded = local.command(&["run", "pipeline.yaml", "--executor", "ray"]);
+    embedded.env("WEIR_RAY_ADDRESS", &env.address);
+    let out = embedded.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("the metadata store is a SQLite file on this machine")
+            && err.contains("WEIR_DB")
+            && err.contains("the artifact store is a directory on this machine")
+            && err.contains("s3://"),
+        "{err}"
+    );
+    no_runs(&local);
+    // The same pipeline runs locally with the local executor.
+    assert!(local
+        .ok(&["run", "pipeline.yaml", "--executor", "local"])
+        .contains("succeeded"));
+}
+
+#[test]
+fn cancelling_a_run_stops_its_ray_jobs() {
+    let Some(env) = ray_env() else {
+        return;
+    };
+    let sb = &env.sb;
+    sb.write(
+        "pipeline.yaml",
+        "version: 1\nname: long\nsteps:\n  wait:\n    run: sleep 120\n",
+    );
+    let mut child = sb
+        .command(&["run", "pipeline.yaml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (run, job) = loop {
+        assert!(Instant::now() < deadline, "the step never started on Ray");
+        std::thread::sleep(Duration::from_millis(200));
+        let runs = sb.json(&["runs", "list"]);
+        let Some(run) = runs[0]["id"].as_str() else {
+            continue;
+        };
+        let show = sb.json(&["runs", "show", run]);
+        let s = step(&show, "wait");
+        if let (Some(job), true) = (s["job"].as_str(), s["node"].is_string()) {
+            break (run.to_string(), job.to_string());
+        }
+    };
+    assert_eq!(
+        get(&format!("{}/api/jobs/{job}", env.address))["status"],
+        "RUNNING"
+    );
+    sb.ok(&["cancel", &run]);
+    assert!(!child.wait().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = get(&format!("{}/api/jobs/{job}", env.address))["status"].clone();
+        if status == "STOPPED" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the Ray job is still {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let show = sb.json(&["runs", "show", &run]);
+    assert_eq!(show["status"], "failed");
+    assert!(
+        step(&show, "wait")["error"]
+            .as_str()
+            .unwrap()
+            .contains("cancelled"),
+        "{show}"
+    );
+}
+
+#[test]
+fn a_lost_node_is_a_preemption_and_the_step_resumes_on_another_node() {
+    let Some(env) = ray_env() else {
+        return;
+    };
+    let sb = &env.sb;
+    let script = format!(
+        "{}/../../examples/checkpointing/train.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::copy(script, sb.path().join("train.py")).unwrap();
+    sb.write(
+        "pipeline.yaml",
+        &format!(
+            "version: 1\nname: lost\nsteps:\n  train:\n    run: {} train.py\n    preemptible: true\n    resources: {{ cpu: 1 }}\n    env: {{ EPOCHS: \"10\", EPOCH_SECONDS: \"0.5\", PROGRESS_FILE: progress.txt }}\n    outputs: [model]\n",
+            python()
+        ),
+    );
+    let epochs = || -> Vec<u32> {
+        std::fs::read_to_string(sb.path().join("progress.txt"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect()
+    };
+    let child = sb
+        .command(&["run", "pipeline.yaml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Past the first checkpoint save (every 2 s), so there is one to resume.
+    while epochs().len() < 6 {
+        assert!(Instant::now() < deadline, "training never got going");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let run = last_run(sb);
+    let show = sb.json(&["runs", "show", &run]);
+    let first_node = step(&show, "train")["node"].as_str().unwrap().to_string();
+    let (_, ip, resources) = nodes(&env.address)
+        .into_iter()
+        .find(|(id, _, _)| *id == first_node)
+        .expect("the step's node is alive");
+    cluster_script(&["kill-node", &env.dir, &ip]);
+    let killed_at = epochs().len();
+
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Give the cluster its node back before anything can fail the test.
+    let spot = resources["spot"].as_f64().is_some();
+    let mut add = vec!["add-node", env.dir.as_str(), ip.as_str()];
+    if spot {
+        add.push(r#"{"spot": 1}"#);
+    }
+    cluster_script(&add);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("was lost (preempted)") && stderr.contains("attempt 2/3"),
+        "{stderr}"
+    );
+    let show = sb.json(&["runs", "show", &run]);
+    let train = step(&show, "train");
+    assert_eq!(train["attempt"], 2, "{train}");
+    assert_ne!(train["node"], first_node.as_str(), "{train}");
+    let log = sb.ok(&["logs", &run, "train"]);
+    let resumed_after: usize = log
+        .lines()
+        .find_map(|l| l.strip_prefix("resuming after epoch "))
+        .expect("the retry resumed from a checkpoint")
+        .parse()
+        .unwrap();
+    // The checkpoint is saved every 2 s (4 epochs here) and at the end.
+    assert!(
+        resumed_after >= 1 && resumed_after <= killed_at,
+        "resumed after {resumed_after}, killed at {killed_at}: {log}"
+    );
+    assert_eq!(epochs().iter().copied().max(), Some(10));
+}
+
+#[test]
+fn a_lost_head_fails_the_run_cleanly_and_resume_finishes_it_locally() {
+    let Some(mut env) = ray_env() else {
+        return;
+    };
+    // A cluster of its own: this test kills its head.
+    let dir = tempfile::tempdir().unwrap();
+    let dir_s = dir.path().display().to_string();
+    let script = format!(
+        "{}/../../scripts/ray-cluster.sh",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let started = Command::new("bash")
+        .args([&script, "start", &dir_s, "1"])
+        .env("RAY_IP_BASE", "20")
+        .env("RAY_DASHBOARD_PORT", free_port().to_string())
+        .env("RAY_GCS_PORT", free_port().to_string())
+        .output()
+        .unwrap();
+    struct Stop(String, String);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new("bash")
+                .args([&self.0, "stop", &self.1])
+                .status();
+        }
+    }
+    let _stop = Stop(script.clone(), dir_s.clone());
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let address = String::from_utf8(started.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    env.sb.env.retain(|(k, _)| k.as_str() != "WEIR_RAY_ADDRESS");
+    env.sb
+        .env
+        .push(("WEIR_RAY_ADDRESS".into(), address.clone()));
+    let sb = &env.sb;
+    // `slow` outlasts the runner's patience with a lost cluster only on Ray
+    // (where its runtime has a fence); resumed locally it is quick.
+    sb.write(
+        "pipeline.yaml",
+        "version: 1\nname: headless\nsteps:\n  first:\n    run: echo one > \"$WEIR_OUTPUTS_DIR/out\"\n    outputs: [out]\n  slow:\n    run: if [ -n \"$WEIR_EXEC_FENCE\" ]; then sleep 60; fi; cat \"$WEIR_INPUTS_DIR/in\"\n    inputs: { in: first.out }\n",
+    );
+    let child = sb
+        .command(&["run", "pipeline.yaml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let run = loop {
+        assert!(Instant::now() < deadline, "the slow step never started");
+        std::thread::sleep(Duration::from_millis(200));
+        let runs = sb.json(&["runs", "list"]);
+        let Some(run) = runs[0]["id"].as_str() else {
+            continue;
+        };
+        if step(&sb.json(&["runs", "show", run]), "slow")["node"].is_string() {
+            break run.to_string();
+        }
+    };
+    cluster_script(&["kill-node", &dir_s, "127.0.0.20"]);
+    let killed = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        killed.elapsed() < Duration::from_secs(45),
+        "took {:?} to give up",
+        killed.elapsed()
+    );
+    assert!(stderr.contains("lost the Ray cluster at"), "{stderr}");
+    let show = sb.json(&["runs", "show", &run]);
+    assert_eq!(show["status"], "failed");
+    assert_eq!(step(&show, "first")["status"], "succeeded");
+    assert_eq!(step(&show, "slow")["status"], "failed");
+
+    // The run continues on this machine; the finished step is kept.
+    let out = sb.ok(&["resume", &run, "--executor", "local"]);
+    assert!(out.contains("succeeded"), "{out}");
+    let show = sb.json(&["runs", "show", &run]);
+    assert_eq!(step(&show, "first")["executor"], "ray");
+    assert_eq!(step(&show, "slow")["executor"], "local");
+    assert_eq!(step(&show, "slow")["status"], "succeeded");
+    assert!(sb.ok(&["logs", &run, "slow"]).contains("one"));
+}
+
+#[test]
+fn the_flights_pipeline_and_its_study_give_the_same_results_on_ray_as_locally() {
+    let Some(env) = ray_env() else {
+        return;
+    };
+    let sb = &env.sb;
+    let example = format!(
+        "{}/../../examples/flights/pipeline.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    sb.ok(&["run", &example, "--executor", "local"]);
+    let local = sb.json(&["runs", "show", &last_run(sb)]);
+    // Run again, every step on the cluster (no cache: the same keys would
+    // reuse every local result).
+    sb.ok(&["run", &example, "--executor", "ray", "--no-cache"]);
+    let on_ray = sb.json(&["runs", "show", &last_run(sb)]);
+    assert_eq!(on_ray["status"], "succeeded", "{on_ray}");
+    for s in on_ray["steps"].as_array().unwrap() {
+        assert_eq!(s["executor"], "ray", "{s}");
+        assert!(s["node"].is_string(), "{s}");
+    }
+    // Every deterministic step gives the same bytes wherever it runs.
+    for name in [
+        "ingest", "weather", "validate", "join", "split", "train", "evaluate",
+    ] {
+        assert_eq!(
+            step(&local, name)["outputs"],
+            step(&on_ray, name)["outputs"],
+            "step {name}"
+        );
+    }
+    let auc = |show: &Value, name: &str| step(show, name)["metrics"]["test.auc"].as_f64().unwrap();
+    assert_eq!(auc(&local, "evaluate"), auc(&on_ray, "evaluate"));
+    // The study runs two trials at a time, so which trial finishes first
+    // (and so what TPE samples next) may differ between any two runs, local
+    // or not: its best is compared within a tolerance.
+    let (tuned_local, tuned_ray) = (
+        auc(&local, "evaluate_tuned"),
+        auc(&on_ray, "evaluate_tuned"),
+    );
+    eprintln!("tuned test AUC: local {tuned_local}, ray {tuned_ray}");
+    assert!(
+        (tuned_local - tuned_ray).abs() < 0.01,
+        "tuned test AUC: local {tuned_local}, ray {tuned_ray}"
+    );
+    assert_eq!(
+        step(&on_ray, "tuned")["metrics"]["tune.trials"],
+        8.0,
+        "{on_ray}"
+    );
+}

@@ -1,0 +1,734 @@
+//! The Ray executor: each attempt of a step is a Ray job, submitted through
+//! the Jobs REST API of the cluster's dashboard, whose entrypoint is
+//! `weir exec <step-run-id>`. Ray places the job on a node with the step's
+//! resources (`entrypoint_num_cpus`, `_num_gpus`, `_memory`, custom
+//! resources); the step runtime there reads its task from the metadata
+//! store and writes its outcome back, exactly as under the local executor.
+//! The runner stays the scheduler of record: it decides what runs when,
+//! records which job and node ran each attempt, and stops the jobs it gives
+//! up on. Nothing of Weir's runs on the cluster but `weir exec`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::json;
+use tokio::task::JoinHandle;
+use weir_core::pipeline::{ExecutorKind, Pipeline, Resources, SpecError, SpecIssue, Step};
+use weir_store::Store;
+
+use crate::{Context, EngineError};
+
+/// How long the cluster may stay unreachable before a running attempt is
+/// given up as lost with it (the dashboard restarting takes a few seconds).
+const CLUSTER_LOST_AFTER: Duration = Duration::from_secs(15);
+/// How often a job still waiting for resources is checked against the
+/// nodes alive now: a node that left may have been the only one it fits.
+const PENDING_RECHECK: Duration = Duration::from_secs(10);
+
+/// A Ray cluster, reached through its dashboard's HTTP API.
+pub struct RayCluster {
+    address: String,
+    client: reqwest::Client,
+    /// The most CPUs one live node offered at the start of the run: a
+    /// study's implicit request is capped by it.
+    pub largest_cpu: f64,
+}
+
+/// A node of the cluster, with what it offers.
+#[derive(Clone, Debug, Deserialize)]
+pub struct RayNode {
+    pub node_id: String,
+    pub node_ip: String,
+    pub state: String,
+    pub resources_total: BTreeMap<String, f64>,
+}
+
+/// What the Jobs API says of one job.
+#[derive(Clone, Debug, Deserialize)]
+pub struct JobDetails {
+    pub status: String,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub error_type: Option<String>,
+    #[serde(default)]
+    pub driver_node_id: Option<String>,
+    #[serde(default)]
+    pub driver_exit_code: Option<i64>,
+}
+
+impl JobDetails {
+    fn is_terminal(&self) -> bool {
+        matches!(self.status.as_str(), "SUCCEEDED" | "FAILED" | "STOPPED")
+    }
+}
+
+impl RayCluster {
+    /// Connects to the cluster at `address` (its dashboard, e.g.
+    /// `http://head:8265`) and checks that it answers as a Ray cluster.
+    pub async fn connect(address: &str) -> Result<RayCluster, EngineError> {
+        let address = address.trim_end_matches('/').to_string();
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(15))
+            .build()
+            .map_err(|e| EngineError::Executor(format!("cannot build an HTTP client: {e}")))?;
+        let unreachable = |why: String| {
+            EngineError::Executor(format!(
+                "cannot reach the Ray cluster at {address}: {why}\n  hint: ray_address (WEIR_RAY_ADDRESS) is the dashboard's address, e.g. http://HEAD:8265; is the head node up? (`ray status` on it)"
+            ))
+        };
+        let version: serde_json::Value = client
+            .get(format!("{address}/api/version"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| unreachable(error_chain(&e)))?
+            .error_for_status()
+            .map_err(|e| unreachable(e.to_string()))?
+            .json()
+            .await
+            .map_err(|e| unreachable(format!("it does not answer as a Ray dashboard ({e})")))?;
+        tracing::debug!(%address, ray = %version["ray_version"], "connected to the Ray cluster");
+        Ok(RayCluster {
+            address,
+            client,
+            largest_cpu: 0.0,
+        })
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The nodes alive now.
+    pub async fn alive_nodes(&self) -> Result<Vec<RayNode>, String> {
+        #[derive(Deserialize)]
+        struct Page {
+            data: Data,
+        }
+        #[derive(Deserialize)]
+        struct Data {
+            result: Inner,
+        }
+        #[derive(Deserialize)]
+        struct Inner {
+            result: Vec<RayNode>,
+        }
+        let page: Page = self
+            .client
+            .get(format!("{}/api/v0/nodes?limit=10000", self.address))
+            .send()
+            .await
+            .map_err(|e| error_chain(&e))?
+            .error_for_status()
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| format!("unexpected node list: {e}"))?;
+        Ok(page
+            .data
+            .result
+            .result
+            .into_iter()
+            .filter(|n| n.state == "ALIVE")
+            .collect())
+    }
+
+    async fn submit(&self, body: &serde_json::Value) -> Result<(), String> {
+        // A head whose job agent is still starting (or restarting) answers
+        // "No available agent"; that passes within seconds.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let response = self
+                .client
+                .post(format!("{}/api/jobs/", self.address))
+                .json(body)
+                .send()
+                .await
+                .map_err(|e| error_chain(&e))?;
+            if response.status().is_success() {
+                return Ok(());
+            }
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            if text.contains("No available agent") && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            return Err(format!(
+                "the cluster refused the job ({status}): {}",
+                last_lines(&text, 5)
+            ));
+        }
+    }
+
+    pub async fn job(&self, id: &str) -> Result<JobDetails, String> {
+        let response = self
+            .client
+            .get(format!("{}/api/jobs/{id}", self.address))
+            .send()
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(format!("job {id}: {status} {}", last_lines(&text, 3)));
+        }
+        response
+            .json()
+            .await
+            .map_err(|e| format!("unexpected job details: {e}"))
+    }
+
+    /// Asks Ray to stop a job (SIGTERM to its entrypoint, SIGKILL after
+    /// Ray's grace period). Stopping a finished job is not an error.
+    pub async fn stop(&self, id: &str) -> Result<(), String> {
+        let response = self
+            .client
+            .post(format!("{}/api/jobs/{id}/stop", self.address))
+            .send()
+            .await
+            .map_err(|e| error_chain(&e))?;
+        if response.status().is_success() || response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        Err(format!("cannot stop job {id}: {}", response.status()))
+    }
+}
+
+/// reqwest's top-level error hides the cause (connection refused, timed out).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.trim().lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Where `step` runs: its own `executor:`, else the configured one.
+pub fn executor_of(ctx: &Context, step: &Step) -> ExecutorKind {
+    step.executor
+        .or_else(|| ctx.config.executor().ok())
+        .unwrap_or(ExecutorKind::Local)
+}
+
+/// What a step asks Ray for, in Ray's resource names. A study's implicit
+/// CPU request is capped by the largest node, as it is by the machine
+/// under the local executor.
+pub fn demand(step: &Step, largest_cpu: f64) -> BTreeMap<String, f64> {
+    let Resources {
+        cpu,
+        memory_bytes,
+        gpu,
+    } = step.request(&Resources {
+        cpu: largest_cpu.max(1.0),
+        memory_bytes: 0,
+        gpu: 0,
+    });
+    let mut d = BTreeMap::from([("CPU".to_string(), cpu)]);
+    if gpu > 0 {
+        d.insert("GPU".into(), f64::from(gpu));
+    }
+    if memory_bytes > 0 {
+        d.insert("memory".into(), memory_bytes as f64);
+    }
+    for (k, v) in &step.custom_resources {
+        d.insert(k.clone(), *v);
+    }
+    d
+}
+
+fn fits(node: &RayNode, demand: &BTreeMap<String, f64>) -> bool {
+    demand
+        .iter()
+        .all(|(k, v)| node.resources_total.get(k).copied().unwrap_or(0.0) + 1e-9 >= *v)
+}
+
+fn largest_cpu(nodes: &[RayNode]) -> f64 {
+    nodes
+        .iter()
+        .filter_map(|n| n.resources_total.get("CPU").copied())
+        .fold(0.0, f64::max)
+}
+
+/// The nodes and what each offers, for messages: `127.0.0.3 (CPU 1, memory 1.0GiB, spot 1)`.
+fn describe_capacity(nodes: &[RayNode]) -> String {
+    if nodes.is_empty() {
+        return "the cluster has no live node".into();
+    }
+    let describe = |(k, v): (&String, &f64)| match k.as_str() {
+        "memory" | "object_store_memory" => {
+            format!("{k} {:.1}GiB", v / (1u64 << 30) as f64)
+        }
+        _ => format!("{k} {v}"),
+    };
+    nodes
+        .iter()
+        .map(|n| {
+            let offers: Vec<String> = n
+                .resources_total
+                .iter()
+                .filter(|(k, _)| !k.starts_with("node:") && k.as_str() != "object_store_memory")
+                .map(describe)
+                .collect();
+            format!("{} ({})", n.node_ip, offers.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn describe_demand(demand: &BTreeMap<String, f64>) -> String {
+    demand
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "memory" => format!("memory {:.1}GiB", v / (1u64 << 30) as f64),
+            _ => format!("{k} {v}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks, before anything runs, that the steps meant for Ray can run
+/// there: a cluster is configured and answers, the stores are ones its
+/// nodes can reach, and every step fits on some live node. Returns the
+/// connected cluster, or `None` when no step runs on Ray.
+pub async fn preflight(
+    ctx: &Context,
+    pipeline: &Pipeline,
+) -> Result<Option<Arc<RayCluster>>, EngineError> {
+    let on_ray: Vec<&Step> = pipeline
+        .steps
+        .iter()
+        .filter(|s| executor_of(ctx, s) == ExecutorKind::Ray)
+        .collect();
+    if on_ray.is_empty() {
+        return Ok(None);
+    }
+    let names = on_ray
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let Some(address) = ctx.config.ray_address() else {
+        return Err(EngineError::Executor(format!(
+            "steps {names} run on Ray, but no Ray cluster is configured\n  hint: set ray_address in weir.toml or WEIR_RAY_ADDRESS (the dashboard, e.g. http://HEAD:8265), or run them with executor: local"
+        )));
+    };
+    let mut problems = Vec::new();
+    if ctx.config.db().starts_with("sqlite:") {
+        problems.push(format!(
+            "the metadata store is a SQLite file on this machine ({}), which the step runtimes on Ray's nodes cannot share\n  hint: set db (WEIR_DB) to postgres://USER@HOST:PORT/DB",
+            ctx.config.db()
+        ));
+    }
+    let artifacts = ctx.config.artifacts();
+    if !artifacts.contains("://") || artifacts.starts_with("file://") {
+        problems.push(format!(
+            "the artifact store is a directory on this machine ({artifacts}), which Ray's nodes cannot read or write\n  hint: set artifacts (WEIR_ARTIFACTS) to s3://BUCKET/PREFIX"
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(EngineError::Executor(format!(
+            "steps {names} run on Ray, but {}",
+            problems.join("\n  and ")
+        )));
+    }
+    let mut cluster = RayCluster::connect(address).await?;
+    let nodes = cluster.alive_nodes().await.map_err(|e| {
+        EngineError::Executor(format!(
+            "cannot list the nodes of the Ray cluster at {address}: {e}"
+        ))
+    })?;
+    let largest = largest_cpu(&nodes);
+    cluster.largest_cpu = largest;
+    let mut issues = Vec::new();
+    for step in &on_ray {
+        let d = demand(step, largest);
+        if !nodes.iter().any(|n| fits(n, &d)) {
+            issues.push(SpecIssue {
+                line: Some(step.line),
+                field: format!("steps.{}.resources", step.name),
+                message: format!(
+                    "no node of the Ray cluster at {address} offers {}; its nodes: {}",
+                    describe_demand(&d),
+                    describe_capacity(&nodes)
+                ),
+                hint: Some(
+                    "lower the request, add a node that offers it (`ray start --resources ...`), or run the step with executor: local"
+                        .into(),
+                ),
+            });
+        }
+    }
+    SpecError::check(&pipeline.file, issues)?;
+    Ok(Some(Arc::new(cluster)))
+}
+
+/// Jobs being stopped because the runner gave up on them (cancelled, timed
+/// out): the runner waits for these before it finishes the run.
+#[derive(Clone, Default)]
+pub(crate) struct Stopping(Arc<Mutex<Vec<JoinHandle<()>>>>);
+
+impl Stopping {
+    pub(crate) fn take(&self) -> Vec<JoinHandle<()>> {
+        std::mem::take(&mut *self.0.lock().expect("stop list lock"))
+    }
+}
+
+/// Stops its job when dropped while armed: the attempt was cancelled or
+/// hit its timeout, and the work must not go on on the cluster.
+struct StopOnDrop {
+    cluster: Arc<RayCluster>,
+    job: String,
+    armed: bool,
+    stopping: Stopping,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (cluster, job) = (self.cluster.clone(), self.job.clone());
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let task = handle.spawn(async move {
+                match cluster.stop(&job).await {
+                    Ok(()) => tracing::info!(%job, "stopped the Ray job"),
+                    Err(e) => tracing::warn!(%job, error = %e, "cannot stop the Ray job"),
+                }
+            });
+            self.stopping.0.lock().expect("stop list lock").push(task);
+        }
+    }
+}
+
+/// How a Ray attempt ended, when the step runtime did not record it.
+pub(crate) struct RayFailure {
+    pub message: String,
+    /// The node running it died: a preemption, retried on another node.
+    pub lost_node: bool,
+}
+
+/// One attempt of a step as a Ray job.
+pub(crate) struct RayAttempt {
+    pub cluster: Arc<RayCluster>,
+    pub store: Store,
+    pub step_run_id: String,
+    pub run_id: String,
+    pub step: String,
+    pub entrypoint: String,
+    pub env: BTreeMap<String, String>,
+    pub demand: BTreeMap<String, f64>,
+    pub stopping: Stopping,
+}
+
+impl RayAttempt {
+    /// Submits the job and follows it until the step's outcome is recorded
+    /// or the job ends. Like the local executor, returns early once the
+    /// runtime recorded the outcome, with a task that waits for the job to
+    /// end (it is left to finish, not stopped).
+    pub(crate) async fn run(self) -> Result<Option<JoinHandle<()>>, RayFailure> {
+        let fail = |message: String| RayFailure {
+            message,
+            lost_node: false,
+        };
+        let job = format!("weir-{}-{}", self.step_run_id, weir_core::now_ms());
+        let mut env = self.env.clone();
+        env.insert(crate::exec::FENCE_VAR.into(), job.clone());
+        let mut body = json!({
+            "entrypoint": self.entrypoint,
+            "submission_id": job,
+            "runtime_env": { "env_vars": env },
+            "metadata": {
+                "weir_run_id": self.run_id,
+                "weir_step": self.step,
+                "weir_step_run_id": self.step_run_id,
+            },
+        });
+        let mut custom = serde_json::Map::new();
+        for (k, v) in &self.demand {
+            match k.as_str() {
+                "CPU" => body["entrypoint_num_cpus"] = json!(v),
+                "GPU" => body["entrypoint_num_gpus"] = json!(v),
+                "memory" => body["entrypoint_memory"] = json!(*v as u64),
+                _ => {
+                    custom.insert(k.clone(), json!(v));
+                }
+            }
+        }
+        if !custom.is_empty() {
+            body["entrypoint_resources"] = serde_json::Value::Object(custom);
+        }
+        // Recorded before the submission: a runner that dies right after
+        // submitting still leaves the job findable (and stoppable) by reapers.
+        self.store
+            .set_step_job(&self.step_run_id, "ray", self.cluster.address(), &job)
+            .await
+            .map_err(|e| fail(format!("cannot record the Ray job: {e}")))?;
+        self.cluster.submit(&body).await.map_err(|e| {
+            fail(format!(
+                "cannot submit the step to the Ray cluster at {}: {e}",
+                self.cluster.address()
+            ))
+        })?;
+        let mut guard = StopOnDrop {
+            cluster: self.cluster.clone(),
+            job: job.clone(),
+            armed: true,
+            stopping: self.stopping.clone(),
+        };
+        tracing::info!(step = %self.step, %job, "submitted to Ray");
+
+        let mut node_recorded = false;
+        let mut unreachable_since: Option<Instant> = None;
+        let mut pending_checked = Instant::now();
+        let mut next_job_poll = Instant::now();
+        let d = loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // The runtime's own record is the outcome; Ray's view of the job
+            // is only needed when the runtime could not write one.
+            match self.store.step_run(&self.step_run_id).await {
+                Ok(record) if record.status.is_terminal() => {
+                    guard.armed = false;
+                    let (cluster, job, store, id) = (
+                        self.cluster.clone(),
+                        job.clone(),
+                        self.store.clone(),
+                        self.step_run_id.clone(),
+                    );
+                    let node = (!node_recorded).then_some((store, id));
+                    return Ok(Some(tokio::spawn(async move {
+                        finish_quietly(&cluster, &job, node).await;
+                    })));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(step = %self.step, error = %e, "cannot read the step run"),
+            }
+            if Instant::now() < next_job_poll {
+                continue;
+            }
+            next_job_poll = Instant::now() + Duration::from_millis(250);
+            match self.cluster.job(&job).await {
+                Ok(d) => {
+                    unreachable_since = None;
+                    if !node_recorded {
+                        if let Some(node) = &d.driver_node_id {
+                            if let Err(e) = self.store.set_step_node(&self.step_run_id, node).await
+                            {
+                                tracing::warn!(step = %self.step, error = %e, "cannot record the node");
+                            }
+                            node_recorded = true;
+                        }
+                    }
+                    if d.status == "PENDING" && pending_checked.elapsed() > PENDING_RECHECK {
+                        pending_checked = Instant::now();
+                        if let Ok(nodes) = self.cluster.alive_nodes().await {
+                            if !nodes.iter().any(|n| fits(n, &self.demand)) {
+                                return Err(fail(format!(
+                                    "no live node of the Ray cluster offers {} any more; its nodes: {}",
+                                    describe_demand(&self.demand),
+                                    describe_capacity(&nodes)
+                                )));
+                            }
+                        }
+                    }
+                    if d.is_terminal() {
+                        break d;
+                    }
+                }
+                Err(e) => {
+                    let since = *unreachable_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > CLUSTER_LOST_AFTER {
+                        return Err(fail(format!(
+                            "lost the Ray cluster at {} while the step ran as job {job}: {e}\n  hint: once the cluster is back (or with executor: local), `weir resume` continues the run",
+                            self.cluster.address()
+                        )));
+                    }
+                }
+            }
+        };
+        guard.armed = false;
+        // The runtime may have recorded the outcome as the job ended.
+        if let Ok(record) = self.store.step_run(&self.step_run_id).await {
+            if record.status.is_terminal() {
+                return Ok(None);
+            }
+        }
+        let message = d.message.clone().unwrap_or_default();
+        match (d.status.as_str(), d.error_type.as_deref()) {
+            ("SUCCEEDED", _) => Ok(None),
+            ("FAILED", Some("JOB_SUPERVISOR_ACTOR_DIED")) => Err(RayFailure {
+                message: format!(
+                    "the Ray node {} running job {job} was lost (preempted): {}",
+                    d.driver_node_id.as_deref().unwrap_or("?"),
+                    message.lines().next().unwrap_or("")
+                ),
+                lost_node: true,
+            }),
+            ("STOPPED", _) => Err(fail(format!("the Ray job {job} was stopped"))),
+            _ => Err(fail(format!(
+                "the Ray job {job} failed{}: {}",
+                d.driver_exit_code
+                    .map(|c| format!(" with exit code {c}"))
+                    .unwrap_or_default(),
+                last_lines(&message, 12)
+            ))),
+        }
+    }
+}
+
+/// Waits (a while) for a job whose step is recorded to end on its own;
+/// stops it if it lingers, so no work outlives its run. Records the job's
+/// node on the step run if the step ended before it was seen.
+async fn finish_quietly(cluster: &RayCluster, job: &str, mut record_node: Option<(Store, String)>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let details = cluster.job(job).await;
+        if let (
+            Ok(JobDetails {
+                driver_node_id: Some(node),
+                ..
+            }),
+            Some((store, id)),
+        ) = (&details, &record_node)
+        {
+            if let Err(e) = store.set_step_node(id, node).await {
+                tracing::warn!(%job, error = %e, "cannot record the node");
+            }
+            record_node = None;
+        }
+        match details {
+            Ok(d) if d.is_terminal() => return,
+            Err(_) => return,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let _ = cluster.stop(job).await;
+}
+
+/// Stops the Ray job of a step whose runner is gone (best effort: the
+/// cluster may be gone too).
+pub async fn stop_orphaned_job(address: &str, job: &str) {
+    match RayCluster::connect(address).await {
+        Ok(cluster) => {
+            if let Err(e) = cluster.stop(job).await {
+                tracing::warn!(%job, error = %e, "cannot stop an orphaned Ray job");
+            }
+        }
+        Err(e) => tracing::warn!(%job, error = %e, "cannot stop an orphaned Ray job"),
+    }
+}
+
+/// The job's entrypoint: the step runtime, as a shell command line (Ray
+/// runs it with a shell).
+pub(crate) fn entrypoint(weir: &str, step_run_id: &str) -> Result<String, EngineError> {
+    let words = [weir, "exec", step_run_id];
+    let line = shlex::try_join(words).map_err(|e| {
+        EngineError::Executor(format!("cannot write the Ray entrypoint for {weir}: {e}"))
+    })?;
+    Ok(format!("exec {line}"))
+}
+
+/// The environment a step runtime on a Ray node gets: the runner's
+/// configuration (stores, tracking), the object store's endpoint and
+/// credentials when they come from the environment, and a scratch home of
+/// the node's own.
+pub(crate) fn job_env(
+    ctx: &Context,
+    demand: &BTreeMap<String, f64>,
+    extra: &[(&'static str, String)],
+) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = ctx
+        .config
+        .child_env()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    // The runner's home is a path on its machine; scratch space is the node's.
+    env.insert("WEIR_HOME".into(), "/tmp/weir-ray".into());
+    // What the step may use is what Ray granted it, not the runner's machine
+    // (a study divides these CPUs between its trials).
+    env.insert("WEIR_CPUS".into(), demand["CPU"].to_string());
+    env.insert(
+        "WEIR_GPUS".into(),
+        demand.get("GPU").map_or(0, |g| *g as u64).to_string(),
+    );
+    if let Some(memory) = demand.get("memory") {
+        env.insert("WEIR_MEMORY".into(), (*memory as u64).to_string());
+    }
+    for var in [
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ALLOW_HTTP",
+        "WEIR_LOG",
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            env.insert(var.into(), v);
+        }
+    }
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.clone());
+    }
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(ip: &str, resources: &[(&str, f64)]) -> RayNode {
+        RayNode {
+            node_id: ip.into(),
+            node_ip: ip.into(),
+            state: "ALIVE".into(),
+            resources_total: resources.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_step_fits_only_a_node_that_offers_all_it_asks() {
+        let nodes = [
+            node("a", &[("CPU", 2.0), ("memory", 4e9)]),
+            node("b", &[("CPU", 1.0), ("spot", 1.0)]),
+        ];
+        let ask = |pairs: &[(&str, f64)]| -> BTreeMap<String, f64> {
+            pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        assert!(nodes.iter().any(|n| fits(n, &ask(&[("CPU", 2.0)]))));
+        assert!(nodes
+            .iter()
+            .any(|n| fits(n, &ask(&[("CPU", 1.0), ("spot", 1.0)]))));
+        // Two CPUs and spot: each node has one but not both.
+        assert!(!nodes
+            .iter()
+            .any(|n| fits(n, &ask(&[("CPU", 2.0), ("spot", 1.0)]))));
+        assert!(!nodes.iter().any(|n| fits(n, &ask(&[("GPU", 1.0)]))));
+        let capacity = describe_capacity(&nodes);
+        assert_eq!(capacity, "a (CPU 2, memory 3.7GiB); b (CPU 1, spot 1)");
+    }
+
+    #[test]
+    fn the_entrypoint_quotes_what_the_shell_would_split() {
+        let line = entrypoint("/opt/my weir/weir", "0193-ab'c").unwrap();
+        assert_eq!(
+            shlex::split(line.strip_prefix("exec ").unwrap()).unwrap(),
+            ["/opt/my weir/weir", "exec", "0193-ab'c"]
+        );
+    }
+}

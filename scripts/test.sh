@@ -9,6 +9,8 @@
 #   - wrk, the HTTP load generator, for the rollout test under load;
 #   - scikit-learn + skl2onnx + onnxruntime (pinned, own virtualenv): ONNX exports
 #     served by `weir serve` must match onnxruntime (tests/onnx).
+#   - kubernetes-validate (pinned, own virtualenv): deploy/k8s against the
+#     official Kubernetes schemas;
 #   - Ray (pinned, own virtualenv): a real cluster on loopback (a head and two
 #     worker nodes, scripts/ray-cluster.sh) for the Ray executor's tests,
 #     started after the main suite and stopped afterwards.
@@ -76,6 +78,11 @@ if ! command -v wrk >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
 fi
 export WEIR_REQUIRE_WRK=1
+# The Kubernetes manifests, against the official schemas (deploy/k8s).
+if [ $# -eq 0 ]; then
+  log "validating deploy/k8s"
+  scripts/validate-deploy.sh
+fi
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p target
 setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >target/moto.log 2>&1 &

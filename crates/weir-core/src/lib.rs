@@ -8,6 +8,7 @@ mod digest;
 mod id;
 pub mod ops;
 pub mod pipeline;
+pub mod process;
 pub mod signals;
 
 pub use digest::{ArtifactKind, Digest, DigestError};

@@ -11,52 +11,20 @@ use crate::{Context, EngineError};
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 pub const STALE_AFTER: Duration = Duration::from_secs(30);
 
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
-    // within it or truncates.
-    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    if ok && end > 0 {
-        String::from_utf8_lossy(&buf[..end]).into_owned()
-    } else {
-        "localhost".into()
-    }
-}
-
-/// When a process started (clock ticks since boot), which tells a live
-/// process from a later one that reused its pid.
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces) start at ") ";
-    // the start time is field 22, the 20th after that point.
-    let rest = stat.rsplit_once(") ")?.1;
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
+pub use weir_core::process::hostname;
 
 /// This process, as a run records its runner.
 pub fn runner_identity() -> String {
-    let pid = std::process::id();
-    format!("{}/{pid}/{}", hostname(), start_time(pid).unwrap_or(0))
+    weir_core::process::identity()
 }
 
 /// Whether the runner `identity` (with its last heartbeat) is alive.
 pub fn is_alive(identity: Option<&str>, heartbeat_at: Option<i64>) -> bool {
     let fresh =
         heartbeat_at.is_some_and(|t| weir_core::now_ms() - t < STALE_AFTER.as_millis() as i64);
-    let Some((host, pid, start)) = identity.and_then(|i| {
-        let mut parts = i.rsplitn(3, '/');
-        let start: u64 = parts.next()?.parse().ok()?;
-        let pid: u32 = parts.next()?.parse().ok()?;
-        Some((parts.next()?.to_string(), pid, start))
-    }) else {
-        return fresh;
-    };
-    if host == hostname() {
-        start_time(pid) == Some(start)
-    } else {
-        fresh
-    }
+    identity
+        .and_then(weir_core::process::alive_here)
+        .unwrap_or(fresh)
 }
 
 /// Kills a process group; a group that no longer exists is not an error.

@@ -147,6 +147,11 @@ pub(crate) struct AppState {
     shadow_agreement: std::sync::Mutex<BTreeMap<String, (u64, u64)>>,
     /// Recent endpoint predictions by request id, for label feedback.
     predictions: std::sync::Mutex<lru::LruCache<String, Prediction>>,
+    /// This replica, as it holds the controller's lease and signs its counts.
+    replica: String,
+    /// Replicas share a PostgreSQL store: each flushes its counts there and
+    /// the controller judges their sum. One process on SQLite keeps its own.
+    shared_windows: bool,
 }
 
 /// What an endpoint answered to one request, kept until its label arrives.
@@ -354,6 +359,13 @@ impl AppState {
         entry.1 += 1;
     }
 
+    /// Every version's counts of this interval so far, leaving none behind.
+    fn drain_windows(&self) -> Vec<((String, i64), rollout::Window)> {
+        std::mem::take(&mut *self.windows.lock().expect("windows lock"))
+            .into_iter()
+            .collect()
+    }
+
     fn take_window(&self, endpoint: &str, version: Option<i64>) -> rollout::Window {
         version
             .and_then(|v| {
@@ -537,15 +549,30 @@ pub(crate) async fn load(state: &AppState, name: &str, version: i64) -> Result<L
 
 /// Keeps endpoints current: picks up changes made with `weir deploy` and
 /// `weir rollout` (polling the store), loads the versions they route to,
-/// and judges each rollout once per analysis interval.
+/// and, on the one replica that holds the controller's lease, judges each
+/// rollout once per analysis interval.
 #[derive(Default)]
 struct Controller {
     /// When each endpoint's current analysis window opened.
     opened: BTreeMap<String, Instant>,
+    /// This replica holds the lease: it judges and moves rollouts.
+    leader: bool,
+    lease_checked: Option<Instant>,
+    flushed: Option<Instant>,
+    pruned: Option<Instant>,
 }
 
 /// How often the store is polled for endpoint changes.
 const CONTROL_TICK: Duration = Duration::from_millis(200);
+/// The controller's lease: held for LEASE_TTL, renewed every LEASE_RENEW, so
+/// a replica that dies is replaced within about LEASE_TTL + LEASE_RENEW.
+const LEASE: &str = "rollout-controller";
+const LEASE_TTL: Duration = Duration::from_secs(2);
+const LEASE_RENEW: Duration = Duration::from_millis(500);
+/// How often a replica sends its counts to the store (shared windows).
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Counts nobody took (a version no longer judged) are removed after this.
+const WINDOW_PARTS_KEPT: Duration = Duration::from_secs(600);
 
 impl Controller {
     async fn run(mut self, state: Arc<AppState>) {
@@ -553,6 +580,21 @@ impl Controller {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            self.keep_lease(&state).await;
+            if state.shared_windows && self.flushed.is_none_or(|t| t.elapsed() >= FLUSH_EVERY) {
+                self.flushed = Some(Instant::now());
+                flush_windows(&state).await;
+            }
+            if self.leader && self.pruned.is_none_or(|t| t.elapsed() >= WINDOW_PARTS_KEPT) {
+                self.pruned = Some(Instant::now());
+                if let Err(e) = state
+                    .store
+                    .prune_windows(WINDOW_PARTS_KEPT.as_millis() as i64)
+                    .await
+                {
+                    eprintln!("warning: cannot prune old window counts: {e}");
+                }
+            }
             match state.store.deployments().await {
                 Ok(all) => {
                     for d in all {
@@ -562,6 +604,78 @@ impl Controller {
                 Err(e) => eprintln!("warning: cannot read endpoints: {e}"),
             }
         }
+    }
+
+    /// Takes or renews the controller's lease (every LEASE_RENEW). A
+    /// replica that cannot reach the store stops judging: its lease may have
+    /// gone to another.
+    async fn keep_lease(&mut self, state: &AppState) {
+        if self
+            .lease_checked
+            .is_some_and(|t| t.elapsed() < LEASE_RENEW)
+        {
+            return;
+        }
+        self.lease_checked = Some(Instant::now());
+        let leads = match state
+            .store
+            .acquire_lease(LEASE, &state.replica, LEASE_TTL.as_millis() as i64)
+            .await
+        {
+            Ok(leads) => leads,
+            Err(e) => {
+                eprintln!("warning: cannot renew the rollout controller's lease: {e}");
+                false
+            }
+        };
+        if leads != self.leader {
+            if leads {
+                eprintln!(
+                    "this replica runs the rollout controller ({})",
+                    state.replica
+                );
+            } else {
+                eprintln!("another replica runs the rollout controller now");
+            }
+            // A new controller's windows open now: it judges only what it
+            // (and the replicas) counted from here on.
+            self.opened.clear();
+        }
+        self.leader = leads;
+        state.metrics.controller(leads);
+    }
+
+    /// What `version` answered through `d` since its window was last taken:
+    /// this replica's counts and, with shared windows, every replica's
+    /// parts recorded under `d`'s current routing.
+    async fn take_window(
+        &self,
+        state: &AppState,
+        d: &weir_store::Deployment,
+        version: Option<i64>,
+    ) -> rollout::Window {
+        let mut window = state.take_window(&d.endpoint, version);
+        let (Some(version), true) = (version, state.shared_windows) else {
+            return window;
+        };
+        match state.store.take_windows(&d.endpoint, version).await {
+            Ok(parts) => {
+                for part in parts.into_iter().filter(|p| p.revision == d.revision) {
+                    match serde_json::from_str(&part.window_json) {
+                        Ok(w) => window.merge(w),
+                        Err(e) => eprintln!(
+                            "warning: endpoint {}: unreadable counts from replica {}: {e}",
+                            d.endpoint, part.replica
+                        ),
+                    }
+                }
+            }
+            Err(e) => eprintln!(
+                "warning: endpoint {}: cannot read the replicas' counts: {e}",
+                d.endpoint
+            ),
+        }
+        window
     }
 
     /// Saves a transition; someone else's newer change wins (it is picked
@@ -619,9 +733,14 @@ impl Controller {
         if state.set_endpoint(d.clone()) {
             // New routing, new window: traffic answered under the old one
             // (before a rollout started, say) is not this one's to judge.
+            // (Other replicas' parts carry the routing's revision.)
             self.opened.insert(d.endpoint.clone(), Instant::now());
             state.take_window(&d.endpoint, d.stable);
             state.take_window(&d.endpoint, d.candidate);
+        }
+        // Routing is every replica's; judging is the controller's alone.
+        if !self.leader {
+            return;
         }
         let analysis = rollout::Analysis::from_json(&d.analysis);
         if d.candidate.is_none() || d.phase == phase::ROLLED_BACK || d.phase == phase::HEALTHY {
@@ -633,7 +752,7 @@ impl Controller {
                 .or_insert_with(Instant::now);
             if opened.elapsed() >= analysis.interval {
                 self.opened.insert(d.endpoint.clone(), Instant::now());
-                let stable = state.take_window(&d.endpoint, d.stable);
+                let stable = self.take_window(state, &d, d.stable).await;
                 publish_drift(state, &d, d.stable, &stable);
             }
             return;
@@ -652,8 +771,8 @@ impl Controller {
         if opened.elapsed() < analysis.interval {
             return;
         }
-        let mut stable = state.take_window(&d.endpoint, d.stable);
-        let mut candidate = state.take_window(&d.endpoint, d.candidate);
+        let mut stable = self.take_window(state, &d, d.stable).await;
+        let mut candidate = self.take_window(state, &d, d.candidate).await;
         self.opened.insert(d.endpoint.clone(), Instant::now());
         publish_drift(state, &d, d.stable, &stable);
         publish_drift(state, &d, d.candidate, &candidate);
@@ -717,6 +836,29 @@ impl Controller {
     }
 }
 
+/// Sends this replica's counts to the store, each under the revision of
+/// its endpoint's routing, for the controller to sum.
+async fn flush_windows(state: &AppState) {
+    for ((endpoint, version), window) in state.drain_windows() {
+        if window.is_empty() {
+            continue;
+        }
+        let Some(d) = state.endpoint(&endpoint) else {
+            continue;
+        };
+        let part = weir_store::WindowPart {
+            endpoint: endpoint.clone(),
+            version,
+            revision: d.revision,
+            replica: state.replica.clone(),
+            window_json: serde_json::to_string(&window).expect("a window serializes"),
+        };
+        if let Err(e) = state.store.push_window(&part).await {
+            eprintln!("warning: endpoint {endpoint}: cannot send this replica's counts: {e}");
+        }
+    }
+}
+
 /// Puts a version's drift over the interval against its prediction
 /// reference on /metrics, when it has a reference and scored enough rows.
 fn publish_drift(
@@ -749,8 +891,15 @@ pub async fn serve(
         let mv = store.model_version(&m.name, m.version).await?;
         resolved.push((mv.name, mv.version));
     }
+    let replica = weir_core::process::identity();
+    let shared_windows = store.backend() == weir_store::Backend::Postgres;
+    if !shared_windows {
+        refuse_second_server(store, &replica).await?;
+    }
     let deployments = store.deployments().await?;
     let state = Arc::new(AppState {
+        replica,
+        shared_windows,
         models: RwLock::new(BTreeMap::new()),
         primary: resolved
             .first()
@@ -822,6 +971,7 @@ pub async fn serve(
     // Endpoints: their versions are loaded and their routing set before the
     // server says it is ready; the controller keeps them current after.
     let mut control = Controller::default();
+    control.keep_lease(&state).await;
     for d in deployments {
         control.step(&state, d).await;
     }
@@ -837,10 +987,32 @@ pub async fn serve(
     tokio::spawn(async move { control.run(controlled).await });
     state.ready.store(true, Ordering::Release);
     eprintln!("ready");
-    server
-        .await
+    let served = server.await;
+    // Handing the controller over at once, rather than when the lease runs out.
+    if let Err(e) = state.store.release_lease(LEASE, &state.replica).await {
+        eprintln!("warning: cannot release the rollout controller's lease: {e}");
+    }
+    served
         .map_err(|e| ServeError::Internal(e.to_string()))?
         .map_err(|e| ServeError::Internal(e.to_string()))?;
     eprintln!("stopped");
+    Ok(())
+}
+
+/// On SQLite, one `weir serve` serves a store: a second would count its
+/// traffic where the controller cannot see it. Replicas need PostgreSQL.
+async fn refuse_second_server(store: &Store, me: &str) -> Result<(), ServeError> {
+    let Some((holder, expires_at)) = store.lease(LEASE).await? else {
+        return Ok(());
+    };
+    let live = expires_at > weir_core::now_ms()
+        && holder != me
+        && weir_core::process::alive_here(&holder) != Some(false);
+    if live {
+        return Err(ServeError::BadRequest(format!(
+            "another weir serve ({holder}) is serving this store ({}) and running its rollouts\n  hint: serving replicas share a PostgreSQL store (WEIR_DB=postgres://...) and S3 artifacts; on SQLite, stop the other server first",
+            store.url()
+        )));
+    }
     Ok(())
 }

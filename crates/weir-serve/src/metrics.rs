@@ -88,6 +88,7 @@ pub(crate) struct Metrics {
     rollout_phase: Family<PhaseLabels, Gauge>,
     prediction_drift: Family<EndpointLabels, Gauge<f64, AtomicU64>>,
     shadow: Family<ShadowLabels, Counter>,
+    controller: Gauge,
 }
 
 impl Metrics {
@@ -176,7 +177,14 @@ impl Metrics {
             "Mirrored requests whose shadow answer agreed or disagreed with the stable one",
             shadow.clone(),
         );
+        let controller = Gauge::default();
+        registry.register(
+            "rollout_controller",
+            "1 when this replica runs the rollout controller (holds the lease), else 0",
+            controller.clone(),
+        );
         Metrics {
+            controller,
             endpoint_requests,
             endpoint_latency,
             rollout_weight,
@@ -280,6 +288,10 @@ impl Metrics {
                 version,
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn controller(&self, leads: bool) {
+        self.controller.set(i64::from(leads));
     }
 
     /// Publishes an endpoint's routing: each version's share and the phase.

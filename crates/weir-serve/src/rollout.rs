@@ -74,7 +74,7 @@ impl Analysis {
 }
 
 /// What one version answered through an endpoint during an interval.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Window {
     pub requests: u64,
     /// Answers of 5xx, or of 4xx that the other version did not give for
@@ -103,6 +103,23 @@ impl Window {
             self.latencies_us
                 .push(latency.as_micros().min(u128::from(u32::MAX)) as u32);
         }
+    }
+
+    /// Adds another replica's counts for the same version and interval.
+    pub fn merge(&mut self, other: Window) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.labelled += other.labelled;
+        self.correct += other.correct;
+        let room = MAX_SAMPLES.saturating_sub(self.latencies_us.len());
+        self.latencies_us
+            .extend(other.latencies_us.into_iter().take(room));
+        let room = MAX_SAMPLES.saturating_sub(self.scores.len());
+        self.scores.extend(other.scores.into_iter().take(room));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.requests == 0 && self.labelled == 0 && self.scores.is_empty()
     }
 
     pub fn scored(&mut self, scores: &[f64]) {

@@ -213,3 +213,114 @@ impl Store {
             .collect()
     }
 }
+
+/// One replica's part of an endpoint version's analysis window.
+#[derive(Clone, Debug)]
+pub struct WindowPart {
+    pub endpoint: String,
+    pub version: i64,
+    /// The endpoint's revision (its routing) the traffic was answered under.
+    pub revision: i64,
+    pub replica: String,
+    /// The counts, as the serving crate encodes them.
+    pub window_json: String,
+}
+
+impl Store {
+    /// Takes or keeps the lease `name` for `holder` until `ttl_ms` from now:
+    /// granted when nobody holds it, `holder` holds it, or its holder let it
+    /// expire. Returns whether `holder` holds it now. One statement, so two
+    /// replicas racing for an expired lease cannot both win.
+    pub async fn acquire_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool> {
+        let now = weir_core::now_ms();
+        let granted = sqlx::query(
+            "INSERT INTO serve_leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE serve_leases.holder = excluded.holder OR serve_leases.expires_at < $4",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now + ttl_ms)
+        .bind(now)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(granted == 1)
+    }
+
+    /// Who holds the lease `name` and until when (epoch ms), if anyone ever did.
+    pub async fn lease(&self, name: &str) -> Result<Option<(String, i64)>> {
+        let row = sqlx::query("SELECT holder, expires_at FROM serve_leases WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.try_get("holder")?, r.try_get("expires_at")?)))
+            .transpose()
+    }
+
+    /// Gives the lease up (a replica shutting down), so another takes over
+    /// at once instead of waiting for it to expire.
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        sqlx::query("DELETE FROM serve_leases WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a replica's counts for an interval's part.
+    pub async fn push_window(&self, part: &WindowPart) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO serve_windows (id, endpoint, version, revision, replica, window_json, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(weir_core::new_id())
+        .bind(&part.endpoint)
+        .bind(part.version)
+        .bind(part.revision)
+        .bind(&part.replica)
+        .bind(&part.window_json)
+        .bind(weir_core::now_ms())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes and returns every part recorded for an endpoint's version.
+    pub async fn take_windows(&self, endpoint: &str, version: i64) -> Result<Vec<WindowPart>> {
+        let rows = sqlx::query(
+            "DELETE FROM serve_windows WHERE endpoint = $1 AND version = $2 \
+             RETURNING endpoint, version, revision, replica, window_json",
+        )
+        .bind(endpoint)
+        .bind(version)
+        .fetch_all(&self.writer)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(WindowPart {
+                    endpoint: r.try_get("endpoint")?,
+                    version: r.try_get("version")?,
+                    revision: r.try_get("revision")?,
+                    replica: r.try_get("replica")?,
+                    window_json: r.try_get("window_json")?,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Store {
+    /// Removes counts older than `age_ms` that no controller took (versions
+    /// no longer routed to, a controller that died with them unread).
+    pub async fn prune_windows(&self, age_ms: i64) -> Result<u64> {
+        Ok(
+            sqlx::query("DELETE FROM serve_windows WHERE created_at < $1")
+                .bind(weir_core::now_ms() - age_ms)
+                .execute(&self.writer)
+                .await?
+                .rows_affected(),
+        )
+    }
+}

@@ -30,7 +30,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Connection, Executor};
 
 pub use artifacts::{ArtifactKind, ArtifactRecord};
-pub use deployments::{Deployment, DeploymentEvent};
+pub use deployments::{Deployment, DeploymentEvent, WindowPart};
 pub use error::StoreError;
 pub use metrics::MetricPoint;
 pub use models::{ModelSummary, ModelVersion, NewModelVersion};

@@ -590,7 +590,55 @@ macro_rules! store_suite {
     };
 }
 
+async fn leases_elect_one_holder_and_window_parts_are_read_once(s: &Store) {
+    let lease = format!("controller-{}", weir_core::new_id());
+    assert!(s.acquire_lease(&lease, "a", 60_000).await.unwrap());
+    // Held and fresh: nobody else gets it; its holder keeps it.
+    assert!(!s.acquire_lease(&lease, "b", 60_000).await.unwrap());
+    assert!(s.acquire_lease(&lease, "a", 60_000).await.unwrap());
+    assert_eq!(s.lease(&lease).await.unwrap().unwrap().0, "a");
+    // Expired: the first to ask takes it, and then holds it.
+    assert!(s.acquire_lease(&lease, "a", -1).await.unwrap());
+    assert!(s.acquire_lease(&lease, "b", 60_000).await.unwrap());
+    assert!(!s.acquire_lease(&lease, "a", 60_000).await.unwrap());
+    // Released by its holder only.
+    s.release_lease(&lease, "a").await.unwrap();
+    assert_eq!(s.lease(&lease).await.unwrap().unwrap().0, "b");
+    s.release_lease(&lease, "b").await.unwrap();
+    assert!(s.lease(&lease).await.unwrap().is_none());
+    assert!(s.acquire_lease(&lease, "a", 60_000).await.unwrap());
+
+    let endpoint = format!("web-{}", weir_core::new_id());
+    for (replica, revision) in [("r1", 3), ("r2", 3), ("r2", 2)] {
+        s.push_window(&WindowPart {
+            endpoint: endpoint.clone(),
+            version: 7,
+            revision,
+            replica: replica.into(),
+            window_json: format!("{{\"requests\": {revision}}}"),
+        })
+        .await
+        .unwrap();
+    }
+    let parts = s.take_windows(&endpoint, 7).await.unwrap();
+    let mut seen: Vec<(String, i64)> = parts
+        .iter()
+        .map(|p| (p.replica.clone(), p.revision))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("r1".to_string(), 3),
+            ("r2".to_string(), 2),
+            ("r2".to_string(), 3)
+        ]
+    );
+    assert!(s.take_windows(&endpoint, 7).await.unwrap().is_empty());
+}
+
 store_suite!(
+    leases_elect_one_holder_and_window_parts_are_read_once,
     run_lifecycle,
     unknown_ids_are_not_found,
     ambiguous_prefix_is_reported,

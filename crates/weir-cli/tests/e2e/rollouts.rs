@@ -845,3 +845,125 @@ fn a_candidate_whose_predictions_drift_from_its_training_reference_is_rolled_bac
         assert!(Instant::now() < deadline, "{}", server.metrics());
     }
 }
+
+/// The controller metric of a replica: 1 when it holds the lease.
+fn leads(server: &Server) -> bool {
+    server.metric("weir_serve_rollout_controller") == Some(1.0)
+}
+
+#[test]
+fn replicas_on_postgres_share_one_controller_that_counts_every_replicas_traffic_and_hands_over() {
+    let Some(admin) = crate::common::postgres_admin() else {
+        return;
+    };
+    let db = crate::common::PgDatabase::create_named(
+        &admin,
+        &format!("weir_replicas_{}", std::process::id()),
+    );
+    let mut sb = Sandbox::new();
+    sb.env.push(("WEIR_DB".into(), db.url()));
+    register(&sb, "gbdt_classifier.onnx");
+    sb.ok(&["deploy", "web", "--model", "bc", "--version", "1"]);
+    let first = sb.serve(&[]);
+    let second = sb.serve(&[]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leads(&first) == leads(&second) {
+        assert!(
+            Instant::now() < deadline,
+            "not exactly one controller: {} {}",
+            first.metrics(),
+            second.metrics()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (leader, follower) = if leads(&first) {
+        (first, second)
+    } else {
+        (second, first)
+    };
+
+    // All traffic goes to the replica that does not judge: the rollout can
+    // move only if its counts reach the controller.
+    register(&sb, "gbdt_classifier.onnx");
+    let traffic = Traffic::start(&follower, "/v2/models/web/infer");
+    sb.ok(&[
+        "deploy",
+        "web",
+        "--model",
+        "bc",
+        "--version",
+        "2",
+        "--steps",
+        "10,20,50,100",
+        "--interval",
+        "2s",
+        "--min-requests",
+        "20",
+    ]);
+    let moved = wait_for(&sb, "a step on the follower's traffic", |s| {
+        s["weight"].as_i64().unwrap_or(0) >= 20
+    });
+    assert_eq!(moved["candidate"], 2, "{moved}");
+    assert_eq!(
+        leader
+            .metric(r#"weir_serve_endpoint_requests_total{endpoint="web",version="2",code="200"}"#),
+        None,
+        "the controller answered no request itself"
+    );
+
+    // The controller dies; the other replica takes over within two analysis
+    // intervals and the rollout goes on from where it was.
+    drop(leader);
+    let killed = Instant::now();
+    while !leads(&follower) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(4),
+            "no takeover within two intervals"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let takeover = killed.elapsed();
+    let done = wait_for(&sb, "promotion after the takeover", |s| s["stable"] == 2);
+    assert_eq!(done["phase"], "Healthy", "{done}");
+    let counts = traffic.finish();
+    assert!(
+        counts.keys().all(|(code, _)| *code == 200),
+        "no request failed: {counts:?}"
+    );
+    let history = sb.json(&["rollout", "history", "web"]);
+    let details: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["detail"].as_str().unwrap())
+        .collect();
+    assert!(
+        details.contains(&"version 2 is stable (was 1)")
+            && !details.iter().any(|d| d.contains("rolled back")),
+        "{details:?}"
+    );
+    eprintln!("takeover after {takeover:?}");
+}
+
+#[test]
+fn a_second_server_on_a_sqlite_store_is_refused() {
+    let sb = Sandbox::new();
+    register(&sb, "gbdt_classifier.onnx");
+    sb.ok(&["deploy", "web", "--model", "bc", "--version", "1"]);
+    let server = sb.serve(&[]);
+    let out = sb
+        .command(&["serve", "--addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("another weir serve (") && err.contains("share a PostgreSQL store"),
+        "{err}"
+    );
+    // Once it is gone, a new one serves the store (the dead holder's lease
+    // does not keep it out).
+    drop(server);
+    let again = sb.serve(&[]);
+    assert_eq!(again.get("/v2/models/web/ready").0, 200);
+}

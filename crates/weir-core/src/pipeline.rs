@@ -65,12 +65,28 @@ pub struct Step {
     /// `executor:` where this step runs; the configured executor when absent.
     #[serde(default)]
     pub executor: Option<ExecutorKind>,
+    /// `distributed:` a `run:` step as several cooperating processes.
+    #[serde(default)]
+    pub distributed: Option<Distributed>,
     /// Resources beyond cpu, memory and gpu (`resources: { spot: 1 }`): a
     /// cluster executor asks for them (Ray custom resources); one machine
     /// has none to count, so the local executor ignores them.
     #[serde(default)]
     pub custom_resources: BTreeMap<String, f64>,
 }
+
+/// `distributed: { workers: N, backend: torch }`: the step's command runs as
+/// N processes that find each other through the torchrun environment
+/// (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK). `resources:`
+/// are per worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Distributed {
+    pub workers: u32,
+    pub backend: String,
+}
+
+/// The most workers one distributed step may start.
+pub const MAX_WORKERS: u32 = 256;
 
 /// Where a step attempt runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +132,12 @@ impl Step {
     /// on 2 cores still runs (2 trials' worth of slots, 8 trials at once).
     pub fn request(&self, capacity: &Resources) -> Resources {
         let mut r = self.resources;
+        if let Some(d) = &self.distributed {
+            let n = d.workers.max(1);
+            r.cpu *= f64::from(n);
+            r.memory_bytes *= u64::from(n);
+            r.gpu *= n;
+        }
         if let Some(cpu) = self.tune.as_ref().and_then(|t| t.reserve_cpu) {
             r.cpu = cpu.min(capacity.cpu);
         }
@@ -377,8 +399,18 @@ struct RawStep {
     tune: Option<Spanned<Value>>,
     #[serde(default)]
     executor: Option<Spanned<String>>,
+    #[serde(default)]
+    distributed: Option<Spanned<RawDistributed>>,
     #[allow(dead_code)]
     description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDistributed {
+    workers: u32,
+    #[serde(default)]
+    backend: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -957,6 +989,48 @@ fn build_step(
             }
         }
     }
+    let distributed = raw.distributed.as_ref().and_then(|d| {
+        let line = Some(d.referenced.line());
+        let mut ok = true;
+        if matches!(action, Action::Builtin(_)) {
+            issues.push(SpecIssue {
+                line,
+                field: field("distributed"),
+                message: "only `run:` steps can be distributed".into(),
+                hint: Some("a `run:` step's command runs once per worker".into()),
+            });
+            ok = false;
+        }
+        if d.value.workers == 0 || d.value.workers > MAX_WORKERS {
+            issues.push(SpecIssue {
+                line,
+                field: field("distributed.workers"),
+                message: format!(
+                    "{} workers is not a worker count; use 1 to {MAX_WORKERS}",
+                    d.value.workers
+                ),
+                hint: None,
+            });
+            ok = false;
+        }
+        let backend = d.value.backend.clone().unwrap_or_else(|| "torch".into());
+        if backend != "torch" {
+            issues.push(SpecIssue {
+                line,
+                field: field("distributed.backend"),
+                message: format!("'{backend}' is not a backend"),
+                hint: Some(
+                    "use `torch`: the torchrun environment (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK), which any framework can read"
+                        .into(),
+                ),
+            });
+            ok = false;
+        }
+        ok.then_some(Distributed {
+            workers: d.value.workers,
+            backend,
+        })
+    });
     let executor = raw.executor.as_ref().and_then(|e| {
         let kind = ExecutorKind::parse(&e.value);
         if kind.is_none() {
@@ -1015,6 +1089,7 @@ fn build_step(
             spec,
         }),
         executor,
+        distributed,
         custom_resources,
     })
 }
@@ -1470,6 +1545,34 @@ steps:
         );
         assert!(
             err.contains("steps.a.resources.memory: '2 lots' has an unknown unit 'lots'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn distributed_steps_parse_and_ask_per_worker() {
+        let p = parse_ok("version: 1\nsteps:\n  a:\n    run: python ddp.py\n    distributed: { workers: 4, backend: torch }\n    resources: { cpu: 0.5, memory: 1GiB }\n");
+        let step = &p.steps[0];
+        assert_eq!(
+            step.distributed,
+            Some(Distributed {
+                workers: 4,
+                backend: "torch".into()
+            })
+        );
+        let r = step.request(&Resources::default());
+        assert_eq!((r.cpu, r.memory_bytes), (2.0, 4 << 30));
+        let err = parse_err("version: 1\nsteps:\n  a:\n    uses: weir/ingest\n    with: { path: x.csv }\n    distributed: { workers: 0, backend: mpi }\n");
+        assert!(
+            err.contains("steps.a.distributed: only `run:` steps can be distributed"),
+            "{err}"
+        );
+        assert!(
+            err.contains("steps.a.distributed.workers: 0 workers is not a worker count"),
+            "{err}"
+        );
+        assert!(
+            err.contains("steps.a.distributed.backend: 'mpi' is not a backend"),
             "{err}"
         );
     }

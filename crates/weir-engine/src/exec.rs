@@ -535,39 +535,138 @@ async fn run_command(
         ),
         false => None,
     };
-    let mut child = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .current_dir(base_dir)
-        .envs(&step.env)
-        .env("WEIR_INPUTS_DIR", inputs_dir)
-        .env("WEIR_OUTPUTS_DIR", outputs_dir)
-        .env("WEIR_PARAMS", &params_file)
-        .env("WEIR_METRICS_FILE", &metrics_file)
-        .envs(gpu_env())
-        .envs(
-            checkpoint
-                .as_ref()
-                .map(|c| ("WEIR_CHECKPOINT_DIR", c.dir.clone())),
-        )
-        .envs(tracking_env(step_run_id))
-        .env("WEIR_RUN_ID", run_id)
-        .env("WEIR_STEP", &step.name)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(stdout))
-        .stderr(Stdio::from(stderr))
-        .spawn()
-        .map_err(|e| {
+    // One worker, or `distributed.workers` of them: each `sh -c command` in
+    // this runtime's process group (so stopping the step stops them all).
+    let workers = step.distributed.as_ref().map_or(1, |d| d.workers);
+    let master_port = match workers {
+        1 => None,
+        _ => Some(free_port().map_err(fail)?),
+    };
+    let mut running = tokio::task::JoinSet::new();
+    let mut readers = Vec::new();
+    for rank in 0..workers {
+        // Outputs and metrics are rank 0's; the other ranks get scratch ones.
+        let (outputs, metrics) = if rank == 0 {
+            (outputs_dir.to_path_buf(), metrics_file.clone())
+        } else {
+            let scratch = work.join(format!("rank-{rank}"));
+            std::fs::create_dir_all(scratch.join("outputs"))
+                .map_err(EngineError::io("cannot create", &scratch))
+                .map_err(fail)?;
+            (scratch.join("outputs"), scratch.join("metrics.jsonl"))
+        };
+        let mut command_line = tokio::process::Command::new("sh");
+        command_line
+            .arg("-c")
+            .arg(command)
+            .current_dir(base_dir)
+            .envs(&step.env)
+            .env("WEIR_INPUTS_DIR", inputs_dir)
+            .env("WEIR_OUTPUTS_DIR", &outputs)
+            .env("WEIR_PARAMS", &params_file)
+            .env("WEIR_METRICS_FILE", &metrics)
+            .envs(gpu_env())
+            .envs(
+                checkpoint
+                    .as_ref()
+                    .map(|c| ("WEIR_CHECKPOINT_DIR", c.dir.clone())),
+            )
+            .envs(tracking_env(step_run_id).into_iter().filter(|_| rank == 0))
+            .env("WEIR_RUN_ID", run_id)
+            .env("WEIR_STEP", &step.name)
+            .stdin(Stdio::null());
+        if let Some(port) = master_port {
+            // torchrun's contract, on one node.
+            command_line
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .env("WORLD_SIZE", workers.to_string())
+                .env("RANK", rank.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("LOCAL_WORLD_SIZE", workers.to_string())
+                .env("GROUP_RANK", "0")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+        } else {
+            command_line
+                .stdout(Stdio::from(
+                    stdout
+                        .try_clone()
+                        .map_err(EngineError::io("cannot open", log.path()))
+                        .map_err(fail)?,
+                ))
+                .stderr(Stdio::from(
+                    stderr
+                        .try_clone()
+                        .map_err(EngineError::io("cannot open", log.path()))
+                        .map_err(fail)?,
+                ));
+        }
+        let mut child = command_line.spawn().map_err(|e| {
             fail(EngineError::StepFailed(format!(
                 "cannot start `sh -c {command}`: {e}"
             )))
         })?;
+        if master_port.is_some() {
+            // Each line of a worker's output is marked with its rank.
+            for pipe in [
+                child
+                    .stdout
+                    .take()
+                    .map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+                child
+                    .stderr
+                    .take()
+                    .map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let log = StepLog::append(log.path()).map_err(fail)?;
+                readers.push(tokio::spawn(async move {
+                    use tokio::io::AsyncBufReadExt;
+                    let mut lines = tokio::io::BufReader::new(pipe).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        log.line(format!("[rank {rank}] {line}"));
+                    }
+                }));
+            }
+        }
+        running.spawn(async move { (rank, child.wait().await) });
+    }
+    drop((stdout, stderr));
     let mut preempted = false;
+    // The first worker to fail, and how; the others are stopped then.
+    let mut failed: Option<(u32, std::process::ExitStatus)> = None;
+    let mut last_status = None;
     let mut sync = tokio::time::interval(CHECKPOINT_SYNC);
     sync.tick().await;
-    let status = loop {
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let grace_over = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            status = child.wait() => break status,
+            joined = running.join_next() => {
+                let Some(joined) = joined else { break };
+                let (rank, status) = joined
+                    .map_err(|e| fail(EngineError::StepFailed(format!("lost a worker of `{command}`: {e}"))))?;
+                let status = status
+                    .map_err(|e| fail(EngineError::StepFailed(format!("lost the command `{command}`: {e}"))))?;
+                if !status.success() && failed.is_none() && !preempted {
+                    failed = Some((rank, status));
+                    if workers > 1 {
+                        // One worker failing stops the others: they would
+                        // wait for it forever in their next collective.
+                        log.line(format!("worker {rank} of {workers} failed ({status}); stopping the others"));
+                        kill_rest_of_group();
+                    }
+                }
+                last_status = Some(status);
+            }
             _ = sync.tick(), if checkpoint.is_some() => {
                 if let Some(c) = &checkpoint {
                     if let Err(e) = c.save(ctx, step_run_id).await {
@@ -575,23 +674,27 @@ async fn run_command(
                     }
                 }
             }
-            _ = async { sigterm.as_mut().expect("guarded").recv().await }, if sigterm.is_some() => {
+            _ = async { sigterm.as_mut().expect("guarded").recv().await }, if sigterm.is_some() && !preempted => {
                 preempted = true;
                 let grace = std::time::Duration::from_millis(step.grace_ms);
                 log.line(format!("preempted (SIGTERM): the command has {} to checkpoint", humantime::format_duration(grace)));
                 signal_group(libc::SIGTERM);
-                match tokio::time::timeout(grace, child.wait()).await {
-                    Ok(status) => break status,
-                    Err(_) => {
-                        log.line("the grace period is over: stopping the command (SIGKILL)");
-                        kill_rest_of_group();
-                        break child.wait().await;
-                    }
-                }
+                deadline = Some(tokio::time::Instant::now() + grace);
+            }
+            _ = grace_over => {
+                log.line("the grace period is over: stopping the command (SIGKILL)");
+                kill_rest_of_group();
+                deadline = None;
             }
         }
     }
-    .map_err(|e| fail(EngineError::StepFailed(format!("lost the command `{command}`: {e}"))))?;
+    for reader in readers {
+        let _ = reader.await;
+    }
+    let status = match failed {
+        Some((_, status)) => status,
+        None => last_status.expect("at least one worker ran"),
+    };
     if let Some(c) = &checkpoint {
         c.save(ctx, step_run_id).await.map_err(|e| {
             fail(EngineError::StepFailed(format!(
@@ -609,10 +712,13 @@ async fn run_command(
     }
     if !status.success() {
         let code = status.code().map(i64::from);
-        let how = match code {
+        let mut how = match code {
             Some(c) => format!("exited with status {c}"),
             None => "was killed by a signal".to_string(),
         };
+        if let Some((rank, _)) = failed.filter(|_| workers > 1) {
+            how = format!("{how} in worker {rank} of {workers} (the others were stopped)");
+        }
         return Err((
             EngineError::StepFailed(format!(
                 "command `{command}` {how}; last lines of its output:\n{}\n  hint: see the whole log with `weir logs {} {}`",
@@ -628,6 +734,16 @@ async fn run_command(
         metrics,
         ..Default::default()
     })
+}
+
+/// A loopback port free now, for a distributed step's rank 0 to listen on.
+fn free_port() -> Result<u16, EngineError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| {
+            EngineError::StepFailed(format!("cannot find a free port for MASTER_PORT: {e}"))
+        })
 }
 
 /// With a tracking server, the command's mlflow client logs to this step's

@@ -67,7 +67,10 @@ impl Context {
     }
 
     /// Scratch space for step runs, on the same disk as the home directory.
+    /// Absolute: commands run in their pipeline's directory, not here, and
+    /// the paths in their contract (WEIR_OUTPUTS_DIR, ...) must still hold.
     pub fn work_dir(&self) -> PathBuf {
-        self.config.home().join("work")
+        let home = self.config.home();
+        std::path::absolute(&home).unwrap_or(home).join("work")
     }
 }

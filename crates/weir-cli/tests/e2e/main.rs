@@ -4,6 +4,7 @@
 
 mod caching;
 mod common;
+mod distributed;
 mod fanout;
 mod flights;
 mod onnx;

@@ -476,3 +476,16 @@ fn output_to_a_reader_that_already_left_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.signal(), Some(13), "{:?} {stderr}", out.status);
 }
+
+#[test]
+fn a_command_step_writes_its_outputs_when_the_pipeline_lives_in_another_directory() {
+    // The home (.weir) is relative to where weir runs, the command runs in
+    // the pipeline's directory: the contract's paths must hold there too.
+    let sb = Sandbox::new();
+    sb.write(
+        "project/pipeline.yaml",
+        "version: 1\nname: elsewhere\nsteps:\n  a:\n    run: echo hi > \"$WEIR_OUTPUTS_DIR/x\"\n    outputs: [x]\n  b:\n    run: cat \"$WEIR_INPUTS_DIR/x\"\n    inputs: { x: a.x }\n",
+    );
+    let out = sb.ok(&["run", "project/pipeline.yaml"]);
+    assert!(out.contains("succeeded"), "{out}");
+}

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The Ray executor's cost per step, against a real Ray cluster on loopback
+# (scripts/ray-cluster.sh: a head and two 1-CPU workers), with metadata in
+# PostgreSQL and artifacts in moto (S3), the same stores for both executors:
+#   - Ray's own job latency: a trivial job (`true`) submitted through the
+#     Jobs API and polled every 10 ms until Ray says SUCCEEDED;
+#   - a chain of N steps (each reads the previous one's output) run with
+#     --no-cache on the local executor and on Ray; per step = wall / N.
+# Weir's overhead on Ray beyond Ray's own latency = Ray per step - Ray's job
+# latency; the step runtime's own work is in both, and is the local figure.
+# Prints one JSON line; medians over TRIALS (default 3). Needs the venvs of
+# scripts/test.sh (moto, ray) and a PostgreSQL at PGURL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${WEIR_CI_VENV:-$HOME/.cache/weir-ci/venv}"
+VENV_RAY="${WEIR_CI_VENV_RAY:-$HOME/.cache/weir-ci/venv-ray}"
+PGURL="${PGURL:-postgres://postgres@127.0.0.1:5432}"
+cargo build --release --quiet
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+work=$(mktemp -d)
+s3_port=$(free_port)
+setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$s3_port" >"$work/moto.log" 2>&1 &
+moto_pid=$!
+db="weir_bench_ray_$$"
+cleanup() {
+  RAY="$VENV_RAY/bin/ray" scripts/ray-cluster.sh stop "$work/ray" || true
+  kill -- -"$moto_pid" 2>/dev/null || true
+  psql "$PGURL/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+psql "$PGURL/postgres" -qc "CREATE DATABASE $db" >/dev/null
+mkdir -p "$work/ray"
+address=$(RAY="$VENV_RAY/bin/ray" RAY_DASHBOARD_PORT="$(free_port)" RAY_GCS_PORT="$(free_port)" \
+  scripts/ray-cluster.sh start "$work/ray" 2)
+for _ in $(seq 50); do curl -fs "http://127.0.0.1:$s3_port/" >/dev/null 2>&1 && break; sleep 0.2; done
+curl -fs -X PUT "http://127.0.0.1:$s3_port/bench" >/dev/null
+
+WEIR="$PWD/target/release/weir" TRIALS="${TRIALS:-3}" N="${N:-10}" RAY_ADDRESS_URL="$address" \
+WEIR_DB="$PGURL/$db" WEIR_ARTIFACTS="s3://bench/ray-overhead" WEIR_RAY_ADDRESS="$address" \
+AWS_ENDPOINT_URL="http://127.0.0.1:$s3_port" AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench \
+WORK="$work" python3 - <<'PY'
+import json, os, statistics, subprocess, time, urllib.request
+
+WEIR, TRIALS, N = os.environ["WEIR"], int(os.environ["TRIALS"]), int(os.environ["N"])
+ADDRESS, WORK = os.environ["RAY_ADDRESS_URL"], os.environ["WORK"]
+
+def ray_job_ms(samples=10):
+    """Submit `true` as a job; time until Ray reports it SUCCEEDED."""
+    times = []
+    for i in range(samples):
+        body = json.dumps({"entrypoint": "true", "entrypoint_num_cpus": 1,
+                           "submission_id": f"bench-{os.getpid()}-{i}-{time.time_ns()}"}).encode()
+        t = time.perf_counter()
+        req = urllib.request.Request(f"{ADDRESS}/api/jobs/", data=body,
+                                     headers={"Content-Type": "application/json"})
+        job = json.load(urllib.request.urlopen(req))["submission_id"]
+        while json.load(urllib.request.urlopen(f"{ADDRESS}/api/jobs/{job}"))["status"] != "SUCCEEDED":
+            time.sleep(0.01)
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+def pipeline(n):
+    lines = ["version: 1", f"name: ray-chain-{n}", "steps:"]
+    for i in range(1, n + 1):
+        lines += [f"  s{i}:", f"    run: echo {i} > $WEIR_OUTPUTS_DIR/out", "    outputs: [out]"]
+        if i > 1:
+            lines.append(f"    inputs: {{ prev: s{i-1}.out }}")
+    return "\n".join(lines) + "\n"
+
+spec = f"{WORK}/chain.yaml"
+open(spec, "w").write(pipeline(N))
+
+def per_step_ms(executor):
+    walls = []
+    for _ in range(TRIALS):
+        t = time.perf_counter()
+        subprocess.run([WEIR, "run", spec, "--no-cache", "--executor", executor, "--json"],
+                       check=True, stdout=subprocess.DEVNULL, cwd=WORK)
+        walls.append((time.perf_counter() - t) * 1e3 / N)
+    return statistics.median(walls)
+
+ray_job = ray_job_ms()
+local = per_step_ms("local")
+on_ray = per_step_ms("ray")
+print(json.dumps({
+    "steps": N, "trials": TRIALS,
+    "ray_job_latency_ms": round(ray_job, 1),
+    "local_ms_per_step": round(local, 1),
+    "ray_ms_per_step": round(on_ray, 1),
+    "weir_overhead_beyond_ray_ms_per_step": round(on_ray - ray_job, 1),
+}))
+PY

@@ -118,6 +118,50 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Starts `weir run pipeline.yaml` in the background.
+fn start_run(sb: &Sandbox) -> std::process::Child {
+    sb.command(&["run", "pipeline.yaml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until the running run's `step` has been placed on a node: returns
+/// the run and the step's Ray job.
+fn wait_placed(sb: &Sandbox, step_name: &str) -> (String, String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "step {step_name} never started on Ray"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let runs = sb.json(&["runs", "list"]);
+        let Some(run) = runs[0]["id"].as_str() else {
+            continue;
+        };
+        let show = sb.json(&["runs", "show", run]);
+        let s = step(&show, step_name);
+        if let (Some(job), true) = (s["job"].as_str(), s["node"].is_string()) {
+            return (run.to_string(), job.to_string());
+        }
+    }
+}
+
+/// Waits until Ray says `job` is STOPPED.
+fn wait_stopped(address: &str, job: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = get(&format!("{address}/api/jobs/{job}"))["status"].clone();
+        if status == "STOPPED" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the Ray job is still {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn last_run(sb: &Sandbox) -> String {
     sb.json(&["runs", "list"])[0]["id"]
         .as_str()
@@ -281,41 +325,15 @@ fn cancelling_a_run_stops_its_ray_jobs() {
         "pipeline.yaml",
         "version: 1\nname: long\nsteps:\n  wait:\n    run: sleep 120\n",
     );
-    let mut child = sb
-        .command(&["run", "pipeline.yaml"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (run, job) = loop {
-        assert!(Instant::now() < deadline, "the step never started on Ray");
-        std::thread::sleep(Duration::from_millis(200));
-        let runs = sb.json(&["runs", "list"]);
-        let Some(run) = runs[0]["id"].as_str() else {
-            continue;
-        };
-        let show = sb.json(&["runs", "show", run]);
-        let s = step(&show, "wait");
-        if let (Some(job), true) = (s["job"].as_str(), s["node"].is_string()) {
-            break (run.to_string(), job.to_string());
-        }
-    };
+    let mut child = start_run(sb);
+    let (run, job) = wait_placed(sb, "wait");
     assert_eq!(
         get(&format!("{}/api/jobs/{job}", env.address))["status"],
         "RUNNING"
     );
     sb.ok(&["cancel", &run]);
     assert!(!child.wait().unwrap().success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = get(&format!("{}/api/jobs/{job}", env.address))["status"].clone();
-        if status == "STOPPED" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the Ray job is still {status}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_stopped(&env.address, &job);
     let show = sb.json(&["runs", "show", &run]);
     assert_eq!(show["status"], "failed");
     assert!(
@@ -352,12 +370,7 @@ fn a_lost_node_is_a_preemption_and_the_step_resumes_on_another_node() {
             .map(|l| l.parse().unwrap())
             .collect()
     };
-    let child = sb
-        .command(&["run", "pipeline.yaml"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = start_run(sb);
     let deadline = Instant::now() + Duration::from_secs(60);
     // Past the first checkpoint save (every 2 s), so there is one to resume.
     while epochs().len() < 6 {
@@ -455,24 +468,8 @@ fn a_lost_head_fails_the_run_cleanly_and_resume_finishes_it_locally() {
         "pipeline.yaml",
         "version: 1\nname: headless\nsteps:\n  first:\n    run: echo one > \"$WEIR_OUTPUTS_DIR/out\"\n    outputs: [out]\n  slow:\n    run: if [ -n \"$WEIR_EXEC_FENCE\" ]; then sleep 60; fi; cat \"$WEIR_INPUTS_DIR/in\"\n    inputs: { in: first.out }\n",
     );
-    let child = sb
-        .command(&["run", "pipeline.yaml"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let run = loop {
-        assert!(Instant::now() < deadline, "the slow step never started");
-        std::thread::sleep(Duration::from_millis(200));
-        let runs = sb.json(&["runs", "list"]);
-        let Some(run) = runs[0]["id"].as_str() else {
-            continue;
-        };
-        if step(&sb.json(&["runs", "show", run]), "slow")["node"].is_string() {
-            break run.to_string();
-        }
-    };
+    let child = start_run(sb);
+    let (run, _) = wait_placed(sb, "slow");
     cluster_script(&["kill-node", &dir_s, "127.0.0.20"]);
     let killed = Instant::now();
     let out = child.wait_with_output().unwrap();
@@ -549,4 +546,33 @@ fn the_flights_pipeline_and_its_study_give_the_same_results_on_ray_as_locally() 
         8.0,
         "{on_ray}"
     );
+}
+
+#[test]
+fn a_dead_runners_ray_job_is_stopped_and_resume_runs_the_step_again() {
+    let Some(env) = ray_env() else {
+        return;
+    };
+    let sb = &env.sb;
+    sb.write(
+        "pipeline.yaml",
+        "version: 1\nname: orphan\nsteps:\n  first:\n    run: echo one > \"$WEIR_OUTPUTS_DIR/out\"\n    outputs: [out]\n  slow:\n    run: if [ ! -e resumed ]; then sleep 120; fi; cat \"$WEIR_INPUTS_DIR/in\"\n    inputs: { in: first.out }\n",
+    );
+    let mut runner = start_run(sb);
+    let (run, job) = wait_placed(sb, "slow");
+    // The runner dies without a word; its Ray job would run on.
+    runner.kill().unwrap();
+    runner.wait().unwrap();
+    // The next weir command finds the run orphaned, fails it and stops its job.
+    let runs = sb.json(&["runs", "list"]);
+    assert_eq!(runs[0]["status"], "failed", "{runs}");
+    wait_stopped(&env.address, &job);
+    // Resume (the step runs quickly this time) keeps the finished step.
+    sb.write("resumed", "");
+    let out = sb.ok(&["resume", &run]);
+    assert!(out.contains("succeeded"), "{out}");
+    let show = sb.json(&["runs", "show", &run]);
+    assert_eq!(step(&show, "first")["attempt"], 1);
+    assert_ne!(step(&show, "slow")["job"], job.as_str());
+    assert!(sb.ok(&["logs", &run, "slow"]).contains("one"));
 }

@@ -427,7 +427,8 @@ pub(crate) struct RayAttempt {
     pub step_run_id: String,
     pub run_id: String,
     pub step: String,
-    pub entrypoint: String,
+    /// The `weir` binary on the nodes.
+    pub weir: String,
     pub env: BTreeMap<String, String>,
     pub demand: BTreeMap<String, f64>,
     pub stopping: Stopping,
@@ -444,12 +445,13 @@ impl RayAttempt {
             lost_node: false,
         };
         let job = format!("weir-{}-{}", self.step_run_id, weir_core::now_ms());
-        let mut env = self.env.clone();
-        env.insert(crate::exec::FENCE_VAR.into(), job.clone());
+        let entrypoint =
+            entrypoint(&self.weir, &self.step_run_id, &job).map_err(|e| fail(e.to_string()))?;
         let mut body = json!({
-            "entrypoint": self.entrypoint,
+            "entrypoint": entrypoint,
             "submission_id": job,
-            "runtime_env": { "env_vars": env },
+            // The same for the run's steps that ask alike: Ray sets it up once.
+            "runtime_env": { "env_vars": self.env },
             "metadata": {
                 "weir_run_id": self.run_id,
                 "weir_step": self.step,
@@ -495,7 +497,9 @@ impl RayAttempt {
         let mut pending_checked = Instant::now();
         let mut next_job_poll = Instant::now();
         let d = loop {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // A primary-key read: cheap enough to keep the runner's delay
+            // after a step ends at ~10 ms on average.
+            tokio::time::sleep(Duration::from_millis(20)).await;
             // The runtime's own record is the outcome; Ray's view of the job
             // is only needed when the runtime could not write one.
             match self.store.step_run(&self.step_run_id).await {
@@ -631,13 +635,19 @@ pub async fn stop_orphaned_job(address: &str, job: &str) {
 }
 
 /// The job's entrypoint: the step runtime, as a shell command line (Ray
-/// runs it with a shell).
-pub(crate) fn entrypoint(weir: &str, step_run_id: &str) -> Result<String, EngineError> {
-    let words = [weir, "exec", step_run_id];
-    let line = shlex::try_join(words).map_err(|e| {
-        EngineError::Executor(format!("cannot write the Ray entrypoint for {weir}: {e}"))
-    })?;
-    Ok(format!("exec {line}"))
+/// runs it with a shell), fenced by the job it runs as.
+pub(crate) fn entrypoint(weir: &str, step_run_id: &str, job: &str) -> Result<String, EngineError> {
+    let quote = |words: &[&str]| {
+        shlex::try_join(words.iter().copied()).map_err(|e| {
+            EngineError::Executor(format!("cannot write the Ray entrypoint for {weir}: {e}"))
+        })
+    };
+    Ok(format!(
+        "export {}={}; exec {}",
+        crate::exec::FENCE_VAR,
+        quote(&[job])?,
+        quote(&[weir, "exec", step_run_id])?
+    ))
 }
 
 /// The environment a step runtime on a Ray node gets: the runner's
@@ -725,9 +735,11 @@ mod tests {
 
     #[test]
     fn the_entrypoint_quotes_what_the_shell_would_split() {
-        let line = entrypoint("/opt/my weir/weir", "0193-ab'c").unwrap();
+        let line = entrypoint("/opt/my weir/weir", "0193-ab'c", "weir-0193-1").unwrap();
+        let (fence, exec) = line.split_once("; ").unwrap();
+        assert_eq!(fence, "export WEIR_EXEC_FENCE=weir-0193-1");
         assert_eq!(
-            shlex::split(line.strip_prefix("exec ").unwrap()).unwrap(),
+            shlex::split(exec.strip_prefix("exec ").unwrap()).unwrap(),
             ["/opt/my weir/weir", "exec", "0193-ab'c"]
         );
     }

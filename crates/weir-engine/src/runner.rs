@@ -321,6 +321,7 @@ async fn walk(
         tracking: tracking_server(ctx, &run.id).await,
         cluster,
         stopping: ray::Stopping::default(),
+        run_id: run.id.clone(),
     };
     let mut running: JoinSet<Attempt> = JoinSet::new();
     let mut slots = Slots::new(
@@ -789,6 +790,7 @@ struct Launcher {
     ray_weir: String,
     /// Ray jobs being stopped, waited for before the run ends.
     stopping: ray::Stopping,
+    run_id: String,
 }
 
 /// The configured tracking server, if it answers and serves this run's
@@ -834,21 +836,18 @@ fn launch(
     let runtime = match (ray::executor_of(ctx, step), &launcher.cluster) {
         (ExecutorKind::Ray, Some(cluster)) => {
             let demand = ray::demand(step, cluster.largest_cpu);
-            match ray::entrypoint(&launcher.ray_weir, &id) {
-                Ok(entrypoint) => Runtime::Ray(RayAttempt {
-                    cluster: cluster.clone(),
-                    store: ctx.store.clone(),
-                    run_id: task.as_ref().map(|t| t.run_id.clone()).unwrap_or_default(),
-                    step_run_id: id,
-                    step: step.name.clone(),
-                    entrypoint,
-                    // Ray gives a job with GPUs its own CUDA_VISIBLE_DEVICES.
-                    env: ray::job_env(ctx, &demand, &tracking),
-                    demand,
-                    stopping: launcher.stopping.clone(),
-                }),
-                Err(e) => Runtime::Refused(e.to_string()),
-            }
+            Runtime::Ray(RayAttempt {
+                cluster: cluster.clone(),
+                store: ctx.store.clone(),
+                run_id: launcher.run_id.clone(),
+                step_run_id: id,
+                step: step.name.clone(),
+                weir: launcher.ray_weir.clone(),
+                // Ray gives a job with GPUs its own CUDA_VISIBLE_DEVICES.
+                env: ray::job_env(ctx, &demand, &tracking),
+                demand,
+                stopping: launcher.stopping.clone(),
+            })
         }
         (ExecutorKind::Ray, None) => {
             Runtime::Refused("the step runs on Ray, but no cluster is connected".into())

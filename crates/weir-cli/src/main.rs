@@ -196,6 +196,9 @@ enum Command {
         #[arg(long)]
         task_on_stdin: bool,
     },
+    /// Run one trial of a study as a cluster job (started by the study)
+    #[command(hide = true)]
+    ExecTrial { step_run_id: String, number: usize },
 }
 
 #[derive(Subcommand)]
@@ -450,6 +453,14 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             weir_engine::exec::exec_step(&ctx, &step_run_id, task).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::ExecTrial {
+            step_run_id,
+            number,
+        } => {
+            let ctx = Context::open_for_step(config(&cli.global, &[])?)?;
+            weir_engine::ray_trials::exec_trial(&ctx, &step_run_id, number).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Runs(RunsCommand::List { limit, json }) => {
             let ctx = Context::open(config(&cli.global, &[])?).await?;
             reap(&ctx).await?;
@@ -658,7 +669,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(
         cli.command,
-        Command::Serve { .. } | Command::Server { .. } | Command::Exec { .. }
+        Command::Serve { .. }
+            | Command::Server { .. }
+            | Command::Exec { .. }
+            | Command::ExecTrial { .. }
     ) {
         // A command whose output goes to a reader that stops early
         // (`weir runs search ... | head`) ends quietly, as Unix tools do,
@@ -679,9 +693,11 @@ fn main() -> ExitCode {
     // A step runtime is one short-lived process per step: a single-threaded
     // runtime starts faster; everything else gets the multi-threaded one.
     let runtime = match &cli.command {
-        Command::Exec { .. } => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
+        Command::Exec { .. } | Command::ExecTrial { .. } => {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        }
         Command::Serve {
             threads: Some(n), ..
         } => tokio::runtime::Builder::new_multi_thread()

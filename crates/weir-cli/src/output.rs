@@ -282,6 +282,7 @@ pub async fn study(ctx: &Context, run: &str, step: &str, json: bool) -> Result<(
                     "rounds": weir_engine::tune::trial_rounds(t),
                     "error": t.error, "tracking_run_id": t.tracking_run_id,
                     "seconds": t.ended_at.map(|e| (e - t.started_at) as f64 / 1000.0),
+                    "job": t.job, "node": t.node,
                 })
             })
             .collect();
@@ -289,10 +290,12 @@ pub async fn study(ctx: &Context, run: &str, step: &str, json: bool) -> Result<(
             "goal": if maximize { "maximize" } else { "minimize" }, "best_trial": best, "trials": docs}));
         return Ok(());
     }
+    // Trials that ran as cluster jobs say where.
+    let placed = trials.iter().any(|t| t.job.is_some());
     let rows: Vec<Vec<String>> = trials
         .iter()
         .map(|t| {
-            vec![
+            let mut row = vec![
                 format!(
                     "{}{}",
                     t.number,
@@ -303,14 +306,24 @@ pub async fn study(ctx: &Context, run: &str, step: &str, json: bool) -> Result<(
                 t.ended_at.map_or("-".into(), |e| {
                     format!("{:.1}s", (e - t.started_at) as f64 / 1000.0)
                 }),
-                weir_engine::tune::show_params(&t.params_json),
-            ]
+            ];
+            if placed {
+                row.push(match &t.node {
+                    Some(node) => format!("ray node {}", &node[..node.len().min(12)]),
+                    None => "-".into(),
+                });
+            }
+            row.push(weir_engine::tune::show_params(&t.params_json));
+            row
         })
         .collect();
-    table(
-        &["TRIAL", "STATE", &metric.to_uppercase(), "TIME", "PARAMS"],
-        &rows,
-    );
+    let metric_header = metric.to_uppercase();
+    let mut headers = vec!["TRIAL", "STATE", metric_header.as_str(), "TIME"];
+    if placed {
+        headers.push("RAN ON");
+    }
+    headers.push("PARAMS");
+    table(&headers, &rows);
     if let Some(b) = best {
         println!("best: trial {b}");
     }

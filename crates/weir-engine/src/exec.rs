@@ -128,7 +128,7 @@ fn kill_rest_of_group() {
 /// A step runtime must not outlive its runner: the kernel kills it when the
 /// runner dies, even by SIGKILL (set here rather than between fork and exec
 /// in the runner, so the runner can spawn with posix_spawn).
-fn die_with_parent() {
+pub(crate) fn die_with_parent() {
     // SAFETY: prctl and getppid take and return plain integers.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -139,7 +139,7 @@ fn die_with_parent() {
     }
 }
 
-struct WorkDir(PathBuf);
+pub(crate) struct WorkDir(pub(crate) PathBuf);
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
@@ -328,20 +328,9 @@ async fn run_step(
             .map_err(EngineError::io("cannot create", dir))
             .map_err(fail)?;
     }
-    let mut staged = BTreeMap::new();
-    for (name, input) in inputs {
-        let dest = inputs_dir.join(name);
-        ctx.artifacts
-            .fetch(&input.digest, input.kind, &dest)
-            .await
-            .map_err(|e| fail(e.into()))?;
-        log.line(format!(
-            "input {name} <- {} ({})",
-            input.from,
-            input.digest.short()
-        ));
-        staged.insert(name.clone(), dest);
-    }
+    let staged = stage_inputs(ctx, inputs, &inputs_dir, log)
+        .await
+        .map_err(fail)?;
 
     let outcome = match &step.action {
         Action::Builtin(op) if step.tune.is_some() => {
@@ -430,6 +419,29 @@ async fn run_step(
         }
     }
     Ok(completion)
+}
+
+/// Fetches the step's inputs into `inputs_dir`; their paths by name.
+pub(crate) async fn stage_inputs(
+    ctx: &Context,
+    inputs: &BTreeMap<String, StagedInput>,
+    inputs_dir: &Path,
+    log: &StepLog,
+) -> Result<BTreeMap<String, PathBuf>, EngineError> {
+    let mut staged = BTreeMap::new();
+    for (name, input) in inputs {
+        let dest = inputs_dir.join(name);
+        ctx.artifacts
+            .fetch(&input.digest, input.kind, &dest)
+            .await?;
+        log.line(format!(
+            "input {name} <- {} ({})",
+            input.from,
+            input.digest.short()
+        ));
+        staged.insert(name.clone(), dest);
+    }
+    Ok(staged)
 }
 
 /// Stores a succeeded step's outputs and its log side by side (their disk

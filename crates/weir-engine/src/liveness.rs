@@ -60,7 +60,7 @@ pub async fn reap_orphaned_runs(ctx: &Context) -> Result<Vec<String>, EngineErro
                 step.executor_address.as_deref(),
                 step.job.as_deref(),
             ) {
-                crate::ray::stop_orphaned_job(address, job).await;
+                crate::ray::stop_orphaned_job(address, job, &step.id).await;
                 continue;
             }
             if step.host.as_deref() == Some(here.as_str()) {

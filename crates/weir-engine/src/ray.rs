@@ -57,10 +57,14 @@ pub struct JobDetails {
     pub driver_node_id: Option<String>,
     #[serde(default)]
     pub driver_exit_code: Option<i64>,
+    #[serde(default)]
+    pub submission_id: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
 }
 
 impl JobDetails {
-    fn is_terminal(&self) -> bool {
+    pub(crate) fn is_terminal(&self) -> bool {
         matches!(self.status.as_str(), "SUCCEEDED" | "FAILED" | "STOPPED")
     }
 }
@@ -137,7 +141,7 @@ impl RayCluster {
             .collect())
     }
 
-    async fn submit(&self, body: &serde_json::Value) -> Result<(), String> {
+    pub(crate) async fn submit(&self, body: &serde_json::Value) -> Result<(), String> {
         // A head whose job agent is still starting (or restarting) answers
         // "No available agent"; that passes within seconds.
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -181,6 +185,79 @@ impl RayCluster {
             .json()
             .await
             .map_err(|e| format!("unexpected job details: {e}"))
+    }
+
+    /// Every job the cluster knows of (running and ended).
+    async fn jobs(&self) -> Result<Vec<JobDetails>, String> {
+        self.client
+            .get(format!("{}/api/jobs/", self.address))
+            .send()
+            .await
+            .map_err(|e| error_chain(&e))?
+            .error_for_status()
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| format!("unexpected job list: {e}"))
+    }
+
+    /// A job's output (its driver's stdout and stderr).
+    pub(crate) async fn logs(&self, id: &str) -> Result<String, String> {
+        #[derive(Deserialize)]
+        struct Logs {
+            logs: String,
+        }
+        let logs: Logs = self
+            .client
+            .get(format!("{}/api/jobs/{id}/logs", self.address))
+            .send()
+            .await
+            .map_err(|e| error_chain(&e))?
+            .error_for_status()
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| format!("unexpected job logs: {e}"))?;
+        Ok(logs.logs)
+    }
+
+    /// Waits (up to 20 s) for the study's own job `job` to end, so it
+    /// submits no more trials, then stops the trials it left running.
+    pub(crate) async fn stop_trial_jobs_after(&self, job: &str, step_run_id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            match self.job(job).await {
+                Ok(d) if !d.is_terminal() => tokio::time::sleep(Duration::from_millis(200)).await,
+                _ => break,
+            }
+        }
+        self.stop_trial_jobs(step_run_id).await;
+    }
+
+    /// Stops the trial jobs a study of `step_run_id` left running (its
+    /// runtime died or was stopped before it could stop them itself).
+    pub(crate) async fn stop_trial_jobs(&self, step_run_id: &str) {
+        let jobs = match self.jobs().await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::warn!(%step_run_id, error = %e, "cannot list the Ray jobs");
+                return;
+            }
+        };
+        for j in jobs {
+            let of_step = j.metadata.as_ref().is_some_and(|m| {
+                m.get("weir_step_run_id").map(String::as_str) == Some(step_run_id)
+                    && m.contains_key("weir_trial")
+            });
+            if let (true, false, Some(id)) = (of_step, j.is_terminal(), &j.submission_id) {
+                match self.stop(id).await {
+                    Ok(()) => tracing::info!(job = %id, "stopped a trial's Ray job"),
+                    Err(e) => {
+                        tracing::warn!(job = %id, error = %e, "cannot stop a trial's Ray job")
+                    }
+                }
+            }
+        }
     }
 
     /// Asks Ray to stop a job (SIGTERM to its entrypoint, SIGKILL after
@@ -227,6 +304,10 @@ pub fn executor_of(ctx: &Context, step: &Step) -> ExecutorKind {
 /// CPU request is capped by the largest node, as it is by the machine
 /// under the local executor.
 pub fn demand(step: &Step, largest_cpu: f64) -> BTreeMap<String, f64> {
+    // Its trials ask for the resources; the study itself only waits on them.
+    if trial_demand(step).is_some() {
+        return BTreeMap::from([("CPU".to_string(), 0.0)]);
+    }
     let Resources {
         cpu,
         memory_bytes,
@@ -247,6 +328,33 @@ pub fn demand(step: &Step, largest_cpu: f64) -> BTreeMap<String, f64> {
         d.insert(k.clone(), *v);
     }
     d
+}
+
+/// What each trial of a study asks for when the study spreads its trials
+/// over the cluster as jobs of their own (`parallel` above 1 on Ray): the
+/// step's `resources:` per trial (one CPU unless it says otherwise).
+pub fn trial_demand(step: &Step) -> Option<BTreeMap<String, f64>> {
+    let parallel = step
+        .tune
+        .as_ref()?
+        .spec
+        .get("parallel")
+        .and_then(serde_json::Value::as_u64)?;
+    if parallel < 2 || !matches!(step.action, weir_core::pipeline::Action::Builtin(_)) {
+        return None;
+    }
+    let r = step.resources;
+    let mut d = BTreeMap::from([("CPU".to_string(), r.cpu)]);
+    if r.gpu > 0 {
+        d.insert("GPU".into(), f64::from(r.gpu));
+    }
+    if r.memory_bytes > 0 {
+        d.insert("memory".into(), r.memory_bytes as f64);
+    }
+    for (k, v) in &step.custom_resources {
+        d.insert(k.clone(), *v);
+    }
+    Some(d)
 }
 
 fn fits(node: &RayNode, demand: &BTreeMap<String, f64>) -> bool {
@@ -288,7 +396,7 @@ fn describe_capacity(nodes: &[RayNode]) -> String {
         .join("; ")
 }
 
-fn describe_demand(demand: &BTreeMap<String, f64>) -> String {
+pub(crate) fn describe_demand(demand: &BTreeMap<String, f64>) -> String {
     demand
         .iter()
         .map(|(k, v)| match k.as_str() {
@@ -354,7 +462,7 @@ pub async fn preflight(
     cluster.largest_cpu = largest;
     let mut issues = Vec::new();
     for step in &on_ray {
-        let d = demand(step, largest);
+        let d = trial_demand(step).unwrap_or_else(|| demand(step, largest));
         if !nodes.iter().any(|n| fits(n, &d)) {
             issues.push(SpecIssue {
                 line: Some(step.line),
@@ -388,11 +496,13 @@ impl Stopping {
 
 /// Stops its job when dropped while armed: the attempt was cancelled or
 /// hit its timeout, and the work must not go on on the cluster.
-struct StopOnDrop {
-    cluster: Arc<RayCluster>,
-    job: String,
-    armed: bool,
-    stopping: Stopping,
+pub(crate) struct StopOnDrop {
+    pub(crate) cluster: Arc<RayCluster>,
+    pub(crate) job: String,
+    pub(crate) armed: bool,
+    pub(crate) stopping: Stopping,
+    /// The step run whose trial jobs go too, once the job is stopped.
+    pub(crate) trials_of: Option<String>,
 }
 
 impl Drop for StopOnDrop {
@@ -401,11 +511,15 @@ impl Drop for StopOnDrop {
             return;
         }
         let (cluster, job) = (self.cluster.clone(), self.job.clone());
+        let trials_of = self.trials_of.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let task = handle.spawn(async move {
                 match cluster.stop(&job).await {
                     Ok(()) => tracing::info!(%job, "stopped the Ray job"),
                     Err(e) => tracing::warn!(%job, error = %e, "cannot stop the Ray job"),
+                }
+                if let Some(step_run_id) = trials_of {
+                    cluster.stop_trial_jobs_after(&job, &step_run_id).await;
                 }
             });
             self.stopping.0.lock().expect("stop list lock").push(task);
@@ -432,46 +546,53 @@ pub(crate) struct RayAttempt {
     pub env: BTreeMap<String, String>,
     pub demand: BTreeMap<String, f64>,
     pub stopping: Stopping,
+    /// The step is a study whose trials run as Ray jobs of their own.
+    pub trials: bool,
 }
 
 impl RayAttempt {
+    /// Runs the attempt ([`RayAttempt::follow`]); a study's trial jobs that
+    /// outlive it (its runtime died before stopping them) are stopped after.
+    pub(crate) async fn run(self) -> Result<Option<JoinHandle<()>>, RayFailure> {
+        if !self.trials {
+            return self.follow().await;
+        }
+        let (cluster, id) = (self.cluster.clone(), self.step_run_id.clone());
+        match self.follow().await {
+            Ok(Some(waiter)) => Ok(Some(tokio::spawn(async move {
+                let _ = waiter.await;
+                cluster.stop_trial_jobs(&id).await;
+            }))),
+            result => {
+                cluster.stop_trial_jobs(&id).await;
+                result
+            }
+        }
+    }
+
     /// Submits the job and follows it until the step's outcome is recorded
     /// or the job ends. Like the local executor, returns early once the
     /// runtime recorded the outcome, with a task that waits for the job to
     /// end (it is left to finish, not stopped).
-    pub(crate) async fn run(self) -> Result<Option<JoinHandle<()>>, RayFailure> {
+    pub(crate) async fn follow(self) -> Result<Option<JoinHandle<()>>, RayFailure> {
         let fail = |message: String| RayFailure {
             message,
             lost_node: false,
         };
         let job = format!("weir-{}-{}", self.step_run_id, weir_core::now_ms());
-        let entrypoint =
-            entrypoint(&self.weir, &self.step_run_id, &job).map_err(|e| fail(e.to_string()))?;
-        let mut body = json!({
-            "entrypoint": entrypoint,
-            "submission_id": job,
-            // The same for the run's steps that ask alike: Ray sets it up once.
-            "runtime_env": { "env_vars": self.env },
-            "metadata": {
+        let entrypoint = entrypoint(&self.weir, &["exec", &self.step_run_id], &job)
+            .map_err(|e| fail(e.to_string()))?;
+        let body = job_request(
+            entrypoint,
+            &job,
+            &self.env,
+            json!({
                 "weir_run_id": self.run_id,
                 "weir_step": self.step,
                 "weir_step_run_id": self.step_run_id,
-            },
-        });
-        let mut custom = serde_json::Map::new();
-        for (k, v) in &self.demand {
-            match k.as_str() {
-                "CPU" => body["entrypoint_num_cpus"] = json!(v),
-                "GPU" => body["entrypoint_num_gpus"] = json!(v),
-                "memory" => body["entrypoint_memory"] = json!(*v as u64),
-                _ => {
-                    custom.insert(k.clone(), json!(v));
-                }
-            }
-        }
-        if !custom.is_empty() {
-            body["entrypoint_resources"] = serde_json::Value::Object(custom);
-        }
+            }),
+            &self.demand,
+        );
         // Recorded before the submission: a runner that dies right after
         // submitting still leaves the job findable (and stoppable) by reapers.
         self.store
@@ -489,6 +610,7 @@ impl RayAttempt {
             job: job.clone(),
             armed: true,
             stopping: self.stopping.clone(),
+            trials_of: self.trials.then(|| self.step_run_id.clone()),
         };
         tracing::info!(step = %self.step, %job, "submitted to Ray");
 
@@ -569,26 +691,73 @@ impl RayAttempt {
                 return Ok(None);
             }
         }
-        let message = d.message.clone().unwrap_or_default();
-        match (d.status.as_str(), d.error_type.as_deref()) {
-            ("SUCCEEDED", _) => Ok(None),
-            ("FAILED", Some("JOB_SUPERVISOR_ACTOR_DIED")) => Err(RayFailure {
-                message: format!(
-                    "the Ray node {} running job {job} was lost (preempted): {}",
-                    d.driver_node_id.as_deref().unwrap_or("?"),
-                    message.lines().next().unwrap_or("")
-                ),
-                lost_node: true,
-            }),
-            ("STOPPED", _) => Err(fail(format!("the Ray job {job} was stopped"))),
-            _ => Err(fail(format!(
-                "the Ray job {job} failed{}: {}",
-                d.driver_exit_code
-                    .map(|c| format!(" with exit code {c}"))
-                    .unwrap_or_default(),
-                last_lines(&message, 12)
-            ))),
+        match ended_unrecorded(&d, &job, "the step") {
+            None => Ok(None),
+            Some(failure) => Err(failure),
         }
+    }
+}
+
+/// The Jobs API request for one job: `entrypoint` with `env`, placed by
+/// `demand` (Ray's names: CPU, GPU, memory, custom resources).
+pub(crate) fn job_request(
+    entrypoint: String,
+    job: &str,
+    env: &BTreeMap<String, String>,
+    metadata: serde_json::Value,
+    demand: &BTreeMap<String, f64>,
+) -> serde_json::Value {
+    let mut body = json!({
+        "entrypoint": entrypoint,
+        "submission_id": job,
+        // The same for the run's steps that ask alike: Ray sets it up once.
+        "runtime_env": { "env_vars": env },
+        "metadata": metadata,
+    });
+    let mut custom = serde_json::Map::new();
+    for (k, v) in demand {
+        match k.as_str() {
+            "CPU" => body["entrypoint_num_cpus"] = json!(v),
+            "GPU" => body["entrypoint_num_gpus"] = json!(v),
+            "memory" => body["entrypoint_memory"] = json!(*v as u64),
+            _ => {
+                custom.insert(k.clone(), json!(v));
+            }
+        }
+    }
+    if !custom.is_empty() {
+        body["entrypoint_resources"] = serde_json::Value::Object(custom);
+    }
+    body
+}
+
+/// Why a job that ended without recording its outcome failed (`None`: Ray
+/// says it succeeded). `what` names the work, for the message.
+pub(crate) fn ended_unrecorded(d: &JobDetails, job: &str, what: &str) -> Option<RayFailure> {
+    let message = d.message.clone().unwrap_or_default();
+    match (d.status.as_str(), d.error_type.as_deref()) {
+        ("SUCCEEDED", _) => None,
+        ("FAILED", Some("JOB_SUPERVISOR_ACTOR_DIED")) => Some(RayFailure {
+            message: format!(
+                "the Ray node {} running job {job} was lost (preempted): {}",
+                d.driver_node_id.as_deref().unwrap_or("?"),
+                message.lines().next().unwrap_or("")
+            ),
+            lost_node: true,
+        }),
+        (status, _) => Some(RayFailure {
+            message: match status {
+                "STOPPED" => format!("the Ray job {job} was stopped"),
+                _ => format!(
+                    "the Ray job {job} running {what} failed{}: {}",
+                    d.driver_exit_code
+                        .map(|c| format!(" with exit code {c}"))
+                        .unwrap_or_default(),
+                    last_lines(&message, 12)
+                ),
+            },
+            lost_node: false,
+        }),
     }
 }
 
@@ -621,22 +790,24 @@ async fn finish_quietly(cluster: &RayCluster, job: &str, mut record_node: Option
     let _ = cluster.stop(job).await;
 }
 
-/// Stops the Ray job of a step whose runner is gone (best effort: the
-/// cluster may be gone too).
-pub async fn stop_orphaned_job(address: &str, job: &str) {
+/// Stops the Ray job of a step whose runner is gone, and its trials' jobs
+/// (best effort: the cluster may be gone too).
+pub async fn stop_orphaned_job(address: &str, job: &str, step_run_id: &str) {
     match RayCluster::connect(address).await {
         Ok(cluster) => {
             if let Err(e) = cluster.stop(job).await {
                 tracing::warn!(%job, error = %e, "cannot stop an orphaned Ray job");
             }
+            // A study's trials, if it ran them as jobs of their own.
+            cluster.stop_trial_jobs_after(job, step_run_id).await;
         }
         Err(e) => tracing::warn!(%job, error = %e, "cannot stop an orphaned Ray job"),
     }
 }
 
-/// The job's entrypoint: the step runtime, as a shell command line (Ray
-/// runs it with a shell), fenced by the job it runs as.
-pub(crate) fn entrypoint(weir: &str, step_run_id: &str, job: &str) -> Result<String, EngineError> {
+/// A job's entrypoint: `weir ARGS...` as a shell command line (Ray runs it
+/// with a shell), fenced by the job it runs as.
+pub(crate) fn entrypoint(weir: &str, args: &[&str], job: &str) -> Result<String, EngineError> {
     let quote = |words: &[&str]| {
         shlex::try_join(words.iter().copied()).map_err(|e| {
             EngineError::Executor(format!("cannot write the Ray entrypoint for {weir}: {e}"))
@@ -646,7 +817,7 @@ pub(crate) fn entrypoint(weir: &str, step_run_id: &str, job: &str) -> Result<Str
         "export {}={}; exec {}",
         crate::exec::FENCE_VAR,
         quote(&[job])?,
-        quote(&[weir, "exec", step_run_id])?
+        quote(&[&[weir], args].concat())?
     ))
 }
 
@@ -669,7 +840,10 @@ pub(crate) fn job_env(
     env.insert("WEIR_HOME".into(), "/tmp/weir-ray".into());
     // What the step may use is what Ray granted it, not the runner's machine
     // (a study divides these CPUs between its trials).
-    env.insert("WEIR_CPUS".into(), demand["CPU"].to_string());
+    // A study that only follows its trials' jobs asks Ray for no CPU; it
+    // still needs one to run on.
+    let cpu = Some(demand["CPU"]).filter(|c| *c > 0.0).unwrap_or(1.0);
+    env.insert("WEIR_CPUS".into(), cpu.to_string());
     env.insert(
         "WEIR_GPUS".into(),
         demand.get("GPU").map_or(0, |g| *g as u64).to_string(),
@@ -735,7 +909,7 @@ mod tests {
 
     #[test]
     fn the_entrypoint_quotes_what_the_shell_would_split() {
-        let line = entrypoint("/opt/my weir/weir", "0193-ab'c", "weir-0193-1").unwrap();
+        let line = entrypoint("/opt/my weir/weir", &["exec", "0193-ab'c"], "weir-0193-1").unwrap();
         let (fence, exec) = line.split_once("; ").unwrap();
         assert_eq!(fence, "export WEIR_EXEC_FENCE=weir-0193-1");
         assert_eq!(

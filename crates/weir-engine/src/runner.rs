@@ -844,7 +844,19 @@ fn launch(
                 step: step.name.clone(),
                 weir: launcher.ray_weir.clone(),
                 // Ray gives a job with GPUs its own CUDA_VISIBLE_DEVICES.
-                env: ray::job_env(ctx, &demand, &tracking),
+                env: {
+                    let mut env = ray::job_env(ctx, &demand, &tracking);
+                    if let Some(per_trial) = ray::trial_demand(step) {
+                        let spread = crate::ray_trials::Spread {
+                            address: cluster.address().to_string(),
+                            weir: launcher.ray_weir.clone(),
+                            demand: per_trial,
+                        };
+                        env.insert(crate::ray_trials::ENV.into(), spread.to_env());
+                    }
+                    env
+                },
+                trials: ray::trial_demand(step).is_some(),
                 demand,
                 stopping: launcher.stopping.clone(),
             })

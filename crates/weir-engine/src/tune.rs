@@ -288,11 +288,68 @@ struct Running {
 }
 
 /// What one trial produced.
-struct TrialResult {
+pub(crate) struct TrialResult {
     number: usize,
     outcome: Result<OpOutcome, EngineError>,
     pruned: bool,
     outputs_dir: PathBuf,
+}
+
+/// How a trial ended.
+pub(crate) enum TrialEnd {
+    /// It ran in this process; the study records it.
+    Here(TrialResult),
+    /// It ran as a cluster job, which recorded it (or the study did, for a
+    /// job that could not): the trial as stored.
+    Remote {
+        number: usize,
+        stored: Result<StoredTrial, EngineError>,
+    },
+}
+
+impl TrialEnd {
+    fn number(&self) -> usize {
+        match self {
+            TrialEnd::Here(r) => r.number,
+            TrialEnd::Remote { number, .. } => *number,
+        }
+    }
+}
+
+/// The error of a trial that reported no objective: it fails the study,
+/// since no later trial would report it either.
+pub(crate) const NO_OBJECTIVE: &str = "tune.objective.metric:";
+
+/// The step one trial runs: the study's step with the trial's values laid
+/// over its `with:`, and the trainer's threads when the study decides them.
+pub(crate) fn trial_step(
+    step: &Step,
+    op: BuiltinOp,
+    params: &BTreeMap<String, ParamValue>,
+    threads: Option<usize>,
+) -> Step {
+    let mut step = step.clone();
+    step.tune = None;
+    for (k, v) in params {
+        step.with.insert(k.clone(), v.to_json());
+    }
+    if let Some(threads) = threads {
+        if matches!(op, BuiltinOp::TrainGbdt | BuiltinOp::TrainMlp)
+            && !step.with.contains_key("threads")
+        {
+            step.with.insert("threads".into(), json!(threads));
+        }
+    }
+    step
+}
+
+/// The value ASHA judges a trial by after `round`, when the round is one
+/// of its rungs.
+pub(crate) fn rung_value(rungs: &[i64], judged: &str, round: &weir_ml::Round) -> Option<f64> {
+    rungs
+        .binary_search(&(round.number as i64))
+        .ok()
+        .and_then(|_| round.metric(judged))
 }
 
 /// Everything a study needs of the step runtime.
@@ -312,7 +369,7 @@ pub(crate) struct StudyJob<'a> {
     pub cache: Arc<crate::ops::StudyCache>,
 }
 
-fn state_name(s: TrialState) -> &'static str {
+pub(crate) fn state_name(s: TrialState) -> &'static str {
     match s {
         TrialState::Running => "running",
         TrialState::Complete => "complete",
@@ -379,6 +436,19 @@ pub(crate) async fn run_study(job: StudyJob<'_>) -> Result<OpOutcome, EngineErro
         .map(|c| job.step.request(&c).cpu)
         .unwrap_or(1.0);
     let threads_per_trial = ((granted / spec.parallel as f64).floor() as usize).max(1);
+    // On Ray, with trials to run side by side, each is a Ray job of its own.
+    let on_ray = match crate::ray_trials::Spread::from_env()? {
+        Some(spread) => {
+            let ray = crate::ray_trials::RayTrials::connect(job.ctx, spread).await?;
+            job.log.line(format!(
+                "study: trials run as Ray jobs on {}, each with {}",
+                ray.address(),
+                ray.describe_demand()
+            ));
+            Some(Arc::new(ray))
+        }
+        None => None,
+    };
     loop {
         while !exhausted && running.len() < spec.parallel {
             let used = shared.lock().expect("study lock").len();
@@ -443,7 +513,26 @@ pub(crate) async fn run_study(job: StudyJob<'_>) -> Result<OpOutcome, EngineErro
                     .collect::<Vec<_>>()
                     .join(" ")
             ));
-            tasks.spawn_blocking(trial_task(&job, &spec, &shared, &trial, threads_per_trial)?);
+            match &on_ray {
+                Some(ray) => {
+                    tasks.spawn(Arc::clone(ray).run_trial(
+                        job.run_id.to_string(),
+                        job.step_run_id.to_string(),
+                        step_name.to_string(),
+                        number,
+                        job.log.path().to_path_buf(),
+                    ));
+                }
+                None => {
+                    tasks.spawn_blocking(trial_task(
+                        &job,
+                        &spec,
+                        &shared,
+                        &trial,
+                        threads_per_trial,
+                    )?);
+                }
+            }
             running.insert(
                 number,
                 Running {
@@ -458,7 +547,7 @@ pub(crate) async fn run_study(job: StudyJob<'_>) -> Result<OpOutcome, EngineErro
         let result =
             joined.map_err(|e| EngineError::StepFailed(format!("a trial panicked: {e}")))?;
         let r = running
-            .remove(&result.number)
+            .remove(&result.number())
             .expect("every task is a running trial");
         if let Err(e) = finish_trial(&job, &spec, &shared, r, result).await {
             // Let the other trials end before failing the step.
@@ -476,18 +565,13 @@ fn trial_task(
     shared: &Arc<Mutex<Vec<Trial>>>,
     trial: &Trial,
     threads: usize,
-) -> Result<impl FnOnce() -> TrialResult + Send + 'static, EngineError> {
-    let mut step = job.step.clone();
-    step.tune = None;
-    for (k, v) in &trial.params {
-        step.with.insert(k.clone(), v.to_json());
-    }
-    if matches!(job.op, BuiltinOp::TrainGbdt | BuiltinOp::TrainMlp)
-        && spec.parallel > 1
-        && !step.with.contains_key("threads")
-    {
-        step.with.insert("threads".into(), json!(threads));
-    }
+) -> Result<impl FnOnce() -> TrialEnd + Send + 'static, EngineError> {
+    let step = trial_step(
+        job.step,
+        job.op,
+        &trial.params,
+        (spec.parallel > 1).then_some(threads),
+    );
     let outputs_dir = job
         .work
         .join("trials")
@@ -522,10 +606,7 @@ fn trial_task(
                 let at = round.number as i64;
                 // Only the rungs' values are judged; computing one (an AUC
                 // sorts the validation rows) happens outside the lock.
-                let value = rungs
-                    .binary_search(&at)
-                    .ok()
-                    .and_then(|_| round.metric(&judged));
+                let value = rung_value(&rungs, &judged, round);
                 let mut history = shared.lock().expect("study lock");
                 if let Some(v) = value {
                     history[number].intermediate.insert(at, v);
@@ -561,12 +642,12 @@ fn trial_task(
                 "the trial panicked: {what}"
             )))
         });
-        TrialResult {
+        TrialEnd::Here(TrialResult {
             number,
             outcome,
             pruned: pruned.load(Ordering::SeqCst),
             outputs_dir,
-        }
+        })
     })
 }
 
@@ -575,93 +656,59 @@ async fn finish_trial(
     spec: &TuneSpec,
     shared: &Arc<Mutex<Vec<Trial>>>,
     r: Running,
-    result: TrialResult,
+    result: TrialEnd,
 ) -> Result<(), EngineError> {
-    let number = result.number;
     let step_name = job.step.name.as_str();
-    // A trial without the objective metric is recorded as failed like any
-    // other, then fails the study: no later trial would report it either.
-    let mut fatal = None;
-    let (state, value, metrics, outputs, error) = match result.outcome {
-        Ok(outcome) => {
-            let finals: BTreeMap<String, f64> = outcome
-                .metrics
-                .iter()
-                .filter(|m| m.step == 0)
-                .map(|m| (m.key.clone(), m.value))
-                .collect();
-            match finals.get(&spec.metric).copied() {
-                None => {
-                    let message = format!(
-                        "tune.objective.metric: trial {number} reported no '{}'; {} reports: {}",
-                        spec.metric,
-                        job.op,
-                        finals.keys().cloned().collect::<Vec<_>>().join(", ")
-                    );
-                    fatal = Some(message.clone());
-                    (
-                        TrialState::Failed,
-                        None,
-                        outcome.metrics,
-                        None,
-                        Some(message),
-                    )
-                }
-                Some(value) if result.pruned => {
-                    (TrialState::Pruned, Some(value), outcome.metrics, None, None)
-                }
-                Some(value) => {
-                    let mut outputs = serde_json::Map::new();
-                    for name in &job.step.outputs {
-                        let stored = job
-                            .ctx
-                            .artifacts
-                            .put_path(&result.outputs_dir.join(name))
-                            .await?;
-                        outputs.insert(
-                            name.clone(),
-                            json!({"digest": stored.digest, "kind": stored.kind.as_str()}),
-                        );
-                    }
-                    (
-                        TrialState::Complete,
-                        Some(value),
-                        outcome.metrics,
-                        Some(Value::Object(outputs).to_string()),
-                        None,
-                    )
-                }
-            }
+    let (number, state, value, metrics, error, fatal) = match result {
+        TrialEnd::Here(result) => {
+            let number = result.number;
+            let (state, value, metrics, outputs, error) = local_outcome(job, spec, result).await?;
+            let trial = {
+                let mut history = shared.lock().expect("study lock");
+                let t = &mut history[number];
+                t.state = state;
+                t.value = value;
+                t.clone()
+            };
+            let saved = stored_of(
+                &trial,
+                Some(&metrics),
+                outputs,
+                error.clone(),
+                r.tracking_run.clone(),
+                r.started_at,
+                Some(weir_core::now_ms()),
+            );
+            job.ctx
+                .store
+                .save_trial(job.run_id, step_name, &saved)
+                .await?;
+            let fatal = error.clone().filter(|e| e.starts_with(NO_OBJECTIVE));
+            (number, state, value, metrics, error, fatal)
         }
-        Err(e) => (
-            TrialState::Failed,
-            None,
-            Vec::new(),
-            None,
-            Some(e.to_string()),
-        ),
+        TrialEnd::Remote { number, stored } => {
+            let stored = stored?;
+            let metrics: Vec<MetricPoint> = serde_json::from_str(&stored.metrics_json)
+                .map_err(|e| EngineError::corrupt("study_trials.metrics_json", e))?;
+            let ended = trial_of(&stored);
+            {
+                let mut history = shared.lock().expect("study lock");
+                let t = &mut history[number];
+                t.state = ended.state;
+                t.value = ended.value;
+                t.intermediate = ended.intermediate;
+            }
+            let fatal = stored.error.clone().filter(|e| e.starts_with(NO_OBJECTIVE));
+            (
+                number,
+                ended.state,
+                ended.value,
+                metrics,
+                stored.error,
+                fatal,
+            )
+        }
     };
-    let _ = std::fs::remove_dir_all(result.outputs_dir.parent().unwrap_or(&result.outputs_dir));
-    let trial = {
-        let mut history = shared.lock().expect("study lock");
-        let t = &mut history[number];
-        t.state = state;
-        t.value = value;
-        t.clone()
-    };
-    let saved = stored_of(
-        &trial,
-        Some(&metrics),
-        outputs,
-        error.clone(),
-        r.tracking_run.clone(),
-        r.started_at,
-        Some(weir_core::now_ms()),
-    );
-    job.ctx
-        .store
-        .save_trial(job.run_id, step_name, &saved)
-        .await?;
     if let Some(child) = &r.tracking_run {
         finish_child_run(job.ctx, child, state, &metrics).await?;
     }
@@ -688,6 +735,105 @@ async fn finish_trial(
         ),
     });
     Ok(())
+}
+
+/// What a trial that ran in this process comes to, its outputs stored.
+async fn local_outcome(
+    job: &StudyJob<'_>,
+    spec: &TuneSpec,
+    result: TrialResult,
+) -> Result<Ended, EngineError> {
+    let ended = judge_trial(
+        job.ctx,
+        spec,
+        job.op,
+        &job.step.outputs,
+        result.number,
+        result.outcome,
+        result.pruned,
+        &result.outputs_dir,
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(result.outputs_dir.parent().unwrap_or(&result.outputs_dir));
+    ended
+}
+
+/// A finished trial: its state, objective value, metrics, stored outputs
+/// (`{name: {digest, kind}}` of a complete trial) and error.
+pub(crate) type Ended = (
+    TrialState,
+    Option<f64>,
+    Vec<MetricPoint>,
+    Option<String>,
+    Option<String>,
+);
+
+/// Judges how a trial's op ended: complete (its outputs stored), pruned
+/// (stopped by ASHA), or failed; a trial without the objective metric is
+/// failed with an error that starts with [`NO_OBJECTIVE`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn judge_trial(
+    ctx: &Context,
+    spec: &TuneSpec,
+    op: BuiltinOp,
+    outputs: &[String],
+    number: usize,
+    outcome: Result<OpOutcome, EngineError>,
+    pruned: bool,
+    outputs_dir: &Path,
+) -> Result<Ended, EngineError> {
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            return Ok((
+                TrialState::Failed,
+                None,
+                Vec::new(),
+                None,
+                Some(e.to_string()),
+            ))
+        }
+    };
+    let finals: BTreeMap<String, f64> = outcome
+        .metrics
+        .iter()
+        .filter(|m| m.step == 0)
+        .map(|m| (m.key.clone(), m.value))
+        .collect();
+    Ok(match finals.get(&spec.metric).copied() {
+        None => {
+            let message = format!(
+                "{NO_OBJECTIVE} trial {number} reported no '{}'; {op} reports: {}",
+                spec.metric,
+                finals.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+            (
+                TrialState::Failed,
+                None,
+                outcome.metrics,
+                None,
+                Some(message),
+            )
+        }
+        Some(value) if pruned => (TrialState::Pruned, Some(value), outcome.metrics, None, None),
+        Some(value) => {
+            let mut stored_outputs = serde_json::Map::new();
+            for name in outputs {
+                let stored = ctx.artifacts.put_path(&outputs_dir.join(name)).await?;
+                stored_outputs.insert(
+                    name.clone(),
+                    json!({"digest": stored.digest, "kind": stored.kind.as_str()}),
+                );
+            }
+            (
+                TrialState::Complete,
+                Some(value),
+                outcome.metrics,
+                Some(Value::Object(stored_outputs).to_string()),
+                None,
+            )
+        }
+    })
 }
 
 /// The complete trial with the best objective (the lowest number on ties).
@@ -838,6 +984,8 @@ fn stored_of(
         tracking_run_id,
         started_at,
         ended_at,
+        job: None,
+        node: None,
     }
 }
 

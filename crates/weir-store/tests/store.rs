@@ -550,6 +550,8 @@ async fn study_trials_round_trip_and_replace(s: &Store) {
         tracking_run_id: Some("child".into()),
         started_at: 1,
         ended_at: None,
+        job: None,
+        node: None,
     };
     s.save_trial(&run.id, "train", &trial).await.unwrap();
     let second = StoredTrial {
@@ -565,8 +567,61 @@ async fn study_trials_round_trip_and_replace(s: &Store) {
     trial.ended_at = Some(9);
     s.save_trial(&run.id, "train", &trial).await.unwrap();
     let stored = s.study_trials(&run.id, "train").await.unwrap();
-    assert_eq!(stored, vec![trial, second]);
+    assert_eq!(stored, vec![trial, second.clone()]);
     assert!(s.study_trials(&run.id, "other").await.unwrap().is_empty());
+
+    // A trial running as a cluster job: its job reports values and its
+    // outcome while the trial still names it, and never after.
+    s.set_trial_placement(&run.id, "train", 1, Some("job-a"), None)
+        .await
+        .unwrap();
+    s.set_trial_placement(&run.id, "train", 1, None, Some("node-7"))
+        .await
+        .unwrap();
+    assert!(s
+        .set_trial_intermediate(&run.id, "train", 1, "job-a", r#"{"3":0.6}"#)
+        .await
+        .unwrap());
+    assert!(!s
+        .set_trial_intermediate(&run.id, "train", 1, "job-b", r#"{"3":0.1}"#)
+        .await
+        .unwrap());
+    let running = s.study_trial(&run.id, "train", 1).await.unwrap().unwrap();
+    assert_eq!(
+        (running.job.as_deref(), running.node.as_deref()),
+        (Some("job-a"), Some("node-7"))
+    );
+    assert_eq!(running.intermediate_json, r#"{"3":0.6}"#);
+    let ended = StoredTrial {
+        state: "pruned".into(),
+        value: None,
+        metrics_json: r#"[{"key":"valid.auc","value":0.6,"step":0}]"#.into(),
+        ended_at: Some(12),
+        ..running.clone()
+    };
+    assert!(!s
+        .finish_trial_fenced(&run.id, "train", "job-b", &ended)
+        .await
+        .unwrap());
+    assert!(s
+        .finish_trial_fenced(&run.id, "train", "job-a", &ended)
+        .await
+        .unwrap());
+    // Ended: a late second report changes nothing.
+    let late = StoredTrial {
+        state: "complete".into(),
+        value: Some(0.9),
+        ..ended.clone()
+    };
+    assert!(!s
+        .finish_trial_fenced(&run.id, "train", "job-a", &late)
+        .await
+        .unwrap());
+    assert_eq!(
+        s.study_trial(&run.id, "train", 1).await.unwrap(),
+        Some(ended)
+    );
+    assert_eq!(s.study_trial(&run.id, "train", 5).await.unwrap(), None);
 }
 
 macro_rules! store_suite {

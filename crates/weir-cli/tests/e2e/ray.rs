@@ -548,6 +548,176 @@ fn the_flights_pipeline_and_its_study_give_the_same_results_on_ray_as_locally() 
     );
 }
 
+/// The study of `step` in `run`, once it has trials.
+fn study_so_far(sb: &Sandbox, run: &str, step_name: &str) -> Option<Value> {
+    let out = sb
+        .command(&["study", "show", run, step_name, "--json"])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+#[test]
+fn a_study_spreads_its_trials_over_the_cluster_as_ray_jobs() {
+    let Some(env) = ray_env() else {
+        return;
+    };
+    let sb = &env.sb;
+    sb.write("data/points.csv", &crate::training::points());
+    sb.write(
+        "pipeline.yaml",
+        &crate::training::tuned(crate::training::TUNE),
+    );
+    sb.ok(&["run", "pipeline.yaml"]);
+    let run = last_run(sb);
+    let study = sb.json(&["study", "show", &run, "train"]);
+    let trials = study["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 9, "{study}");
+    // Every trial was a Ray job of its own, which Ray saw succeed (a failed
+    // trial is an outcome the job records, not a failed job).
+    let mut nodes = std::collections::BTreeSet::new();
+    for t in trials {
+        let job = t["job"].as_str().unwrap_or_else(|| panic!("{t}"));
+        assert_eq!(
+            get(&format!("{}/api/jobs/{job}", env.address))["status"],
+            "SUCCEEDED",
+            "{t}"
+        );
+        nodes.insert(
+            t["node"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{t}"))
+                .to_string(),
+        );
+    }
+    // Two trials at a time, each asking one CPU, on two 1-CPU workers.
+    assert_eq!(nodes.len(), 2, "{study}");
+    let count = |s: &str| trials.iter().filter(|t| t["state"] == s).count();
+    assert!(count("complete") >= 1, "{study}");
+    // ASHA, judging from the values the trial jobs stored, stopped some
+    // trials early on their nodes.
+    assert!(count("pruned") >= 1, "{study}");
+    for t in trials.iter().filter(|t| t["state"] == "pruned") {
+        assert!(t["rounds"].as_f64().unwrap() < 60.0, "{t}");
+    }
+    for t in trials.iter().filter(|t| t["state"] == "failed") {
+        assert!(
+            t["error"].as_str().unwrap().contains("with.subsample"),
+            "{t}"
+        );
+    }
+    let show = sb.json(&["runs", "show", &run]);
+    assert_eq!(
+        step(&show, "train")["metrics"]["tune.trials"],
+        9.0,
+        "{show}"
+    );
+    assert!(sb.ok(&["study", "show", &run, "train"]).contains("RAN ON"));
+    let log = sb.ok(&["logs", &run, "train"]);
+    assert!(
+        log.contains("trials run as Ray jobs") && log.contains("[trial 0]"),
+        "{log}"
+    );
+}
+
+/// Waits until trials numbered `from` and up of the run's study `step`
+/// are placed on nodes, `count` of them; returns their jobs.
+fn wait_trials_placed(
+    sb: &Sandbox,
+    child: &mut std::process::Child,
+    run: Option<&str>,
+    from: i64,
+    count: usize,
+) -> (String, Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        assert!(Instant::now() < deadline, "the trials never started on Ray");
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("the run ended ({status}) before its trials were placed:\n{err}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let run = match run {
+            Some(run) => run.to_string(),
+            None => match sb.json(&["runs", "list"])[0]["id"].as_str() {
+                Some(run) => run.to_string(),
+                None => continue,
+            },
+        };
+        let Some(study) = study_so_far(sb, &run, "train") else {
+            continue;
+        };
+        let placed: Vec<String> = study["trials"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["number"].as_i64().unwrap() >= from && t["node"].is_string())
+            .map(|t| t["job"].as_str().unwrap().to_string())
+            .collect();
+        if placed.len() == count {
+            return (run, placed);
+        }
+    }
+}
+
+#[test]
+fn a_study_on_ray_survives_its_runner_and_cancel_stops_its_trials() {
+    let Some(env) = ray_env() else {
+        return;
+    };
+    let sb = &env.sb;
+    sb.write("data/points.csv", &crate::training::points());
+    // Trials that would run for minutes; no step after the study.
+    let pipeline = crate::training::PIPELINE;
+    let pipeline = pipeline[..pipeline.find("  evaluate:").unwrap()].replace(
+        "num_rounds: 60",
+        "num_rounds: 1000000\n      early_stopping_rounds: 0",
+    ) + "    tune:\n      space:\n        learning_rate: loguniform(0.001, 0.01)\n      objective: { metric: valid.auc, goal: maximize }\n      trials: 4\n      parallel: 2\n      sampler: random\n";
+    sb.write("pipeline.yaml", &pipeline);
+    let mut runner = start_run(sb);
+    let (run, first) = wait_trials_placed(sb, &mut runner, None, 0, 2);
+    for job in &first {
+        assert_eq!(
+            get(&format!("{}/api/jobs/{job}", env.address))["status"],
+            "RUNNING"
+        );
+    }
+    // The runner dies without a word: the next command stops the study's
+    // job and its trials' jobs.
+    runner.kill().unwrap();
+    runner.wait().unwrap();
+    assert_eq!(sb.json(&["runs", "list"])[0]["status"], "failed");
+    for job in &first {
+        wait_stopped(&env.address, job);
+    }
+
+    // Resumed, the study goes on with new trials on the cluster; the two it
+    // lost are kept as failed.
+    let mut resumed = sb
+        .command(&["resume", &run])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (_, second) = wait_trials_placed(sb, &mut resumed, Some(&run), 2, 2);
+    let study = sb.json(&["study", "show", &run, "train"]);
+    for t in &study["trials"].as_array().unwrap()[..2] {
+        assert_eq!(t["state"], "failed", "{t}");
+        assert!(t["error"].as_str().unwrap().contains("interrupted"), "{t}");
+    }
+
+    // Cancelling the run stops the trials' jobs with the study's.
+    sb.ok(&["cancel", &run]);
+    assert!(!resumed.wait().unwrap().success());
+    for job in &second {
+        wait_stopped(&env.address, job);
+    }
+    assert_eq!(sb.json(&["runs", "show", &run])["status"], "failed");
+}
+
 #[test]
 fn a_dead_runners_ray_job_is_stopped_and_resume_runs_the_step_again() {
     let Some(env) = ray_env() else {

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::common::{step, Sandbox};
 
-const PIPELINE: &str = r#"
+pub(crate) const PIPELINE: &str = r#"
 version: 1
 name: gbdt-points
 steps:
@@ -39,7 +39,7 @@ steps:
     with: { name: gbdt-points }
 "#;
 
-fn points() -> String {
+pub(crate) fn points() -> String {
     let mut csv = String::from("x,z,carrier,delay\n");
     for i in 0..1500usize {
         let h = (i * 7919) % 1000;
@@ -400,7 +400,7 @@ fn bad_gbdt_options_stop_the_run_before_it_starts() {
     );
 }
 
-const TUNE: &str = r#"
+pub(crate) const TUNE: &str = r#"
     tune:
       space:
         learning_rate: loguniform(0.05, 0.5)
@@ -413,7 +413,7 @@ const TUNE: &str = r#"
       scheduler: { type: asha, min_resource: 5, reduction: 3 }
 "#;
 
-fn tuned(tune: &str) -> String {
+pub(crate) fn tuned(tune: &str) -> String {
     PIPELINE.replace("      threads: 2\n", &format!("      threads: 2\n{tune}"))
 }
 

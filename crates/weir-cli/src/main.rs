@@ -87,6 +87,9 @@ enum Command {
         run: String,
         /// Step name
         step: String,
+        /// Keep printing while the step runs (through its retries), until it ends
+        #[arg(long, short)]
+        follow: bool,
     },
     /// The model registry
     #[command(subcommand)]
@@ -473,9 +476,9 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             output::run_detail(&ctx.store, &run, json).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Logs { run, step } => {
+        Command::Logs { run, step, follow } => {
             let ctx = Context::open(config(&cli.global, &[])?).await?;
-            output::logs(&ctx, &run, &step).await?;
+            output::logs(&ctx, &run, &step, follow).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Runs(RunsCommand::Search {

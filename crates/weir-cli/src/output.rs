@@ -217,7 +217,11 @@ pub async fn run_detail(store: &Store, id: &str, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub async fn logs(ctx: &Context, run: &str, step: &str) -> Result<()> {
+/// A step's log: the stored log of a finished step; of a running one, what
+/// its runtime shipped so far. `follow` keeps printing as the step goes on,
+/// through its retries, until it ends.
+pub async fn logs(ctx: &Context, run: &str, step: &str, follow: bool) -> Result<()> {
+    use std::io::Write;
     let run = ctx.store.run(run).await?;
     let steps = ctx.store.step_runs(&run.id).await?;
     let Some(record) = steps.iter().find(|s| s.step == step) else {
@@ -228,17 +232,48 @@ pub async fn logs(ctx: &Context, run: &str, step: &str) -> Result<()> {
             names.join(", ")
         );
     };
-    let Some(digest) = &record.log_digest else {
-        anyhow::bail!(
-            "step '{step}' of run {} has no log yet (status: {})\n  hint: logs are stored when the step finishes",
-            run.id,
-            record.status
-        );
-    };
-    let bytes = ctx.artifacts.get(&digest.parse()?).await?;
-    use std::io::Write;
-    std::io::stdout().write_all(&bytes)?;
-    Ok(())
+    let id = record.id.clone();
+    let mut out = std::io::stdout();
+    // Bytes of the current attempt's log printed so far.
+    let (mut printed, mut attempt) = (0i64, record.attempt);
+    loop {
+        let record = ctx.store.step_run(&id).await?;
+        if record.attempt != attempt {
+            if printed > 0 {
+                writeln!(out, "--- attempt {} ---", record.attempt)?;
+            }
+            (printed, attempt) = (0, record.attempt);
+        }
+        let ended = record.status.is_terminal();
+        if let (true, Some(digest)) = (ended, &record.log_digest) {
+            let bytes = ctx.artifacts.get(&digest.parse()?).await?;
+            let from = (printed.max(0) as usize).min(bytes.len());
+            out.write_all(&bytes[from..])?;
+            return Ok(());
+        }
+        for chunk in ctx.store.log_chunks(&id, attempt, printed).await? {
+            out.write_all(chunk.body.as_bytes())?;
+            printed = chunk.end;
+        }
+        out.flush()?;
+        if ended || !follow {
+            if printed == 0 {
+                anyhow::bail!(
+                    "step '{step}' of run {} has no log {} (status: {})\n  hint: {}",
+                    run.id,
+                    if ended { "stored" } else { "yet" },
+                    record.status,
+                    if ended {
+                        "its runtime ended before it could store one"
+                    } else {
+                        "a running step's log shows once it has written a line; `weir logs --follow` waits for it"
+                    }
+                );
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 pub async fn study(ctx: &Context, run: &str, step: &str, json: bool) -> Result<()> {

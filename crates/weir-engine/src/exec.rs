@@ -218,6 +218,7 @@ pub async fn exec_step(
     let _ = std::fs::remove_dir_all(&work.0);
     std::fs::create_dir_all(&work.0).map_err(EngineError::io("cannot create", &work.0))?;
     let log = StepLog::create(&work.0.join("log.txt"))?;
+    let shipper = LogShipper::start(ctx.store.clone(), step_run_id, log.path());
 
     let heartbeat = {
         let (store, id) = (ctx.store.clone(), step_run_id.to_string());
@@ -275,7 +276,110 @@ pub async fn exec_step(
         }
     };
     say_recorded();
+    shipper.finish().await;
     outcome
+}
+
+/// How often a running step's new log lines go to the metadata store.
+const LOG_SHIP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// At most this much of the log goes in one piece.
+const LOG_CHUNK_MAX: u64 = 1 << 20;
+
+/// Ships what the step's log file gains, every second, to the metadata
+/// store, so `weir logs` shows a running step wherever it runs (a Ray node,
+/// another host). A step that ends within a second ships nothing; once the
+/// whole log is stored as an artifact, the shipped pieces are dropped.
+struct LogShipper {
+    task: tokio::task::JoinHandle<()>,
+    shipped_any: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    store: weir_store::Store,
+    step_run_id: String,
+}
+
+impl LogShipper {
+    fn start(store: weir_store::Store, step_run_id: &str, path: &Path) -> LogShipper {
+        let shipped_any = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = {
+            let (store, id, path) = (store.clone(), step_run_id.to_string(), path.to_path_buf());
+            let shipped_any = shipped_any.clone();
+            tokio::spawn(async move {
+                let (mut shipped, mut attempt) = (0u64, None);
+                loop {
+                    tokio::time::sleep(LOG_SHIP_EVERY).await;
+                    match ship_log(&store, &id, &path, shipped, &mut attempt).await {
+                        Ok(Some(end)) => {
+                            shipped = end;
+                            shipped_any.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(step_run_id = %id, error = %e, "cannot ship the step log")
+                        }
+                    }
+                }
+            })
+        };
+        LogShipper {
+            task,
+            shipped_any,
+            store,
+            step_run_id: step_run_id.to_string(),
+        }
+    }
+
+    /// Stops shipping; drops the pieces if any went out (the step's outcome,
+    /// with its whole log, is recorded by now).
+    async fn finish(self) {
+        self.task.abort();
+        if self.shipped_any.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = self.store.drop_log_chunks(&self.step_run_id).await;
+        }
+    }
+}
+
+/// Ships the log's complete lines past byte `from`; returns the new end.
+async fn ship_log(
+    store: &weir_store::Store,
+    step_run_id: &str,
+    path: &Path,
+    from: u64,
+    attempt: &mut Option<i64>,
+) -> Result<Option<u64>, EngineError> {
+    use std::io::{Read, Seek};
+    let len = std::fs::metadata(path)
+        .map_err(EngineError::io("cannot read", path))?
+        .len();
+    if len <= from {
+        return Ok(None);
+    }
+    let mut bytes = Vec::new();
+    let mut file = std::fs::File::open(path).map_err(EngineError::io("cannot read", path))?;
+    file.seek(std::io::SeekFrom::Start(from))
+        .and_then(|_| file.take(LOG_CHUNK_MAX).read_to_end(&mut bytes))
+        .map_err(EngineError::io("cannot read", path))?;
+    // Whole lines only, unless one line fills a piece on its own.
+    let cut = match bytes.iter().rposition(|b| *b == b'\n') {
+        Some(i) => i + 1,
+        None if bytes.len() as u64 >= LOG_CHUNK_MAX => bytes.len(),
+        None => return Ok(None),
+    };
+    let attempt = match attempt {
+        Some(a) => *a,
+        None => *attempt.insert(store.step_run(step_run_id).await?.attempt),
+    };
+    let end = from + cut as u64;
+    store
+        .push_log_chunk(
+            step_run_id,
+            attempt,
+            &weir_store::LogChunk {
+                start: from as i64,
+                end: end as i64,
+                body: String::from_utf8_lossy(&bytes[..cut]).into_owned(),
+            },
+        )
+        .await?;
+    Ok(Some(end))
 }
 
 /// The variable that names the cluster job a step runtime runs as.

@@ -13,6 +13,7 @@ mod deployments;
 mod direct;
 mod error;
 pub mod filter;
+mod logs;
 mod metrics;
 mod mirror;
 mod models;
@@ -32,6 +33,7 @@ use sqlx::{AnyPool, Connection, Executor};
 pub use artifacts::{ArtifactKind, ArtifactRecord};
 pub use deployments::{Deployment, DeploymentEvent, WindowPart};
 pub use error::StoreError;
+pub use logs::LogChunk;
 pub use metrics::MetricPoint;
 pub use models::{ModelSummary, ModelVersion, NewModelVersion};
 pub use runs::{

@@ -624,6 +624,38 @@ async fn study_trials_round_trip_and_replace(s: &Store) {
     assert_eq!(s.study_trial(&run.id, "train", 5).await.unwrap(), None);
 }
 
+async fn log_chunks_show_the_current_attempt(s: &Store) {
+    let (run, steps) = new_run(&["train"]);
+    s.create_run(&run, &steps).await.unwrap();
+    let id = steps[0].id.clone();
+    let chunk = |start: i64, body: &str| LogChunk {
+        start,
+        end: start + body.len() as i64,
+        body: body.into(),
+    };
+    s.push_log_chunk(&id, 1, &chunk(0, "one\n")).await.unwrap();
+    s.push_log_chunk(&id, 1, &chunk(4, "two\n")).await.unwrap();
+    let all = s.log_chunks(&id, 1, 0).await.unwrap();
+    assert_eq!(all, vec![chunk(0, "one\n"), chunk(4, "two\n")]);
+    // A reader that has the first piece gets only what follows it.
+    assert_eq!(
+        s.log_chunks(&id, 1, 4).await.unwrap(),
+        vec![chunk(4, "two\n")]
+    );
+    assert!(s.log_chunks(&id, 1, 8).await.unwrap().is_empty());
+    // A retry's log starts again at byte 0 and replaces the first attempt's.
+    s.push_log_chunk(&id, 2, &chunk(0, "again\n"))
+        .await
+        .unwrap();
+    assert!(s.log_chunks(&id, 1, 0).await.unwrap().is_empty());
+    assert_eq!(
+        s.log_chunks(&id, 2, 0).await.unwrap(),
+        vec![chunk(0, "again\n")]
+    );
+    s.drop_log_chunks(&id).await.unwrap();
+    assert!(s.log_chunks(&id, 2, 0).await.unwrap().is_empty());
+}
+
 macro_rules! store_suite {
     ($($case:ident),* $(,)?) => {
         mod sqlite_backend {
@@ -704,6 +736,7 @@ store_suite!(
     orphaned_runs_fail_whole_and_reopen_for_resume,
     late_step_transitions_cannot_revive_a_reaped_run,
     study_trials_round_trip_and_replace,
+    log_chunks_show_the_current_attempt,
     deployments_change_by_revision_with_their_events,
     search_sees_every_write_after_caching_a_run,
     refused_tracking_writes_say_why_and_leave_nothing,

@@ -489,3 +489,58 @@ fn a_command_step_writes_its_outputs_when_the_pipeline_lives_in_another_director
     let out = sb.ok(&["run", "project/pipeline.yaml"]);
     assert!(out.contains("succeeded"), "{out}");
 }
+
+#[test]
+fn logs_show_a_running_step_and_follow_it_to_the_end() {
+    let sb = Sandbox::new();
+    sb.write(
+        "pipeline.yaml",
+        "version: 1\nname: chatty\nsteps:\n  talk:\n    run: echo \"first $((6*7))\"; while [ ! -e go ]; do sleep 0.1; done; echo \"second $((6*8))\"\n",
+    );
+    let mut runner = sb
+        .command(&["run", "pipeline.yaml"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The step runs on; its first line shows within a couple of seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let run = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the running step's log never showed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let Some(run) = sb.json(&["runs", "list"])[0]["id"]
+            .as_str()
+            .map(String::from)
+        else {
+            continue;
+        };
+        let out = sb.command(&["logs", &run, "talk"]).output().unwrap();
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("first 42") {
+            assert!(!String::from_utf8_lossy(&out.stdout).contains("second 48"));
+            break run;
+        }
+    };
+    let follower = sb
+        .command(&["logs", "--follow", &run, "talk"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    sb.write("go", "");
+    assert!(runner.wait().unwrap().success());
+    // Following ends with the step, every line printed once.
+    let out = follower.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("first 42").count(), 1, "{text}");
+    assert_eq!(text.matches("second 48").count(), 1, "{text}");
+    assert_eq!(text, sb.ok(&["logs", &run, "talk"]), "the stored log");
+}

@@ -323,7 +323,7 @@ fn cancelling_a_run_stops_its_ray_jobs() {
     let sb = &env.sb;
     sb.write(
         "pipeline.yaml",
-        "version: 1\nname: long\nsteps:\n  wait:\n    run: sleep 120\n",
+        "version: 1\nname: long\nsteps:\n  wait:\n    run: echo \"waiting $((6*7))\"; sleep 120\n",
     );
     let mut child = start_run(sb);
     let (run, job) = wait_placed(sb, "wait");
@@ -331,6 +331,20 @@ fn cancelling_a_run_stops_its_ray_jobs() {
         get(&format!("{}/api/jobs/{job}", env.address))["status"],
         "RUNNING"
     );
+    // The step's log streams back from its node while it runs.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = sb.command(&["logs", &run, "wait"]).output().unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains("waiting 42") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the running step's log never showed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     sb.ok(&["cancel", &run]);
     assert!(!child.wait().unwrap().success());
     wait_stopped(&env.address, &job);

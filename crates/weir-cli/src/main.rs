@@ -202,6 +202,9 @@ enum Command {
     /// Run one trial of a study as a cluster job (started by the study)
     #[command(hide = true)]
     ExecTrial { step_run_id: String, number: usize },
+    /// Run one worker of a data-parallel trainer (started by its step)
+    #[command(hide = true)]
+    TrainWorker { spec: std::path::PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -456,6 +459,10 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             weir_engine::exec::exec_step(&ctx, &step_run_id, task).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::TrainWorker { spec } => {
+            weir_engine::group::train_worker(&spec)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::ExecTrial {
             step_run_id,
             number,
@@ -676,6 +683,7 @@ fn main() -> ExitCode {
             | Command::Server { .. }
             | Command::Exec { .. }
             | Command::ExecTrial { .. }
+            | Command::TrainWorker { .. }
     ) {
         // A command whose output goes to a reader that stops early
         // (`weir runs search ... | head`) ends quietly, as Unix tools do,
@@ -696,7 +704,7 @@ fn main() -> ExitCode {
     // A step runtime is one short-lived process per step: a single-threaded
     // runtime starts faster; everything else gets the multi-threaded one.
     let runtime = match &cli.command {
-        Command::Exec { .. } | Command::ExecTrial { .. } => {
+        Command::Exec { .. } | Command::ExecTrial { .. } | Command::TrainWorker { .. } => {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -11,6 +11,7 @@
 mod cache;
 mod error;
 pub mod exec;
+pub mod group;
 mod lineage;
 pub mod liveness;
 pub mod ops;

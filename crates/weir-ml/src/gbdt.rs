@@ -68,9 +68,15 @@ pub struct GbdtParams {
     /// `balanced`, or `{negative: w, positive: w}` (classification only).
     #[serde(default)]
     pub class_weight: Option<ClassWeight>,
-    /// Worker threads; 0 uses every core.
+    /// Worker threads (per process); 0 uses every core (divided between
+    /// the processes when `workers` is above 1).
     #[serde(default)]
     pub threads: usize,
+    /// Processes training data-parallel: each builds the gradient
+    /// histograms of its share of the rows, and the histograms are summed
+    /// across processes (an all-reduce) before every split.
+    #[serde(default = "defaults::workers")]
+    pub workers: usize,
     #[serde(default)]
     pub seed: u64,
     #[serde(default = "defaults::max_categories")]
@@ -105,7 +111,23 @@ mod defaults {
     pub fn max_categories() -> usize {
         254
     }
+    pub fn workers() -> usize {
+        1
+    }
 }
+
+/// The processes of a data-parallel fit: this one's rank among `world`, and
+/// a sum across all of them. Every process calls `all_reduce` the same
+/// number of times with buffers of the same length; each gets the sum of
+/// all the buffers, the same bits in every process.
+pub trait Collective: Sync {
+    fn rank(&self) -> usize;
+    fn world(&self) -> usize;
+    fn all_reduce(&self, buf: &mut [f64]) -> Result<()>;
+}
+
+/// The most processes one data-parallel fit may use.
+pub const MAX_WORKERS: usize = 64;
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(untagged)]
@@ -376,14 +398,14 @@ pub fn train_gbdt_reporting(
     let (pool, threads) = thread_pool(params)?;
     pool.install(|| {
         let data = GbdtData::prepare(train, valid, params)?;
-        boost(&data, params, threads, on_round)
+        boost(&data, params, threads, None, on_round)
     })
 }
 
 /// The pool training runs in: `threads` workers, or one per core.
 fn thread_pool(params: &GbdtParams) -> Result<(rayon::ThreadPool, usize)> {
     let threads = if params.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        (std::thread::available_parallelism().map_or(1, |n| n.get()) / params.workers.max(1)).max(1)
     } else {
         params.threads
     };
@@ -409,7 +431,23 @@ pub fn train_gbdt_prepared(
         ));
     }
     let (pool, threads) = thread_pool(params)?;
-    pool.install(|| boost(data, params, threads, on_round))
+    pool.install(|| boost(data, params, threads, None, on_round))
+}
+
+/// One process of a data-parallel fit (`workers` above 1): every process
+/// prepares the whole training set (so all bin it alike), grows trees on
+/// the histograms of its share of the rows summed across `group`, and ends
+/// with the same model. `on_round` is asked on rank 0 only; its answer
+/// holds for all.
+pub fn train_gbdt_distributed(
+    data: &GbdtData,
+    params: &GbdtParams,
+    group: &dyn Collective,
+    on_round: &mut (dyn FnMut(&Round) -> bool + Send),
+) -> Result<(GbdtModel, GbdtReport)> {
+    check_params(params)?;
+    let (pool, threads) = thread_pool(params)?;
+    pool.install(|| boost(data, params, threads, Some(group), on_round))
 }
 
 /// Training rows binned once: labels, tree features, bin edges and the
@@ -526,6 +564,12 @@ fn check_params(p: &GbdtParams) -> Result<()> {
     if p.num_rounds == 0 {
         return Err(MlError::invalid("with.num_rounds", "must be at least 1"));
     }
+    if !(1..=MAX_WORKERS).contains(&p.workers) {
+        return Err(MlError::invalid(
+            "with.workers",
+            format!("must be between 1 and {MAX_WORKERS}, got {}", p.workers),
+        ));
+    }
     if !(2..=256).contains(&p.max_bin) {
         return Err(MlError::invalid(
             "with.max_bin",
@@ -539,6 +583,7 @@ fn boost(
     data: &GbdtData,
     params: &GbdtParams,
     threads: usize,
+    group: Option<&dyn Collective>,
     on_round: &mut (dyn FnMut(&Round) -> bool + Send),
 ) -> Result<(GbdtModel, GbdtReport)> {
     let started = Instant::now();
@@ -554,7 +599,7 @@ fn boost(
     let valid_set = data.valid.as_ref();
     let weights = class_weights(params, task, y)?;
     let base_score = base_score(task, y, weights.as_deref());
-    let mut booster = Booster::new(binner, bins, params);
+    let mut booster = Booster::new(binner, bins, params, group);
     let mut scores = vec![base_score; y.len()];
     let mut valid_scores = valid_set.map(|(_, vy)| vec![base_score; vy.len()]);
     let mut trees: Vec<Tree> = Vec::new();
@@ -565,7 +610,7 @@ fn boost(
     let mut hess = vec![0f32; y.len()];
     for round in 0..params.num_rounds {
         gradients(task, y, &scores, weights.as_deref(), &mut grad, &mut hess);
-        let tree = booster.grow(&grad, &hess, &mut rng, &mut scores);
+        let tree = booster.grow(&grad, &hess, &mut rng, &mut scores)?;
         if let (Some((vbins, vy)), Some(vs)) = (valid_set, valid_scores.as_mut()) {
             let width = binner.edges.len();
             vs.par_iter_mut().enumerate().for_each(|(r, s)| {
@@ -583,7 +628,19 @@ fn boost(
                 break;
             }
             let raw = || vs.clone();
-            if !on_round(&Round::new(round + 1, loss, task, vy, &raw)) {
+            let go_on = match group {
+                None => on_round(&Round::new(round + 1, loss, task, vy, &raw)),
+                // Rank 0 decides; the others hear it in the same sum.
+                Some(g) => {
+                    let mut stop = [0.0];
+                    if g.rank() == 0 && !on_round(&Round::new(round + 1, loss, task, vy, &raw)) {
+                        stop[0] = 1.0;
+                    }
+                    g.all_reduce(&mut stop)?;
+                    stop[0] == 0.0
+                }
+            };
+            if !go_on {
                 break;
             }
         } else {
@@ -944,10 +1001,18 @@ struct Booster<'a> {
     params: &'a GbdtParams,
     rows: Vec<u32>,
     scratch: Vec<u32>,
+    /// The processes of a data-parallel fit, and this one's rows of theirs.
+    group: Option<&'a dyn Collective>,
+    shard: std::ops::Range<usize>,
 }
 
 impl<'a> Booster<'a> {
-    fn new(binner: &Binner, bins: &'a [u8], params: &'a GbdtParams) -> Self {
+    fn new(
+        binner: &Binner,
+        bins: &'a [u8],
+        params: &'a GbdtParams,
+        group: Option<&'a dyn Collective>,
+    ) -> Self {
         let width = binner.edges.len();
         let bin_counts: Vec<usize> = (0..width).map(|j| binner.bins(j)).collect();
         let mut offsets = Vec::with_capacity(width);
@@ -957,6 +1022,15 @@ impl<'a> Booster<'a> {
             total += c;
         }
         let n = bins.len() / width.max(1);
+        // Contiguous shares, the first `n % world` one row longer.
+        let shard = match group {
+            Some(g) => {
+                let (world, rank) = (g.world().max(1), g.rank());
+                let share = |r: usize| r * (n / world) + r.min(n % world);
+                share(rank)..share(rank + 1)
+            }
+            None => 0..n,
+        };
         Booster {
             bins,
             width,
@@ -964,8 +1038,10 @@ impl<'a> Booster<'a> {
             total_bins: total,
             bin_counts,
             params,
-            rows: Vec::with_capacity(n),
-            scratch: vec![0; n],
+            rows: Vec::with_capacity(shard.len()),
+            scratch: vec![0; shard.len()],
+            group,
+            shard,
         }
     }
 
@@ -980,18 +1056,26 @@ impl<'a> Booster<'a> {
         hess: &[f32],
         rng: &mut StdRng,
         scores: &mut [f64],
-    ) -> GrownTree {
+    ) -> Result<GrownTree> {
         let n = self.n_rows();
         let p = self.params;
         self.rows.clear();
         let bagged = p.subsample < 1.0;
         if bagged {
             let k = ((n as f64 * p.subsample).round() as usize).clamp(1, n);
+            // The whole sample is drawn in every process, as one process
+            // would draw it; each keeps its own rows of it.
             let mut idx = sample(rng, n, k).into_vec();
             idx.sort_unstable();
-            self.rows.extend(idx.into_iter().map(|i| i as u32));
+            let shard = self.shard.clone();
+            self.rows.extend(
+                idx.into_iter()
+                    .filter(|i| shard.contains(i))
+                    .map(|i| i as u32),
+            );
         } else {
-            self.rows.extend(0..n as u32);
+            self.rows
+                .extend(self.shard.start as u32..self.shard.end as u32);
         }
         let allowed: Vec<bool> = if p.colsample < 1.0 {
             let k = ((self.width as f64 * p.colsample).round() as usize).clamp(1, self.width);
@@ -1003,7 +1087,7 @@ impl<'a> Booster<'a> {
         } else {
             vec![true; self.width]
         };
-        let root_hist = self.histogram(&self.rows, grad, hess);
+        let root_hist = self.histogram(&self.rows, grad, hess)?;
         let sums = total_of(&root_hist[..self.bin_counts[0]]);
         let mut leaves = vec![Leaf {
             start: 0,
@@ -1051,13 +1135,15 @@ impl<'a> Booster<'a> {
             let (start, len, depth) = (parent.start, parent.len, parent.depth);
             let left_len = self.partition(start, len, &split);
             let parent_hist = std::mem::take(&mut leaves[li].hist);
-            let (small_start, small_len, small_is_left) = if left_len <= len - left_len {
+            // The smaller child by its count in all processes, so that all
+            // sum the same child's histograms.
+            let (small_start, small_len, small_is_left) = if split.left.2 <= split.right.2 {
                 (start, left_len, true)
             } else {
                 (start + left_len, len - left_len, false)
             };
             let small_hist =
-                self.histogram(&self.rows[small_start..small_start + small_len], grad, hess);
+                self.histogram(&self.rows[small_start..small_start + small_len], grad, hess)?;
             let mut large_hist = parent_hist;
             for (l, s) in large_hist.iter_mut().zip(&small_hist) {
                 l.g -= s.g;
@@ -1109,7 +1195,9 @@ impl<'a> Booster<'a> {
                 }
             }
         }
-        if bagged {
+        // Bagged, or sharing the rows with other processes: every row's
+        // score moves, not only the rows this tree was grown on here.
+        if bagged || self.group.is_some() {
             let width = self.width;
             let bins = self.bins;
             scores.par_iter_mut().enumerate().for_each(|(r, s)| {
@@ -1123,11 +1211,29 @@ impl<'a> Booster<'a> {
                 }
             }
         }
-        tree
+        Ok(tree)
     }
 
-    /// Gradient histograms of `rows`, all features side by side.
-    fn histogram(&self, rows: &[u32], grad: &[f32], hess: &[f32]) -> Vec<Bin> {
+    /// Gradient histograms of `rows`, all features side by side, summed
+    /// over the processes of a data-parallel fit.
+    fn histogram(&self, rows: &[u32], grad: &[f32], hess: &[f32]) -> Result<Vec<Bin>> {
+        let mut hist = self.local_histogram(rows, grad, hess);
+        let Some(group) = self.group else {
+            return Ok(hist);
+        };
+        let mut flat = Vec::with_capacity(hist.len() * 3);
+        for b in &hist {
+            flat.extend([b.g, b.h, f64::from(b.n)]);
+        }
+        group.all_reduce(&mut flat)?;
+        for (b, v) in hist.iter_mut().zip(flat.chunks_exact(3)) {
+            // Counts are integers well below 2^53: exact as doubles.
+            (b.g, b.h, b.n) = (v[0], v[1], v[2] as u32);
+        }
+        Ok(hist)
+    }
+
+    fn local_histogram(&self, rows: &[u32], grad: &[f32], hess: &[f32]) -> Vec<Bin> {
         let width = self.width;
         let total = self.total_bins;
         let offsets = &self.offsets;
@@ -1166,7 +1272,8 @@ impl<'a> Booster<'a> {
 
     fn best_split(&self, leaf: &Leaf, allowed: &[bool]) -> Option<Split> {
         let p = self.params;
-        if leaf.len < 2 * p.min_data_in_leaf.max(1) {
+        // The leaf's rows in all processes (its own `len` when alone).
+        if (leaf.sums.2 as usize) < 2 * p.min_data_in_leaf.max(1) {
             return None;
         }
         let (g, h, n) = leaf.sums;
@@ -1298,6 +1405,112 @@ mod tests {
 
     const SPEC: &str = "{ target: 'delay > 15', features: [x, z, carrier], num_rounds: 200, \
                         num_leaves: 15, min_data_in_leaf: 5, threads: 2 }";
+
+    /// Processes of a data-parallel fit, played by threads: each sum is
+    /// taken in rank order by every member, as the real group does.
+    struct Threads {
+        rank: usize,
+        shared: Arc<(std::sync::Barrier, std::sync::Mutex<Vec<Vec<f64>>>)>,
+    }
+
+    impl Collective for Threads {
+        fn rank(&self) -> usize {
+            self.rank
+        }
+        fn world(&self) -> usize {
+            self.shared.1.lock().unwrap().len()
+        }
+        fn all_reduce(&self, buf: &mut [f64]) -> Result<()> {
+            let (barrier, slots) = &*self.shared;
+            slots.lock().unwrap()[self.rank] = buf.to_vec();
+            barrier.wait();
+            {
+                let slots = slots.lock().unwrap();
+                buf.copy_from_slice(&slots[0]);
+                for other in &slots[1..] {
+                    for (b, o) in buf.iter_mut().zip(other) {
+                        *b += o;
+                    }
+                }
+            }
+            barrier.wait();
+            Ok(())
+        }
+    }
+
+    fn data_parallel(spec: &str, world: usize) -> Vec<(GbdtModel, GbdtReport)> {
+        let (train, valid) = (table(6000, 1), table(1000, 2));
+        let p = params(spec);
+        let shared = Arc::new((
+            std::sync::Barrier::new(world),
+            std::sync::Mutex::new(vec![Vec::new(); world]),
+        ));
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..world)
+                .map(|rank| {
+                    let (train, valid, p) = (&train, &valid, &p);
+                    let group = Threads {
+                        rank,
+                        shared: shared.clone(),
+                    };
+                    scope.spawn(move || {
+                        let data = GbdtData::prepare(train, Some(valid), p).unwrap();
+                        train_gbdt_distributed(&data, p, &group, &mut |_| true).unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    #[test]
+    fn data_parallel_training_gives_the_model_one_process_would() {
+        for spec in [
+            SPEC,
+            // Bagging and feature sampling draw the same rows and columns.
+            "{ target: 'delay > 15', features: [x, z, carrier], num_rounds: 60, \
+             num_leaves: 15, min_data_in_leaf: 5, threads: 1, subsample: 0.7, colsample: 0.67 }",
+        ] {
+            let (train, valid, test) = (table(6000, 1), table(1000, 2), table(1000, 3));
+            let (alone, alone_report) = train_gbdt(&train, Some(&valid), &params(spec)).unwrap();
+            let (rows, _) = crate::linear::labelled(&test, &alone.target).unwrap();
+            let frame = alone.frame(&rows).unwrap();
+            let expected = alone.predict(&frame).unwrap();
+            for world in [2, 3] {
+                let fits = data_parallel(spec, world);
+                for (model, report) in &fits {
+                    // The same trees: the histograms only sum in another order.
+                    assert_eq!(model.trees.len(), alone.trees.len(), "{world} workers");
+                    assert_eq!(report.rounds, alone_report.rounds);
+                    for (a, b) in model.trees.iter().zip(&alone.trees) {
+                        let shape = |t: &Tree| {
+                            t.nodes
+                                .iter()
+                                .map(|n| (n.feature, n.threshold.to_bits(), n.left, n.right))
+                                .collect::<Vec<_>>()
+                        };
+                        assert_eq!(shape(a), shape(b));
+                    }
+                    let got = model.predict(&frame).unwrap();
+                    let worst = got
+                        .iter()
+                        .zip(&expected)
+                        .map(|(g, e)| (g - e).abs())
+                        .fold(0.0, f64::max);
+                    eprintln!("{world} workers: largest prediction difference {worst:e}");
+                    assert!(
+                        worst < 1e-9,
+                        "{world} workers: predictions differ by {worst}"
+                    );
+                }
+                // Every process ends with the same bits.
+                let first = fits[0].0.predict(&frame).unwrap();
+                for (model, _) in &fits[1..] {
+                    assert_eq!(model.predict(&frame).unwrap(), first);
+                }
+            }
+        }
+    }
 
     #[test]
     fn learns_thresholds_categories_and_missing_values() {

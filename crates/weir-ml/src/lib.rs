@@ -21,8 +21,8 @@ pub use features::{
     Frame, InputKind, InputSpec, Unknown,
 };
 pub use gbdt::{
-    train_gbdt, train_gbdt_prepared, train_gbdt_reporting, GbdtData, GbdtModel, GbdtParams,
-    GbdtReport,
+    train_gbdt, train_gbdt_distributed, train_gbdt_prepared, train_gbdt_reporting, Collective,
+    GbdtData, GbdtModel, GbdtParams, GbdtReport,
 };
 pub use linear::{train_linear, LinearModel, LinearParams};
 pub use metrics::Round;
@@ -43,6 +43,9 @@ pub enum MlError {
     Data(#[from] weir_data::DataError),
     #[error(transparent)]
     Arrow(#[from] arrow::error::ArrowError),
+    /// The processes of a data-parallel fit lost one another.
+    #[error("data-parallel training: {0}")]
+    Group(String),
 }
 
 impl MlError {

@@ -886,3 +886,79 @@ fn batched_requests_get_their_own_answers_and_a_bad_one_fails_alone() {
         9.0
     );
 }
+
+#[test]
+fn gbdt_with_workers_trains_data_parallel_to_the_same_model() {
+    let sb = Sandbox::new();
+    sb.write("data/points.csv", &points());
+    let single = PIPELINE.replace("threads: 2", "threads: 1");
+    sb.write("pipeline.yaml", &single);
+    sb.ok(&["run", "pipeline.yaml"]);
+    let alone = sb.json(&["runs", "show", &latest_run(&sb)]);
+    sb.write(
+        "pipeline.yaml",
+        &single.replace("threads: 1", "threads: 1\n      workers: 2"),
+    );
+    sb.ok(&["run", "pipeline.yaml"]);
+    let run = latest_run(&sb);
+    let parallel = sb.json(&["runs", "show", &run]);
+    let train = step(&parallel, "train");
+    assert_eq!(train["metrics"]["train.workers"], 2.0, "{train}");
+    // Two processes summing their halves' histograms grow the same trees:
+    // the model file is the same bytes.
+    assert_eq!(
+        train["outputs"]["model"]["digest"],
+        step(&alone, "train")["outputs"]["model"]["digest"]
+    );
+    assert_eq!(
+        step(&parallel, "evaluate")["metrics"]["test.auc"],
+        step(&alone, "evaluate")["metrics"]["test.auc"]
+    );
+    assert!(sb
+        .ok(&["logs", &run, "train"])
+        .contains("data-parallel over 2 processes"));
+}
+
+#[test]
+fn a_data_parallel_worker_that_dies_fails_the_step_without_a_hang() {
+    let sb = Sandbox::new();
+    sb.write("data/points.csv", &points());
+    sb.write(
+        "pipeline.yaml",
+        &PIPELINE.replace(
+            "num_rounds: 60",
+            "num_rounds: 1000000\n      early_stopping_rounds: 0\n      workers: 2",
+        ),
+    );
+    let runner = sb
+        .command(&["run", "pipeline.yaml"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The worker's spec lives under this sandbox: no other test's matches.
+    let pattern = format!("train-worker {}", sb.dir.path().display());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let killed = std::process::Command::new("pkill")
+            .args(["-KILL", "-f", &pattern])
+            .status()
+            .unwrap();
+        if killed.success() {
+            break;
+        }
+    }
+    let out = runner.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let show = sb.json(&["runs", "show", &latest_run(&sb)]);
+    let error = step(&show, "train")["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("data-parallel training: worker 1"),
+        "{error}"
+    );
+}

@@ -64,14 +64,19 @@ pub(super) fn run_gbdt(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
         train.num_rows(),
         p.target
     ));
-    let prepare = || GbdtData::prepare(&train, valid.as_deref(), &p);
-    let data = match ctx.cache {
-        Some(cache) => cache.get_or_try(&format!("gbdt-data:{}", GbdtData::key(&p)), prepare)?,
-        None => Arc::new(prepare()?),
+    let (gbdt, fit) = if p.workers > 1 {
+        data_parallel(ctx, &p, &train, valid.as_deref())?
+    } else {
+        let prepare = || GbdtData::prepare(&train, valid.as_deref(), &p);
+        let data = match ctx.cache {
+            Some(cache) => {
+                cache.get_or_try(&format!("gbdt-data:{}", GbdtData::key(&p)), prepare)?
+            }
+            None => Arc::new(prepare()?),
+        };
+        let report = ctx.report;
+        train_gbdt_prepared(&data, &p, &mut |round| report.is_none_or(|r| r(round)))?
     };
-    let report = ctx.report;
-    let (gbdt, fit) = train_gbdt_prepared(&data, &p, &mut |round| report.is_none_or(|r| r(round)))?;
-    drop(data);
     ctx.log.line(format!(
         "{:?} model: {} inputs, {} of {} rounds kept, {} threads, binning {:.2}s, fit {:.2}s",
         gbdt.task,
@@ -97,8 +102,54 @@ pub(super) fn run_gbdt(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
     );
     out.metric("train.bin_seconds", fit.bin_seconds);
     out.metric("train.threads", fit.threads as f64);
+    out.metric("train.workers", p.workers as f64);
     let model = Model::Gbdt(gbdt);
     finish(ctx, &model, valid.as_deref(), out)
+}
+
+/// `workers: N`: this process is rank 0 of N; ranks 1.. are `weir
+/// train-worker` processes on this machine, started here and awaited.
+fn data_parallel(
+    ctx: &OpContext,
+    p: &GbdtParams,
+    train: &RecordBatch,
+    valid: Option<&RecordBatch>,
+) -> Result<(weir_ml::GbdtModel, weir_ml::GbdtReport), EngineError> {
+    if ctx.report.is_some() {
+        return Err(EngineError::StepFailed(
+            "with.workers: a study trains each trial in one process; set workers on a step without tune:, or tune with parallel trials instead".into(),
+        ));
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| EngineError::StepFailed(format!("cannot listen for the workers: {e}")))?;
+    let master = listener
+        .local_addr()
+        .map_err(|e| EngineError::StepFailed(format!("cannot listen for the workers: {e}")))?
+        .to_string();
+    let spec = crate::group::WorkerSpec {
+        with: serde_json::Value::Object(ctx.step.with.clone().into_iter().collect()),
+        train: ctx.inputs["train"].clone(),
+        valid: ctx.inputs.get("valid").cloned(),
+        master,
+        world: p.workers,
+    };
+    let spec_path = ctx
+        .outputs_dir
+        .parent()
+        .unwrap_or(ctx.outputs_dir)
+        .join("gbdt-workers.json");
+    let mut workers = crate::group::Workers::start(&spec, &spec_path, ctx.log)?;
+    ctx.log.line(format!(
+        "data-parallel over {} processes (this one and {} workers), rank 0 at {}",
+        p.workers,
+        p.workers - 1,
+        spec.master
+    ));
+    let data = GbdtData::prepare(train, valid, p)?;
+    let group = crate::group::TcpGroup::lead(&listener, p.workers, || workers.check())?;
+    let fit = weir_ml::train_gbdt_distributed(&data, p, &group, &mut |_| true)?;
+    workers.wait()?;
+    Ok(fit)
 }
 
 pub(super) fn run_mlp(ctx: &OpContext) -> Result<OpOutcome, EngineError> {

@@ -1,4 +1,5 @@
-//! The processes of a data-parallel built-in trainer (`with: { workers: N }`)
+//! The processes of a data-parallel built-in trainer (`weir/train-gbdt` or
+//! `weir/train-mlp` with `with: { workers: N }`)
 //! and how they sum their histograms. The step runtime is rank 0: it listens
 //! on loopback, starts ranks 1..N as `weir train-worker` processes (in its
 //! own process group, so cancel, timeouts and the reaper stop them with it)
@@ -191,10 +192,19 @@ impl Collective for TcpGroup {
     }
 }
 
-/// What a `weir train-worker` process trains on: the step's options and the
-/// staged inputs on this machine.
+/// The built-in trainers that train data-parallel.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trainer {
+    Gbdt,
+    Mlp,
+}
+
+/// What a `weir train-worker` process trains on: the trainer, the step's
+/// options and the staged inputs on this machine.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct WorkerSpec {
+    pub trainer: Trainer,
     pub with: serde_json::Value,
     pub train: PathBuf,
     pub valid: Option<PathBuf>,
@@ -296,7 +306,7 @@ impl Drop for Workers {
 }
 
 /// `weir train-worker SPEC`: rank RANK (from the environment) of a
-/// data-parallel GBDT fit. Trains alongside rank 0 and keeps nothing: rank 0
+/// data-parallel fit. Trains alongside rank 0 and keeps nothing: rank 0
 /// writes the model.
 pub fn train_worker(spec_path: &Path) -> Result<(), EngineError> {
     crate::exec::die_with_parent();
@@ -314,15 +324,26 @@ pub fn train_worker(spec_path: &Path) -> Result<(), EngineError> {
                 spec.world - 1
             ))
         })?;
-    let params: weir_ml::GbdtParams = serde_json::from_value(spec.with.clone())
-        .map_err(|e| EngineError::StepFailed(format!("with: {e}")))?;
+    let with = |e: serde_json::Error| EngineError::StepFailed(format!("with: {e}"));
     let train = weir_data::read_parquet(&spec.train)?;
     let valid = match &spec.valid {
         Some(path) => Some(weir_data::read_parquet(path)?),
         None => None,
     };
-    let data = weir_ml::GbdtData::prepare(&train, valid.as_ref(), &params)?;
-    let group = TcpGroup::join(&spec.master, rank, spec.world)?;
-    weir_ml::train_gbdt_distributed(&data, &params, &group, &mut |_| true)?;
+    match spec.trainer {
+        Trainer::Gbdt => {
+            let params: weir_ml::GbdtParams =
+                serde_json::from_value(spec.with.clone()).map_err(with)?;
+            let data = weir_ml::GbdtData::prepare(&train, valid.as_ref(), &params)?;
+            let group = TcpGroup::join(&spec.master, rank, spec.world)?;
+            weir_ml::train_gbdt_distributed(&data, &params, &group, &mut |_| true)?;
+        }
+        Trainer::Mlp => {
+            let params: weir_ml::MlpParams =
+                serde_json::from_value(spec.with.clone()).map_err(with)?;
+            let group = TcpGroup::join(&spec.master, rank, spec.world)?;
+            weir_ml::train_mlp_distributed(&train, valid.as_ref(), &params, &group, &mut |_| true)?;
+        }
+    }
     Ok(())
 }

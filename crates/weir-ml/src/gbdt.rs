@@ -1406,60 +1406,12 @@ mod tests {
     const SPEC: &str = "{ target: 'delay > 15', features: [x, z, carrier], num_rounds: 200, \
                         num_leaves: 15, min_data_in_leaf: 5, threads: 2 }";
 
-    /// Processes of a data-parallel fit, played by threads: each sum is
-    /// taken in rank order by every member, as the real group does.
-    struct Threads {
-        rank: usize,
-        shared: Arc<(std::sync::Barrier, std::sync::Mutex<Vec<Vec<f64>>>)>,
-    }
-
-    impl Collective for Threads {
-        fn rank(&self) -> usize {
-            self.rank
-        }
-        fn world(&self) -> usize {
-            self.shared.1.lock().unwrap().len()
-        }
-        fn all_reduce(&self, buf: &mut [f64]) -> Result<()> {
-            let (barrier, slots) = &*self.shared;
-            slots.lock().unwrap()[self.rank] = buf.to_vec();
-            barrier.wait();
-            {
-                let slots = slots.lock().unwrap();
-                buf.copy_from_slice(&slots[0]);
-                for other in &slots[1..] {
-                    for (b, o) in buf.iter_mut().zip(other) {
-                        *b += o;
-                    }
-                }
-            }
-            barrier.wait();
-            Ok(())
-        }
-    }
-
     fn data_parallel(spec: &str, world: usize) -> Vec<(GbdtModel, GbdtReport)> {
         let (train, valid) = (table(6000, 1), table(1000, 2));
         let p = params(spec);
-        let shared = Arc::new((
-            std::sync::Barrier::new(world),
-            std::sync::Mutex::new(vec![Vec::new(); world]),
-        ));
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..world)
-                .map(|rank| {
-                    let (train, valid, p) = (&train, &valid, &p);
-                    let group = Threads {
-                        rank,
-                        shared: shared.clone(),
-                    };
-                    scope.spawn(move || {
-                        let data = GbdtData::prepare(train, Some(valid), p).unwrap();
-                        train_gbdt_distributed(&data, p, &group, &mut |_| true).unwrap()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        crate::test_group::run(world, |group| {
+            let data = GbdtData::prepare(&train, Some(&valid), &p).unwrap();
+            train_gbdt_distributed(&data, &p, group, &mut |_| true).unwrap()
         })
     }
 

@@ -26,7 +26,7 @@ pub use gbdt::{
 };
 pub use linear::{train_linear, LinearModel, LinearParams};
 pub use metrics::Round;
-pub use mlp::{train_mlp, MlpModel, MlpParams, MlpReport};
+pub use mlp::{train_mlp, train_mlp_distributed, MlpModel, MlpParams, MlpReport};
 pub use model::{Model, Task};
 pub use reference::ScoreReference;
 pub use target::Target;
@@ -58,3 +58,60 @@ impl MlError {
 }
 
 pub type Result<T, E = MlError> = std::result::Result<T, E>;
+
+/// Processes of a data-parallel fit, played by threads in tests: each sum
+/// is taken in rank order by every member, as the real group does.
+#[cfg(test)]
+pub(crate) mod test_group {
+    use std::sync::{Arc, Barrier, Mutex};
+
+    use crate::{Collective, Result};
+
+    pub struct Threads {
+        rank: usize,
+        shared: Arc<(Barrier, Mutex<Vec<Vec<f64>>>)>,
+    }
+
+    impl Collective for Threads {
+        fn rank(&self) -> usize {
+            self.rank
+        }
+        fn world(&self) -> usize {
+            self.shared.1.lock().unwrap().len()
+        }
+        fn all_reduce(&self, buf: &mut [f64]) -> Result<()> {
+            let (barrier, slots) = &*self.shared;
+            slots.lock().unwrap()[self.rank] = buf.to_vec();
+            barrier.wait();
+            {
+                let slots = slots.lock().unwrap();
+                buf.copy_from_slice(&slots[0]);
+                for other in &slots[1..] {
+                    for (b, o) in buf.iter_mut().zip(other) {
+                        *b += o;
+                    }
+                }
+            }
+            barrier.wait();
+            Ok(())
+        }
+    }
+
+    /// Runs `fit` as ranks 0..world of one group; their results by rank.
+    pub fn run<T: Send>(world: usize, fit: impl Fn(&Threads) -> T + Sync) -> Vec<T> {
+        let shared = Arc::new((Barrier::new(world), Mutex::new(vec![Vec::new(); world])));
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..world)
+                .map(|rank| {
+                    let group = Threads {
+                        rank,
+                        shared: shared.clone(),
+                    };
+                    let fit = &fit;
+                    scope.spawn(move || fit(&group))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+}

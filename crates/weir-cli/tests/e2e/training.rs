@@ -962,3 +962,51 @@ fn a_data_parallel_worker_that_dies_fails_the_step_without_a_hang() {
         "{error}"
     );
 }
+
+#[test]
+fn an_mlp_with_workers_trains_data_parallel_to_the_same_model() {
+    let sb = Sandbox::new();
+    sb.write("data/points.csv", &transform_points());
+    let mlp = r#"  train:
+    uses: weir/train-mlp
+    inputs: { train: split.train, valid: split.valid }
+    with:
+      target: "delay > 15"
+      exclude: [id, route]
+      transforms: { t: { datetime: [hour] }, z: { impute: mean } }
+      hidden: [16]
+      epochs: 8
+      batch_size: 64
+      threads: 1
+      seed: 3
+"#;
+    let start = TRANSFORMS.find("  train:").unwrap();
+    let end = TRANSFORMS.find("  evaluate:").unwrap();
+    let single = format!("{}{mlp}{}", &TRANSFORMS[..start], &TRANSFORMS[end..]);
+    sb.write("pipeline.yaml", &single);
+    sb.ok(&["run", "pipeline.yaml"]);
+    let alone = sb.json(&["runs", "show", &latest_run(&sb)]);
+    sb.write(
+        "pipeline.yaml",
+        &single.replace("threads: 1", "threads: 1\n      workers: 2"),
+    );
+    sb.ok(&["run", "pipeline.yaml"]);
+    let run = latest_run(&sb);
+    let parallel = sb.json(&["runs", "show", &run]);
+    // The two processes' gradients sum in another order than one process's:
+    // the same model up to rounding.
+    let auc = |show: &serde_json::Value| {
+        step(show, "evaluate")["metrics"]["test.auc"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(
+        (auc(&parallel) - auc(&alone)).abs() < 1e-9,
+        "{} vs {}",
+        auc(&parallel),
+        auc(&alone)
+    );
+    assert!(sb
+        .ok(&["logs", &run, "train"])
+        .contains("data-parallel over 2 processes"));
+}

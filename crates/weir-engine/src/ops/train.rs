@@ -65,7 +65,20 @@ pub(super) fn run_gbdt(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
         p.target
     ));
     let (gbdt, fit) = if p.workers > 1 {
-        data_parallel(ctx, &p, &train, valid.as_deref())?
+        data_parallel(
+            ctx,
+            crate::group::Trainer::Gbdt,
+            p.workers,
+            || Ok(GbdtData::prepare(&train, valid.as_deref(), &p)?),
+            |data, group| {
+                Ok(weir_ml::train_gbdt_distributed(
+                    &data,
+                    &p,
+                    group,
+                    &mut |_| true,
+                )?)
+            },
+        )?
     } else {
         let prepare = || GbdtData::prepare(&train, valid.as_deref(), &p);
         let data = match ctx.cache {
@@ -109,12 +122,14 @@ pub(super) fn run_gbdt(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
 
 /// `workers: N`: this process is rank 0 of N; ranks 1.. are `weir
 /// train-worker` processes on this machine, started here and awaited.
-fn data_parallel(
+/// `prepare` runs while the workers start; `fit` once they are all there.
+fn data_parallel<P, T>(
     ctx: &OpContext,
-    p: &GbdtParams,
-    train: &RecordBatch,
-    valid: Option<&RecordBatch>,
-) -> Result<(weir_ml::GbdtModel, weir_ml::GbdtReport), EngineError> {
+    trainer: crate::group::Trainer,
+    workers: usize,
+    prepare: impl FnOnce() -> Result<P, EngineError>,
+    fit: impl FnOnce(P, &crate::group::TcpGroup) -> Result<T, EngineError>,
+) -> Result<T, EngineError> {
     if ctx.report.is_some() {
         return Err(EngineError::StepFailed(
             "with.workers: a study trains each trial in one process; set workers on a step without tune:, or tune with parallel trials instead".into(),
@@ -127,29 +142,29 @@ fn data_parallel(
         .map_err(|e| EngineError::StepFailed(format!("cannot listen for the workers: {e}")))?
         .to_string();
     let spec = crate::group::WorkerSpec {
+        trainer,
         with: serde_json::Value::Object(ctx.step.with.clone().into_iter().collect()),
         train: ctx.inputs["train"].clone(),
         valid: ctx.inputs.get("valid").cloned(),
         master,
-        world: p.workers,
+        world: workers,
     };
     let spec_path = ctx
         .outputs_dir
         .parent()
         .unwrap_or(ctx.outputs_dir)
-        .join("gbdt-workers.json");
-    let mut workers = crate::group::Workers::start(&spec, &spec_path, ctx.log)?;
+        .join("train-workers.json");
+    let mut started = crate::group::Workers::start(&spec, &spec_path, ctx.log)?;
     ctx.log.line(format!(
-        "data-parallel over {} processes (this one and {} workers), rank 0 at {}",
-        p.workers,
-        p.workers - 1,
+        "data-parallel over {workers} processes (this one and {} workers), rank 0 at {}",
+        workers - 1,
         spec.master
     ));
-    let data = GbdtData::prepare(train, valid, p)?;
-    let group = crate::group::TcpGroup::lead(&listener, p.workers, || workers.check())?;
-    let fit = weir_ml::train_gbdt_distributed(&data, p, &group, &mut |_| true)?;
-    workers.wait()?;
-    Ok(fit)
+    let prepared = prepare()?;
+    let group = crate::group::TcpGroup::lead(&listener, workers, || started.check())?;
+    let out = fit(prepared, &group)?;
+    started.wait()?;
+    Ok(out)
 }
 
 pub(super) fn run_mlp(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
@@ -164,9 +179,27 @@ pub(super) fn run_mlp(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
         p.target
     ));
     let report = ctx.report;
-    let (mlp, fit) = train_mlp(&train, valid.as_deref(), &p, &mut |epoch| {
-        report.is_none_or(|r| r(epoch))
-    })?;
+    let (mlp, fit) = if p.workers > 1 {
+        data_parallel(
+            ctx,
+            crate::group::Trainer::Mlp,
+            p.workers,
+            || Ok(()),
+            |(), group| {
+                Ok(weir_ml::train_mlp_distributed(
+                    &train,
+                    valid.as_deref(),
+                    &p,
+                    group,
+                    &mut |_| true,
+                )?)
+            },
+        )?
+    } else {
+        train_mlp(&train, valid.as_deref(), &p, &mut |epoch| {
+            report.is_none_or(|r| r(epoch))
+        })?
+    };
     ctx.log.line(format!(
         "{:?} model: {} features -> {} weights, {} of {} epochs kept, {} threads, fit {:.2}s",
         mlp.task,

@@ -401,18 +401,13 @@ fn fit(
         order.shuffle(&mut rng);
         for batch in order.chunks(params.batch_size) {
             let lr = learning_rate(params, step, steps_per_epoch);
+            let gradient = |rows: &[usize]| {
+                pool.install(|| {
+                    batch_gradient(&layers, params.activation, task, &design, &y, rows, threads)
+                })
+            };
             let grads = match group {
-                None => pool.install(|| {
-                    batch_gradient(
-                        &layers,
-                        params.activation,
-                        task,
-                        &design,
-                        &y,
-                        batch,
-                        threads,
-                    )
-                }),
+                None => gradient(batch),
                 Some(g) => {
                     // Contiguous shares of the batch, the first ones a row longer.
                     let (world, rank, n) = (g.world().max(1), g.rank(), batch.len());
@@ -424,17 +419,7 @@ fn fit(
                             .map(|l| vec![0.0; l.weights.len() + l.bias.len()])
                             .collect()
                     } else {
-                        pool.install(|| {
-                            batch_gradient(
-                                &layers,
-                                params.activation,
-                                task,
-                                &design,
-                                &y,
-                                share,
-                                threads,
-                            )
-                        })
+                        gradient(share)
                     };
                     let mut flat: Vec<f64> = grads.iter().flatten().copied().collect();
                     g.all_reduce(&mut flat)?;

@@ -107,6 +107,24 @@ impl RayCluster {
         &self.address
     }
 
+    /// GETs `path` of the dashboard as JSON; `what` names it in errors.
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &str,
+    ) -> Result<T, String> {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .map_err(|e| error_chain(&e))?
+            .error_for_status()
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| format!("unexpected {what}: {e}"))
+    }
+
     /// The nodes alive now.
     pub async fn alive_nodes(&self) -> Result<Vec<RayNode>, String> {
         #[derive(Deserialize)]
@@ -122,16 +140,8 @@ impl RayCluster {
             result: Vec<RayNode>,
         }
         let page: Page = self
-            .client
-            .get(format!("{}/api/v0/nodes?limit=10000", self.address))
-            .send()
-            .await
-            .map_err(|e| error_chain(&e))?
-            .error_for_status()
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| format!("unexpected node list: {e}"))?;
+            .get_json("/api/v0/nodes?limit=10000", "node list")
+            .await?;
         Ok(page
             .data
             .result
@@ -189,16 +199,7 @@ impl RayCluster {
 
     /// Every job the cluster knows of (running and ended).
     async fn jobs(&self) -> Result<Vec<JobDetails>, String> {
-        self.client
-            .get(format!("{}/api/jobs/", self.address))
-            .send()
-            .await
-            .map_err(|e| error_chain(&e))?
-            .error_for_status()
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| format!("unexpected job list: {e}"))
+        self.get_json("/api/jobs/", "job list").await
     }
 
     /// A job's output (its driver's stdout and stderr).
@@ -208,16 +209,8 @@ impl RayCluster {
             logs: String,
         }
         let logs: Logs = self
-            .client
-            .get(format!("{}/api/jobs/{id}/logs", self.address))
-            .send()
-            .await
-            .map_err(|e| error_chain(&e))?
-            .error_for_status()
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| format!("unexpected job logs: {e}"))?;
+            .get_json(&format!("/api/jobs/{id}/logs"), "job logs")
+            .await?;
         Ok(logs.logs)
     }
 

@@ -202,6 +202,13 @@ enum Command {
     /// Run one trial of a study as a cluster job (started by the study)
     #[command(hide = true)]
     ExecTrial { step_run_id: String, number: usize },
+    /// Run one rank of a distributed step beside rank 0 (started on Ray)
+    #[command(hide = true)]
+    ExecRank {
+        step_run_id: String,
+        #[arg(long)]
+        rank: u32,
+    },
     /// Run one worker of a data-parallel trainer (started by its step)
     #[command(hide = true)]
     TrainWorker { spec: std::path::PathBuf },
@@ -459,6 +466,11 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             weir_engine::exec::exec_step(&ctx, &step_run_id, task).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::ExecRank { step_run_id, rank } => {
+            let ctx = Context::open_for_step(config(&cli.global, &[])?)?;
+            let status = weir_engine::ray_group::exec_rank(&ctx, &step_run_id, rank).await?;
+            Ok(ExitCode::from(u8::try_from(status).unwrap_or(1)))
+        }
         Command::TrainWorker { spec } => {
             weir_engine::group::train_worker(&spec)?;
             Ok(ExitCode::SUCCESS)
@@ -683,6 +695,7 @@ fn main() -> ExitCode {
             | Command::Server { .. }
             | Command::Exec { .. }
             | Command::ExecTrial { .. }
+            | Command::ExecRank { .. }
             | Command::TrainWorker { .. }
     ) {
         // A command whose output goes to a reader that stops early
@@ -704,11 +717,12 @@ fn main() -> ExitCode {
     // A step runtime is one short-lived process per step: a single-threaded
     // runtime starts faster; everything else gets the multi-threaded one.
     let runtime = match &cli.command {
-        Command::Exec { .. } | Command::ExecTrial { .. } | Command::TrainWorker { .. } => {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-        }
+        Command::Exec { .. }
+        | Command::ExecTrial { .. }
+        | Command::ExecRank { .. }
+        | Command::TrainWorker { .. } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
         Command::Serve {
             threads: Some(n), ..
         } => tokio::runtime::Builder::new_multi_thread()

@@ -83,6 +83,51 @@ pub struct Step {
 pub struct Distributed {
     pub workers: u32,
     pub backend: String,
+    /// On a cluster, how the workers are spread over its nodes.
+    #[serde(default)]
+    pub placement: Placement,
+}
+
+/// `distributed.placement`: a Ray placement group's strategy for the
+/// workers beside rank 0 (one bundle of the step's `resources:` each).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// As few nodes as will hold them (Ray Train's default): collectives
+    /// stay on one machine where they can.
+    #[default]
+    Pack,
+    /// Over as many nodes as possible.
+    Spread,
+    /// All on one node, or not at all.
+    StrictPack,
+    /// Each on a node of its own, or not at all (rank 0, the job, may
+    /// share one with them).
+    StrictSpread,
+}
+
+impl Placement {
+    pub const NAMES: [&'static str; 4] = ["pack", "spread", "strict_pack", "strict_spread"];
+
+    pub fn parse(text: &str) -> Option<Placement> {
+        match text {
+            "pack" => Some(Placement::Pack),
+            "spread" => Some(Placement::Spread),
+            "strict_pack" => Some(Placement::StrictPack),
+            "strict_spread" => Some(Placement::StrictSpread),
+            _ => None,
+        }
+    }
+
+    /// The strategy's name in Ray's API.
+    pub fn ray_strategy(self) -> &'static str {
+        match self {
+            Placement::Pack => "PACK",
+            Placement::Spread => "SPREAD",
+            Placement::StrictPack => "STRICT_PACK",
+            Placement::StrictSpread => "STRICT_SPREAD",
+        }
+    }
 }
 
 /// The most workers one distributed step may start.
@@ -411,6 +456,8 @@ struct RawDistributed {
     workers: u32,
     #[serde(default)]
     backend: Option<String>,
+    #[serde(default)]
+    placement: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1026,9 +1073,26 @@ fn build_step(
             });
             ok = false;
         }
-        ok.then_some(Distributed {
+        let placement = match d.value.placement.as_deref() {
+            None => Some(Placement::default()),
+            Some(text) => Placement::parse(text),
+        };
+        if placement.is_none() {
+            issues.push(SpecIssue {
+                line,
+                field: field("distributed.placement"),
+                message: format!(
+                    "'{}' is not a placement",
+                    d.value.placement.as_deref().unwrap_or_default()
+                ),
+                hint: Some(format!("use one of {}", Placement::NAMES.join(", "))),
+            });
+            ok = false;
+        }
+        ok.then(|| Distributed {
             workers: d.value.workers,
             backend,
+            placement: placement.unwrap_or_default(),
         })
     });
     let executor = raw.executor.as_ref().and_then(|e| {
@@ -1557,12 +1621,13 @@ steps:
             step.distributed,
             Some(Distributed {
                 workers: 4,
-                backend: "torch".into()
+                backend: "torch".into(),
+                placement: Placement::Pack,
             })
         );
         let r = step.request(&Resources::default());
         assert_eq!((r.cpu, r.memory_bytes), (2.0, 4 << 30));
-        let err = parse_err("version: 1\nsteps:\n  a:\n    uses: weir/ingest\n    with: { path: x.csv }\n    distributed: { workers: 0, backend: mpi }\n");
+        let err = parse_err("version: 1\nsteps:\n  a:\n    uses: weir/ingest\n    with: { path: x.csv }\n    distributed: { workers: 0, backend: mpi, placement: everywhere }\n");
         assert!(
             err.contains("steps.a.distributed: only `run:` steps can be distributed"),
             "{err}"
@@ -1574,6 +1639,15 @@ steps:
         assert!(
             err.contains("steps.a.distributed.backend: 'mpi' is not a backend"),
             "{err}"
+        );
+        assert!(
+            err.contains("steps.a.distributed.placement: 'everywhere' is not a placement"),
+            "{err}"
+        );
+        let p = parse_ok("version: 1\nsteps:\n  a:\n    run: python ddp.py\n    distributed: { workers: 2, placement: strict_spread }\n");
+        assert_eq!(
+            p.steps[0].distributed.as_ref().unwrap().placement,
+            Placement::StrictSpread
         );
     }
 

@@ -653,14 +653,33 @@ async fn run_command(
     };
     // One worker, or `distributed.workers` of them: each `sh -c command` in
     // this runtime's process group (so stopping the step stops them all).
+    // On Ray, ranks 1..N-1 are a placement group's (crate::ray_group) and
+    // only rank 0 runs here.
     let workers = step.distributed.as_ref().map_or(1, |d| d.workers);
     let master_port = match workers {
         1 => None,
         _ => Some(free_port().map_err(fail)?),
     };
+    let group = match workers {
+        1 => None,
+        _ => crate::ray_group::Group::from_env().map_err(fail)?,
+    };
+    let mut driver = match (&group, master_port) {
+        (Some(group), Some(port)) => Some(
+            crate::ray_group::start_driver(ctx, group, workers, step_run_id, port, work, log)
+                .await
+                .map_err(fail)?,
+        ),
+        _ => None,
+    };
+    let (master_addr, local_workers) = match &driver {
+        Some(d) => (d.master_addr.clone(), d.local_world_size),
+        None => ("127.0.0.1".to_string(), workers),
+    };
+    let here = if driver.is_some() { 1 } else { workers };
     let mut running = tokio::task::JoinSet::new();
     let mut readers = Vec::new();
-    for rank in 0..workers {
+    for rank in 0..here {
         // Outputs and metrics are rank 0's; the other ranks get scratch ones.
         let (outputs, metrics) = if rank == 0 {
             (outputs_dir.to_path_buf(), metrics_file.clone())
@@ -692,14 +711,14 @@ async fn run_command(
             .env("WEIR_STEP", &step.name)
             .stdin(Stdio::null());
         if let Some(port) = master_port {
-            // torchrun's contract, on one node.
+            // torchrun's contract; rank 0's node is the group's first.
             command_line
-                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_ADDR", &master_addr)
                 .env("MASTER_PORT", port.to_string())
                 .env("WORLD_SIZE", workers.to_string())
                 .env("RANK", rank.to_string())
                 .env("LOCAL_RANK", rank.to_string())
-                .env("LOCAL_WORLD_SIZE", workers.to_string())
+                .env("LOCAL_WORLD_SIZE", local_workers.to_string())
                 .env("GROUP_RANK", "0")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
@@ -749,6 +768,20 @@ async fn run_command(
             }
         }
         running.spawn(async move { (rank, child.wait().await) });
+    }
+    if let Some(crate::ray_group::Driver {
+        mut child, lines, ..
+    }) = driver.take()
+    {
+        // The driver stands for ranks 1..N-1: it ends when they all did, or
+        // with the status of the first that failed (named by its relay).
+        let log = StepLog::append(log.path()).map_err(fail)?;
+        let relay = tokio::spawn(crate::ray_group::relay(lines, log));
+        running.spawn(async move {
+            let status = child.wait().await;
+            let failed = relay.await.ok().flatten();
+            (failed.unwrap_or(1), status)
+        });
     }
     drop((stdout, stderr));
     let mut preempted = false;
@@ -854,7 +887,7 @@ async fn run_command(
 
 /// A loopback port free now, for a distributed step's rank 0 to listen on.
 fn free_port() -> Result<u16, EngineError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
+    std::net::TcpListener::bind("0.0.0.0:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| {

@@ -17,6 +17,7 @@ pub mod liveness;
 pub mod ops;
 pub mod progress;
 pub mod ray;
+pub mod ray_group;
 pub mod ray_trials;
 pub mod runner;
 pub mod tune;

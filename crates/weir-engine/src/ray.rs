@@ -301,6 +301,10 @@ pub fn demand(step: &Step, largest_cpu: f64) -> BTreeMap<String, f64> {
     if trial_demand(step).is_some() {
         return BTreeMap::from([("CPU".to_string(), 0.0)]);
     }
+    // The job is rank 0: one worker's share; the others are a group's.
+    if let Some(bundle) = group_bundle(step) {
+        return bundle;
+    }
     let Resources {
         cpu,
         memory_bytes,
@@ -336,6 +340,12 @@ pub fn trial_demand(step: &Step) -> Option<BTreeMap<String, f64>> {
     if parallel < 2 || !matches!(step.action, weir_core::pipeline::Action::Builtin(_)) {
         return None;
     }
+    Some(one_share(step))
+}
+
+/// The step's `resources:` as one share (a trial's, a worker's), in Ray's
+/// names.
+fn one_share(step: &Step) -> BTreeMap<String, f64> {
     let r = step.resources;
     let mut d = BTreeMap::from([("CPU".to_string(), r.cpu)]);
     if r.gpu > 0 {
@@ -347,7 +357,56 @@ pub fn trial_demand(step: &Step) -> Option<BTreeMap<String, f64>> {
     for (k, v) in &step.custom_resources {
         d.insert(k.clone(), *v);
     }
-    Some(d)
+    d
+}
+
+/// What each worker of a distributed step asks for on Ray, where its
+/// workers are a placement group: one bundle of the step's `resources:`
+/// (per worker, one CPU unless it says otherwise).
+pub fn group_bundle(step: &Step) -> Option<BTreeMap<String, f64>> {
+    let workers = step.distributed.as_ref()?.workers;
+    (workers > 1).then(|| one_share(step))
+}
+
+/// Whether the live nodes have room for `workers` bundles (rank 0's and
+/// the group's) as `placement` puts them: whole bundles over all nodes for
+/// PACK and SPREAD, all on one node for STRICT_PACK, and for STRICT_SPREAD
+/// the group's on nodes of their own (rank 0 may share one).
+fn group_fits(
+    nodes: &[RayNode],
+    bundle: &BTreeMap<String, f64>,
+    workers: u32,
+    placement: weir_core::pipeline::Placement,
+) -> bool {
+    use weir_core::pipeline::Placement;
+    let n = f64::from(workers);
+    match placement {
+        Placement::StrictPack => {
+            let all: BTreeMap<String, f64> =
+                bundle.iter().map(|(k, v)| (k.clone(), v * n)).collect();
+            nodes.iter().any(|node| fits(node, &all))
+        }
+        Placement::StrictSpread => {
+            nodes.iter().filter(|node| fits(node, bundle)).count() + 1 >= workers as usize
+        }
+        // Whole bundles per node: half a CPU here and half there is no room.
+        Placement::Pack | Placement::Spread => {
+            nodes
+                .iter()
+                .map(|node| bundle_count(node, bundle))
+                .sum::<f64>()
+                >= n
+        }
+    }
+}
+
+/// How many whole bundles one node holds.
+fn bundle_count(node: &RayNode, bundle: &BTreeMap<String, f64>) -> f64 {
+    bundle
+        .iter()
+        .filter(|(_, v)| **v > 0.0)
+        .map(|(k, v)| (node.resources_total.get(k).copied().unwrap_or(0.0) / v + 1e-9).floor())
+        .fold(f64::INFINITY, f64::min)
 }
 
 fn fits(node: &RayNode, demand: &BTreeMap<String, f64>) -> bool {
@@ -470,6 +529,26 @@ pub async fn preflight(
                         .into(),
                 ),
             });
+            continue;
+        }
+        if let (Some(bundle), Some(dist)) = (group_bundle(step), &step.distributed) {
+            if !group_fits(&nodes, &bundle, dist.workers, dist.placement) {
+                issues.push(SpecIssue {
+                    line: Some(step.line),
+                    field: format!("steps.{}.distributed", step.name),
+                    message: format!(
+                        "the Ray cluster at {address} has no room for {} workers of {} placed {}; its nodes: {}",
+                        dist.workers,
+                        describe_demand(&bundle),
+                        dist.placement.ray_strategy(),
+                        describe_capacity(&nodes)
+                    ),
+                    hint: Some(
+                        "lower the workers or their resources, choose another placement, or add nodes"
+                            .into(),
+                    ),
+                });
+            }
         }
     }
     SpecError::check(&pipeline.file, issues)?;
@@ -898,6 +977,24 @@ mod tests {
         assert!(!nodes.iter().any(|n| fits(n, &ask(&[("GPU", 1.0)]))));
         let capacity = describe_capacity(&nodes);
         assert_eq!(capacity, "a (CPU 2, memory 3.7GiB); b (CPU 1, spot 1)");
+    }
+
+    #[test]
+    fn a_group_fits_only_as_its_placement_places_it() {
+        use weir_core::pipeline::Placement;
+        let nodes = [
+            node("127.0.0.3", &[("CPU", 2.0)]),
+            node("127.0.0.4", &[("CPU", 1.5)]),
+        ];
+        let one_cpu = BTreeMap::from([("CPU".to_string(), 1.0)]);
+        // Three whole CPUs: half of one here and half there is no bundle.
+        assert!(group_fits(&nodes, &one_cpu, 3, Placement::Pack));
+        assert!(!group_fits(&nodes, &one_cpu, 4, Placement::Spread));
+        assert!(group_fits(&nodes, &one_cpu, 2, Placement::StrictPack));
+        assert!(!group_fits(&nodes, &one_cpu, 3, Placement::StrictPack));
+        // Rank 0 may share a node with one of the group's bundles.
+        assert!(group_fits(&nodes, &one_cpu, 3, Placement::StrictSpread));
+        assert!(!group_fits(&nodes, &one_cpu, 4, Placement::StrictSpread));
     }
 
     #[test]

@@ -854,6 +854,16 @@ fn launch(
                         };
                         env.insert(crate::ray_trials::ENV.into(), spread.to_env());
                     }
+                    if let (Some(bundle), Some(d)) = (ray::group_bundle(step), &step.distributed) {
+                        let group = crate::ray_group::Group {
+                            bundle,
+                            strategy: d.placement.ray_strategy().into(),
+                        };
+                        env.insert(crate::ray_group::ENV.into(), group.to_env());
+                    }
+                    if let Ok(python) = std::env::var(crate::ray_group::PYTHON_ENV) {
+                        env.insert(crate::ray_group::PYTHON_ENV.into(), python);
+                    }
                     env
                 },
                 trials: ray::trial_demand(step).is_some(),

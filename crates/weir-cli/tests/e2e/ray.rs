@@ -760,3 +760,126 @@ fn a_dead_runners_ray_job_is_stopped_and_resume_runs_the_step_again() {
     assert_ne!(step(&show, "slow")["job"], job.as_str());
     assert!(sb.ok(&["logs", &run, "slow"]).contains("one"));
 }
+
+/// A distributed step's pipeline: `allreduce.py` (the torchrun contract,
+/// no torch) over `workers` ranks of one CPU each, placed `placement`.
+fn distributed_pipeline(sb: &Sandbox, workers: u32, placement: &str, env: &str) {
+    let script = format!(
+        "{}/../../examples/distributed/allreduce.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::copy(script, sb.path().join("allreduce.py")).unwrap();
+    sb.write(
+        "pipeline.yaml",
+        &format!(
+            "version: 1\nname: ddp\nsteps:\n  stats:\n    run: {} allreduce.py\n    distributed: {{ workers: {workers}, backend: torch, placement: {placement} }}\n    resources: {{ cpu: 1 }}\n    env: {{ N: \"1000\"{env} }}\n    outputs: [stats]\n",
+            python()
+        ),
+    );
+}
+
+#[test]
+fn a_distributed_steps_workers_are_a_placement_group_over_the_nodes() {
+    let Some(env) = ray_env() else {
+        return;
+    };
+    let sb = &env.sb;
+    // Each worker node has one CPU: rank 0 (the job) and rank 1 (the
+    // placement group's one bundle) cannot share a node.
+    distributed_pipeline(sb, 2, "strict_spread", "");
+    sb.ok(&["run", "pipeline.yaml"]);
+    let run = last_run(sb);
+    let show = sb.json(&["runs", "show", &run]);
+    let stats = step(&show, "stats");
+    assert_eq!(stats["status"], "succeeded", "{stats}");
+    assert_eq!(stats["metrics"]["mean"], 499.5, "{stats}");
+    let log = sb.ok(&["logs", &run, "stats"]);
+    let placed = log
+        .lines()
+        .find(|l| l.starts_with("rank 0 on "))
+        .unwrap_or_else(|| panic!("no placement line: {log}"));
+    let ips: Vec<&str> = placed
+        .split(", ")
+        .map(|part| part.rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(ips.len(), 2, "{placed}");
+    assert_ne!(ips[0], ips[1], "both ranks on one node: {log}");
+    let worker_ips: Vec<String> = nodes(&env.address)
+        .into_iter()
+        .filter(|(_, _, r)| r["CPU"].as_f64().unwrap_or(0.0) > 0.0)
+        .map(|(_, ip, _)| ip)
+        .collect();
+    assert!(
+        ips.iter().all(|ip| worker_ips.iter().any(|w| w == ip)),
+        "{placed} vs {worker_ips:?}"
+    );
+    // Rank 0 is the master, on its own node's address, for both ranks.
+    for rank in 0..2 {
+        assert!(
+            log.contains(&format!(
+                "[rank {rank}] rank {rank} of 2 (local rank 0), master {}:",
+                ips[0]
+            )),
+            "{log}"
+        );
+        assert!(
+            log.contains(&format!("[rank {rank}] rank {rank}: count 1000 mean 499.5")),
+            "{log}"
+        );
+    }
+    // The step ran as rank 0's job on rank 0's node.
+    let rank0_node = nodes(&env.address)
+        .into_iter()
+        .find(|(_, ip, _)| ip == ips[0])
+        .unwrap()
+        .0;
+    assert_eq!(stats["node"], rank0_node.as_str(), "{stats}");
+
+    // A rank of the group failing stops rank 0 and fails the step with its
+    // status; nothing is left holding the cluster's CPUs.
+    distributed_pipeline(sb, 2, "strict_spread", ", FAIL_RANK: \"1\"");
+    let started = Instant::now();
+    let err = sb.fails(&["run", "pipeline.yaml"]);
+    assert!(started.elapsed() < Duration::from_secs(60), "{err}");
+    assert!(
+        err.contains("exited with status 3 in worker 1 of 2 (the others were stopped)")
+            && err.contains("[rank 1] failing on purpose"),
+        "{err}"
+    );
+    // And rank 0 failing stops the group.
+    distributed_pipeline(sb, 2, "strict_spread", ", FAIL_RANK: \"0\"");
+    let err = sb.fails(&["run", "pipeline.yaml"]);
+    assert!(
+        err.contains("exited with status 3 in worker 0 of 2 (the others were stopped)"),
+        "{err}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let groups = get(&format!(
+            "{}/api/v0/placement_groups?limit=1000",
+            env.address
+        ));
+        let held: Vec<&Value> = groups["data"]["result"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["state"] != "REMOVED")
+            .collect();
+        if held.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "placement groups left: {held:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // More workers than the cluster has room for are refused up front, with
+    // its capacity.
+    distributed_pipeline(sb, 3, "pack", "");
+    let err = sb.fails(&["run", "pipeline.yaml"]);
+    assert!(
+        err.contains("steps.stats.distributed: the Ray cluster at")
+            && err.contains("has no room for 3 workers of CPU 1 placed PACK")
+            && err.contains("its nodes: 127.0.0."),
+        "{err}"
+    );
+}

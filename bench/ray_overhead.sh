@@ -14,34 +14,13 @@
 # scripts/test.sh (moto, ray) and a PostgreSQL at PGURL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV="${WEIR_CI_VENV:-$HOME/.cache/weir-ci/venv}"
-VENV_RAY="${WEIR_CI_VENV_RAY:-$HOME/.cache/weir-ci/venv-ray}"
-PGURL="${PGURL:-postgres://postgres@127.0.0.1:5432}"
 cargo build --release --quiet
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
-work=$(mktemp -d)
-s3_port=$(free_port)
-setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$s3_port" >"$work/moto.log" 2>&1 &
-moto_pid=$!
-db="weir_bench_ray_$$"
-cleanup() {
-  RAY="$VENV_RAY/bin/ray" scripts/ray-cluster.sh stop "$work/ray" || true
-  kill -- -"$moto_pid" 2>/dev/null || true
-  psql "$PGURL/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-psql "$PGURL/postgres" -qc "CREATE DATABASE $db" >/dev/null
-mkdir -p "$work/ray"
-address=$(RAY="$VENV_RAY/bin/ray" RAY_DASHBOARD_PORT="$(free_port)" RAY_GCS_PORT="$(free_port)" \
-  scripts/ray-cluster.sh start "$work/ray" 2)
-for _ in $(seq 50); do curl -fs "http://127.0.0.1:$s3_port/" >/dev/null 2>&1 && break; sleep 0.2; done
-curl -fs -X PUT "http://127.0.0.1:$s3_port/bench" >/dev/null
+# shellcheck source=bench/lib/ray_stores.sh
+. bench/lib/ray_stores.sh
+new_db ray_overhead
 
 WEIR="$PWD/target/release/weir" TRIALS="${TRIALS:-3}" N="${N:-10}" RAY_ADDRESS_URL="$address" \
-WEIR_DB="$PGURL/$db" WEIR_ARTIFACTS="s3://bench/ray-overhead" WEIR_RAY_ADDRESS="$address" \
-AWS_ENDPOINT_URL="http://127.0.0.1:$s3_port" AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench \
+WEIR_DB="$db_url" WEIR_ARTIFACTS="s3://bench/ray-overhead" WEIR_RAY_ADDRESS="$address" \
 WORK="$work" python3 - <<'PY'
 import json, os, statistics, subprocess, time, urllib.request
 

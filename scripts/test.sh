@@ -11,6 +11,8 @@
 #     served by `weir serve` must match onnxruntime (tests/onnx).
 #   - kubernetes-validate (pinned, own virtualenv): deploy/k8s against the
 #     official Kubernetes schemas;
+#   - Chromium (Debian's) driven by playwright-core (pinned in tests/ui, no
+#     browser download): the dashboard against a real `weir server` (tests/ui);
 #   - Ray (pinned, own virtualenv): a real cluster on loopback (a head and two
 #     worker nodes, scripts/ray-cluster.sh) for the Ray executor's tests,
 #     started after the main suite and stopped afterwards.
@@ -129,4 +131,11 @@ if [ $# -eq 0 ]; then
   WEIR_TEST_POSTGRES=off WEIR_BIN="$PWD/target/debug/weir" "$VENV2/bin/python" -m pytest -q -p no:warnings -p no:cacheprovider tests/mlflow
   log "ONNX suite: scikit-learn -> skl2onnx -> weir serve, against onnxruntime (tests/onnx)"
   WEIR_BIN="$PWD/target/debug/weir" "$VENV_ONNX/bin/python" -m pytest -q -p no:warnings -p no:cacheprovider tests/onnx
+  log "dashboard suite in Debian's Chromium (tests/ui)"
+  if ! [ -x /usr/bin/chromium ]; then
+    log "installing chromium"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
+  (cd tests/ui && npm ci --no-audit --no-fund --silent)
+  WEIR_BIN="$PWD/target/debug/weir" node tests/ui/run.mjs
 fi

@@ -1,7 +1,7 @@
 //! The tracking server (`weir server`): MLflow's REST API over Weir's
 //! metadata store, so the official `mlflow` client works unchanged against
 //! the same data the pipeline engine writes, and an artifact proxy over
-//! Weir's artifact store.
+//! Weir's artifact store. The dashboard is served at `/` (`ui.rs`).
 
 mod artifacts;
 mod error;
@@ -10,6 +10,7 @@ mod models;
 mod params;
 mod registry;
 mod tracking;
+mod ui;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -161,6 +162,7 @@ pub fn router(app: App) -> Router {
         .nest("/ajax-api/2.0/mlflow", mlflow.clone())
         .nest("/api/3.0/mlflow", mlflow)
         .nest("/api/2.0/mlflow-artifacts", proxy)
+        .merge(ui::routes())
         .route("/health", get(|| async { "OK" }))
         .route("/version", get(|| async { env!("CARGO_PKG_VERSION") }))
         .fallback(|uri: axum::http::Uri| async move {
@@ -174,7 +176,7 @@ pub async fn serve(app: App, addr: &str) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "tracking server listening");
     eprintln!(
-        "weir server: MLflow tracking API on http://{} (MLFLOW_TRACKING_URI)",
+        "weir server: MLflow tracking API on http://{0} (MLFLOW_TRACKING_URI), dashboard at http://{0}/",
         listener.local_addr()?
     );
     axum::serve(listener, router(app))

@@ -6,7 +6,7 @@
 //
 //   WEIR_BIN=target/debug/weir node tests/ui/run.mjs
 import { spawn, execFileSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -60,6 +60,17 @@ try {
   }
   const ids = JSON.parse(execFileSync("python3", [join(here, "seed.py"), base]).toString());
   const exp = ids.experiment;
+  // A pipeline in the same home, run twice: the second run's steps are cache hits.
+  writeFileSync(join(home, "pipeline.yaml"), [
+    "version: 1", "name: ui-dag", "steps:",
+    "  extract:", "    run: echo 1 > $WEIR_OUTPUTS_DIR/raw", "    outputs: [raw]",
+    "  weather:", "    run: echo 2 > $WEIR_OUTPUTS_DIR/raw", "    outputs: [raw]",
+    "  join:", "    run: cat $WEIR_INPUTS_DIR/a $WEIR_INPUTS_DIR/b > $WEIR_OUTPUTS_DIR/table",
+    "    inputs: { a: extract.raw, b: weather.raw }", "    outputs: [table]",
+    "  train:", "    run: wc -l < $WEIR_INPUTS_DIR/table", "    inputs: { table: join.table }", ""].join("\n"));
+  const weirEnv = { ...process.env, WEIR_HOME: join(home, ".weir"), WEIR_DB: "", WEIR_ARTIFACTS: "" };
+  for (let i = 0; i < 2; i++) execFileSync(weir, ["run", "pipeline.yaml", "--json"], { cwd: home, env: weirEnv, stdio: "ignore" });
+  const pipelineRuns = JSON.parse(execFileSync(weir, ["runs", "list", "--json"], { cwd: home, env: weirEnv }).toString());
 
   browser = await chromium.launch({
     executablePath: browserPath,
@@ -82,6 +93,8 @@ try {
 
   const check = (cond, what) => { if (!cond) throw new Error(what); };
   const shot = async (name) => {
+    const text = await page.locator("main").innerText();
+    check(!/^(null|undefined|NaN|\[object Object\])$/m.test(text), `${name} shows a stray null/undefined`);
     const png = await page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
     check(!pngIsBlank(png), `the screenshot of ${name} is blank`);
   };
@@ -196,6 +209,24 @@ try {
     check((await page.locator("#params tbody tr").count()) === 500, "the params table is not paged");
     await notPwned();
     await shot("run-hostile");
+  });
+
+  await test("a pipeline run's page draws its DAG, cache hits marked", async () => {
+    const [latest, first] = pipelineRuns;
+    await page.goto(`${base}/#/experiments/0/runs/${first.id}`);
+    await page.locator("#dag svg").waitFor();
+    check((await page.locator("#dag a.node").count()) === 4, "not 4 steps");
+    check((await page.locator("#dag path.edge").count()) === 3, "not 3 edges");
+    check((await page.locator("#dag a.node.succeeded").count()) === 4, "the first run's steps are not all succeeded");
+    await shot("pipeline-dag");
+    await page.goto(`${base}/#/experiments/0/runs/${latest.id}`);
+    await page.locator("#dag a.node.cached").nth(3).waitFor();
+    check((await page.locator("#dag").innerText()).includes("4 cached"), "the summary does not count the cache hits");
+    // A step links to its own run page (a cache hit: the run that made its outputs).
+    await page.locator('#dag a.node[data-step="train"]').click();
+    await page.locator("#run-name").waitFor();
+    check((await page.locator("#run-name").innerText()).includes("train"), "the step's link does not open its run");
+    await shot("pipeline-step");
   });
 
   await test("a run that does not exist is a not-found page", async () => {

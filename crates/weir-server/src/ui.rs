@@ -57,6 +57,7 @@ pub fn routes() -> Router<App> {
         .route("/", get(index))
         .route("/static/{version}/{name}", get(asset))
         .route("/api/ui/metric-history", get(metric_history))
+        .route("/api/ui/pipeline-run", get(pipeline_run))
 }
 
 async fn index() -> Response {
@@ -122,6 +123,53 @@ async fn metric_history(State(app): State<App>, p: Params) -> ApiResult<Json<Val
         "steps": kept.iter().map(|i| finite[*i].0).collect::<Vec<_>>(),
         "values": kept.iter().map(|i| finite[*i].1).collect::<Vec<_>>(),
         "timestamps": kept.iter().map(|i| finite[*i].2).collect::<Vec<_>>(),
+    })))
+}
+
+/// `GET /api/ui/pipeline-run?run_id=R`: a pipeline run as a graph: each
+/// step's state, timing, attempt, where it ran, whether its outputs came
+/// from the cache (and from which step run), and the steps it reads from.
+/// A tracking run that is not a pipeline run is a 404.
+async fn pipeline_run(State(app): State<App>, p: Params) -> ApiResult<Json<Value>> {
+    let run = app.store.run(&p.run_id()?).await?;
+    let steps = app.store.step_runs(&run.id).await?;
+    let steps: Vec<Value> = steps
+        .iter()
+        .map(|s| {
+            let spec: weir_core::pipeline::Step = match serde_json::from_str(&s.spec_json) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    tracing::warn!(step_run = %s.id, error = %e, "a step's stored spec does not parse");
+                    return json!({ "name": s.step, "step_run_id": s.id, "status": s.status, "after": [] });
+                }
+            };
+            let mut after: Vec<&str> = spec.inputs.values().map(|i| i.step.as_str()).collect();
+            after.sort_unstable();
+            after.dedup();
+            json!({
+                "name": s.step,
+                "step_run_id": s.id,
+                "kind": s.kind,
+                "status": s.status,
+                "started_at": s.started_at,
+                "ended_at": s.ended_at,
+                "attempt": s.attempt,
+                "cached_from": s.cached_from,
+                "executor": s.executor.as_deref().unwrap_or("local"),
+                "node": s.node,
+                "error": s.error,
+                "after": after,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "id": run.id,
+        "pipeline": run.pipeline,
+        "status": run.status,
+        "started_at": run.started_at,
+        "ended_at": run.ended_at,
+        "error": run.error,
+        "steps": steps,
     })))
 }
 

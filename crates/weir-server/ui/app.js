@@ -57,6 +57,7 @@ function fmtTime(ms) { return ms ? new Date(Number(ms)).toLocaleString() : ""; }
 function fmtDuration(start, end) {
   if (!start || !end) return "";
   const s = (Number(end) - Number(start)) / 1000;
+  if (s < 1) return `${Math.round(s * 1000)} ms`;
   if (s < 60) return `${s.toFixed(1)}s`;
   if (s < 3600) return `${Math.floor(s / 60)}m ${Math.round(s % 60)}s`;
   return `${Math.floor(s / 3600)}h ${Math.round((s % 3600) / 60)}m`;
@@ -204,6 +205,94 @@ function parallelCoordinates(columns, rows) {
   return svg;
 }
 
+/** A pipeline run's steps as a left-to-right graph: a column per depth, a box per step. */
+function dagSvg(steps, linkOf) {
+  const NS = "http://www.w3.org/2000/svg";
+  const byName = new Map(steps.map((s) => [s.name, s]));
+  const depth = new Map();
+  const depthOf = (name, seen = new Set()) => {
+    if (depth.has(name)) return depth.get(name);
+    if (seen.has(name)) return 0;
+    seen.add(name);
+    const s = byName.get(name);
+    const d = s ? Math.max(-1, ...s.after.filter((a) => byName.has(a)).map((a) => depthOf(a, seen))) + 1 : 0;
+    depth.set(name, d);
+    return d;
+  };
+  steps.forEach((s) => depthOf(s.name));
+  const columns = [];
+  for (const s of steps) (columns[depth.get(s.name)] ||= []).push(s);
+  const BW = 190, BH = 50, GX = 70, GY = 18;
+  const pos = new Map();
+  columns.forEach((col, ci) => col.forEach((s, ri) => pos.set(s.name, { x: 10 + ci * (BW + GX), y: 10 + ri * (BH + GY) })));
+  const width = 20 + columns.length * (BW + GX) - GX;
+  const height = 20 + Math.max(...columns.map((c) => c.length)) * (BH + GY) - GY;
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("width", String(width));
+  svg.setAttribute("class", "dag");
+  const el = (parent, tag, attrs, text) => {
+    const e = document.createElementNS(NS, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+    if (text !== undefined) e.textContent = text;
+    parent.append(e);
+    return e;
+  };
+  for (const s of steps) {
+    const to = pos.get(s.name);
+    for (const a of s.after) {
+      const from = pos.get(a);
+      if (!from) continue;
+      const x1 = from.x + BW, y1 = from.y + BH / 2, x2 = to.x, y2 = to.y + BH / 2;
+      el(svg, "path", { d: `M${x1},${y1} C${x1 + GX / 2},${y1} ${x2 - GX / 2},${y2} ${x2},${y2}`, class: "edge" });
+    }
+  }
+  for (const s of steps) {
+    const { x, y } = pos.get(s.name);
+    const state = s.cached_from ? "cached" : s.status;
+    const a = el(svg, "a", { href: linkOf(s), "data-step": s.name, class: `node ${state}` });
+    el(a, "rect", { x, y, width: BW, height: BH, rx: 6 });
+    el(a, "text", { x: x + 10, y: y + 20, class: "name" }, s.name.length > 24 ? s.name.slice(0, 23) + "…" : s.name);
+    const detail = s.cached_from ? "cache hit" : [s.status, fmtDuration(s.started_at, s.ended_at || (s.status === "running" ? Date.now() : null)), s.attempt > 1 ? `attempt ${s.attempt}` : ""].filter(Boolean).join(" · ");
+    el(a, "text", { x: x + 10, y: y + 38, class: "detail" }, detail);
+    const title = document.createElementNS(NS, "title");
+    title.textContent = [s.name, s.cached_from ? `outputs reused from step run ${s.cached_from}` : `${s.status}${s.executor !== "local" ? ` on ${s.executor}${s.node ? " node " + s.node.slice(0, 12) : ""}` : ""}`, s.error || ""].filter(Boolean).join("\n");
+    a.append(title);
+  }
+  return svg;
+}
+
+const timers = new Set();
+function dropTimers() { for (const t of timers) clearTimeout(t); timers.clear(); }
+
+/** The pipeline DAG of a run, refreshed every 2 s while the run is running; null if the run is no pipeline run. */
+async function pipelineSection(runId, expId) {
+  const load = () => get("/api/ui/pipeline-run", { run_id: runId });
+  let doc;
+  try { doc = await load(); } catch (e) { if (e.status === 404) return null; return errorBox(e); }
+  const box = h("div", { class: "card dag-box", id: "dag" });
+  const linkOf = (s) => `#/experiments/${encodeURIComponent(expId)}/runs/${encodeURIComponent(s.cached_from || s.step_run_id)}`;
+  const summary = h("p", { class: "muted" });
+  const draw = () => {
+    const counts = {};
+    for (const s of doc.steps) { const k = s.cached_from ? "cached" : s.status; counts[k] = (counts[k] || 0) + 1; }
+    summary.textContent = `pipeline ${doc.pipeline} · ${doc.status} · ${Object.entries(counts).map(([k, n]) => `${n} ${k}`).join(", ")}`;
+    box.replaceChildren(summary, doc.steps.length ? dagSvg(doc.steps, linkOf) : h("p", { class: "muted" }, "No steps."));
+  };
+  draw();
+  const poll = () => {
+    const t = setTimeout(async () => {
+      timers.delete(t);
+      if (!box.isConnected) return;
+      try { doc = await load(); draw(); } catch (_) { /* keep the last picture */ }
+      if (doc.status === "running") poll();
+    }, 2000);
+    timers.add(t);
+  };
+  if (doc.status === "running") poll();
+  return box;
+}
+
 // --- pages -----------------------------------------------------------------
 
 /** Puts a page's parts in its root; absent parts (null, false) are skipped. */
@@ -340,7 +429,7 @@ function filteredTable(id, headers, items, rowOf) {
     const q = input.value.toLowerCase();
     const hits = items.filter((it) => !q || it.key.toLowerCase().includes(q) || String(it.value).toLowerCase().includes(q));
     const shown = all ? hits : hits.slice(0, LIMIT);
-    box.replaceChildren(table(id, headers, shown.map(rowOf)),
+    fill(box, table(id, headers, shown.map(rowOf)),
       hits.length > shown.length ? h("button", { onclick: () => { all = true; render(); } }, `Show all ${hits.length}`) : null);
   };
   input.addEventListener("input", render);
@@ -395,9 +484,12 @@ async function runPage(root, expId, runId) {
     experiment_ids: [run.info.experiment_id], filter: `tags.mlflow.parentRunId = '${runId.replace(/'/g, "")}'`, max_results: 200,
   }).then((r) => r.runs || []).catch(() => []);
   const grid = h("div", { class: "grid", id: "charts" });
+  const dag = await pipelineSection(runId, run.info.experiment_id);
   fill(root, 
     h("div", { class: "crumbs" }, h("a", { href: "#/experiments" }, "Experiments"), " / ", h("a", { href: expLink }, exp ? exp.name : `experiment ${run.info.experiment_id}`), " /"),
     h("h1", { id: "run-name" }, runName(run)),
+    dag ? h("h2", {}, "Pipeline") : null,
+    dag,
     h("dl", { class: "kv" },
       h("dt", {}, "Run ID"), h("dd", {}, run.info.run_id),
       h("dt", {}, "Status"), h("dd", {}, statusBadge(run.info.status)),
@@ -489,6 +581,7 @@ function notFound(root, title, detail) {
 // finishes late writes to a root no longer on the page.
 async function route() {
   dropCharts();
+  dropTimers();
   const root = h("div", {}, h("p", { class: "muted" }, "Loading…"));
   document.getElementById("main").replaceChildren(root);
   const hash = location.hash.replace(/^#/, "") || "/experiments";

@@ -286,6 +286,20 @@ fn last_lines(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// A plan the runner hands a step runtime on a Ray node as JSON in `var`
+/// (a study's spread of trials, a distributed step's group): absent or
+/// empty is `None`.
+pub(crate) fn plan_from_env<T: serde::de::DeserializeOwned>(
+    var: &str,
+) -> Result<Option<T>, EngineError> {
+    match std::env::var(var) {
+        Ok(json) if !json.is_empty() => serde_json::from_str(&json)
+            .map(Some)
+            .map_err(|e| EngineError::Executor(format!("{var} is not valid: {e}"))),
+        _ => Ok(None),
+    }
+}
+
 /// Where `step` runs: its own `executor:`, else the configured one.
 pub fn executor_of(ctx: &Context, step: &Step) -> ExecutorKind {
     step.executor

@@ -49,12 +49,7 @@ impl Group {
     }
 
     pub fn from_env() -> Result<Option<Group>, EngineError> {
-        match std::env::var(ENV) {
-            Ok(json) if !json.is_empty() => serde_json::from_str(&json)
-                .map(Some)
-                .map_err(|e| EngineError::Executor(format!("{ENV} is not valid: {e}"))),
-            _ => Ok(None),
-        }
+        crate::ray::plan_from_env(ENV)
     }
 }
 

@@ -48,12 +48,7 @@ impl Spread {
     }
 
     pub fn from_env() -> Result<Option<Spread>, EngineError> {
-        match std::env::var(ENV) {
-            Ok(json) if !json.is_empty() => serde_json::from_str(&json)
-                .map(Some)
-                .map_err(|e| EngineError::Executor(format!("{ENV} is not valid: {e}"))),
-            _ => Ok(None),
-        }
+        crate::ray::plan_from_env(ENV)
     }
 }
 

@@ -297,3 +297,10 @@ fn admin_exec(admin: &str, sql: &str) {
         sqlx::query(sql).execute(&mut conn).await.unwrap();
     });
 }
+
+/// Copies `examples/<rel>` into the sandbox, under its file name.
+pub fn copy_example(sb: &Sandbox, rel: &str) {
+    let from = format!("{}/../../examples/{rel}", env!("CARGO_MANIFEST_DIR"));
+    let name = std::path::Path::new(rel).file_name().unwrap();
+    std::fs::copy(&from, sb.path().join(name)).unwrap_or_else(|e| panic!("{from}: {e}"));
+}

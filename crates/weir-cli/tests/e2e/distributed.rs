@@ -4,11 +4,7 @@
 use crate::common::{python, step, Sandbox};
 
 fn example(sb: &Sandbox, workers: u32, env: &str) {
-    let script = format!(
-        "{}/../../examples/distributed/allreduce.py",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::copy(script, sb.path().join("allreduce.py")).unwrap();
+    crate::common::copy_example(sb, "distributed/allreduce.py");
     sb.write(
         "pipeline.yaml",
         &format!(

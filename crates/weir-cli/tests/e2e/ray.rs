@@ -764,11 +764,7 @@ fn a_dead_runners_ray_job_is_stopped_and_resume_runs_the_step_again() {
 /// A distributed step's pipeline: `allreduce.py` (the torchrun contract,
 /// no torch) over `workers` ranks of one CPU each, placed `placement`.
 fn distributed_pipeline(sb: &Sandbox, workers: u32, placement: &str, env: &str) {
-    let script = format!(
-        "{}/../../examples/distributed/allreduce.py",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::copy(script, sb.path().join("allreduce.py")).unwrap();
+    crate::common::copy_example(sb, "distributed/allreduce.py");
     sb.write(
         "pipeline.yaml",
         &format!(

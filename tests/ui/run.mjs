@@ -52,6 +52,7 @@ const server = spawn(weir, ["server", "--addr", `127.0.0.1:${port}`], {
 });
 let failures = 0;
 let browser;
+let serving;
 try {
   for (let i = 0; ; i++) {
     try { if ((await fetch(`${base}/health`)).ok) break; } catch (_) { /* not up yet */ }
@@ -71,6 +72,65 @@ try {
   const weirEnv = { ...process.env, WEIR_HOME: join(home, ".weir"), WEIR_DB: "", WEIR_ARTIFACTS: "" };
   for (let i = 0; i < 2; i++) execFileSync(weir, ["run", "pipeline.yaml", "--json"], { cwd: home, env: weirEnv, stdio: "ignore" });
   const pipelineRuns = JSON.parse(execFileSync(weir, ["runs", "list", "--json"], { cwd: home, env: weirEnv }).toString());
+  // A tuned training step (a study with ASHA pruning) that registers a model.
+  const csv = ["x,z,carrier,delay"];
+  for (let i = 0; i < 1500; i++) {
+    const x = ((i * 7919) % 1000) / 100, carrier = ["UA", "DL", "AA"][(i * 31) % 3], z = (i * 7919) % 29;
+    csv.push(`${x},${z},${carrier},${(x > 6) !== (carrier === "DL") !== (i % 19 === 0) ? 40 : 0}`);
+  }
+  mkdirSync(join(home, "data"), { recursive: true });
+  writeFileSync(join(home, "data/points.csv"), csv.join("\n") + "\n");
+  writeFileSync(join(home, "tuned.yaml"), `version: 1
+name: ui-tuned
+steps:
+  ingest: { uses: weir/ingest, with: { path: data/points.csv } }
+  split:
+    uses: weir/split
+    inputs: { table: ingest.table }
+    with: { method: random, valid: 0.2, test: 0.2, seed: 5 }
+  train:
+    uses: weir/train-gbdt
+    inputs: { train: split.train, valid: split.valid }
+    with: { target: "delay > 15", features: [x, z, carrier], num_rounds: 40, threads: 2 }
+    tune:
+      space:
+        learning_rate: loguniform(0.02, 0.5)
+        num_leaves: int(4, 32, log)
+      objective: { metric: valid.auc, goal: maximize }
+      trials: 9
+      parallel: 2
+      sampler: tpe
+      scheduler: { type: asha, min_resource: 5, reduction: 3 }
+  evaluate:
+    uses: weir/evaluate
+    inputs: { model: train.model, table: split.test }
+    with: { slice_by: carrier }
+  register:
+    uses: weir/register
+    inputs: { model: train.model, metrics: evaluate.metrics }
+    with: { name: ui-model }
+`);
+  execFileSync(weir, ["run", "tuned.yaml", "--json"], { cwd: home, env: weirEnv, stdio: "ignore" });
+  const tunedRun = JSON.parse(execFileSync(weir, ["runs", "list", "--json"], { cwd: home, env: weirEnv }).toString())[0];
+  // An endpoint with traffic: two versions of an ONNX model, the second a
+  // canary judged every second under requests from here.
+  const onnx = join(repo, "crates/weir-onnx/tests/data/gbdt_classifier.onnx");
+  for (let i = 0; i < 2; i++) execFileSync(weir, ["models", "register", "bc", onnx], { cwd: home, env: weirEnv, stdio: "ignore" });
+  execFileSync(weir, ["deploy", "web", "--model", "bc", "--version", "1"], { cwd: home, env: weirEnv, stdio: "ignore" });
+  execFileSync(weir, ["deploy", "web", "--model", "bc", "--version", "2", "--steps", "50,100", "--interval", "1s", "--min-requests", "5"], { cwd: home, env: weirEnv, stdio: "ignore" });
+  const servePort = await freePort();
+  serving = spawn(weir, ["serve", "--addr", `127.0.0.1:${servePort}`], { cwd: home, env: weirEnv, stdio: ["ignore", "ignore", "inherit"] });
+  for (let i = 0; ; i++) {
+    try { if ((await fetch(`http://127.0.0.1:${servePort}/v2/models/web/ready`)).ok) break; } catch (_) { /* not up yet */ }
+    if (i > 300) throw new Error("weir serve did not start");
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const infer = JSON.stringify({ inputs: [{ name: "X", datatype: "FP32", shape: [1, 30], data: new Array(30).fill(1) }] });
+  const until = Date.now() + 3500;
+  while (Date.now() < until) {
+    await fetch(`http://127.0.0.1:${servePort}/v2/models/web/infer`, { method: "POST", body: infer, headers: { "Content-Type": "application/json" } });
+    await new Promise((r) => setTimeout(r, 5));
+  }
 
   browser = await chromium.launch({
     executablePath: browserPath,
@@ -231,6 +291,63 @@ try {
     await shot("pipeline-step");
   });
 
+  await test("the DAG's step table says why each step ran or was a cache hit", async () => {
+    const [latest, first] = pipelineRuns;
+    await page.goto(`${base}/#/experiments/0/runs/${first.id}`);
+    await page.locator('#steps tr[data-step="train"] td.cache').waitFor();
+    check((await page.locator('#steps tr[data-step="extract"] td.cache').innerText()) === "miss: no earlier run", "the first run's miss reason is not shown");
+    await page.goto(`${base}/#/experiments/0/runs/${latest.id}`);
+    await page.locator('#steps tr[data-step="train"] td.cache').waitFor();
+    check((await page.locator('#steps tr[data-step="train"] td.cache').innerText()).startsWith("hit: outputs of step run"), "the cache hit is not shown");
+  });
+
+  await test("a study page: trials, best so far, pruned trials at their rung", async () => {
+    await page.goto(`${base}/#/experiments/0/runs/${tunedRun.id}`);
+    await page.locator('#steps tr[data-step="train"] a.study-link').click();
+    await page.locator("#trials tbody tr").nth(8).waitFor();
+    check((await page.locator("#trials tbody tr.best").count()) === 1, "no single best trial marked");
+    await page.locator("#best-so-far .uplot").waitFor();
+    await page.locator("#curves .uplot").waitFor();
+    const pruned = page.locator('#trials tbody tr[data-state="pruned"]');
+    for (let i = 0; i < await pruned.count(); i++) {
+      const rung = Number(await pruned.nth(i).locator("td").nth(3).innerText());
+      check(rung >= 5, `a pruned trial shows no rung (${rung})`);
+    }
+    check((await page.locator("#trial-counts").innerText()).includes("complete"), "no complete trial counted");
+    await shot("study");
+  });
+
+  await test("models: list, versions with aliases and metrics, a version's model card", async () => {
+    await page.goto(`${base}/#/models`);
+    await page.locator("#models").getByText("ui-model").click();
+    await page.locator("#versions tbody tr").first().waitFor();
+    check((await page.locator("#versions").innerText()).includes("test.auc"), "the version's metrics are not columns");
+    await shot("model");
+    await page.locator('#versions tr[data-version="1"] a').first().click();
+    await page.locator("#model-card").waitFor();
+    check((await page.locator("#lineage tbody tr").count()) >= 3, "the model card shows no lineage");
+    check((await page.locator("#model-card").innerText()).includes("ui-tuned"), "the card does not name its pipeline");
+    check((await page.locator("#slices tbody tr").count()) === 3, "the card does not show the 3 carrier slices");
+    await shot("model-card");
+    await page.goto(`${base}/#/models/bc`);
+    await page.locator("#versions tbody tr").nth(1).waitFor();
+    check((await page.locator(".endpoint-link").count()) === 1, "the model does not link to its endpoint");
+  });
+
+  await test("a deployment: traffic split, request rate, latency, drift, rollout history", async () => {
+    await page.goto(`${base}/#/deployments`);
+    await page.locator('#deployments tr[data-endpoint="web"] a').first().click();
+    await page.locator("#traffic").waitFor();
+    await page.locator("#chart-requests .uplot").waitFor();
+    await page.locator("#chart-latency .uplot").waitFor();
+    check((await page.locator("#histogram rect").count()) > 0, "no latency histogram");
+    check((await page.locator("#drift svg").count()) >= 1, "no drift gauge");
+    check((await page.locator("#events tbody tr").count()) >= 2, "no rollout history");
+    const served = await page.$$eval("#totals tbody tr", (trs) => trs.map((tr) => Number(tr.children[1].textContent)));
+    check(served.length >= 1 && served.reduce((a, b) => a + b, 0) > 0, `no requests counted: ${served}`);
+    await shot("deployment");
+  });
+
   await test("a run that does not exist is a not-found page", async () => {
     await page.goto(`${base}/#/experiments/${exp}/runs/0123456789abcdef0123456789abcdef`);
     await page.locator("#not-found").waitFor();
@@ -250,6 +367,7 @@ try {
   });
 } finally {
   if (browser) await browser.close();
+  if (serving) serving.kill("SIGTERM");
   server.kill("SIGTERM");
   rmSync(home, { recursive: true, force: true });
 }

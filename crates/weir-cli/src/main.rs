@@ -185,6 +185,9 @@ enum Command {
         /// Address to listen on
         #[arg(long, env = "WEIR_SERVER_ADDR", default_value = "127.0.0.1:5000")]
         addr: String,
+        /// Open the dashboard in the default browser once listening
+        #[arg(long)]
+        open: bool,
     },
     /// Show the effective configuration and where each value comes from
     Config {
@@ -671,11 +674,21 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             weir_serve::serve(&ctx.store, &ctx.artifacts, &selected, options).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Server { addr } => {
+        Command::Server { addr, open } => {
             let ctx = Context::open(config(&cli.global, &[])?).await?;
             let scratch = ctx.config.home().join("tmp");
             let app = weir_server::App::new(ctx.store.clone(), ctx.artifacts.clone(), scratch);
-            weir_server::serve(app, &addr)
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            if open {
+                let url = format!("http://{}/", listener.local_addr()?);
+                // No browser (a server over ssh) is no reason not to serve.
+                if let Err(e) = open::that_detached(&url) {
+                    eprintln!("warning: cannot open a browser ({e}); the dashboard is at {url}");
+                }
+            }
+            weir_server::serve(app, listener)
                 .await
                 .with_context(|| format!("cannot serve on {addr}"))?;
             Ok(ExitCode::SUCCESS)

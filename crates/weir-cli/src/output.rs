@@ -120,7 +120,7 @@ pub async fn run_detail(store: &Store, id: &str, json: bool) -> Result<()> {
                 json!({
                     "step": s.step, "step_run_id": s.id, "kind": s.kind, "status": s.status,
                     "started_at": s.started_at, "ended_at": s.ended_at, "exit_code": s.exit_code,
-                    "error": s.error, "log_digest": s.log_digest, "cached_from": s.cached_from, "attempt": s.attempt, "heartbeat_at": s.heartbeat_at,
+                    "error": s.error, "log_digest": s.log_digest, "cached_from": s.cached_from, "cache_miss": s.cache_miss, "attempt": s.attempt, "heartbeat_at": s.heartbeat_at,
                     "executor": s.executor, "executor_address": s.executor_address, "node": s.node, "job": s.job,
                     "inputs": serde_json::from_str::<serde_json::Value>(&s.inputs_json).unwrap_or_default(),
                     "outputs": outputs.iter().map(|(n, a)| (n.clone(), json!({"digest": a.digest, "size": a.size, "kind": a.kind}))).collect::<serde_json::Map<_, _>>(),
@@ -290,15 +290,12 @@ pub async fn study(ctx: &Context, run: &str, step: &str, json: bool) -> Result<(
     }
     // The objective and its direction are in the run's recorded spec.
     let spec: weir_core::pipeline::Pipeline = serde_json::from_str(&run.spec_json)?;
-    let objective = spec
+    let (metric, maximize) = spec
         .steps
         .iter()
         .find(|s| s.name == step)
         .and_then(|s| s.tune.as_ref())
-        .and_then(|t| t.spec.get("objective"));
-    let field = |name: &str| objective.and_then(|o| o.get(name)).and_then(|v| v.as_str());
-    let metric = field("metric").unwrap_or("objective").to_string();
-    let maximize = field("goal") == Some("maximize");
+        .map_or(("objective".to_string(), false), |t| t.objective());
     let goal = if maximize {
         weir_tune::Goal::Maximize
     } else {

@@ -171,6 +171,23 @@ pub struct TuneBlock {
     pub reserve_cpu: Option<f64>,
 }
 
+impl TuneBlock {
+    /// The study's objective as written: the metric and whether a larger
+    /// value is better (`goal: maximize`; anything else minimizes).
+    pub fn objective(&self) -> (String, bool) {
+        let field = |name: &str| {
+            self.spec
+                .get("objective")
+                .and_then(|o| o.get(name))
+                .and_then(|v| v.as_str())
+        };
+        (
+            field("metric").unwrap_or("objective").to_string(),
+            field("goal") == Some("maximize"),
+        )
+    }
+}
+
 impl Step {
     /// What the step asks the executor for, given the machine's capacity: a
     /// study's implicit request is capped by the machine, so `parallel: 8`

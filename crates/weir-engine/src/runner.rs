@@ -385,10 +385,11 @@ async fn walk(
                 for warning in &key.warnings {
                     progress.warning(warning);
                 }
-                let start = StepStart {
+                let mut start = StepStart {
                     inputs_json: serde_json::to_string(&inputs).expect("inputs serialize"),
                     cache_key: Some(key.key.clone()),
                     cache_components: Some(key.components_json()),
+                    cache_miss: None,
                 };
                 let reason = if options.no_cache {
                     "--no-cache".to_string()
@@ -425,6 +426,7 @@ async fn walk(
                         None => continue,
                     }
                 };
+                start.cache_miss = Some(reason.clone());
                 ctx.store.start_step(&id, &start).await?;
                 status.insert(step.name.clone(), StepStatus::Running);
                 tracing::info!(run_id = %run.id, step = %step.name, step_run_id = %id, %reason, "launching step");

@@ -752,8 +752,9 @@ impl Controller {
                 .or_insert_with(Instant::now);
             if opened.elapsed() >= analysis.interval {
                 self.opened.insert(d.endpoint.clone(), Instant::now());
-                let stable = self.take_window(state, &d, d.stable).await;
-                publish_drift(state, &d, d.stable, &stable);
+                let mut stable = self.take_window(state, &d, d.stable).await;
+                let drift = publish_drift(state, &d, d.stable, &stable);
+                record_interval(state, &d, d.stable, 100, opened, &mut stable, drift).await;
             }
             return;
         }
@@ -774,8 +775,28 @@ impl Controller {
         let mut stable = self.take_window(state, &d, d.stable).await;
         let mut candidate = self.take_window(state, &d, d.candidate).await;
         self.opened.insert(d.endpoint.clone(), Instant::now());
-        publish_drift(state, &d, d.stable, &stable);
-        publish_drift(state, &d, d.candidate, &candidate);
+        let drift = publish_drift(state, &d, d.stable, &stable);
+        record_interval(
+            state,
+            &d,
+            d.stable,
+            100 - d.weight,
+            opened,
+            &mut stable,
+            drift,
+        )
+        .await;
+        let drift = publish_drift(state, &d, d.candidate, &candidate);
+        record_interval(
+            state,
+            &d,
+            d.candidate,
+            d.weight,
+            opened,
+            &mut candidate,
+            drift,
+        )
+        .await;
         let reference = d
             .candidate
             .and_then(|v| state.loaded_version(&d.model, v))
@@ -860,22 +881,61 @@ async fn flush_windows(state: &AppState) {
 }
 
 /// Puts a version's drift over the interval against its prediction
-/// reference on /metrics, when it has a reference and scored enough rows.
+/// reference on /metrics, when it has a reference and scored enough rows;
+/// returns it.
 fn publish_drift(
     state: &AppState,
     d: &weir_store::Deployment,
     version: Option<i64>,
     window: &rollout::Window,
+) -> Option<f64> {
+    let version = version?;
+    let loaded = state.loaded_version(&d.model, version)?;
+    let reference = loaded.reference.as_ref()?;
+    if window.scores.len() < rollout::MIN_DRIFT_SCORES {
+        return None;
+    }
+    let psi = reference.stability(window.scores.iter().map(|s| f64::from(*s)));
+    state.metrics.drift(&d.endpoint, version, psi);
+    Some(psi)
+}
+
+/// Keeps what a version answered over a judged interval (every replica's
+/// counts), for the dashboard's history; an interval without traffic is
+/// not kept. A store that cannot take it costs the history a point, not
+/// the rollout its judgement.
+async fn record_interval(
+    state: &AppState,
+    d: &weir_store::Deployment,
+    version: Option<i64>,
+    weight: i64,
+    opened: Instant,
+    window: &mut rollout::Window,
+    drift: Option<f64>,
 ) {
     let Some(version) = version else { return };
-    let Some(loaded) = state.loaded_version(&d.model, version) else {
+    if window.is_empty() {
         return;
+    }
+    let ended_at = weir_core::now_ms();
+    let mut stats = window.stats();
+    stats["drift_psi"] = drift.into();
+    stats["scored"] = window.scores.len().into();
+    let interval = weir_store::Interval {
+        endpoint: d.endpoint.clone(),
+        version,
+        started_at: ended_at - opened.elapsed().as_millis() as i64,
+        ended_at,
+        weight,
+        requests: window.requests as i64,
+        errors: window.errors as i64,
+        stats,
     };
-    if let Some(reference) = &loaded.reference {
-        if window.scores.len() >= rollout::MIN_DRIFT_SCORES {
-            let psi = reference.stability(window.scores.iter().map(|s| f64::from(*s)));
-            state.metrics.drift(&d.endpoint, version, psi);
-        }
+    if let Err(e) = state.store.record_interval(&interval).await {
+        eprintln!(
+            "warning: endpoint {}: cannot record the interval: {e}",
+            d.endpoint
+        );
     }
 }
 

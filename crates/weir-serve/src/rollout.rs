@@ -146,16 +146,49 @@ impl Window {
     }
 
     pub fn p99(&mut self) -> Option<Duration> {
+        self.quantile(99)
+    }
+
+    /// The latency at `percent` by nearest rank over the samples kept.
+    fn quantile(&mut self, percent: usize) -> Option<Duration> {
         if self.latencies_us.is_empty() {
             return None;
         }
-        self.latencies_us.sort_unstable();
-        let ix = (self.latencies_us.len() * 99)
+        if !self.latencies_us.is_sorted() {
+            self.latencies_us.sort_unstable();
+        }
+        let ix = (self.latencies_us.len() * percent)
             .div_ceil(100)
             .saturating_sub(1);
         Some(Duration::from_micros(u64::from(self.latencies_us[ix])))
     }
+
+    /// What an interval's record keeps beside the counts: latency quantiles
+    /// and histogram (over the samples kept), and online accuracy.
+    pub fn stats(&mut self) -> serde_json::Value {
+        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
+        let mut counts = vec![0u64; LATENCY_BUCKETS_MS.len() + 1];
+        for us in &self.latencies_us {
+            let ms = f64::from(*us) / 1e3;
+            counts[LATENCY_BUCKETS_MS.partition_point(|le| *le < ms)] += 1;
+        }
+        serde_json::json!({
+            "p50_ms": ms(self.quantile(50)),
+            "p90_ms": ms(self.quantile(90)),
+            "p99_ms": ms(self.quantile(99)),
+            "latency_le_ms": LATENCY_BUCKETS_MS,
+            "latency_counts": counts,
+            "labelled": self.labelled,
+            "accuracy": self.accuracy(),
+        })
+    }
 }
+
+/// Upper bounds (ms) of the latency histogram kept per interval; a last
+/// bucket holds what is slower than all of them.
+pub const LATENCY_BUCKETS_MS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 2_500.0,
+];
 
 /// The verdict on an interval.
 #[derive(Debug, PartialEq)]
@@ -522,6 +555,26 @@ mod tests {
         assert!(e.to_string().contains("is rolling out version 2"), "{e}");
         let e = start(Some(&d), "e", "other", 3, "canary", vec![100], &a).unwrap_err();
         assert!(e.to_string().contains("serves model 'm'"), "{e}");
+    }
+
+    #[test]
+    fn an_intervals_stats_hold_quantiles_and_a_latency_histogram() {
+        let mut w = Window::default();
+        for ms in 1..=100u64 {
+            w.record(false, Duration::from_millis(ms));
+        }
+        w.record(false, Duration::from_secs(10));
+        w.label(true);
+        let s = w.stats();
+        assert_eq!(s["p50_ms"], 51.0);
+        assert_eq!(s["p99_ms"], 100.0);
+        let counts: Vec<u64> = serde_json::from_value(s["latency_counts"].clone()).unwrap();
+        assert_eq!(counts.len(), LATENCY_BUCKETS_MS.len() + 1);
+        assert_eq!(counts.iter().sum::<u64>(), 101);
+        // 1 ms is in the bucket whose bound is 1 ms; 10 s in the last.
+        assert_eq!(counts[3], 1);
+        assert_eq!(counts[LATENCY_BUCKETS_MS.len()], 1);
+        assert_eq!(s["accuracy"], 1.0);
     }
 
     #[test]

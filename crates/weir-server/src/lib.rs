@@ -4,6 +4,7 @@
 //! Weir's artifact store. The dashboard is served at `/` (`ui.rs`).
 
 mod artifacts;
+mod dashboard;
 mod error;
 mod json;
 mod models;
@@ -172,8 +173,9 @@ pub fn router(app: App) -> Router {
 }
 
 /// Serves until Ctrl-C or SIGTERM, then lets in-flight requests finish.
-pub async fn serve(app: App, addr: &str) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+/// Serves on a bound listener (bound by the caller, who may want its
+/// address first: `weir server --open`).
+pub async fn serve(app: App, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "tracking server listening");
     eprintln!(
         "weir server: MLflow tracking API on http://{0} (MLFLOW_TRACKING_URI), dashboard at http://{0}/",

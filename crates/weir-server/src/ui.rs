@@ -58,6 +58,10 @@ pub fn routes() -> Router<App> {
         .route("/static/{version}/{name}", get(asset))
         .route("/api/ui/metric-history", get(metric_history))
         .route("/api/ui/pipeline-run", get(pipeline_run))
+        .route("/api/ui/study", get(crate::dashboard::study))
+        .route("/api/ui/model", get(crate::dashboard::model))
+        .route("/api/ui/deployments", get(crate::dashboard::deployments))
+        .route("/api/ui/deployment", get(crate::dashboard::deployment))
 }
 
 async fn index() -> Response {
@@ -155,6 +159,8 @@ async fn pipeline_run(State(app): State<App>, p: Params) -> ApiResult<Json<Value
                 "ended_at": s.ended_at,
                 "attempt": s.attempt,
                 "cached_from": s.cached_from,
+                "cache_miss": s.cache_miss,
+                "tuned": spec.tune.is_some(),
                 "executor": s.executor.as_deref().unwrap_or("local"),
                 "node": s.node,
                 "error": s.error,

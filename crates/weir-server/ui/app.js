@@ -70,6 +70,15 @@ function quoteKey(key) { return /^[A-Za-z_][A-Za-z0-9_.]*$/.test(key) ? key : "`
 function errorBox(err) { return h("div", { class: "error", role: "alert" }, err.message || String(err)); }
 function statusBadge(status) { return h("span", { class: `status ${status}` }, status); }
 
+/** An SVG element with attributes (and text), appended to parent when given. */
+function svgEl(parent, tag, attrs, text) {
+  const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+  if (text !== undefined) e.textContent = text;
+  if (parent) parent.append(e);
+  return e;
+}
+
 // --- charts (uPlot) --------------------------------------------------------
 
 /** Exponential moving average with debiasing (as TensorBoard's smoothing). */
@@ -93,7 +102,8 @@ window.addEventListener("resize", () => {
 /**
  * A line chart of several series on one x axis: zoom by dragging (double
  * click resets), values on hover in the legend, optional log y and smoothing.
- * series: [{label, x: [...], y: [...]}]; each may have its own x values.
+ * series: [{label, x: [...], y: [...], dots?}]; each may have its own x values;
+ * a series with dots is drawn as points only.
  */
 function lineChart(container, series, { xLabel = "step", logY = false, weight = 0, scatter = false } = {}) {
   const xs = [...new Set(series.flatMap((s) => s.x))].sort((a, b) => a - b);
@@ -112,8 +122,8 @@ function lineChart(container, series, { xLabel = "step", logY = false, weight = 
     cursor: { drag: { x: true, y: false } },
     series: [{ label: xLabel }, ...series.map((s, i) => ({
       label: s.label, stroke: PALETTE[i % PALETTE.length], width: 1.5, spanGaps: true,
-      paths: scatter ? () => null : undefined,
-      points: { show: scatter || xs.length < 60, size: scatter ? 6 : 4 },
+      paths: scatter || s.dots ? () => null : undefined,
+      points: { show: scatter || s.dots || xs.length < 60, size: scatter || s.dots ? 6 : 4 },
       value: (_, v) => (v === null || v === undefined ? "–" : fmtNum(v)),
     }))],
   };
@@ -164,18 +174,8 @@ function metricCard(key, runs) {
 /** Parallel coordinates over numeric columns, one line per run, coloured by the last column. */
 function parallelCoordinates(columns, rows) {
   const W = 1000, H = 300, pad = 90;
-  const NS = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(NS, "svg");
-  svg.setAttribute("viewBox", `0 0 ${W} ${H + 40}`);
-  svg.setAttribute("class", "parcoords");
-  svg.setAttribute("width", "100%");
-  const el = (tag, attrs, text) => {
-    const e = document.createElementNS(NS, tag);
-    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
-    if (text !== undefined) e.textContent = text;
-    svg.append(e);
-    return e;
-  };
+  const svg = svgEl(null, "svg", { viewBox: `0 0 ${W} ${H + 40}`, class: "parcoords", width: "100%" });
+  const el = (tag, attrs, text) => svgEl(svg, tag, attrs, text);
   const step = columns.length > 1 ? (W - 2 * pad) / (columns.length - 1) : 0;
   const ranges = columns.map((c) => {
     const vs = rows.map((r) => r.values[c]).filter(Number.isFinite);
@@ -191,9 +191,7 @@ function parallelCoordinates(columns, rows) {
     const [lo, hi] = ranges[last];
     const t = hi === lo ? 0.5 : (r.values[columns[last]] - lo) / (hi - lo);
     const line = el("polyline", { points: pts.join(" "), fill: "none", stroke: `hsl(${220 - 200 * (Number.isFinite(t) ? t : 0)}, 70%, 45%)`, "stroke-width": 1.5, opacity: 0.8 });
-    const title = document.createElementNS(NS, "title");
-    title.textContent = r.label;
-    line.append(title);
+    svgEl(line, "title", {}, r.label);
   });
   columns.forEach((c, ci) => {
     const x = pad + ci * step;
@@ -207,7 +205,6 @@ function parallelCoordinates(columns, rows) {
 
 /** A pipeline run's steps as a left-to-right graph: a column per depth, a box per step. */
 function dagSvg(steps, linkOf) {
-  const NS = "http://www.w3.org/2000/svg";
   const byName = new Map(steps.map((s) => [s.name, s]));
   const depth = new Map();
   const depthOf = (name, seen = new Set()) => {
@@ -227,17 +224,8 @@ function dagSvg(steps, linkOf) {
   columns.forEach((col, ci) => col.forEach((s, ri) => pos.set(s.name, { x: 10 + ci * (BW + GX), y: 10 + ri * (BH + GY) })));
   const width = 20 + columns.length * (BW + GX) - GX;
   const height = 20 + Math.max(...columns.map((c) => c.length)) * (BH + GY) - GY;
-  const svg = document.createElementNS(NS, "svg");
-  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
-  svg.setAttribute("width", String(width));
-  svg.setAttribute("class", "dag");
-  const el = (parent, tag, attrs, text) => {
-    const e = document.createElementNS(NS, tag);
-    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
-    if (text !== undefined) e.textContent = text;
-    parent.append(e);
-    return e;
-  };
+  const svg = svgEl(null, "svg", { viewBox: `0 0 ${width} ${height}`, width, class: "dag" });
+  const el = svgEl;
   for (const s of steps) {
     const to = pos.get(s.name);
     for (const a of s.after) {
@@ -255,9 +243,7 @@ function dagSvg(steps, linkOf) {
     el(a, "text", { x: x + 10, y: y + 20, class: "name" }, s.name.length > 24 ? s.name.slice(0, 23) + "…" : s.name);
     const detail = s.cached_from ? "cache hit" : [s.status, fmtDuration(s.started_at, s.ended_at || (s.status === "running" ? Date.now() : null)), s.attempt > 1 ? `attempt ${s.attempt}` : ""].filter(Boolean).join(" · ");
     el(a, "text", { x: x + 10, y: y + 38, class: "detail" }, detail);
-    const title = document.createElementNS(NS, "title");
-    title.textContent = [s.name, s.cached_from ? `outputs reused from step run ${s.cached_from}` : `${s.status}${s.executor !== "local" ? ` on ${s.executor}${s.node ? " node " + s.node.slice(0, 12) : ""}` : ""}`, s.error || ""].filter(Boolean).join("\n");
-    a.append(title);
+    el(a, "title", {}, [s.name, s.cached_from ? `outputs reused from step run ${s.cached_from}` : `${s.status}${s.executor !== "local" ? ` on ${s.executor}${s.node ? " node " + s.node.slice(0, 12) : ""}` : ""}`, s.cache_miss ? `ran: ${s.cache_miss}` : "", s.error || ""].filter(Boolean).join("\n"));
   }
   return svg;
 }
@@ -277,7 +263,15 @@ async function pipelineSection(runId, expId) {
     const counts = {};
     for (const s of doc.steps) { const k = s.cached_from ? "cached" : s.status; counts[k] = (counts[k] || 0) + 1; }
     summary.textContent = `pipeline ${doc.pipeline} · ${doc.status} · ${Object.entries(counts).map(([k, n]) => `${n} ${k}`).join(", ")}`;
-    box.replaceChildren(summary, doc.steps.length ? dagSvg(doc.steps, linkOf) : h("p", { class: "muted" }, "No steps."));
+    const rows = doc.steps.map((s) => h("tr", { "data-step": s.name },
+      h("td", {}, h("a", { href: linkOf(s) }, s.name)),
+      h("td", {}, s.cached_from ? "cached" : s.status),
+      h("td", {}, fmtDuration(s.started_at, s.ended_at)),
+      h("td", { class: "cache", title: s.cache_miss || "" }, s.cached_from ? `hit: outputs of step run ${s.cached_from.slice(0, 12)}` : s.cache_miss ? `miss: ${s.cache_miss}` : "–"),
+      h("td", {}, s.executor === "local" ? "local" : `${s.executor}${s.node ? " node " + s.node.slice(0, 12) : ""}`),
+      h("td", {}, s.tuned ? h("a", { href: `#/studies/${encodeURIComponent(runId)}/${encodeURIComponent(s.name)}`, class: "study-link" }, "study") : "")));
+    box.replaceChildren(summary, doc.steps.length ? dagSvg(doc.steps, linkOf) : h("p", { class: "muted" }, "No steps."),
+      doc.steps.length ? table("steps", ["Step", "State", "Took", "Cache", "Ran on", ""], rows) : null);
   };
   draw();
   const poll = () => {
@@ -570,6 +564,391 @@ async function comparePage(root, query) {
   for (const k of metricKeys.slice(0, 30)) grid.append(metricCard(k, runs));
 }
 
+// --- studies ---------------------------------------------------------------
+
+/** The best value after each complete trial, in trial order. */
+function bestSoFar(trials, maximize) {
+  let best = null;
+  const xs = [], ys = [];
+  for (const t of trials) {
+    if (t.state !== "complete" || !Number.isFinite(t.value)) continue;
+    if (best === null || (maximize ? t.value > best : t.value < best)) best = t.value;
+    xs.push(t.number); ys.push(best);
+  }
+  return { xs, ys };
+}
+
+/** The step at which a trial stopped: its last intermediate value's. */
+function lastRung(t) {
+  const steps = Object.keys(t.intermediate || {}).map(Number).filter(Number.isFinite);
+  return steps.length ? Math.max(...steps) : null;
+}
+
+async function studyPage(root, runId, step) {
+  let doc;
+  try {
+    doc = await get("/api/ui/study", { run_id: runId, step });
+  } catch (e) {
+    if (e.status === 404) return notFound(root, `No study for step ${step} of run ${runId}.`, e.message);
+    throw e;
+  }
+  const trials = doc.trials.slice().sort((a, b) => a.number - b.number);
+  const maximize = doc.goal === "maximize";
+  const complete = trials.filter((t) => t.state === "complete" && Number.isFinite(t.value));
+  const best = complete.reduce((b, t) => (b === null || (maximize ? t.value > b.value : t.value < b.value) ? t : b), null);
+  const counts = {};
+  for (const t of trials) counts[t.state] = (counts[t.state] || 0) + 1;
+  const paramKeys = [...new Set(trials.flatMap((t) => Object.keys(t.params || {})))].sort();
+  const runLink = `#/experiments/0/runs/${encodeURIComponent(doc.run_id)}`;
+  const trialLink = (t) => (t.tracking_run_id ? `#/experiments/0/runs/${encodeURIComponent(t.tracking_run_id)}` : null);
+  const rows = trials.map((t) => h("tr", { class: t === best ? "best" : "", "data-trial": t.number, "data-state": t.state },
+    h("td", { class: "num" }, trialLink(t) ? h("a", { href: trialLink(t) }, t.number) : t.number),
+    h("td", {}, h("span", { class: `status trial-${t.state}` }, t === best ? `${t.state} ★ best` : t.state)),
+    h("td", { class: "num" }, Number.isFinite(t.value) ? fmtNum(t.value) : "–"),
+    h("td", { class: "num" }, t.state === "pruned" ? (lastRung(t) ?? "–") : ""),
+    ...paramKeys.map((k) => {
+      const v = t.params[k];
+      return h("td", { class: typeof v === "number" ? "num" : "" }, v === undefined ? "" : typeof v === "number" ? fmtNum(v) : String(v));
+    }),
+    h("td", {}, fmtDuration(t.started_at, t.ended_at)),
+    h("td", { class: "muted", title: t.error || "" }, t.error ? t.error.split("\n")[0] : "")));
+  const progress = h("div", { class: "card", id: "best-so-far" });
+  const curves = h("div", { class: "card", id: "curves" });
+  const numericParams = paramKeys.filter((k) => trials.every((t) => t.params[k] === undefined || Number.isFinite(Number(t.params[k]))));
+  const pcFields = [...numericParams, doc.metric];
+  fill(root,
+    h("div", { class: "crumbs" }, h("a", { href: runLink }, `run ${doc.run_id.slice(0, 12)} (${doc.pipeline})`), " /"),
+    h("h1", { id: "study-name" }, `Study: ${doc.step}`),
+    h("dl", { class: "kv" },
+      h("dt", {}, "Objective"), h("dd", {}, `${doc.goal} ${doc.metric}`),
+      h("dt", {}, "Trials"), h("dd", { id: "trial-counts" }, Object.entries(counts).map(([k, n]) => `${n} ${k}`).join(", ") || "none yet"),
+      h("dt", {}, "Best"), h("dd", {}, best ? `trial ${best.number}: ${fmtNum(best.value)}` : "no complete trial"),
+      h("dt", {}, "Sampler"), h("dd", {}, typeof doc.sampler === "string" ? doc.sampler : JSON.stringify(doc.sampler ?? "default")),
+      h("dt", {}, "Scheduler"), h("dd", {}, doc.scheduler ? JSON.stringify(doc.scheduler) : "none (every trial runs to the end)")),
+    h("div", { class: "grid" }, progress, curves),
+    complete.length >= 2 && pcFields.length >= 2 ? h("h2", {}, "Parameters → objective") : null,
+    complete.length >= 2 && pcFields.length >= 2 ? h("div", { class: "card", id: "parcoords" }, parallelCoordinates(pcFields,
+      complete.map((t) => ({ label: `trial ${t.number}`, values: Object.fromEntries([...numericParams.map((k) => [k, Number(t.params[k])]), [doc.metric, t.value]]) })))) : null,
+    h("h2", {}, `Trials (${trials.length})`),
+    h("div", { class: "scroll" }, table("trials", ["#", "State", doc.metric, "Stopped at", ...paramKeys, "Took", "Error"], rows)));
+  // The best value so far over trial numbers, with every complete trial's value as points.
+  progress.append(h("h3", {}, `Best ${doc.metric} so far`));
+  const bsf = bestSoFar(trials, maximize);
+  const chartBox = h("div");
+  progress.append(chartBox);
+  if (bsf.xs.length) {
+    lineChart(chartBox, [
+      { label: "best so far", x: bsf.xs, y: bsf.ys },
+      { label: "trial value", x: complete.map((t) => t.number), y: complete.map((t) => t.value), dots: true },
+    ], { xLabel: "trial" });
+  } else chartBox.append(h("p", { class: "muted" }, "No complete trial yet."));
+  // Learning curves: a pruned trial's line ends at the rung it was stopped at.
+  curves.append(h("h3", {}, "Intermediate values (pruned trials end at their rung)"));
+  const curveBox = h("div");
+  curves.append(curveBox);
+  const withCurves = trials.filter((t) => Object.keys(t.intermediate || {}).length).slice(0, 40);
+  if (withCurves.length) {
+    lineChart(curveBox, withCurves.map((t) => {
+      const pts = Object.entries(t.intermediate).map(([k, v]) => [Number(k), v]).sort((a, b) => a[0] - b[0]);
+      return { label: `${t.number} ${t.state}`, x: pts.map((p) => p[0]), y: pts.map((p) => p[1]) };
+    }));
+  } else curveBox.append(h("p", { class: "muted" }, "The trials reported no intermediate values."));
+  if (doc.status === "running") {
+    const t = setTimeout(() => { timers.delete(t); if (root.isConnected) studyPage(root, runId, step); }, 3000);
+    timers.add(t);
+  }
+}
+
+// --- models ----------------------------------------------------------------
+
+async function modelsPage(root) {
+  const res = await get(`${API}/registered-models/search`, { max_results: 1000 });
+  const models = (res.registered_models || []).slice().sort((a, b) => a.name.localeCompare(b.name));
+  const rows = models.map((m) => {
+    const latest = (m.latest_versions || []).reduce((v, x) => Math.max(v, Number(x.version)), 0);
+    return h("tr", {},
+      h("td", {}, h("a", { href: `#/models/${encodeURIComponent(m.name)}` }, m.name)),
+      h("td", { class: "num" }, latest || "–"),
+      h("td", {}, (m.aliases || []).map((a) => h("span", { class: "alias" }, `@${a.alias} → v${a.version}`))),
+      h("td", {}, fmtTime(m.last_updated_timestamp || m.creation_timestamp)),
+      h("td", { class: "muted", title: m.description || "" }, m.description || ""));
+  });
+  fill(root,
+    h("h1", {}, "Models"),
+    models.length ? table("models", ["Name", "Latest", "Aliases", "Updated", "Description"], rows)
+      : h("p", { class: "muted" }, "No registered models yet. A pipeline's weir/register step or mlflow.register_model adds one."));
+}
+
+/** A version's metrics as {key: number}, whichever shape they were stored in. */
+function versionMetrics(v) {
+  const m = v.metrics;
+  // weir/evaluate's report: {prefix, overall: {auc, ...}, slices: {...}, task, target}.
+  if (m && typeof m === "object" && m.overall && typeof m.overall === "object") {
+    const prefix = m.prefix ? `${m.prefix}.` : "";
+    return Object.fromEntries(Object.entries(m.overall).filter(([, x]) => Number.isFinite(Number(x))).map(([k, x]) => [prefix + k, Number(x)]));
+  }
+  if (Array.isArray(m)) return Object.fromEntries(m.filter((x) => x && x.key !== undefined).map((x) => [x.key, Number(x.value)]));
+  if (m && typeof m === "object") return Object.fromEntries(Object.entries(m).filter(([, x]) => Number.isFinite(Number(x))).map(([k, x]) => [k, Number(x)]));
+  return {};
+}
+
+async function modelPage(root, name) {
+  const doc = await get("/api/ui/model", { name });
+  const versions = doc.versions;
+  const metricKeys = [...new Set(versions.flatMap((v) => Object.keys(versionMetrics(v))))].sort();
+  const shownKeys = metricKeys.slice(0, 8);
+  const link = (v) => `#/models/${encodeURIComponent(name)}/versions/${v}`;
+  const serving = new Map();
+  for (const d of doc.deployments) {
+    if (d.stable !== null) serving.set(d.stable, [...(serving.get(d.stable) || []), `${d.endpoint} (${d.candidate !== null ? 100 - d.weight : 100}%)`]);
+    if (d.candidate !== null) serving.set(d.candidate, [...(serving.get(d.candidate) || []), `${d.endpoint} (candidate ${d.weight}%)`]);
+  }
+  const rows = versions.map((v) => {
+    const m = versionMetrics(v);
+    return h("tr", { "data-version": v.version },
+      h("td", { class: "num" }, h("a", { href: link(v.version) }, `v${v.version}`)),
+      h("td", {}, v.aliases.map((a) => h("span", { class: "alias" }, `@${a}`))),
+      h("td", {}, v.status),
+      h("td", {}, (serving.get(v.version) || []).join(", ")),
+      ...shownKeys.map((k) => h("td", { class: "num" }, m[k] === undefined ? "" : fmtNum(m[k]))),
+      h("td", {}, fmtTime(v.created_at)),
+      h("td", {}, v.run_id ? h("a", { href: `#/experiments/0/runs/${encodeURIComponent(v.run_id)}` }, v.run_id.slice(0, 12)) : ""));
+  });
+  const chartsBox = h("div", { class: "grid", id: "charts" });
+  fill(root,
+    h("div", { class: "crumbs" }, h("a", { href: "#/models" }, "Models"), " /"),
+    h("h1", { id: "model-name" }, doc.name),
+    doc.description ? h("p", {}, doc.description) : null,
+    h("dl", { class: "kv" },
+      h("dt", {}, "Versions"), h("dd", {}, versions.length),
+      h("dt", {}, "Aliases"), h("dd", {}, doc.aliases.length ? doc.aliases.map((a) => `@${a.alias} → v${a.version}`).join(", ") : "none"),
+      h("dt", {}, "Endpoints"), h("dd", {}, doc.deployments.length ? doc.deployments.map((d) => h("a", { href: `#/deployments/${encodeURIComponent(d.endpoint)}`, class: "endpoint-link" }, d.endpoint, " ")) : "not served"),
+      h("dt", {}, "Updated"), h("dd", {}, fmtTime(doc.updated_at))),
+    h("h2", {}, "Versions"),
+    versions.length ? h("div", { class: "scroll" }, table("versions", ["Version", "Aliases", "Status", "Serving", ...shownKeys, "Registered", "Run"], rows)) : h("p", { class: "muted" }, "No versions."),
+    versions.length > 1 && metricKeys.length ? h("h2", {}, "Metrics by version") : null,
+    chartsBox);
+  if (versions.length > 1) {
+    const asc = versions.slice().sort((a, b) => a.version - b.version);
+    for (const k of metricKeys.slice(0, 12)) {
+      const pts = asc.map((v) => [v.version, versionMetrics(v)[k]]).filter(([, y]) => Number.isFinite(y));
+      if (pts.length < 2) continue;
+      const box = h("div");
+      chartsBox.append(h("div", { class: "card", "data-metric": k }, h("h3", {}, k), box));
+      lineChart(box, [{ label: k, x: pts.map((p) => p[0]), y: pts.map((p) => p[1]) }], { xLabel: "version" });
+    }
+  }
+}
+
+/** Per-slice metrics of an evaluation report, with each metric's largest gap between slices flagged. */
+function sliceSection(m) {
+  const slices = m && typeof m === "object" && m.slices && typeof m.slices === "object" ? m.slices : {};
+  const rows = [];
+  for (const [column, values] of Object.entries(slices)) {
+    if (!values || typeof values !== "object") continue;
+    for (const [value, metrics] of Object.entries(values)) if (metrics && typeof metrics === "object") rows.push({ slice: `${column} = ${value}`, metrics });
+  }
+  if (!rows.length) return [];
+  const keys = [...new Set(rows.flatMap((r) => Object.keys(r.metrics).filter((k) => Number.isFinite(Number(r.metrics[k])))))].sort();
+  const gaps = Object.fromEntries(keys.map((k) => {
+    const xs = rows.map((r) => Number(r.metrics[k])).filter(Number.isFinite);
+    return [k, { lo: Math.min(...xs), hi: Math.max(...xs) }];
+  }));
+  const cell = (k, x) => {
+    const flagged = k !== "rows" && gaps[k].hi - gaps[k].lo > 0.05 && (x === gaps[k].lo || x === gaps[k].hi);
+    return h("td", { class: `num${flagged ? " gap" : ""}`, title: flagged ? `largest gap in ${k}: ${fmtNum(gaps[k].hi - gaps[k].lo)}` : "" }, Number.isFinite(x) ? fmtNum(x) : "");
+  };
+  return [h("h3", {}, `Slices (${m.task || "metrics"}${m.target ? `, target ${m.target}` : ""})`),
+    h("div", { class: "scroll" }, table("slices", ["Slice", ...keys], rows.map((r) => h("tr", {}, h("td", {}, r.slice), ...keys.map((k) => cell(k, Number(r.metrics[k]))))))),
+    h("p", { class: "muted" }, "Highlighted: the two ends of a metric's largest gap between slices, when over 0.05.")];
+}
+
+/** The model card: what the version is, what it was trained on and how it scores. */
+async function modelVersionPage(root, name, version) {
+  const doc = await get("/api/ui/model", { name });
+  const v = doc.versions.find((x) => String(x.version) === String(version));
+  if (!v) return notFound(root, `No version ${version} of model ${name}.`, `It has ${doc.versions.map((x) => `v${x.version}`).join(", ") || "no versions"}.`);
+  const metrics = versionMetrics(v);
+  const lin = v.lineage && typeof v.lineage === "object" ? v.lineage : {};
+  const steps = Array.isArray(lin.steps) ? lin.steps : [];
+  const params = lin.params && typeof lin.params === "object" ? Object.entries(lin.params) : [];
+  const endpoints = doc.deployments.filter((d) => d.stable === v.version || d.candidate === v.version);
+  fill(root,
+    h("div", { class: "crumbs" }, h("a", { href: "#/models" }, "Models"), " / ", h("a", { href: `#/models/${encodeURIComponent(name)}` }, name), " /"),
+    h("h1", { id: "version-name" }, `${name} v${v.version}`, ...v.aliases.map((a) => h("span", { class: "alias" }, ` @${a}`))),
+    h("div", { class: "card", id: "model-card" },
+      h("h2", {}, "Model card"),
+      h("dl", { class: "kv" },
+        h("dt", {}, "Description"), h("dd", {}, v.description || doc.description || "–"),
+        h("dt", {}, "Pipeline"), h("dd", {}, lin.pipeline ? `${lin.pipeline}${lin.spec_file ? ` (${lin.spec_file})` : ""}` : "–"),
+        h("dt", {}, "Trained by run"), h("dd", {}, v.run_id ? h("a", { href: `#/experiments/0/runs/${encodeURIComponent(v.run_id)}` }, v.run_id) : "–"),
+        h("dt", {}, "Code revision"), h("dd", {}, lin.git_rev || "–"),
+        h("dt", {}, "Weir"), h("dd", {}, lin.weir_version || "–"),
+        h("dt", {}, "Model file"), h("dd", {}, v.digest || v.source),
+        h("dt", {}, "Status"), h("dd", {}, `${v.status}${v.stage && v.stage !== "None" ? `, stage ${v.stage}` : ""}`),
+        h("dt", {}, "Serving"), h("dd", {}, endpoints.length ? endpoints.map((d) => h("a", { href: `#/deployments/${encodeURIComponent(d.endpoint)}` }, `${d.endpoint} `)) : "not served"),
+        h("dt", {}, "Registered"), h("dd", {}, `${fmtTime(v.created_at)}${v.user_id ? ` by ${v.user_id}` : ""}`)),
+      h("h3", {}, "Metrics"),
+      Object.keys(metrics).length ? table("version-metrics", ["Metric", "Value"], Object.entries(metrics).sort().map(([k, x]) => h("tr", {}, h("td", {}, k), h("td", { class: "num" }, fmtNum(x))))) : h("p", { class: "muted" }, "No metrics recorded with this version."),
+      ...sliceSection(v.metrics),
+      h("h3", {}, "Data and lineage"),
+      steps.length ? table("lineage", ["Step", "Kind", "Outputs", "Sources read"], steps.map((s) => h("tr", {},
+        h("td", {}, h("a", { href: `#/experiments/0/runs/${encodeURIComponent(s.step_run_id)}` }, s.step)),
+        h("td", {}, s.kind || ""),
+        h("td", {}, Object.entries(s.outputs || {}).map(([k, d]) => `${k}=${String(d).slice(0, 12)}`).join(" ")),
+        h("td", {}, (Array.isArray(s.sources) ? s.sources : []).map((x) => (typeof x === "string" ? x : `${x.path || ""}${x.digest ? "@" + String(x.digest).slice(0, 12) : ""}`)).join(", "))))) : h("p", { class: "muted" }, "No lineage recorded (registered from outside a pipeline)."),
+      params.length ? h("h3", {}, "Parameters") : null,
+      params.length ? table("lineage-params", ["Name", "Value"], params.map(([k, x]) => h("tr", {}, h("td", {}, k), h("td", {}, typeof x === "string" ? x : JSON.stringify(x))))) : null));
+}
+
+// --- deployments -----------------------------------------------------------
+
+function rate(i) { const s = (i.ended_at - i.started_at) / 1000; return s > 0 ? i.requests / s : 0; }
+
+async function deploymentsPage(root) {
+  const { deployments } = await get("/api/ui/deployments");
+  const rows = deployments.map(({ deployment: d, recent }) => {
+    const last = recent.filter((i) => i.version === d.stable).pop() || recent[recent.length - 1];
+    return h("tr", { "data-endpoint": d.endpoint },
+      h("td", {}, h("a", { href: `#/deployments/${encodeURIComponent(d.endpoint)}` }, d.endpoint)),
+      h("td", {}, h("a", { href: `#/models/${encodeURIComponent(d.model)}` }, d.model)),
+      h("td", {}, d.stable !== null ? `v${d.stable}` : "–"),
+      h("td", {}, d.candidate !== null ? `v${d.candidate} at ${d.weight}%` : "–"),
+      h("td", {}, h("span", { class: `status phase-${d.phase}` }, d.phase)),
+      h("td", { class: "num" }, last ? `${fmtNum(Number(rate(last).toFixed(2)))}/s` : "–"),
+      h("td", { class: "muted", title: d.reason }, d.reason));
+  });
+  fill(root, h("h1", {}, "Deployments"),
+    deployments.length ? table("deployments", ["Endpoint", "Model", "Stable", "Candidate", "Phase", "Requests", "Why"], rows)
+      : h("p", { class: "muted" }, "No endpoints yet. `weir deploy ENDPOINT MODEL:V` creates one; `weir serve` serves it."));
+}
+
+/** A horizontal bar: the traffic split between the stable and candidate versions. */
+function trafficBar(d) {
+  const cand = d.candidate !== null ? d.weight : 0;
+  return h("div", { class: "split", id: "traffic" },
+    h("div", { class: "stable", style: `width:${100 - cand}%` }, d.stable !== null ? `v${d.stable} ${100 - cand}%` : "no stable version"),
+    cand ? h("div", { class: "candidate", style: `width:${cand}%` }, `v${d.candidate} ${cand}%`) : null);
+}
+
+/** A semicircle gauge of a drift score (PSI): < 0.1 stable, < 0.25 watch, above: drifted. */
+function driftGauge(psi) {
+  const W = 200, R = 80, cx = 100, cy = 95;
+  const svg = svgEl(null, "svg", { viewBox: `0 0 ${W} 120`, width: W, class: "gauge" });
+  const arc = (a0, a1, cls) => {
+    const p = (a) => [cx - R * Math.cos(a), cy - R * Math.sin(a)];
+    const [x0, y0] = p(a0), [x1, y1] = p(a1);
+    svgEl(svg, "path", { d: `M${x0},${y0} A${R},${R} 0 0 1 ${x1},${y1}`, class: cls });
+  };
+  const MAX = 0.5;
+  const angle = (v) => Math.PI * Math.min(Math.max(v, 0), MAX) / MAX;
+  arc(0, angle(0.1), "ok"); arc(angle(0.1), angle(0.25), "warn"); arc(angle(0.25), Math.PI, "bad");
+  if (Number.isFinite(psi)) {
+    const a = angle(psi);
+    svgEl(svg, "line", { x1: cx, y1: cy, x2: cx - (R - 8) * Math.cos(a), y2: cy - (R - 8) * Math.sin(a), class: "needle" });
+  }
+  svgEl(svg, "text", { x: cx, y: cy + 20, "text-anchor": "middle" }, Number.isFinite(psi) ? `PSI ${psi.toFixed(3)}` : "no drift data");
+  return svg;
+}
+
+/** Bars of latency counts per bucket, one colour per version. */
+function latencyHistogram(bounds, byVersion) {
+  const W = 640, H = 200, pad = 30;
+  const labels = [...bounds.map((b) => `≤${b}`), `>${bounds[bounds.length - 1]}`];
+  const versions = [...byVersion.keys()];
+  const max = Math.max(1, ...[...byVersion.values()].flat());
+  const svg = svgEl(null, "svg", { viewBox: `0 0 ${W} ${H + 40}`, width: "100%", class: "histogram" });
+  const slot = (W - pad) / labels.length;
+  const bw = (slot - 4) / Math.max(1, versions.length);
+  labels.forEach((label, i) => {
+    versions.forEach((v, vi) => {
+      const n = byVersion.get(v)[i] || 0;
+      const bh = (H - 10) * (n / max);
+      const rect = svgEl(svg, "rect", { x: pad + i * slot + 2 + vi * bw, y: H - bh, width: Math.max(bw - 1, 1), height: bh, fill: PALETTE[vi % PALETTE.length] });
+      svgEl(rect, "title", {}, `v${v} ${label} ms: ${n}`);
+    });
+    svgEl(svg, "text", { x: pad + i * slot + slot / 2, y: H + 14, "text-anchor": "middle" }, label);
+  });
+  svgEl(svg, "text", { x: pad, y: H + 34 }, "latency, ms (bucket upper bounds)");
+  versions.forEach((v, vi) => svgEl(svg, "text", { x: W - 60 * (versions.length - vi), y: 12, fill: PALETTE[vi % PALETTE.length] }, `v${v}`));
+  return svg;
+}
+
+async function deploymentPage(root, endpoint, query) {
+  const hours = Number(query.get("hours")) || 24;
+  let doc;
+  try {
+    doc = await get("/api/ui/deployment", { endpoint, hours });
+  } catch (e) {
+    if (e.status === 404) return notFound(root, `No endpoint ${endpoint}.`, e.message);
+    throw e;
+  }
+  const d = doc.deployment;
+  const versions = [...new Set(doc.intervals.map((i) => i.version))].sort((a, b) => a - b);
+  const of = (v) => doc.intervals.filter((i) => i.version === v);
+  const series = (f) => versions.map((v) => ({ label: `v${v}`, x: of(v).map((i) => i.ended_at / 1000), y: of(v).map(f) }));
+  const lastOf = (v) => of(v).slice(-1)[0];
+  const latest = [d.stable, d.candidate].filter((v) => v !== null);
+  const gauges = h("div", { class: "gauges", id: "drift" }, latest.map((v) => {
+    const withDrift = of(v).filter((i) => Number.isFinite(i.stats.drift_psi));
+    return h("div", { class: "gauge-box" }, h("div", { class: "muted" }, `v${v}`), driftGauge(withDrift.length ? withDrift[withDrift.length - 1].stats.drift_psi : NaN));
+  }));
+  // The histogram sums the last hour's intervals.
+  const hourAgo = doc.now - 3_600_000;
+  const bounds = doc.intervals.find((i) => Array.isArray(i.stats.latency_le_ms))?.stats.latency_le_ms || [];
+  const byVersion = new Map();
+  for (const i of doc.intervals) {
+    if (i.ended_at < hourAgo || !Array.isArray(i.stats.latency_counts)) continue;
+    const acc = byVersion.get(i.version) || new Array(bounds.length + 1).fill(0);
+    i.stats.latency_counts.forEach((n, k) => { acc[k] += n; });
+    byVersion.set(i.version, acc);
+  }
+  const totals = versions.map((v) => {
+    const xs = of(v);
+    const req = xs.reduce((n, i) => n + i.requests, 0), err = xs.reduce((n, i) => n + i.errors, 0);
+    const last = lastOf(v);
+    return h("tr", { "data-version": v }, h("td", {}, `v${v}`), h("td", { class: "num" }, req), h("td", { class: "num" }, err),
+      h("td", { class: "num" }, req ? `${(100 * err / req).toFixed(2)}%` : "–"),
+      h("td", { class: "num" }, last && Number.isFinite(last.stats.p99_ms) ? `${fmtNum(Number(last.stats.p99_ms.toFixed(2)))} ms` : "–"),
+      h("td", { class: "num" }, last && Number.isFinite(last.stats.accuracy) ? fmtNum(last.stats.accuracy) : "–"));
+  });
+  const charts = ["requests", "errors", "latency"].map((id) => h("div", { class: "card", id: `chart-${id}` }));
+  const range = h("select", { onchange: (e) => { location.hash = `#/deployments/${encodeURIComponent(endpoint)}?hours=${e.target.value}`; } },
+    [1, 6, 24, 168, 720].map((n) => h("option", { value: n, selected: n === doc.hours }, n < 48 ? `last ${n} h` : `last ${n / 24} days`)));
+  fill(root,
+    h("div", { class: "crumbs" }, h("a", { href: "#/deployments" }, "Deployments"), " /"),
+    h("h1", { id: "endpoint-name" }, endpoint),
+    h("dl", { class: "kv" },
+      h("dt", {}, "Model"), h("dd", {}, h("a", { href: `#/models/${encodeURIComponent(d.model)}` }, d.model)),
+      h("dt", {}, "Strategy"), h("dd", {}, `${d.strategy}${d.steps.length ? ` (${d.steps.join("% → ")}%)` : ""}`),
+      h("dt", {}, "Phase"), h("dd", {}, h("span", { class: `status phase-${d.phase}`, id: "phase" }, d.phase), d.reason ? ` — ${d.reason}` : ""),
+      h("dt", {}, "Updated"), h("dd", {}, fmtTime(d.updated_at))),
+    h("h2", {}, "Traffic split"),
+    trafficBar(d),
+    h("div", { class: "toolbar" }, range, h("span", { class: "muted" }, `${doc.intervals.length} judged intervals`)),
+    doc.intervals.length ? table("totals", ["Version", "Requests", "Errors", "Error rate", "p99 (last)", "Accuracy (last)"], totals) : h("p", { class: "muted", id: "no-traffic" }, "No traffic judged in this window yet."),
+    h("div", { class: "grid" }, ...charts),
+    h("div", { class: "grid" },
+      h("div", { class: "card", id: "histogram" }, h("h3", {}, "Latency histogram, last hour"), byVersion.size ? latencyHistogram(bounds, byVersion) : h("p", { class: "muted" }, "No requests in the last hour.")),
+      h("div", { class: "card" }, h("h3", {}, "Prediction drift"), gauges)),
+    h("h2", {}, "Rollout history"),
+    doc.events.length ? table("events", ["#", "When", "Event", "Detail"], doc.events.slice().reverse().map((e) => h("tr", {},
+      h("td", { class: "num" }, e.seq), h("td", {}, fmtTime(e.at)), h("td", {}, e.event), h("td", { title: e.detail }, e.detail)))) : h("p", { class: "muted" }, "No events."));
+  const draw = (card, title, f) => {
+    card.append(h("h3", {}, title));
+    const box = h("div");
+    card.append(box);
+    if (doc.intervals.length) lineChart(box, series(f), { xLabel: "time" });
+    else box.append(h("p", { class: "muted" }, "No data yet."));
+  };
+  draw(charts[0], "Requests per second", rate);
+  draw(charts[1], "Error rate", (i) => (i.requests ? i.errors / i.requests : 0));
+  draw(charts[2], "p99 latency, ms", (i) => (Number.isFinite(i.stats.p99_ms) ? i.stats.p99_ms : null));
+  // Live: re-read every 5 s while the page is open.
+  const t = setTimeout(() => { timers.delete(t); if (root.isConnected) deploymentPage(root, endpoint, query).catch(() => {}); }, 5000);
+  timers.add(t);
+}
+
 function notFound(root, title, detail) {
   fill(root, h("h1", { id: "not-found" }, title), detail ? h("p", { class: "muted" }, detail) : null,
     h("p", {}, h("a", { href: "#/experiments" }, "All experiments")));
@@ -593,6 +972,12 @@ async function route() {
     if (parts[0] === "experiments" && parts.length === 2) return await runsPage(root, parts[1], query);
     if (parts[0] === "experiments" && parts[2] === "runs" && parts.length >= 4) return await runPage(root, parts[1], parts[3]);
     if (parts[0] === "compare-runs") return await comparePage(root, query);
+    if (parts[0] === "studies" && parts.length === 3) return await studyPage(root, parts[1], parts[2]);
+    if (parts[0] === "models" && parts.length === 1) return await modelsPage(root);
+    if (parts[0] === "models" && parts.length === 2) return await modelPage(root, parts[1]);
+    if (parts[0] === "models" && parts[2] === "versions" && parts.length === 4) return await modelVersionPage(root, parts[1], parts[3]);
+    if (parts[0] === "deployments" && parts.length === 1) return await deploymentsPage(root);
+    if (parts[0] === "deployments" && parts.length === 2) return await deploymentPage(root, parts[1], query);
     notFound(root, "No such page.", `#${hash}`);
   } catch (e) {
     if (e.status === 404) return notFound(root, "Not found.", e.message);

@@ -311,6 +311,97 @@ impl Store {
     }
 }
 
+/// What one version of an endpoint answered during one judged interval.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Interval {
+    pub endpoint: String,
+    pub version: i64,
+    pub started_at: i64,
+    pub ended_at: i64,
+    /// The version's share of the endpoint's traffic then, in percent.
+    pub weight: i64,
+    pub requests: i64,
+    pub errors: i64,
+    /// Latency quantiles and histogram, drift, online accuracy: as the
+    /// serving crate computes them.
+    pub stats: serde_json::Value,
+}
+
+/// How long judged intervals are kept.
+const INTERVAL_RETENTION_MS: i64 = 30 * 24 * 3_600_000;
+
+impl Store {
+    /// Records an interval, and forgets the endpoint's intervals older than
+    /// the retention (30 days), so the history stays bounded without a
+    /// separate clean-up job.
+    pub async fn record_interval(&self, i: &Interval) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO deployment_intervals \
+             (endpoint, version, started_at, ended_at, weight, requests, errors, stats_json) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&i.endpoint)
+        .bind(i.version)
+        .bind(i.started_at)
+        .bind(i.ended_at)
+        .bind(i.weight)
+        .bind(i.requests)
+        .bind(i.errors)
+        .bind(i.stats.to_string())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM deployment_intervals WHERE endpoint = $1 AND ended_at < $2")
+            .bind(&i.endpoint)
+            .bind(i.ended_at - INTERVAL_RETENTION_MS)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// An endpoint's intervals that ended after `since` (epoch ms), oldest
+    /// first, at most `limit` of the newest.
+    pub async fn deployment_intervals(
+        &self,
+        endpoint: &str,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<Interval>> {
+        let rows = sqlx::query(
+            "SELECT endpoint, version, started_at, ended_at, weight, requests, errors, stats_json \
+             FROM deployment_intervals WHERE endpoint = $1 AND ended_at > $2 \
+             ORDER BY ended_at DESC LIMIT $3",
+        )
+        .bind(endpoint)
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                let stats: String = r.try_get("stats_json")?;
+                Ok(Interval {
+                    endpoint: r.try_get("endpoint")?,
+                    version: r.try_get("version")?,
+                    started_at: r.try_get("started_at")?,
+                    ended_at: r.try_get("ended_at")?,
+                    weight: r.try_get("weight")?,
+                    requests: r.try_get("requests")?,
+                    errors: r.try_get("errors")?,
+                    stats: serde_json::from_str(&stats).map_err(|e| StoreError::Corrupt {
+                        what: "deployment_intervals.stats_json".into(),
+                        reason: e.to_string(),
+                    })?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.reverse();
+        Ok(out)
+    }
+}
+
 impl Store {
     /// Removes counts older than `age_ms` that no controller took (versions
     /// no longer routed to, a controller that died with them unread).

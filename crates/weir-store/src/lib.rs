@@ -31,7 +31,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Connection, Executor};
 
 pub use artifacts::{ArtifactKind, ArtifactRecord};
-pub use deployments::{Deployment, DeploymentEvent, WindowPart};
+pub use deployments::{Deployment, DeploymentEvent, Interval, WindowPart};
 pub use error::StoreError;
 pub use logs::LogChunk;
 pub use metrics::MetricPoint;

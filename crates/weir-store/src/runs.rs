@@ -109,6 +109,8 @@ pub struct StepRunRecord {
     pub cache_key: Option<String>,
     /// The step run whose outputs this one reused, on a cache hit.
     pub cached_from: Option<String>,
+    /// Why it ran instead, on a miss.
+    pub cache_miss: Option<String>,
     pub attempt: i64,
     /// The host and process group of the step's runtime, while it runs.
     pub host: Option<String>,
@@ -156,6 +158,8 @@ pub struct StepStart {
     pub cache_key: Option<String>,
     /// JSON object of the parts the key was computed from.
     pub cache_components: Option<String>,
+    /// Why the step runs instead of reusing a cached run's outputs.
+    pub cache_miss: Option<String>,
 }
 
 /// Everything a successful step leaves behind, recorded atomically. Artifact
@@ -178,7 +182,7 @@ const RUN_COLUMNS: &str =
      ended_at, error, runner, heartbeat_at";
 const STEP_COLUMNS: &str = "id, run_id, step, kind, status, spec_json, inputs_json, started_at, \
      ended_at, exit_code, error, log_digest, sources_json, cache_key, cached_from, attempt, host, pgid, checkpoint_digest, heartbeat_at, \
-     executor, executor_address, node, job";
+     executor, executor_address, node, job, cache_miss";
 
 fn step_not_found(id: &str) -> StoreError {
     StoreError::NotFound {
@@ -222,6 +226,7 @@ fn step_from_row(row: &AnyRow) -> Result<StepRunRecord> {
         sources_json: row.try_get("sources_json")?,
         cache_key: row.try_get("cache_key")?,
         cached_from: row.try_get("cached_from")?,
+        cache_miss: row.try_get("cache_miss")?,
         attempt: row.try_get("attempt")?,
         host: row.try_get("host")?,
         pgid: row.try_get("pgid")?,
@@ -573,7 +578,7 @@ impl Store {
         };
         let sql = format!(
             "UPDATE step_runs SET status = $1, started_at = $2, heartbeat_at = $2, inputs_json = $3, \
-             cache_key = $4, cache_components = $5 WHERE id = $6 AND status = $7 \
+             cache_key = $4, cache_components = $5, cache_miss = $9 WHERE id = $6 AND status = $7 \
              AND run_id IN (SELECT id FROM runs WHERE status = $8{lock})"
         );
         let updated = sqlx::query(&sql)
@@ -585,6 +590,7 @@ impl Store {
             .bind(id)
             .bind(StepStatus::Pending.as_str())
             .bind(RunStatus::Running.as_str())
+            .bind(&start.cache_miss)
             .execute(&self.writer)
             .await?
             .rows_affected();

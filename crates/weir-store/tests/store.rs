@@ -318,6 +318,7 @@ async fn cache_hits_copy_outputs_and_metrics(s: &Store) {
         inputs_json: "{}".into(),
         cache_key: Some("key-1".into()),
         cache_components: Some("{\"with.l2\":\"0.1\"}".into()),
+        cache_miss: Some("no earlier run".into()),
     };
     s.start_step(&steps1[0].id, &start).await.unwrap();
     assert!(

@@ -103,7 +103,12 @@ async fn seed_run(
                 ("dataset".into(), format!("flights-{}", i % 12)),
                 (
                     "stage".into(),
-                    if i.is_multiple_of(10) { "candidate" } else { "sweep" }.into(),
+                    if i.is_multiple_of(10) {
+                        "candidate"
+                    } else {
+                        "sweep"
+                    }
+                    .into(),
                 ),
             ],
         })

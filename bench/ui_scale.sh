@@ -6,7 +6,7 @@
 # and first meaningful paint in headless Chromium (bench/ui/paint.mjs).
 # With MLFLOW=1 the same for MLflow's server and UI on a store of the same
 # runs, params, tags and latest metrics (bench/ui/seed_mlflow.py), for ratios.
-#   RUNS=100000 METRICS=20 STEPS=100 REPEATS=20 MLFLOW=0 bash bench/ui_scale.sh
+#   RUNS=100000 METRICS=20 STEPS=100 REPEATS=20 MLFLOW=0 [WEIR_BIN=...] bash bench/ui_scale.sh
 # The seeded store is kept in $WORK (default /tmp/weir-ui-scale) and reused
 # when it holds the same sizes; the last line printed is one JSON object.
 set -euo pipefail
@@ -18,7 +18,11 @@ log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 [ -d tests/ui/node_modules/playwright-core ] || (cd tests/ui && npm ci --silent)
 
-cargo build --release --quiet -p weir-cli
+# WEIR_BIN: a release `weir` already built (CI's), instead of building one.
+if [ -z "${WEIR_BIN:-}" ]; then
+  cargo build --release --quiet -p weir-cli
+  WEIR_BIN=target/release/weir
+fi
 cargo build --release --quiet -p weir-store --example seed_tracking
 mkdir -p "$WORK"
 SIZE="$RUNS x $METRICS x $STEPS"
@@ -37,7 +41,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill -- -"$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
 PORT="$(port)"
-WEIR_HOME="$WORK/home" WEIR_DB="sqlite://$WORK/weir.db" setsid target/release/weir server --addr "127.0.0.1:$PORT" >"$WORK/weir-server.log" 2>&1 &
+WEIR_HOME="$WORK/home" WEIR_DB="sqlite://$WORK/weir.db" setsid "$WEIR_BIN" server --addr "127.0.0.1:$PORT" >"$WORK/weir-server.log" 2>&1 &
 PIDS+=($!)
 until curl -fs "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; do sleep 0.1; done
 BASE="http://127.0.0.1:$PORT"

@@ -189,13 +189,32 @@ impl TuneBlock {
 }
 
 impl Step {
+    /// How many cooperating processes the step runs as, each asking for
+    /// its `resources:`: `distributed.workers`, or a built-in trainer's
+    /// `with.workers` (outside a study, whose trials train in one process
+    /// each).
+    pub fn workers(&self) -> u32 {
+        if let Some(d) = &self.distributed {
+            return d.workers.max(1);
+        }
+        match self.action {
+            Action::Builtin(BuiltinOp::TrainGbdt | BuiltinOp::TrainMlp) if self.tune.is_none() => {
+                self.with
+                    .get("workers")
+                    .and_then(Value::as_u64)
+                    .map_or(1, |n| n.clamp(1, u64::from(u32::MAX)) as u32)
+            }
+            _ => 1,
+        }
+    }
+
     /// What the step asks the executor for, given the machine's capacity: a
     /// study's implicit request is capped by the machine, so `parallel: 8`
     /// on 2 cores still runs (2 trials' worth of slots, 8 trials at once).
     pub fn request(&self, capacity: &Resources) -> Resources {
         let mut r = self.resources;
-        if let Some(d) = &self.distributed {
-            let n = d.workers.max(1);
+        let n = self.workers();
+        if n > 1 {
             r.cpu *= f64::from(n);
             r.memory_bytes *= u64::from(n);
             r.gpu *= n;
@@ -1628,6 +1647,25 @@ steps:
             err.contains("steps.a.resources.memory: '2 lots' has an unknown unit 'lots'"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn data_parallel_trainers_ask_per_worker_but_not_in_a_study() {
+        let yaml = "version: 1\nsteps:\n  t:\n    uses: weir/train-gbdt\n    inputs: { train: x.table }\n    with: { target: y, workers: 3 }\n    resources: { cpu: 2 }\n  x:\n    uses: weir/ingest\n    with: { path: x.csv }\n";
+        let p = parse_ok(yaml);
+        let t = p.steps.iter().find(|s| s.name == "t").unwrap();
+        assert_eq!(t.workers(), 3);
+        assert_eq!(t.request(&Resources::default()).cpu, 6.0);
+        // `workers` means nothing to other ops.
+        let x = p.steps.iter().find(|s| s.name == "x").unwrap();
+        assert_eq!(x.workers(), 1);
+        let tuned = yaml.replace(
+            "    resources: { cpu: 2 }\n",
+            "    resources: { cpu: 2 }\n    tune:\n      space: { num_leaves: randint(4, 8) }\n      trials: 2\n",
+        );
+        let p = parse_ok(&tuned);
+        let t = p.steps.iter().find(|s| s.name == "t").unwrap();
+        assert_eq!(t.workers(), 1);
     }
 
     #[test]

@@ -469,6 +469,29 @@ async fn run_step(
                 }
                 _ => None,
             };
+            // On Ray, a data-parallel trainer's other ranks are placed on
+            // the cluster before it starts (it waits for them to connect).
+            let ranks = match (op, crate::ray::group_plan(step)) {
+                (
+                    weir_core::ops::BuiltinOp::TrainGbdt | weir_core::ops::BuiltinOp::TrainMlp,
+                    Some((workers, _)),
+                ) => match crate::ray_group::Group::from_env().map_err(fail)? {
+                    Some(group) => Some(
+                        crate::ray_group::RemoteRanks::start(
+                            ctx,
+                            &group,
+                            workers,
+                            step_run_id,
+                            work,
+                            log,
+                        )
+                        .await
+                        .map_err(fail)?,
+                    ),
+                    None => None,
+                },
+                _ => None,
+            };
             let op = *op;
             let (step, base_dir, outputs_dir) =
                 (step.clone(), base_dir.to_path_buf(), outputs_dir.clone());
@@ -489,6 +512,7 @@ async fn run_step(
                     lineage,
                     report: None,
                     cache: None,
+                    ranks: ranks.as_ref(),
                 };
                 let result = ops::run(op, &ctx);
                 if let Err(e) = &result {
@@ -886,7 +910,7 @@ async fn run_command(
 }
 
 /// A loopback port free now, for a distributed step's rank 0 to listen on.
-fn free_port() -> Result<u16, EngineError> {
+pub(crate) fn free_port() -> Result<u16, EngineError> {
     std::net::TcpListener::bind("0.0.0.0:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -378,8 +378,23 @@ fn one_share(step: &Step) -> BTreeMap<String, f64> {
 /// workers are a placement group: one bundle of the step's `resources:`
 /// (per worker, one CPU unless it says otherwise).
 pub fn group_bundle(step: &Step) -> Option<BTreeMap<String, f64>> {
-    let workers = step.distributed.as_ref()?.workers;
-    (workers > 1).then(|| one_share(step))
+    group_plan(step).map(|_| one_share(step))
+}
+
+/// How many processes a step runs as and how Ray places them: a
+/// distributed `run:` step's `distributed:` block, or a built-in trainer's
+/// `with.workers` (packed, as Ray Train packs its workers). `None` for one
+/// process.
+pub fn group_plan(step: &Step) -> Option<(u32, weir_core::pipeline::Placement)> {
+    let workers = step.workers();
+    (workers > 1).then(|| {
+        (
+            workers,
+            step.distributed
+                .as_ref()
+                .map_or(weir_core::pipeline::Placement::Pack, |d| d.placement),
+        )
+    })
 }
 
 /// Whether the live nodes have room for `workers` bundles (rank 0's and
@@ -545,16 +560,19 @@ pub async fn preflight(
             });
             continue;
         }
-        if let (Some(bundle), Some(dist)) = (group_bundle(step), &step.distributed) {
-            if !group_fits(&nodes, &bundle, dist.workers, dist.placement) {
+        if let (Some(bundle), Some((workers, placement))) = (group_bundle(step), group_plan(step)) {
+            if !group_fits(&nodes, &bundle, workers, placement) {
+                let field = match step.distributed {
+                    Some(_) => "distributed",
+                    None => "with.workers",
+                };
                 issues.push(SpecIssue {
                     line: Some(step.line),
-                    field: format!("steps.{}.distributed", step.name),
+                    field: format!("steps.{}.{field}", step.name),
                     message: format!(
-                        "the Ray cluster at {address} has no room for {} workers of {} placed {}; its nodes: {}",
-                        dist.workers,
+                        "the Ray cluster at {address} has no room for {workers} workers of {} placed {}; its nodes: {}",
                         describe_demand(&bundle),
-                        dist.placement.ray_strategy(),
+                        placement.ray_strategy(),
                         describe_capacity(&nodes)
                     ),
                     hint: Some(

@@ -8,7 +8,9 @@
 //! group: a failing rank 0 takes the driver, and Ray the driver's tasks,
 //! with it; a failing other rank makes the driver cancel the rest and exit,
 //! which stops rank 0. Each other rank runs `weir exec-rank`, which stages
-//! the inputs on its node and runs the step's command there.
+//! the inputs on its node and runs the step's command there. A built-in
+//! trainer's `with: { workers: N }` is placed the same way
+//! ([`RemoteRanks`]); its other ranks train in `weir exec-rank` itself.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -157,6 +159,92 @@ pub(crate) async fn start_driver(
     }
 }
 
+/// Ranks 1..N-1 of a data-parallel built-in trainer on Ray (`with:
+/// { workers: N }`), placed by the driver as a distributed `run:` step's
+/// are: each a `weir exec-rank` that stages the inputs on its node and
+/// trains beside rank 0, the step runtime, which listens at `listen`.
+pub struct RemoteRanks {
+    /// The address rank 0 listens at and the other ranks connect to: its
+    /// node's, as Ray knows it.
+    pub listen: String,
+    ended: std::sync::Arc<std::sync::Mutex<Option<Result<(), String>>>>,
+    relay: tokio::task::JoinHandle<()>,
+}
+
+impl RemoteRanks {
+    /// Places ranks 1..`workers`-1 and starts them.
+    pub(crate) async fn start(
+        ctx: &Context,
+        group: &Group,
+        workers: u32,
+        step_run_id: &str,
+        work: &Path,
+        log: &StepLog,
+    ) -> Result<RemoteRanks, EngineError> {
+        let port = crate::exec::free_port()?;
+        let Driver {
+            master_addr,
+            mut child,
+            lines,
+            ..
+        } = start_driver(ctx, group, workers, step_run_id, port, work, log).await?;
+        let ended = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let relay_log = StepLog::append(log.path())?;
+        let slot = ended.clone();
+        // Dropping this task drops the driver, which kills it (and Ray the
+        // ranks with it): rank 0 failing stops the others.
+        let relay = tokio::spawn(async move {
+            let failed = relay(lines, relay_log).await;
+            let status = child.wait().await;
+            let outcome = match (failed, status) {
+                (Some(rank), _) => Err(format!(
+                    "worker {rank} of {workers} failed on Ray (its lines in the step log start with [rank {rank}])"
+                )),
+                (None, Ok(s)) if s.success() => Ok(()),
+                (None, Ok(s)) => Err(format!("the Ray driver of the workers exited with {s}")),
+                (None, Err(e)) => Err(format!("lost the Ray driver of the workers: {e}")),
+            };
+            *slot.lock().expect("outcome lock") = Some(outcome);
+        });
+        Ok(RemoteRanks {
+            listen: format!("{master_addr}:{port}"),
+            ended,
+            relay,
+        })
+    }
+
+    fn outcome(&self) -> Option<Result<(), String>> {
+        self.ended.lock().expect("outcome lock").clone()
+    }
+
+    /// While rank 0 waits for the others to connect: an error once they
+    /// can no longer come.
+    pub fn check(&self) -> Result<(), String> {
+        match self.outcome() {
+            None => Ok(()),
+            Some(Ok(())) => Err("the workers on Ray ended before they connected".into()),
+            Some(Err(why)) => Err(why),
+        }
+    }
+
+    /// After rank 0's fit: waits for the others to end; an error names the
+    /// first that failed.
+    pub fn wait(&self) -> Result<(), EngineError> {
+        loop {
+            match self.outcome() {
+                Some(outcome) => return outcome.map_err(EngineError::StepFailed),
+                None => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+    }
+}
+
+impl Drop for RemoteRanks {
+    fn drop(&mut self) {
+        self.relay.abort();
+    }
+}
+
 /// The address of the node this runtime's Ray job runs on. The driver
 /// joins the cluster through that node's raylet: left to guess, Ray picks
 /// by routing, which on a host with several nodes (loopback clusters) may
@@ -229,13 +317,24 @@ fn python_of_ray(maps: &str) -> Option<PathBuf> {
 pub async fn exec_rank(ctx: &Context, step_run_id: &str, rank: u32) -> Result<i32, EngineError> {
     use std::os::unix::process::CommandExt;
     crate::exec::die_with_parent();
+    use weir_core::ops::BuiltinOp;
+    use weir_core::pipeline::Action;
     let task = Task::load(ctx, step_run_id).await?;
-    let weir_core::pipeline::Action::Command(command) = &task.step.action else {
+    let trainer = match &task.step.action {
+        Action::Builtin(BuiltinOp::TrainGbdt) => Some(crate::group::Trainer::Gbdt),
+        Action::Builtin(BuiltinOp::TrainMlp) => Some(crate::group::Trainer::Mlp),
+        _ => None,
+    };
+    let command = match &task.step.action {
+        Action::Command(command) => Some(command),
+        _ => None,
+    };
+    if command.is_none() && trainer.is_none() {
         return Err(EngineError::Executor(format!(
-            "step '{}' is not a `run:` step; only those have ranks",
+            "step '{}' is neither a `run:` step nor a data-parallel trainer; only those have ranks",
             task.step.name
         )));
-    };
+    }
     let scratch = ctx.work_dir().join(format!("{step_run_id}-rank-{rank}"));
     let _ = std::fs::remove_dir_all(&scratch);
     let work = WorkDir(scratch);
@@ -244,7 +343,45 @@ pub async fn exec_rank(ctx: &Context, step_run_id: &str, rank: u32) -> Result<i3
         std::fs::create_dir_all(dir).map_err(EngineError::io("cannot create", dir))?;
     }
     let log = StepLog::create(&work.0.join("log.txt"))?;
-    crate::exec::stage_inputs(ctx, &task.inputs, &inputs, &log).await?;
+    let staged = crate::exec::stage_inputs(ctx, &task.inputs, &inputs, &log).await?;
+    let Some(command) = command else {
+        // A trainer's rank: the contract's variables say where rank 0 is.
+        let var = |name: &str| {
+            std::env::var(name).map_err(|_| {
+                EngineError::Executor(format!(
+                    "{name} is not set: ranks are started by their step"
+                ))
+            })
+        };
+        let world: usize = var("WORLD_SIZE")?
+            .parse()
+            .map_err(|e| EngineError::Executor(format!("WORLD_SIZE: {e}")))?;
+        let spec = crate::group::WorkerSpec {
+            trainer: trainer.expect("a trainer when not a command"),
+            with: serde_json::Value::Object(task.step.with.clone().into_iter().collect()),
+            train: staged.get("train").cloned().ok_or_else(|| {
+                EngineError::Executor(format!("step '{}' has no input 'train'", task.step.name))
+            })?,
+            valid: staged.get("valid").cloned(),
+            master: format!("{}:{}", var("MASTER_ADDR")?, var("MASTER_PORT")?),
+            world,
+        };
+        let spec_path = work.0.join("train-worker.json");
+        std::fs::write(
+            &spec_path,
+            serde_json::to_vec(&spec).expect("plain data serializes"),
+        )
+        .map_err(EngineError::io("cannot write", &spec_path))?;
+        println!(
+            "rank {rank} of {world}: training data staged here ({} bytes), rank 0 at {}",
+            std::fs::metadata(&spec.train).map_or(0, |m| m.len()),
+            spec.master
+        );
+        tokio::task::spawn_blocking(move || crate::group::train_worker(&spec_path))
+            .await
+            .map_err(|e| EngineError::StepFailed(format!("the worker panicked: {e}")))??;
+        return Ok(0);
+    };
     let params = work.0.join("params.json");
     let contract = serde_json::json!({ "with": task.step.with, "params": task.params });
     std::fs::write(&params, contract.to_string())

@@ -395,6 +395,7 @@ pub async fn exec_trial(
                 lineage: None,
                 report: Some(&report),
                 cache: None,
+                ranks: None,
             };
             ops::run(op, &octx)
         })

@@ -856,10 +856,12 @@ fn launch(
                         };
                         env.insert(crate::ray_trials::ENV.into(), spread.to_env());
                     }
-                    if let (Some(bundle), Some(d)) = (ray::group_bundle(step), &step.distributed) {
+                    if let (Some(bundle), Some((_, placement))) =
+                        (ray::group_bundle(step), ray::group_plan(step))
+                    {
                         let group = crate::ray_group::Group {
                             bundle,
-                            strategy: d.placement.ray_strategy().into(),
+                            strategy: placement.ray_strategy().into(),
                         };
                         env.insert(crate::ray_group::ENV.into(), group.to_env());
                     }

@@ -629,6 +629,7 @@ fn trial_task(
                 lineage: None,
                 report: Some(&report),
                 cache: Some(&cache),
+                ranks: None,
             };
             ops::run(op, &ctx)
         });

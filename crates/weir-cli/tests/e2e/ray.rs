@@ -879,3 +879,86 @@ fn a_distributed_steps_workers_are_a_placement_group_over_the_nodes() {
         "{err}"
     );
 }
+
+#[test]
+fn a_data_parallel_trainers_workers_are_placed_over_the_nodes() {
+    let Some(env) = ray_env() else {
+        return;
+    };
+    let sb = &env.sb;
+    sb.write("data/points.csv", &crate::training::points());
+    let single = crate::training::PIPELINE.replace("threads: 2", "threads: 1");
+    sb.write("pipeline.yaml", &single);
+    sb.ok(&["run", "pipeline.yaml"]);
+    let alone = sb.json(&["runs", "show", &last_run(sb)]);
+    sb.write(
+        "pipeline.yaml",
+        &single.replace("threads: 1", "threads: 1\n      workers: 2"),
+    );
+    sb.ok(&["run", "pipeline.yaml"]);
+    let run = last_run(sb);
+    let show = sb.json(&["runs", "show", &run]);
+    let train = step(&show, "train");
+    assert_eq!(train["status"], "succeeded", "{train}");
+    assert_eq!(train["metrics"]["train.workers"], 2.0, "{train}");
+    // Rank 1 staged the data on its own node and summed histograms with
+    // rank 0 over the network: the same trees as one process.
+    assert_eq!(
+        train["outputs"]["model"]["digest"],
+        step(&alone, "train")["outputs"]["model"]["digest"],
+        "{train}"
+    );
+    let log = sb.ok(&["logs", &run, "train"]);
+    let placed = log
+        .lines()
+        .find(|l| l.starts_with("rank 0 on "))
+        .unwrap_or_else(|| panic!("no placement line: {log}"));
+    let ips: Vec<&str> = placed
+        .split(", ")
+        .map(|part| part.rsplit(' ').next().unwrap())
+        .collect();
+    // One CPU per worker node: rank 1 cannot share rank 0's node.
+    assert_eq!(ips.len(), 2, "{placed}");
+    assert_ne!(ips[0], ips[1], "both ranks on one node: {log}");
+    assert!(
+        log.contains("data-parallel over 2 processes (this one and 1 workers on Ray), rank 0 at")
+            && log.contains("[rank 1] rank 1 of 2: training data staged here")
+            && log.contains(&format!("rank 0 at {}:", ips[0])),
+        "{log}"
+    );
+    let rank0_node = nodes(&env.address)
+        .into_iter()
+        .find(|(_, ip, _)| ip == ips[0])
+        .unwrap()
+        .0;
+    assert_eq!(train["node"], rank0_node.as_str(), "{train}");
+
+    // Rank 1 dying mid-fit fails the step at once, naming it.
+    sb.write(
+        "pipeline.yaml",
+        &single.replace(
+            "num_rounds: 60",
+            "num_rounds: 1000000\n      early_stopping_rounds: 0\n      workers: 2",
+        ),
+    );
+    let runner = start_run(sb);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        assert!(Instant::now() < deadline, "rank 1 never started");
+        std::thread::sleep(Duration::from_millis(300));
+        let killed = Command::new("pkill")
+            .args(["-KILL", "-f", "exec-rank .* --rank 1"])
+            .status()
+            .unwrap();
+        if killed.success() {
+            break;
+        }
+    }
+    let started = Instant::now();
+    let out = runner.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let show = sb.json(&["runs", "show", &last_run(sb)]);
+    let error = step(&show, "train")["error"].as_str().unwrap().to_string();
+    assert!(error.contains("worker 1"), "{error}");
+}

@@ -47,6 +47,9 @@ pub struct OpContext<'a> {
     pub report: Option<&'a (dyn Fn(&weir_ml::Round) -> bool + Sync)>,
     /// In a study: what its trials share (inputs read once, data binned once).
     pub cache: Option<&'a StudyCache>,
+    /// On Ray, a data-parallel trainer's other ranks, placed on the
+    /// cluster; without it they start on this machine.
+    pub ranks: Option<&'a crate::ray_group::RemoteRanks>,
 }
 
 type Slot = Arc<Mutex<Option<Arc<dyn Any + Send + Sync>>>>;

@@ -121,7 +121,8 @@ pub(super) fn run_gbdt(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
 }
 
 /// `workers: N`: this process is rank 0 of N; ranks 1.. are `weir
-/// train-worker` processes on this machine, started here and awaited.
+/// train-worker` processes on this machine, started here and awaited, or
+/// on Ray, placed on the cluster by the step's runtime (`ctx.ranks`).
 /// `prepare` runs while the workers start; `fit` once they are all there.
 fn data_parallel<P, T>(
     ctx: &OpContext,
@@ -135,35 +136,48 @@ fn data_parallel<P, T>(
             "with.workers: a study trains each trial in one process; set workers on a step without tune:, or tune with parallel trials instead".into(),
         ));
     }
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| EngineError::StepFailed(format!("cannot listen for the workers: {e}")))?;
-    let master = listener
-        .local_addr()
-        .map_err(|e| EngineError::StepFailed(format!("cannot listen for the workers: {e}")))?
-        .to_string();
-    let spec = crate::group::WorkerSpec {
-        trainer,
-        with: serde_json::Value::Object(ctx.step.with.clone().into_iter().collect()),
-        train: ctx.inputs["train"].clone(),
-        valid: ctx.inputs.get("valid").cloned(),
-        master,
-        world: workers,
+    let cannot_listen =
+        |e: std::io::Error| EngineError::StepFailed(format!("cannot listen for the workers: {e}"));
+    let listener = std::net::TcpListener::bind(ctx.ranks.map_or("127.0.0.1:0", |r| &r.listen))
+        .map_err(cannot_listen)?;
+    let master = listener.local_addr().map_err(cannot_listen)?.to_string();
+    let mut local = match ctx.ranks {
+        Some(_) => None,
+        None => {
+            let spec = crate::group::WorkerSpec {
+                trainer,
+                with: serde_json::Value::Object(ctx.step.with.clone().into_iter().collect()),
+                train: ctx.inputs["train"].clone(),
+                valid: ctx.inputs.get("valid").cloned(),
+                master: master.clone(),
+                world: workers,
+            };
+            let spec_path = ctx
+                .outputs_dir
+                .parent()
+                .unwrap_or(ctx.outputs_dir)
+                .join("train-workers.json");
+            Some(crate::group::Workers::start(&spec, &spec_path, ctx.log)?)
+        }
     };
-    let spec_path = ctx
-        .outputs_dir
-        .parent()
-        .unwrap_or(ctx.outputs_dir)
-        .join("train-workers.json");
-    let mut started = crate::group::Workers::start(&spec, &spec_path, ctx.log)?;
     ctx.log.line(format!(
-        "data-parallel over {workers} processes (this one and {} workers), rank 0 at {}",
+        "data-parallel over {workers} processes (this one and {} workers{}), rank 0 at {master}",
         workers - 1,
-        spec.master
+        if ctx.ranks.is_some() { " on Ray" } else { "" }
     ));
     let prepared = prepare()?;
-    let group = crate::group::TcpGroup::lead(&listener, workers, || started.check())?;
+    let group =
+        crate::group::TcpGroup::lead(&listener, workers, || match (&mut local, ctx.ranks) {
+            (Some(local), _) => local.check(),
+            (None, Some(remote)) => remote.check(),
+            (None, None) => Ok(()),
+        })?;
     let out = fit(prepared, &group)?;
-    started.wait()?;
+    match (local, ctx.ranks) {
+        (Some(local), _) => local.wait()?,
+        (None, Some(remote)) => remote.wait()?,
+        (None, None) => {}
+    }
     Ok(out)
 }
 

@@ -105,7 +105,10 @@ out = {"script": "ui_scale", "store": json.loads(seed), "store_bytes": int(size)
 if mp != "null":
     m = json.loads(mp)["pages"]
     out["mlflow"] = {"pages": m, "paint": json.loads(mpaint)}
-    out["ratio_p95_mlflow_over_weir"] = {k: round(m[k]["p95_ms"] / v["p95_ms"], 1)
-                                         for k, v in out["weir"]["pages"].items() if k in m}
+    # A page MLflow did not answer in time counts its timeout: a lower bound.
+    out["ratio_p95_mlflow_over_weir"] = {
+        k: (round(m[k]["p95_ms"] / v["p95_ms"], 1) if "p95_ms" in m[k]
+            else f">{round(m[k]['timed_out_after_s'] * 1e3 / v['p95_ms'])}")
+        for k, v in out["weir"]["pages"].items() if k in m}
 print(json.dumps(out))
 PY

@@ -18,7 +18,9 @@ from urllib.parse import urlencode, urlparse
 base, kind, exp = sys.argv[1], sys.argv[2], sys.argv[3]
 repeats = int(sys.argv[4]) if len(sys.argv) > 4 else 20
 u = urlparse(base)
-conn = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
+# A page whose requests take longer than this is recorded as timed out.
+TIMEOUT_S = float(__import__("os").environ.get("PAGE_TIMEOUT_S", "120"))
+conn = http.client.HTTPConnection(u.hostname, u.port, timeout=TIMEOUT_S)
 API = "/ajax-api/2.0/mlflow"
 
 
@@ -91,7 +93,15 @@ pages = {"runs table": runs_page, "runs sorted by a metric": runs_sorted, "runs 
          "runs page 2": runs_page_2, "run": run_page, "compare 2 runs": compare_page}
 out = {"server": kind, "repeats": repeats, "pages": {}}
 for name, page in pages.items():
-    page()  # warm
+    try:
+        page()  # warm
+    except TimeoutError:
+        # The server is still busy with it: a fresh connection for the next.
+        conn.close()
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=TIMEOUT_S)
+        out["pages"][name] = {"timed_out_after_s": TIMEOUT_S}
+        print(f"{name}: no answer within {TIMEOUT_S:.0f} s", file=sys.stderr)
+        continue
     totals, per = [], {}
     for _ in range(repeats):
         parts = page()

@@ -21,13 +21,27 @@ const out = {};
 try {
   for (const t of targets) {
     const times = [];
-    for (let i = 0; i < loads; i++) {
+    let failed = null;
+    for (let i = 0; i < loads && !failed; i++) {
       const context = await browser.newContext({ viewport: { width: 1400, height: 1000 } });
       const page = await context.newPage();
       await page.goto(t.url, { waitUntil: "commit" });
-      await page.locator(t.ready).first().waitFor({ timeout: 120_000 });
-      times.push(await page.evaluate(() => performance.now()));
+      try {
+        await page.locator(t.ready).first().waitFor({ timeout: 120_000 });
+        times.push(await page.evaluate(() => performance.now()));
+      } catch (e) {
+        // What the page showed instead, for the record.
+        const shot = `${process.env.PAINT_SHOTS || "/tmp"}/paint-${t.name.replace(/\W+/g, "-")}.png`;
+        await page.screenshot({ path: shot }).catch(() => {});
+        const text = await page.evaluate(() => document.body.innerText.slice(0, 300)).catch(() => "");
+        failed = { timed_out_after_ms: 120_000, screenshot: shot, text };
+      }
       await context.close();
+    }
+    if (failed) {
+      out[t.name] = failed;
+      console.error(`${t.name}: not on screen within 120 s (${failed.screenshot})`);
+      continue;
     }
     times.sort((a, b) => a - b);
     out[t.name] = { median_ms: Math.round(times[Math.floor(times.length / 2)]), max_ms: Math.round(times[times.length - 1]), loads };

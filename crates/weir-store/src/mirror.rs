@@ -48,6 +48,13 @@ pub(crate) async fn open_run(
             .fetch_one(&mut **tx)
             .await?;
     let location = location.trim_end_matches('/');
+    // Its searches order by the pipeline's start times from now on.
+    sqlx::query(
+        "INSERT INTO pipeline_experiments (experiment_id) VALUES ($1) ON CONFLICT DO NOTHING",
+    )
+    .bind(experiment_id)
+    .execute(&mut **tx)
+    .await?;
     let insert =
         "INSERT INTO tracking_runs (run_id, experiment_id, name, user_id, status, start_time, \
          lifecycle_stage, artifact_uri) VALUES ($1, $2, $3, '', $4, $5, 'active', $6)";

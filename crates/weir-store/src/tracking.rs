@@ -93,6 +93,20 @@ pub struct NewTrackingRun {
     pub tags: Vec<(String, String)>,
 }
 
+/// Which part of a search [`Store::search_part`] answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    /// Every matching run.
+    Whole,
+    /// Those that have the first order key.
+    Having,
+    /// How many have it.
+    CountHaving,
+    /// Those without it.
+    Lacking,
+}
+
+#[derive(Clone, Debug)]
 pub struct RunSearch {
     pub experiment_ids: Vec<i64>,
     pub filter: Vec<Clause>,
@@ -1292,6 +1306,57 @@ impl Store {
         Ok(points.into_iter().skip(skip).take(take).collect())
     }
 
+    /// Whether any of the experiments holds runs mirrored from pipelines.
+    async fn holds_pipeline_runs(&self, experiments: &[i64]) -> Result<bool> {
+        let mut binds = Binds::new(self.backend);
+        let list: Vec<String> = experiments
+            .iter()
+            .map(|id| binds.push(Bind::Int(*id)))
+            .collect();
+        let sql = format!(
+            "SELECT COUNT(*) AS n FROM pipeline_experiments WHERE experiment_id IN ({})",
+            list.join(", ")
+        );
+        let row = bind_all(sqlx::query(&sql), binds.values())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
+    }
+
+    /// Whether a clause of the filter is an equality on a tag or param that
+    /// fewer than a few hundred runs match (a run's child runs by
+    /// `mlflow.parentRunId`, a run name): cheaper read from its index than
+    /// checked run by run. Asks at most that many index entries per clause.
+    async fn any_selective(&self, filter: &[Clause]) -> Result<bool> {
+        const FEW: i64 = 500;
+        for clause in filter {
+            let (table, Comparator::Eq, Value::Text(value)) =
+                (&clause.entity, clause.comparator, &clause.value)
+            else {
+                continue;
+            };
+            let table = match *table {
+                Entity::Tag => "run_tags",
+                Entity::Param => "run_params",
+                _ => continue,
+            };
+            let mut binds = Binds::new(self.backend);
+            let sql = format!(
+                "SELECT COUNT(*) AS n FROM (SELECT 1 FROM {table} WHERE key = {} \
+                 AND substr(value, 1, 200) = {} LIMIT {FEW}) few",
+                binds.text(&clause.key),
+                binds.text(value_prefix(value)),
+            );
+            let row = bind_all(sqlx::query(&sql), binds.values())
+                .fetch_one(&self.pool)
+                .await?;
+            if row.try_get::<i64, _>("n")? < FEW {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Runs matching a search, and whether more follow this page.
     /// One page of runs and whether more follow.
     pub async fn search_tracking_runs(
@@ -1326,6 +1391,68 @@ impl Store {
         if search.experiment_ids.is_empty() {
             return Ok((Vec::new(), false));
         }
+        let want = usize::try_from(search.max_results.max(0)).unwrap_or(usize::MAX);
+        // Ordered by a metric, param or tag first: the runs that have it
+        // (read in order off the key's index), then those without it (which
+        // sort last whichever the direction), each a search of its own; a
+        // single query would sort every run of the experiment for a page.
+        let first = search.order_by.first();
+        let split = first.is_some_and(|o| {
+            o.entity != Entity::Attribute
+                && o.entity != Entity::Dataset
+                && !search
+                    .filter
+                    .iter()
+                    .any(|c| joins(c) && c.entity == o.entity && c.key == o.key)
+        });
+        let mut page = match split {
+            false => self.search_part(search, Part::Whole).await?.0,
+            true => {
+                let mut page = self.search_part(search, Part::Having).await?.0;
+                if page.len() <= want {
+                    // How many runs have the key, so that the runs without it
+                    // continue the numbering where they left off.
+                    let having = match page.len() {
+                        0 if search.offset > 0 => {
+                            self.search_part(search, Part::CountHaving).await?.1
+                        }
+                        n => search.offset + n as i64,
+                    };
+                    let rest = RunSearch {
+                        offset: (search.offset - having).max(0),
+                        max_results: search.max_results - page.len() as i64,
+                        ..search.clone()
+                    };
+                    page.extend(self.search_part(&rest, Part::Lacking).await?.0);
+                }
+                page
+            }
+        };
+        let more = page.len() > want;
+        page.truncate(want);
+        Ok((page, more))
+    }
+
+    /// One part of a search (see [`Part`]): up to `max_results + 1` runs from
+    /// `offset` in order, or how many runs match.
+    async fn search_part(
+        &self,
+        search: &RunSearch,
+        part: Part,
+    ) -> Result<(Vec<(RunInfo, String)>, i64)> {
+        // Without pipeline runs among them, a run's start time is its own
+        // column, and its index gives the newest runs first.
+        let start_sql = match self.holds_pipeline_runs(&search.experiment_ids).await? {
+            true => START_SQL,
+            false => "r.start_time",
+        };
+        let by_start =
+            |o: &OrderBy| o.entity == Entity::Attribute && attribute_column(&o.key) == START_SQL;
+        let newest_first = search.order_by.iter().all(by_start);
+        let walk = newest_first
+            && start_sql != START_SQL
+            && self.backend == crate::Backend::Sqlite
+            && !self.any_selective(&search.filter).await?;
         let mut binds = Binds::new(self.backend);
         // FROM ... WHERE ...: the page query wraps it below.
         let mut sql = format!("FROM {RUN_FROM}");
@@ -1335,6 +1462,7 @@ impl Store {
             // A value a filter compared is never NULL.
             let mut nullable = true;
             let column = match o.entity {
+                Entity::Attribute if by_start(o) => start_sql.to_string(),
                 Entity::Attribute => attribute_column(&o.key).to_string(),
                 Entity::Metric | Entity::Param | Entity::Tag => {
                     // A key the filter joins on already has its row at hand.
@@ -1352,8 +1480,15 @@ impl Store {
                             _ => "run_tags",
                         };
                         let key = binds.text(&o.key);
+                        let join = match (i, part) {
+                            (0, Part::Having | Part::CountHaving) => {
+                                nullable = false;
+                                "JOIN"
+                            }
+                            _ => "LEFT JOIN",
+                        };
                         sql += &format!(
-                            " LEFT JOIN {table} o{i} ON o{i}.run_id = r.run_id AND o{i}.key = {key}"
+                            " {join} {table} o{i} ON o{i}.run_id = r.run_id AND o{i}.key = {key}"
                         );
                         format!("o{i}.value")
                     }
@@ -1364,7 +1499,9 @@ impl Store {
             // Without that key the order is the metric index's own, which
             // lets PostgreSQL read the page off it instead of sorting every
             // match.
-            if nullable {
+            // SQLite sorts NULL lowest, so last when descending already;
+            // without the CASE an index on the column can give the order.
+            if nullable && (o.ascending || self.backend != crate::Backend::Sqlite) {
                 order.push(format!("CASE WHEN {column} IS NULL THEN 1 ELSE 0 END"));
             }
             order.push(format!("{column} {dir}"));
@@ -1372,9 +1509,15 @@ impl Store {
         // A comparison on a metric, param or tag is a join (each run has at
         // most one row per key), so the planner may start from the key's
         // index instead of visiting every run of the experiment.
+        // Unless a filter matches few runs (read from its index), the runs
+        // are walked newest first and each checked, until a page is full:
+        // SQLite's CROSS JOIN keeps the runs as the outer loop.
         for (i, clause) in search.filter.iter().enumerate() {
             if let Some(join) = clause_join(i, clause, &mut binds) {
-                sql += &join;
+                match walk {
+                    true => sql += &join.replacen(" JOIN ", " CROSS JOIN ", 1),
+                    false => sql += &join,
+                }
             }
         }
         // Placeholders in text order: the joins' binds above, then these.
@@ -1392,12 +1535,25 @@ impl Store {
             sql += " AND ";
             sql += &clause_sql(clause, &mut binds);
         }
+        match part {
+            Part::Lacking => sql += " AND o0.run_id IS NULL",
+            Part::CountHaving => {
+                let row = bind_all(
+                    sqlx::query(&format!("SELECT COUNT(*) AS n {sql}")),
+                    binds.values(),
+                )
+                .fetch_one(&self.pool)
+                .await?;
+                return Ok((Vec::new(), row.try_get("n")?));
+            }
+            Part::Whole | Part::Having => {}
+        }
         if !search
             .order_by
             .iter()
             .any(|o| o.entity == Entity::Attribute && o.key.ends_with("time"))
         {
-            order.push(format!("{START_SQL} DESC"));
+            order.push(format!("{start_sql} DESC"));
         }
         order.push("r.run_id ASC".into());
         let order = order.join(", ");
@@ -1486,8 +1642,6 @@ impl Store {
             records.push((rn.parse::<i64>().map_err(|_| corrupt())?, f));
         }
         records.sort_unstable_by_key(|(rn, _)| *rn);
-        let more = records.len() as i64 > search.max_results;
-        records.truncate(search.max_results.max(0) as usize);
         let mut stale = Vec::new();
         let mut page = records
             .into_iter()
@@ -1534,7 +1688,7 @@ impl Store {
                 }
             }
         }
-        Ok((page, more))
+        Ok((page, 0))
     }
 
     pub async fn put_artifact_path(&self, path: &str, digest: &str, size: i64) -> Result<()> {
@@ -1658,10 +1812,24 @@ fn clause_join(i: usize, clause: &Clause, binds: &mut Binds) -> Option<String> {
     } else {
         String::new()
     };
+    // What the (key, value prefix) index of migration 0018 can answer.
+    let prefix = match (&clause.entity, clause.comparator, &clause.value) {
+        (&Entity::Tag | &Entity::Param, Comparator::Eq, Value::Text(t)) => format!(
+            " AND substr(f{i}.value, 1, 200) = {}",
+            binds.text(value_prefix(t))
+        ),
+        _ => String::new(),
+    };
     Some(format!(
-        " JOIN {table} f{i} ON f{i}.run_id = r.run_id AND f{i}.key = {key}{nan} AND {}",
+        " JOIN {table} f{i} ON f{i}.run_id = r.run_id AND f{i}.key = {key}{nan}{prefix} AND {}",
         value_sql(clause, &format!("f{i}.value"), binds)
     ))
+}
+
+/// The part of a tag's or param's value its index holds: the first 200
+/// characters, as SQL's `substr(value, 1, 200)` counts them.
+fn value_prefix(value: &str) -> String {
+    value.chars().take(200).collect()
 }
 
 /// A clause as a condition on the run `r`.

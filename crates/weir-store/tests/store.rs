@@ -743,7 +743,135 @@ store_suite!(
     refused_tracking_writes_say_why_and_leave_nothing,
     racing_params_of_one_run_keep_one_value,
     a_full_batch_of_one_key_reads_back_whole,
+    searches_walk_the_newest_runs_first_and_compare_long_values_whole,
 );
+
+/// Searches of an experiment without pipeline runs walk its runs newest
+/// first (filters that match many runs), or start from a tag's or param's
+/// index (filters that match few); both give the order a full sort would,
+/// and a value longer than the index's 200-character prefix is compared
+/// whole.
+async fn searches_walk_the_newest_runs_first_and_compare_long_values_whole(s: &Store) {
+    let exp = s.create_experiment("walk", None, &[]).await.unwrap();
+    let long = "v".repeat(250);
+    let mut expected = Vec::new();
+    for i in 0..520i64 {
+        let run = s
+            .create_tracking_run(&tracking::NewTrackingRun {
+                run_id: format!("{i:0>32}"),
+                experiment_id: exp,
+                name: format!("run-{i}"),
+                user_id: "u".into(),
+                // Out of insertion order, with ties broken by run id.
+                start_time: Some((i * 7919) % 400),
+                tags: vec![("kind".into(), "common".into())],
+            })
+            .await
+            .unwrap();
+        let note = match i {
+            3 => format!("{long}-a"),
+            4 => format!("{long}-b"),
+            _ => "short".into(),
+        };
+        let acc = match i % 4 {
+            0 => vec![tracking::Metric {
+                key: "acc".into(),
+                value: ((i * 13) % 97) as f64,
+                timestamp: 1,
+                step: 0,
+            }],
+            _ => vec![],
+        };
+        s.log_batch(
+            &run.info.run_id,
+            &acc,
+            &[("p".into(), (i % 3).to_string())],
+            &[("note".into(), note)],
+        )
+        .await
+        .unwrap();
+        if i % 3 != 0 {
+            expected.push(((i * 7919) % 400, run.info.run_id));
+        }
+    }
+    expected.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    let ordered = |filter: &str, order: Option<&str>, offset: i64| {
+        let filter = filter.to_string();
+        let order_by = order
+            .map(|o| vec![filter::parse_order_by(o).unwrap()])
+            .unwrap_or_default();
+        async move {
+            s.search_tracking_runs(&tracking::RunSearch {
+                experiment_ids: vec![exp],
+                filter: filter::parse(&filter).unwrap(),
+                view: tracking::ViewType::ActiveOnly,
+                order_by,
+                max_results: 50,
+                offset,
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let search = |filter: &str, offset: i64| ordered(filter, None, offset);
+    // Ordered by a metric 130 of the 520 runs have: those first, by value,
+    // then the rest newest first, whichever page a boundary falls in.
+    for ascending in [false, true] {
+        let mut all: Vec<(Option<i64>, i64, String)> = (0..520i64)
+            .map(|i| {
+                let acc = (i % 4 == 0).then_some((i * 13) % 97);
+                (acc, (i * 7919) % 400, format!("{i:0>32}"))
+            })
+            .collect();
+        all.sort_by(|a, b| {
+            let by_value = match (a.0, b.0) {
+                (Some(x), Some(y)) if ascending => x.cmp(&y),
+                (Some(x), Some(y)) => y.cmp(&x),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            };
+            by_value
+                .then_with(|| b.1.cmp(&a.1))
+                .then_with(|| a.2.cmp(&b.2))
+        });
+        let order = if ascending {
+            "metrics.acc ASC"
+        } else {
+            "metrics.acc DESC"
+        };
+        for offset in [0, 100, 130, 140, 480] {
+            let (page, more) = ordered("", Some(order), offset).await;
+            let ids: Vec<&str> = page.iter().map(|r| r.info.run_id.as_str()).collect();
+            let want: Vec<&str> = all
+                .iter()
+                .skip(offset as usize)
+                .take(50)
+                .map(|r| r.2.as_str())
+                .collect();
+            assert_eq!(ids, want, "{order} from {offset}");
+            assert_eq!(more, offset + 50 < 520, "{order} from {offset}");
+        }
+    }
+    // 520 runs share the tag: too many for its index to be the way in.
+    for offset in [0, 50, 300] {
+        let (page, more) = search("tags.kind = 'common' and params.p != '0'", offset).await;
+        let ids: Vec<&str> = page.iter().map(|r| r.info.run_id.as_str()).collect();
+        let want: Vec<&str> = expected
+            .iter()
+            .skip(offset as usize)
+            .take(50)
+            .map(|(_, id)| id.as_str())
+            .collect();
+        assert_eq!(ids, want, "offset {offset}");
+        assert_eq!(more, (offset as usize + 50) < expected.len());
+    }
+    let (page, _) = search(&format!("tags.note = '{long}-b'"), 0).await;
+    let ids: Vec<&str> = page.iter().map(|r| r.info.run_id.as_str()).collect();
+    assert_eq!(ids, [format!("{:0>32}", 4)]);
+    let (page, _) = search(&format!("tags.note = '{long}'"), 0).await;
+    assert!(page.is_empty());
+}
 
 /// One search of `exp` for `filter`, ordered by `metrics.acc DESC`.
 async fn search(s: &Store, exp: i64, filter: &str) -> Vec<tracking::TrackingRun> {

@@ -359,6 +359,29 @@ steps:
     check(status === 400 || status === 404, `status ${status}`);
   });
 
+  await test("a change posted from another site is refused; the page's own pass", async () => {
+    const run = ids.runs["gbdt-0"];
+    const exists = async () => (await fetch(`${base}/api/2.0/mlflow/runs/get?run_id=${run}`)).json();
+    // A page on another origin (localhost is not 127.0.0.1) makes the browser
+    // post a delete that needs no body: the forged request is sent, and refused.
+    const elsewhere = base.replace("127.0.0.1", "localhost");
+    await page.goto(`${elsewhere}/health`);
+    await page.evaluate(async ([target, run]) => {
+      await fetch(`${target}/api/2.0/mlflow/runs/delete?run_id=${run}`, { method: "POST", mode: "no-cors" });
+    }, [base, run]);
+    const after = await exists();
+    check(after.run && after.run.info.lifecycle_stage === "active", `the run was deleted: ${JSON.stringify(after)}`);
+    const forged = await fetch(`${base}/api/2.0/mlflow/runs/delete?run_id=${run}`, { method: "POST", headers: { Origin: "https://evil.example" } });
+    const body = await forged.json();
+    check(forged.status === 403 && body.error_code === "PERMISSION_DENIED" && body.message.includes("another site"), `${forged.status} ${JSON.stringify(body)}`);
+    // The dashboard's own posts (a search) go through.
+    await page.goto(`${base}/#/experiments/${ids.experiment}`);
+    const status = await page.evaluate(async (exp) => (await fetch("/api/2.0/mlflow/runs/search", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ experiment_ids: [exp] }),
+    })).status, String(ids.experiment));
+    check(status === 200, `the page's own search: ${status}`);
+  });
+
   await test("the page is served with a script policy and no inline script", async () => {
     const res = await fetch(`${base}/`);
     const csp = res.headers.get("content-security-policy") || "";

@@ -20,6 +20,8 @@ pub enum ApiError {
     #[error("{0}")]
     EndpointNotFound(String),
     #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -31,6 +33,7 @@ impl ApiError {
             ApiError::AlreadyExists(_) => "RESOURCE_ALREADY_EXISTS",
             ApiError::BadRequest(_) => "BAD_REQUEST",
             ApiError::EndpointNotFound(_) => "ENDPOINT_NOT_FOUND",
+            ApiError::PermissionDenied(_) => "PERMISSION_DENIED",
             ApiError::Internal(_) => "INTERNAL_ERROR",
         }
     }
@@ -41,6 +44,7 @@ impl ApiError {
             | ApiError::AlreadyExists(_)
             | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) | ApiError::EndpointNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::PermissionDenied(_) => StatusCode::FORBIDDEN,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

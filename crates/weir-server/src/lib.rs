@@ -169,7 +169,55 @@ pub fn router(app: App) -> Router {
         .fallback(|uri: axum::http::Uri| async move {
             ApiError::EndpointNotFound(format!("no endpoint {uri} on this Weir server"))
         })
+        .layer(axum::middleware::from_fn(same_origin_writes))
         .with_state(app)
+}
+
+/// The defence against cross-site request forgery: a request that changes
+/// something (any method but GET, HEAD and OPTIONS: logging, deleting runs,
+/// setting aliases) is refused when a browser says another site sent it. A
+/// page elsewhere could otherwise make a visitor's browser post a form to
+/// this server (`runs/delete?run_id=...` needs no body). Clients that are
+/// not browsers (mlflow, curl, the runner) send neither header and pass.
+async fn same_origin_writes(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::Method;
+    use axum::response::IntoResponse;
+    if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        if let Some(why) = cross_site(req.headers()) {
+            return ApiError::PermissionDenied(format!(
+                "{} {} was sent by a page on another site ({why}); changes are accepted from this server's own pages and from clients that are not browsers",
+                req.method(),
+                req.uri().path()
+            ))
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Why a request's headers say a page of another origin sent it, if they
+/// do. The browser's own `Sec-Fetch-Site` decides where it is sent (every
+/// current browser sends it, and it survives a reverse proxy rewriting
+/// `Host`); else `Origin` must name the `Host` (or `X-Forwarded-Host`).
+fn cross_site(headers: &axum::http::HeaderMap) -> Option<String> {
+    let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("?"));
+    match text("sec-fetch-site") {
+        Some("same-origin" | "none") => return None,
+        Some(site) => return Some(format!("Sec-Fetch-Site: {site}")),
+        None => {}
+    }
+    let origin = text("origin")?;
+    let origin_host = origin.split_once("://").map_or("", |(_, h)| h);
+    let hosts = [text("host"), text("x-forwarded-host")];
+    let same = !origin_host.is_empty()
+        && hosts
+            .iter()
+            .flatten()
+            .any(|h| h.eq_ignore_ascii_case(origin_host));
+    (!same).then(|| format!("Origin {origin}, Host {}", text("host").unwrap_or("")))
 }
 
 /// Serves until Ctrl-C or SIGTERM, then lets in-flight requests finish.
@@ -184,4 +232,71 @@ pub async fn serve(app: App, listener: tokio::net::TcpListener) -> std::io::Resu
     axum::serve(listener, router(app))
         .with_graceful_shutdown(weir_core::signals::terminated())
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cross_site;
+    use axum::http::{HeaderMap, HeaderValue};
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn only_pages_of_other_origins_are_cross_site() {
+        // Not a browser, or this server's own page.
+        assert_eq!(cross_site(&headers(&[("host", "127.0.0.1:5000")])), None);
+        assert_eq!(
+            cross_site(&headers(&[
+                ("host", "127.0.0.1:5000"),
+                ("origin", "http://127.0.0.1:5000"),
+                ("sec-fetch-site", "same-origin"),
+            ])),
+            None
+        );
+        // Behind a proxy that rewrote Host: the browser's word, or the
+        // forwarded host.
+        assert_eq!(
+            cross_site(&headers(&[
+                ("host", "127.0.0.1:5000"),
+                ("origin", "https://weir.example"),
+                ("sec-fetch-site", "same-origin"),
+            ])),
+            None
+        );
+        assert_eq!(
+            cross_site(&headers(&[
+                ("host", "127.0.0.1:5000"),
+                ("x-forwarded-host", "weir.example"),
+                ("origin", "https://weir.example"),
+            ])),
+            None
+        );
+        // Another site, another port of the same host, an opaque origin.
+        for h in [
+            headers(&[
+                ("host", "127.0.0.1:5000"),
+                ("origin", "https://evil.example"),
+            ]),
+            headers(&[
+                ("host", "127.0.0.1:5000"),
+                ("origin", "http://127.0.0.1:3000"),
+            ]),
+            headers(&[("host", "127.0.0.1:5000"), ("origin", "null")]),
+            headers(&[("host", "127.0.0.1:5000"), ("sec-fetch-site", "cross-site")]),
+            headers(&[("host", "127.0.0.1:5000"), ("sec-fetch-site", "same-site")]),
+            headers(&[
+                ("host", "127.0.0.1:5000"),
+                ("origin", "http://127.0.0.1:5000"),
+                ("sec-fetch-site", "cross-site"),
+            ]),
+        ] {
+            assert!(cross_site(&h).is_some(), "{h:?}");
+        }
+    }
 }

@@ -761,6 +761,22 @@ fn a_dead_runners_ray_job_is_stopped_and_resume_runs_the_step_again() {
     assert!(sb.ok(&["logs", &run, "slow"]).contains("one"));
 }
 
+/// The nodes a step log's placement line ("rank 0 on IP, rank 1 on IP")
+/// puts two ranks on, asserted to be two different ones.
+fn two_nodes(log: &str) -> Vec<&str> {
+    let placed = log
+        .lines()
+        .find(|l| l.starts_with("rank 0 on "))
+        .unwrap_or_else(|| panic!("no placement line: {log}"));
+    let ips: Vec<&str> = placed
+        .split(", ")
+        .map(|part| part.rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(ips.len(), 2, "{placed}");
+    assert_ne!(ips[0], ips[1], "both ranks on one node: {log}");
+    ips
+}
+
 /// A distributed step's pipeline: `allreduce.py` (the torchrun contract,
 /// no torch) over `workers` ranks of one CPU each, placed `placement`.
 fn distributed_pipeline(sb: &Sandbox, workers: u32, placement: &str, env: &str) {
@@ -790,16 +806,7 @@ fn a_distributed_steps_workers_are_a_placement_group_over_the_nodes() {
     assert_eq!(stats["status"], "succeeded", "{stats}");
     assert_eq!(stats["metrics"]["mean"], 499.5, "{stats}");
     let log = sb.ok(&["logs", &run, "stats"]);
-    let placed = log
-        .lines()
-        .find(|l| l.starts_with("rank 0 on "))
-        .unwrap_or_else(|| panic!("no placement line: {log}"));
-    let ips: Vec<&str> = placed
-        .split(", ")
-        .map(|part| part.rsplit(' ').next().unwrap())
-        .collect();
-    assert_eq!(ips.len(), 2, "{placed}");
-    assert_ne!(ips[0], ips[1], "both ranks on one node: {log}");
+    let ips = two_nodes(&log);
     let worker_ips: Vec<String> = nodes(&env.address)
         .into_iter()
         .filter(|(_, _, r)| r["CPU"].as_f64().unwrap_or(0.0) > 0.0)
@@ -807,7 +814,7 @@ fn a_distributed_steps_workers_are_a_placement_group_over_the_nodes() {
         .collect();
     assert!(
         ips.iter().all(|ip| worker_ips.iter().any(|w| w == ip)),
-        "{placed} vs {worker_ips:?}"
+        "{ips:?} vs {worker_ips:?}"
     );
     // Rank 0 is the master, on its own node's address, for both ranks.
     for rank in 0..2 {
@@ -909,17 +916,8 @@ fn a_data_parallel_trainers_workers_are_placed_over_the_nodes() {
         "{train}"
     );
     let log = sb.ok(&["logs", &run, "train"]);
-    let placed = log
-        .lines()
-        .find(|l| l.starts_with("rank 0 on "))
-        .unwrap_or_else(|| panic!("no placement line: {log}"));
-    let ips: Vec<&str> = placed
-        .split(", ")
-        .map(|part| part.rsplit(' ').next().unwrap())
-        .collect();
     // One CPU per worker node: rank 1 cannot share rank 0's node.
-    assert_eq!(ips.len(), 2, "{placed}");
-    assert_ne!(ips[0], ips[1], "both ranks on one node: {log}");
+    let ips = two_nodes(&log);
     assert!(
         log.contains("data-parallel over 2 processes (this one and 1 workers on Ray), rank 0 at")
             && log.contains("[rank 1] rank 1 of 2: training data staged here")

@@ -761,6 +761,15 @@ fn a_dead_runners_ray_job_is_stopped_and_resume_runs_the_step_again() {
     assert!(sb.ok(&["logs", &run, "slow"]).contains("one"));
 }
 
+/// The id of the cluster's node at `ip`.
+fn node_at(address: &str, ip: &str) -> String {
+    nodes(address)
+        .into_iter()
+        .find(|(_, node_ip, _)| node_ip == ip)
+        .unwrap_or_else(|| panic!("no node at {ip}"))
+        .0
+}
+
 /// The nodes a step log's placement line ("rank 0 on IP, rank 1 on IP")
 /// puts two ranks on, asserted to be two different ones.
 fn two_nodes(log: &str) -> Vec<&str> {
@@ -831,11 +840,7 @@ fn a_distributed_steps_workers_are_a_placement_group_over_the_nodes() {
         );
     }
     // The step ran as rank 0's job on rank 0's node.
-    let rank0_node = nodes(&env.address)
-        .into_iter()
-        .find(|(_, ip, _)| ip == ips[0])
-        .unwrap()
-        .0;
+    let rank0_node = node_at(&env.address, ips[0]);
     assert_eq!(stats["node"], rank0_node.as_str(), "{stats}");
 
     // A rank of the group failing stops rank 0 and fails the step with its
@@ -924,11 +929,7 @@ fn a_data_parallel_trainers_workers_are_placed_over_the_nodes() {
             && log.contains(&format!("rank 0 at {}:", ips[0])),
         "{log}"
     );
-    let rank0_node = nodes(&env.address)
-        .into_iter()
-        .find(|(_, ip, _)| ip == ips[0])
-        .unwrap()
-        .0;
+    let rank0_node = node_at(&env.address, ips[0]);
     assert_eq!(train["node"], rank0_node.as_str(), "{train}");
 
     // Rank 1 dying mid-fit fails the step at once, naming it.

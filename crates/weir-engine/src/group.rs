@@ -200,6 +200,17 @@ pub enum Trainer {
     Mlp,
 }
 
+impl Trainer {
+    /// The built-in op's trainer, if it trains data-parallel.
+    pub fn of(op: weir_core::ops::BuiltinOp) -> Option<Trainer> {
+        match op {
+            weir_core::ops::BuiltinOp::TrainGbdt => Some(Trainer::Gbdt),
+            weir_core::ops::BuiltinOp::TrainMlp => Some(Trainer::Mlp),
+            _ => None,
+        }
+    }
+}
+
 /// What a `weir train-worker` process trains on: the trainer, the step's
 /// options and the staged inputs on this machine.
 #[derive(Debug, Serialize, Deserialize)]
@@ -210,6 +221,28 @@ pub struct WorkerSpec {
     pub valid: Option<PathBuf>,
     pub master: String,
     pub world: usize,
+}
+
+impl WorkerSpec {
+    /// A rank of `step`'s fit, on its inputs as staged on this machine.
+    pub fn of_step(
+        trainer: Trainer,
+        step: &weir_core::pipeline::Step,
+        inputs: &std::collections::BTreeMap<String, PathBuf>,
+        master: String,
+        world: usize,
+    ) -> Result<WorkerSpec, EngineError> {
+        Ok(WorkerSpec {
+            trainer,
+            with: serde_json::Value::Object(step.with.clone().into_iter().collect()),
+            train: inputs.get("train").cloned().ok_or_else(|| {
+                EngineError::StepFailed(format!("step '{}' has no input 'train'", step.name))
+            })?,
+            valid: inputs.get("valid").cloned(),
+            master,
+            world,
+        })
+    }
 }
 
 /// The worker processes of a fit; killed if dropped before they finished.
@@ -317,13 +350,19 @@ pub fn train_worker(spec_path: &Path) -> Result<(), EngineError> {
     let rank: usize = std::env::var("RANK")
         .ok()
         .and_then(|r| r.parse().ok())
-        .filter(|r| (1..spec.world).contains(r))
-        .ok_or_else(|| {
-            EngineError::StepFailed(format!(
-                "RANK must be a number from 1 to {} (rank 0 is the step itself)",
-                spec.world - 1
-            ))
-        })?;
+        .ok_or_else(|| EngineError::StepFailed("RANK must be a number".into()))?;
+    train_rank(&spec, rank)
+}
+
+/// Rank `rank` (1..world) of the fit `spec` describes: trains alongside
+/// rank 0 and keeps nothing.
+pub fn train_rank(spec: &WorkerSpec, rank: usize) -> Result<(), EngineError> {
+    if !(1..spec.world).contains(&rank) {
+        return Err(EngineError::StepFailed(format!(
+            "rank {rank}: a worker's rank must be from 1 to {} (rank 0 is the step itself)",
+            spec.world - 1
+        )));
+    }
     let with = |e: serde_json::Error| EngineError::StepFailed(format!("with: {e}"));
     let train = weir_data::read_parquet(&spec.train)?;
     let valid = match &spec.valid {

@@ -317,24 +317,21 @@ fn python_of_ray(maps: &str) -> Option<PathBuf> {
 pub async fn exec_rank(ctx: &Context, step_run_id: &str, rank: u32) -> Result<i32, EngineError> {
     use std::os::unix::process::CommandExt;
     crate::exec::die_with_parent();
-    use weir_core::ops::BuiltinOp;
     use weir_core::pipeline::Action;
     let task = Task::load(ctx, step_run_id).await?;
-    let trainer = match &task.step.action {
-        Action::Builtin(BuiltinOp::TrainGbdt) => Some(crate::group::Trainer::Gbdt),
-        Action::Builtin(BuiltinOp::TrainMlp) => Some(crate::group::Trainer::Mlp),
-        _ => None,
+    // A `run:` step's command, or a data-parallel trainer's.
+    let (command, trainer) = match &task.step.action {
+        Action::Command(command) => (Some(command), None),
+        Action::Builtin(op) => match crate::group::Trainer::of(*op) {
+            Some(trainer) => (None, Some(trainer)),
+            None => {
+                return Err(EngineError::Executor(format!(
+                    "step '{}' is neither a `run:` step nor a data-parallel trainer; only those have ranks",
+                    task.step.name
+                )))
+            }
+        },
     };
-    let command = match &task.step.action {
-        Action::Command(command) => Some(command),
-        _ => None,
-    };
-    if command.is_none() && trainer.is_none() {
-        return Err(EngineError::Executor(format!(
-            "step '{}' is neither a `run:` step nor a data-parallel trainer; only those have ranks",
-            task.step.name
-        )));
-    }
     let scratch = ctx.work_dir().join(format!("{step_run_id}-rank-{rank}"));
     let _ = std::fs::remove_dir_all(&scratch);
     let work = WorkDir(scratch);
@@ -344,8 +341,8 @@ pub async fn exec_rank(ctx: &Context, step_run_id: &str, rank: u32) -> Result<i3
     }
     let log = StepLog::create(&work.0.join("log.txt"))?;
     let staged = crate::exec::stage_inputs(ctx, &task.inputs, &inputs, &log).await?;
-    let Some(command) = command else {
-        // A trainer's rank: the contract's variables say where rank 0 is.
+    if let Some(trainer) = trainer {
+        // The contract's variables say where rank 0 is.
         let var = |name: &str| {
             std::env::var(name).map_err(|_| {
                 EngineError::Executor(format!(
@@ -356,32 +353,19 @@ pub async fn exec_rank(ctx: &Context, step_run_id: &str, rank: u32) -> Result<i3
         let world: usize = var("WORLD_SIZE")?
             .parse()
             .map_err(|e| EngineError::Executor(format!("WORLD_SIZE: {e}")))?;
-        let spec = crate::group::WorkerSpec {
-            trainer: trainer.expect("a trainer when not a command"),
-            with: serde_json::Value::Object(task.step.with.clone().into_iter().collect()),
-            train: staged.get("train").cloned().ok_or_else(|| {
-                EngineError::Executor(format!("step '{}' has no input 'train'", task.step.name))
-            })?,
-            valid: staged.get("valid").cloned(),
-            master: format!("{}:{}", var("MASTER_ADDR")?, var("MASTER_PORT")?),
-            world,
-        };
-        let spec_path = work.0.join("train-worker.json");
-        std::fs::write(
-            &spec_path,
-            serde_json::to_vec(&spec).expect("plain data serializes"),
-        )
-        .map_err(EngineError::io("cannot write", &spec_path))?;
+        let master = format!("{}:{}", var("MASTER_ADDR")?, var("MASTER_PORT")?);
+        let spec = crate::group::WorkerSpec::of_step(trainer, &task.step, &staged, master, world)?;
         println!(
             "rank {rank} of {world}: training data staged here ({} bytes), rank 0 at {}",
             std::fs::metadata(&spec.train).map_or(0, |m| m.len()),
             spec.master
         );
-        tokio::task::spawn_blocking(move || crate::group::train_worker(&spec_path))
+        tokio::task::spawn_blocking(move || crate::group::train_rank(&spec, rank as usize))
             .await
             .map_err(|e| EngineError::StepFailed(format!("the worker panicked: {e}")))??;
         return Ok(0);
-    };
+    }
+    let command = command.expect("a command when not a trainer");
     let params = work.0.join("params.json");
     let contract = serde_json::json!({ "with": task.step.with, "params": task.params });
     std::fs::write(&params, contract.to_string())

@@ -144,14 +144,13 @@ fn data_parallel<P, T>(
     let mut local = match ctx.ranks {
         Some(_) => None,
         None => {
-            let spec = crate::group::WorkerSpec {
+            let spec = crate::group::WorkerSpec::of_step(
                 trainer,
-                with: serde_json::Value::Object(ctx.step.with.clone().into_iter().collect()),
-                train: ctx.inputs["train"].clone(),
-                valid: ctx.inputs.get("valid").cloned(),
-                master: master.clone(),
-                world: workers,
-            };
+                ctx.step,
+                &ctx.inputs,
+                master.clone(),
+                workers,
+            )?;
             let spec_path = ctx
                 .outputs_dir
                 .parent()

@@ -93,6 +93,20 @@ pub struct NewTrackingRun {
     pub tags: Vec<(String, String)>,
 }
 
+/// How the parts of one search read the runs ([`Store::plan`]).
+struct Plan {
+    /// A run's start time: its own column, or the mirrored pipeline's.
+    start_sql: &'static str,
+    /// How the filter's clauses are joined: `JOIN`, or `CROSS JOIN` to walk
+    /// the runs newest first.
+    filter_join: &'static str,
+}
+
+/// Whether an order is by the run's start time.
+fn by_start(o: &OrderBy) -> bool {
+    o.entity == Entity::Attribute && attribute_column(&o.key) == START_SQL
+}
+
 /// Which part of a search [`Store::search_part`] answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Part {
@@ -1343,7 +1357,7 @@ impl Store {
             let mut binds = Binds::new(self.backend);
             let sql = format!(
                 "SELECT COUNT(*) AS n FROM (SELECT 1 FROM {table} WHERE key = {} \
-                 AND substr(value, 1, 200) = {} LIMIT {FEW}) few",
+                 AND substr(value, 1, {VALUE_PREFIX}) = {} LIMIT {FEW}) few",
                 binds.text(&clause.key),
                 binds.text(value_prefix(value)),
             );
@@ -1392,6 +1406,7 @@ impl Store {
             return Ok((Vec::new(), false));
         }
         let want = usize::try_from(search.max_results.max(0)).unwrap_or(usize::MAX);
+        let plan = self.plan(search).await?;
         // Ordered by a metric, param or tag first: the runs that have it
         // (read in order off the key's index), then those without it (which
         // sort last whichever the direction), each a search of its own; a
@@ -1406,15 +1421,15 @@ impl Store {
                     .any(|c| joins(c) && c.entity == o.entity && c.key == o.key)
         });
         let mut page = match split {
-            false => self.search_part(search, Part::Whole).await?.0,
+            false => self.search_part(search, &plan, Part::Whole).await?.0,
             true => {
-                let mut page = self.search_part(search, Part::Having).await?.0;
+                let mut page = self.search_part(search, &plan, Part::Having).await?.0;
                 if page.len() <= want {
                     // How many runs have the key, so that the runs without it
                     // continue the numbering where they left off.
                     let having = match page.len() {
                         0 if search.offset > 0 => {
-                            self.search_part(search, Part::CountHaving).await?.1
+                            self.search_part(search, &plan, Part::CountHaving).await?.1
                         }
                         n => search.offset + n as i64,
                     };
@@ -1423,7 +1438,7 @@ impl Store {
                         max_results: search.max_results - page.len() as i64,
                         ..search.clone()
                     };
-                    page.extend(self.search_part(&rest, Part::Lacking).await?.0);
+                    page.extend(self.search_part(&rest, &plan, Part::Lacking).await?.0);
                 }
                 page
             }
@@ -1433,26 +1448,33 @@ impl Store {
         Ok((page, more))
     }
 
+    /// How a search's parts read the runs, decided once per search.
+    async fn plan(&self, search: &RunSearch) -> Result<Plan> {
+        // Without pipeline runs among them, a run's start time is its own
+        // column, and its index gives the newest runs first.
+        let own_start = !self.holds_pipeline_runs(&search.experiment_ids).await?;
+        let walk = own_start
+            && search.order_by.iter().all(by_start)
+            && self.backend == crate::Backend::Sqlite
+            && !self.any_selective(&search.filter).await?;
+        Ok(Plan {
+            start_sql: if own_start { "r.start_time" } else { START_SQL },
+            // Unless a filter matches few runs (read from its index), the
+            // runs are walked newest first and each checked until a page is
+            // full: SQLite's CROSS JOIN keeps the runs as the outer loop.
+            filter_join: if walk { "CROSS JOIN" } else { "JOIN" },
+        })
+    }
+
     /// One part of a search (see [`Part`]): up to `max_results + 1` runs from
     /// `offset` in order, or how many runs match.
     async fn search_part(
         &self,
         search: &RunSearch,
+        plan: &Plan,
         part: Part,
     ) -> Result<(Vec<(RunInfo, String)>, i64)> {
-        // Without pipeline runs among them, a run's start time is its own
-        // column, and its index gives the newest runs first.
-        let start_sql = match self.holds_pipeline_runs(&search.experiment_ids).await? {
-            true => START_SQL,
-            false => "r.start_time",
-        };
-        let by_start =
-            |o: &OrderBy| o.entity == Entity::Attribute && attribute_column(&o.key) == START_SQL;
-        let newest_first = search.order_by.iter().all(by_start);
-        let walk = newest_first
-            && start_sql != START_SQL
-            && self.backend == crate::Backend::Sqlite
-            && !self.any_selective(&search.filter).await?;
+        let start_sql = plan.start_sql;
         let mut binds = Binds::new(self.backend);
         // FROM ... WHERE ...: the page query wraps it below.
         let mut sql = format!("FROM {RUN_FROM}");
@@ -1509,15 +1531,9 @@ impl Store {
         // A comparison on a metric, param or tag is a join (each run has at
         // most one row per key), so the planner may start from the key's
         // index instead of visiting every run of the experiment.
-        // Unless a filter matches few runs (read from its index), the runs
-        // are walked newest first and each checked, until a page is full:
-        // SQLite's CROSS JOIN keeps the runs as the outer loop.
         for (i, clause) in search.filter.iter().enumerate() {
-            if let Some(join) = clause_join(i, clause, &mut binds) {
-                match walk {
-                    true => sql += &join.replacen(" JOIN ", " CROSS JOIN ", 1),
-                    false => sql += &join,
-                }
+            if let Some(join) = clause_join(i, clause, plan.filter_join, &mut binds) {
+                sql += &join;
             }
         }
         // Placeholders in text order: the joins' binds above, then these.
@@ -1797,7 +1813,7 @@ fn joins(clause: &Clause) -> bool {
 
 /// A comparison on the `i`th clause's metric, param or tag as an inner join
 /// on its row: the same runs as `EXISTS`, since a run has one row per key.
-fn clause_join(i: usize, clause: &Clause, binds: &mut Binds) -> Option<String> {
+fn clause_join(i: usize, clause: &Clause, join: &str, binds: &mut Binds) -> Option<String> {
     if !joins(clause) {
         return None;
     }
@@ -1815,21 +1831,26 @@ fn clause_join(i: usize, clause: &Clause, binds: &mut Binds) -> Option<String> {
     // What the (key, value prefix) index of migration 0018 can answer.
     let prefix = match (&clause.entity, clause.comparator, &clause.value) {
         (&Entity::Tag | &Entity::Param, Comparator::Eq, Value::Text(t)) => format!(
-            " AND substr(f{i}.value, 1, 200) = {}",
+            " AND substr(f{i}.value, 1, {VALUE_PREFIX}) = {}",
             binds.text(value_prefix(t))
         ),
         _ => String::new(),
     };
     Some(format!(
-        " JOIN {table} f{i} ON f{i}.run_id = r.run_id AND f{i}.key = {key}{nan}{prefix} AND {}",
+        " {join} {table} f{i} ON f{i}.run_id = r.run_id AND f{i}.key = {key}{nan}{prefix} AND {}",
         value_sql(clause, &format!("f{i}.value"), binds)
     ))
 }
 
-/// The part of a tag's or param's value its index holds: the first 200
-/// characters, as SQL's `substr(value, 1, 200)` counts them.
+/// How many characters of a tag's or param's value their indexes hold
+/// (migration 0018: `substr(value, 1, 200)`; a query must write the same
+/// expression for the index to answer it).
+const VALUE_PREFIX: usize = 200;
+
+/// The part of a tag's or param's value its index holds, as SQL's `substr`
+/// counts characters.
 fn value_prefix(value: &str) -> String {
-    value.chars().take(200).collect()
+    value.chars().take(VALUE_PREFIX).collect()
 }
 
 /// A clause as a condition on the run `r`.

@@ -13,6 +13,9 @@
 #     official Kubernetes schemas;
 #   - Chromium (Debian's) driven by playwright-core (pinned in tests/ui, no
 #     browser download): the dashboard against a real `weir server` (tests/ui);
+#   - torch (pinned, own virtualenv; PyPI's wheel, about 2 minutes and 5 GB
+#     with its CUDA libraries, which the CPU-only gloo test never loads): a
+#     real torch.distributed run of a distributed `run:` step;
 #   - Ray (pinned, own virtualenv): a real cluster on loopback (a head and two
 #     worker nodes, scripts/ray-cluster.sh) for the Ray executor's tests,
 #     started after the main suite and stopped afterwards.
@@ -31,6 +34,8 @@ VENV_ONNX="${WEIR_CI_VENV_ONNX:-$HOME/.cache/weir-ci/venv-onnx}"
 ONNX_CLIENT="scikit-learn==1.9.1 skl2onnx==1.20.0 onnxruntime==1.32.0 requests==2.34.2 pytest==9.2.0"
 VENV_RAY="${WEIR_CI_VENV_RAY:-$HOME/.cache/weir-ci/venv-ray}"
 RAY_PACKAGE="ray[default]==2.60.0"
+VENV_TORCH="${WEIR_CI_VENV_TORCH:-$HOME/.cache/weir-ci/venv-torch}"
+TORCH_PACKAGES="torch==2.15.0 numpy==2.4.6"
 log() { printf '\033[1m[test]\033[0m %s\n' "$*" >&2; }
 
 # --- PostgreSQL -------------------------------------------------------------
@@ -74,6 +79,13 @@ if ! "$VENV_RAY/bin/python" -c 'import ray, ray.dashboard' 2>/dev/null; then
   python3 -m venv "$VENV_RAY"
   "$VENV_RAY/bin/pip" install -q "$RAY_PACKAGE"
 fi
+if ! "$VENV_TORCH/bin/python" -c 'import torch.distributed, numpy' 2>/dev/null; then
+  log "installing $TORCH_PACKAGES into $VENV_TORCH (about 2 minutes, once)"
+  python3 -m venv "$VENV_TORCH"
+  # shellcheck disable=SC2086
+  "$VENV_TORCH/bin/pip" install -q $TORCH_PACKAGES
+fi
+export WEIR_TEST_TORCH_PYTHON="$VENV_TORCH/bin/python" WEIR_REQUIRE_TORCH=1
 # wrk drives the zero-drop rollout test (tests/e2e/rollouts.rs).
 if ! command -v wrk >/dev/null 2>&1; then
   log "installing wrk"

@@ -83,3 +83,76 @@ fn one_worker_failing_stops_the_others_and_fails_the_step() {
         .collect();
     assert!(ours.is_empty(), "workers left running: {ours:?}");
 }
+
+/// The Python that has torch: WEIR_TEST_TORCH_PYTHON (scripts/test.sh installs
+/// torch into a virtualenv of its own). Without it the torch test is skipped,
+/// unless WEIR_REQUIRE_TORCH=1.
+pub(crate) fn torch_python() -> Option<String> {
+    match std::env::var("WEIR_TEST_TORCH_PYTHON") {
+        Ok(python) => Some(python),
+        Err(_) if std::env::var("WEIR_REQUIRE_TORCH").as_deref() == Ok("1") => {
+            panic!("WEIR_REQUIRE_TORCH=1 but WEIR_TEST_TORCH_PYTHON is not set")
+        }
+        Err(_) => {
+            eprintln!("skipped: set WEIR_TEST_TORCH_PYTHON to a Python with torch");
+            None
+        }
+    }
+}
+
+#[test]
+fn torch_ddp_over_gloo_trains_the_same_model_as_one_process() {
+    let Some(torch) = torch_python() else { return };
+    let sb = Sandbox::new();
+    crate::common::copy_example(&sb, "distributed/torch_ddp.py");
+    sb.write(
+        "pipeline.yaml",
+        &format!(
+            "version: 1\nname: ddp\nsteps:\n  single:\n    run: {torch} torch_ddp.py\n    outputs: [model, weights]\n  ddp:\n    run: {torch} torch_ddp.py\n    distributed: {{ workers: 2, backend: torch }}\n    resources: {{ cpu: 0.5 }}\n    outputs: [model, weights]\n"
+        ),
+    );
+    sb.ok(&["run", "pipeline.yaml"]);
+    let run = sb.json(&["runs", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let show = sb.json(&["runs", "show", &run]);
+    let weights = |name: &str| -> serde_json::Value {
+        let s = step(&show, name);
+        assert_eq!(s["status"], "succeeded", "{s}");
+        let digest = s["outputs"]["weights"]["digest"].as_str().unwrap();
+        serde_json::from_slice(&std::fs::read(sb.blob(digest)).unwrap()).unwrap()
+    };
+    let (one, two) = (weights("single"), weights("ddp"));
+    assert_eq!(one["world"], 1);
+    assert_eq!(two["world"], 2, "the output is rank 0's of two");
+    let values = |w: &serde_json::Value| -> Vec<f64> {
+        let mut v: Vec<f64> = w["weight"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        v.push(w["bias"].as_f64().unwrap());
+        v
+    };
+    // Gradients averaged over two equal shards are the whole batch's gradient:
+    // the models differ only by float64 rounding.
+    for (a, b) in values(&one).iter().zip(values(&two)) {
+        assert!((a - b).abs() <= 1e-9, "{one} vs {two}");
+    }
+    let log = sb.ok(&["logs", &run, "ddp"]);
+    for rank in 0..2 {
+        assert!(
+            log.contains(&format!(
+                "[rank {rank}] rank {rank} of 2 (gloo, replicas identical)"
+            )),
+            "{log}"
+        );
+    }
+    let ddp = step(&show, "ddp");
+    assert!(
+        ddp["metrics"]["loss"].as_f64().unwrap() < 0.02,
+        "the model did not fit: {ddp}"
+    );
+}

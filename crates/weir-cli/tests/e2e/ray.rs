@@ -893,6 +893,40 @@ fn a_distributed_steps_workers_are_a_placement_group_over_the_nodes() {
 }
 
 #[test]
+fn torch_ddp_over_gloo_runs_as_a_placement_group_over_the_nodes() {
+    let Some(env) = ray_env() else {
+        return;
+    };
+    let Some(torch) = crate::distributed::torch_python() else {
+        return;
+    };
+    let sb = &env.sb;
+    crate::common::copy_example(sb, "distributed/torch_ddp.py");
+    sb.write(
+        "pipeline.yaml",
+        &format!(
+            "version: 1\nname: ddp\nsteps:\n  ddp:\n    run: {torch} torch_ddp.py\n    distributed: {{ workers: 2, backend: torch, placement: strict_spread }}\n    resources: {{ cpu: 1 }}\n    outputs: [model, weights]\n"
+        ),
+    );
+    sb.ok(&["run", "pipeline.yaml"]);
+    let run = last_run(sb);
+    let show = sb.json(&["runs", "show", &run]);
+    let ddp = step(&show, "ddp");
+    assert_eq!(ddp["status"], "succeeded", "{ddp}");
+    assert!(ddp["metrics"]["loss"].as_f64().unwrap() < 0.02, "{ddp}");
+    let log = sb.ok(&["logs", &run, "ddp"]);
+    two_nodes(&log);
+    for rank in 0..2 {
+        assert!(
+            log.contains(&format!(
+                "[rank {rank}] rank {rank} of 2 (gloo, replicas identical)"
+            )),
+            "{log}"
+        );
+    }
+}
+
+#[test]
 fn a_data_parallel_trainers_workers_are_placed_over_the_nodes() {
     let Some(env) = ray_env() else {
         return;

@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # The Ray executor's cost per step, against a real Ray cluster on loopback
 # (scripts/ray-cluster.sh: a head and two 1-CPU workers), with metadata in
-# PostgreSQL and artifacts in moto (S3), the same stores for both executors:
-#   - Ray's own job latency: a trivial job (`touch FILE`) submitted through
-#     the Jobs API, timed until FILE exists (polled every 5 ms: the entrypoint
-#     ran) and until Ray says SUCCEEDED (polled every 10 ms);
+# PostgreSQL and artifacts in moto (S3), the same stores for both executors.
+#   - Ray alone: a trivial job (`touch FILE`) submitted through the Jobs API,
+#     timed until FILE exists (polled every 5 ms: the entrypoint ran) and
+#     until Ray says SUCCEEDED (polled every 10 ms);
 #   - a chain of N steps (each reads the previous one's output) run with
-#     --no-cache on the local executor and on Ray; per step = wall / N.
-# Weir's cost on Ray beyond Ray's own latency = Ray per step - the time for
-# Ray to run a trivial entrypoint; it holds the step runtime's own work (the
-# local figure, which also holds the runner's) and the runner's polling.
-# Prints one JSON line; medians over TRIALS (default 3). Needs the venvs of
-# scripts/test.sh (moto, ray) and a PostgreSQL at PGURL.
+#     --no-cache on the local executor: its wall time per step;
+#   - the same chain on Ray, each step timed from inside: the `weir` the
+#     nodes run is a wrapper that notes when Ray started it, so each step's
+#     time splits into Ray's part (the job submitted, until its entrypoint
+#     started) and Weir's: the runner between one step's recorded end and
+#     the next submission, and the step runtime from its start to its
+#     recorded outcome. A fixed share of a run (process start, the cluster
+#     check before it starts) is left out, as Ray's own figure leaves it.
+# Weir's cost per step on Ray beyond Ray's own latency = runner + runtime
+# (the runtime's work, staging and storing through S3, is what the local
+# executor's steps do too). Medians over TRIALS runs' steps (default 3).
+# Prints one JSON line. Needs the venvs of scripts/test.sh (moto, ray), psql
+# and a PostgreSQL at PGURL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
@@ -19,13 +26,20 @@ cargo build --release --quiet
 . bench/lib/ray_stores.sh
 new_db ray_overhead
 
+cat >"$work/weir-timed" <<SH
+#!/bin/sh
+echo "\$2 \$(date +%s%3N)" >> "$work/started"
+exec "$PWD/target/release/weir" "\$@"
+SH
+chmod +x "$work/weir-timed"
+
 WEIR="$PWD/target/release/weir" TRIALS="${TRIALS:-3}" N="${N:-10}" RAY_ADDRESS_URL="$address" \
 WEIR_DB="$db_url" WEIR_ARTIFACTS="s3://bench/ray-overhead" WEIR_RAY_ADDRESS="$address" \
 WORK="$work" python3 - <<'PY'
 import json, os, statistics, subprocess, time, urllib.request
 
 WEIR, TRIALS, N = os.environ["WEIR"], int(os.environ["TRIALS"]), int(os.environ["N"])
-ADDRESS, WORK = os.environ["RAY_ADDRESS_URL"], os.environ["WORK"]
+ADDRESS, WORK, DB = os.environ["RAY_ADDRESS_URL"], os.environ["WORK"], os.environ["WEIR_DB"]
 
 def ray_job_ms(samples=10):
     """Submit a trivial job; time until its entrypoint has run (the file it
@@ -58,24 +72,49 @@ def pipeline(n):
 spec = f"{WORK}/chain.yaml"
 open(spec, "w").write(pipeline(N))
 
-def per_step_ms(executor):
-    walls = []
-    for _ in range(TRIALS):
-        t = time.perf_counter()
-        subprocess.run([WEIR, "run", spec, "--no-cache", "--executor", executor, "--json"],
-                       check=True, stdout=subprocess.DEVNULL, cwd=WORK)
-        walls.append((time.perf_counter() - t) * 1e3 / N)
-    return statistics.median(walls)
+def run(executor, env=None):
+    t = time.perf_counter()
+    subprocess.run([WEIR, "run", spec, "--no-cache", "--executor", executor, "--json"],
+                   check=True, stdout=subprocess.DEVNULL, cwd=WORK, env={**os.environ, **(env or {})})
+    return (time.perf_counter() - t) * 1e3
 
+def steps_of_last_run():
+    """(id, started_at, ended_at, job) of the latest run's steps, in order."""
+    out = subprocess.run(
+        ["psql", DB, "-At", "-F", " ", "-c",
+         "SELECT s.id, s.started_at, s.ended_at, s.job FROM step_runs s "
+         "WHERE s.run_id = (SELECT id FROM runs ORDER BY started_at DESC LIMIT 1) "
+         "ORDER BY s.started_at"],
+        check=True, capture_output=True, text=True).stdout
+    return [line.split(" ") for line in out.splitlines() if line]
+
+local = statistics.median(run("local") / N for _ in range(TRIALS))
 ray_ran, ray_succeeded = ray_job_ms()
-local = per_step_ms("local")
-on_ray = per_step_ms("ray")
+runner, ray_part, runtime, walls = [], [], [], []
+for _ in range(TRIALS):
+    started_log = f"{WORK}/started"
+    if os.path.exists(started_log):
+        os.remove(started_log)
+    walls.append(run("ray", {"WEIR_RAY_WEIR_BIN": f"{WORK}/weir-timed"}) / N)
+    started = dict(line.split() for line in open(started_log))
+    previous_end = None
+    for step_id, begun, ended, job in steps_of_last_run():
+        submitted = int(job.rsplit("-", 1)[1])  # the job id ends with its submission time
+        ray_part.append(int(started[step_id]) - submitted)
+        runtime.append(int(ended) - int(started[step_id]))
+        if previous_end is not None:
+            runner.append(submitted - previous_end)
+        previous_end = int(ended)
+med = lambda xs: round(statistics.median(xs), 1)
 print(json.dumps({
     "steps": N, "trials": TRIALS,
     "ray_job_ran_ms": round(ray_ran, 1),
     "ray_job_succeeded_ms": round(ray_succeeded, 1),
     "local_ms_per_step": round(local, 1),
-    "ray_ms_per_step": round(on_ray, 1),
-    "weir_beyond_ray_ms_per_step": round(on_ray - ray_ran, 1),
+    "ray_wall_ms_per_step": round(statistics.median(walls), 1),
+    "ray_submit_to_entrypoint_ms": med(ray_part),
+    "weir_runner_between_steps_ms": med(runner),
+    "weir_runtime_ms": med(runtime),
+    "weir_beyond_ray_ms_per_step": round(statistics.median(runner) + statistics.median(runtime), 1),
 }))
 PY

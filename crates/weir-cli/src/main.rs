@@ -91,6 +91,25 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Dataset versions, their schemas and profiles
+    #[command(subcommand)]
+    Datasets(DatasetsCommand),
+    /// Compare two tables (CSV, CSV.gz, Parquet or JSON lines): schema changes and each
+    /// column's distribution shift, as `weir datasets diff` does for versions
+    Drift {
+        /// The reference table
+        reference: std::path::PathBuf,
+        /// The table compared with it
+        current: std::path::PathBuf,
+        /// The share of drifted columns at which the whole table counts as drifted
+        #[arg(long, default_value_t = weir_data::DATASET_SHARE)]
+        share: f64,
+        /// Also write the report, with each column's distributions drawn, as HTML
+        #[arg(long, value_name = "FILE")]
+        html: Option<std::path::PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// The model registry
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -299,6 +318,35 @@ enum StudyCommand {
         run: String,
         /// The tuned step
         step: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DatasetsCommand {
+    /// Datasets with their latest version
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A dataset's versions and one version's schema and profile: NAME (the latest)
+    /// or NAME@VERSION
+    Show {
+        #[arg(value_name = "NAME[@VERSION]")]
+        dataset: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Schema changes and each column's distribution shift from one version to
+    /// another (default: the last two)
+    Diff {
+        name: String,
+        from: Option<i64>,
+        to: Option<i64>,
+        /// Also write the report, with each column's distributions drawn, as HTML
+        #[arg(long, value_name = "FILE")]
+        html: Option<std::path::PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -531,6 +579,84 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
         Command::Experiments(ExperimentsCommand::List { all, json }) => {
             let ctx = Context::open(config(&cli.global, &[])?).await?;
             output::experiments(&ctx.store, all, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Drift {
+            reference,
+            current,
+            share,
+            html,
+            json,
+        } => {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&share) && share > 0.0,
+                "--share {share} is not a share of columns; give a number in (0, 1], e.g. 0.5"
+            );
+            let profile = |path: &std::path::Path| -> Result<weir_data::Profile> {
+                let table = weir_data::read_table(
+                    path,
+                    &weir_data::IngestOptions::new(path.display().to_string()),
+                )?;
+                Ok(weir_data::profile(&table)?)
+            };
+            let (a, b) = (profile(&reference)?, profile(&current)?);
+            let names = (
+                reference.display().to_string(),
+                current.display().to_string(),
+            );
+            output::drift(
+                &format!("{} against {}", names.1, names.0),
+                (&names.0, &names.1),
+                &a,
+                &b,
+                share,
+                html.as_deref(),
+                json,
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Datasets(DatasetsCommand::List { json }) => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            output::datasets(&ctx.store.list_datasets().await?, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Datasets(DatasetsCommand::Show { dataset, json }) => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            let (name, version) = match dataset.rsplit_once('@') {
+                Some((name, v)) => (
+                    name,
+                    Some(v.parse::<i64>().with_context(|| {
+                        format!("'{v}' in {dataset} is not a version number; write NAME@3")
+                    })?),
+                ),
+                None => (dataset.as_str(), None),
+            };
+            let versions = ctx.store.dataset_versions(name).await?;
+            let shown = ctx.store.dataset_version(name, version).await?;
+            output::dataset(&versions, &shown, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Datasets(DatasetsCommand::Diff {
+            name,
+            from,
+            to,
+            html,
+            json,
+        }) => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            let versions = ctx.store.dataset_versions(&name).await?;
+            let last = versions.last().expect("a dataset has a version").version;
+            let (from, to) = match (from, to) {
+                (Some(a), Some(b)) => (a, b),
+                (Some(a), None) => (a, last),
+                (None, _) if versions.len() < 2 => anyhow::bail!(
+                    "{name} has one version; there is nothing to compare it with\n  hint: `weir datasets show {name}` shows it"
+                ),
+                (None, _) => (last - 1, last),
+            };
+            let a = ctx.store.dataset_version(&name, Some(from)).await?;
+            let b = ctx.store.dataset_version(&name, Some(to)).await?;
+            output::dataset_diff(&a, &b, html.as_deref(), json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Models(ModelsCommand::List { json }) => {

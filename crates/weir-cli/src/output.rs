@@ -751,3 +751,293 @@ pub async fn search_runs(
     table(&header, &rows);
     Ok(())
 }
+
+pub fn datasets(datasets: &[weir_store::DatasetSummary], json: bool) {
+    if json {
+        print_json(&datasets);
+        return;
+    }
+    let rows: Vec<Vec<String>> = datasets
+        .iter()
+        .map(|d| {
+            vec![
+                d.name.clone(),
+                d.latest.version.to_string(),
+                d.versions.to_string(),
+                d.latest.rows.to_string(),
+                d.latest.columns.to_string(),
+                d.latest.digest[..12].to_string(),
+                time(d.latest.created_at),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "DATASET",
+            "LATEST",
+            "VERSIONS",
+            "ROWS",
+            "COLUMNS",
+            "DIGEST",
+            "CREATED (UTC)",
+        ],
+        &rows,
+    );
+}
+
+fn profile_of(v: &weir_store::DatasetVersion) -> Result<weir_data::Profile> {
+    serde_json::from_str(&v.profile_json).map_err(|e| {
+        anyhow::anyhow!(
+            "the profile of {}@{} is not readable ({e}); the store may be corrupt",
+            v.name,
+            v.version
+        )
+    })
+}
+
+fn changes_of(v: &weir_store::DatasetVersion) -> Result<Vec<weir_data::SchemaChange>> {
+    serde_json::from_str(&v.changes_json).map_err(|e| {
+        anyhow::anyhow!(
+            "the schema changes of {}@{} are not readable ({e}); the store may be corrupt",
+            v.name,
+            v.version
+        )
+    })
+}
+
+/// A number short enough for a table cell.
+fn num(x: f64) -> String {
+    if x == x.trunc() && x.abs() < 1e15 {
+        format!("{x:.0}")
+    } else if x.abs() >= 1e5 || x.abs() < 1e-3 {
+        format!("{x:.3e}")
+    } else {
+        format!("{x:.4}")
+    }
+}
+
+pub fn dataset(
+    versions: &[weir_store::DatasetVersion],
+    shown: &weir_store::DatasetVersion,
+    json: bool,
+) -> Result<()> {
+    let profile = profile_of(shown)?;
+    let changes = changes_of(shown)?;
+    if json {
+        print_json(&json!({
+            "version": shown,
+            "versions": versions,
+            "schema_changes": changes,
+            "profile": profile,
+        }));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = versions
+        .iter()
+        .map(|v| {
+            vec![
+                v.version.to_string(),
+                v.rows.to_string(),
+                v.columns.to_string(),
+                v.digest[..12].to_string(),
+                v.run_id.chars().take(8).collect(),
+                time(v.created_at),
+                match changes_of(v) {
+                    Ok(c) if c.is_empty() => "-".into(),
+                    Ok(c) => c
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    Err(_) => "?".into(),
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "VERSION",
+            "ROWS",
+            "COLUMNS",
+            "DIGEST",
+            "RUN",
+            "CREATED (UTC)",
+            "SCHEMA CHANGES",
+        ],
+        &rows,
+    );
+    println!();
+    println!(
+        "{}@{}: {} rows x {} columns, output '{}' of step run {} ({})",
+        shown.name,
+        shown.version,
+        shown.rows,
+        shown.columns,
+        shown.output,
+        shown.step_run_id,
+        shown.digest
+    );
+    let rows: Vec<Vec<String>> = profile
+        .columns
+        .iter()
+        .map(|c| {
+            let mut row = vec![
+                c.name.clone(),
+                c.dtype.clone(),
+                format!("{:.1}%", c.null_rate * 100.0),
+                c.distinct.to_string(),
+            ];
+            match (&c.numeric, &c.top) {
+                (Some(n), _) => {
+                    let (lo, hi) = n.shown.clone().unwrap_or_else(|| (num(n.min), num(n.max)));
+                    row.extend([lo, num(n.percentiles[50]), hi, num(n.mean), num(n.std)]);
+                    row.push(String::new());
+                }
+                (None, Some(top)) => {
+                    row.extend(std::iter::repeat_n(String::new(), 5));
+                    let shown: Vec<String> = top
+                        .values
+                        .iter()
+                        .take(3)
+                        .map(|(v, n)| format!("{v} ({n})"))
+                        .collect();
+                    row.push(shown.join(", "));
+                }
+                (None, None) => row.extend(std::iter::repeat_n(String::new(), 6)),
+            }
+            row
+        })
+        .collect();
+    table(
+        &[
+            "COLUMN",
+            "TYPE",
+            "NULLS",
+            "DISTINCT",
+            "MIN",
+            "MEDIAN",
+            "MAX",
+            "MEAN",
+            "STD",
+            "TOP VALUES",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+pub fn dataset_diff(
+    from: &weir_store::DatasetVersion,
+    to: &weir_store::DatasetVersion,
+    html: Option<&std::path::Path>,
+    json: bool,
+) -> Result<()> {
+    let (a, b) = (profile_of(from)?, profile_of(to)?);
+    let names = (
+        format!("{}@{}", from.name, from.version),
+        format!("{}@{}", to.name, to.version),
+    );
+    drift(
+        &format!(
+            "{}: version {} against version {}",
+            from.name, to.version, from.version
+        ),
+        (&names.0, &names.1),
+        &a,
+        &b,
+        weir_data::DATASET_SHARE,
+        html,
+        json,
+    )
+}
+
+/// Compares two profiles: schema changes, each shared column's shift and
+/// the verdict for the whole table; `html` also writes the report there.
+pub fn drift(
+    title: &str,
+    names: (&str, &str),
+    reference: &weir_data::Profile,
+    current: &weir_data::Profile,
+    share: f64,
+    html: Option<&std::path::Path>,
+    json: bool,
+) -> Result<()> {
+    let changes = weir_data::schema_changes(reference, current);
+    let drift = weir_data::drift(reference, current, share);
+    if let Some(path) = html {
+        let page = weir_data::drift_html(title, names, reference, current, &drift);
+        // Written whole or not at all: a reader never sees half a report.
+        let partial = path.with_extension("html.partial");
+        std::fs::write(&partial, page)
+            .and_then(|()| std::fs::rename(&partial, path))
+            .map_err(|e| anyhow::anyhow!("cannot write the report to {}: {e}", path.display()))?;
+    }
+    if json {
+        print_json(&json!({
+            "reference": names.0,
+            "current": names.1,
+            "rows": [reference.rows, current.rows],
+            "schema_changes": changes,
+            "columns": drift.columns,
+            "drifted_columns": drift.drifted_columns,
+            "drifted_share": drift.drifted_share,
+            "share_threshold": drift.share_threshold,
+            "dataset_drift": drift.dataset_drift,
+        }));
+        return Ok(());
+    }
+    println!(
+        "{} ({} rows) -> {} ({} rows)",
+        names.0, reference.rows, names.1, current.rows
+    );
+    if changes.is_empty() {
+        println!("schema: unchanged");
+    } else {
+        println!("schema:");
+        for c in &changes {
+            println!("  {c}");
+        }
+    }
+    println!(
+        "distribution: {} of {} shared columns drifted ({:.0}%): {}",
+        drift.drifted_columns,
+        drift.columns.len(),
+        drift.drifted_share * 100.0,
+        match drift.dataset_drift {
+            true => format!("dataset drift (the threshold is {:.0}%)", share * 100.0),
+            false => format!("no dataset drift (the threshold is {:.0}%)", share * 100.0),
+        }
+    );
+    let rows: Vec<Vec<String>> = drift
+        .columns
+        .iter()
+        .map(|s| {
+            vec![
+                s.column.clone(),
+                s.method.clone(),
+                format!("{:.4}", s.score),
+                if s.drifted {
+                    "DRIFT".into()
+                } else {
+                    "ok".into()
+                },
+                format!("{:.4}", s.psi),
+                format!(
+                    "{:.1}% -> {:.1}%",
+                    s.null_rate.0 * 100.0,
+                    s.null_rate.1 * 100.0
+                ),
+                s.mean
+                    .map_or(String::new(), |(x, y)| format!("{} -> {}", num(x), num(y))),
+            ]
+        })
+        .collect();
+    table(
+        &["COLUMN", "METHOD", "SCORE", "", "PSI", "NULLS", "MEAN"],
+        &rows,
+    );
+    if let Some(path) = html {
+        println!("report: {}", path.display());
+    }
+    Ok(())
+}

@@ -73,7 +73,19 @@ pub struct Step {
     /// has none to count, so the local executor ignores them.
     #[serde(default)]
     pub custom_resources: BTreeMap<String, f64>,
+    /// Outputs kept as dataset versions (output name -> dataset name), each
+    /// with its schema and profile: `datasets: { table: flights }`. An
+    /// ingest's table is one by default, named `PIPELINE.STEP`.
+    #[serde(default)]
+    pub datasets: BTreeMap<String, String>,
+    /// `schema: { evolution: strict|additive|any }`: what schema change a
+    /// new version of the step's datasets may bring (`any` when absent).
+    #[serde(default)]
+    pub schema_evolution: Option<String>,
 }
+
+/// `schema.evolution`'s values.
+pub const SCHEMA_EVOLUTIONS: [&str; 3] = ["strict", "additive", "any"];
 
 /// `distributed: { workers: N, backend: torch }`: the step's command runs as
 /// N processes that find each other through the torchrun environment
@@ -482,8 +494,18 @@ struct RawStep {
     executor: Option<Spanned<String>>,
     #[serde(default)]
     distributed: Option<Spanned<RawDistributed>>,
+    #[serde(default)]
+    datasets: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    schema: Option<Spanned<RawSchema>>,
     #[allow(dead_code)]
     description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchema {
+    evolution: String,
 }
 
 #[derive(Deserialize)]
@@ -674,6 +696,14 @@ pub fn parse(
         }
     }
 
+    // An ingest's table is a dataset unless the step names it otherwise.
+    for (step, _) in steps.iter_mut() {
+        if step.action == Action::Builtin(crate::ops::BuiltinOp::Ingest) && step.datasets.is_empty()
+        {
+            step.datasets
+                .insert("table".into(), format!("{name}.{}", step.name));
+        }
+    }
     check_references(&steps, &fanouts, &mut issues);
     if !issues.is_empty() {
         return Err(invalid(issues));
@@ -1143,6 +1173,57 @@ fn build_step(
         }
         kind
     });
+    let mut datasets = BTreeMap::new();
+    for (output, dataset) in &raw.datasets {
+        if !outputs.contains(output) {
+            issues.push(SpecIssue {
+                line: Some(dataset.referenced.line()),
+                field: field(&format!("datasets.{output}")),
+                message: format!("'{output}' is not an output of this step"),
+                hint: Some(format!("its outputs: [{}]", outputs.join(", "))),
+            });
+        } else if dataset.value.is_empty()
+            || !dataset
+                .value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
+        {
+            issues.push(SpecIssue {
+                line: Some(dataset.referenced.line()),
+                field: field(&format!("datasets.{output}")),
+                message: format!("'{}' is not a dataset name", dataset.value),
+                hint: Some("use letters, digits, '.', '_', '-' and '/'".into()),
+            });
+        } else {
+            datasets.insert(output.clone(), dataset.value.clone());
+        }
+    }
+    let schema_evolution = raw.schema.as_ref().and_then(|schema| {
+        let evolution = &schema.value.evolution;
+        if !SCHEMA_EVOLUTIONS.contains(&evolution.as_str()) {
+            issues.push(SpecIssue {
+                line: Some(schema.referenced.line()),
+                field: field("schema.evolution"),
+                message: format!("'{evolution}' is not a schema evolution policy"),
+                hint: Some(
+                    "use strict (no change), additive (new columns only) or any (report only)"
+                        .into(),
+                ),
+            });
+            return None;
+        }
+        let ingest = action == Action::Builtin(crate::ops::BuiltinOp::Ingest);
+        if raw.datasets.is_empty() && !ingest {
+            issues.push(SpecIssue {
+                line: Some(schema.referenced.line()),
+                field: field("schema"),
+                message: "the step keeps no dataset for the policy to apply to".into(),
+                hint: Some("mark an output as a dataset: `datasets: { OUTPUT: NAME }`".into()),
+            });
+            return None;
+        }
+        Some(evolution.clone())
+    });
     let cache_version = raw.cache_version.as_ref().map(|v| match &v.value {
         Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -1191,6 +1272,8 @@ fn build_step(
         executor,
         distributed,
         custom_resources,
+        datasets,
+        schema_evolution,
     })
 }
 

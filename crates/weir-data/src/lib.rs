@@ -3,15 +3,26 @@
 //! splits.
 //! Tables are held whole in memory as one batch; every error names the file.
 
+mod compare;
 mod error;
 mod ingest;
 mod join;
+mod profile;
+mod report;
 mod split;
 mod validate;
 
+pub use compare::{
+    drift, schema_changes, shares_between, shift, shifts, ColumnShift, Drift, Evolution,
+    SchemaChange, DATASET_SHARE,
+};
 pub use error::DataError;
 pub use ingest::{read_parquet, read_table, write_parquet, Format, IngestOptions};
 pub use join::{join, JoinHow, JoinSpec, Joined};
+pub use profile::{
+    kind_of, profile, ColumnProfile, Histogram, Kind, NumericProfile, Profile, TopValues,
+};
+pub use report::drift_html;
 pub use split::{split, SplitMethod, SplitSpec, Splits};
 pub use validate::{validate, Rule, ValidationReport, Violation};
 

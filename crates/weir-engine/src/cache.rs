@@ -95,6 +95,13 @@ pub(crate) fn compute(
     if let Some(v) = &step.cache_version {
         components.insert("cache_version".into(), v.clone());
     }
+    // A step that starts keeping a dataset runs once more to record it.
+    for (output, dataset) in &step.datasets {
+        components.insert(format!("dataset {output}"), dataset.clone());
+    }
+    if let Some(policy) = &step.schema_evolution {
+        components.insert("schema evolution".into(), policy.clone());
+    }
     for pattern in &step.code {
         let full = base_dir.join(pattern);
         let matches: Vec<PathBuf> = glob::glob(&full.to_string_lossy())

@@ -527,7 +527,7 @@ async fn run_step(
         Action::Command(command) => run_command(job, command, &inputs_dir, &outputs_dir).await?,
     };
 
-    let completion = StepCompletion {
+    let mut completion = StepCompletion {
         metrics: finite_metrics(outcome.metrics, log),
         registrations: outcome.registrations,
         sources: outcome.sources,
@@ -546,6 +546,10 @@ async fn run_step(
             false => log.line(format!("output {name} ({} bytes)", meta.len())),
         }
     }
+    completion.datasets = crate::datasets::versions(ctx, step, &outputs_dir, outcome.profiles, log)
+        .await
+        .inspect_err(|e| log.line(format!("error: {e}")))
+        .map_err(fail)?;
     Ok(completion)
 }
 

@@ -9,6 +9,7 @@
 //! runtime its task on stdin and hears on stdout when the outcome is recorded.
 
 mod cache;
+mod datasets;
 mod error;
 pub mod exec;
 pub mod group;

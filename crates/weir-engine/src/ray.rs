@@ -631,6 +631,31 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// How often an attempt asks Ray about its job (its node, whether it died).
+const JOB_POLL: Duration = Duration::from_millis(250);
+
+/// Returns once step run `id`'s outcome is announced, or when announcements
+/// may have been missed (the receiver lagged or closed: the caller then reads
+/// the record, and a closed one is dropped so the caller polls instead).
+/// Never returns without a receiver.
+async fn announced(ended: &mut Option<tokio::sync::broadcast::Receiver<String>>, id: &str) {
+    use tokio::sync::broadcast::error::RecvError;
+    let Some(receiver) = ended else {
+        return std::future::pending().await;
+    };
+    loop {
+        match receiver.recv().await {
+            Ok(ended_id) if ended_id == id => return,
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => return,
+            Err(RecvError::Closed) => {
+                *ended = None;
+                return;
+            }
+        }
+    }
+}
+
 /// How a Ray attempt ended, when the step runtime did not record it.
 pub(crate) struct RayFailure {
     pub message: String,
@@ -652,6 +677,9 @@ pub(crate) struct RayAttempt {
     pub stopping: Stopping,
     /// The step is a study whose trials run as Ray jobs of their own.
     pub trials: bool,
+    /// Ids of step runs whose outcome was just recorded; without it, the
+    /// attempt polls its record often.
+    pub ended: Option<tokio::sync::broadcast::Receiver<String>>,
 }
 
 impl RayAttempt {
@@ -678,7 +706,7 @@ impl RayAttempt {
     /// or the job ends. Like the local executor, returns early once the
     /// runtime recorded the outcome, with a task that waits for the job to
     /// end (it is left to finish, not stopped).
-    pub(crate) async fn follow(self) -> Result<Option<JoinHandle<()>>, RayFailure> {
+    pub(crate) async fn follow(mut self) -> Result<Option<JoinHandle<()>>, RayFailure> {
         let fail = |message: String| RayFailure {
             message,
             lost_node: false,
@@ -723,9 +751,18 @@ impl RayAttempt {
         let mut pending_checked = Instant::now();
         let mut next_job_poll = Instant::now();
         let d = loop {
-            // A primary-key read: cheap enough to keep the runner's delay
-            // after a step ends at ~10 ms on average.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Woken when the runtime announces the outcome; the poll is for
+            // what an announcement misses (a lost listener connection). Without
+            // announcements, a primary-key read every 20 ms is cheap enough to
+            // keep the runner's delay after a step ends at ~10 ms on average.
+            let poll = match self.ended {
+                Some(_) => JOB_POLL,
+                None => Duration::from_millis(20),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {}
+                _ = announced(&mut self.ended, &self.step_run_id) => {}
+            }
             // The runtime's own record is the outcome; Ray's view of the job
             // is only needed when the runtime could not write one.
             match self.store.step_run(&self.step_run_id).await {
@@ -748,7 +785,7 @@ impl RayAttempt {
             if Instant::now() < next_job_poll {
                 continue;
             }
-            next_job_poll = Instant::now() + Duration::from_millis(250);
+            next_job_poll = Instant::now() + JOB_POLL;
             match self.cluster.job(&job).await {
                 Ok(d) => {
                     unreachable_since = None;

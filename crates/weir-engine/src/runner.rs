@@ -312,7 +312,17 @@ async fn walk(
         None => std::env::current_exe()
             .map_err(EngineError::io("cannot locate", "the weir executable"))?,
     };
+    // Steps on Ray report their end through the store: listen for it, or
+    // fall back on polling their records.
+    let step_ended = match &cluster {
+        Some(_) => ctx.store.step_ended_events().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot listen for steps ending; polling their records instead");
+            None
+        }),
+        None => None,
+    };
     let launcher = Launcher {
+        step_ended,
         ray_weir: ctx
             .config
             .ray_weir_bin()
@@ -793,6 +803,8 @@ struct Launcher {
     /// Ray jobs being stopped, waited for before the run ends.
     stopping: ray::Stopping,
     run_id: String,
+    /// Announcements of steps ending (PostgreSQL), for attempts on Ray.
+    step_ended: Option<weir_store::StepEnded>,
 }
 
 /// The configured tracking server, if it answers and serves this run's
@@ -873,6 +885,7 @@ fn launch(
                 trials: ray::trial_demand(step).is_some(),
                 demand,
                 stopping: launcher.stopping.clone(),
+                ended: launcher.step_ended.as_ref().map(|e| e.subscribe()),
             })
         }
         (ExecutorKind::Ray, None) => {

@@ -9,9 +9,11 @@
 //! locked" when two processes commit at once.
 
 mod artifacts;
+mod datasets;
 mod deployments;
 mod direct;
 mod error;
+mod events;
 pub mod filter;
 mod logs;
 mod metrics;
@@ -31,8 +33,10 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Connection, Executor};
 
 pub use artifacts::{ArtifactKind, ArtifactRecord};
+pub use datasets::{DatasetSummary, DatasetVersion, NewDatasetVersion};
 pub use deployments::{Deployment, DeploymentEvent, Interval, WindowPart};
 pub use error::StoreError;
+pub use events::StepEnded;
 pub use logs::LogChunk;
 pub use metrics::MetricPoint;
 pub use models::{ModelSummary, ModelVersion, NewModelVersion};

@@ -175,6 +175,8 @@ pub struct StepCompletion {
     /// while the step run still names it, so a lost attempt that finishes
     /// after a new one started cannot write over it.
     pub fence: Option<String>,
+    /// Outputs that are new versions of datasets.
+    pub datasets: Vec<crate::datasets::NewDatasetVersion>,
 }
 
 const RUN_COLUMNS: &str =
@@ -783,6 +785,9 @@ impl Store {
             return Err(self.superseded(step_run_id, "complete").await);
         };
         let run_id: String = run_id.try_get("run_id")?;
+        if completion.fence.is_some() {
+            crate::events::announce_step_ended(self.backend, &mut tx, step_run_id).await?;
+        }
         // Distinct digests only: one statement cannot insert the same key twice.
         let mut records: Vec<&ArtifactRecord> = completion.log.iter().collect();
         for (_, artifact) in &completion.outputs {
@@ -798,6 +803,27 @@ impl Store {
                 .bind(artifact.digest.hex())
                 .execute(&mut *tx)
                 .await?;
+        }
+        for dataset in &completion.datasets {
+            let Some((_, artifact)) = completion
+                .outputs
+                .iter()
+                .find(|(name, _)| *name == dataset.output)
+            else {
+                return Err(StoreError::Invalid(format!(
+                    "dataset {} names output '{}', which the step did not store",
+                    dataset.name, dataset.output
+                )));
+            };
+            crate::datasets::insert_dataset_version(
+                &mut tx,
+                dataset,
+                &artifact.digest.hex(),
+                step_run_id,
+                &run_id,
+                now,
+            )
+            .await?;
         }
         insert_metrics(&mut tx, &run_id, step_run_id, &completion.metrics).await?;
         mirror::log_step_metrics(&mut tx, &run_id, step_run_id, &completion.metrics).await?;
@@ -857,6 +883,9 @@ impl Store {
         }
         if let Some(log) = log {
             insert_artifact(&mut tx, log).await?;
+        }
+        if fence.is_some() {
+            crate::events::announce_step_ended(self.backend, &mut tx, step_run_id).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -157,8 +157,38 @@ async fn run_lifecycle(s: &Store) {
             size: 2,
         }],
         fence: None,
+        datasets: vec![NewDatasetVersion {
+            name: "raw".into(),
+            output: "table".into(),
+            rows: 2,
+            columns: 1,
+            profile_json: "{\"rows\":2,\"columns\":[]}".into(),
+            changes_json: "[]".into(),
+        }],
     };
     s.complete_step(&steps[0].id, &completion).await.unwrap();
+    // The table is version 1 of its dataset, recorded with the step.
+    let datasets = s.list_datasets().await.unwrap();
+    assert_eq!(datasets.len(), 1);
+    assert_eq!(
+        (
+            datasets[0].name.as_str(),
+            datasets[0].versions,
+            datasets[0].latest.version
+        ),
+        ("raw", 1, 1)
+    );
+    assert_eq!(datasets[0].latest.digest, out.digest.hex());
+    let made = s.step_dataset_versions(&steps[0].id).await.unwrap();
+    assert_eq!(
+        (made.len(), made[0].rows, made[0].run_id.as_str()),
+        (1, 2, run.id.as_str())
+    );
+    assert!(s
+        .dataset_version("raw", Some(2))
+        .await
+        .unwrap_err()
+        .is_not_found());
     s.fail_step(&steps[1].id, "boom", Some(3), None)
         .await
         .unwrap();
@@ -744,7 +774,53 @@ store_suite!(
     racing_params_of_one_run_keep_one_value,
     a_full_batch_of_one_key_reads_back_whole,
     searches_walk_the_newest_runs_first_and_compare_long_values_whole,
+    cluster_runtimes_announce_their_steps_ending,
 );
+
+/// A step runtime on a cluster (fenced by its job) announces its outcome on
+/// PostgreSQL when it commits, to every listener; SQLite has no listener.
+/// Local runtimes, and writes that were refused, announce nothing.
+async fn cluster_runtimes_announce_their_steps_ending(s: &Store) {
+    use std::time::Duration;
+    let Some(events) = s.step_ended_events().await.unwrap() else {
+        assert_eq!(s.backend(), weir_store::Backend::Sqlite);
+        return;
+    };
+    let (mut first, mut second) = (events.subscribe(), events.subscribe());
+    let (run, steps) = new_run(&["ok", "bad", "local"]);
+    s.create_run(&run, &steps).await.unwrap();
+    for step in &steps {
+        s.start_step(&step.id, &StepStart::default()).await.unwrap();
+        s.set_step_job(&step.id, "ray", "http://h:8265", "job-1")
+            .await
+            .unwrap();
+    }
+    let stale = StepCompletion {
+        fence: Some("job-0".into()),
+        ..Default::default()
+    };
+    s.complete_step(&steps[0].id, &stale).await.unwrap_err();
+    s.complete_step(&steps[2].id, &StepCompletion::default())
+        .await
+        .unwrap();
+    let current = StepCompletion {
+        fence: Some("job-1".into()),
+        ..Default::default()
+    };
+    s.complete_step(&steps[0].id, &current).await.unwrap();
+    s.fail_step_fenced(&steps[1].id, Some("job-1"), "exit 1", Some(1), None)
+        .await
+        .unwrap();
+    for receiver in [&mut first, &mut second] {
+        let mut heard = Vec::new();
+        while let Ok(Ok(id)) =
+            tokio::time::timeout(Duration::from_millis(500), receiver.recv()).await
+        {
+            heard.push(id);
+        }
+        assert_eq!(heard, [steps[0].id.clone(), steps[1].id.clone()]);
+    }
+}
 
 /// Searches of an experiment without pipeline runs walk its runs newest
 /// first (filters that match many runs), or start from a tag's or param's

@@ -4,6 +4,7 @@
 
 mod caching;
 mod common;
+mod datasets;
 mod distributed;
 mod fanout;
 mod flights;

@@ -47,9 +47,13 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
         ));
     }
     weir_data::write_parquet(&batch, &ctx.output("table"))?;
+    let mut out = OpOutcome::default();
+    if ctx.step.datasets.contains_key("table") {
+        out.profiles
+            .insert("table".into(), weir_data::profile(&batch)?);
+    }
     let digest = Digest::of_file(&path).map_err(EngineError::io("cannot read", &path))?;
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    let mut out = OpOutcome::default();
     out.metric("rows", batch.num_rows() as f64);
     out.metric("columns", batch.num_columns() as f64);
     out.sources.push(SourceFile {

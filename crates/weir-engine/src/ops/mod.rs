@@ -105,6 +105,8 @@ pub struct OpOutcome {
     pub metrics: Vec<MetricPoint>,
     pub registrations: Vec<NewModelVersion>,
     pub sources: Vec<SourceFile>,
+    /// Profiles of output tables, by output, computed as they were written.
+    pub profiles: BTreeMap<String, weir_data::Profile>,
 }
 
 impl OpOutcome {

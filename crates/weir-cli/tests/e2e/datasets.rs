@@ -1,0 +1,263 @@
+//! Datasets: an ingest's table (or any output marked `datasets:`) becomes a
+//! version of a named dataset, with its schema and profile; versions are
+//! compared (`weir datasets diff`) and `schema.evolution` refuses the
+//! changes it does not allow, recording nothing.
+
+use crate::common::Sandbox;
+use serde_json::Value;
+
+/// `rows` rows of id, x (shifted by `shift`), cat and, unless `drop_cat`,
+/// a categorical column; `rename` renames x.
+fn data(sb: &Sandbox, rows: usize, shift: f64, drop_cat: bool, x_name: &str) {
+    let mut csv = format!("id,{x_name}{}\n", if drop_cat { "" } else { ",cat" });
+    for i in 0..rows {
+        let x = (i % 100) as f64 + shift;
+        match drop_cat {
+            true => csv.push_str(&format!("{i},{x}\n")),
+            false => csv.push_str(&format!("{i},{x},{}\n", ["a", "b", "c"][i % 3])),
+        }
+    }
+    sb.write("data.csv", &csv);
+}
+
+fn pipeline(sb: &Sandbox, schema: &str) {
+    sb.write(
+        "pipeline.yaml",
+        &format!(
+            "version: 1\nname: shop\nsteps:\n  ingest:\n    uses: weir/ingest\n    with: {{ path: data.csv }}\n{schema}  check:\n    uses: weir/validate\n    inputs: {{ table: ingest.table }}\n    with: {{ rules: [{{ column: id, not_null: true }}] }}\n    datasets: {{ table: shop/clean }}\n"
+        ),
+    );
+}
+
+fn versions(sb: &Sandbox) -> Vec<(String, i64, i64)> {
+    sb.json(&["datasets", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["name"].as_str().unwrap().to_string(),
+                d["versions"].as_i64().unwrap(),
+                d["latest"]["rows"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn column<'a>(profile: &'a Value, name: &str) -> &'a Value {
+    profile["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no column {name} in {profile}"))
+}
+
+#[test]
+fn ingests_make_versions_with_profiles_that_diff_and_schema_policies_refuse() {
+    let sb = Sandbox::new();
+    data(&sb, 3000, 0.0, false, "x");
+    pipeline(&sb, "");
+    sb.ok(&["run", "pipeline.yaml"]);
+    assert_eq!(
+        versions(&sb),
+        [
+            ("shop.ingest".to_string(), 1, 3000),
+            ("shop/clean".to_string(), 1, 3000)
+        ]
+    );
+    let shown = sb.json(&["datasets", "show", "shop.ingest"]);
+    let profile = &shown["profile"];
+    assert_eq!(profile["rows"], 3000);
+    let x = column(profile, "x");
+    assert_eq!(x["kind"], "numeric");
+    assert_eq!(x["numeric"]["min"], 0.0);
+    assert_eq!(x["numeric"]["max"], 99.0);
+    assert_eq!(x["numeric"]["mean"], 49.5);
+    assert_eq!(x["distinct"], 100);
+    assert_eq!(x["numeric"]["percentiles"].as_array().unwrap().len(), 101);
+    let cat = column(profile, "cat");
+    assert_eq!(cat["kind"], "text");
+    assert_eq!(cat["top"]["values"][0], serde_json::json!(["a", 1000]));
+    let text = sb.ok(&["datasets", "show", "shop.ingest"]);
+    assert!(
+        text.contains("shop.ingest@1: 3000 rows x 3 columns") && text.contains("a (1000)"),
+        "{text}"
+    );
+    // The run's log says what the dataset got.
+    let run = sb.json(&["runs", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let log = sb.ok(&["logs", &run, "ingest"]);
+    assert!(
+        log.contains("dataset shop.ingest: 3000 rows x 3 columns, its first version"),
+        "{log}"
+    );
+
+    // The same content again is the same version.
+    sb.ok(&["run", "pipeline.yaml", "--no-cache"]);
+    assert_eq!(versions(&sb)[0], ("shop.ingest".to_string(), 1, 3000));
+
+    // New data: x moves by 30 and `cat` is gone. The default policy reports
+    // the change and keeps the version.
+    data(&sb, 3000, 30.0, true, "x");
+    sb.ok(&["run", "pipeline.yaml"]);
+    assert_eq!(versions(&sb)[0], ("shop.ingest".to_string(), 2, 3000));
+    let diff = sb.json(&["datasets", "diff", "shop.ingest"]);
+    assert_eq!(
+        (diff["reference"].as_str(), diff["current"].as_str()),
+        (Some("shop.ingest@1"), Some("shop.ingest@2"))
+    );
+    assert_eq!(
+        diff["schema_changes"],
+        serde_json::json!([{"change": "dropped", "column": "cat", "dtype": "Utf8"}])
+    );
+    let shift = |name: &str| -> Value {
+        diff["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["column"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let x = shift("x");
+    assert_eq!(
+        (x["method"].as_str(), x["drifted"].as_bool()),
+        (Some("wasserstein"), Some(true))
+    );
+    // Moved by 30 on a standard deviation of 28.87: normed distance ~1.04.
+    assert!((x["score"].as_f64().unwrap() - 1.039).abs() < 0.02, "{x}");
+    assert_eq!(shift("id")["drifted"], false, "{diff}");
+    let text = sb.ok(&["datasets", "diff", "shop.ingest", "1", "2"]);
+    assert!(
+        text.contains("dropped cat (Utf8)") && text.contains("DRIFT"),
+        "{text}"
+    );
+    let show = sb.json(&["datasets", "show", "shop.ingest@2"]);
+    assert_eq!(show["schema_changes"][0]["column"], "cat");
+
+    // Additive refuses a rename: the step fails and nothing is recorded.
+    pipeline(&sb, "    schema: { evolution: additive }\n");
+    data(&sb, 3000, 30.0, true, "x_renamed");
+    let err = sb.fails(&["run", "pipeline.yaml"]);
+    assert!(
+        err.contains("dataset shop.ingest: the new table renamed x to x_renamed (Int64) against version 2, and `schema: { evolution: additive }` refuses it"),
+        "{err}"
+    );
+    assert_eq!(versions(&sb)[0], ("shop.ingest".to_string(), 2, 3000));
+    // Strict refuses even a new column; additive takes it.
+    data(&sb, 3000, 30.0, false, "x");
+    pipeline(&sb, "    schema: { evolution: strict }\n");
+    let err = sb.fails(&["run", "pipeline.yaml"]);
+    assert!(
+        err.contains("added cat (Utf8)") && err.contains("evolution: additive"),
+        "{err}"
+    );
+    pipeline(&sb, "    schema: { evolution: additive }\n");
+    sb.ok(&["run", "pipeline.yaml"]);
+    assert_eq!(versions(&sb)[0], ("shop.ingest".to_string(), 3, 3000));
+}
+
+#[test]
+fn bad_dataset_declarations_and_lookups_say_what_is_wrong() {
+    let sb = Sandbox::new();
+    data(&sb, 10, 0.0, false, "x");
+    sb.write(
+        "bad.yaml",
+        "version: 1\nsteps:\n  ingest:\n    uses: weir/ingest\n    with: { path: data.csv }\n    datasets: { tabel: raw }\n    schema: { evolution: sometimes }\n",
+    );
+    let err = sb.fails(&["run", "bad.yaml"]);
+    assert!(
+        err.contains("steps.ingest.datasets.tabel")
+            && err.contains("'tabel' is not an output of this step"),
+        "{err}"
+    );
+    assert!(
+        err.contains("'sometimes' is not a schema evolution policy"),
+        "{err}"
+    );
+    let err = sb.fails(&["datasets", "show", "nothing"]);
+    assert!(err.contains("no dataset has a version yet"), "{err}");
+    pipeline(&sb, "");
+    sb.ok(&["run", "pipeline.yaml"]);
+    let err = sb.fails(&["datasets", "show", "nothing"]);
+    assert!(
+        err.contains("known datasets: shop.ingest, shop/clean"),
+        "{err}"
+    );
+    let err = sb.fails(&["datasets", "show", "shop.ingest@7"]);
+    assert!(err.contains("shop.ingest has versions 1 to 1"), "{err}");
+    let err = sb.fails(&["datasets", "diff", "shop.ingest"]);
+    assert!(err.contains("shop.ingest has one version"), "{err}");
+}
+
+#[test]
+fn drift_compares_two_tables_and_writes_a_report() {
+    let sb = Sandbox::new();
+    let table = |name: &str, rows: usize, shift: usize| {
+        let mut csv = String::from("x,cat,steady\n");
+        for i in 0..rows {
+            let cat = if (i + shift).is_multiple_of(4) {
+                "rare"
+            } else {
+                "common"
+            };
+            csv.push_str(&format!("{},{cat},{}\n", i % 50 + shift, i % 7));
+        }
+        sb.write(name, &csv);
+    };
+    table("ref.csv", 400, 0);
+    table("same.csv", 400, 0);
+    table("moved.csv", 400, 10);
+    let same = sb.json(&["drift", "ref.csv", "same.csv"]);
+    assert_eq!(same["dataset_drift"], false, "{same}");
+    // 400 reference rows: tested, not measured.
+    assert_eq!(same["columns"][0]["method"], "ks");
+    let report = sb.path().join("report.html");
+    let moved = sb.json(&[
+        "drift",
+        "ref.csv",
+        "moved.csv",
+        "--html",
+        report.to_str().unwrap(),
+        "--share",
+        "0.3",
+    ]);
+    assert_eq!(moved["dataset_drift"], true, "{moved}");
+    assert_eq!(moved["drifted_columns"], 1, "{moved}");
+    let x = &moved["columns"][0];
+    assert_eq!(
+        (x["column"].as_str(), x["drifted"].as_bool()),
+        (Some("x"), Some(true))
+    );
+    assert!(x["score"].as_f64().unwrap() < 1e-6, "{x}");
+    let cat = &moved["columns"][1];
+    // The category shares do not change with the shift of 10 (a multiple
+    // of 4 away from 2): chi-squared finds nothing.
+    assert_eq!(
+        (cat["method"].as_str(), cat["drifted"].as_bool()),
+        (Some("chi2"), Some(false))
+    );
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        html.contains("Dataset drift detected: 1 of 3 columns drifted"),
+        "{html}"
+    );
+    assert_eq!(html.matches("<svg").count(), 3);
+    assert!(html.contains("<h3 class=\"drift\">x</h3>"));
+    // One column of three is under the default share of a half.
+    let text = sb.ok(&["drift", "ref.csv", "moved.csv"]);
+    assert!(
+        text.contains(
+            "1 of 3 shared columns drifted (33%): no dataset drift (the threshold is 50%)"
+        ),
+        "{text}"
+    );
+
+    let err = sb.fails(&["drift", "ref.csv", "missing.csv"]);
+    assert!(err.contains("missing.csv"), "{err}");
+    let err = sb.fails(&["drift", "ref.csv", "same.csv", "--share", "2"]);
+    assert!(err.contains("--share 2 is not a share of columns"), "{err}");
+}

@@ -69,6 +69,8 @@ impl BuiltinOp {
                 &["train", "valid"]
             }
             BuiltinOp::Register => &["model", "metrics"],
+            // `reference`: the table `references:` rules look values up in.
+            BuiltinOp::Validate => &["table", "reference"],
             other => other.required_inputs(),
         }
     }

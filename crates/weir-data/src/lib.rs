@@ -9,6 +9,7 @@ mod ingest;
 mod join;
 mod profile;
 mod report;
+mod rule_expr;
 mod split;
 mod validate;
 
@@ -23,8 +24,9 @@ pub use profile::{
     kind_of, profile, ColumnProfile, Histogram, Kind, NumericProfile, Profile, TopValues,
 };
 pub use report::drift_html;
+pub use rule_expr::Condition;
 pub use split::{split, SplitMethod, SplitSpec, Splits};
-pub use validate::{validate, Rule, ValidationReport, Violation};
+pub use validate::{validate, Rule, RuleContext, Severity, ValidationReport, Violation};
 
 pub use arrow::record_batch::RecordBatch;
 

@@ -492,6 +492,14 @@ async fn run_step(
                 },
                 _ => None,
             };
+            let previous_rows = match (op, inputs.get("table")) {
+                (weir_core::ops::BuiltinOp::Validate, Some(table)) => ctx
+                    .store
+                    .previous_dataset_rows(&table.digest.hex())
+                    .await
+                    .map_err(|e| fail(e.into()))?,
+                _ => None,
+            };
             let op = *op;
             let (step, base_dir, outputs_dir) =
                 (step.clone(), base_dir.to_path_buf(), outputs_dir.clone());
@@ -513,6 +521,7 @@ async fn run_step(
                     report: None,
                     cache: None,
                     ranks: ranks.as_ref(),
+                    previous_rows,
                 };
                 let result = ops::run(op, &ctx);
                 if let Err(e) = &result {

@@ -396,6 +396,7 @@ pub async fn exec_trial(
                 report: Some(&report),
                 cache: None,
                 ranks: None,
+                previous_rows: None,
             };
             ops::run(op, &octx)
         })

@@ -630,6 +630,7 @@ fn trial_task(
                 report: Some(&report),
                 cache: Some(&cache),
                 ranks: None,
+                previous_rows: None,
             };
             ops::run(op, &ctx)
         });

@@ -206,6 +206,23 @@ impl Store {
         row.as_ref().map(version_of).transpose()
     }
 
+    /// For a table that is a dataset version: the row count of the version
+    /// before it (none for a first version, or a table of no dataset).
+    pub async fn previous_dataset_rows(&self, digest: &str) -> Result<Option<u64>> {
+        let row = sqlx::query(
+            "SELECT p.row_count FROM dataset_versions v JOIN dataset_versions p \
+             ON p.name = v.name AND p.version = v.version - 1 \
+             WHERE v.digest = $1 ORDER BY v.created_at DESC LIMIT 1",
+        )
+        .bind(digest)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(row) => Some(row.try_get::<i64, _>("row_count")?.max(0) as u64),
+            None => None,
+        })
+    }
+
     /// The dataset versions a step run produced.
     pub async fn step_dataset_versions(&self, step_run_id: &str) -> Result<Vec<DatasetVersion>> {
         let rows = sqlx::query(&format!(

@@ -261,3 +261,101 @@ fn drift_compares_two_tables_and_writes_a_report() {
     let err = sb.fails(&["drift", "ref.csv", "same.csv", "--share", "2"]);
     assert!(err.contains("--share 2 is not a share of columns"), "{err}");
 }
+
+/// `weir/validate`'s table rules: a condition over several columns,
+/// uniqueness of several columns together, freshness, values that must
+/// exist in a reference input, the row count's change from the input's
+/// previous dataset version; `severity: warn` reports without failing.
+#[test]
+fn validate_checks_conditions_keys_freshness_references_and_row_count_change() {
+    let sb = Sandbox::new();
+    let flights = |rows: &[(i64, Option<i64>, &str, &str)]| {
+        let mut csv = String::from("dep,arr,origin,when\n");
+        for (dep, arr, origin, when) in rows {
+            let arr = arr.map_or(String::new(), |a| a.to_string());
+            csv.push_str(&format!("{dep},{arr},{origin},{when}\n"));
+        }
+        sb.write("flights.csv", &csv);
+    };
+    sb.write(
+        "airports.csv",
+        "faa,name\nJFK,Kennedy\nLGA,LaGuardia\nEWR,Newark\n",
+    );
+    let good: Vec<(i64, Option<i64>, &str, &str)> = (0..20)
+        .map(|i| {
+            (
+                900 + i,
+                if i == 3 { None } else { Some(1000 + i) },
+                ["JFK", "LGA", "EWR"][i as usize % 3],
+                [
+                    "2013-01-01 05:00:00",
+                    "2013-01-01 06:00:00",
+                    "2013-01-01 07:00:00",
+                    "2013-01-01 08:00:00",
+                    "2013-01-01 09:00:00",
+                    "2013-01-01 10:00:00",
+                    "2013-01-01 11:00:00",
+                ][i as usize % 7],
+            )
+        })
+        .collect();
+    flights(&good);
+    sb.write(
+        "pipeline.yaml",
+        "version: 1\nname: rules\nsteps:\n  flights:\n    uses: weir/ingest\n    with: { path: flights.csv, schema: { when: timestamp } }\n  airports:\n    uses: weir/ingest\n    with: { path: airports.csv }\n  check:\n    uses: weir/validate\n    inputs: { table: flights.table, reference: airports.table }\n    with:\n      rules:\n        - { expr: \"arr >= dep or arr is null\" }\n        - { unique: [origin, when] }\n        - { column: when, freshness: 1d, severity: warn }\n        - { column: origin, references: faa }\n        - { rows: { change: 10% } }\n",
+    );
+    let out = sb.ok(&["run", "pipeline.yaml"]);
+    let run = sb.json(&["runs", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let log = sb.ok(&["logs", &run, "check"]);
+    assert!(
+        log.contains("when: newest value is") && log.contains("[warn]"),
+        "{log}"
+    );
+    assert!(
+        log.contains("rows.change: the input has no previous dataset version"),
+        "{log}"
+    );
+    let show = sb.json(&["runs", "show", &run]);
+    let check = crate::common::step(&show, "check");
+    assert_eq!(check["metrics"]["rules_warned"], 1.0, "{check} {out}");
+
+    // Half the rows, one arriving before it left, a repeated (origin, when)
+    // and an airport the reference does not know.
+    let mut bad: Vec<(i64, Option<i64>, &str, &str)> = good[..10].to_vec();
+    bad[1].1 = Some(800);
+    bad[2].3 = bad[9].3;
+    bad[2].2 = bad[9].2;
+    bad[4].2 = "XXX";
+    flights(&bad);
+    let err = sb.fails(&["run", "pipeline.yaml"]);
+    for expected in [
+        "expr: arr >= dep or arr is null: 1 rows (e.g. row 1 = \"arr=800 dep=901\")",
+        "unique together: [origin, when]: 1 rows",
+        "origin: references reference.faa: 1 rows (e.g. row 4 = \"XXX\")",
+        "row count 10 moved -50.0% from the previous version's 20 (at most ±10%)",
+        "days old (at most 1d old) [warn]",
+    ] {
+        assert!(err.contains(expected), "{expected}\n{err}");
+    }
+    assert!(err.contains("data validation failed: 5 of"), "{err}");
+
+    // A rule that is itself wrong says where and why.
+    sb.write(
+        "wrong.yaml",
+        "version: 1\nsteps:\n  flights:\n    uses: weir/ingest\n    with: { path: flights.csv }\n  check:\n    uses: weir/validate\n    inputs: { table: flights.table }\n    with:\n      rules:\n        - { expr: \"arr >= (dep\" }\n",
+    );
+    let err = sb.fails(&["run", "wrong.yaml"]);
+    assert!(
+        err.contains("with.rules[0].expr: a `(` is not closed in `arr >= (dep`"),
+        "{err}"
+    );
+    sb.write(
+        "noref.yaml",
+        "version: 1\nsteps:\n  flights:\n    uses: weir/ingest\n    with: { path: flights.csv }\n  check:\n    uses: weir/validate\n    inputs: { table: flights.table }\n    with:\n      rules:\n        - { column: origin, references: faa }\n",
+    );
+    let err = sb.fails(&["run", "noref.yaml"]);
+    assert!(err.contains("the step has no `reference` input"), "{err}");
+}

@@ -50,6 +50,9 @@ pub struct OpContext<'a> {
     /// On Ray, a data-parallel trainer's other ranks, placed on the
     /// cluster; without it they start on this machine.
     pub ranks: Option<&'a crate::ray_group::RemoteRanks>,
+    /// For `weir/validate`: the row count of the previous version of the
+    /// dataset its `table` input is a version of.
+    pub previous_rows: Option<u64>,
 }
 
 type Slot = Arc<Mutex<Option<Arc<dyn Any + Send + Sync>>>>;

@@ -97,8 +97,9 @@ enum Command {
     /// Compare two tables (CSV, CSV.gz, Parquet or JSON lines): schema changes and each
     /// column's distribution shift, as `weir datasets diff` does for versions
     Drift {
-        /// The reference table
-        reference: std::path::PathBuf,
+        /// The reference: a table, or `model:NAME[:VERSION]` for the inputs the model
+        /// version was trained on (the profile kept with it)
+        reference: String,
         /// The table compared with it
         current: std::path::PathBuf,
         /// The share of drifted columns at which the whole table counts as drifted
@@ -599,11 +600,47 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 )?;
                 Ok(weir_data::profile(&table)?)
             };
-            let (a, b) = (profile(&reference)?, profile(&current)?);
-            let names = (
-                reference.display().to_string(),
-                current.display().to_string(),
-            );
+            let a = match reference.strip_prefix("model:") {
+                Some(model) => {
+                    let ctx = Context::open(config(&cli.global, &[])?).await?;
+                    let (name, version) = match model.rsplit_once(':') {
+                        Some((name, v)) => (
+                            name,
+                            Some(v.parse::<i64>().with_context(|| {
+                                format!("'{v}' in {reference} is not a version number; write model:NAME:3")
+                            })?),
+                        ),
+                        None => (model, None),
+                    };
+                    let mv = ctx.store.model_version(name, version).await?;
+                    let lineage: serde_json::Value =
+                        serde_json::from_str(&mv.lineage_json).unwrap_or_default();
+                    serde_json::from_value(lineage["feature_reference"].clone()).map_err(|_| {
+                        anyhow::anyhow!(
+                            "{name}:{} keeps no profile of its training inputs\n  hint: models trained by this Weir keep one; for an ONNX file, register it with `weir models register {name} FILE --reference ROWS`",
+                            mv.version
+                        )
+                    })?
+                }
+                None => profile(std::path::Path::new(&reference))?,
+            };
+            let b = {
+                let table = weir_data::read_table(
+                    &current,
+                    &weir_data::IngestOptions::new(current.display().to_string()),
+                )?;
+                // Against a model, only the columns it reads count.
+                let keep: Vec<usize> = match reference.starts_with("model:") {
+                    true => a
+                        .columns
+                        .iter()
+                        .filter_map(|c| table.schema().index_of(&c.name).ok())
+                        .collect(),
+                    false => (0..table.num_columns()).collect(),
+                };
+                weir_data::profile(&table.project(&keep)?)?
+            };
+            let names = (reference.clone(), current.display().to_string());
             output::drift(
                 &format!("{} against {}", names.1, names.0),
                 (&names.0, &names.1),

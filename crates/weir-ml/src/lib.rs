@@ -27,7 +27,7 @@ pub use gbdt::{
 pub use linear::{train_linear, LinearModel, LinearParams};
 pub use metrics::Round;
 pub use mlp::{train_mlp, train_mlp_distributed, MlpModel, MlpParams, MlpReport};
-pub use model::{Model, Task};
+pub use model::{Model, References, Task};
 pub use reference::ScoreReference;
 pub use target::Target;
 

@@ -38,21 +38,33 @@ struct ModelFile {
     /// The model's scores on held-out rows when it was trained, for drift.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reference: Option<ScoreReference>,
+    /// The profile of the training rows' input columns, for feature drift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    features: Option<weir_data::Profile>,
+}
+
+/// What a model file keeps beside the model for monitoring: its scores'
+/// spread on held-out rows and the profile of its training inputs.
+#[derive(Clone, Debug, Default)]
+pub struct References {
+    pub scores: Option<ScoreReference>,
+    pub features: Option<weir_data::Profile>,
 }
 
 impl Model {
     pub fn to_bytes(&self) -> Vec<u8> {
-        self.to_bytes_with(None)
+        self.to_bytes_with(&References::default())
     }
 
-    /// The model file, with the prediction reference taken when it was made.
-    pub fn to_bytes_with(&self, reference: Option<&ScoreReference>) -> Vec<u8> {
+    /// The model file, with the references taken when it was made.
+    pub fn to_bytes_with(&self, references: &References) -> Vec<u8> {
         serde_json::to_vec(&ModelFile {
             format: FORMAT.into(),
             format_version: FORMAT_VERSION,
             weir_version: weir_core::WEIR_VERSION.into(),
             model: self.clone(),
-            reference: reference.cloned(),
+            reference: references.scores.clone(),
+            features: references.features.clone(),
         })
         .expect("a model always serializes")
     }
@@ -61,8 +73,8 @@ impl Model {
         Ok(Model::read(bytes)?.0)
     }
 
-    /// The model and the prediction reference its file holds, if any.
-    pub fn read(bytes: &[u8]) -> Result<(Model, Option<ScoreReference>)> {
+    /// The model and the references its file holds.
+    pub fn read(bytes: &[u8]) -> Result<(Model, References)> {
         let file: ModelFile =
             serde_json::from_slice(bytes).map_err(|e| MlError::ModelFormat(e.to_string()))?;
         if file.format != FORMAT || file.format_version > FORMAT_VERSION {
@@ -71,7 +83,13 @@ impl Model {
                 file.format, file.format_version
             )));
         }
-        Ok((file.model, file.reference))
+        Ok((
+            file.model,
+            References {
+                scores: file.reference,
+                features: file.features,
+            },
+        ))
     }
 
     pub fn kind(&self) -> &'static str {

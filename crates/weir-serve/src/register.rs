@@ -82,10 +82,14 @@ pub async fn register_file(
         tokio::task::spawn_blocking(move || {
             let identified = identify(&bytes, looks_onnx)?;
             let reference = match rows {
-                Some(rows) => Some(
-                    reference_of(&identified.model, &rows)
-                        .map_err(|e| format!("--reference {}: {e}", rows.display()))?,
-                ),
+                Some(rows) => {
+                    let (scores, features) = reference_of(&identified.model, &rows)
+                        .map_err(|e| format!("--reference {}: {e}", rows.display()))?;
+                    weir_ml::References {
+                        scores: Some(scores),
+                        features: Some(features),
+                    }
+                }
                 None => identified.embedded.clone(),
             };
             Ok::<_, String>((identified, reference))
@@ -102,15 +106,18 @@ pub async fn register_file(
     } = identified;
     let stored = artifacts.put_bytes(Bytes::from(bytes)).await?;
     let hex = stored.digest.hex();
-    let reference_from = reference.as_ref().map(|_| {
+    let reference_from = reference.scores.as_ref().map(|_| {
         rows_path.map_or_else(
             || "the model file (training)".to_string(),
             |p| p.display().to_string(),
         )
     });
     let mut lineage = json!({"registered_from": file, "format": format});
-    if let Some(r) = &reference {
+    if let Some(r) = &reference.scores {
         lineage["prediction_reference"] = json!(r);
+    }
+    if let Some(features) = &reference.features {
+        lineage["feature_reference"] = json!(features);
     }
     let record = ArtifactRecord {
         digest: stored.digest,
@@ -140,7 +147,7 @@ pub async fn register_file(
         digest: hex,
         inputs: signature.0,
         outputs: signature.1,
-        reference_rows: reference.as_ref().map(|r| r.rows),
+        reference_rows: reference.scores.as_ref().map(|r| r.rows),
         reference_from,
     })
 }
@@ -155,8 +162,8 @@ struct Identified {
     /// registry's default).
     source_prefix: Option<&'static str>,
     model: Loadable,
-    /// A Weir model file's prediction reference from training.
-    embedded: Option<ScoreReference>,
+    /// A Weir model file's references from training.
+    embedded: weir_ml::References,
 }
 
 enum Loadable {
@@ -202,7 +209,7 @@ fn identify(bytes: &[u8], looks_onnx: bool) -> Result<Identified, String> {
         ),
         source_prefix: Some(ONNX_SOURCE),
         model: Loadable::Onnx(model),
-        embedded: None,
+        embedded: weir_ml::References::default(),
     })
 }
 
@@ -210,12 +217,16 @@ fn identify(bytes: &[u8], looks_onnx: bool) -> Result<Identified, String> {
 /// taken the way serving takes them: a Weir model reads its named input
 /// columns; a graph reads the columns in order as `dataframe_split` would
 /// give them, so they are read as numbers.
-fn reference_of(model: &Loadable, path: &Path) -> Result<ScoreReference, String> {
+fn reference_of(
+    model: &Loadable,
+    path: &Path,
+) -> Result<(ScoreReference, weir_data::Profile), String> {
     let table = weir_data::read_table(
         path,
         &weir_data::IngestOptions::new(path.display().to_string()),
     )
     .map_err(|e| e.to_string())?;
+    let features = weir_data::profile(&table).map_err(|e| e.to_string())?;
     let scores = match model {
         Loadable::Native(model) => model.predict_batch(&table).map_err(|e| e.to_string())?,
         Loadable::Onnx(model) => {
@@ -226,12 +237,13 @@ fn reference_of(model: &Loadable, path: &Path) -> Result<ScoreReference, String>
             crate::routes::oip_scores(&json!({"outputs": crate::onnx::oip_outputs(&outputs, None)}))
         }
     };
-    ScoreReference::from_scores(&scores).ok_or_else(|| {
+    let scores = ScoreReference::from_scores(&scores).ok_or_else(|| {
         format!(
             "the model gave {} usable scores (a probability or a value per row); a reference needs at least 10",
             scores.iter().filter(|s| s.is_finite()).count()
         )
-    })
+    })?;
+    Ok((scores, features))
 }
 
 /// A table as MLflow's `dataframe_split`: every column as numbers.

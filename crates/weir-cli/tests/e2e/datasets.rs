@@ -359,3 +359,52 @@ fn validate_checks_conditions_keys_freshness_references_and_row_count_change() {
     let err = sb.fails(&["run", "noref.yaml"]);
     assert!(err.contains("the step has no `reference` input"), "{err}");
 }
+
+/// A trained model keeps the profile of its training inputs; `weir drift
+/// model:NAME` compares new rows with it, on the columns the model reads.
+#[test]
+fn drift_against_a_model_compares_new_rows_with_its_training_inputs() {
+    let sb = Sandbox::new();
+    let rows = |name: &str, shift: u64| {
+        let mut csv = String::from("x1,x2,city,y\n");
+        for i in 0..3000u64 {
+            let x1 = i % 100 + shift;
+            csv.push_str(&format!(
+                "{x1},{},{},{}\n",
+                (i * 7) % 13,
+                ["a", "b"][(i % 2) as usize],
+                u8::from(x1 > 50)
+            ));
+        }
+        sb.write(name, &csv);
+    };
+    rows("train.csv", 0);
+    rows("same.csv", 0);
+    rows("moved.csv", 40);
+    sb.write(
+        "pipeline.yaml",
+        "version: 1\nname: m\nsteps:\n  ingest:\n    uses: weir/ingest\n    with: { path: train.csv }\n  train:\n    uses: weir/train-linear\n    inputs: { train: ingest.table }\n    with: { target: y, features: [x1, x2] }\n  register:\n    uses: weir/register\n    inputs: { model: train.model }\n    with: { name: m }\n",
+    );
+    sb.ok(&["run", "pipeline.yaml"]);
+    let same = sb.json(&["drift", "model:m", "same.csv"]);
+    assert_eq!(same["dataset_drift"], false, "{same}");
+    // Only what the model reads: x1 and x2, not city or the label.
+    let columns: Vec<&str> = same["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["column"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["x1", "x2"]);
+    let moved = sb.json(&["drift", "model:m:1", "moved.csv"]);
+    assert_eq!(moved["dataset_drift"], true, "{moved}");
+    assert_eq!(moved["columns"][0]["drifted"], true);
+    assert_eq!(moved["columns"][1]["drifted"], false);
+    let err = sb.fails(&["drift", "model:m:9", "same.csv"]);
+    assert!(err.contains("m") && err.contains('9'), "{err}");
+    let err = sb.fails(&["drift", "model:m:x", "same.csv"]);
+    assert!(
+        err.contains("'x' in model:m:x is not a version number"),
+        "{err}"
+    );
+}

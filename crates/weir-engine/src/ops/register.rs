@@ -42,7 +42,7 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
     let bytes = std::fs::read(ctx.input("model"))
         .map_err(EngineError::io("cannot read", ctx.input("model")))?;
     // Only a model that loads may be registered.
-    let (model, reference) = Model::read(&bytes)?;
+    let (model, references) = Model::read(&bytes)?;
     let metrics_json = match ctx.inputs.get("metrics") {
         Some(path) => {
             let text =
@@ -62,8 +62,11 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
         "target": model.target().to_string(),
         "inputs": model.inputs(),
     });
-    if let Some(reference) = reference {
+    if let Some(reference) = references.scores {
         lineage["prediction_reference"] = serde_json::json!(reference);
+    }
+    if let Some(features) = references.features {
+        lineage["feature_reference"] = serde_json::json!(features);
     }
     ctx.log
         .line(format!("registering {} model '{}'", model.kind(), p.name));

@@ -51,7 +51,7 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
         },
     );
     out.metric("train.nonzero_weights", fit.nonzero_weights as f64);
-    finish(ctx, &model, valid.as_deref(), out)
+    finish(ctx, &model, &train, valid.as_deref(), out)
 }
 
 pub(super) fn run_gbdt(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
@@ -117,7 +117,7 @@ pub(super) fn run_gbdt(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
     out.metric("train.threads", fit.threads as f64);
     out.metric("train.workers", p.workers as f64);
     let model = Model::Gbdt(gbdt);
-    finish(ctx, &model, valid.as_deref(), out)
+    finish(ctx, &model, &train, valid.as_deref(), out)
 }
 
 /// `workers: N`: this process is rank 0 of N; ranks 1.. are `weir
@@ -239,7 +239,7 @@ pub(super) fn run_mlp(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
     out.metric("train.parameters", fit.parameters as f64);
     out.metric("train.threads", fit.threads as f64);
     let model = Model::Mlp(mlp);
-    finish(ctx, &model, valid.as_deref(), out)
+    finish(ctx, &model, &train, valid.as_deref(), out)
 }
 
 /// What every trainer reports, under the same metric names.
@@ -318,21 +318,60 @@ fn evaluate_valid(
 fn finish(
     ctx: &OpContext,
     model: &Model,
+    train: &Arc<RecordBatch>,
     valid: Option<&RecordBatch>,
     mut out: OpOutcome,
 ) -> Result<OpOutcome, EngineError> {
-    let mut reference = None;
+    let mut references = weir_ml::References {
+        features: Some(input_profile(ctx, model, train)?),
+        ..Default::default()
+    };
     if let Some(valid) = valid {
         let scores = evaluate_valid(model, valid, &mut out)?;
-        reference = ScoreReference::from_scores(&scores);
+        references.scores = ScoreReference::from_scores(&scores);
     }
     if let Some(kb) = peak_rss_kb() {
         out.metric("train.peak_memory_mb", kb as f64 / 1024.0);
     }
     let path = ctx.output("model");
-    std::fs::write(&path, model.to_bytes_with(reference.as_ref()))
+    std::fs::write(&path, model.to_bytes_with(&references))
         .map_err(EngineError::io("cannot write", &path))?;
     Ok(out)
+}
+
+/// The profile of the training rows' columns the model reads: the
+/// reference its inputs' drift is measured against. A study's trials share
+/// one per set of columns.
+fn input_profile(
+    ctx: &OpContext,
+    model: &Model,
+    train: &Arc<RecordBatch>,
+) -> Result<weir_data::Profile, EngineError> {
+    let names: Vec<String> = model
+        .inputs()
+        .into_iter()
+        .map(|i| i.name)
+        .filter(|n| train.column_by_name(n).is_some())
+        .collect();
+    let make = || -> Result<weir_data::Profile, EngineError> {
+        let schema = train.schema();
+        let indices: Vec<usize> = names
+            .iter()
+            .filter_map(|n| schema.index_of(n).ok())
+            .collect();
+        let inputs = train.project(&indices).map_err(|e| {
+            EngineError::StepFailed(format!("cannot select the model's inputs: {e}"))
+        })?;
+        Ok(weir_data::profile(&inputs)?)
+    };
+    Ok(match ctx.cache {
+        Some(cache) => (*cache.get_or_try(
+            &format!("profile:{:p}:{}", Arc::as_ptr(train), names.join(",")),
+            make,
+        )?)
+        .clone(),
+        None => make()?,
+    })
 }
 
 /// The step runtime's peak resident memory (Linux), as VmHWM.

@@ -398,12 +398,7 @@ fn category_counts(
     reference: &crate::profile::TopValues,
     current: &crate::profile::TopValues,
 ) -> (Vec<f64>, Vec<f64>) {
-    let mut keys: Vec<&str> = reference.values.iter().map(|(v, _)| v.as_str()).collect();
-    for (v, _) in &current.values {
-        if !keys.contains(&v.as_str()) {
-            keys.push(v);
-        }
-    }
+    let keys = category_keys(reference, current);
     let count = |top: &crate::profile::TopValues| -> Vec<f64> {
         let mut counts: Vec<f64> = keys
             .iter()
@@ -420,6 +415,31 @@ fn category_counts(
         counts
     };
     (count(reference), count(current))
+}
+
+/// Both sides' top values, the reference's first; counts over them come
+/// with one more bin for every other value.
+pub(crate) fn category_keys<'a>(
+    reference: &'a crate::profile::TopValues,
+    current: &'a crate::profile::TopValues,
+) -> Vec<&'a str> {
+    let mut keys: Vec<&str> = reference.values.iter().map(|(v, _)| v.as_str()).collect();
+    for (v, _) in &current.values {
+        if !keys.contains(&v.as_str()) {
+            keys.push(v);
+        }
+    }
+    keys
+}
+
+/// Each side's share of rows per category key, and the rest (see
+/// [`category_keys`]).
+pub(crate) fn category_shares(
+    reference: &crate::profile::TopValues,
+    current: &crate::profile::TopValues,
+) -> (Vec<f64>, Vec<f64>) {
+    let (p, q) = category_counts(reference, current);
+    (shares(&p), shares(&q))
 }
 
 fn shares(counts: &[f64]) -> Vec<f64> {

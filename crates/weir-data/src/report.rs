@@ -50,29 +50,12 @@ fn bars(
             ))
         }
         (None, None, Some(r), Some(c)) => {
-            let mut labels: Vec<String> = r.values.iter().map(|(v, _)| v.clone()).collect();
-            for (v, _) in &c.values {
-                if !labels.contains(v) {
-                    labels.push(v.clone());
-                }
-            }
-            let shares = |top: &crate::profile::TopValues| {
-                let total =
-                    (top.values.iter().map(|(_, n)| n).sum::<u64>() + top.other).max(1) as f64;
-                let mut out: Vec<f64> = labels
-                    .iter()
-                    .map(|l| {
-                        top.values
-                            .iter()
-                            .find(|(v, _)| v == l)
-                            .map_or(0.0, |(_, n)| *n as f64 / total)
-                    })
-                    .collect();
-                out.push(top.other as f64 / total);
-                out
-            };
-            let (rs, cs) = (shares(r), shares(c));
+            let mut labels: Vec<String> = crate::compare::category_keys(r, c)
+                .into_iter()
+                .map(str::to_string)
+                .collect();
             labels.push("(other)".into());
+            let (rs, cs) = crate::compare::category_shares(r, c);
             Some((labels, rs, cs))
         }
         _ => None,

@@ -199,6 +199,48 @@ enum Command {
         /// tail latency down: a thread preempted mid-request is what makes a slow p99
         #[arg(long, env = "WEIR_SERVE_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
         threads: Option<u16>,
+        /// Log this share of requests (0 to 1) with their features and predictions, as
+        /// Parquet segments in the artifact store, for `weir monitor` and drift checks
+        #[arg(long, env = "WEIR_SERVE_LOG_PREDICTIONS", default_value_t = 0.0, value_parser = rate)]
+        log_predictions: f64,
+        /// Write a log segment once it has this many rows...
+        #[arg(long, default_value_t = 10_000)]
+        log_segment_rows: usize,
+        /// ...or its first row has waited this long
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        log_flush: std::time::Duration,
+        /// Keep at most this many MiB of log segments per endpoint (the oldest go first)
+        #[arg(long, default_value_t = 1024)]
+        log_keep_mb: u64,
+        /// Monitors to run (YAML) [env: WEIR_MONITORS]; see README "Monitoring"
+        #[arg(long)]
+        monitors: Option<PathBuf>,
+        /// How often each logging endpoint's feature drift is checked for /metrics
+        #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+        check_every: std::time::Duration,
+        /// The window of requests those checks look at
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        check_window: std::time::Duration,
+    },
+    /// Feature drift and online accuracy of an endpoint's (or a model's) logged requests
+    /// over a window, against the training profile; with the alerts its monitors fired
+    Monitor {
+        /// An endpoint, or a model served directly
+        target: String,
+        /// The requests answered this long ago or since
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        window: std::time::Duration,
+        /// Fewer logged rows than this: "not enough data"
+        #[arg(long, default_value_t = weir_serve::monitor::MIN_ROWS)]
+        min_rows: usize,
+        /// Share of drifted features at which the inputs as a whole drift
+        #[arg(long, default_value_t = weir_data::DATASET_SHARE)]
+        share: f64,
+        /// Also write an HTML report with per-feature histograms to this file
+        #[arg(long)]
+        html: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
     /// Serve experiment tracking over MLflow's REST API (MLFLOW_TRACKING_URI=http://ADDR)
     Server {
@@ -417,6 +459,16 @@ fn progress_for(json: bool) -> Box<dyn progress::Progress> {
 }
 
 /// Prints a run's outcome; the exit code says whether it succeeded.
+/// A share between 0 and 1.
+fn rate(text: &str) -> std::result::Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|r| (0.0..=1.0).contains(r))
+        .ok_or_else(|| {
+            format!("'{text}' is not a share between 0 and 1 (e.g. 0.1 logs one request in ten)")
+        })
+}
+
 fn finish(outcome: &weir_engine::RunOutcome, json: bool) -> ExitCode {
     output::run_outcome(outcome, json);
     if outcome.status == weir_store::RunStatus::Succeeded {
@@ -815,8 +867,25 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             max_batch_delay,
             batch_by_model,
             threads: _, // taken when the runtime was built
+            log_predictions,
+            log_segment_rows,
+            log_flush,
+            log_keep_mb,
+            monitors,
+            check_every,
+            check_window,
         } => {
-            let config = config(&cli.global, &[("serve_addr", addr)])?;
+            let config = config(
+                &cli.global,
+                &[
+                    ("serve_addr", addr),
+                    ("monitors", monitors.map(|m| m.display().to_string())),
+                ],
+            )?;
+            let monitors = match config.monitors() {
+                Some(file) => weir_serve::alerts::load(std::path::Path::new(file))?,
+                None => Vec::new(),
+            };
             let ctx = Context::open(config.clone()).await?;
             let mut selected = Vec::new();
             for m in &models {
@@ -833,8 +902,37 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                     max_delay: max_batch_delay,
                 },
                 batch_by_model: batch_by_model.into_iter().collect(),
+                log: weir_serve::LogOptions {
+                    rate: log_predictions,
+                    segment_rows: log_segment_rows.max(1),
+                    flush_every: log_flush,
+                    keep_bytes: log_keep_mb << 20,
+                },
+                check_every,
+                check_window,
+                monitors,
             };
             weir_serve::serve(&ctx.store, &ctx.artifacts, &selected, options).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Monitor {
+            target,
+            window,
+            min_rows,
+            share,
+            html,
+            json,
+        } => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            let options = weir_serve::monitor::CheckOptions {
+                min_rows,
+                share,
+                ..weir_serve::monitor::CheckOptions::new(window)
+            };
+            let report =
+                weir_serve::monitor::check(&ctx.store, &ctx.artifacts, &target, &options).await?;
+            let alerts = ctx.store.alerts(&target, 20).await?;
+            output::monitor(&report, &alerts, html.as_deref(), json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Server { addr, open } => {

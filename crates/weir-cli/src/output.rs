@@ -1008,6 +1008,15 @@ pub fn drift(
             false => format!("no dataset drift (the threshold is {:.0}%)", share * 100.0),
         }
     );
+    drift_table(&drift);
+    if let Some(path) = html {
+        println!("report: {}", path.display());
+    }
+    Ok(())
+}
+
+/// Each column's shift, one row per column.
+fn drift_table(drift: &weir_data::Drift) {
     let rows: Vec<Vec<String>> = drift
         .columns
         .iter()
@@ -1036,6 +1045,159 @@ pub fn drift(
         &["COLUMN", "METHOD", "SCORE", "", "PSI", "NULLS", "MEAN"],
         &rows,
     );
+}
+
+/// `weir monitor`: each version's drift and online accuracy over the
+/// window, then the alerts its monitors fired.
+pub fn monitor(
+    report: &weir_serve::monitor::Report,
+    alerts: &[weir_store::MonitorAlert],
+    html: Option<&std::path::Path>,
+    json: bool,
+) -> Result<()> {
+    if let Some(path) = html {
+        let main = report
+            .main()
+            .filter(|v| v.reference.is_some() && v.current.is_some());
+        let Some(v) = main else {
+            anyhow::bail!(
+                "no HTML report: {} has no logged requests with a training profile to compare in the window",
+                report.target
+            );
+        };
+        let (reference, current) = (v.reference.as_ref().unwrap(), v.current.as_ref().unwrap());
+        let drift = weir_data::drift(
+            reference,
+            current,
+            v.drift
+                .as_ref()
+                .map_or(weir_data::DATASET_SHARE, |d| d.share_threshold),
+        );
+        let title = format!(
+            "{} ({}:{}): the last {} of requests against the training profile",
+            report.target,
+            report.model,
+            v.version,
+            humantime::format_duration(std::time::Duration::from_secs_f64(report.window_s))
+        );
+        let page =
+            weir_data::drift_html(&title, ("training", "requests"), reference, current, &drift);
+        let partial = path.with_extension("html.partial");
+        std::fs::write(&partial, page)
+            .and_then(|()| std::fs::rename(&partial, path))
+            .map_err(|e| anyhow::anyhow!("cannot write the report to {}: {e}", path.display()))?;
+    }
+    if json {
+        print_json(&json!({
+            "target": report.target,
+            "model": report.model,
+            "since": report.since,
+            "until": report.until,
+            "window_s": report.window_s,
+            "versions": report.versions,
+            "alerts": alerts,
+        }));
+        return Ok(());
+    }
+    println!(
+        "{} (model {}): requests of the last {}",
+        report.target,
+        report.model,
+        humantime::format_duration(std::time::Duration::from_secs_f64(report.window_s))
+    );
+    if report.versions.is_empty() {
+        println!("  not enough data: no requests logged in the window");
+        println!("  hint: `weir serve --log-predictions 0.1` logs one request in ten");
+    }
+    for v in &report.versions {
+        println!();
+        println!(
+            "version {}: {} rows from {} requests",
+            v.version, v.rows, v.requests
+        );
+        match v.status.as_str() {
+            "not_enough_data" => println!("  drift: not enough data (fewer rows than --min-rows)"),
+            "no_reference" => {
+                println!("  drift: the version keeps no profile of its training inputs")
+            }
+            _ => {}
+        }
+        if !v.missing.is_empty() {
+            println!("  missing from the requests: {}", v.missing.join(", "));
+        }
+        if !v.all_null.is_empty() {
+            println!("  no value at all in the window: {}", v.all_null.join(", "));
+        }
+        for (column, values) in &v.unseen {
+            println!(
+                "  {column}: values never seen in training: {}",
+                values.join(", ")
+            );
+        }
+        if let Some(d) = &v.drift {
+            println!(
+                "  features: {} of {} drifted ({:.0}%): {}",
+                d.drifted_columns,
+                d.columns.len(),
+                d.drifted_share * 100.0,
+                if d.dataset_drift { "drift" } else { "no drift" }
+            );
+            drift_table(d);
+        }
+        if let Some(psi) = v.prediction_psi {
+            println!("  predictions: PSI {psi:.4} against the training scores");
+        }
+        let o = &v.online;
+        if o.labelled_rows == 0 {
+            println!("  online accuracy: no feedback labels in the window");
+        } else {
+            let mut parts = Vec::new();
+            if let Some(a) = o.accuracy {
+                parts.push(format!("accuracy {a:.4}"));
+            }
+            if let Some(a) = o.auc {
+                parts.push(format!("AUC {a:.4}"));
+            }
+            if let Some(r) = o.rmse {
+                parts.push(format!("RMSE {}", num(r)));
+            }
+            println!(
+                "  online ({} labelled rows of {} requests): {}",
+                o.labelled_rows,
+                o.labelled_requests,
+                parts.join(", ")
+            );
+        }
+    }
+    if !alerts.is_empty() {
+        println!();
+        println!("alerts:");
+        for a in alerts {
+            let actions: Vec<String> = a
+                .actions
+                .as_array()
+                .map(|all| {
+                    all.iter()
+                        .map(|x| {
+                            format!(
+                                "{} {}",
+                                x["action"].as_str().unwrap_or("?"),
+                                x["status"].as_str().unwrap_or("?")
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            println!(
+                "  {} {} {}: {} [{}]",
+                time(a.fired_at),
+                &a.id[..12.min(a.id.len())],
+                a.monitor,
+                a.reason,
+                actions.join(", ")
+            );
+        }
+    }
     if let Some(path) = html {
         println!("report: {}", path.display());
     }

@@ -53,6 +53,7 @@ struct FileConfig {
     executor: Option<String>,
     ray_address: Option<String>,
     ray_weir_bin: Option<String>,
+    monitors: Option<String>,
 }
 
 /// The keys, their environment variables and descriptions, defined once.
@@ -117,6 +118,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "WEIR_RAY_WEIR_BIN",
         "the weir binary on the Ray nodes (default: this binary's path)",
     ),
+    (
+        "monitors",
+        "WEIR_MONITORS",
+        "a monitors file (YAML) that `weir serve` runs: drift and accuracy conditions, alerts, webhooks, retraining",
+    ),
 ];
 
 #[derive(Clone, Debug, Serialize)]
@@ -170,6 +176,7 @@ impl Config {
             ("executor", file.executor),
             ("ray_address", file.ray_address),
             ("ray_weir_bin", file.ray_weir_bin),
+            ("monitors", file.monitors),
         ]);
         let mut settings = BTreeMap::new();
         // `home` first: the other defaults live inside it.
@@ -223,7 +230,7 @@ impl Config {
                     "ray_address" => env("RAY_ADDRESS")
                         .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
                         .unwrap_or_default(),
-                    "ray_weir_bin" => String::new(),
+                    "ray_weir_bin" | "monitors" => String::new(),
                     _ => unreachable!("every key has a default"),
                 };
                 Setting {
@@ -279,6 +286,11 @@ impl Config {
     /// The `weir` binary Ray nodes run, if set apart from this one's path.
     pub fn ray_weir_bin(&self) -> Option<&str> {
         Some(self.get("ray_weir_bin")).filter(|u| !u.is_empty())
+    }
+
+    /// The monitors file `weir serve` runs, if one is set.
+    pub fn monitors(&self) -> Option<&str> {
+        Some(self.get("monitors")).filter(|m| !m.is_empty())
     }
 
     pub fn serve_addr(&self) -> &str {

@@ -322,12 +322,25 @@ pub fn read_parquet(path: &Path) -> Result<RecordBatch> {
         path: path.to_path_buf(),
         source,
     })?;
+    parquet_table(path, file)
+}
+
+/// A Parquet file held in memory (an artifact fetched from the store),
+/// named `name` in errors.
+pub fn parquet_from_bytes(name: &str, bytes: bytes::Bytes) -> Result<RecordBatch> {
+    parquet_table(Path::new(name), bytes)
+}
+
+fn parquet_table(
+    path: &Path,
+    source: impl parquet::file::reader::ChunkReader + 'static,
+) -> Result<RecordBatch> {
     let to_parse = |e: parquet::errors::ParquetError| DataError::Parse {
         path: path.to_path_buf(),
         message: e.to_string(),
         hint: "the file is not valid Parquet".into(),
     };
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(to_parse)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(source).map_err(to_parse)?;
     let schema = builder.schema().clone();
     let reader = builder
         .with_batch_size(64 * 1024)
@@ -342,13 +355,30 @@ pub fn write_parquet(batch: &RecordBatch, path: &Path) -> Result<()> {
         message,
     };
     let file = std::fs::File::create(path).map_err(|e| write_err(e.to_string()))?;
+    encode_parquet(batch, file).map_err(write_err)
+}
+
+/// `batch` as the bytes of a Parquet file (Snappy, as `write_parquet`).
+pub fn parquet_to_bytes(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    encode_parquet(batch, &mut out).map_err(|message| DataError::Write {
+        path: "(in memory)".into(),
+        message,
+    })?;
+    Ok(out)
+}
+
+fn encode_parquet(
+    batch: &RecordBatch,
+    sink: impl std::io::Write + Send,
+) -> std::result::Result<(), String> {
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .build();
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))
-        .map_err(|e| write_err(e.to_string()))?;
-    writer.write(batch).map_err(|e| write_err(e.to_string()))?;
-    writer.close().map_err(|e| write_err(e.to_string()))?;
+    let mut writer =
+        ArrowWriter::try_new(sink, batch.schema(), Some(props)).map_err(|e| e.to_string())?;
+    writer.write(batch).map_err(|e| e.to_string())?;
+    writer.close().map_err(|e| e.to_string())?;
     Ok(())
 }
 

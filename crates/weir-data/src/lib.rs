@@ -18,7 +18,10 @@ pub use compare::{
     SchemaChange, DATASET_SHARE,
 };
 pub use error::DataError;
-pub use ingest::{read_parquet, read_table, write_parquet, Format, IngestOptions};
+pub use ingest::{
+    parquet_from_bytes, parquet_to_bytes, read_parquet, read_table, write_parquet, Format,
+    IngestOptions,
+};
 pub use join::{join, JoinHow, JoinSpec, Joined};
 pub use profile::{
     kind_of, profile, ColumnProfile, Histogram, Kind, NumericProfile, Profile, TopValues,

@@ -7,12 +7,15 @@
 //! answering live but not ready, while each model is fetched from the
 //! artifact store, verified, loaded and warmed up; only then is it ready.
 
+pub mod alerts;
 mod batch;
 mod cache;
 mod error;
 mod metrics;
+pub mod monitor;
 mod onnx;
 mod payload;
+mod predlog;
 mod register;
 pub mod rollout;
 mod routes;
@@ -28,6 +31,7 @@ use weir_store::Store;
 
 pub use batch::BatchOptions;
 pub use error::ServeError;
+pub use predlog::LogOptions;
 pub use register::{register_file, Registered};
 
 /// `NAME` (the latest version) or `NAME:VERSION`.
@@ -74,6 +78,13 @@ pub struct ServeOptions {
     pub batch: BatchOptions,
     /// Batching for particular models, over `batch`.
     pub batch_by_model: BTreeMap<String, BatchOptions>,
+    /// The prediction log (off at rate 0).
+    pub log: LogOptions,
+    /// How often every logging endpoint is checked for /metrics, and over
+    /// what window (monitors have their own).
+    pub check_every: Duration,
+    pub check_window: Duration,
+    pub monitors: Vec<alerts::Monitor>,
 }
 
 /// A model version loaded and warmed up.
@@ -84,6 +95,9 @@ pub(crate) struct Loaded {
     /// How the version's scores were spread when it was made (registered
     /// with it); rollouts measure its drift against this.
     pub reference: Option<weir_ml::ScoreReference>,
+    /// The feature names of the version's training profile, which name an
+    /// ONNX graph's input columns in the prediction log.
+    pub features: Option<Vec<String>>,
 }
 
 pub(crate) enum Predictor {
@@ -145,6 +159,10 @@ pub(crate) struct AppState {
     windows: std::sync::Mutex<BTreeMap<(String, i64), rollout::Window>>,
     /// Mirrored requests whose answers agreed / all, per endpoint, this rollout.
     shadow_agreement: std::sync::Mutex<BTreeMap<String, (u64, u64)>>,
+    /// Sampled requests waiting to be written to the prediction log.
+    pub log: Option<predlog::PredictionLog>,
+    /// This replica holds the controller's lease: it also runs the monitors.
+    leading: AtomicBool,
     /// Recent endpoint predictions by request id, for label feedback.
     predictions: std::sync::Mutex<lru::LruCache<String, Prediction>>,
     /// This replica, as it holds the controller's lease and signs its counts.
@@ -480,9 +498,13 @@ pub(crate) async fn load(state: &AppState, name: &str, version: i64) -> Result<L
         .parse()
         .map_err(|e: weir_core::DigestError| failed(e.to_string()))?;
     let bytes = artifacts.get(&digest).await?;
-    let reference = serde_json::from_str::<serde_json::Value>(&mv.lineage_json)
-        .ok()
-        .and_then(|l| weir_ml::ScoreReference::from_json(&l["prediction_reference"]));
+    let lineage = serde_json::from_str::<serde_json::Value>(&mv.lineage_json).unwrap_or_default();
+    let reference = weir_ml::ScoreReference::from_json(&lineage["prediction_reference"]);
+    let features = lineage["feature_reference"]["columns"].as_array().map(|c| {
+        c.iter()
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect()
+    });
     let options = state
         .batch_by_model
         .get(name)
@@ -505,6 +527,7 @@ pub(crate) async fn load(state: &AppState, name: &str, version: i64) -> Result<L
             name: name.to_string(),
             version,
             reference,
+            features,
             predictor: {
                 let model = Arc::new(model);
                 Predictor::Onnx {
@@ -539,6 +562,7 @@ pub(crate) async fn load(state: &AppState, name: &str, version: i64) -> Result<L
         name: name.to_string(),
         version,
         reference,
+        features,
         predictor: Predictor::Native {
             model,
             inputs,
@@ -642,6 +666,7 @@ impl Controller {
             self.opened.clear();
         }
         self.leader = leads;
+        state.leading.store(leads, Ordering::Release);
         state.metrics.controller(leads);
     }
 
@@ -957,7 +982,11 @@ pub async fn serve(
         refuse_second_server(store, &replica).await?;
     }
     let deployments = store.deployments().await?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let watch = Watch::new(&options);
     let state = Arc::new(AppState {
+        log: predlog::PredictionLog::new(options.log.clone(), metrics.clone()),
+        leading: AtomicBool::new(false),
         replica,
         shared_windows,
         models: RwLock::new(BTreeMap::new()),
@@ -968,7 +997,7 @@ pub async fn serve(
             .unwrap_or_default(),
         ready: AtomicBool::new(false),
         max_body_bytes: options.max_body_bytes,
-        metrics: Arc::new(metrics::Metrics::new()),
+        metrics,
         batch: options.batch,
         batch_by_model: options.batch_by_model,
         inflight: Arc::new(tokio::sync::Semaphore::new(options.max_concurrency.max(1))),
@@ -1045,9 +1074,14 @@ pub async fn serve(
     }
     let controlled = state.clone();
     tokio::spawn(async move { control.run(controlled).await });
+    let watched = state.clone();
+    tokio::spawn(async move { watch.run(watched).await });
     state.ready.store(true, Ordering::Release);
     eprintln!("ready");
     let served = server.await;
+    if let Some(log) = &state.log {
+        log.flush(&state.store, &state.artifacts, true, None).await;
+    }
     // Handing the controller over at once, rather than when the lease runs out.
     if let Err(e) = state.store.release_lease(LEASE, &state.replica).await {
         eprintln!("warning: cannot release the rollout controller's lease: {e}");
@@ -1075,4 +1109,206 @@ async fn refuse_second_server(store: &Store, me: &str) -> Result<(), ServeError>
         )));
     }
     Ok(())
+}
+
+/// Writes the prediction log out and runs the monitoring checks: every
+/// monitor on its own schedule, and every endpoint that logs on
+/// `check_every` for /metrics. Checks run on the replica that holds the
+/// controller's lease; each replica writes its own log.
+struct Watch {
+    monitors: Vec<(Arc<alerts::Monitor>, alerts::MonitorState)>,
+    every: Duration,
+    window: Duration,
+    checked: BTreeMap<String, Instant>,
+}
+
+/// How often the log's buffers are looked at, and checks' schedules.
+const WATCH_TICK: Duration = Duration::from_millis(250);
+
+impl Watch {
+    fn new(options: &ServeOptions) -> Watch {
+        Watch {
+            monitors: options
+                .monitors
+                .iter()
+                .map(|m| (Arc::new(m.clone()), alerts::MonitorState::default()))
+                .collect(),
+            every: options.check_every,
+            window: options.check_window,
+            checked: BTreeMap::new(),
+        }
+    }
+
+    async fn run(mut self, state: Arc<AppState>) {
+        let mut tick = tokio::time::interval(WATCH_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Some(log) = &state.log {
+                log.flush(&state.store, &state.artifacts, false, None).await;
+            }
+            if !state.leading.load(Ordering::Acquire) {
+                continue;
+            }
+            for i in 0..self.monitors.len() {
+                let due = self.monitors[i]
+                    .1
+                    .last_check
+                    .is_none_or(|t| t.elapsed() >= self.monitors[i].0.every);
+                if due {
+                    self.monitors[i].1.last_check = Some(Instant::now());
+                    let monitor = self.monitors[i].0.clone();
+                    let options = monitor::CheckOptions {
+                        share: monitor.share,
+                        min_rows: monitor.min_rows,
+                        ..monitor::CheckOptions::new(monitor.window)
+                    };
+                    if let Some(report) = checked(&state, &monitor.target, &options).await {
+                        let verdict = alerts::judge(&monitor, &mut self.monitors[i].1, &report);
+                        conclude(&state, &monitor, verdict, report).await;
+                    }
+                }
+            }
+            if state.log.is_none() {
+                continue;
+            }
+            let endpoints: Vec<String> = state
+                .endpoints
+                .read()
+                .expect("endpoints lock")
+                .keys()
+                .cloned()
+                .collect();
+            for endpoint in endpoints {
+                if self.monitors.iter().any(|(m, _)| m.target == endpoint)
+                    || self
+                        .checked
+                        .get(&endpoint)
+                        .is_some_and(|t| t.elapsed() < self.every)
+                {
+                    continue;
+                }
+                self.checked.insert(endpoint.clone(), Instant::now());
+                checked(&state, &endpoint, &monitor::CheckOptions::new(self.window)).await;
+            }
+        }
+    }
+}
+
+/// Runs a check of `target` (after writing out its buffered requests) and
+/// publishes it on /metrics.
+async fn checked(
+    state: &AppState,
+    target: &str,
+    options: &monitor::CheckOptions,
+) -> Option<monitor::Report> {
+    if let Some(log) = &state.log {
+        log.flush(&state.store, &state.artifacts, false, Some(target))
+            .await;
+    }
+    let options = monitor::CheckOptions {
+        now_ms: weir_core::now_ms(),
+        ..options.clone()
+    };
+    match monitor::check(&state.store, &state.artifacts, target, &options).await {
+        Ok(report) => {
+            for v in &report.versions {
+                state.metrics.monitored(target, v);
+            }
+            Some(report)
+        }
+        Err(e) => {
+            eprintln!("warning: monitoring {target}: {e}");
+            None
+        }
+    }
+}
+
+/// Records a monitor's check and, when it fired, the alert; its actions
+/// run in a task of their own so that a slow webhook or a retraining run
+/// holds up neither serving nor the other monitors.
+async fn conclude(
+    state: &Arc<AppState>,
+    monitor: &Arc<alerts::Monitor>,
+    verdict: alerts::Verdict,
+    report: monitor::Report,
+) {
+    let check = weir_store::MonitorCheck {
+        monitor: monitor.name.clone(),
+        target: monitor.target.clone(),
+        checked_at: report.until,
+        status: verdict.status.into(),
+        reason: verdict.reason.clone(),
+        report_json: serde_json::to_string(&report).unwrap_or_default(),
+    };
+    if let Err(e) = state.store.record_check(&check).await {
+        eprintln!(
+            "warning: monitor {}: cannot record its check: {e}",
+            monitor.name
+        );
+    }
+    if verdict.status != "fired" {
+        return;
+    }
+    state.metrics.alert(&monitor.name);
+    let alert = weir_store::MonitorAlert {
+        id: weir_core::new_id(),
+        monitor: monitor.name.clone(),
+        target: monitor.target.clone(),
+        fired_at: weir_core::now_ms(),
+        reason: verdict.reason,
+        actions: serde_json::json!([]),
+    };
+    if let Err(e) = state.store.record_alert(&alert).await {
+        eprintln!(
+            "warning: monitor {}: cannot record its alert: {e}",
+            monitor.name
+        );
+    }
+    let state = state.clone();
+    let monitor = monitor.clone();
+    tokio::spawn(async move {
+        let body = alerts::payload(&monitor, &alert.id, alert.fired_at, &alert.reason, &report);
+        let mut done = Vec::new();
+        for action in &monitor.actions {
+            let outcome = match action {
+                alerts::Action::Log => {
+                    eprintln!(
+                        "alert {}: monitor {}: {}",
+                        alert.id, monitor.name, alert.reason
+                    );
+                    serde_json::json!({"action": "log", "status": "logged"})
+                }
+                alerts::Action::Webhook(hook) => alerts::deliver(hook, &alert.id, &body).await,
+                alerts::Action::Retrain(r) => {
+                    alerts::retrain(
+                        &state.store,
+                        state.artifacts.location(),
+                        r,
+                        &monitor,
+                        &report,
+                        &alert.id,
+                    )
+                    .await
+                }
+            };
+            if outcome["status"] == "failed" {
+                eprintln!(
+                    "warning: alert {}: {} failed: {}",
+                    alert.id, outcome["action"], outcome
+                );
+            }
+            done.push(outcome);
+            if let Err(e) = state
+                .store
+                .update_alert_actions(&alert.id, &serde_json::Value::Array(done.clone()))
+                .await
+            {
+                eprintln!(
+                    "warning: alert {}: cannot record its actions: {e}",
+                    alert.id
+                );
+            }
+        }
+    });
 }

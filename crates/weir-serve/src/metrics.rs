@@ -47,6 +47,32 @@ struct EndpointCodeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FeatureLabels {
+    endpoint: String,
+    version: String,
+    feature: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OnlineLabels {
+    endpoint: String,
+    version: String,
+    /// `accuracy`, `auc` or `rmse`.
+    metric: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LogLabels {
+    /// `written` or `dropped`.
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertLabels {
+    monitor: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabels {
     endpoint: String,
     phase: String,
@@ -89,6 +115,12 @@ pub(crate) struct Metrics {
     prediction_drift: Family<EndpointLabels, Gauge<f64, AtomicU64>>,
     shadow: Family<ShadowLabels, Counter>,
     controller: Gauge,
+    feature_drift: Family<FeatureLabels, Gauge<f64, AtomicU64>>,
+    feature_drifted: Family<FeatureLabels, Gauge>,
+    drift_share: Family<EndpointLabels, Gauge<f64, AtomicU64>>,
+    online: Family<OnlineLabels, Gauge<f64, AtomicU64>>,
+    logged: Family<LogLabels, Counter>,
+    alerts: Family<AlertLabels, Counter>,
 }
 
 impl Metrics {
@@ -183,7 +215,49 @@ impl Metrics {
             "1 when this replica runs the rollout controller (holds the lease), else 0",
             controller.clone(),
         );
+        let feature_drift = Family::<FeatureLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "feature_drift",
+            "Drift score of each feature of an endpoint's logged requests against the version's training profile, over the monitoring window: a p-value (ks, chi2) or a distance (wasserstein, jensen_shannon)",
+            feature_drift.clone(),
+        );
+        let feature_drifted = Family::<FeatureLabels, Gauge>::default();
+        registry.register(
+            "feature_drifted",
+            "1 when a feature drifted over the monitoring window, else 0",
+            feature_drifted.clone(),
+        );
+        let drift_share = Family::<EndpointLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "feature_drift_share",
+            "Share of an endpoint version's features that drifted over the monitoring window",
+            drift_share.clone(),
+        );
+        let online = Family::<OnlineLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "online_metric",
+            "Accuracy, AUC or RMSE of logged predictions against feedback labels over the monitoring window",
+            online.clone(),
+        );
+        let logged = Family::<LogLabels, Counter>::default();
+        registry.register(
+            "prediction_log_rows",
+            "Rows of sampled requests written to the prediction log, or dropped (buffer full, store unreachable)",
+            logged.clone(),
+        );
+        let alerts = Family::<AlertLabels, Counter>::default();
+        registry.register(
+            "monitor_alerts",
+            "Alerts each monitor fired",
+            alerts.clone(),
+        );
         Metrics {
+            feature_drift,
+            feature_drifted,
+            drift_share,
+            online,
+            logged,
+            alerts,
             controller,
             endpoint_requests,
             endpoint_latency,
@@ -329,6 +403,62 @@ impl Metrics {
                 endpoint: endpoint.to_string(),
                 version: version.to_string(),
                 result: if agree { "agree" } else { "disagree" }.into(),
+            })
+            .inc();
+    }
+
+    /// Publishes a monitoring check of an endpoint's version.
+    pub(crate) fn monitored(&self, endpoint: &str, v: &crate::monitor::VersionReport) {
+        let version = v.version.to_string();
+        if let Some(drift) = &v.drift {
+            for c in &drift.columns {
+                let labels = FeatureLabels {
+                    endpoint: endpoint.to_string(),
+                    version: version.clone(),
+                    feature: c.column.clone(),
+                };
+                self.feature_drift.get_or_create(&labels).set(c.score);
+                self.feature_drifted
+                    .get_or_create(&labels)
+                    .set(i64::from(c.drifted));
+            }
+            self.drift_share
+                .get_or_create(&EndpointLabels {
+                    endpoint: endpoint.to_string(),
+                    version: version.clone(),
+                })
+                .set(drift.drifted_share);
+        }
+        for (metric, value) in [
+            ("accuracy", v.online.accuracy),
+            ("auc", v.online.auc),
+            ("rmse", v.online.rmse),
+        ] {
+            if let Some(value) = value {
+                self.online
+                    .get_or_create(&OnlineLabels {
+                        endpoint: endpoint.to_string(),
+                        version: version.clone(),
+                        metric: metric.into(),
+                    })
+                    .set(value);
+            }
+        }
+    }
+
+    /// Counts rows of sampled requests `written` to the log or `dropped`.
+    pub(crate) fn log_rows(&self, outcome: &str, rows: u64) {
+        self.logged
+            .get_or_create(&LogLabels {
+                outcome: outcome.into(),
+            })
+            .inc_by(rows);
+    }
+
+    pub(crate) fn alert(&self, monitor: &str) {
+        self.alerts
+            .get_or_create(&AlertLabels {
+                monitor: monitor.to_string(),
             })
             .inc();
     }

@@ -18,7 +18,7 @@ use weir_ml::{InputKind, Task};
 use crate::cache::ResponseCache;
 use crate::metrics::Observation;
 use crate::payload::{self, Columns};
-use crate::{onnx, AppState, Loaded, Predictor, ServeError};
+use crate::{onnx, predlog, AppState, Loaded, Predictor, ServeError};
 
 /// Batches above this many rows are scored on a blocking thread so the
 /// reactor keeps answering other requests.
@@ -179,6 +179,10 @@ struct Timed {
     model: String,
     version: String,
     rows: Option<usize>,
+    /// The request is sampled for the prediction log...
+    sample: bool,
+    /// ...and this is its decoded input, once scored.
+    capture: Option<predlog::Capture>,
 }
 
 impl Timed {
@@ -189,6 +193,8 @@ impl Timed {
             model: String::new(),
             version: String::new(),
             rows: None,
+            sample: false,
+            capture: None,
         }
     }
 
@@ -447,13 +453,22 @@ async fn version_ready(
     ))
 }
 
+/// Checks columns against the model's inputs and scores them; a sampled
+/// request's decoded input is kept in `timed` for the prediction log.
 async fn predict(
     model: &Arc<weir_ml::Model>,
     inputs: &[weir_ml::InputSpec],
     batcher: Option<&crate::batch::Batcher<weir_ml::Model>>,
     columns: Columns,
+    timed: &mut Timed,
 ) -> Result<Vec<f64>, ServeError> {
     let frame = payload::frame(inputs, columns)?;
+    if timed.sample {
+        timed.capture = Some(predlog::Capture {
+            names: inputs.iter().map(|i| i.name.clone()).collect(),
+            columns: frame.columns.clone(),
+        });
+    }
     if let Some(batcher) = batcher {
         return batcher.score(frame).await.map_err(ServeError::BadRequest);
     }
@@ -588,6 +603,7 @@ async fn run_infer(
         Ok(target) => {
             timed.answered_by(&target.loaded);
             routed = target.endpoint.clone().map(|e| (e, target.loaded.version));
+            timed.sample = s.log.as_ref().is_some_and(|l| l.sampled(draw()));
             match body_bytes(body, s.max_body_bytes) {
                 Err(e) => Err(e.into()),
                 Ok(bytes) => {
@@ -607,6 +623,7 @@ async fn run_infer(
     if let Some((endpoint, version)) = &routed {
         s.record(endpoint, *version, status.as_u16(), timed.started.elapsed());
     }
+    let logged = logged(&timed, &routed).zip(timed.capture.take());
     timed.finish(&s, status);
     match result {
         Ok(Json(answer)) => {
@@ -616,15 +633,27 @@ async fn run_infer(
                 .and_then(|t| t["data"].as_array().cloned());
             let id = answer["id"].as_str().map(str::to_string);
             let scores = oip_scores(&answer);
-            answered(&s, routed, id, &headers, scores, labels, answer)
+            answered(&s, routed, id, &headers, scores, labels, answer, logged)
         }
         Err(e) => e.into_response(),
     }
 }
 
+/// What a sampled request is logged under: the endpoint that routed it,
+/// else the model it named; with the version that answered.
+fn logged(timed: &Timed, routed: &Option<(String, i64)>) -> Option<(String, String, i64)> {
+    timed.capture.as_ref()?;
+    let version = timed.version.parse().ok()?;
+    let target = routed
+        .as_ref()
+        .map_or_else(|| timed.model.clone(), |(e, _)| e.clone());
+    Some((target, timed.model.clone(), version))
+}
+
 /// The response to a scored request. One an endpoint routed gets its
 /// request id (`x-weir-request-id`), and what it predicted is kept: its
 /// scores for drift, its labels for feedback under that id.
+#[allow(clippy::too_many_arguments)]
 fn answered(
     s: &AppState,
     routed: Option<(String, i64)>,
@@ -633,9 +662,24 @@ fn answered(
     scores: Vec<f64>,
     labels: Option<Vec<Value>>,
     answer: Value,
+    logged: Option<((String, String, i64), predlog::Capture)>,
 ) -> Response {
-    let id = routed.map(|(endpoint, version)| {
-        let id = id.unwrap_or_else(|| request_id(headers));
+    // A logged request needs an id for its feedback to find it.
+    let id =
+        (routed.is_some() || logged.is_some()).then(|| id.unwrap_or_else(|| request_id(headers)));
+    if let (Some(log), Some(((target, model, version), capture)), Some(id)) = (&s.log, logged, &id)
+    {
+        log.push(predlog::Logged {
+            target: &target,
+            model: &model,
+            version,
+            request_id: id,
+            capture,
+            scores: &scores,
+            labels: labels.as_deref(),
+        });
+    }
+    if let (Some((endpoint, version)), Some(id)) = (routed, &id) {
         s.record_scores(&endpoint, version, &scores);
         if let Some(labels) = labels {
             let prediction = crate::Prediction {
@@ -645,8 +689,7 @@ fn answered(
             };
             s.remember(id.clone(), prediction);
         }
-        id
-    });
+    }
     with_request_id(Json(answer).into_response(), id)
 }
 
@@ -743,6 +786,11 @@ async fn feedback(
         }
     };
     let (correct, labelled) = s.feedback(&name, id, &truth)?;
+    // Kept for monitoring, which joins it to the logged request by id.
+    s.store
+        .add_feedback(&name, id, &Value::Array(truth).to_string())
+        .await
+        .map_err(ServeError::from)?;
     Ok(Json(
         json!({"id": id, "correct": correct, "labelled": labelled}),
     ))
@@ -821,6 +869,7 @@ async fn score_infer(
                 &request,
                 requested.as_deref(),
                 timed,
+                loaded.features.as_deref(),
             )
             .await?;
             return Ok(Json(respond(s, &loaded, request.id, outputs, key)));
@@ -841,7 +890,7 @@ async fn score_infer(
         }
     }
     let columns = payload::oip_columns(&request)?;
-    let scores = predict(model, inputs, batcher, columns).await?;
+    let scores = predict(model, inputs, batcher, columns, timed).await?;
     let n = scores.len();
     timed.rows = Some(n);
     let outputs: Vec<Value> = available
@@ -887,6 +936,40 @@ fn respond(
     response
 }
 
+/// A graph's input tensors as named columns for the prediction log: a
+/// tensor of one value per row keeps its name; the columns of a wider one
+/// take the names of the version's reference rows when they match in
+/// number, else `NAME_0`, `NAME_1`, ...
+fn onnx_capture(
+    graph: &weir_onnx::OnnxModel,
+    rows: usize,
+    values: &[Vec<f64>],
+    names: Option<&[String]>,
+) -> predlog::Capture {
+    let widths: Vec<usize> = values.iter().map(|v| v.len() / rows.max(1)).collect();
+    let total: usize = widths.iter().sum();
+    let mut named = names.filter(|n| n.len() == total).map(|n| n.iter());
+    let mut capture = predlog::Capture {
+        names: Vec::with_capacity(total),
+        columns: Vec::with_capacity(total),
+    };
+    for ((spec, data), width) in graph.inputs().iter().zip(values).zip(widths) {
+        for j in 0..width {
+            let name = match (&mut named, width) {
+                (Some(n), _) => n.next().cloned().unwrap_or_default(),
+                (None, 1) => spec.name.clone(),
+                (None, _) => format!("{}_{j}", spec.name),
+            };
+            capture.names.push(name);
+            capture.columns.push(weir_ml::Column::Numeric(
+                (0..rows).map(|r| data[r * width + j]).collect(),
+            ));
+        }
+    }
+    capture
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn score_onnx(
     graph: &Arc<weir_onnx::OnnxModel>,
     heavy: bool,
@@ -894,6 +977,7 @@ async fn score_onnx(
     request: &payload::OipRequest,
     requested: Option<&[String]>,
     timed: &mut Timed,
+    names: Option<&[String]>,
 ) -> Result<Vec<Value>, ServeError> {
     if let Some(bad) = requested.and_then(|names| {
         names
@@ -907,6 +991,9 @@ async fn score_onnx(
         )));
     }
     let (rows, values) = onnx::oip_inputs(graph, request)?;
+    if timed.sample {
+        timed.capture = Some(onnx_capture(graph, rows, &values, names));
+    }
     let outputs = run_graph(graph, heavy, batcher, rows, values).await?;
     timed.rows = Some(rows);
     Ok(onnx::oip_outputs(&outputs, requested))
@@ -963,6 +1050,7 @@ async fn invocations(
         let target = resolve(&s, &s.primary, None, &headers)?;
         timed.answered_by(&target.loaded);
         routed = target.endpoint.clone().map(|e| (e, target.loaded.version));
+        timed.sample = s.log.as_ref().is_some_and(|l| l.sampled(draw()));
         let bytes = body_bytes(body, s.max_body_bytes)?;
         let result = score_mlflow(&s, &target.loaded, &bytes, &mut timed).await;
         if let (Some(shadow), Some(endpoint)) = (target.shadow, target.endpoint) {
@@ -978,6 +1066,7 @@ async fn invocations(
     if let Some((endpoint, version)) = &routed {
         s.record(endpoint, *version, status.as_u16(), timed.started.elapsed());
     }
+    let logged = logged(&timed, &routed).zip(timed.capture.take());
     timed.finish(&s, status);
     match result {
         Ok(Json(answer)) => {
@@ -985,7 +1074,7 @@ async fn invocations(
                 .as_array()
                 .and_then(|rows| rows.iter().map(|r| r.get("label").cloned()).collect());
             let scores = mlflow_scores(&answer);
-            answered(&s, routed, None, &headers, scores, labels, answer)
+            answered(&s, routed, None, &headers, scores, labels, answer, logged)
         }
         Err(e) => e.into_response(),
     }
@@ -1019,6 +1108,14 @@ async fn score_mlflow(
             batcher,
         } => {
             let (rows, values) = onnx::mlflow_inputs(graph, &request)?;
+            if timed.sample {
+                timed.capture = Some(onnx_capture(
+                    graph,
+                    rows,
+                    &values,
+                    loaded.features.as_deref(),
+                ));
+            }
             let outputs = run_graph(graph, *heavy, batcher.as_ref(), rows, values).await?;
             timed.rows = Some(rows);
             let response = onnx::mlflow_predictions(&outputs, rows);
@@ -1029,7 +1126,7 @@ async fn score_mlflow(
         }
     };
     let columns = payload::mlflow_columns(&request)?;
-    let scores = predict(model, inputs, batcher, columns).await?;
+    let scores = predict(model, inputs, batcher, columns, timed).await?;
     timed.rows = Some(scores.len());
     let predictions: Vec<Value> = match model.task() {
         Task::Classification => scores

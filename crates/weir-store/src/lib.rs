@@ -19,6 +19,7 @@ mod logs;
 mod metrics;
 mod mirror;
 mod models;
+mod monitoring;
 pub mod registry;
 pub mod run_json;
 mod runs;
@@ -40,6 +41,7 @@ pub use events::StepEnded;
 pub use logs::LogChunk;
 pub use metrics::MetricPoint;
 pub use models::{ModelSummary, ModelVersion, NewModelVersion};
+pub use monitoring::{MonitorAlert, MonitorCheck, Segment};
 pub use runs::{
     NewStepRun, RunRecord, RunStatus, SourceFile, StepCompletion, StepRunRecord, StepStart,
     StepStatus, StepTask,

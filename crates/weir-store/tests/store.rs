@@ -775,7 +775,64 @@ store_suite!(
     a_full_batch_of_one_key_reads_back_whole,
     searches_walk_the_newest_runs_first_and_compare_long_values_whole,
     cluster_runtimes_announce_their_steps_ending,
+    prediction_log_segments_stay_within_their_budget_and_feedback_replaces,
 );
+
+/// Segments are kept newest first within a target's byte budget (the
+/// newest always, whatever its size); the dropped ones' digests come back
+/// for the caller to delete. Feedback sent twice for a request keeps the last.
+async fn prediction_log_segments_stay_within_their_budget_and_feedback_replaces(s: &Store) {
+    let segment = |n: i64, target: &str| Segment {
+        id: format!("seg-{target}-{n}"),
+        target: target.into(),
+        model: "m".into(),
+        version: 1,
+        digest: Digest::of_bytes(format!("{target}{n}").as_bytes()).hex(),
+        bytes: 100,
+        rows: 10,
+        first_at: n * 1000,
+        last_at: n * 1000 + 500,
+    };
+    for n in 1..=3 {
+        let seg = segment(n, "web");
+        let dropped = s
+            .add_segment(&artifact(format!("web{n}").as_bytes()), &seg, 250)
+            .await
+            .unwrap();
+        match n {
+            3 => assert_eq!(dropped, [segment(1, "web").digest]),
+            _ => assert!(dropped.is_empty()),
+        }
+    }
+    s.add_segment(&artifact(b"api1"), &segment(1, "api"), 50)
+        .await
+        .unwrap();
+    let kept: Vec<String> = s
+        .segments("web", 0, i64::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| g.id)
+        .collect();
+    assert_eq!(kept, ["seg-web-2", "seg-web-3"]);
+    // Only segments overlapping the window.
+    let window: Vec<String> = s
+        .segments("web", 2600, 2900)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| g.id)
+        .collect();
+    assert!(window.is_empty(), "{window:?}");
+    assert_eq!(s.segments("web", 2400, 2900).await.unwrap().len(), 1);
+    assert_eq!(s.segments("api", 0, i64::MAX).await.unwrap().len(), 1);
+    s.add_feedback("web", "r1", "[0]").await.unwrap();
+    s.add_feedback("web", "r1", "[1]").await.unwrap();
+    s.add_feedback("api", "r1", "[0]").await.unwrap();
+    let got = s.feedback_since("web", 0).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got["r1"], "[1]");
+}
 
 /// A step runtime on a cluster (fenced by its job) announces its outcome on
 /// PostgreSQL when it commits, to every listener; SQLite has no listener.

@@ -8,6 +8,7 @@ mod datasets;
 mod distributed;
 mod fanout;
 mod flights;
+mod monitoring;
 mod onnx;
 mod pipelines;
 mod preemption;

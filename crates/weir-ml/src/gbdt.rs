@@ -8,7 +8,7 @@
 //! Missing values learn a default direction at every split. The model file
 //! keeps thresholds as raw values, so serving reads no bins.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
@@ -30,7 +30,11 @@ use crate::{MlError, Result, Target};
 pub struct GbdtParams {
     /// A column, or a comparison that defines a binary label: `"arr_delay > 15"`.
     pub target: String,
+    /// Feature columns; empty: every column but the target and `exclude`.
+    #[serde(default)]
     pub features: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
     /// Columns split on category codes (text columns always are).
     #[serde(default)]
     pub categorical: Vec<String>,
@@ -471,6 +475,7 @@ impl GbdtData {
         serde_json::json!([
             p.target,
             p.features,
+            p.exclude,
             p.categorical,
             p.task,
             p.max_bin,
@@ -486,6 +491,8 @@ impl GbdtData {
         params: &GbdtParams,
     ) -> Result<GbdtData> {
         check_params(params)?;
+        let key = GbdtData::key(params);
+        let params = &with_features_of(params, train)?;
         let started = Instant::now();
         let train = &used_columns(train, params)?;
         let (rows, y, target, task) =
@@ -516,7 +523,7 @@ impl GbdtData {
             None => None,
         };
         Ok(GbdtData {
-            key: GbdtData::key(params),
+            key,
             y,
             target,
             task,
@@ -675,13 +682,26 @@ fn frame_of(features: &[TreeFeature], batch: &RecordBatch, what: &str) -> Result
     read_frame(batch, features.iter().map(|f| (f.name(), f.kind())), what)
 }
 
+/// `params` with its feature columns named: the listed ones, or every
+/// column but the target's and `exclude` (as the other trainers choose).
+fn with_features_of(params: &GbdtParams, batch: &RecordBatch) -> Result<GbdtParams> {
+    let target = Target::parse(&params.target)?;
+    let spec = crate::features::FeatureSpec {
+        features: &params.features,
+        exclude: &params.exclude,
+        categorical: &[],
+        derive: &BTreeMap::new(),
+        transforms: &BTreeMap::new(),
+        max_categories: params.max_categories,
+        target: &target.column,
+    };
+    Ok(GbdtParams {
+        features: crate::features::select_features(batch, &spec)?,
+        ..params.clone()
+    })
+}
+
 fn fit_features(batch: &RecordBatch, params: &GbdtParams) -> Result<Vec<TreeFeature>> {
-    if params.features.is_empty() {
-        return Err(MlError::invalid(
-            "with.features",
-            "list at least one feature column",
-        ));
-    }
     for c in &params.categorical {
         if !params.features.contains(c) {
             return Err(MlError::invalid(
@@ -1413,6 +1433,32 @@ mod tests {
             let data = GbdtData::prepare(&train, Some(&valid), &p).unwrap();
             train_gbdt_distributed(&data, &p, group, &mut |_| true).unwrap()
         })
+    }
+
+    #[test]
+    fn features_default_to_every_column_but_the_target_and_exclude() {
+        let train = table(2000, 1);
+        let listed = params(SPEC);
+        let all = params("{ target: 'delay > 15', num_rounds: 200, num_leaves: 15, min_data_in_leaf: 5, threads: 2 }");
+        let (a, _) = train_gbdt(&train, None, &listed).unwrap();
+        let (b, _) = train_gbdt(&train, None, &all).unwrap();
+        let names = |m: &GbdtModel| {
+            m.features
+                .iter()
+                .map(|f| f.name().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&b), ["x", "z", "carrier"]);
+        assert_eq!(names(&a), names(&b));
+        let fewer = params("{ target: 'delay > 15', exclude: [z], num_rounds: 20, threads: 2 }");
+        let (c, _) = train_gbdt(&train, None, &fewer).unwrap();
+        assert_eq!(names(&c), ["x", "carrier"]);
+        let bad = params("{ target: 'delay > 15', exclude: [nope] }");
+        let err = train_gbdt(&train, None, &bad).unwrap_err().to_string();
+        assert!(
+            err.contains("with.exclude") && err.contains("nope"),
+            "{err}"
+        );
     }
 
     #[test]

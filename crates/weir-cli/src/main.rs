@@ -105,6 +105,11 @@ enum Command {
         /// The share of drifted columns at which the whole table counts as drifted
         #[arg(long, default_value_t = weir_data::DATASET_SHARE)]
         share: f64,
+        /// How each column is judged: auto (Evidently's choice: a test for a reference of
+        /// up to 1,000 rows, a distance above), ks (KS / chi-squared), wasserstein
+        /// (normed Wasserstein / Jensen-Shannon) or psi
+        #[arg(long, default_value = "auto")]
+        method: weir_data::Method,
         /// Also write the report, with each column's distributions drawn, as HTML
         #[arg(long, value_name = "FILE")]
         html: Option<std::path::PathBuf>,
@@ -236,6 +241,9 @@ enum Command {
         /// Share of drifted features at which the inputs as a whole drift
         #[arg(long, default_value_t = weir_data::DATASET_SHARE)]
         share: f64,
+        /// How each feature is judged: auto, ks, wasserstein or psi (see `weir drift`)
+        #[arg(long, default_value = "auto")]
+        method: weir_data::Method,
         /// Also write an HTML report with per-feature histograms to this file
         #[arg(long)]
         html: Option<PathBuf>,
@@ -638,6 +646,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             reference,
             current,
             share,
+            method,
             html,
             json,
         } => {
@@ -698,7 +707,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 (&names.0, &names.1),
                 &a,
                 &b,
-                share,
+                (share, method),
                 html.as_deref(),
                 json,
             )?;
@@ -920,6 +929,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             window,
             min_rows,
             share,
+            method,
             html,
             json,
         } => {
@@ -927,6 +937,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             let options = weir_serve::monitor::CheckOptions {
                 min_rows,
                 share,
+                method,
                 ..weir_serve::monitor::CheckOptions::new(window)
             };
             let report =

@@ -945,7 +945,7 @@ pub fn dataset_diff(
         (&names.0, &names.1),
         &a,
         &b,
-        weir_data::DATASET_SHARE,
+        (weir_data::DATASET_SHARE, weir_data::Method::Auto),
         html,
         json,
     )
@@ -958,12 +958,12 @@ pub fn drift(
     names: (&str, &str),
     reference: &weir_data::Profile,
     current: &weir_data::Profile,
-    share: f64,
+    (share, method): (f64, weir_data::Method),
     html: Option<&std::path::Path>,
     json: bool,
 ) -> Result<()> {
     let changes = weir_data::schema_changes(reference, current);
-    let drift = weir_data::drift(reference, current, share);
+    let drift = weir_data::drift_by(reference, current, share, method);
     if let Some(path) = html {
         let page = weir_data::drift_html(title, names, reference, current, &drift);
         // Written whole or not at all: a reader never sees half a report.

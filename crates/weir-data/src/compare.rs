@@ -19,6 +19,39 @@ use crate::profile::{ColumnProfile, Kind, Profile};
 pub const SMALL_REFERENCE: u64 = 1000;
 pub const P_VALUE: f64 = 0.05;
 pub const DISTANCE: f64 = 0.1;
+/// PSI at or above this is drift (Evidently's default for `psi`).
+pub const PSI: f64 = 0.1;
+
+/// How a column's drift is decided.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Evidently's rule: a test for a small reference, a distance otherwise.
+    #[default]
+    Auto,
+    /// Kolmogorov-Smirnov for numbers, chi-squared for categories.
+    Ks,
+    /// Normed Wasserstein for numbers, Jensen-Shannon for categories.
+    Wasserstein,
+    /// The population stability index for both.
+    Psi,
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Method, String> {
+        match s {
+            "auto" => Ok(Method::Auto),
+            "ks" => Ok(Method::Ks),
+            "wasserstein" => Ok(Method::Wasserstein),
+            "psi" => Ok(Method::Psi),
+            _ => Err(format!(
+                "unknown drift method '{s}'; use auto (Evidently's choice), ks, wasserstein or psi"
+            )),
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "change", rename_all = "lowercase")]
@@ -182,7 +215,12 @@ pub struct Drift {
 }
 
 pub fn drift(reference: &Profile, current: &Profile, share: f64) -> Drift {
-    let columns = shifts(reference, current);
+    drift_by(reference, current, share, Method::Auto)
+}
+
+/// [`drift`] with each column judged by `method`.
+pub fn drift_by(reference: &Profile, current: &Profile, share: f64, method: Method) -> Drift {
+    let columns = shifts_by(reference, current, method);
     let drifted_columns = columns.iter().filter(|c| c.drifted).count();
     let drifted_share = match columns.len() {
         0 => 0.0,
@@ -218,12 +256,16 @@ pub fn shares_between(percentiles: &[f64], edges: &[f64]) -> Vec<f64> {
 /// The distribution shift of every column both profiles share with the
 /// same kind of values.
 pub fn shifts(reference: &Profile, current: &Profile) -> Vec<ColumnShift> {
+    shifts_by(reference, current, Method::Auto)
+}
+
+pub fn shifts_by(reference: &Profile, current: &Profile, method: Method) -> Vec<ColumnShift> {
     reference
         .columns
         .iter()
         .filter_map(|r| {
             let c = current.column(&r.name)?;
-            (r.kind == c.kind).then(|| shift(r, reference.rows, c, current.rows))?
+            (r.kind == c.kind).then(|| shift_by(r, reference.rows, c, current.rows, method))?
         })
         .collect()
 }
@@ -236,7 +278,21 @@ pub fn shift(
     current: &ColumnProfile,
     cur_rows: u64,
 ) -> Option<ColumnShift> {
-    let small = ref_rows - reference.nulls <= SMALL_REFERENCE;
+    shift_by(reference, ref_rows, current, cur_rows, Method::Auto)
+}
+
+pub fn shift_by(
+    reference: &ColumnProfile,
+    ref_rows: u64,
+    current: &ColumnProfile,
+    cur_rows: u64,
+    method: Method,
+) -> Option<ColumnShift> {
+    let method = match method {
+        Method::Auto if ref_rows - reference.nulls <= SMALL_REFERENCE => Method::Ks,
+        Method::Auto => Method::Wasserstein,
+        m => m,
+    };
     let null_rate = (reference.null_rate, current.null_rate);
     match (
         &reference.numeric,
@@ -249,12 +305,17 @@ pub fn shift(
                 (ref_rows - reference.nulls) as f64,
                 (cur_rows - current.nulls) as f64,
             );
-            let (method, score, threshold, drifted) = if small {
-                let p = ks_p_value(ks_statistic(&r.percentiles, &c.percentiles), n, m);
-                ("ks", p, P_VALUE, p < P_VALUE)
-            } else {
-                let w = wasserstein_normed(&r.percentiles, &c.percentiles, r.std);
-                ("wasserstein", w, DISTANCE, w >= DISTANCE)
+            let psi = psi_numeric(&r.percentiles, &c.percentiles);
+            let (method, score, threshold, drifted) = match method {
+                Method::Ks => {
+                    let p = ks_p_value(ks_statistic(&r.percentiles, &c.percentiles), n, m);
+                    ("ks", p, P_VALUE, p < P_VALUE)
+                }
+                Method::Psi => ("psi", psi, PSI, psi >= PSI),
+                _ => {
+                    let w = wasserstein_normed(&r.percentiles, &c.percentiles, r.std);
+                    ("wasserstein", w, DISTANCE, w >= DISTANCE)
+                }
             };
             Some(ColumnShift {
                 column: reference.name.clone(),
@@ -263,19 +324,24 @@ pub fn shift(
                 score,
                 threshold,
                 drifted,
-                psi: psi_numeric(&r.percentiles, &c.percentiles),
+                psi,
                 null_rate,
                 mean: Some((r.mean, c.mean)),
             })
         }
         (None, None, Some(r), Some(c)) => {
             let (p, q) = category_counts(r, c);
-            let (method, score, threshold, drifted) = if small {
-                let pv = chi2_p_value(&p, &q);
-                ("chi2", pv, P_VALUE, pv < P_VALUE)
-            } else {
-                let d = jensen_shannon(&shares(&p), &shares(&q));
-                ("jensen_shannon", d, DISTANCE, d >= DISTANCE)
+            let index = psi(&shares(&p), &shares(&q));
+            let (method, score, threshold, drifted) = match method {
+                Method::Ks => {
+                    let pv = chi2_p_value(&p, &q);
+                    ("chi2", pv, P_VALUE, pv < P_VALUE)
+                }
+                Method::Psi => ("psi", index, PSI, index >= PSI),
+                _ => {
+                    let d = jensen_shannon(&shares(&p), &shares(&q));
+                    ("jensen_shannon", d, DISTANCE, d >= DISTANCE)
+                }
             };
             Some(ColumnShift {
                 column: reference.name.clone(),
@@ -284,7 +350,7 @@ pub fn shift(
                 score,
                 threshold,
                 drifted,
-                psi: psi(&shares(&p), &shares(&q)),
+                psi: index,
                 null_rate,
                 mean: None,
             })

@@ -14,8 +14,8 @@ mod split;
 mod validate;
 
 pub use compare::{
-    drift, schema_changes, shares_between, shift, shifts, ColumnShift, Drift, Evolution,
-    SchemaChange, DATASET_SHARE,
+    drift, drift_by, schema_changes, shares_between, shift, shifts, ColumnShift, Drift, Evolution,
+    Method, SchemaChange, DATASET_SHARE,
 };
 pub use error::DataError;
 pub use ingest::{

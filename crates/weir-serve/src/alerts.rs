@@ -54,6 +54,9 @@ struct RawMonitor {
     /// The share of drifted features that makes the inputs drift.
     #[serde(default)]
     share: Option<f64>,
+    /// How each feature is judged: auto, ks, wasserstein or psi.
+    #[serde(default)]
+    method: Option<String>,
     when: Vec<String>,
     #[serde(default, rename = "for")]
     for_checks: Option<u32>,
@@ -122,6 +125,7 @@ pub struct Monitor {
     pub every: Duration,
     pub min_rows: usize,
     pub share: f64,
+    pub method: weir_data::Method,
     pub conditions: Vec<Condition>,
     pub for_checks: u32,
     pub actions: Vec<Action>,
@@ -308,6 +312,10 @@ pub fn load(file: &Path) -> Result<Vec<Monitor>, ServeError> {
         if !(0.0..=1.0).contains(&share) {
             return Err(at(format!("share {share} is not between 0 and 1")));
         }
+        let method = match &m.method {
+            None => weir_data::Method::Auto,
+            Some(text) => text.parse().map_err(at)?,
+        };
         let mut actions = Vec::new();
         for a in m.actions {
             actions.push(match a {
@@ -408,6 +416,7 @@ pub fn load(file: &Path) -> Result<Vec<Monitor>, ServeError> {
             every: duration(file, "every", m.every.as_deref(), Duration::from_secs(60))?,
             min_rows: m.min_rows.unwrap_or(crate::monitor::MIN_ROWS),
             share,
+            method,
             conditions,
             for_checks: m.for_checks.unwrap_or(1).max(1),
             actions,
@@ -794,6 +803,7 @@ mod tests {
             every: Duration::from_secs(1),
             min_rows: 100,
             share: 0.5,
+            method: weir_data::Method::Auto,
             conditions: vec![Condition::parse(when).unwrap()],
             for_checks,
             actions: vec![Action::Log],

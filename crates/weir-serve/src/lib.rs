@@ -1161,6 +1161,7 @@ impl Watch {
                     let options = monitor::CheckOptions {
                         share: monitor.share,
                         min_rows: monitor.min_rows,
+                        method: monitor.method,
                         ..monitor::CheckOptions::new(monitor.window)
                     };
                     if let Some(report) = checked(&state, &monitor.target, &options).await {

@@ -25,6 +25,8 @@ pub struct CheckOptions {
     pub share: f64,
     /// Fewer logged rows than this in the window is "not enough data".
     pub min_rows: usize,
+    /// How each feature is judged.
+    pub method: weir_data::Method,
     /// The window ends here (epoch ms).
     pub now_ms: i64,
 }
@@ -35,6 +37,7 @@ impl CheckOptions {
             window,
             share: weir_data::DATASET_SHARE,
             min_rows: MIN_ROWS,
+            method: weir_data::Method::Auto,
             now_ms: weir_core::now_ms(),
         }
     }
@@ -280,7 +283,12 @@ fn version_report(
     if rows < options.min_rows {
         report.status = "not_enough_data".into();
     } else {
-        report.drift = Some(weir_data::drift(&reference, &current, options.share));
+        report.drift = Some(weir_data::drift_by(
+            &reference,
+            &current,
+            options.share,
+            options.method,
+        ));
     }
     report.reference = Some(reference);
     report.current = Some(current);

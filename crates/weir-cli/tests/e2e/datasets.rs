@@ -400,6 +400,32 @@ fn drift_against_a_model_compares_new_rows_with_its_training_inputs() {
     assert_eq!(moved["dataset_drift"], true, "{moved}");
     assert_eq!(moved["columns"][0]["drifted"], true);
     assert_eq!(moved["columns"][1]["drifted"], false);
+    // A table without one of the model's inputs: reported, the rest compared.
+    let mut csv = String::from("x1,city\n");
+    for i in 0..3000u64 {
+        csv.push_str(&format!(
+            "{},{}\n",
+            i % 100 + 40,
+            ["a", "b"][(i % 2) as usize]
+        ));
+    }
+    sb.write("partial.csv", &csv);
+    let partial = sb.json(&["drift", "model:m", "partial.csv"]);
+    assert_eq!(
+        partial["schema_changes"][0]["change"], "dropped",
+        "{partial}"
+    );
+    assert_eq!(partial["schema_changes"][0]["column"], "x2", "{partial}");
+    assert_eq!(partial["columns"].as_array().unwrap().len(), 1);
+    assert_eq!(partial["columns"][0]["drifted"], true);
+    // Methods can be chosen: PSI and KS flag the moved column too.
+    for method in ["psi", "ks"] {
+        let by = sb.json(&["drift", "model:m", "moved.csv", "--method", method]);
+        assert_eq!(by["columns"][0]["method"], method, "{by}");
+        assert_eq!(by["columns"][0]["drifted"], true, "{by}");
+    }
+    let err = sb.fails(&["drift", "model:m", "moved.csv", "--method", "t-test"]);
+    assert!(err.contains("unknown drift method 't-test'"), "{err}");
     let err = sb.fails(&["drift", "model:m:9", "same.csv"]);
     assert!(err.contains("m") && err.contains('9'), "{err}");
     let err = sb.fails(&["drift", "model:m:x", "same.csv"]);

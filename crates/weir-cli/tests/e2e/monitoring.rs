@@ -112,6 +112,10 @@ fn logged_requests_show_feature_drift_and_online_accuracy() {
         .metric("weir_serve_online_metric{endpoint=\"web\",version=\"1\",metric=\"accuracy\"}")
         .is_some());
 
+    // `weir monitor` reads what the server has written out.
+    wait_until("every sampled row written to the log", 30, || {
+        server.metric("weir_serve_prediction_log_rows_total{outcome=\"written\"}") == Some(150.0)
+    });
     let report = sb.json(&["monitor", "web"]);
     let v = &report["versions"][0];
     assert_eq!(

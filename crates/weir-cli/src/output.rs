@@ -965,12 +965,10 @@ pub fn drift(
     let changes = weir_data::schema_changes(reference, current);
     let drift = weir_data::drift_by(reference, current, share, method);
     if let Some(path) = html {
-        let page = weir_data::drift_html(title, names, reference, current, &drift);
-        // Written whole or not at all: a reader never sees half a report.
-        let partial = path.with_extension("html.partial");
-        std::fs::write(&partial, page)
-            .and_then(|()| std::fs::rename(&partial, path))
-            .map_err(|e| anyhow::anyhow!("cannot write the report to {}: {e}", path.display()))?;
+        write_report(
+            path,
+            &weir_data::drift_html(title, names, reference, current, &drift),
+        )?;
     }
     if json {
         print_json(&json!({
@@ -1015,6 +1013,14 @@ pub fn drift(
     Ok(())
 }
 
+/// Writes an HTML report whole or not at all: a reader never sees half of one.
+fn write_report(path: &std::path::Path, page: &str) -> Result<()> {
+    let partial = path.with_extension("html.partial");
+    std::fs::write(&partial, page)
+        .and_then(|()| std::fs::rename(&partial, path))
+        .map_err(|e| anyhow::anyhow!("cannot write the report to {}: {e}", path.display()))
+}
+
 /// Each column's shift, one row per column.
 fn drift_table(drift: &weir_data::Drift) {
     let rows: Vec<Vec<String>> = drift
@@ -1056,23 +1062,20 @@ pub fn monitor(
     json: bool,
 ) -> Result<()> {
     if let Some(path) = html {
-        let main = report
-            .main()
-            .filter(|v| v.reference.is_some() && v.current.is_some());
-        let Some(v) = main else {
+        let compared = report.main().and_then(|v| {
+            Some((
+                v,
+                v.reference.as_ref()?,
+                v.current.as_ref()?,
+                v.drift.as_ref()?,
+            ))
+        });
+        let Some((v, reference, current, drift)) = compared else {
             anyhow::bail!(
-                "no HTML report: {} has no logged requests with a training profile to compare in the window",
+                "no HTML report: {} has too few logged requests with a training profile in the window to compare (see --min-rows)",
                 report.target
             );
         };
-        let (reference, current) = (v.reference.as_ref().unwrap(), v.current.as_ref().unwrap());
-        let drift = weir_data::drift(
-            reference,
-            current,
-            v.drift
-                .as_ref()
-                .map_or(weir_data::DATASET_SHARE, |d| d.share_threshold),
-        );
         let title = format!(
             "{} ({}:{}): the last {} of requests against the training profile",
             report.target,
@@ -1080,12 +1083,11 @@ pub fn monitor(
             v.version,
             humantime::format_duration(std::time::Duration::from_secs_f64(report.window_s))
         );
-        let page =
-            weir_data::drift_html(&title, ("training", "requests"), reference, current, &drift);
-        let partial = path.with_extension("html.partial");
-        std::fs::write(&partial, page)
-            .and_then(|()| std::fs::rename(&partial, path))
-            .map_err(|e| anyhow::anyhow!("cannot write the report to {}: {e}", path.display()))?;
+        let names = ("training", "requests");
+        write_report(
+            path,
+            &weir_data::drift_html(&title, names, reference, current, drift),
+        )?;
     }
     if json {
         print_json(&json!({

@@ -785,15 +785,22 @@ async fn feedback(
             .into())
         }
     };
-    let (correct, labelled) = s.feedback(&name, id, &truth)?;
+    let scored = match s.feedback(&name, id, &truth) {
+        Ok(scored) => Some(scored),
+        // A request this replica no longer remembers (another replica
+        // answered it, or this one restarted) may still be in the log.
+        Err(ServeError::UnknownRequest { .. }) if s.log.is_some() => None,
+        Err(e) => return Err(e.into()),
+    };
     // Kept for monitoring, which joins it to the logged request by id.
     s.store
         .add_feedback(&name, id, &Value::Array(truth).to_string())
         .await
         .map_err(ServeError::from)?;
-    Ok(Json(
-        json!({"id": id, "correct": correct, "labelled": labelled}),
-    ))
+    Ok(Json(match scored {
+        Some((correct, labelled)) => json!({"id": id, "correct": correct, "labelled": labelled}),
+        None => json!({"id": id, "stored": true}),
+    }))
 }
 
 /// Sends a copy of a request to an endpoint's shadow after the stable

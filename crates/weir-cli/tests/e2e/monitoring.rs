@@ -97,6 +97,13 @@ fn logged_requests_show_feature_drift_and_online_accuracy() {
         );
         assert_eq!(code, 200, "{fed}");
     }
+    // Labels for a request this server does not remember are still kept
+    // for the log (another replica, or before a restart, answered it).
+    let (code, kept) = server.post(
+        "/v2/models/web/feedback",
+        json!({"id": "answered-elsewhere", "label": 1}).to_string(),
+    );
+    assert_eq!((code, kept["stored"].clone()), (200, json!(true)), "{kept}");
     // The scheduled check puts each feature's drift on /metrics.
     let series = "weir_serve_feature_drifted{endpoint=\"web\",version=\"1\",feature=\"x1\"}";
     wait_until("x1's drift on /metrics", 30, || {

@@ -661,6 +661,16 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 )?;
                 Ok(weir_data::profile(&table)?)
             };
+            // The current table is read while the reference is being profiled.
+            let reading = {
+                let current = current.clone();
+                std::thread::spawn(move || {
+                    weir_data::read_table(
+                        &current,
+                        &weir_data::IngestOptions::new(current.display().to_string()),
+                    )
+                })
+            };
             let a = match reference.strip_prefix("model:") {
                 Some(model) => {
                     let ctx = Context::open(config(&cli.global, &[])?).await?;
@@ -686,10 +696,9 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 None => profile(std::path::Path::new(&reference))?,
             };
             let b = {
-                let table = weir_data::read_table(
-                    &current,
-                    &weir_data::IngestOptions::new(current.display().to_string()),
-                )?;
+                let table = reading
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("reading {} panicked", current.display()))??;
                 // Against a model, only the columns it reads count.
                 let keep: Vec<usize> = match reference.starts_with("model:") {
                     true => a

@@ -10,11 +10,12 @@
 
 use std::collections::HashMap;
 
-use arrow::array::{Array, ArrayRef, Float64Array};
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::{DataError, Result};
@@ -105,10 +106,11 @@ impl Profile {
 /// Profiles every column of `batch`.
 pub fn profile(batch: &RecordBatch) -> Result<Profile> {
     let schema = batch.schema();
+    // Columns are independent: profiled side by side, kept in order.
     let columns = schema
         .fields()
-        .iter()
-        .zip(batch.columns())
+        .par_iter()
+        .zip(batch.columns().par_iter())
         .map(|(field, column)| profile_column(field.name(), column))
         .collect::<Result<Vec<_>>>()?;
     Ok(Profile {
@@ -134,35 +136,41 @@ fn profile_column(name: &str, column: &ArrayRef) -> Result<ColumnProfile> {
     let nulls = column.null_count() as u64;
     let kind = kind_of(column.data_type());
     let mut sketch = DistinctSketch::default();
+    // Numbers are counted exactly off their sort; text through the sketch.
+    let mut exact_distinct = None;
     let (numeric, top) = match kind {
         Kind::Numeric | Kind::Temporal => {
             let values = as_numbers(name, column)?;
-            for v in values.iter().flatten() {
-                sketch.add(hash_bytes(&v.to_bits().to_le_bytes()));
-            }
-            let mut numeric = numeric_profile(&values);
+            let (mut numeric, distinct) = numeric_profile(&values);
+            exact_distinct = Some(distinct);
             if let (Some(n), Kind::Temporal) = (&mut numeric, kind) {
                 n.shown = shown_extremes(column);
             }
             (numeric, None)
         }
         Kind::Boolean | Kind::Text | Kind::Other => {
-            let formatter = ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default())
-                .map_err(|e| DataError::invalid(format!("column {name}"), e.to_string()))?;
             let mut counts: HashMap<String, u64> = HashMap::new();
             let mut exact = true;
-            for row in 0..column.len() {
-                if column.is_null(row) {
-                    continue;
-                }
-                let value = formatter.value(row).to_string();
+            let mut count = |value: &str, sketch: &mut DistinctSketch| {
                 sketch.add(hash_bytes(value.as_bytes()));
-                if let Some(count) = counts.get_mut(&value) {
+                if let Some(count) = counts.get_mut(value) {
                     *count += 1;
                 } else if counts.len() < TOP_TRACKED {
-                    counts.insert(value, 1);
+                    counts.insert(value.to_string(), 1);
                 } else {
                     exact = false;
+                }
+            };
+            // Plain strings are counted in place; other types as Arrow shows them.
+            if let Some(strings) = column.as_string_opt::<i32>() {
+                strings.iter().flatten().for_each(|v| count(v, &mut sketch));
+            } else if let Some(strings) = column.as_string_opt::<i64>() {
+                strings.iter().flatten().for_each(|v| count(v, &mut sketch));
+            } else {
+                let formatter = ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default())
+                    .map_err(|e| DataError::invalid(format!("column {name}"), e.to_string()))?;
+                for row in (0..column.len()).filter(|r| !column.is_null(*r)) {
+                    count(&formatter.value(row).to_string(), &mut sketch);
                 }
             }
             let top = (kind != Kind::Other).then(|| top_values(counts, rows - nulls, exact));
@@ -179,7 +187,7 @@ fn profile_column(name: &str, column: &ArrayRef) -> Result<ColumnProfile> {
         } else {
             nulls as f64 / rows as f64
         },
-        distinct: sketch.estimate(),
+        distinct: exact_distinct.unwrap_or_else(|| sketch.estimate()),
         numeric,
         top,
     })
@@ -200,12 +208,28 @@ fn as_numbers(name: &str, column: &ArrayRef) -> Result<Float64Array> {
         .clone())
 }
 
-fn numeric_profile(values: &Float64Array) -> Option<NumericProfile> {
-    let mut sorted: Vec<f64> = values.iter().flatten().filter(|v| v.is_finite()).collect();
-    if sorted.is_empty() {
-        return None;
+/// The profile of a column's finite values, and how many distinct values
+/// (finite or not) it holds.
+fn numeric_profile(values: &Float64Array) -> (Option<NumericProfile>, u64) {
+    let mut sorted: Vec<f64> = Vec::with_capacity(values.len() - values.null_count());
+    let (mut nan, mut pos_inf, mut neg_inf) = (false, false, false);
+    for v in values.iter().flatten() {
+        match v {
+            v if v.is_finite() => sorted.push(v),
+            v if v.is_nan() => nan = true,
+            v if v > 0.0 => pos_inf = true,
+            _ => neg_inf = true,
+        }
     }
-    sorted.sort_by(f64::total_cmp);
+    let odd = u64::from(nan) + u64::from(pos_inf) + u64::from(neg_inf);
+    if sorted.is_empty() {
+        return (None, odd);
+    }
+    sorted.sort_unstable_by(f64::total_cmp);
+    let distinct = 1 + sorted
+        .windows(2)
+        .filter(|w| w[0].to_bits() != w[1].to_bits())
+        .count() as u64;
     let n = sorted.len() as f64;
     let mean = sorted.iter().sum::<f64>() / n;
     let variance = sorted.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
@@ -213,7 +237,7 @@ fn numeric_profile(values: &Float64Array) -> Option<NumericProfile> {
     let percentiles = (0..=100)
         .map(|p| quantile(&sorted, p as f64 / 100.0))
         .collect();
-    Some(NumericProfile {
+    let profile = NumericProfile {
         min,
         max,
         mean,
@@ -221,7 +245,8 @@ fn numeric_profile(values: &Float64Array) -> Option<NumericProfile> {
         percentiles,
         histogram: histogram(&sorted, min, max),
         shown: None,
-    })
+    };
+    (Some(profile), distinct + odd)
 }
 
 /// The `q` quantile of ascending `sorted`, interpolating between ranks.
@@ -289,17 +314,31 @@ fn hash_bytes(bytes: &[u8]) -> u64 {
 /// K minimum values (Bar-Yossef et al.): the `SKETCH` smallest distinct
 /// hashes. Fewer than that many distinct values are counted exactly; past
 /// it, the k-th smallest hash says how densely hashes fill [0, 2^64).
-#[derive(Default)]
 struct DistinctSketch {
     smallest: std::collections::BTreeSet<u64>,
+    /// The largest kept hash once full: most values fail this one compare.
+    bound: u64,
+}
+
+impl Default for DistinctSketch {
+    fn default() -> Self {
+        DistinctSketch {
+            smallest: Default::default(),
+            bound: u64::MAX,
+        }
+    }
 }
 
 impl DistinctSketch {
     fn add(&mut self, hash: u64) {
         if self.smallest.len() < SKETCH {
             self.smallest.insert(hash);
-        } else if hash < *self.smallest.last().expect("full") && self.smallest.insert(hash) {
+            if self.smallest.len() == SKETCH {
+                self.bound = *self.smallest.last().expect("full");
+            }
+        } else if hash < self.bound && self.smallest.insert(hash) {
             self.smallest.pop_last();
+            self.bound = *self.smallest.last().expect("full");
         }
     }
 

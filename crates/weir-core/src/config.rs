@@ -53,7 +53,17 @@ struct FileConfig {
     executor: Option<String>,
     ray_address: Option<String>,
     ray_weir_bin: Option<String>,
-    monitors: Option<String>,
+    monitors: Option<MonitorsSetting>,
+}
+
+/// `monitors = "FILE.yaml"`, or the monitors themselves as `[[monitors]]`
+/// tables in weir.toml (then the setting names weir.toml).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum MonitorsSetting {
+    File(String),
+    // Read by `weir serve` from the file itself (weir-serve `alerts::load`).
+    Inline(#[allow(dead_code)] Vec<toml::Table>),
 }
 
 /// The keys, their environment variables and descriptions, defined once.
@@ -176,7 +186,13 @@ impl Config {
             ("executor", file.executor),
             ("ray_address", file.ray_address),
             ("ray_weir_bin", file.ray_weir_bin),
-            ("monitors", file.monitors),
+            (
+                "monitors",
+                file.monitors.map(|m| match m {
+                    MonitorsSetting::File(path) => path,
+                    MonitorsSetting::Inline(_) => file_path.display().to_string(),
+                }),
+            ),
         ]);
         let mut settings = BTreeMap::new();
         // `home` first: the other defaults live inside it.

@@ -291,7 +291,22 @@ impl Condition {
 pub fn load(file: &Path) -> Result<Vec<Monitor>, ServeError> {
     let text =
         std::fs::read_to_string(file).map_err(|e| bad(file, format!("cannot read it: {e}")))?;
-    let raw: RawFile = serde_saphyr::from_str(&text).map_err(|e| bad(file, e))?;
+    let raw: RawFile = match file.extension().and_then(|e| e.to_str()) {
+        // weir.toml's `[[monitors]]` tables, beside its other keys.
+        Some("toml") => {
+            let mut table: toml::Table =
+                toml::from_str(&text).map_err(|e| bad(file, e.message().to_string()))?;
+            let monitors = table
+                .remove("monitors")
+                .unwrap_or(toml::Value::Array(Vec::new()));
+            RawFile {
+                monitors: monitors
+                    .try_into()
+                    .map_err(|e: toml::de::Error| bad(file, e.message().to_string()))?,
+            }
+        }
+        _ => serde_saphyr::from_str(&text).map_err(|e| bad(file, e))?,
+    };
     let dir = file.parent().unwrap_or(Path::new("."));
     let mut out = Vec::new();
     for m in raw.monitors {

@@ -438,4 +438,14 @@ fn bad_monitor_files_say_what_is_wrong() {
     assert!(err.contains("NOT_SET_ANYWHERE is not set"), "{err}");
     let err = sb.fails(&["serve", "--log-predictions", "2"]);
     assert!(err.contains("'2' is not a share between 0 and 1"), "{err}");
+    // Monitors may also be [[monitors]] tables in weir.toml.
+    sb.write(
+        "weir.toml",
+        "[[monitors]]\nname = \"a\"\nendpoint = \"web\"\nwhen = [\"online_auc < x\"]\nactions = [\"log\"]\n",
+    );
+    let err = sb.fails(&["serve", "--addr", "127.0.0.1:0"]);
+    assert!(
+        err.contains("weir.toml") && err.contains("'x' is not a number"),
+        "{err}"
+    );
 }

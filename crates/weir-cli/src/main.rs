@@ -951,8 +951,9 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             };
             let report =
                 weir_serve::monitor::check(&ctx.store, &ctx.artifacts, &target, &options).await?;
+            let checks = ctx.store.latest_checks(&target).await?;
             let alerts = ctx.store.alerts(&target, 20).await?;
-            output::monitor(&report, &alerts, html.as_deref(), json)?;
+            output::monitor(&report, (&checks, &alerts), html.as_deref(), json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Server { addr, open } => {

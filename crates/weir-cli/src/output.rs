@@ -1057,7 +1057,7 @@ fn drift_table(drift: &weir_data::Drift) {
 /// window, then the alerts its monitors fired.
 pub fn monitor(
     report: &weir_serve::monitor::Report,
-    alerts: &[weir_store::MonitorAlert],
+    (checks, alerts): (&[weir_store::MonitorCheck], &[weir_store::MonitorAlert]),
     html: Option<&std::path::Path>,
     json: bool,
 ) -> Result<()> {
@@ -1097,6 +1097,7 @@ pub fn monitor(
             "until": report.until,
             "window_s": report.window_s,
             "versions": report.versions,
+            "monitors": checks,
             "alerts": alerts,
         }));
         return Ok(());
@@ -1168,6 +1169,19 @@ pub fn monitor(
                 o.labelled_rows,
                 o.labelled_requests,
                 parts.join(", ")
+            );
+        }
+    }
+    if !checks.is_empty() {
+        println!();
+        println!("monitors (their last check):");
+        for c in checks {
+            println!(
+                "  {} {} {}: {}",
+                time(c.checked_at),
+                c.monitor,
+                c.status,
+                c.reason
             );
         }
     }

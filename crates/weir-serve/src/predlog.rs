@@ -180,7 +180,7 @@ impl Buffer {
 
 /// Buffers sampled requests and writes them out as segments.
 pub(crate) struct PredictionLog {
-    pub options: LogOptions,
+    options: LogOptions,
     threshold: u64,
     buffers: Mutex<BTreeMap<Key, Buffer>>,
     buffered: AtomicU64,

@@ -7,6 +7,9 @@ use sqlx::Row;
 use crate::artifacts::insert_artifact;
 use crate::{ArtifactRecord, Result, Store};
 
+/// Monitor checks are kept this long (as rollout intervals are).
+const CHECK_RETENTION_MS: i64 = 30 * 24 * 3_600_000;
+
 /// One Parquet segment of the prediction log.
 #[derive(Clone, Debug, Serialize)]
 pub struct Segment {
@@ -136,18 +139,6 @@ impl Store {
             .collect()
     }
 
-    /// The targets that have logged predictions, each with its model.
-    pub async fn logged_targets(&self) -> Result<Vec<(String, String)>> {
-        let rows = sqlx::query(
-            "SELECT DISTINCT target, model FROM prediction_segments ORDER BY target, model",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("target")?, r.try_get("model")?)))
-            .collect()
-    }
-
     /// Keeps the true labels of request `request_id`; labels sent again
     /// for the same request replace the first.
     pub async fn add_feedback(
@@ -189,7 +180,11 @@ impl Store {
             .collect()
     }
 
+    /// Keeps a monitor's check; its checks older than `CHECK_RETENTION_MS`
+    /// go as new ones come (a monitor checking every minute writes half a
+    /// million a year).
     pub async fn record_check(&self, check: &MonitorCheck) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "INSERT INTO monitor_checks (id, monitor, target, checked_at, status, reason, report_json) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -201,19 +196,25 @@ impl Store {
         .bind(&check.status)
         .bind(&check.reason)
         .bind(&check.report_json)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        sqlx::query("DELETE FROM monitor_checks WHERE monitor = $1 AND checked_at < $2")
+            .bind(&check.monitor)
+            .bind(check.checked_at - CHECK_RETENTION_MS)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    /// A monitor's latest checks, newest first.
-    pub async fn recent_checks(&self, monitor: &str, limit: i64) -> Result<Vec<MonitorCheck>> {
+    /// The latest check of each monitor watching `target`.
+    pub async fn latest_checks(&self, target: &str) -> Result<Vec<MonitorCheck>> {
         let rows = sqlx::query(
-            "SELECT monitor, target, checked_at, status, reason, report_json FROM monitor_checks \
-             WHERE monitor = $1 ORDER BY checked_at DESC, id DESC LIMIT $2",
+            "SELECT monitor, target, checked_at, status, reason, report_json FROM monitor_checks c \
+             WHERE target = $1 AND checked_at = (SELECT MAX(checked_at) FROM monitor_checks \
+             WHERE monitor = c.monitor AND target = $1) ORDER BY monitor",
         )
-        .bind(monitor)
-        .bind(limit)
+        .bind(target)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

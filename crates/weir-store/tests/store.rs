@@ -832,6 +832,36 @@ async fn prediction_log_segments_stay_within_their_budget_and_feedback_replaces(
     let got = s.feedback_since("web", 0).await.unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got["r1"], "[1]");
+    // The latest check of each monitor; checks a month old go.
+    let day = 24 * 3_600_000;
+    for (monitor, at, status) in [
+        ("a", 1, "ok"),
+        ("a", 40 * day, "fired"),
+        ("b", 40 * day - 1, "ok"),
+    ] {
+        s.record_check(&MonitorCheck {
+            monitor: monitor.into(),
+            target: "web".into(),
+            checked_at: at,
+            status: status.into(),
+            reason: String::new(),
+            report_json: "{}".into(),
+        })
+        .await
+        .unwrap();
+    }
+    let latest: Vec<(String, String)> = s
+        .latest_checks("web")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.monitor, c.status))
+        .collect();
+    assert_eq!(
+        latest,
+        [("a".into(), "fired".into()), ("b".into(), "ok".into())]
+    );
+    assert!(s.latest_checks("api").await.unwrap().is_empty());
 }
 
 /// A step runtime on a cluster (fenced by its job) announces its outcome on

@@ -350,6 +350,14 @@ fn drifting_traffic_fires_an_alert_that_retrains_and_promotes_a_canary() {
         alert["actions"].as_array().is_some_and(|a| a.len() == 4)
     });
     assert_eq!(alert["monitor"], "inputs");
+    let checks = sb.json(&["monitor", "web"])["monitors"].clone();
+    assert_eq!(checks.as_array().unwrap().len(), 1, "{checks}");
+    assert_eq!(checks[0]["monitor"], "inputs");
+    assert!(
+        ["ok", "breached", "fired", "not_enough_data"]
+            .contains(&checks[0]["status"].as_str().unwrap()),
+        "{checks}"
+    );
     assert!(
         alert["reason"]
             .as_str()

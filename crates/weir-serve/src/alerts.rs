@@ -592,19 +592,18 @@ pub async fn deliver(hook: &Webhook, alert_id: &str, body: &Value) -> Value {
             request = request.header("x-weir-signature", sign(secret, &bytes));
         }
         let (outcome, retry) = match request.send().await {
-            Ok(r) if r.status().is_success() => (format!("{}", r.status().as_u16()), false),
+            Ok(r) if r.status().is_success() => {
+                attempts.push(r.status().as_u16().to_string());
+                return json!({"action": "webhook", "url": hook.url, "status": "delivered", "attempts": attempts});
+            }
             Ok(r) => {
                 let code = r.status().as_u16();
-                (format!("{code}"), code == 429 || code >= 500)
+                (code.to_string(), code == 429 || code >= 500)
             }
             Err(e) if e.is_timeout() => (format!("timed out after {:?}", hook.timeout), true),
-            Err(e) => (format!("{e}"), true),
+            Err(e) => (e.to_string(), true),
         };
-        let delivered = outcome.starts_with('2') && outcome.len() == 3;
         attempts.push(outcome);
-        if delivered {
-            return json!({"action": "webhook", "url": hook.url, "status": "delivered", "attempts": attempts});
-        }
         if !retry {
             break;
         }

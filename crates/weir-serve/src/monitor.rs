@@ -199,8 +199,9 @@ fn version_report(
     feedback: &HashMap<String, String>,
     options: &CheckOptions,
 ) -> Result<VersionReport, ServeError> {
-    // Segments of one version may differ in columns (a client that sent
-    // fewer): take the first segment's, filling the others' gaps with nulls.
+    // A version's segments hold its inputs, so they share columns; one that
+    // does not (written by an older Weir, say) is read into the first's,
+    // its gaps null, rather than failing the check.
     let schema = batches[0].schema();
     let aligned: Vec<RecordBatch> = batches
         .iter()

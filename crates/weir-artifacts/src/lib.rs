@@ -82,6 +82,26 @@ pub struct ArtifactStore {
     location: String,
     /// Set for a local directory, whose files are fsynced after each write.
     local_dir: Option<PathBuf>,
+    /// Bytes moved to and from the backend by this handle and its clones,
+    /// which is what a step is charged for.
+    traffic: Arc<Traffic>,
+}
+
+#[derive(Debug, Default)]
+struct Traffic {
+    read: std::sync::atomic::AtomicU64,
+    written: std::sync::atomic::AtomicU64,
+}
+
+impl Traffic {
+    fn read(&self, n: u64) {
+        self.read.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn wrote(&self, n: u64) {
+        self.written
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError {
@@ -127,6 +147,7 @@ impl ArtifactStore {
                 root: ObjectPath::from(prefix.trim_matches('/')),
                 location: url.to_string(),
                 local_dir: None,
+                traffic: Arc::default(),
             });
         }
         let path = if let Some(p) = url.strip_prefix("file://") {
@@ -144,11 +165,26 @@ impl ArtifactStore {
             root: ObjectPath::from(""),
             location: path.display().to_string(),
             local_dir: Some(path),
+            traffic: Arc::default(),
         })
     }
 
     pub fn location(&self) -> &str {
         &self.location
+    }
+
+    /// Whether the store is an object store (s3://), whose reads cost egress.
+    pub fn is_remote(&self) -> bool {
+        self.local_dir.is_none()
+    }
+
+    /// Bytes (read, written) through this store since it was opened.
+    pub fn traffic(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.traffic.read.load(Relaxed),
+            self.traffic.written.load(Relaxed),
+        )
     }
 
     fn key(&self, digest: &Digest) -> ObjectPath {
@@ -211,6 +247,7 @@ impl ArtifactStore {
                 .await
                 .map_err(self.backend_err())?;
             self.sync_local(&key).await?;
+            self.traffic.wrote(size);
         }
         Ok(Stored {
             digest,
@@ -264,6 +301,7 @@ impl ArtifactStore {
             self.put_multipart(&key, path).await?;
         }
         self.sync_local(&key).await?;
+        self.traffic.wrote(size);
         Ok(stored)
     }
 
@@ -391,6 +429,7 @@ impl ArtifactStore {
             }
             Err(e) => return Err(self.backend_err()(e)),
         };
+        self.traffic.read(bytes.len() as u64);
         let actual = Digest::of_bytes(&bytes);
         if actual != *digest {
             return Err(ArtifactError::Corrupt {
@@ -420,6 +459,7 @@ impl ArtifactStore {
             }
             Err(e) => return Err(self.backend_err()(e)),
         };
+        self.traffic.read(result.meta.size);
         let location = self.location.clone();
         let expected = *digest;
         let inner = result.into_stream();

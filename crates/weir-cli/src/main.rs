@@ -250,6 +250,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What work cost: a run's steps and trials, or everything since a time, by pipeline,
+    /// run, step, model or endpoint (at the prices of `[prices]` in weir.toml)
+    Cost {
+        /// A run (id or unique prefix); without it, everything that ended within --since
+        run: Option<String>,
+        /// Work that ended this long ago or since
+        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+        since: std::time::Duration,
+        /// How to group: pipeline, run, step, model (training cost of each version) or
+        /// endpoint (serving cost per 1,000 inferences)
+        #[arg(long, value_enum, default_value = "pipeline")]
+        by: output::CostBy,
+        /// Show the price table in force and where it comes from
+        #[arg(long, conflicts_with = "run")]
+        prices: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve experiment tracking over MLflow's REST API (MLFLOW_TRACKING_URI=http://ADDR)
     Server {
         /// Address to listen on
@@ -929,6 +947,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 check_every,
                 check_window,
                 monitors,
+                prices: ctx.config.prices.clone(),
             };
             weir_serve::serve(&ctx.store, &ctx.artifacts, &selected, options).await?;
             Ok(ExitCode::SUCCESS)
@@ -954,6 +973,23 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             let checks = ctx.store.latest_checks(&target).await?;
             let alerts = ctx.store.alerts(&target, 20).await?;
             output::monitor(&report, (&checks, &alerts), html.as_deref(), json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cost {
+            run,
+            since,
+            by,
+            prices,
+            json,
+        } => {
+            let config = config(&cli.global, &[])?;
+            if prices {
+                output::prices(&config, json);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let ctx = Context::open(config).await?;
+            let since_ms = weir_core::now_ms() - since.as_millis() as i64;
+            output::cost(&ctx, run.as_deref(), since_ms, by, json).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Server { addr, open } => {

@@ -4,6 +4,7 @@
 use anyhow::Result;
 use serde_json::json;
 use weir_core::config::{Config, KEYS};
+use weir_core::cost::Dollars;
 use weir_engine::{Context, RunOutcome};
 use weir_store::{ModelSummary, RunRecord, Store};
 
@@ -108,6 +109,8 @@ pub async fn run_detail(store: &Store, id: &str, json: bool) -> Result<()> {
     let run = store.run(id).await?;
     let steps = store.step_runs(&run.id).await?;
     let metrics = store.latest_metrics(&run.id).await?;
+    let usage = store.run_usage(&run.id).await?;
+    let run_cost: f64 = usage.iter().filter(|u| u.billed).map(|u| u.total).sum();
     let mut step_docs = Vec::new();
     for s in &steps {
         let outputs = store.step_outputs(&s.id).await?;
@@ -126,6 +129,7 @@ pub async fn run_detail(store: &Store, id: &str, json: bool) -> Result<()> {
                     "outputs": outputs.iter().map(|(n, a)| (n.clone(), json!({"digest": a.digest, "size": a.size, "kind": a.kind}))).collect::<serde_json::Map<_, _>>(),
                     "sources": s.sources(),
                     "metrics": metrics.iter().filter(|(id, _)| *id == s.id).map(|(_, m)| (m.key.clone(), json!(m.value))).collect::<serde_json::Map<_, _>>(),
+                    "usage": usage.iter().filter(|u| u.step_run_id == s.id).map(usage_json).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -134,6 +138,7 @@ pub async fn run_detail(store: &Store, id: &str, json: bool) -> Result<()> {
             "git_rev": run.git_rev, "started_at": run.started_at, "ended_at": run.ended_at, "error": run.error,
             "params": serde_json::from_str::<serde_json::Value>(&run.params_json).unwrap_or_default(),
             "steps": steps,
+            "cost": run_cost,
         }));
         return Ok(());
     }
@@ -214,7 +219,247 @@ pub async fn run_detail(store: &Store, id: &str, json: bool) -> Result<()> {
             .collect();
         table(&["STEP", "METRIC", "VALUE"], &rows);
     }
+    if !usage.is_empty() {
+        println!();
+        usage_table(&usage);
+        println!(
+            "cost      {} at the prices in force when each ended (`weir cost {}`)",
+            Dollars(run_cost),
+            &run.id[..12]
+        );
+    }
     Ok(())
+}
+
+fn usage_json(u: &weir_store::UsageRecord) -> serde_json::Value {
+    json!({
+        "attempt": u.attempt, "trial": u.trial, "status": u.status, "host": u.host,
+        "started_at": u.started_at, "ended_at": u.ended_at,
+        "wall_seconds": u.usage.wall_ms as f64 / 1000.0, "cpu_seconds": u.usage.cpu_ms as f64 / 1000.0,
+        "max_rss_bytes": u.usage.max_rss_bytes, "gpus": u.usage.gpus,
+        "bytes_read": u.usage.bytes_read, "bytes_written": u.usage.bytes_written,
+        "reserved": {"cpus": u.cpus, "memory_bytes": u.memory_bytes}, "spot": u.spot,
+        "billed": u.billed, "cost": u.total, "cost_by": u.cost,
+    })
+}
+
+/// Each step attempt's (and trial's) usage and cost, one row each.
+fn usage_table(usage: &[weir_store::UsageRecord]) {
+    let rows: Vec<Vec<String>> = usage
+        .iter()
+        .map(|u| {
+            vec![
+                match u.trial {
+                    Some(t) => format!("{} trial {t}", u.step),
+                    None => u.step.clone(),
+                },
+                u.attempt.to_string(),
+                u.status.clone(),
+                format!("{:.2}s", u.usage.wall_ms as f64 / 1000.0),
+                format!("{:.2}s", u.usage.cpu_ms as f64 / 1000.0),
+                weir_engine::accounting::bytes(u.usage.max_rss_bytes),
+                u.usage.gpus.to_string(),
+                weir_engine::accounting::bytes(u.usage.bytes_read),
+                weir_engine::accounting::bytes(u.usage.bytes_written),
+                // A trial inside its step's process is part of the step's cost.
+                if u.billed {
+                    Dollars(u.total).to_string()
+                } else {
+                    format!("({})", Dollars(u.total))
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "STEP", "ATTEMPT", "STATUS", "WALL", "CPU", "MAX RSS", "GPUS", "READ", "WRITTEN",
+            "COST",
+        ],
+        &rows,
+    );
+}
+
+/// How `weir cost` groups what work cost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CostBy {
+    Pipeline,
+    Run,
+    Step,
+    Model,
+    Endpoint,
+}
+
+/// `weir cost`: one run's steps and trials, or everything that ended since
+/// `since_ms`, grouped.
+pub async fn cost(
+    ctx: &Context,
+    run: Option<&str>,
+    since_ms: i64,
+    by: CostBy,
+    json: bool,
+) -> Result<()> {
+    use std::collections::BTreeMap;
+    if let Some(run) = run {
+        let record = ctx.store.run(run).await?;
+        let usage = ctx.store.run_usage(&record.id).await?;
+        let total: f64 = usage.iter().filter(|u| u.billed).map(|u| u.total).sum();
+        let models = ctx.store.model_versions_for_run(&record.id).await?;
+        if json {
+            print_json(&json!({
+                "run": record.id, "pipeline": record.pipeline, "cost": total,
+                "usage": usage.iter().map(|u| { let mut v = usage_json(u); v["step"] = json!(u.step); v }).collect::<Vec<_>>(),
+                "models": models.iter().map(|m| json!({"name": m.name, "version": m.version})).collect::<Vec<_>>(),
+            }));
+            return Ok(());
+        }
+        println!("run {} ({})", record.id, record.pipeline);
+        if usage.is_empty() {
+            println!("nothing measured: every step was cached or none ran");
+        } else {
+            usage_table(&usage);
+        }
+        println!("total {}", Dollars(total));
+        for m in &models {
+            println!(
+                "model {}:{} cost {} to train",
+                m.name,
+                m.version,
+                Dollars(total)
+            );
+        }
+        return Ok(());
+    }
+    if by == CostBy::Endpoint {
+        let replicas = ctx.store.serve_usage_since(since_ms).await?;
+        let mut by_target: BTreeMap<String, (f64, i64, i64, usize)> = BTreeMap::new();
+        for r in &replicas {
+            let e = by_target.entry(r.targets.clone()).or_default();
+            e.0 += r.cost;
+            e.1 += r.requests;
+            e.2 += r.cpu_ms;
+            e.3 += 1;
+        }
+        let per_1k =
+            |cost: f64, requests: i64| (requests > 0).then(|| cost / requests as f64 * 1000.0);
+        if json {
+            print_json(&by_target.iter().map(|(t, (cost, requests, cpu_ms, n))| json!({
+                "serves": t, "replicas": n, "requests": requests, "cpu_seconds": *cpu_ms as f64 / 1000.0,
+                "cost": cost, "cost_per_1000": per_1k(*cost, *requests),
+            })).collect::<Vec<_>>());
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = by_target
+            .iter()
+            .map(|(t, (cost, requests, cpu_ms, n))| {
+                vec![
+                    t.clone(),
+                    n.to_string(),
+                    requests.to_string(),
+                    format!("{:.1}s", *cpu_ms as f64 / 1000.0),
+                    Dollars(*cost).to_string(),
+                    per_1k(*cost, *requests).map_or("-".into(), |c| Dollars(c).to_string()),
+                ]
+            })
+            .collect();
+        table(
+            &["SERVES", "REPLICAS", "REQUESTS", "CPU", "COST", "PER 1,000"],
+            &rows,
+        );
+        return Ok(());
+    }
+    let rows = ctx.store.costs_since(since_ms, None).await?;
+    let mut groups: BTreeMap<String, (f64, f64, usize)> = BTreeMap::new();
+    let mut run_costs: BTreeMap<&str, f64> = BTreeMap::new();
+    for r in &rows {
+        *run_costs.entry(&r.run_id).or_default() += r.cost;
+        let key = match by {
+            CostBy::Pipeline => r.pipeline.clone(),
+            CostBy::Run => format!("{} {}", &r.run_id[..12.min(r.run_id.len())], r.pipeline),
+            CostBy::Step => format!("{}/{}", r.pipeline, r.step),
+            CostBy::Model | CostBy::Endpoint => continue,
+        };
+        let e = groups.entry(key).or_default();
+        e.0 += r.cost;
+        e.1 += r.cpu_ms as f64 / 1000.0;
+        e.2 += 1;
+    }
+    if by == CostBy::Model {
+        for (run_id, cost) in &run_costs {
+            for m in ctx.store.model_versions_for_run(run_id).await? {
+                let e = groups
+                    .entry(format!("{}:{}", m.name, m.version))
+                    .or_default();
+                e.0 += cost;
+                e.2 += 1;
+            }
+        }
+    }
+    let total: f64 = run_costs.values().sum();
+    if json {
+        print_json(&json!({
+            "since": since_ms, "by": format!("{by:?}").to_lowercase(), "total": total,
+            "groups": groups.iter().map(|(k, (cost, cpu, n))| json!({"key": k, "cost": cost, "cpu_seconds": cpu, "records": n})).collect::<Vec<_>>(),
+        }));
+        return Ok(());
+    }
+    let mut sorted: Vec<_> = groups.into_iter().collect();
+    sorted.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+    let label = format!("{by:?}").to_uppercase();
+    let rows: Vec<Vec<String>> = sorted
+        .iter()
+        .map(|(k, (cost, cpu, n))| {
+            vec![
+                k.clone(),
+                Dollars(*cost).to_string(),
+                format!("{cpu:.1}s"),
+                n.to_string(),
+            ]
+        })
+        .collect();
+    let count = if by == CostBy::Model {
+        "VERSIONS"
+    } else {
+        "ATTEMPTS"
+    };
+    table(&[label.as_str(), "COST", "CPU", count], &rows);
+    println!("total {} since {} UTC", Dollars(total), time(since_ms));
+    for (pipeline, budget) in &ctx.config.monthly_budgets {
+        let month = weir_engine::accounting::month_start_ms(weir_core::now_ms());
+        let spent: f64 = ctx
+            .store
+            .costs_since(month, Some(pipeline))
+            .await?
+            .iter()
+            .map(|r| r.cost)
+            .sum();
+        println!(
+            "budget {pipeline}: {} of {} this month ({:.0}%)",
+            Dollars(spent),
+            Dollars(*budget),
+            100.0 * spent / budget
+        );
+    }
+    Ok(())
+}
+
+/// The price table in force.
+pub fn prices(config: &Config, json: bool) {
+    if json {
+        print_json(&json!({"source": config.prices_source, "prices": config.prices}));
+        return;
+    }
+    let rows: Vec<Vec<String>> = weir_core::cost::PRICE_KEYS
+        .iter()
+        .map(|(k, what)| {
+            vec![
+                k.to_string(),
+                format!("{}", config.prices.get(k).unwrap_or_default()),
+                what.to_string(),
+            ]
+        })
+        .collect();
+    table(&["PRICE", "USD", "WHAT"], &rows);
+    println!("from {}", config.prices_source);
 }
 
 /// A step's log: the stored log of a finished step; of a running one, what

@@ -54,6 +54,16 @@ struct FileConfig {
     ray_address: Option<String>,
     ray_weir_bin: Option<String>,
     monitors: Option<MonitorsSetting>,
+    prices: Option<toml::Table>,
+    budgets: Option<BudgetsFile>,
+}
+
+/// `[budgets]`: `monthly = { PIPELINE = DOLLARS }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetsFile {
+    #[serde(default)]
+    monthly: BTreeMap<String, toml::Value>,
 }
 
 /// `monitors = "FILE.yaml"`, or the monitors themselves as `[[monitors]]`
@@ -138,6 +148,12 @@ pub const KEYS: &[(&str, &str, &str)] = &[
 #[derive(Clone, Debug, Serialize)]
 pub struct Config {
     pub settings: BTreeMap<String, Setting>,
+    /// `[prices]` in weir.toml, or the documented defaults.
+    pub prices: crate::cost::Prices,
+    pub prices_source: Source,
+    /// `[budgets] monthly`: dollars per pipeline (by its `name:`) per
+    /// calendar month (UTC).
+    pub monthly_budgets: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -256,7 +272,31 @@ impl Config {
             });
             settings.insert(key.to_string(), setting);
         }
-        let config = Config { settings };
+        let file_err = |message: String| ConfigError::File {
+            file: file_path.clone(),
+            message,
+            keys: KEYS.iter().map(|k| k.0).collect::<Vec<_>>().join(", "),
+        };
+        let (prices, prices_source) = match &file.prices {
+            Some(table) => (
+                crate::cost::Prices::from_table(table).map_err(file_err)?,
+                Source::File(file_path.clone()),
+            ),
+            None => (crate::cost::Prices::default(), Source::Default),
+        };
+        let mut monthly_budgets = BTreeMap::new();
+        for (pipeline, value) in file.budgets.unwrap_or_default().monthly {
+            let json = serde_json::to_value(&value).unwrap_or_default();
+            let dollars = crate::cost::parse_dollars(&json)
+                .map_err(|e| file_err(format!("[budgets] monthly.{pipeline}: {e}")))?;
+            monthly_budgets.insert(pipeline, dollars);
+        }
+        let config = Config {
+            settings,
+            prices,
+            prices_source,
+            monthly_budgets,
+        };
         config.max_parallel()?;
         config.capacity()?;
         config.executor()?;

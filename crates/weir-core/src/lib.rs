@@ -4,12 +4,14 @@
 //! and configuration files.
 
 pub mod config;
+pub mod cost;
 mod digest;
 mod id;
 pub mod ops;
 pub mod pipeline;
 pub mod process;
 pub mod signals;
+pub mod usage;
 
 pub use digest::{ArtifactKind, Digest, DigestError};
 pub use id::new_id;

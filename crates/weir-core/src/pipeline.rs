@@ -22,6 +22,10 @@ pub struct Pipeline {
     pub params: BTreeMap<String, Value>,
     /// Steps in a topological order: every step comes after the steps it reads from.
     pub steps: Vec<Step>,
+    /// `budget: { cost: $5 }`: dollars one run may spend; a step that would
+    /// take the run past it is not started.
+    #[serde(default)]
+    pub budget: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -455,6 +459,14 @@ struct RawPipeline {
     #[serde(default)]
     params: BTreeMap<String, Value>,
     steps: Spanned<IndexMap<String, Spanned<RawStep>>>,
+    #[serde(default)]
+    budget: Option<Spanned<RawRunBudget>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRunBudget {
+    cost: Value,
 }
 
 #[derive(Deserialize)]
@@ -630,6 +642,22 @@ pub fn parse(
         params.insert(key.clone(), parse_scalar(value));
     }
 
+    let budget = match &raw.budget {
+        Some(b) => match crate::cost::parse_dollars(&b.value.cost) {
+            Ok(dollars) => Some(dollars),
+            Err(message) => {
+                issues.push(SpecIssue {
+                    line: Some(b.referenced.line()),
+                    field: "budget.cost".into(),
+                    message,
+                    hint: Some("a run's budget in dollars, e.g. `budget: { cost: $5 }`".into()),
+                });
+                None
+            }
+        },
+        None => None,
+    };
+
     let name = raw
         .name
         .as_ref()
@@ -729,6 +757,7 @@ pub fn parse(
         file: file.to_path_buf(),
         params,
         steps: ordered,
+        budget,
     })
 }
 

@@ -25,6 +25,9 @@ pub enum EngineError {
     /// that cannot reach the stores, a lost cluster).
     #[error("{0}")]
     Executor(String),
+    /// Work not started because a budget would be exceeded.
+    #[error("budget: {0}")]
+    Budget(String),
     #[error("corrupt record {what}: {reason}")]
     Corrupt { what: String, reason: String },
 }

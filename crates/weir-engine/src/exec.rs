@@ -196,6 +196,7 @@ pub async fn exec_step(
     task: Option<Task>,
 ) -> Result<(), EngineError> {
     die_with_parent();
+    let started = crate::accounting::Started::now();
     let task = match task {
         Some(task) => task,
         None => Task::load(ctx, step_run_id).await?,
@@ -251,6 +252,28 @@ pub async fn exec_step(
             result = Err((e, None));
         }
     }
+    // Recorded before the outcome, so that a runner (or a budget check)
+    // that sees the step ended also sees what it cost.
+    let usage = crate::accounting::attempt_usage(ctx, &step, started);
+    crate::accounting::record(
+        ctx,
+        crate::accounting::Subject {
+            run_id: &run_id,
+            step_run_id,
+            step: &step,
+            trial: None,
+            billed: true,
+        },
+        if result.is_ok() {
+            "succeeded"
+        } else {
+            "failed"
+        },
+        started,
+        usage,
+        crate::accounting::reserved(ctx, &step),
+    )
+    .await;
     // On a cluster, the attempt's job: its outcome is recorded only while
     // the step run still names that job.
     let fence = std::env::var(FENCE_VAR).ok().filter(|f| !f.is_empty());

@@ -8,6 +8,7 @@
 //! the metadata and artifact stores; the local executor also hands the
 //! runtime its task on stdin and hears on stdout when the outcome is recorded.
 
+pub mod accounting;
 mod cache;
 mod datasets;
 mod error;

@@ -261,6 +261,7 @@ pub async fn exec_trial(
     number: usize,
 ) -> Result<(), EngineError> {
     crate::exec::die_with_parent();
+    let started = crate::accounting::Started::now();
     let fence = std::env::var(FENCE_VAR).ok().filter(|f| !f.is_empty()).ok_or_else(|| {
         EngineError::Executor(format!(
             "weir exec-trial runs a trial as a cluster job, and {FENCE_VAR} names that job; a study starts it"
@@ -417,6 +418,28 @@ pub async fn exec_trial(
     if let Some(e) = &error {
         log.line(format!("error: {e}"));
     }
+    // A trial job is a process of its own: it is billed beside the study's
+    // step attempt, and recorded before its outcome so the study's budget
+    // check sees it.
+    let reserved = crate::accounting::Reserved {
+        cpus: threads as f64,
+        ..crate::accounting::reserved(ctx, &task.step)
+    };
+    crate::accounting::record(
+        ctx,
+        crate::accounting::Subject {
+            run_id: &run_id,
+            step_run_id,
+            step: &task.step,
+            trial: Some(n),
+            billed: true,
+        },
+        tune::state_name(state),
+        started,
+        crate::accounting::attempt_usage(ctx, &task.step, started),
+        reserved,
+    )
+    .await;
     // Ray keeps the job's output: the study copies it into the step's log.
     if let Ok(text) = std::fs::read_to_string(log.path()) {
         print!("{text}");

@@ -93,6 +93,9 @@ pub async fn run_pipeline(
     progress: &dyn Progress,
 ) -> Result<RunOutcome, EngineError> {
     ops::preflight(pipeline)?;
+    if let Some(warning) = crate::accounting::check_monthly(ctx, &pipeline.name).await? {
+        progress.warning(&warning);
+    }
     check_capacity(
         ctx,
         pipeline,
@@ -171,6 +174,9 @@ pub async fn resume_run(
     let pipeline: Pipeline = serde_json::from_str(&run.spec_json)
         .map_err(|e| EngineError::corrupt("runs.spec_json", e))?;
     ops::preflight(&pipeline)?;
+    if let Some(warning) = crate::accounting::check_monthly(ctx, &pipeline.name).await? {
+        progress.warning(&warning);
+    }
     check_capacity(
         ctx,
         &pipeline,
@@ -428,6 +434,23 @@ async fn walk(
                         ),
                     }
                 };
+                if let Some(budget) = pipeline.budget {
+                    let over = crate::accounting::step_over_budget(
+                        ctx,
+                        budget,
+                        &pipeline.name,
+                        &run.id,
+                        &step.name,
+                    )
+                    .await?;
+                    if let Some(why) = over {
+                        ctx.store.mark_step_skipped(&id, &why).await?;
+                        status.insert(step.name.clone(), StepStatus::Skipped);
+                        progress.step_finished(&step.name, StepStatus::Skipped, 0.0, Some(&why));
+                        first_failure = Some(format!("budget: step '{}' {why}", step.name));
+                        break;
+                    }
+                }
                 let gpus = if on_ray {
                     Vec::new()
                 } else {

@@ -53,6 +53,9 @@ pub struct TuneSpec {
     /// on a proxy (a slow learner's log loss lags long after its ranking
     /// is good); otherwise `valid.loss`.
     pub asha_metric: String,
+    /// `budget: { cost: $5 }`: no new trial starts once the next one, at
+    /// the trials' mean cost so far, would take the study past it.
+    pub cost: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -94,6 +97,8 @@ struct RawBudget {
     trials: Option<usize>,
     #[serde(default)]
     time: Option<String>,
+    #[serde(default)]
+    cost: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -147,9 +152,15 @@ impl TuneSpec {
                 ));
             }
         }
-        let (mut trials, mut time) = (raw.trials, None);
+        let (mut trials, mut time, mut cost) = (raw.trials, None, None);
         if let Some(b) = raw.budget {
             trials = b.trials.or(trials);
+            if let Some(c) = &b.cost {
+                cost = Some(
+                    weir_core::cost::parse_dollars(c)
+                        .map_err(|e| format!("tune.budget.cost: {e}"))?,
+                );
+            }
             time = match b.time {
                 Some(t) => Some(
                     humantime::parse_duration(&t)
@@ -158,9 +169,11 @@ impl TuneSpec {
                 None => None,
             };
         }
-        if trials.is_none() && time.is_none() && raw.sampler != SamplerKind::Grid {
+        if trials.is_none() && time.is_none() && cost.is_none() && raw.sampler != SamplerKind::Grid
+        {
             return Err(
-                "tune.budget: give a budget: trials (`trials: 40`) or wall time (`budget: { time: 20m }`)"
+                "tune.budget: give a budget: trials (`trials: 40`), wall time (`budget: { time: 20m }`) \
+                 or money (`budget: { cost: $5 }`)"
                     .into(),
             );
         }
@@ -247,6 +260,7 @@ impl TuneSpec {
             seed: raw.seed,
             asha,
             asha_metric,
+            cost,
         })
     }
 }
@@ -285,6 +299,7 @@ pub fn preflight(step: &Step, op: BuiltinOp) -> Result<(), String> {
 struct Running {
     tracking_run: Option<String>,
     started_at: i64,
+    threads: usize,
 }
 
 /// What one trial produced.
@@ -293,6 +308,9 @@ pub(crate) struct TrialResult {
     outcome: Result<OpOutcome, EngineError>,
     pruned: bool,
     outputs_dir: PathBuf,
+    started: crate::accounting::Started,
+    /// What the trial's thread and its trainer's pool used.
+    usage: weir_core::usage::Usage,
 }
 
 /// How a trial ended.
@@ -449,6 +467,7 @@ pub(crate) async fn run_study(job: StudyJob<'_>) -> Result<OpOutcome, EngineErro
         }
         None => None,
     };
+    let mut over_budget = None;
     loop {
         while !exhausted && running.len() < spec.parallel {
             let used = shared.lock().expect("study lock").len();
@@ -457,6 +476,16 @@ pub(crate) async fn run_study(job: StudyJob<'_>) -> Result<OpOutcome, EngineErro
             if out_of_trials || out_of_time {
                 exhausted = true;
                 break;
+            }
+            if let Some(budget) = spec.cost {
+                if let Some(stop) = budget_stop(&job, budget, running.len()).await? {
+                    job.log.line(format!("study: {}", stop.message));
+                    if stop.fatal {
+                        over_budget = Some(stop.message);
+                    }
+                    exhausted = true;
+                    break;
+                }
             }
             let params = {
                 let history = shared.lock().expect("study lock");
@@ -538,6 +567,7 @@ pub(crate) async fn run_study(job: StudyJob<'_>) -> Result<OpOutcome, EngineErro
                 Running {
                     tracking_run,
                     started_at,
+                    threads: threads_per_trial,
                 },
             );
         }
@@ -555,7 +585,56 @@ pub(crate) async fn run_study(job: StudyJob<'_>) -> Result<OpOutcome, EngineErro
             return Err(e);
         }
     }
+    if let Some(message) = over_budget {
+        return Err(EngineError::Budget(message));
+    }
     conclude(&job, &spec, &shared, started).await
+}
+
+struct BudgetStop {
+    message: String,
+    /// Not even one trial fits: the study cannot give a result.
+    fatal: bool,
+}
+
+/// Whether a study must start no more trials: the next one, at the mean
+/// cost of the trials so far (the ones still running counted at that mean
+/// too), would take it past `budget`.
+async fn budget_stop(
+    job: &StudyJob<'_>,
+    budget: f64,
+    running: usize,
+) -> Result<Option<BudgetStop>, EngineError> {
+    use weir_core::cost::Dollars;
+    let (spent, ended) = job.ctx.store.study_cost(job.step_run_id).await?;
+    if ended == 0 {
+        return Ok(None);
+    }
+    let mean = spent / ended as f64;
+    if mean > budget {
+        return Ok(Some(BudgetStop {
+            message: format!(
+                "tune.budget.cost {} is smaller than one trial, which costs {} ({ended} trial(s) \
+                 ran for {}); raise the budget or make trials cheaper",
+                Dollars(budget),
+                Dollars(mean),
+                Dollars(spent)
+            ),
+            fatal: true,
+        }));
+    }
+    let projected = spent + mean * (running + 1) as f64;
+    Ok((projected > budget).then(|| BudgetStop {
+        message: format!(
+            "budget {} reached: {ended} trial(s) cost {} ({} each on average); \
+             another would take the study to {}",
+            Dollars(budget),
+            Dollars(spent),
+            Dollars(mean),
+            Dollars(projected)
+        ),
+        fatal: false,
+    }))
 }
 
 /// The closure one trial runs on a blocking thread.
@@ -595,6 +674,10 @@ fn trial_task(
     let judged = spec.asha_metric.trim_start_matches("valid.").to_string();
     let cache = Arc::clone(&job.cache);
     Ok(move || {
+        let started = crate::accounting::Started::now();
+        let own_cpu = weir_core::usage::thread_cpu_ns();
+        let meter = weir_core::usage::Meter::default();
+        let metered = meter.enter();
         let pruned = AtomicBool::new(false);
         // A trial that panics is a failed trial; the study goes on.
         let run_trial = std::panic::AssertUnwindSafe(|| {
@@ -644,11 +727,22 @@ fn trial_task(
                 "the trial panicked: {what}"
             )))
         });
+        drop(metered);
+        let cpu_ns = weir_core::usage::thread_cpu_ns().saturating_sub(own_cpu) + meter.cpu_ns();
+        // Trials share the process's memory; each is charged the peak.
+        let (_, max_rss_bytes) = weir_core::usage::process();
         TrialEnd::Here(TrialResult {
             number,
             outcome,
             pruned: pruned.load(Ordering::SeqCst),
             outputs_dir,
+            started,
+            usage: weir_core::usage::Usage {
+                wall_ms: started.instant.elapsed().as_millis() as u64,
+                cpu_ms: cpu_ns / 1_000_000,
+                max_rss_bytes,
+                ..Default::default()
+            },
         })
     })
 }
@@ -664,7 +758,28 @@ async fn finish_trial(
     let (number, state, value, metrics, error, fatal) = match result {
         TrialEnd::Here(result) => {
             let number = result.number;
+            let (started, usage) = (result.started, result.usage);
             let (state, value, metrics, outputs, error) = local_outcome(job, spec, result).await?;
+            let reserved = crate::accounting::trial_reserved(
+                crate::accounting::reserved(job.ctx, job.step),
+                r.threads,
+                spec.parallel,
+            );
+            crate::accounting::record(
+                job.ctx,
+                crate::accounting::Subject {
+                    run_id: job.run_id,
+                    step_run_id: job.step_run_id,
+                    step: job.step,
+                    trial: Some(number as i64),
+                    billed: false,
+                },
+                state_name(state),
+                started,
+                usage,
+                reserved,
+            )
+            .await;
             let trial = {
                 let mut history = shared.lock().expect("study lock");
                 let t = &mut history[number];

@@ -407,17 +407,13 @@ pub fn train_gbdt_reporting(
 }
 
 /// The pool training runs in: `threads` workers, or one per core.
-fn thread_pool(params: &GbdtParams) -> Result<(rayon::ThreadPool, usize)> {
+fn thread_pool(params: &GbdtParams) -> Result<(crate::Pool, usize)> {
     let threads = if params.threads == 0 {
         (std::thread::available_parallelism().map_or(1, |n| n.get()) / params.workers.max(1)).max(1)
     } else {
         params.threads
     };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| MlError::invalid("with.threads", e.to_string()))?;
-    Ok((pool, threads))
+    Ok((crate::Pool::new(threads)?, threads))
 }
 
 /// [`train_gbdt_reporting`] on data already prepared (binned) with

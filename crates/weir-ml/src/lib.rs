@@ -59,6 +59,40 @@ impl MlError {
 
 pub type Result<T, E = MlError> = std::result::Result<T, E>;
 
+/// A trainer's thread pool. When it goes, its threads' CPU time is charged
+/// to the meter of the thread that built it, so a trial that trains on a
+/// pool of its own is billed for that pool, not for its neighbours'.
+pub(crate) struct Pool(rayon::ThreadPool);
+
+impl Pool {
+    pub(crate) fn new(threads: usize) -> Result<Pool> {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map(Pool)
+            .map_err(|e| MlError::invalid("with.threads", e.to_string()))
+    }
+}
+
+impl std::ops::Deref for Pool {
+    type Target = rayon::ThreadPool;
+
+    fn deref(&self) -> &rayon::ThreadPool {
+        &self.0
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let spent: u64 = self
+            .0
+            .broadcast(|_| weir_core::usage::thread_cpu_ns())
+            .iter()
+            .sum();
+        weir_core::usage::charge(spent);
+    }
+}
+
 /// Processes of a data-parallel fit, played by threads in tests: each sum
 /// is taken in rank order by every member, as the real group does.
 #[cfg(test)]

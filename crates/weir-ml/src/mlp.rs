@@ -370,13 +370,10 @@ fn fit(
     let valid = encoded_valid(&features, valid, &target)?;
     // Every core, unless the processes of a data-parallel fit share them.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(match params.threads {
-            0 => (cores / params.workers.max(1)).max(1),
-            n => n,
-        })
-        .build()
-        .map_err(|e| MlError::invalid("with.threads", e.to_string()))?;
+    let pool = crate::Pool::new(match params.threads {
+        0 => (cores / params.workers.max(1)).max(1),
+        n => n,
+    })?;
     let threads = pool.current_num_threads();
     let mut rng = StdRng::seed_from_u64(params.seed);
     let mut layers = init_layers(design.width, &params.hidden, params.activation, &mut rng);

@@ -10,6 +10,7 @@
 pub mod alerts;
 mod batch;
 mod cache;
+mod costing;
 mod error;
 mod metrics;
 pub mod monitor;
@@ -85,6 +86,8 @@ pub struct ServeOptions {
     pub check_every: Duration,
     pub check_window: Duration,
     pub monitors: Vec<alerts::Monitor>,
+    /// What the replica's CPU and memory cost (`[prices]` in weir.toml).
+    pub prices: weir_core::cost::Prices,
 }
 
 /// A model version loaded and warmed up.
@@ -1075,10 +1078,14 @@ pub async fn serve(
     let controlled = state.clone();
     tokio::spawn(async move { control.run(controlled).await });
     let watched = state.clone();
-    tokio::spawn(async move { watch.run(watched).await });
+    let (stop_watch, watch_stopped) = tokio::sync::oneshot::channel();
+    let watching = tokio::spawn(async move { watch.run(watched, watch_stopped).await });
     state.ready.store(true, Ordering::Release);
     eprintln!("ready");
     let served = server.await;
+    // The replica's last usage is recorded before it goes.
+    let _ = stop_watch.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), watching).await;
     if let Some(log) = &state.log {
         log.flush(&state.store, &state.artifacts, true, None).await;
     }
@@ -1116,6 +1123,7 @@ async fn refuse_second_server(store: &Store, me: &str) -> Result<(), ServeError>
 /// `check_every` for /metrics. Checks run on the replica that holds the
 /// controller's lease; each replica writes its own log.
 struct Watch {
+    costing: costing::Costing,
     monitors: Vec<(Arc<alerts::Monitor>, alerts::MonitorState)>,
     every: Duration,
     window: Duration,
@@ -1128,6 +1136,7 @@ const WATCH_TICK: Duration = Duration::from_millis(250);
 impl Watch {
     fn new(options: &ServeOptions) -> Watch {
         Watch {
+            costing: costing::Costing::new(options.prices.clone()),
             monitors: options
                 .monitors
                 .iter()
@@ -1139,14 +1148,21 @@ impl Watch {
         }
     }
 
-    async fn run(mut self, state: Arc<AppState>) {
+    async fn run(mut self, state: Arc<AppState>, mut stop: tokio::sync::oneshot::Receiver<()>) {
         let mut tick = tokio::time::interval(WATCH_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = &mut stop => {
+                    self.record_usage(&state, true).await;
+                    return;
+                }
+            }
             if let Some(log) = &state.log {
                 log.flush(&state.store, &state.artifacts, false, None).await;
             }
+            self.record_usage(&state, false).await;
             if !state.leading.load(Ordering::Acquire) {
                 continue;
             }
@@ -1192,6 +1208,42 @@ impl Watch {
                 self.checked.insert(endpoint.clone(), Instant::now());
                 checked(&state, &endpoint, &monitor::CheckOptions::new(self.window)).await;
             }
+        }
+    }
+}
+
+impl Watch {
+    /// Publishes what the replica has cost and, every few seconds (or
+    /// `now`), records it in the store.
+    async fn record_usage(&mut self, state: &AppState, now: bool) {
+        let targets = {
+            let mut names: Vec<String> = state
+                .endpoints
+                .read()
+                .expect("endpoints lock")
+                .keys()
+                .cloned()
+                .collect();
+            if names.is_empty() {
+                names = state
+                    .models
+                    .read()
+                    .expect("models lock")
+                    .keys()
+                    .cloned()
+                    .collect();
+            }
+            names.join(",")
+        };
+        let answered = state.metrics.answered();
+        let Some(usage) = self.costing.tick(&state.replica, targets, answered, now) else {
+            return;
+        };
+        state
+            .metrics
+            .costed(usage.cost, costing::per_1000(usage.cost, usage.requests));
+        if let Err(e) = state.store.record_serve_usage(&usage).await {
+            eprintln!("warning: cannot record the replica's usage: {e}");
         }
     }
 }

@@ -2,6 +2,7 @@
 //! protocol and status, their latency, and the rows each request scored.
 
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -121,6 +122,10 @@ pub(crate) struct Metrics {
     online: Family<OnlineLabels, Gauge<f64, AtomicU64>>,
     logged: Family<LogLabels, Counter>,
     alerts: Family<AlertLabels, Counter>,
+    /// Requests answered (any status), for the cost per 1,000.
+    answered: Arc<std::sync::atomic::AtomicU64>,
+    cost: Gauge<f64, AtomicU64>,
+    cost_per_1k: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -251,7 +256,22 @@ impl Metrics {
             "Alerts each monitor fired",
             alerts.clone(),
         );
+        let cost = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "cost_dollars",
+            "What this replica has cost since it started: its CPU time and memory at the price table's prices",
+            cost.clone(),
+        );
+        let cost_per_1k = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "cost_per_1000_inferences_dollars",
+            "This replica's cost over the requests it answered, per 1,000",
+            cost_per_1k.clone(),
+        );
         Metrics {
+            answered: Arc::default(),
+            cost,
+            cost_per_1k,
             feature_drift,
             feature_drifted,
             drift_share,
@@ -295,6 +315,8 @@ impl Metrics {
     }
 
     pub(crate) fn observe(&self, o: Observation) {
+        self.answered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.requests
             .get_or_create(&RequestLabels {
                 model: o.model.to_string(),
@@ -461,6 +483,17 @@ impl Metrics {
                 monitor: monitor.to_string(),
             })
             .inc();
+    }
+
+    pub(crate) fn answered(&self) -> u64 {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn costed(&self, dollars: f64, per_1k: Option<f64>) {
+        self.cost.set(dollars);
+        if let Some(c) = per_1k {
+            self.cost_per_1k.set(c);
+        }
     }
 
     pub(crate) fn render(&self) -> String {

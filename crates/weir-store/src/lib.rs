@@ -25,6 +25,7 @@ pub mod run_json;
 mod runs;
 mod studies;
 pub mod tracking;
+mod usage;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -47,6 +48,7 @@ pub use runs::{
     StepStatus, StepTask,
 };
 pub use studies::StoredTrial;
+pub use usage::{CostRow, ServeUsage, UsageRecord};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 

@@ -755,7 +755,122 @@ async fn leases_elect_one_holder_and_window_parts_are_read_once(s: &Store) {
     assert!(s.take_windows(&endpoint, 7).await.unwrap().is_empty());
 }
 
+fn usage_of(run: &RunRecord, step: &NewStepRun, trial: Option<i64>, cost: f64) -> UsageRecord {
+    UsageRecord {
+        run_id: run.id.clone(),
+        step_run_id: step.id.clone(),
+        step: step.step.clone(),
+        attempt: 99,
+        trial,
+        host: "h".into(),
+        status: "succeeded".into(),
+        started_at: weir_core::now_ms() - 1000,
+        ended_at: weir_core::now_ms(),
+        usage: weir_core::usage::Usage {
+            wall_ms: 1000,
+            cpu_ms: 900,
+            max_rss_bytes: 1 << 20,
+            gpus: 0,
+            bytes_read: 10,
+            bytes_written: 20,
+        },
+        cpus: 1.0,
+        memory_bytes: 0,
+        spot: false,
+        billed: trial.is_none(),
+        cost: weir_core::cost::Cost {
+            cpu: cost,
+            ..Default::default()
+        },
+        total: cost,
+    }
+}
+
+async fn usage_adds_up_by_run_step_and_study(s: &Store) {
+    let pipeline = format!("costly-{}", weir_core::new_id());
+    let (mut first, first_steps) = new_run(&["prep", "tune"]);
+    first.pipeline = pipeline.clone();
+    s.create_run(&first, &first_steps).await.unwrap();
+    let (prep, tune) = (&first_steps[0], &first_steps[1]);
+    s.record_usage(&usage_of(&first, prep, None, 0.5))
+        .await
+        .unwrap();
+    // The same attempt recorded again replaces its record.
+    s.record_usage(&usage_of(&first, prep, None, 1.0))
+        .await
+        .unwrap();
+    s.record_usage(&usage_of(&first, tune, None, 2.0))
+        .await
+        .unwrap();
+    for t in 0..3 {
+        s.record_usage(&usage_of(&first, tune, Some(t), 0.25))
+            .await
+            .unwrap();
+    }
+    let usage = s.run_usage(&first.id).await.unwrap();
+    assert_eq!(usage.len(), 5);
+    // The attempt is the step run's own, not what the caller said.
+    assert!(usage.iter().all(|u| u.attempt == 1), "{usage:?}");
+    assert_eq!(usage[0].usage.cpu_ms, 900);
+    assert_eq!(usage.iter().filter(|u| u.trial.is_some()).count(), 3);
+    // Trials inside their step's process are not billed twice.
+    assert_eq!(s.run_cost(&first.id).await.unwrap(), 3.0);
+    assert_eq!(s.study_cost(&tune.id).await.unwrap(), (0.75, 3));
+    assert_eq!(s.study_cost(&prep.id).await.unwrap(), (0.0, 0));
+
+    let (mut second, second_steps) = new_run(&["prep", "tune"]);
+    second.pipeline = pipeline.clone();
+    s.create_run(&second, &second_steps).await.unwrap();
+    assert_eq!(
+        s.last_step_cost(&pipeline, "prep", &second.id)
+            .await
+            .unwrap(),
+        Some(1.0)
+    );
+    assert_eq!(
+        s.last_step_cost(&pipeline, "prep", &first.id)
+            .await
+            .unwrap(),
+        None
+    );
+    let rows = s.costs_since(0, Some(&pipeline)).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows.iter().map(|r| r.cost).sum::<f64>(), 3.0);
+    assert!(s
+        .costs_since(weir_core::now_ms() + 60_000, Some(&pipeline))
+        .await
+        .unwrap()
+        .is_empty());
+
+    let replica = format!("replica-{}", weir_core::new_id());
+    let mut serving = ServeUsage {
+        replica: replica.clone(),
+        targets: "web".into(),
+        host: "h".into(),
+        started_at: weir_core::now_ms(),
+        updated_at: weir_core::now_ms(),
+        cpu_ms: 10,
+        rss_bytes: 1 << 20,
+        requests: 0,
+        cost: 0.1,
+    };
+    s.record_serve_usage(&serving).await.unwrap();
+    serving.requests = 2000;
+    serving.cost = 0.2;
+    s.record_serve_usage(&serving).await.unwrap();
+    let mine: Vec<ServeUsage> = s
+        .serve_usage_since(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|u| u.replica == replica)
+        .collect();
+    assert_eq!(mine.len(), 1);
+    assert_eq!((mine[0].requests, mine[0].cost), (2000, 0.2));
+}
+
 store_suite!(
+    usage_adds_up_by_run_step_and_study,
     leases_elect_one_holder_and_window_parts_are_read_once,
     run_lifecycle,
     unknown_ids_are_not_found,

@@ -4,6 +4,7 @@
 
 mod caching;
 mod common;
+mod costs;
 mod datasets;
 mod distributed;
 mod fanout;

@@ -1,0 +1,274 @@
+//! Resource accounting: what each step attempt and trial used and cost,
+//! and what each serving replica used over the requests it answered.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use crate::{Result, Store};
+
+/// One step attempt's (`trial` = None) or one trial's usage and cost.
+#[derive(Clone, Debug, Serialize)]
+pub struct UsageRecord {
+    pub run_id: String,
+    pub step_run_id: String,
+    pub step: String,
+    pub attempt: i64,
+    pub trial: Option<i64>,
+    pub host: String,
+    /// How the attempt or trial ended: succeeded, failed, pruned, ...
+    pub status: String,
+    pub started_at: i64,
+    pub ended_at: i64,
+    pub usage: weir_core::usage::Usage,
+    pub cpus: f64,
+    pub memory_bytes: i64,
+    pub spot: bool,
+    /// False for a trial measured inside its step's process, whose usage
+    /// the step attempt's record already counts.
+    pub billed: bool,
+    pub cost: weir_core::cost::Cost,
+    pub total: f64,
+}
+
+/// A billed usage record with the pipeline it belongs to, for sums.
+#[derive(Clone, Debug, Serialize)]
+pub struct CostRow {
+    pub pipeline: String,
+    pub run_id: String,
+    pub step: String,
+    pub trial: Option<i64>,
+    pub ended_at: i64,
+    pub cpu_ms: i64,
+    pub wall_ms: i64,
+    pub cost: f64,
+}
+
+/// One `weir serve` replica's usage so far.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServeUsage {
+    pub replica: String,
+    /// The endpoints and models it serves, comma-separated.
+    pub targets: String,
+    pub host: String,
+    pub started_at: i64,
+    pub updated_at: i64,
+    pub cpu_ms: i64,
+    pub rss_bytes: i64,
+    pub requests: i64,
+    pub cost: f64,
+}
+
+const USAGE_COLUMNS: &str = "run_id, step_run_id, step, attempt, trial, host, status, started_at, \
+     ended_at, wall_ms, cpu_ms, max_rss_bytes, cpus, memory_bytes, gpus, bytes_read, \
+     bytes_written, spot, billed, cost, cost_json";
+
+fn usage_of(row: &sqlx::any::AnyRow) -> Result<UsageRecord> {
+    let trial: i64 = row.try_get("trial")?;
+    let cost_json: String = row.try_get("cost_json")?;
+    Ok(UsageRecord {
+        run_id: row.try_get("run_id")?,
+        step_run_id: row.try_get("step_run_id")?,
+        step: row.try_get("step")?,
+        attempt: row.try_get("attempt")?,
+        trial: (trial >= 0).then_some(trial),
+        host: row.try_get("host")?,
+        status: row.try_get("status")?,
+        started_at: row.try_get("started_at")?,
+        ended_at: row.try_get("ended_at")?,
+        usage: weir_core::usage::Usage {
+            wall_ms: row.try_get::<i64, _>("wall_ms")?.max(0) as u64,
+            cpu_ms: row.try_get::<i64, _>("cpu_ms")?.max(0) as u64,
+            max_rss_bytes: row.try_get::<i64, _>("max_rss_bytes")?.max(0) as u64,
+            gpus: row.try_get::<i64, _>("gpus")?.max(0) as u32,
+            bytes_read: row.try_get::<i64, _>("bytes_read")?.max(0) as u64,
+            bytes_written: row.try_get::<i64, _>("bytes_written")?.max(0) as u64,
+        },
+        cpus: row.try_get("cpus")?,
+        memory_bytes: row.try_get("memory_bytes")?,
+        spot: row.try_get::<i64, _>("spot")? != 0,
+        billed: row.try_get::<i64, _>("billed")? != 0,
+        cost: serde_json::from_str(&cost_json).unwrap_or_default(),
+        total: row.try_get("cost")?,
+    })
+}
+
+impl Store {
+    /// Records (or, for the same attempt and trial, replaces) a usage record.
+    /// The attempt is the step run's current one, whatever `r.attempt` says:
+    /// the runtime that measured it need not have read it.
+    pub async fn record_usage(&self, r: &UsageRecord) -> Result<()> {
+        let cost_json = serde_json::to_string(&r.cost).expect("a cost serializes");
+        sqlx::query(&format!(
+            "INSERT INTO resource_usage ({USAGE_COLUMNS}) SELECT \
+             $1, $2, $3, COALESCE((SELECT attempt FROM step_runs WHERE id = $2), $4), $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21 WHERE 1 = 1 \
+             ON CONFLICT (step_run_id, attempt, trial) DO UPDATE SET status = excluded.status, \
+             ended_at = excluded.ended_at, wall_ms = excluded.wall_ms, cpu_ms = excluded.cpu_ms, \
+             max_rss_bytes = excluded.max_rss_bytes, bytes_read = excluded.bytes_read, \
+             bytes_written = excluded.bytes_written, cost = excluded.cost, cost_json = excluded.cost_json"
+        ))
+        .bind(&r.run_id)
+        .bind(&r.step_run_id)
+        .bind(&r.step)
+        .bind(r.attempt)
+        .bind(r.trial.unwrap_or(-1))
+        .bind(&r.host)
+        .bind(&r.status)
+        .bind(r.started_at)
+        .bind(r.ended_at)
+        .bind(r.usage.wall_ms as i64)
+        .bind(r.usage.cpu_ms as i64)
+        .bind(r.usage.max_rss_bytes as i64)
+        .bind(r.cpus)
+        .bind(r.memory_bytes)
+        .bind(i64::from(r.usage.gpus))
+        .bind(r.usage.bytes_read as i64)
+        .bind(r.usage.bytes_written as i64)
+        .bind(i64::from(r.spot))
+        .bind(i64::from(r.billed))
+        .bind(r.total)
+        .bind(cost_json)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// Every usage record of a run: step attempts first, then trials.
+    pub async fn run_usage(&self, run_id: &str) -> Result<Vec<UsageRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {USAGE_COLUMNS} FROM resource_usage WHERE run_id = $1 \
+             ORDER BY trial, started_at, step"
+        ))
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(usage_of).collect()
+    }
+
+    /// What a run has cost so far (its billed records).
+    pub async fn run_cost(&self, run_id: &str) -> Result<f64> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(cost), 0.0) AS total FROM resource_usage \
+             WHERE run_id = $1 AND billed = 1",
+        )
+        .bind(run_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("total")?)
+    }
+
+    /// What the trials of a study (the step run's, every attempt's) have
+    /// cost, and how many have ended.
+    pub async fn study_cost(&self, step_run_id: &str) -> Result<(f64, i64)> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(cost), 0.0) AS total, COUNT(*) AS n FROM resource_usage \
+             WHERE step_run_id = $1 AND trial >= 0",
+        )
+        .bind(step_run_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get("total")?, row.try_get("n")?))
+    }
+
+    /// The cost of the most recent attempt of `step` in another run of the
+    /// same pipeline: what starting it again is expected to cost.
+    pub async fn last_step_cost(
+        &self,
+        pipeline: &str,
+        step: &str,
+        other_than: &str,
+    ) -> Result<Option<f64>> {
+        let row = sqlx::query(
+            "SELECT u.cost FROM resource_usage u JOIN runs r ON r.id = u.run_id \
+             WHERE r.pipeline = $1 AND u.step = $2 AND u.trial = -1 AND u.run_id <> $3 \
+             AND u.status = 'succeeded' ORDER BY u.ended_at DESC LIMIT 1",
+        )
+        .bind(pipeline)
+        .bind(step)
+        .bind(other_than)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("cost")?),
+            None => None,
+        })
+    }
+
+    /// Billed usage that ended at or after `since_ms`, optionally of one
+    /// pipeline, with each record's pipeline.
+    pub async fn costs_since(&self, since_ms: i64, pipeline: Option<&str>) -> Result<Vec<CostRow>> {
+        let rows = sqlx::query(
+            "SELECT r.pipeline, u.run_id, u.step, u.trial, u.ended_at, u.cpu_ms, u.wall_ms, u.cost \
+             FROM resource_usage u JOIN runs r ON r.id = u.run_id \
+             WHERE u.ended_at >= $1 AND u.billed = 1 AND ($2 = '' OR r.pipeline = $2) \
+             ORDER BY u.ended_at",
+        )
+        .bind(since_ms)
+        .bind(pipeline.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let trial: i64 = row.try_get("trial")?;
+                Ok(CostRow {
+                    pipeline: row.try_get("pipeline")?,
+                    run_id: row.try_get("run_id")?,
+                    step: row.try_get("step")?,
+                    trial: (trial >= 0).then_some(trial),
+                    ended_at: row.try_get("ended_at")?,
+                    cpu_ms: row.try_get("cpu_ms")?,
+                    wall_ms: row.try_get("wall_ms")?,
+                    cost: row.try_get("cost")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Records a serving replica's usage so far.
+    pub async fn record_serve_usage(&self, u: &ServeUsage) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO serve_usage (replica, targets, host, started_at, updated_at, cpu_ms, \
+             rss_bytes, requests, cost) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (replica) DO UPDATE SET targets = excluded.targets, \
+             updated_at = excluded.updated_at, cpu_ms = excluded.cpu_ms, \
+             rss_bytes = excluded.rss_bytes, requests = excluded.requests, cost = excluded.cost",
+        )
+        .bind(&u.replica)
+        .bind(&u.targets)
+        .bind(&u.host)
+        .bind(u.started_at)
+        .bind(u.updated_at)
+        .bind(u.cpu_ms)
+        .bind(u.rss_bytes)
+        .bind(u.requests)
+        .bind(u.cost)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// Serving replicas that were running at or after `since_ms`.
+    pub async fn serve_usage_since(&self, since_ms: i64) -> Result<Vec<ServeUsage>> {
+        let rows = sqlx::query(
+            "SELECT replica, targets, host, started_at, updated_at, cpu_ms, rss_bytes, requests, \
+             cost FROM serve_usage WHERE updated_at >= $1 ORDER BY started_at",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ServeUsage {
+                    replica: row.try_get("replica")?,
+                    targets: row.try_get("targets")?,
+                    host: row.try_get("host")?,
+                    started_at: row.try_get("started_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                    cpu_ms: row.try_get("cpu_ms")?,
+                    rss_bytes: row.try_get("rss_bytes")?,
+                    requests: row.try_get("requests")?,
+                    cost: row.try_get("cost")?,
+                })
+            })
+            .collect()
+    }
+}

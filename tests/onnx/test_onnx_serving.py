@@ -1,6 +1,9 @@
 """scikit-learn models exported with skl2onnx, registered with `weir models
 register`, served by `weir serve`: Weir's answers must match onnxruntime's
-within 1e-5 (labels exactly), over OIP v2 and MLflow's /invocations."""
+within 1e-5 (labels exactly), over OIP v2 and MLflow's /invocations. Then
+Triton's own Python client (tritonclient[http]) against the same server:
+metadata, inference, and the statistics extension (get_inference_statistics,
+which perf_analyzer and Triton dashboards read)."""
 import json
 import os
 import socket
@@ -12,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import requests
+import tritonclient.http as httpclient
 from skl2onnx import to_onnx
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from sklearn.ensemble import (GradientBoostingClassifier, GradientBoostingRegressor, RandomForestClassifier,
@@ -20,6 +24,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from tritonclient.utils import InferenceServerException
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WEIR = os.environ.get("WEIR_BIN", os.path.join(ROOT, "target", "debug", "weir"))
@@ -136,3 +141,64 @@ def test_invocations_single_rows_match_onnxruntime(served, name):
             assert_matches("gbdt.probabilities", p["probabilities"], expected[1][i])
         else:
             assert_matches(name, np.asarray(r.json()["outputs"][0]["data"]).reshape(1, -1), expected[0][i:i + 1])
+
+@pytest.fixture(scope="module")
+def client(served):
+    url, _ = served
+    return httpclient.InferenceServerClient(url=url.removeprefix("http://"))
+
+
+def infer(client, name, rows):
+    x = httpclient.InferInput("X", list(rows.shape), "FP32")
+    # Binary tensors are issue 27; JSON is what Weir speaks today.
+    x.set_data_from_numpy(rows, binary_data=False)
+    outputs = [httpclient.InferRequestedOutput("probabilities", binary_data=False)]
+    return client.infer(name, [x], outputs=outputs)
+
+
+def stat(s, phase):
+    return s["inference_stats"][phase]
+
+
+def test_statistics_count_every_phase_of_every_request(client, served):
+    _, cases = served
+    rows = cases["forest"][0]
+    assert "statistics" in client.get_server_metadata()["extensions"]
+    before = client.get_inference_statistics(model_name="forest")["model_stats"]
+    assert [s["name"] for s in before] == ["forest"]
+    base = before[0]
+    for n in (1, 5, 20):
+        result = infer(client, "forest", rows[:n])
+        assert result.as_numpy("probabilities").shape == (n, 2)
+    after = client.get_inference_statistics(model_name="forest", model_version="1")["model_stats"][0]
+    assert after["version"] == "1"
+    assert after["inference_count"] - base["inference_count"] == 26
+    assert after["execution_count"] - base["execution_count"] == 3
+    assert after["last_inference"] >= base["last_inference"]
+    for phase in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
+        assert stat(after, phase)["count"] - stat(base, phase)["count"] == 3, phase
+        assert stat(after, phase)["ns"] >= stat(base, phase)["ns"], phase
+    assert stat(after, "compute_infer")["ns"] > stat(base, "compute_infer")["ns"]
+    # Each request's phases fit inside its whole time.
+    parts = sum(stat(after, p)["ns"] - stat(base, p)["ns"]
+                for p in ("compute_input", "queue", "compute_infer", "compute_output"))
+    assert parts <= stat(after, "success")["ns"] - stat(base, "success")["ns"]
+    sizes = {b["batch_size"] for b in after["batch_stats"]}
+    assert {1, 5, 20} <= sizes
+
+    # A request the model refuses is a failure of that version.
+    bad = httpclient.InferInput("X", [1, 3], "FP32")
+    bad.set_data_from_numpy(np.zeros((1, 3), dtype=np.float32), binary_data=False)
+    with pytest.raises(InferenceServerException):
+        client.infer("forest", [bad])
+    failed = client.get_inference_statistics(model_name="forest")["model_stats"][0]
+    assert stat(failed, "fail")["count"] == stat(after, "fail")["count"] + 1
+    assert stat(failed, "success")["count"] == stat(after, "success")["count"]
+
+    # Every model at once; an unknown one is an error with the reason.
+    names = {s["name"] for s in client.get_inference_statistics()["model_stats"]}
+    assert {"forest", "gbdt", "mlp"} <= names
+    with pytest.raises(InferenceServerException, match="no-such-model"):
+        client.get_inference_statistics(model_name="no-such-model")
+    with pytest.raises(InferenceServerException):
+        client.get_inference_statistics(model_name="forest", model_version="9")

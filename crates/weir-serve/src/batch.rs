@@ -9,12 +9,13 @@
 //! the others it was batched with.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use weir_ml::{Column, Frame, Model};
 
 use crate::metrics::Metrics;
+use crate::stats::VersionStats;
 
 #[derive(Clone, Copy, Debug)]
 pub struct BatchOptions {
@@ -168,8 +169,10 @@ impl Batched for weir_onnx::OnnxModel {
     }
 }
 
-type Reply<M> = oneshot::Sender<Result<<M as Batched>::Output, String>>;
-type Job<M> = (<M as Batched>::Input, Reply<M>);
+/// A job's answer, with how long it waited in the queue.
+type Answer<M> = (Result<<M as Batched>::Output, String>, Duration);
+type Reply<M> = oneshot::Sender<Answer<M>>;
+type Job<M> = (<M as Batched>::Input, Reply<M>, Instant);
 
 /// The queue in front of one model version; dropping it ends its task.
 pub(crate) struct Batcher<M: Batched> {
@@ -182,21 +185,24 @@ impl<M: Batched> Batcher<M> {
         options: BatchOptions,
         metrics: Arc<Metrics>,
         label: (String, i64),
+        stats: Arc<VersionStats>,
     ) -> Batcher<M> {
         let (queue, jobs) = mpsc::channel(1024);
-        tokio::spawn(run(model, options, metrics, label, jobs));
+        tokio::spawn(run(model, options, metrics, label, stats, jobs));
         Batcher { queue }
     }
 
-    pub(crate) async fn score(&self, input: M::Input) -> Result<M::Output, String> {
+    /// The model's answer to `input`, with the time it waited for its batch.
+    pub(crate) async fn score(&self, input: M::Input) -> Result<(M::Output, Duration), String> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send((input, reply))
+            .send((input, reply, Instant::now()))
             .await
             .map_err(|_| "the model was unloaded".to_string())?;
-        answer
+        let (result, queued) = answer
             .await
-            .map_err(|_| "the model was unloaded".to_string())?
+            .map_err(|_| "the model was unloaded".to_string())?;
+        result.map(|output| (output, queued))
     }
 }
 
@@ -205,6 +211,7 @@ async fn run<M: Batched>(
     options: BatchOptions,
     metrics: Arc<Metrics>,
     label: (String, i64),
+    stats: Arc<VersionStats>,
     mut jobs: mpsc::Receiver<Job<M>>,
 ) {
     while let Some(first) = jobs.recv().await {
@@ -223,7 +230,9 @@ async fn run<M: Batched>(
         metrics.model_call(&label.0, label.1, rows);
         let model = Arc::clone(&model);
         // Scoring is CPU work: off the reactor, so requests keep arriving.
-        let answered = tokio::task::spawn_blocking(move || score_batch(&*model, batch)).await;
+        let stats = Arc::clone(&stats);
+        let answered =
+            tokio::task::spawn_blocking(move || score_batch(&*model, batch, rows, &stats)).await;
         if let Err(e) = answered {
             // A panic in the model: the replies were dropped, so their
             // requests fail with "unloaded"-style errors; keep serving.
@@ -232,23 +241,38 @@ async fn run<M: Batched>(
     }
 }
 
-fn score_batch<M: Batched>(model: &M, batch: Vec<Job<M>>) {
+fn score_batch<M: Batched>(model: &M, batch: Vec<Job<M>>, rows: usize, stats: &VersionStats) {
+    let started = Instant::now();
     if batch.len() == 1 {
-        let (input, reply) = batch.into_iter().next().expect("one job");
-        let _ = reply.send(model.call(&input));
+        let (input, reply, queued) = batch.into_iter().next().expect("one job");
+        let waited = started.saturating_duration_since(queued);
+        let answer = model.call(&input);
+        stats.execution(rows, Duration::ZERO, started.elapsed(), Duration::ZERO);
+        let _ = reply.send((answer, waited));
         return;
     }
-    let joined = M::join(batch.iter().map(|(i, _)| i).collect());
-    match model.call(&joined) {
+    let joined = M::join(batch.iter().map(|(i, _, _)| i).collect());
+    let called = Instant::now();
+    let answer = model.call(&joined);
+    let infer = called.elapsed();
+    match answer {
         Ok(output) => {
-            let rows: Vec<usize> = batch.iter().map(|(i, _)| M::rows(i)).collect();
-            for (part, (_, reply)) in M::split(output, &rows).into_iter().zip(batch) {
-                let _ = reply.send(Ok(part));
+            let split_at = Instant::now();
+            let sizes: Vec<usize> = batch.iter().map(|(i, _, _)| M::rows(i)).collect();
+            let parts = M::split(output, &sizes);
+            stats.execution(rows, called - started, infer, split_at.elapsed());
+            for (part, (_, reply, queued)) in parts.into_iter().zip(batch) {
+                let _ = reply.send((Ok(part), started.saturating_duration_since(queued)));
             }
         }
         Err(_) => {
-            for (input, reply) in batch {
-                let _ = reply.send(model.call(&input));
+            // One bad request fails the joined call: each is answered alone.
+            stats.execution(rows, called - started, infer, Duration::ZERO);
+            for (input, reply, queued) in batch {
+                let t = Instant::now();
+                let answer = model.call(&input);
+                stats.execution(M::rows(&input), Duration::ZERO, t.elapsed(), Duration::ZERO);
+                let _ = reply.send((answer, started.saturating_duration_since(queued)));
             }
         }
     }

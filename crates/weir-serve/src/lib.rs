@@ -20,6 +20,7 @@ mod predlog;
 mod register;
 pub mod rollout;
 mod routes;
+mod stats;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -101,6 +102,8 @@ pub(crate) struct Loaded {
     /// The feature names of the version's training profile, which name an
     /// ONNX graph's input columns in the prediction log.
     pub features: Option<Vec<String>>,
+    /// What it has done since it was loaded (`/v2/models/NAME/stats`).
+    pub stats: Arc<stats::VersionStats>,
 }
 
 pub(crate) enum Predictor {
@@ -472,8 +475,8 @@ fn batcher_for<M: batch::Batched>(
     state: &AppState,
     options: BatchOptions,
     model: &Arc<M>,
-    name: &str,
-    version: i64,
+    (name, version): (&str, i64),
+    stats: &Arc<stats::VersionStats>,
 ) -> Option<batch::Batcher<M>> {
     (options.max_rows > 0).then(|| {
         batch::Batcher::start(
@@ -481,6 +484,7 @@ fn batcher_for<M: batch::Batched>(
             options,
             Arc::clone(&state.metrics),
             (name.to_string(), version),
+            Arc::clone(stats),
         )
     })
 }
@@ -513,6 +517,7 @@ pub(crate) async fn load(state: &AppState, name: &str, version: i64) -> Result<L
         .get(name)
         .copied()
         .unwrap_or(state.batch);
+    let stats = Arc::new(stats::VersionStats::default());
     if register::is_onnx(&mv) {
         // Parsing and optimising a graph is CPU work; keep it off the reactor.
         let (model, warm_up) = tokio::task::spawn_blocking(move || {
@@ -534,11 +539,12 @@ pub(crate) async fn load(state: &AppState, name: &str, version: i64) -> Result<L
             predictor: {
                 let model = Arc::new(model);
                 Predictor::Onnx {
-                    batcher: batcher_for(state, options, &model, name, version),
+                    batcher: batcher_for(state, options, &model, (name, version), &stats),
                     model,
                     heavy: warm_up > HEAVY_CALL,
                 }
             },
+            stats,
         });
     }
     let model = Model::from_bytes(&bytes).map_err(|e| failed(e.to_string()))?;
@@ -560,7 +566,7 @@ pub(crate) async fn load(state: &AppState, name: &str, version: i64) -> Result<L
         .predict(&frame)
         .map_err(|e| failed(format!("warm-up failed: {e}")))?;
     let model = Arc::new(model);
-    let batcher = batcher_for(state, options, &model, name, version);
+    let batcher = batcher_for(state, options, &model, (name, version), &stats);
     Ok(Loaded {
         name: name.to_string(),
         version,
@@ -571,6 +577,7 @@ pub(crate) async fn load(state: &AppState, name: &str, version: i64) -> Result<L
             inputs,
             batcher,
         },
+        stats,
     })
 }
 

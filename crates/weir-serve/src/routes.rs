@@ -2,7 +2,7 @@
 //! signature check and the same model call, and differ only in their shapes.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -35,6 +35,12 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             get(|| async { Json(json!({"live": true})) }),
         )
         .route("/v2/health/ready", get(server_ready))
+        .route("/v2/models/stats", get(all_stats))
+        .route("/v2/models/{name}/stats", get(model_stats))
+        .route(
+            "/v2/models/{name}/versions/{version}/stats",
+            get(version_stats),
+        )
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
         .route(
@@ -183,6 +189,13 @@ struct Timed {
     sample: bool,
     /// ...and this is its decoded input, once scored.
     capture: Option<predlog::Capture>,
+    /// The answering version's statistics, and the request's phases.
+    stats: Option<Arc<crate::stats::VersionStats>>,
+    model_at: Option<Instant>,
+    model_done: Option<Instant>,
+    queue: Duration,
+    infer: Duration,
+    cache: Option<(bool, Duration)>,
 }
 
 impl Timed {
@@ -195,15 +208,64 @@ impl Timed {
             rows: None,
             sample: false,
             capture: None,
+            stats: None,
+            model_at: None,
+            model_done: None,
+            queue: Duration::ZERO,
+            infer: Duration::ZERO,
+            cache: None,
         }
     }
 
     fn answered_by(&mut self, loaded: &Loaded) {
         self.model = loaded.name.clone();
         self.version = loaded.version.to_string();
+        self.stats = Some(Arc::clone(&loaded.stats));
+    }
+
+    /// The model is called now: what came before was compute_input.
+    fn calling(&mut self) {
+        self.model_at = Some(Instant::now());
+    }
+
+    /// The model answered, after waiting `queued` in its batcher; a call
+    /// made without one is an execution of its own.
+    fn called(&mut self, queued: Option<Duration>, rows: usize) {
+        let now = Instant::now();
+        let spent = self
+            .model_at
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        self.queue = queued.unwrap_or_default();
+        self.infer = spent.saturating_sub(self.queue);
+        self.model_done = Some(now);
+        if let (None, Some(stats)) = (queued, &self.stats) {
+            stats.execution(rows, Duration::ZERO, self.infer, Duration::ZERO);
+        }
+    }
+
+    /// A response-cache lookup that started at `at`.
+    fn looked_up(&mut self, at: Instant, hit: bool) {
+        self.cache = Some((hit, at.elapsed()));
     }
 
     fn finish(self, s: &AppState, status: StatusCode) {
+        if let Some(stats) = &self.stats {
+            let now = Instant::now();
+            stats.request(&crate::stats::RequestPhases {
+                total: now.saturating_duration_since(self.started),
+                ok: status.is_success(),
+                rows: self.rows.unwrap_or(0),
+                input: self
+                    .model_at
+                    .map(|t| t.saturating_duration_since(self.started)),
+                queue: self.queue,
+                infer: self.infer,
+                output: self
+                    .model_done
+                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(t)),
+                cache: self.cache,
+            });
+        }
         s.metrics.observe(Observation {
             model: &self.model,
             version: &self.version,
@@ -217,7 +279,7 @@ impl Timed {
 
 async fn server_metadata() -> Json<Value> {
     Json(
-        json!({"name": "weir", "version": weir_core::WEIR_VERSION, "extensions": ["model_repository"]}),
+        json!({"name": "weir", "version": weir_core::WEIR_VERSION, "extensions": ["model_repository", "statistics"]}),
     )
 }
 
@@ -438,6 +500,41 @@ async fn version_metadata(
     Ok(Json(doc))
 }
 
+fn stats_of(versions: &[Arc<Loaded>]) -> Json<Value> {
+    let stats: Vec<Value> = versions
+        .iter()
+        .map(|l| l.stats.json(&l.name, l.version))
+        .collect();
+    Json(json!({ "model_stats": stats }))
+}
+
+/// Triton's statistics extension: every loaded version.
+async fn all_stats(State(s): Shared) -> Json<Value> {
+    let mut names = s.names();
+    names.sort();
+    let versions: Vec<Arc<Loaded>> = names.iter().flat_map(|n| s.versions(n)).collect();
+    stats_of(&versions)
+}
+
+/// A model's versions, or the versions of the model an endpoint serves.
+async fn model_stats(State(s): Shared, Path(name): Path<String>) -> Result<Json<Value>, OipError> {
+    let model = s.endpoint(&name).map_or(name.clone(), |d| d.model.clone());
+    let versions = s.versions(&model);
+    if versions.is_empty() {
+        // The same error (404 with what is served) as any unknown model.
+        s.model(&model, None)?;
+    }
+    Ok(stats_of(&versions))
+}
+
+async fn version_stats(
+    State(s): Shared,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<Value>, OipError> {
+    let model = s.endpoint(&name).map_or(name.clone(), |d| d.model.clone());
+    Ok(stats_of(&[s.model(&model, Some(&version))?]))
+}
+
 async fn model_ready(State(s): Shared, Path(name): Path<String>) -> Result<Json<Value>, OipError> {
     ready_model(&s, &name, None)?;
     Ok(Json(json!({"name": name, "ready": true})))
@@ -469,17 +566,22 @@ async fn predict(
             columns: frame.columns.clone(),
         });
     }
-    if let Some(batcher) = batcher {
-        return batcher.score(frame).await.map_err(ServeError::BadRequest);
-    }
     let rows = frame.rows;
+    timed.calling();
+    if let Some(batcher) = batcher {
+        let (scores, queued) = batcher.score(frame).await.map_err(ServeError::BadRequest)?;
+        timed.called(Some(queued), rows);
+        return Ok(scores);
+    }
     let model = Arc::clone(model);
     let score = move || {
         model
             .predict(&frame)
             .map_err(|e| ServeError::BadRequest(e.to_string()))
     };
-    off_reactor(rows, score).await
+    let scores = off_reactor(rows, score).await?;
+    timed.called(None, rows);
+    Ok(scores)
 }
 
 /// Runs small calls in place; large ones on a blocking thread, so the
@@ -624,8 +726,8 @@ async fn run_infer(
         s.record(endpoint, *version, status.as_u16(), timed.started.elapsed());
     }
     let logged = logged(&timed, &routed).zip(timed.capture.take());
-    timed.finish(&s, status);
-    match result {
+    // Encoding the answer is part of the request (compute_output).
+    let response = match result {
         Ok(Json(answer)) => {
             let labels = answer["outputs"]
                 .as_array()
@@ -636,7 +738,9 @@ async fn run_infer(
             answered(&s, routed, id, &headers, scores, labels, answer, logged)
         }
         Err(e) => e.into_response(),
-    }
+    };
+    timed.finish(&s, status);
+    response
 }
 
 /// What a sampled request is logged under: the endpoint that routed it,
@@ -850,8 +954,13 @@ async fn score_infer(
         .cache
         .enabled()
         .then(|| ResponseCache::key("v2", &loaded.name, loaded.version, bytes));
-    if let Some(answer) = key.as_ref().and_then(|k| cached(s, &loaded, k)) {
-        return Ok(Json(answer));
+    if let Some(k) = &key {
+        let at = Instant::now();
+        let hit = cached(s, &loaded, k);
+        timed.looked_up(at, hit.is_some());
+        if let Some(answer) = hit {
+            return Ok(Json(answer));
+        }
     }
     let request: payload::OipRequest = parse_json(bytes)?;
     let requested: Option<Vec<String>> = request
@@ -1001,7 +1110,9 @@ async fn score_onnx(
     if timed.sample {
         timed.capture = Some(onnx_capture(graph, rows, &values, names));
     }
-    let outputs = run_graph(graph, heavy, batcher, rows, values).await?;
+    timed.calling();
+    let (outputs, queued) = run_graph(graph, heavy, batcher, rows, values).await?;
+    timed.called(queued, rows);
     timed.rows = Some(rows);
     Ok(onnx::oip_outputs(&outputs, requested))
 }
@@ -1012,14 +1123,14 @@ async fn run_graph(
     batcher: Option<&crate::batch::Batcher<weir_onnx::OnnxModel>>,
     rows: usize,
     values: Vec<Vec<f64>>,
-) -> Result<Vec<weir_onnx::Output>, ServeError> {
+) -> Result<(Vec<weir_onnx::Output>, Option<Duration>), ServeError> {
     if let Some(batcher) = batcher {
-        let outputs = batcher
+        let (outputs, queued) = batcher
             .score(crate::batch::GraphInput { rows, values })
             .await
             .map_err(ServeError::BadRequest)?;
         onnx::check_rows(&outputs, rows)?;
-        return Ok(outputs);
+        return Ok((outputs, Some(queued)));
     }
     let run = move |graph: &weir_onnx::OnnxModel, values: &[Vec<f64>]| {
         graph
@@ -1035,7 +1146,7 @@ async fn run_graph(
             .map_err(|e| ServeError::Internal(e.to_string()))??
     };
     onnx::check_rows(&outputs, rows)?;
-    Ok(outputs)
+    Ok((outputs, None))
 }
 
 async fn invocations(
@@ -1074,8 +1185,7 @@ async fn invocations(
         s.record(endpoint, *version, status.as_u16(), timed.started.elapsed());
     }
     let logged = logged(&timed, &routed).zip(timed.capture.take());
-    timed.finish(&s, status);
-    match result {
+    let response = match result {
         Ok(Json(answer)) => {
             let labels: Option<Vec<Value>> = answer["predictions"]
                 .as_array()
@@ -1084,7 +1194,9 @@ async fn invocations(
             answered(&s, routed, None, &headers, scores, labels, answer, logged)
         }
         Err(e) => e.into_response(),
-    }
+    };
+    timed.finish(&s, status);
+    response
 }
 
 async fn score_mlflow(
@@ -1099,8 +1211,13 @@ async fn score_mlflow(
         .cache
         .enabled()
         .then(|| ResponseCache::key("invocations", &loaded.name, loaded.version, bytes));
-    if let Some(answer) = key.as_ref().and_then(|k| cached(s, &loaded, k)) {
-        return Ok(Json(answer));
+    if let Some(k) = &key {
+        let at = Instant::now();
+        let hit = cached(s, &loaded, k);
+        timed.looked_up(at, hit.is_some());
+        if let Some(answer) = hit {
+            return Ok(Json(answer));
+        }
     }
     let request: Value = parse_json(bytes)?;
     let (model, inputs, batcher) = match &loaded.predictor {
@@ -1123,7 +1240,10 @@ async fn score_mlflow(
                     loaded.features.as_deref(),
                 ));
             }
-            let outputs = run_graph(graph, *heavy, batcher.as_ref(), rows, values).await?;
+            timed.calling();
+            let (outputs, queued) =
+                run_graph(graph, *heavy, batcher.as_ref(), rows, values).await?;
+            timed.called(queued, rows);
             timed.rows = Some(rows);
             let response = onnx::mlflow_predictions(&outputs, rows);
             if let Some(key) = key {

@@ -1,6 +1,7 @@
 //! The `weir` binary: argument parsing and wiring only. Every command calls
 //! into the library crates and prints through `output`.
 
+mod observe;
 mod output;
 
 use std::path::PathBuf;
@@ -59,6 +60,9 @@ enum Command {
         /// Print the outcome as JSON instead of the live display
         #[arg(long)]
         json: bool,
+        /// Serve the runner's Prometheus metrics on this address while the run goes on
+        #[arg(long, env = "WEIR_METRICS_ADDR")]
+        metrics_addr: Option<String>,
     },
     /// Continue a failed, cancelled or crashed run; steps that succeeded are not run again
     Resume {
@@ -72,6 +76,9 @@ enum Command {
         executor: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Serve the runner's Prometheus metrics on this address while the run goes on
+        #[arg(long, env = "WEIR_METRICS_ADDR")]
+        metrics_addr: Option<String>,
     },
     /// Stop a running run: its steps are stopped and the run is recorded as failed
     Cancel {
@@ -476,6 +483,19 @@ fn parse_params(raw: &[String]) -> Result<Vec<(String, String)>> {
 }
 
 /// The live display for people, nothing for `--json`.
+/// The progress display, reporting to the runner's metrics too when
+/// `--metrics-addr` asks for them.
+async fn with_metrics(
+    addr: Option<&str>,
+    ctx: &Context,
+    progress: Box<dyn progress::Progress>,
+) -> Result<Box<dyn progress::Progress>> {
+    match addr {
+        Some(addr) => observe::runner_metrics(addr, ctx.store.clone(), progress).await,
+        None => Ok(progress),
+    }
+}
+
 fn progress_for(json: bool) -> Box<dyn progress::Progress> {
     if json {
         Box::new(progress::Quiet)
@@ -521,6 +541,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             executor,
             no_cache,
             json,
+            metrics_addr,
         } => {
             let config = config(
                 &cli.global,
@@ -537,8 +558,8 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 exec_binary: None,
                 no_cache,
             };
-            let outcome =
-                weir_engine::run_pipeline(&ctx, &pipeline, &options, &*progress_for(json)).await?;
+            let progress = with_metrics(metrics_addr.as_deref(), &ctx, progress_for(json)).await?;
+            let outcome = weir_engine::run_pipeline(&ctx, &pipeline, &options, &*progress).await?;
             Ok(finish(&outcome, json))
         }
         Command::Resume {
@@ -546,6 +567,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             max_parallel,
             executor,
             json,
+            metrics_addr,
         } => {
             let config = config(
                 &cli.global,
@@ -561,8 +583,8 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 exec_binary: None,
                 no_cache: false,
             };
-            let outcome =
-                weir_engine::resume_run(&ctx, &run, &options, &*progress_for(json)).await?;
+            let progress = with_metrics(metrics_addr.as_deref(), &ctx, progress_for(json)).await?;
+            let outcome = weir_engine::resume_run(&ctx, &run, &options, &*progress).await?;
             Ok(finish(&outcome, json))
         }
         Command::Cancel { run } => {
@@ -1038,13 +1060,18 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tract_onnx=error")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Only processes that serve metrics pay for timing store statements.
+    let store_metrics = match &cli.command {
+        Command::Server { .. } => true,
+        Command::Run { metrics_addr, .. } | Command::Resume { metrics_addr, .. } => {
+            metrics_addr.is_some()
+        }
+        _ => false,
+    };
+    if let Err(e) = observe::init_logging(store_metrics) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     // A step runtime is one short-lived process per step: a single-threaded
     // runtime starts faster; everything else gets the multi-threaded one.
     let runtime = match &cli.command {

@@ -10,6 +10,7 @@ mod json;
 mod models;
 mod params;
 mod registry;
+pub mod telemetry;
 mod tracking;
 mod ui;
 
@@ -32,6 +33,7 @@ pub struct Inner {
     pub artifacts: ArtifactStore,
     /// Where uploads are staged before they are stored.
     pub scratch: PathBuf,
+    pub metrics: telemetry::ServerMetrics,
 }
 
 impl std::ops::Deref for App {
@@ -47,6 +49,7 @@ impl App {
             store,
             artifacts,
             scratch,
+            metrics: telemetry::ServerMetrics::new(),
         }))
     }
 }
@@ -165,12 +168,42 @@ pub fn router(app: App) -> Router {
         .nest("/api/2.0/mlflow-artifacts", proxy)
         .merge(ui::routes())
         .route("/health", get(|| async { "OK" }))
+        .route("/metrics", get(metrics))
         .route("/version", get(|| async { env!("CARGO_PKG_VERSION") }))
         .fallback(|uri: axum::http::Uri| async move {
             ApiError::EndpointNotFound(format!("no endpoint {uri} on this Weir server"))
         })
         .layer(axum::middleware::from_fn(same_origin_writes))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), observed))
         .with_state(app)
+}
+
+async fn metrics(axum::extract::State(app): axum::extract::State<App>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(axum::http::header::CONTENT_TYPE, telemetry::CONTENT_TYPE)],
+        app.metrics.render(&app.store),
+    )
+        .into_response()
+}
+
+/// Counts and times every request by its route's template; a path no
+/// route matches counts as `unmatched`.
+async fn observed(
+    axum::extract::State(app): axum::extract::State<App>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let method = req.method().as_str().to_string();
+    let in_flight = app.metrics.started();
+    let response = next.run(req).await;
+    in_flight.done(&method, &route, response.status().as_u16());
+    response
 }
 
 /// The defence against cross-site request forgery: a request that changes

@@ -76,9 +76,16 @@ impl Direct {
         statements: Vec<Statement>,
         check: Check,
     ) -> Result<Vec<Returned>> {
+        let started = std::time::Instant::now();
+        // Statements through sqlx report their time themselves; this path
+        // reports its own, queueing for the connection included.
+        let timed = |result| {
+            tracing::debug!(target: "weir_store::direct", elapsed_secs = started.elapsed().as_secs_f64(), "direct write");
+            result
+        };
         let mut writer = Arc::clone(&self.writer).lock_owned().await;
         if let Some(done) = self.attempt(&mut writer, &statements, &check, false)? {
-            return Ok(done);
+            return timed(Ok(done));
         }
         let this = Arc::clone(self);
         let waited = tokio::task::spawn_blocking(move || {
@@ -89,7 +96,7 @@ impl Direct {
         .await;
         // A blocking task cannot be cancelled: the only way it fails to
         // join is a panic, which goes on as if the write had run here.
-        waited.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        timed(waited.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())))
     }
 
     /// One try: `None` when `wait` is false and another connection holds

@@ -146,6 +146,11 @@ impl Store {
     }
 
     /// The URL the store was opened with, for display.
+    /// The pool's connections: (open, idle).
+    pub fn pool_state(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }

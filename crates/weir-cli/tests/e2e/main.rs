@@ -10,6 +10,7 @@ mod distributed;
 mod fanout;
 mod flights;
 mod monitoring;
+mod observability;
 mod onnx;
 mod pipelines;
 mod preemption;

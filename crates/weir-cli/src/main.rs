@@ -187,6 +187,10 @@ enum Command {
         /// Largest request body accepted, in bytes
         #[arg(long, env = "WEIR_SERVE_MAX_BODY_BYTES", default_value_t = 16 << 20)]
         max_body_bytes: usize,
+        /// Share of requests traced when an OTLP endpoint is set (a caller's traceparent
+        /// decides for its own requests)
+        #[arg(long, env = "WEIR_TRACE_SAMPLE", default_value_t = 0.01, value_parser = rate)]
+        trace_sample: f64,
         /// Inference requests answered at once; more get 429 Too Many Requests
         #[arg(long, env = "WEIR_SERVE_MAX_CONCURRENCY", default_value_t = 256)]
         max_concurrency: usize,
@@ -483,6 +487,14 @@ fn parse_params(raw: &[String]) -> Result<Vec<(String, String)>> {
 }
 
 /// The live display for people, nothing for `--json`.
+/// Starts exporting traces when an OTLP endpoint is configured.
+fn start_tracing(config: &Config, service: &str) -> Result<()> {
+    if let Some(url) = weir_trace::endpoint(config.otlp_endpoint()) {
+        weir_trace::init(&url, service).map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}
+
 /// The progress display, reporting to the runner's metrics too when
 /// `--metrics-addr` asks for them.
 async fn with_metrics(
@@ -551,6 +563,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 ],
             )?;
             let pipeline = weir_core::pipeline::load(&file, &parse_params(&params)?)?;
+            start_tracing(&config, "weir-runner")?;
             let ctx = Context::open(config.clone()).await?;
             reap(&ctx).await?;
             let options = RunOptions {
@@ -576,6 +589,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                     ("executor", executor),
                 ],
             )?;
+            start_tracing(&config, "weir-runner")?;
             let ctx = Context::open(config.clone()).await?;
             reap(&ctx).await?;
             let options = RunOptions {
@@ -602,7 +616,12 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             step_run_id,
             task_on_stdin,
         } => {
-            let ctx = Context::open_for_step(config(&cli.global, &[])?)?;
+            let config = config(&cli.global, &[])?;
+            // A step's runtime traces only as part of its runner's trace.
+            if weir_trace::inherited().is_some() {
+                start_tracing(&config, "weir-exec")?;
+            }
+            let ctx = Context::open_for_step(config)?;
             let task = match task_on_stdin {
                 true => {
                     use tokio::io::AsyncReadExt;
@@ -926,6 +945,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             batch_by_model,
             threads: _, // taken when the runtime was built
             log_predictions,
+            trace_sample,
             log_segment_rows,
             log_flush,
             log_keep_mb,
@@ -944,6 +964,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 Some(file) => weir_serve::alerts::load(std::path::Path::new(file))?,
                 None => Vec::new(),
             };
+            start_tracing(&config, "weir-serve")?;
             let ctx = Context::open(config.clone()).await?;
             let mut selected = Vec::new();
             for m in &models {
@@ -970,6 +991,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 check_window,
                 monitors,
                 prices: ctx.config.prices.clone(),
+                trace_sample,
             };
             weir_serve::serve(&ctx.store, &ctx.artifacts, &selected, options).await?;
             Ok(ExitCode::SUCCESS)
@@ -1097,6 +1119,8 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(main_async(cli));
+    // Spans still buffered go now; a collector that is down costs at most this.
+    weir_trace::shutdown(std::time::Duration::from_secs(2));
     // Everything the command does has been awaited; waiting for idle worker
     // threads to wind down would only delay the exit (of every step runtime).
     runtime.shutdown_background();

@@ -54,6 +54,7 @@ struct FileConfig {
     ray_address: Option<String>,
     ray_weir_bin: Option<String>,
     monitors: Option<MonitorsSetting>,
+    otlp_endpoint: Option<String>,
     prices: Option<toml::Table>,
     budgets: Option<BudgetsFile>,
 }
@@ -143,6 +144,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "WEIR_MONITORS",
         "a monitors file (YAML) that `weir serve` runs: drift and accuracy conditions, alerts, webhooks, retraining",
     ),
+    (
+        "otlp_endpoint",
+        "WEIR_OTLP_ENDPOINT",
+        "an OpenTelemetry collector (OTLP/HTTP, e.g. http://127.0.0.1:4318) that runs, steps and requests send traces to (default: $OTEL_EXPORTER_OTLP_ENDPOINT)",
+    ),
 ];
 
 #[derive(Clone, Debug, Serialize)]
@@ -202,6 +208,7 @@ impl Config {
             ("executor", file.executor),
             ("ray_address", file.ray_address),
             ("ray_weir_bin", file.ray_weir_bin),
+            ("otlp_endpoint", file.otlp_endpoint),
             (
                 "monitors",
                 file.monitors.map(|m| match m {
@@ -262,7 +269,7 @@ impl Config {
                     "ray_address" => env("RAY_ADDRESS")
                         .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
                         .unwrap_or_default(),
-                    "ray_weir_bin" | "monitors" => String::new(),
+                    "ray_weir_bin" | "monitors" | "otlp_endpoint" => String::new(),
                     _ => unreachable!("every key has a default"),
                 };
                 Setting {
@@ -345,6 +352,10 @@ impl Config {
     }
 
     /// The monitors file `weir serve` runs, if one is set.
+    pub fn otlp_endpoint(&self) -> Option<&str> {
+        Some(self.get("otlp_endpoint")).filter(|v| !v.is_empty())
+    }
+
     pub fn monitors(&self) -> Option<&str> {
         Some(self.get("monitors")).filter(|m| !m.is_empty())
     }

@@ -234,6 +234,7 @@ pub async fn exec_step(
             }
         })
     };
+    let trace = weir_trace::inherited();
     let job = Job {
         ctx,
         run_id: &run_id,
@@ -243,11 +244,18 @@ pub async fn exec_step(
         base_dir: &base_dir,
         work: &work.0,
         log: &log,
+        trace: trace.as_ref(),
     };
     let mut result = run_step(&job, &inputs).await;
     heartbeat.abort();
     if let Ok(completion) = &mut result {
-        if let Err(e) = store_outputs_and_log(&job, completion).await {
+        let upload = weir_trace::start(job.trace, "upload outputs", Vec::new());
+        let stored = store_outputs_and_log(&job, completion).await;
+        weir_trace::end(
+            upload,
+            stored.as_ref().err().map(|e| e.to_string()).as_deref(),
+        );
+        if let Err(e) = stored {
             log.line(format!("error: cannot store the outputs: {e}"));
             result = Err((e, None));
         }
@@ -431,6 +439,8 @@ struct Job<'a> {
     base_dir: &'a Path,
     work: &'a Path,
     log: &'a StepLog,
+    /// The step attempt's span (the runner's, from `TRACEPARENT`).
+    trace: Option<&'a weir_trace::Context>,
 }
 
 async fn run_step(
@@ -439,10 +449,7 @@ async fn run_step(
 ) -> Result<StepCompletion, (EngineError, Option<i64>)> {
     let Job {
         ctx,
-        run_id,
-        step_run_id,
         step,
-        base_dir,
         work,
         log,
         ..
@@ -455,10 +462,88 @@ async fn run_step(
             .map_err(EngineError::io("cannot create", dir))
             .map_err(fail)?;
     }
-    let staged = stage_inputs(ctx, inputs, &inputs_dir, log)
-        .await
-        .map_err(fail)?;
+    let stage = weir_trace::start(
+        job.trace,
+        "stage inputs",
+        vec![weir_trace::KeyValue::new(
+            "weir.inputs",
+            inputs.len() as i64,
+        )],
+    );
+    let staged = stage_inputs(ctx, inputs, &inputs_dir, log).await;
+    weir_trace::end(
+        stage,
+        staged.as_ref().err().map(|e| e.to_string()).as_deref(),
+    );
+    let staged = staged.map_err(fail)?;
 
+    let execute = weir_trace::start(job.trace, "execute", Vec::new());
+    let outcome = execute_step(
+        job,
+        inputs,
+        staged,
+        &inputs_dir,
+        &outputs_dir,
+        execute.as_ref(),
+    )
+    .await;
+    weir_trace::end(
+        execute,
+        outcome
+            .as_ref()
+            .err()
+            .map(|(e, _)| e.to_string())
+            .as_deref(),
+    );
+    let outcome = outcome?;
+
+    let mut completion = StepCompletion {
+        metrics: finite_metrics(outcome.metrics, log),
+        registrations: outcome.registrations,
+        sources: outcome.sources,
+        ..Default::default()
+    };
+    for name in &step.outputs {
+        let path = outputs_dir.join(name);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            return Err(fail(EngineError::StepFailed(format!(
+                "step '{}' declared the output '{name}' but did not write it\n  hint: write the file or directory $WEIR_OUTPUTS_DIR/{name}",
+                step.name
+            ))));
+        };
+        match meta.is_dir() {
+            true => log.line(format!("output {name} (a directory)")),
+            false => log.line(format!("output {name} ({} bytes)", meta.len())),
+        }
+    }
+    completion.datasets = crate::datasets::versions(ctx, step, &outputs_dir, outcome.profiles, log)
+        .await
+        .inspect_err(|e| log.line(format!("error: {e}")))
+        .map_err(fail)?;
+    Ok(completion)
+}
+
+/// Runs the step's op, study or command on its staged inputs.
+async fn execute_step(
+    job: &Job<'_>,
+    inputs: &BTreeMap<String, StagedInput>,
+    staged: BTreeMap<String, PathBuf>,
+    inputs_dir: &Path,
+    outputs_dir: &Path,
+    trace: Option<&weir_trace::Context>,
+) -> Result<OpOutcome, (EngineError, Option<i64>)> {
+    let Job {
+        ctx,
+        run_id,
+        step_run_id,
+        step,
+        base_dir,
+        work,
+        log,
+        ..
+    } = *job;
+    let fail = |e: EngineError| (e, None);
+    let outputs_dir = outputs_dir.to_path_buf();
     let outcome = match &step.action {
         Action::Builtin(op) if step.tune.is_some() => {
             let input_digests = inputs.iter().map(|(k, v)| (k.clone(), v.digest)).collect();
@@ -475,6 +560,7 @@ async fn run_step(
                 outputs_dir: &outputs_dir,
                 log,
                 cache: Default::default(),
+                trace: trace.cloned(),
             })
             .await
             .inspect_err(|e| log.line(format!("error: {e}")))
@@ -556,33 +642,11 @@ async fn run_step(
             .map_err(|e| fail(EngineError::StepFailed(format!("the op panicked: {e}"))))?
             .map_err(fail)?
         }
-        Action::Command(command) => run_command(job, command, &inputs_dir, &outputs_dir).await?,
-    };
-
-    let mut completion = StepCompletion {
-        metrics: finite_metrics(outcome.metrics, log),
-        registrations: outcome.registrations,
-        sources: outcome.sources,
-        ..Default::default()
-    };
-    for name in &step.outputs {
-        let path = outputs_dir.join(name);
-        let Ok(meta) = std::fs::metadata(&path) else {
-            return Err(fail(EngineError::StepFailed(format!(
-                "step '{}' declared the output '{name}' but did not write it\n  hint: write the file or directory $WEIR_OUTPUTS_DIR/{name}",
-                step.name
-            ))));
-        };
-        match meta.is_dir() {
-            true => log.line(format!("output {name} (a directory)")),
-            false => log.line(format!("output {name} ({} bytes)", meta.len())),
+        Action::Command(command) => {
+            run_command(job, command, inputs_dir, &outputs_dir, trace).await?
         }
-    }
-    completion.datasets = crate::datasets::versions(ctx, step, &outputs_dir, outcome.profiles, log)
-        .await
-        .inspect_err(|e| log.line(format!("error: {e}")))
-        .map_err(fail)?;
-    Ok(completion)
+    };
+    Ok(outcome)
 }
 
 /// Fetches the step's inputs into `inputs_dir`; their paths by name.
@@ -658,6 +722,7 @@ async fn run_command(
     command: &str,
     inputs_dir: &Path,
     outputs_dir: &Path,
+    trace: Option<&weir_trace::Context>,
 ) -> Result<OpOutcome, (EngineError, Option<i64>)> {
     let Job {
         ctx,
@@ -668,7 +733,10 @@ async fn run_command(
         base_dir,
         work,
         log,
+        ..
     } = *job;
+    // The command's own spans (through any OpenTelemetry SDK) join the step's.
+    let traceparent = trace.and_then(weir_trace::traceparent);
     let fail = |e: EngineError| (e, None);
     let params_file = work.join("params.json");
     let contract = serde_json::json!({ "with": step.with, "params": params });
@@ -769,6 +837,7 @@ async fn run_command(
             .envs(tracking_env(step_run_id).into_iter().filter(|_| rank == 0))
             .env("WEIR_RUN_ID", run_id)
             .env("WEIR_STEP", &step.name)
+            .envs(traceparent.iter().map(|t| (weir_trace::TRACEPARENT, t)))
             .stdin(Stdio::null());
         if let Some(port) = master_port {
             // torchrun's contract; rank 0's node is the group's first.

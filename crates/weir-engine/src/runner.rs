@@ -85,7 +85,7 @@ fn git_revision(dir: &std::path::Path) -> Option<String> {
     Some(if dirty { format!("{rev}-dirty") } else { rev })
 }
 
-#[tracing::instrument(skip_all, fields(pipeline = %pipeline.name))]
+#[tracing::instrument(skip_all, fields(pipeline = %pipeline.name, trace_id = tracing::field::Empty))]
 pub async fn run_pipeline(
     ctx: &Context,
     pipeline: &Pipeline,
@@ -144,7 +144,7 @@ pub async fn run_pipeline(
 
 /// Continues a failed run (one that failed, was cancelled, or whose runner
 /// died): every step that succeeded keeps its results, the others run again.
-#[tracing::instrument(skip_all, fields(run))]
+#[tracing::instrument(skip_all, fields(run, trace_id = tracing::field::Empty))]
 pub async fn resume_run(
     ctx: &Context,
     run: &str,
@@ -283,6 +283,19 @@ async fn drive(
             }
         })
     };
+    // The run is a trace (or joins the one this runner was started under);
+    // each step attempt is a span in it, handed to its runtime.
+    let trace = weir_trace::start(
+        weir_trace::inherited().as_ref(),
+        &format!("run {}", pipeline.name),
+        vec![
+            weir_trace::KeyValue::new("weir.run_id", run.id.clone()),
+            weir_trace::KeyValue::new("weir.pipeline", pipeline.name.clone()),
+        ],
+    );
+    if let Some(cx) = &trace {
+        tracing::Span::current().record("trace_id", weir_trace::trace_id(cx));
+    }
     let outcome = walk(
         ctx,
         &run,
@@ -294,9 +307,15 @@ async fn drive(
         &mut status,
         &mut outputs,
         started,
+        trace.as_ref(),
     )
     .await;
     heartbeat.abort();
+    let failure = match &outcome {
+        Ok(o) => o.error.clone(),
+        Err(e) => Some(e.to_string()),
+    };
+    weir_trace::end(trace, failure.as_deref());
     outcome
 }
 
@@ -312,7 +331,21 @@ async fn walk(
     status: &mut HashMap<String, StepStatus>,
     outputs: &mut HashMap<String, BTreeMap<String, StagedInput>>,
     started: Instant,
+    trace: Option<&weir_trace::Context>,
 ) -> Result<RunOutcome, EngineError> {
+    let mut step_spans: HashMap<String, weir_trace::Context> = HashMap::new();
+    let step_span = |name: &str, id: &str, attempt: i64, cause: &str| {
+        weir_trace::start(
+            trace,
+            &format!("step {name}"),
+            vec![
+                weir_trace::KeyValue::new("weir.step", name.to_string()),
+                weir_trace::KeyValue::new("weir.step_run_id", id.to_string()),
+                weir_trace::KeyValue::new("weir.attempt", attempt),
+                weir_trace::KeyValue::new("weir.cache", cause.to_string()),
+            ],
+        )
+    };
     let exe = match &options.exec_binary {
         Some(p) => p.clone(),
         None => std::env::current_exe()
@@ -419,6 +452,10 @@ async fn walk(
                                 .insert(step.name.clone(), produced(ctx, &step.name, &id).await?);
                             status.insert(step.name.clone(), StepStatus::Succeeded);
                             tracing::info!(run_id = %run.id, step = %step.name, from = %hit.id, "cache hit");
+                            weir_trace::end(
+                                step_span(&step.name, &id, 0, &format!("hit: run {}", hit.run_id)),
+                                None,
+                            );
                             progress.step_cached(&step.name, &hit.run_id);
                             continue;
                         }
@@ -471,6 +508,11 @@ async fn walk(
                     params: params.clone(),
                     spec_file: run.spec_file.clone(),
                 };
+                let span = step_span(&step.name, &id, 1, &reason);
+                let parent = span.as_ref().and_then(weir_trace::traceparent);
+                if let Some(span) = span {
+                    step_spans.insert(step.name.clone(), span);
+                }
                 launch(
                     &mut running,
                     &launcher,
@@ -480,6 +522,7 @@ async fn walk(
                     Some(task),
                     &gpus,
                     Duration::ZERO,
+                    parent,
                 );
             }
         }
@@ -545,6 +588,12 @@ async fn walk(
                 tracing::info!(run_id = %run.id, step = %name, attempt = record.attempt + 1, ?wait, "retrying step");
                 ctx.store.retry_step(id, record.attempt + 1).await?;
                 let gpus = slots.gpus_of(&name);
+                weir_trace::end(step_spans.remove(&name), Some(&why));
+                let span = step_span(&name, id, record.attempt + 1, "retry");
+                let parent = span.as_ref().and_then(weir_trace::traceparent);
+                if let Some(span) = span {
+                    step_spans.insert(name.clone(), span);
+                }
                 // A retry reads its task from the store, as a remote runtime would.
                 launch(
                     &mut running,
@@ -555,6 +604,7 @@ async fn walk(
                     None,
                     &gpus,
                     wait,
+                    parent,
                 );
                 continue;
             }
@@ -572,6 +622,11 @@ async fn walk(
                 record.error.clone().unwrap_or_default()
             ));
         }
+        weir_trace::end(
+            step_spans.remove(&name),
+            (record.status != StepStatus::Succeeded)
+                .then(|| record.error.as_deref().unwrap_or("failed")),
+        );
         status.insert(name.clone(), record.status);
         slots.release(&name);
         progress.step_finished(
@@ -864,11 +919,13 @@ fn launch(
     task: Option<Task>,
     gpus: &[u32],
     delay: Duration,
+    traceparent: Option<String>,
 ) {
     let tracking: Vec<(&'static str, String)> = launcher
         .tracking
         .iter()
         .map(|uri| ("WEIR_STEP_TRACKING_URI", uri.clone()))
+        .chain(traceparent.map(|t| (weir_trace::TRACEPARENT, t)))
         .collect();
     let runtime = match (ray::executor_of(ctx, step), &launcher.cluster) {
         (ExecutorKind::Ray, Some(cluster)) => {

@@ -300,6 +300,7 @@ struct Running {
     tracking_run: Option<String>,
     started_at: i64,
     threads: usize,
+    span: Option<weir_trace::Context>,
 }
 
 /// What one trial produced.
@@ -385,6 +386,8 @@ pub(crate) struct StudyJob<'a> {
     pub log: &'a StepLog,
     /// Shared by the study's trials: inputs read once, GBDT data binned once.
     pub cache: Arc<crate::ops::StudyCache>,
+    /// The span trials are children of (the step's `execute`).
+    pub trace: Option<weir_trace::Context>,
 }
 
 pub(crate) fn state_name(s: TrialState) -> &'static str {
@@ -562,12 +565,22 @@ pub(crate) async fn run_study(job: StudyJob<'_>) -> Result<OpOutcome, EngineErro
                     )?);
                 }
             }
+            let span = weir_trace::start(
+                job.trace.as_ref(),
+                &format!("trial {number}"),
+                std::iter::once(weir_trace::KeyValue::new("weir.trial", number as i64))
+                    .chain(params.iter().map(|(k, v)| {
+                        weir_trace::KeyValue::new(format!("weir.param.{k}"), v.to_string())
+                    }))
+                    .collect(),
+            );
             running.insert(
                 number,
                 Running {
                     tracking_run,
                     started_at,
                     threads: threads_per_trial,
+                    span,
                 },
             );
         }
@@ -829,6 +842,17 @@ async fn finish_trial(
     if let Some(child) = &r.tracking_run {
         finish_child_run(job.ctx, child, state, &metrics).await?;
     }
+    weir_trace::set(
+        r.span.as_ref(),
+        weir_trace::KeyValue::new("weir.trial.state", state_name(state)),
+    );
+    if let Some(v) = value {
+        weir_trace::set(
+            r.span.as_ref(),
+            weir_trace::KeyValue::new(format!("weir.{}", spec.metric), v),
+        );
+    }
+    weir_trace::end(r.span.clone(), error.as_deref());
     let best =
         best_trial(&shared.lock().expect("study lock"), spec.goal).map(|b| (b.number, b.value));
     let shown = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.5}"));

@@ -20,6 +20,7 @@ mod predlog;
 mod register;
 pub mod rollout;
 mod routes;
+mod spans;
 mod stats;
 
 use std::collections::BTreeMap;
@@ -89,6 +90,9 @@ pub struct ServeOptions {
     pub monitors: Vec<alerts::Monitor>,
     /// What the replica's CPU and memory cost (`[prices]` in weir.toml).
     pub prices: weir_core::cost::Prices,
+    /// The share of requests traced when tracing is on (a caller's
+    /// traceparent decides for its own requests).
+    pub trace_sample: f64,
 }
 
 /// A model version loaded and warmed up.
@@ -169,6 +173,7 @@ pub(crate) struct AppState {
     pub log: Option<predlog::PredictionLog>,
     /// This replica holds the controller's lease: it also runs the monitors.
     leading: AtomicBool,
+    pub trace_sample: f64,
     /// Recent endpoint predictions by request id, for label feedback.
     predictions: std::sync::Mutex<lru::LruCache<String, Prediction>>,
     /// This replica, as it holds the controller's lease and signs its counts.
@@ -997,6 +1002,7 @@ pub async fn serve(
     let state = Arc::new(AppState {
         log: predlog::PredictionLog::new(options.log.clone(), metrics.clone()),
         leading: AtomicBool::new(false),
+        trace_sample: options.trace_sample,
         replica,
         shared_windows,
         models: RwLock::new(BTreeMap::new()),

@@ -131,6 +131,7 @@ pub(crate) struct Metrics {
 impl Metrics {
     pub(crate) fn new() -> Metrics {
         let mut registry = Registry::with_prefix("weir_serve");
+        registry.register_collector(Box::new(DroppedSpans));
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
@@ -500,5 +501,26 @@ impl Metrics {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// Spans the OTLP endpoint never got (`weir_serve_otlp_spans_dropped_total`).
+#[derive(Debug)]
+struct DroppedSpans;
+
+impl prometheus_client::collector::Collector for DroppedSpans {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let dropped =
+            prometheus_client::metrics::counter::ConstCounter::new(weir_trace::dropped_spans());
+        dropped.encode(encoder.encode_descriptor(
+            "otlp_spans_dropped",
+            "Spans that could not be delivered to the OTLP endpoint",
+            None,
+            dropped.metric_type(),
+        )?)
     }
 }

@@ -196,6 +196,8 @@ struct Timed {
     queue: Duration,
     infer: Duration,
     cache: Option<(bool, Duration)>,
+    /// Set when this request is traced.
+    traced: Option<crate::spans::Traced>,
 }
 
 impl Timed {
@@ -214,7 +216,14 @@ impl Timed {
             queue: Duration::ZERO,
             infer: Duration::ZERO,
             cache: None,
+            traced: None,
         }
+    }
+
+    /// Decides, from the caller's traceparent or the sample rate, whether
+    /// this request is a trace.
+    fn trace(&mut self, s: &AppState, headers: &HeaderMap) {
+        self.traced = crate::spans::decide(headers, s.trace_sample, self.started);
     }
 
     fn answered_by(&mut self, loaded: &Loaded) {
@@ -248,9 +257,25 @@ impl Timed {
         self.cache = Some((hit, at.elapsed()));
     }
 
-    fn finish(self, s: &AppState, status: StatusCode) {
+    fn finish(mut self, s: &AppState, status: StatusCode) {
+        let now = Instant::now();
+        if let Some(traced) = self.traced.take() {
+            traced.finish(crate::spans::Phases {
+                route: match self.protocol {
+                    "v2" => "/v2/models/{name}/infer",
+                    _ => "/invocations",
+                },
+                model: &self.model,
+                version: &self.version,
+                code: status.as_u16(),
+                rows: self.rows,
+                model_at: self.model_at,
+                queue: self.queue,
+                model_done: self.model_done,
+                ended: now,
+            });
+        }
         if let Some(stats) = &self.stats {
-            let now = Instant::now();
             stats.request(&crate::stats::RequestPhases {
                 total: now.saturating_duration_since(self.started),
                 ok: status.is_success(),
@@ -699,6 +724,7 @@ async fn run_infer(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut timed = Timed::start("v2");
+    timed.trace(&s, &headers);
     let mut routed = None;
     let result = match resolve(&s, &name, version.as_deref(), &headers) {
         Err(e) => Err(OipError(e)),
@@ -1155,6 +1181,7 @@ async fn invocations(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut timed = Timed::start("invocations");
+    timed.trace(&s, &headers);
     let mut routed = None;
     let result = async {
         if let Some(ct) = headers

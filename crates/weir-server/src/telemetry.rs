@@ -121,10 +121,24 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for StoreLatencyLayer 
 }
 
 /// The process's CPU time, memory, open files and start time, as the
-/// official clients name them.
+/// official clients name them, and the spans it could not export.
 #[derive(Debug)]
-struct ProcessCollector {
+pub struct ProcessCollector {
     started: f64,
+}
+
+impl ProcessCollector {
+    pub fn new() -> ProcessCollector {
+        ProcessCollector {
+            started: weir_core::now_ms() as f64 / 1000.0,
+        }
+    }
+}
+
+impl Default for ProcessCollector {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Collector for ProcessCollector {
@@ -156,6 +170,14 @@ impl Collector for ProcessCollector {
             None,
             fds.metric_type(),
         )?)?;
+        // Traces the collector never got (down, refusing, too slow).
+        let dropped = ConstCounter::new(weir_trace::dropped_spans());
+        dropped.encode(encoder.encode_descriptor(
+            "weir_otlp_spans_dropped",
+            "Spans that could not be delivered to the OTLP endpoint",
+            None,
+            dropped.metric_type(),
+        )?)?;
         let started = ConstGauge::new(self.started);
         started.encode(encoder.encode_descriptor(
             "process_start_time_seconds",
@@ -172,9 +194,7 @@ impl Collector for ProcessCollector {
 /// their prefix.
 pub fn base_registry() -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(ProcessCollector {
-        started: weir_core::now_ms() as f64 / 1000.0,
-    }));
+    registry.register_collector(Box::new(ProcessCollector::new()));
     registry.register(
         "weir_store_statement_duration_seconds",
         "Time the metadata store took per statement (queueing for a connection included for direct writes)",

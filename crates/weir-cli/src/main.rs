@@ -261,6 +261,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Service level objectives: each endpoint's error budget and burn rates
+    #[command(subcommand)]
+    Slo(SloCommand),
     /// What work cost: a run's steps and trials, or everything since a time, by pipeline,
     /// run, step, model or endpoint (at the prices of `[prices]` in weir.toml)
     Cost {
@@ -314,6 +317,21 @@ enum Command {
     /// Run one worker of a data-parallel trainer (started by its step)
     #[command(hide = true)]
     TrainWorker { spec: std::path::PathBuf },
+}
+
+#[derive(Subcommand)]
+enum SloCommand {
+    /// Error budget left and burn rates (5m, 30m, 1h, 6h) of each objective, from every
+    /// replica's counts; the objectives are the `slos:` of the monitors file or weir.toml
+    Status {
+        /// One endpoint (default: every endpoint with an SLO)
+        endpoint: Option<String>,
+        /// The file with the `slos:` (default: the `monitors` setting)
+        #[arg(long)]
+        monitors: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -960,9 +978,12 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                     ("monitors", monitors.map(|m| m.display().to_string())),
                 ],
             )?;
-            let monitors = match config.monitors() {
-                Some(file) => weir_serve::alerts::load(std::path::Path::new(file))?,
-                None => Vec::new(),
+            let (monitors, slos) = match config.monitors() {
+                Some(file) => (
+                    weir_serve::alerts::load(std::path::Path::new(file))?,
+                    weir_serve::slo::load(std::path::Path::new(file))?,
+                ),
+                None => (Vec::new(), Vec::new()),
             };
             start_tracing(&config, "weir-serve")?;
             let ctx = Context::open(config.clone()).await?;
@@ -992,6 +1013,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 monitors,
                 prices: ctx.config.prices.clone(),
                 trace_sample,
+                slos,
             };
             weir_serve::serve(&ctx.store, &ctx.artifacts, &selected, options).await?;
             Ok(ExitCode::SUCCESS)
@@ -1017,6 +1039,45 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             let checks = ctx.store.latest_checks(&target).await?;
             let alerts = ctx.store.alerts(&target, 20).await?;
             output::monitor(&report, (&checks, &alerts), html.as_deref(), json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Slo(SloCommand::Status {
+            endpoint,
+            monitors,
+            json,
+        }) => {
+            let config = config(
+                &cli.global,
+                &[("monitors", monitors.map(|m| m.display().to_string()))],
+            )?;
+            let Some(file) = config.monitors() else {
+                anyhow::bail!(
+                    "no SLOs: write them as `slos:` in a monitors file (--monitors FILE, `monitors` in weir.toml) or as [[slos]] tables in weir.toml"
+                );
+            };
+            let slos = weir_serve::slo::load(std::path::Path::new(file))?;
+            let chosen: Vec<_> = slos
+                .iter()
+                .filter(|s| endpoint.as_ref().is_none_or(|e| &s.endpoint == e))
+                .collect();
+            if chosen.is_empty() {
+                let known: Vec<&str> = slos.iter().map(|s| s.endpoint.as_str()).collect();
+                anyhow::bail!(
+                    "no SLO for endpoint '{}' in {file}; SLOs are set for: {}",
+                    endpoint.unwrap_or_default(),
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                );
+            }
+            let ctx = Context::open(config).await?;
+            let mut statuses = Vec::new();
+            for s in chosen {
+                statuses.push(weir_serve::slo::check(&ctx.store, s).await?);
+            }
+            output::slo_status(&statuses, json);
             Ok(ExitCode::SUCCESS)
         }
         Command::Cost {

@@ -1464,3 +1464,44 @@ pub fn monitor(
     }
     Ok(())
 }
+
+/// `weir slo status`: each objective's budget, burn rates and state.
+pub fn slo_status(statuses: &[weir_serve::slo::Status], json: bool) {
+    if json {
+        print_json(&statuses);
+        return;
+    }
+    let mut rows = Vec::new();
+    for s in statuses {
+        for o in &s.objectives {
+            rows.push(vec![
+                s.endpoint.clone(),
+                o.sli.clone(),
+                format!("{:.2}%", o.target * 100.0),
+                format!("{} / {}", o.bad, o.requests),
+                format!("{:.1}%", o.budget_remaining * 100.0),
+                format!("{:.1}x", o.burn["5m"]),
+                format!("{:.1}x", o.burn["30m"]),
+                format!("{:.1}x", o.burn["1h"]),
+                format!("{:.1}x", o.burn["6h"]),
+                o.state.clone(),
+            ]);
+        }
+    }
+    table(
+        &[
+            "ENDPOINT",
+            "SLI",
+            "TARGET",
+            "BAD / REQUESTS",
+            "BUDGET LEFT",
+            "5M",
+            "30M",
+            "1H",
+            "6H",
+            "STATE",
+        ],
+        &rows,
+    );
+    println!("burn rate: bad share over the share allowed; pages at 14.4x over 1h and 5m, tickets at 6x over 6h and 30m");
+}

@@ -55,6 +55,9 @@ struct FileConfig {
     ray_weir_bin: Option<String>,
     monitors: Option<MonitorsSetting>,
     otlp_endpoint: Option<String>,
+    // Read by `weir serve` and `weir slo` from the file itself (weir-serve `slo::load`).
+    #[allow(dead_code)]
+    slos: Option<Vec<toml::Table>>,
     prices: Option<toml::Table>,
     budgets: Option<BudgetsFile>,
 }
@@ -142,7 +145,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     (
         "monitors",
         "WEIR_MONITORS",
-        "a monitors file (YAML) that `weir serve` runs: drift and accuracy conditions, alerts, webhooks, retraining",
+        "a monitors file (YAML) that `weir serve` runs: drift and accuracy conditions, alerts, webhooks, retraining; and endpoints' SLOs (`slos:`)",
     ),
     (
         "otlp_endpoint",
@@ -211,10 +214,14 @@ impl Config {
             ("otlp_endpoint", file.otlp_endpoint),
             (
                 "monitors",
-                file.monitors.map(|m| match m {
-                    MonitorsSetting::File(path) => path,
-                    MonitorsSetting::Inline(_) => file_path.display().to_string(),
-                }),
+                match (file.monitors, &file.slos) {
+                    (Some(MonitorsSetting::File(path)), _) => Some(path),
+                    // `[[monitors]]` or `[[slos]]` tables: weir.toml itself is the file.
+                    (Some(MonitorsSetting::Inline(_)), _) | (None, Some(_)) => {
+                        Some(file_path.display().to_string())
+                    }
+                    (None, None) => None,
+                },
             ),
         ]);
         let mut settings = BTreeMap::new();

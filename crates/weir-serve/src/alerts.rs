@@ -37,7 +37,12 @@ fn bad(file: &Path, message: impl std::fmt::Display) -> ServeError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
+    #[serde(default)]
     monitors: Vec<RawMonitor>,
+    /// Read by `slo::load`.
+    #[serde(default)]
+    #[allow(dead_code)]
+    slos: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -303,6 +308,7 @@ pub fn load(file: &Path) -> Result<Vec<Monitor>, ServeError> {
                 monitors: monitors
                     .try_into()
                     .map_err(|e: toml::de::Error| bad(file, e.message().to_string()))?,
+                slos: None,
             }
         }
         _ => serde_saphyr::from_str(&text).map_err(|e| bad(file, e))?,

@@ -20,6 +20,7 @@ mod predlog;
 mod register;
 pub mod rollout;
 mod routes;
+pub mod slo;
 mod spans;
 mod stats;
 
@@ -93,6 +94,8 @@ pub struct ServeOptions {
     /// The share of requests traced when tracing is on (a caller's
     /// traceparent decides for its own requests).
     pub trace_sample: f64,
+    /// Objectives per endpoint (`slos:` beside the monitors).
+    pub slos: Vec<slo::Slo>,
 }
 
 /// A model version loaded and warmed up.
@@ -169,6 +172,10 @@ pub(crate) struct AppState {
     windows: std::sync::Mutex<BTreeMap<(String, i64), rollout::Window>>,
     /// Mirrored requests whose answers agreed / all, per endpoint, this rollout.
     shadow_agreement: std::sync::Mutex<BTreeMap<String, (u64, u64)>>,
+    /// Objectives by endpoint, and this replica's counts per (endpoint,
+    /// minute) not yet added to the store.
+    slos: BTreeMap<String, slo::Slo>,
+    slo_counts: std::sync::Mutex<BTreeMap<(String, i64), slo::Minute>>,
     /// Sampled requests waiting to be written to the prediction log.
     pub log: Option<predlog::PredictionLog>,
     /// This replica holds the controller's lease: it also runs the monitors.
@@ -312,6 +319,14 @@ impl AppState {
             .endpoint_request(endpoint, version, code, elapsed);
         // 429 is the server's own limit, not the version's doing.
         let error = code >= 400 && code != 429;
+        if let Some(objective) = self.slos.get(endpoint) {
+            let minute = weir_core::now_ms() / 60_000;
+            let mut counts = self.slo_counts.lock().expect("slo lock");
+            let m = counts.entry((endpoint.to_string(), minute)).or_default();
+            m.total += 1;
+            m.failed += u64::from(error);
+            m.slow += u64::from(objective.latency_p99.is_some_and(|limit| elapsed > limit));
+        }
         self.windows
             .lock()
             .expect("windows lock")
@@ -841,7 +856,30 @@ impl Controller {
             .candidate
             .and_then(|v| state.loaded_version(&d.model, v))
             .and_then(|l| l.reference.clone());
-        match rollout::judge(&analysis, &mut stable, &mut candidate, reference.as_ref()) {
+        // An endpoint burning its error budget fast is a violation
+        // whatever the candidate's own figures say; judged now, on this
+        // replica's latest counts too.
+        let burning = match state.slos.get(&d.endpoint) {
+            Some(objective) => {
+                flush_slo_counts(state).await;
+                match slo::check(&state.store, objective).await {
+                    Ok(status) => {
+                        state.metrics.slo(&status);
+                        status.fast_burn()
+                    }
+                    Err(e) => {
+                        eprintln!("warning: cannot judge the SLO of {}: {e}", d.endpoint);
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let verdict = match burning {
+            Some(why) => rollout::Verdict::Violation(why),
+            None => rollout::judge(&analysis, &mut stable, &mut candidate, reference.as_ref()),
+        };
+        match verdict {
             rollout::Verdict::Violation(why) => {
                 if let Ok((next, what)) = rollout::rollback(&d, &why) {
                     self.save(state, next, "rolled back", &what).await;
@@ -1026,6 +1064,12 @@ pub async fn serve(
         endpoints: RwLock::new(BTreeMap::new()),
         windows: std::sync::Mutex::new(BTreeMap::new()),
         shadow_agreement: std::sync::Mutex::new(BTreeMap::new()),
+        slos: options
+            .slos
+            .iter()
+            .map(|s| (s.endpoint.clone(), s.clone()))
+            .collect(),
+        slo_counts: std::sync::Mutex::new(BTreeMap::new()),
         predictions: std::sync::Mutex::new(lru::LruCache::new(
             std::num::NonZeroUsize::new(PREDICTIONS_KEPT).expect("non-zero"),
         )),
@@ -1137,6 +1181,8 @@ async fn refuse_second_server(store: &Store, me: &str) -> Result<(), ServeError>
 /// controller's lease; each replica writes its own log.
 struct Watch {
     costing: costing::Costing,
+    slo_flushed: Option<Instant>,
+    slo_judged: Option<Instant>,
     monitors: Vec<(Arc<alerts::Monitor>, alerts::MonitorState)>,
     every: Duration,
     window: Duration,
@@ -1150,6 +1196,8 @@ impl Watch {
     fn new(options: &ServeOptions) -> Watch {
         Watch {
             costing: costing::Costing::new(options.prices.clone()),
+            slo_flushed: None,
+            slo_judged: None,
             monitors: options
                 .monitors
                 .iter()
@@ -1169,8 +1217,19 @@ impl Watch {
                 _ = tick.tick() => {}
                 _ = &mut stop => {
                     self.record_usage(&state, true).await;
+                    flush_slo_counts(&state).await;
                     return;
                 }
+            }
+            if self.slo_flushed.is_none_or(|t| t.elapsed() >= SLO_FLUSH) {
+                self.slo_flushed = Some(Instant::now());
+                flush_slo_counts(&state).await;
+            }
+            if state.leading.load(Ordering::Acquire)
+                && self.slo_judged.is_none_or(|t| t.elapsed() >= SLO_JUDGE)
+            {
+                self.slo_judged = Some(Instant::now());
+                judge_slos(&state).await;
             }
             if let Some(log) = &state.log {
                 log.flush(&state.store, &state.artifacts, false, None).await;
@@ -1221,6 +1280,61 @@ impl Watch {
                 self.checked.insert(endpoint.clone(), Instant::now());
                 checked(&state, &endpoint, &monitor::CheckOptions::new(self.window)).await;
             }
+        }
+    }
+}
+
+/// How often a replica adds its SLO counts to the store, and how often the
+/// controller's replica judges the objectives.
+const SLO_FLUSH: Duration = Duration::from_secs(2);
+const SLO_JUDGE: Duration = Duration::from_secs(3);
+
+async fn flush_slo_counts(state: &AppState) {
+    let counts = std::mem::take(&mut *state.slo_counts.lock().expect("slo lock"));
+    if counts.is_empty() {
+        return;
+    }
+    let rows: Vec<(String, i64, i64, i64, i64)> = counts
+        .iter()
+        .map(|((e, m), c)| {
+            (
+                e.clone(),
+                *m,
+                c.total as i64,
+                c.failed as i64,
+                c.slow as i64,
+            )
+        })
+        .collect();
+    let keep = (slo::MAX_WINDOW.as_secs() / 60) as i64;
+    if let Err(e) = state
+        .store
+        .add_slo_minutes(&state.replica, &rows, keep)
+        .await
+    {
+        eprintln!("warning: cannot record SLO counts: {e}");
+        // Kept for the next flush rather than lost.
+        let mut pending = state.slo_counts.lock().expect("slo lock");
+        for (key, c) in counts {
+            let m = pending.entry(key).or_default();
+            m.total += c.total;
+            m.failed += c.failed;
+            m.slow += c.slow;
+        }
+    }
+}
+
+/// Judges every objective on the counts of every replica and publishes the
+/// budgets and burn rates (the rollout controller judges its endpoint's
+/// afresh when it judges an interval).
+async fn judge_slos(state: &AppState) {
+    for objective in state.slos.values() {
+        match slo::check(&state.store, objective).await {
+            Ok(status) => state.metrics.slo(&status),
+            Err(e) => eprintln!(
+                "warning: cannot judge the SLO of {}: {e}",
+                objective.endpoint
+            ),
         }
     }
 }

@@ -126,6 +126,21 @@ pub(crate) struct Metrics {
     answered: Arc<std::sync::atomic::AtomicU64>,
     cost: Gauge<f64, AtomicU64>,
     cost_per_1k: Gauge<f64, AtomicU64>,
+    slo_budget: Family<SloLabels, Gauge<f64, AtomicU64>>,
+    slo_burn: Family<BurnLabels, Gauge<f64, AtomicU64>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SloLabels {
+    endpoint: String,
+    sli: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BurnLabels {
+    endpoint: String,
+    sli: String,
+    window: String,
 }
 
 impl Metrics {
@@ -269,7 +284,21 @@ impl Metrics {
             "This replica's cost over the requests it answered, per 1,000",
             cost_per_1k.clone(),
         );
+        let slo_budget = Family::<SloLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "slo_error_budget_remaining",
+            "Share of the SLO window's error budget left (negative once overspent)",
+            slo_budget.clone(),
+        );
+        let slo_burn = Family::<BurnLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "slo_burn_rate",
+            "Bad requests over those the objective allows, per window (1 spends the budget in exactly the SLO window)",
+            slo_burn.clone(),
+        );
         Metrics {
+            slo_budget,
+            slo_burn,
             answered: Arc::default(),
             cost,
             cost_per_1k,
@@ -484,6 +513,26 @@ impl Metrics {
                 monitor: monitor.to_string(),
             })
             .inc();
+    }
+
+    pub(crate) fn slo(&self, status: &crate::slo::Status) {
+        for o in &status.objectives {
+            self.slo_budget
+                .get_or_create(&SloLabels {
+                    endpoint: status.endpoint.clone(),
+                    sli: o.sli.clone(),
+                })
+                .set(o.budget_remaining);
+            for (window, rate) in &o.burn {
+                self.slo_burn
+                    .get_or_create(&BurnLabels {
+                        endpoint: status.endpoint.clone(),
+                        sli: o.sli.clone(),
+                        window: window.clone(),
+                    })
+                    .set(*rate);
+            }
+        }
     }
 
     pub(crate) fn answered(&self) -> u64 {

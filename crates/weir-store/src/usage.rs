@@ -271,4 +271,67 @@ impl Store {
             })
             .collect()
     }
+
+    /// Adds one replica's per-minute endpoint counts (minute, total,
+    /// failed, slow) and drops rows older than `keep_minutes`.
+    pub async fn add_slo_minutes(
+        &self,
+        replica: &str,
+        rows: &[(String, i64, i64, i64, i64)],
+        keep_minutes: i64,
+    ) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        for (endpoint, minute, total, failed, slow) in rows {
+            sqlx::query(
+                "INSERT INTO slo_minutes (endpoint, minute, replica, total, failed, slow) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (endpoint, minute, replica) DO UPDATE \
+                 SET total = slo_minutes.total + excluded.total, \
+                 failed = slo_minutes.failed + excluded.failed, slow = slo_minutes.slow + excluded.slow",
+            )
+            .bind(endpoint)
+            .bind(minute)
+            .bind(replica)
+            .bind(total)
+            .bind(failed)
+            .bind(slow)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(newest) = rows.iter().map(|r| r.1).max() {
+            sqlx::query("DELETE FROM slo_minutes WHERE minute < $1")
+                .bind(newest - keep_minutes)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// An endpoint's counts per minute since `since_minute`, summed over
+    /// replicas: (minute, total, failed, slow).
+    pub async fn slo_minutes(
+        &self,
+        endpoint: &str,
+        since_minute: i64,
+    ) -> Result<Vec<(i64, i64, i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT minute, CAST(SUM(total) AS BIGINT) AS total, CAST(SUM(failed) AS BIGINT) AS failed, \
+             CAST(SUM(slow) AS BIGINT) AS slow \
+             FROM slo_minutes WHERE endpoint = $1 AND minute >= $2 GROUP BY minute ORDER BY minute",
+        )
+        .bind(endpoint)
+        .bind(since_minute)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("minute")?,
+                    r.try_get("total")?,
+                    r.try_get("failed")?,
+                    r.try_get("slow")?,
+                ))
+            })
+            .collect()
+    }
 }

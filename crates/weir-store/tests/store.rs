@@ -867,6 +867,34 @@ async fn usage_adds_up_by_run_step_and_study(s: &Store) {
         .collect();
     assert_eq!(mine.len(), 1);
     assert_eq!((mine[0].requests, mine[0].cost), (2000, 0.2));
+
+    // SLO counts: replicas add to their own rows, reads sum them per minute.
+    let endpoint = format!("web-{}", weir_core::new_id());
+    let rows = |total, failed| {
+        vec![
+            (endpoint.clone(), 100, total, failed, 1),
+            (endpoint.clone(), 101, 5, 0, 0),
+        ]
+    };
+    s.add_slo_minutes("r1", &rows(10, 2), 1000).await.unwrap();
+    s.add_slo_minutes("r1", &rows(10, 1), 1000).await.unwrap();
+    s.add_slo_minutes("r2", &rows(7, 0), 1000).await.unwrap();
+    assert_eq!(
+        s.slo_minutes(&endpoint, 0).await.unwrap(),
+        vec![(100, 27, 3, 3), (101, 15, 0, 0)]
+    );
+    assert_eq!(
+        s.slo_minutes(&endpoint, 101).await.unwrap(),
+        vec![(101, 15, 0, 0)]
+    );
+    // Rows older than what is kept go as newer ones come.
+    s.add_slo_minutes("r1", &[(endpoint.clone(), 2000, 1, 0, 0)], 1000)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.slo_minutes(&endpoint, 0).await.unwrap(),
+        vec![(2000, 1, 0, 0)]
+    );
 }
 
 store_suite!(

@@ -965,3 +965,92 @@ fn a_second_server_on_a_sqlite_store_is_refused() {
     let again = sb.serve(&[]);
     assert_eq!(again.get("/v2/models/web/ready").0, 200);
 }
+
+#[test]
+fn an_endpoint_burning_its_error_budget_fast_rolls_back_its_rollout() {
+    let sb = Sandbox::new();
+    sb.write(
+        "weir.toml",
+        "[[slos]]\nendpoint = \"web\"\navailability = 99.9\nlatency_p99 = \"2s\"\nwindow = \"1h\"\n",
+    );
+    register(&sb, "gbdt_classifier.onnx");
+    sb.ok(&["deploy", "web", "--model", "bc", "--version", "1"]);
+    let server = sb.serve(&[]);
+    for _ in 0..40 {
+        assert_eq!(server.post("/v2/models/web/infer", body()).0, 200);
+    }
+    // Every replica adds its counts to the store; the CLI reads them there.
+    let healthy = {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let s = sb.json(&["slo", "status", "web"]);
+            if s[0]["objectives"][0]["requests"].as_u64() >= Some(40) {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "{s}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let availability = &healthy[0]["objectives"][0];
+    assert_eq!(
+        (availability["sli"].clone(), availability["state"].clone()),
+        (json!("availability"), json!("ok"))
+    );
+    assert_eq!(availability["budget_remaining"], 1.0);
+    assert_eq!(healthy[0]["objectives"][1]["sli"], "latency");
+
+    // A candidate that refuses every request, allowed by its own error-rate
+    // limit: only the endpoint's error budget stops it.
+    register(&sb, "mlp_regressor.onnx");
+    let traffic = Traffic::start(&server, "/v2/models/web/infer");
+    sb.ok(&[
+        "deploy",
+        "web",
+        "--model",
+        "bc",
+        "--version",
+        "2",
+        "--steps",
+        "50,100",
+        "--interval",
+        "3s",
+        "--min-requests",
+        "5",
+        "--max-error-rate",
+        "1.0",
+    ]);
+    let back = wait_for(&sb, "rollback", |s| s["phase"] == "RolledBack");
+    traffic.finish();
+    let reason = back["reason"].as_str().unwrap();
+    assert!(reason.contains("SLO fast burn on availability"), "{back}");
+    assert_eq!(back["stable"], 1);
+    let burn = server
+        .metric(r#"weir_serve_slo_burn_rate{endpoint="web",sli="availability",window="5m"}"#)
+        .unwrap();
+    assert!(burn > 14.4, "{burn}");
+    let status = sb.json(&["slo", "status", "web"]);
+    let a = &status[0]["objectives"][0];
+    assert!(a["bad"].as_u64().unwrap() > 0, "{status}");
+    assert!(a["budget_remaining"].as_f64().unwrap() < 0.5, "{status}");
+    let text = sb.ok(&["slo", "status"]);
+    assert!(
+        text.contains("web") && text.contains("BUDGET LEFT"),
+        "{text}"
+    );
+
+    // Bad objectives and unknown endpoints are named.
+    let err = sb.fails(&["slo", "status", "api"]);
+    assert!(
+        err.contains("no SLO for endpoint 'api'") && err.contains("web"),
+        "{err}"
+    );
+    sb.write(
+        "weir.toml",
+        "[[slos]]\nendpoint = \"web\"\navailability = 120\n",
+    );
+    let err = sb.fails(&["slo", "status"]);
+    assert!(
+        err.contains("availability 120 is not a percentage"),
+        "{err}"
+    );
+}

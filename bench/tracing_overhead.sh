@@ -49,7 +49,7 @@ BODY='{"dataframe_split": {"columns": ["carrier", "origin", "dest", "hour", "dis
 cat >"$WORK/post.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = [[$BODY]]
+wrk.body = [==[$BODY]==]
 done = function(summary, latency, requests)
   io.write(string.format("WRKJSON {\"rps\": %.1f, \"p50_us\": %d, \"p99_us\": %d, \"errors\": %d}\n",
     summary.requests / (summary.duration / 1e6), latency:percentile(50), latency:percentile(99),

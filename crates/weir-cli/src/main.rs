@@ -63,6 +63,9 @@ enum Command {
         /// Serve the runner's Prometheus metrics on this address while the run goes on
         #[arg(long, env = "WEIR_METRICS_ADDR")]
         metrics_addr: Option<String>,
+        /// The off-peak window (UTC, e.g. 22:00-06:00) that `run_in: off_peak` steps wait for [env: WEIR_OFF_PEAK]
+        #[arg(long)]
+        off_peak: Option<String>,
     },
     /// Continue a failed, cancelled or crashed run; steps that succeeded are not run again
     Resume {
@@ -79,6 +82,9 @@ enum Command {
         /// Serve the runner's Prometheus metrics on this address while the run goes on
         #[arg(long, env = "WEIR_METRICS_ADDR")]
         metrics_addr: Option<String>,
+        /// The off-peak window (UTC) that `run_in: off_peak` steps wait for [env: WEIR_OFF_PEAK]
+        #[arg(long)]
+        off_peak: Option<String>,
     },
     /// Stop a running run: its steps are stopped and the run is recorded as failed
     Cancel {
@@ -261,6 +267,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Pipelines run on a cron schedule by `weir scheduler`
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
+    /// Run the schedules: fire each pipeline on time, catch up missed firings by policy
+    /// (one active scheduler per store; others stand by)
+    Scheduler {
+        /// How often the schedules are looked at
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        tick: std::time::Duration,
+        /// A firing started later than this after its time was missed (caught up by policy)
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+    },
     /// Service level objectives: each endpoint's error budget and burn rates
     #[command(subcommand)]
     Slo(SloCommand),
@@ -317,6 +336,48 @@ enum Command {
     /// Run one worker of a data-parallel trainer (started by its step)
     #[command(hide = true)]
     TrainWorker { spec: std::path::PathBuf },
+}
+
+#[derive(Subcommand)]
+enum ScheduleCommand {
+    /// Schedule a pipeline
+    Add {
+        /// The pipeline file
+        file: PathBuf,
+        /// When: five fields, minute hour day-of-month month day-of-week, in UTC
+        /// (e.g. "0 3 * * *"); a sixth, first, gives seconds
+        #[arg(long)]
+        cron: String,
+        /// The off-peak window (UTC, e.g. 22:00-06:00) its `run_in: off_peak` steps wait for
+        #[arg(long)]
+        window: Option<String>,
+        /// A pipeline param for its runs: -p key=value (repeatable)
+        #[arg(short = 'p', long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        /// Firings missed while no scheduler ran: skip them, or run once for all of them
+        #[arg(long, default_value = "skip", value_parser = ["skip", "once"])]
+        catch_up: String,
+        /// The schedule's name (default: the pipeline's)
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Schedules with their next firing
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a schedule and its history
+    Remove { name: String },
+    /// What each firing of a schedule did
+    History {
+        name: String,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -504,7 +565,6 @@ fn parse_params(raw: &[String]) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
-/// The live display for people, nothing for `--json`.
 /// Starts exporting traces when an OTLP endpoint is configured.
 fn start_tracing(config: &Config, service: &str) -> Result<()> {
     if let Some(url) = weir_trace::endpoint(config.otlp_endpoint()) {
@@ -526,6 +586,7 @@ async fn with_metrics(
     }
 }
 
+/// The live display for people, nothing for `--json`.
 fn progress_for(json: bool) -> Box<dyn progress::Progress> {
     if json {
         Box::new(progress::Quiet)
@@ -572,12 +633,14 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             no_cache,
             json,
             metrics_addr,
+            off_peak,
         } => {
             let config = config(
                 &cli.global,
                 &[
                     ("max_parallel", max_parallel.map(|v| v.to_string())),
                     ("executor", executor),
+                    ("off_peak", off_peak),
                 ],
             )?;
             let pipeline = weir_core::pipeline::load(&file, &parse_params(&params)?)?;
@@ -599,12 +662,14 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             executor,
             json,
             metrics_addr,
+            off_peak,
         } => {
             let config = config(
                 &cli.global,
                 &[
                     ("max_parallel", max_parallel.map(|v| v.to_string())),
                     ("executor", executor),
+                    ("off_peak", off_peak),
                 ],
             )?;
             start_tracing(&config, "weir-runner")?;
@@ -1039,6 +1104,108 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             let checks = ctx.store.latest_checks(&target).await?;
             let alerts = ctx.store.alerts(&target, 20).await?;
             output::monitor(&report, (&checks, &alerts), html.as_deref(), json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schedule(ScheduleCommand::Add {
+            file,
+            cron,
+            window,
+            params,
+            catch_up,
+            name,
+            json,
+        }) => {
+            weir_engine::schedule::parse_cron(&cron).map_err(anyhow::Error::msg)?;
+            if let Some(w) = &window {
+                w.parse::<weir_core::window::Window>()
+                    .map_err(|e| anyhow::anyhow!("--window: {e}"))?;
+            }
+            let params = parse_params(&params)?;
+            // A schedule that cannot run is refused now, not at 3 a.m.
+            let pipeline = weir_core::pipeline::load(&file, &params)?;
+            if window.is_none() {
+                if let Some(step) = pipeline.steps.iter().find(|s| s.off_peak) {
+                    let config = config(&cli.global, &[])?;
+                    if config.off_peak()?.is_none() {
+                        anyhow::bail!(
+                            "step '{}' runs off-peak (run_in: off_peak): give the schedule a --window (e.g. 22:00-06:00) or set off_peak in weir.toml",
+                            step.name
+                        );
+                    }
+                }
+            }
+            let spec_file = file
+                .canonicalize()
+                .with_context(|| format!("cannot resolve {}", file.display()))?;
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            let now = weir_core::now_ms();
+            let schedule = weir_store::Schedule {
+                name: name.unwrap_or_else(|| pipeline.name.clone()),
+                spec_file: spec_file.display().to_string(),
+                cron,
+                off_peak: window,
+                params_json: serde_json::to_string(
+                    &params
+                        .into_iter()
+                        .collect::<std::collections::BTreeMap<_, _>>(),
+                )?,
+                catch_up,
+                created_at: now,
+                last_fire_at: now,
+            };
+            ctx.store.add_schedule(&schedule).await?;
+            output::schedule_added(&schedule, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schedule(ScheduleCommand::List { json }) => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            output::schedules(&ctx.store.schedules().await?, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schedule(ScheduleCommand::Remove { name }) => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            if !ctx.store.remove_schedule(&name).await? {
+                let names: Vec<String> = ctx
+                    .store
+                    .schedules()
+                    .await?
+                    .into_iter()
+                    .map(|s| s.name)
+                    .collect();
+                anyhow::bail!(
+                    "no schedule named '{name}'; schedules: {}",
+                    if names.is_empty() {
+                        "none".into()
+                    } else {
+                        names.join(", ")
+                    }
+                );
+            }
+            println!("removed schedule '{name}'");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schedule(ScheduleCommand::History { name, limit, json }) => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            if !ctx.store.schedules().await?.iter().any(|s| s.name == name) {
+                anyhow::bail!("no schedule named '{name}'; see `weir schedule list`");
+            }
+            output::firings(&ctx.store.firings(&name, limit).await?, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Scheduler { tick, grace } => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            let options = weir_engine::schedule::SchedulerOptions {
+                tick,
+                grace,
+                exe: std::env::current_exe().context("cannot locate the weir executable")?,
+                me: weir_core::process::identity(),
+            };
+            eprintln!(
+                "scheduler {}: watching the schedules of {}",
+                options.me,
+                ctx.store.url()
+            );
+            weir_engine::schedule::run_scheduler(&ctx, options).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Slo(SloCommand::Status {

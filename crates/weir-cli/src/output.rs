@@ -1505,3 +1505,88 @@ pub fn slo_status(statuses: &[weir_serve::slo::Status], json: bool) {
     );
     println!("burn rate: bad share over the share allowed; pages at 14.4x over 1h and 5m, tickets at 6x over 6h and 30m");
 }
+
+fn next_firing(s: &weir_store::Schedule) -> Option<i64> {
+    let cron = weir_engine::schedule::parse_cron(&s.cron).ok()?;
+    weir_engine::schedule::next_after(&cron, s.last_fire_at.max(weir_core::now_ms()))
+}
+
+pub fn schedule_added(s: &weir_store::Schedule, json: bool) {
+    let next = next_firing(s);
+    if json {
+        print_json(&json!({"schedule": s, "next": next}));
+        return;
+    }
+    println!(
+        "scheduled '{}': {} ({}), next at {} UTC; `weir scheduler` runs it",
+        s.name,
+        s.spec_file,
+        s.cron,
+        next.map_or("never".into(), time)
+    );
+}
+
+pub fn schedules(list: &[weir_store::Schedule], json: bool) {
+    if json {
+        print_json(
+            &list
+                .iter()
+                .map(|s| json!({"schedule": s, "next": next_firing(s)}))
+                .collect::<Vec<_>>(),
+        );
+        return;
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.cron.clone(),
+                s.off_peak.clone().unwrap_or_else(|| "-".into()),
+                s.catch_up.clone(),
+                next_firing(s).map_or("never".into(), time),
+                s.spec_file.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "CRON (UTC)",
+            "OFF-PEAK",
+            "CATCH-UP",
+            "NEXT (UTC)",
+            "PIPELINE",
+        ],
+        &rows,
+    );
+}
+
+pub fn firings(list: &[weir_store::Firing], json: bool) {
+    if json {
+        print_json(&list);
+        return;
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|f| {
+            vec![
+                time(f.scheduled_for),
+                time(f.fired_at),
+                f.outcome.clone(),
+                f.run_id.clone().unwrap_or_else(|| "-".into()),
+                f.detail.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SCHEDULED FOR (UTC)",
+            "FIRED AT",
+            "OUTCOME",
+            "RUN",
+            "DETAIL",
+        ],
+        &rows,
+    );
+}

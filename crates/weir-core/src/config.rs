@@ -55,6 +55,7 @@ struct FileConfig {
     ray_weir_bin: Option<String>,
     monitors: Option<MonitorsSetting>,
     otlp_endpoint: Option<String>,
+    off_peak: Option<String>,
     // Read by `weir serve` and `weir slo` from the file itself (weir-serve `slo::load`).
     #[allow(dead_code)]
     slos: Option<Vec<toml::Table>>,
@@ -148,6 +149,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "a monitors file (YAML) that `weir serve` runs: drift and accuracy conditions, alerts, webhooks, retraining; and endpoints' SLOs (`slos:`)",
     ),
     (
+        "off_peak",
+        "WEIR_OFF_PEAK",
+        "the daily off-peak window in UTC (e.g. 22:00-06:00): steps with `run_in: off_peak` wait for it",
+    ),
+    (
         "otlp_endpoint",
         "WEIR_OTLP_ENDPOINT",
         "an OpenTelemetry collector (OTLP/HTTP, e.g. http://127.0.0.1:4318) that runs, steps and requests send traces to (default: $OTEL_EXPORTER_OTLP_ENDPOINT)",
@@ -212,6 +218,7 @@ impl Config {
             ("ray_address", file.ray_address),
             ("ray_weir_bin", file.ray_weir_bin),
             ("otlp_endpoint", file.otlp_endpoint),
+            ("off_peak", file.off_peak),
             (
                 "monitors",
                 match (file.monitors, &file.slos) {
@@ -276,7 +283,7 @@ impl Config {
                     "ray_address" => env("RAY_ADDRESS")
                         .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
                         .unwrap_or_default(),
-                    "ray_weir_bin" | "monitors" | "otlp_endpoint" => String::new(),
+                    "ray_weir_bin" | "monitors" | "otlp_endpoint" | "off_peak" => String::new(),
                     _ => unreachable!("every key has a default"),
                 };
                 Setting {
@@ -313,6 +320,7 @@ impl Config {
         };
         config.max_parallel()?;
         config.capacity()?;
+        config.off_peak()?;
         config.executor()?;
         Ok(config)
     }
@@ -359,6 +367,22 @@ impl Config {
     }
 
     /// The monitors file `weir serve` runs, if one is set.
+    /// The off-peak window, when one is set.
+    pub fn off_peak(&self) -> Result<Option<crate::window::Window>, ConfigError> {
+        let value = self.get("off_peak");
+        if value.is_empty() {
+            return Ok(None);
+        }
+        value
+            .parse()
+            .map(Some)
+            .map_err(|message| ConfigError::Value {
+                key: "off_peak".into(),
+                value: value.to_string(),
+                message,
+            })
+    }
+
     pub fn otlp_endpoint(&self) -> Option<&str> {
         Some(self.get("otlp_endpoint")).filter(|v| !v.is_empty())
     }

@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod process;
 pub mod signals;
 pub mod usage;
+pub mod window;
 
 pub use digest::{ArtifactKind, Digest, DigestError};
 pub use id::new_id;

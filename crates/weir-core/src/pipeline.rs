@@ -59,6 +59,9 @@ pub struct Step {
     /// on its next attempt.
     #[serde(default)]
     pub preemptible: bool,
+    /// `run_in: off_peak`: started only inside the off-peak window.
+    #[serde(default)]
+    pub off_peak: bool,
     /// How long a preempted step may take to checkpoint after SIGTERM.
     #[serde(default = "default_grace_ms")]
     pub grace_ms: u64,
@@ -498,6 +501,8 @@ struct RawStep {
     foreach: Option<Spanned<Value>>,
     #[serde(default)]
     preemptible: Option<bool>,
+    #[serde(default)]
+    run_in: Option<Spanned<String>>,
     #[serde(default)]
     grace: Option<Spanned<Value>>,
     #[serde(default)]
@@ -1061,6 +1066,16 @@ fn build_step(
             hint: Some("use weir/train-gbdt, weir/train-linear or weir/train-mlp".into()),
         });
     }
+    if let Some(run_in) = &raw.run_in {
+        if !matches!(run_in.value.as_str(), "off_peak" | "any") {
+            issues.push(SpecIssue {
+                line: Some(run_in.referenced.line()),
+                field: field("run_in"),
+                message: format!("'{}' is not a time to run in", run_in.value),
+                hint: Some("use off_peak (inside the off-peak window) or any (the default)".into()),
+            });
+        }
+    }
     if raw.preemptible == Some(true) && matches!(action, Action::Builtin(_)) {
         issues.push(SpecIssue {
             line: Some(line),
@@ -1286,6 +1301,7 @@ fn build_step(
         },
         resources,
         preemptible: raw.preemptible.unwrap_or(false),
+        off_peak: raw.run_in.as_ref().is_some_and(|r| r.value == "off_peak"),
         grace_ms,
         tune: tune.map(|(line, spec)| TuneBlock {
             line,

@@ -22,6 +22,7 @@ pub mod ray;
 pub mod ray_group;
 pub mod ray_trials;
 pub mod runner;
+pub mod schedule;
 pub mod tune;
 
 use std::path::PathBuf;

@@ -3,7 +3,7 @@
 //! `max_parallel` at once) as a `weir exec` child process. A failed step
 //! stops new launches; steps that can no longer run are marked skipped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -93,6 +93,7 @@ pub async fn run_pipeline(
     progress: &dyn Progress,
 ) -> Result<RunOutcome, EngineError> {
     ops::preflight(pipeline)?;
+    check_off_peak(ctx, pipeline)?;
     if let Some(warning) = crate::accounting::check_monthly(ctx, &pipeline.name).await? {
         progress.warning(&warning);
     }
@@ -142,6 +143,21 @@ pub async fn run_pipeline(
     drive(ctx, &run.id, &pipeline, options, cluster, progress, started).await
 }
 
+/// A step that runs off-peak needs a window to wait for.
+fn check_off_peak(ctx: &Context, pipeline: &Pipeline) -> Result<(), EngineError> {
+    let window = ctx
+        .config
+        .off_peak()
+        .map_err(|e| EngineError::StepFailed(e.to_string()))?;
+    match pipeline.steps.iter().find(|s| s.off_peak) {
+        Some(step) if window.is_none() => Err(EngineError::StepFailed(format!(
+            "step '{}' runs off-peak (run_in: off_peak), but no off-peak window is set\n  hint: set off_peak = \"22:00-06:00\" in weir.toml, WEIR_OFF_PEAK, or --off-peak",
+            step.name
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Continues a failed run (one that failed, was cancelled, or whose runner
 /// died): every step that succeeded keeps its results, the others run again.
 #[tracing::instrument(skip_all, fields(run, trace_id = tracing::field::Empty))]
@@ -174,6 +190,7 @@ pub async fn resume_run(
     let pipeline: Pipeline = serde_json::from_str(&run.spec_json)
         .map_err(|e| EngineError::corrupt("runs.spec_json", e))?;
     ops::preflight(&pipeline)?;
+    check_off_peak(ctx, &pipeline)?;
     if let Some(warning) = crate::accounting::check_monthly(ctx, &pipeline.name).await? {
         progress.warning(&warning);
     }
@@ -388,7 +405,14 @@ async fn walk(
     let params: BTreeMap<String, serde_json::Value> = serde_json::from_str(&run.params_json)
         .map_err(|e| EngineError::corrupt("runs.params_json", e))?;
 
+    let off_peak = ctx
+        .config
+        .off_peak()
+        .map_err(|e| EngineError::StepFailed(e.to_string()))?;
+    let mut told_waiting: HashSet<String> = HashSet::new();
     loop {
+        // When the only steps ready wait for the off-peak window: how long.
+        let mut deferred: Option<Duration> = None;
         if first_failure.is_none() {
             for step in &pipeline.steps {
                 if running.len() >= options.max_parallel.max(1) {
@@ -403,6 +427,20 @@ async fn walk(
                     .all(|u| status[*u] == StepStatus::Succeeded)
                 {
                     continue;
+                }
+                if let (true, Some(window)) = (step.off_peak, off_peak) {
+                    let wait = window.opens_in(weir_core::now_ms());
+                    if !wait.is_zero() {
+                        if told_waiting.insert(step.name.clone()) {
+                            progress.warning(&format!(
+                                "step '{}' waits for the off-peak window {window} UTC (opens in {})",
+                                step.name,
+                                humantime::format_duration(Duration::from_secs(wait.as_secs()))
+                            ));
+                        }
+                        deferred = Some(deferred.map_or(wait, |d| d.min(wait)));
+                        continue;
+                    }
                 }
                 // Wait for slots before any work: gathering and hashing inputs
                 // would otherwise be repeated each time the loop comes round.
@@ -526,8 +564,13 @@ async fn walk(
                 );
             }
         }
+        // A deferred step is looked at again when its window opens (a
+        // little after, so the window is open by every clock reading).
+        let window_opens = deferred.map(|d| d + Duration::from_millis(50));
+        let nothing_running = running.is_empty();
         let joined = tokio::select! {
-            joined = running.join_next() => joined,
+            joined = running.join_next(), if !(nothing_running && window_opens.is_some()) => joined,
+            _ = tokio::time::sleep(window_opens.unwrap_or_default()), if window_opens.is_some() => continue,
             _ = &mut interrupted, if !was_interrupted => {
                 was_interrupted = true;
                 cancel_running(ctx, &mut running, status, ids, progress).await?;

@@ -23,6 +23,7 @@ mod monitoring;
 pub mod registry;
 pub mod run_json;
 mod runs;
+mod schedules;
 mod studies;
 pub mod tracking;
 mod usage;
@@ -47,6 +48,7 @@ pub use runs::{
     NewStepRun, RunRecord, RunStatus, SourceFile, StepCompletion, StepRunRecord, StepStart,
     StepStatus, StepTask,
 };
+pub use schedules::{Firing, Schedule};
 pub use studies::StoredTrial;
 pub use usage::{CostRow, ServeUsage, UsageRecord};
 

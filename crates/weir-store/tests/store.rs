@@ -897,7 +897,68 @@ async fn usage_adds_up_by_run_step_and_study(s: &Store) {
     );
 }
 
+async fn schedules_fire_once_and_keep_their_history(s: &Store) {
+    let name = format!("nightly-{}", weir_core::new_id());
+    let schedule = Schedule {
+        name: name.clone(),
+        spec_file: "/p.yaml".into(),
+        cron: "0 3 * * *".into(),
+        off_peak: Some("22:00-06:00".into()),
+        params_json: "{}".into(),
+        catch_up: "skip".into(),
+        created_at: 1000,
+        last_fire_at: 1000,
+    };
+    s.add_schedule(&schedule).await.unwrap();
+    assert!(matches!(
+        s.add_schedule(&schedule).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let firing = |id: &str, at: i64, outcome: &str| Firing {
+        id: id.into(),
+        schedule: name.clone(),
+        scheduled_for: at,
+        fired_at: at + 5,
+        outcome: outcome.into(),
+        run_id: None,
+        detail: "catches up 2".into(),
+    };
+    let (a, b) = (weir_core::new_id(), weir_core::new_id());
+    assert!(s
+        .advance_schedule(&name, 1000, 2000, &[firing(&a, 2000, "started")])
+        .await
+        .unwrap());
+    // A second scheduler working from the old state moves nothing.
+    assert!(!s
+        .advance_schedule(&name, 1000, 2000, &[firing(&b, 2000, "started")])
+        .await
+        .unwrap());
+    s.finish_firing(&a, "succeeded", Some("run-1"), "")
+        .await
+        .unwrap();
+    let history = s.firings(&name, 10).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(
+        (
+            history[0].outcome.as_str(),
+            history[0].run_id.as_deref(),
+            history[0].detail.as_str()
+        ),
+        ("succeeded", Some("run-1"), "catches up 2")
+    );
+    assert!(s
+        .schedules()
+        .await
+        .unwrap()
+        .iter()
+        .any(|x| x.name == name && x.last_fire_at == 2000));
+    assert!(s.remove_schedule(&name).await.unwrap());
+    assert!(!s.remove_schedule(&name).await.unwrap());
+    assert!(s.firings(&name, 10).await.unwrap().is_empty());
+}
+
 store_suite!(
+    schedules_fire_once_and_keep_their_history,
     usage_adds_up_by_run_step_and_study,
     leases_elect_one_holder_and_window_parts_are_read_once,
     run_lifecycle,

@@ -18,6 +18,7 @@ mod ray;
 mod recovery;
 mod retries;
 mod rollouts;
+mod schedules;
 mod scheduling;
 mod team_backends;
 mod training;

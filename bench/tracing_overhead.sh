@@ -4,7 +4,7 @@
 #    requests from wrk at c=1, with tracing off and on (an OTLP sink on
 #    loopback, --trace-sample 0.01), alternated ROUNDS times; p50 from wrk and
 #    the server's own mean time per request (its /metrics histogram).
-#  - Steps: bench/step_overhead.sh (SIZES=50) with tracing off and on.
+#  - Steps: bench/step_overhead.sh (SIZES="10 50") with tracing off and on.
 #  - Cost: the quickstart run (`weir cost RUN`) and the serving replica's cost
 #    per 1,000 inferences over the traced-off load (`weir cost --by endpoint`).
 #   DURATION=10 ROUNDS=2
@@ -99,8 +99,8 @@ print(json.dumps({"replicas": sum(r["replicas"] for r in rows), "requests": requ
                   "per_1000": cost / requests * 1000 if requests else None}))')
 
 echo "step overhead, tracing off ..." >&2
-STEPS_OFF=$(env -u OTEL_EXPORTER_OTLP_ENDPOINT SIZES=50 TRIALS=3 bench/step_overhead.sh | tail -1)
+STEPS_OFF=$(env -u OTEL_EXPORTER_OTLP_ENDPOINT SIZES="10 50" TRIALS=3 bench/step_overhead.sh | tail -1)
 echo "step overhead, tracing on ..." >&2
-STEPS_ON=$(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT" SIZES=50 TRIALS=3 bench/step_overhead.sh | tail -1)
+STEPS_ON=$(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT" SIZES="10 50" TRIALS=3 bench/step_overhead.sh | tail -1)
 
 echo "{\"quickstart_cost\": $QUICKSTART_COST, \"serving_cost\": $PER_1K, \"serving\": $SERVING, \"steps_off\": $STEPS_OFF, \"steps_on\": $STEPS_ON}"

@@ -83,8 +83,25 @@ pub(crate) async fn record(
     usage: Usage,
     reserved: Reserved,
 ) -> Cost {
+    let step = subject.step.name.clone();
+    let record = priced(ctx, subject, status, started, usage, reserved);
+    if let Err(e) = ctx.store.record_usage(&record).await {
+        tracing::warn!(step = %step, error = %e, "cannot record resource usage");
+    }
+    record.cost
+}
+
+/// The usage record of `usage`, priced at the configured prices.
+pub(crate) fn priced(
+    ctx: &Context,
+    subject: Subject<'_>,
+    status: &str,
+    started: Started,
+    usage: Usage,
+    reserved: Reserved,
+) -> UsageRecord {
     let cost = ctx.config.prices.price(&usage, reserved);
-    let record = UsageRecord {
+    UsageRecord {
         run_id: subject.run_id.to_string(),
         step_run_id: subject.step_run_id.to_string(),
         step: subject.step.name.clone(),
@@ -101,11 +118,7 @@ pub(crate) async fn record(
         billed: subject.billed,
         cost,
         total: cost.total(),
-    };
-    if let Err(e) = ctx.store.record_usage(&record).await {
-        tracing::warn!(step = %subject.step.name, error = %e, "cannot record resource usage");
     }
-    cost
 }
 
 /// Bytes as people read them.

@@ -260,10 +260,10 @@ pub async fn exec_step(
             result = Err((e, None));
         }
     }
-    // Recorded before the outcome, so that a runner (or a budget check)
-    // that sees the step ended also sees what it cost.
-    let usage = crate::accounting::attempt_usage(ctx, &step, started);
-    crate::accounting::record(
+    // Recorded with a success, in its transaction; before a failure, so
+    // that a runner (or a budget check) that sees the step ended also sees
+    // what it cost.
+    let usage = crate::accounting::priced(
         ctx,
         crate::accounting::Subject {
             run_id: &run_id,
@@ -278,10 +278,17 @@ pub async fn exec_step(
             "failed"
         },
         started,
-        usage,
+        crate::accounting::attempt_usage(ctx, &step, started),
         crate::accounting::reserved(ctx, &step),
-    )
-    .await;
+    );
+    match &mut result {
+        Ok(completion) => completion.usage = Some(usage),
+        Err(_) => {
+            if let Err(e) = ctx.store.record_usage(&usage).await {
+                tracing::warn!(step = %step.name, error = %e, "cannot record resource usage");
+            }
+        }
+    }
     // On a cluster, the attempt's job: its outcome is recorded only while
     // the step run still names that job.
     let fence = std::env::var(FENCE_VAR).ok().filter(|f| !f.is_empty());

@@ -177,6 +177,8 @@ pub struct StepCompletion {
     pub fence: Option<String>,
     /// Outputs that are new versions of datasets.
     pub datasets: Vec<crate::datasets::NewDatasetVersion>,
+    /// What the attempt used and cost, recorded with its outcome.
+    pub usage: Option<crate::usage::UsageRecord>,
 }
 
 const RUN_COLUMNS: &str =
@@ -796,6 +798,9 @@ impl Store {
             }
         }
         insert_artifacts(&mut tx, &records).await?;
+        if let Some(usage) = &completion.usage {
+            crate::usage::insert_usage(&mut tx, usage).await?;
+        }
         for (name, artifact) in &completion.outputs {
             sqlx::query("INSERT INTO step_outputs (step_run_id, name, digest) VALUES ($1, $2, $3)")
                 .bind(step_run_id)

@@ -97,39 +97,8 @@ impl Store {
     /// The attempt is the step run's current one, whatever `r.attempt` says:
     /// the runtime that measured it need not have read it.
     pub async fn record_usage(&self, r: &UsageRecord) -> Result<()> {
-        let cost_json = serde_json::to_string(&r.cost).expect("a cost serializes");
-        sqlx::query(&format!(
-            "INSERT INTO resource_usage ({USAGE_COLUMNS}) SELECT \
-             $1, $2, $3, COALESCE((SELECT attempt FROM step_runs WHERE id = $2), $4), $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21 WHERE 1 = 1 \
-             ON CONFLICT (step_run_id, attempt, trial) DO UPDATE SET status = excluded.status, \
-             ended_at = excluded.ended_at, wall_ms = excluded.wall_ms, cpu_ms = excluded.cpu_ms, \
-             max_rss_bytes = excluded.max_rss_bytes, bytes_read = excluded.bytes_read, \
-             bytes_written = excluded.bytes_written, cost = excluded.cost, cost_json = excluded.cost_json"
-        ))
-        .bind(&r.run_id)
-        .bind(&r.step_run_id)
-        .bind(&r.step)
-        .bind(r.attempt)
-        .bind(r.trial.unwrap_or(-1))
-        .bind(&r.host)
-        .bind(&r.status)
-        .bind(r.started_at)
-        .bind(r.ended_at)
-        .bind(r.usage.wall_ms as i64)
-        .bind(r.usage.cpu_ms as i64)
-        .bind(r.usage.max_rss_bytes as i64)
-        .bind(r.cpus)
-        .bind(r.memory_bytes)
-        .bind(i64::from(r.usage.gpus))
-        .bind(r.usage.bytes_read as i64)
-        .bind(r.usage.bytes_written as i64)
-        .bind(i64::from(r.spot))
-        .bind(i64::from(r.billed))
-        .bind(r.total)
-        .bind(cost_json)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let mut conn = self.writer.acquire().await?;
+        insert_usage(&mut conn, r).await
     }
 
     /// Every usage record of a run: step attempts first, then trials.
@@ -334,4 +303,43 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Inserts a usage record on `conn` (a transaction's, to record it with
+/// the step's outcome).
+pub(crate) async fn insert_usage(conn: &mut sqlx::AnyConnection, r: &UsageRecord) -> Result<()> {
+    let cost_json = serde_json::to_string(&r.cost).expect("a cost serializes");
+
+    sqlx::query(&format!(
+        "INSERT INTO resource_usage ({USAGE_COLUMNS}) SELECT \
+         $1, $2, $3, COALESCE((SELECT attempt FROM step_runs WHERE id = $2), $4), $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21 WHERE 1 = 1 \
+         ON CONFLICT (step_run_id, attempt, trial) DO UPDATE SET status = excluded.status, \
+         ended_at = excluded.ended_at, wall_ms = excluded.wall_ms, cpu_ms = excluded.cpu_ms, \
+         max_rss_bytes = excluded.max_rss_bytes, bytes_read = excluded.bytes_read, \
+         bytes_written = excluded.bytes_written, cost = excluded.cost, cost_json = excluded.cost_json"
+    ))
+    .bind(&r.run_id)
+    .bind(&r.step_run_id)
+    .bind(&r.step)
+    .bind(r.attempt)
+    .bind(r.trial.unwrap_or(-1))
+    .bind(&r.host)
+    .bind(&r.status)
+    .bind(r.started_at)
+    .bind(r.ended_at)
+    .bind(r.usage.wall_ms as i64)
+    .bind(r.usage.cpu_ms as i64)
+    .bind(r.usage.max_rss_bytes as i64)
+    .bind(r.cpus)
+    .bind(r.memory_bytes)
+    .bind(i64::from(r.usage.gpus))
+    .bind(r.usage.bytes_read as i64)
+    .bind(r.usage.bytes_written as i64)
+    .bind(i64::from(r.spot))
+    .bind(i64::from(r.billed))
+    .bind(r.total)
+    .bind(cost_json)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }

@@ -165,6 +165,7 @@ async fn run_lifecycle(s: &Store) {
             profile_json: "{\"rows\":2,\"columns\":[]}".into(),
             changes_json: "[]".into(),
         }],
+        usage: None,
     };
     s.complete_step(&steps[0].id, &completion).await.unwrap();
     // The table is version 1 of its dataset, recorded with the step.

@@ -52,6 +52,17 @@ pub fn process() -> (u64, u64) {
     (cpu, rss)
 }
 
+/// The resident set now (Linux's /proc/self/statm); elsewhere the peak.
+pub fn resident_bytes() -> u64 {
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|pages| pages * page)
+        .unwrap_or_else(|| process().1)
+}
+
 /// CPU nanoseconds the calling thread has used since it started.
 pub fn thread_cpu_ns() -> u64 {
     let mut ts = libc::timespec {

@@ -19,16 +19,6 @@ pub(crate) struct Costing {
     last_record: Option<Instant>,
 }
 
-/// The resident set now, from /proc (Linux); elsewhere the peak.
-fn rss_bytes() -> u64 {
-    let page = 4096;
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map(|pages| pages * page)
-        .unwrap_or_else(|| weir_core::usage::process().1)
-}
-
 impl Costing {
     pub fn new(prices: Prices) -> Costing {
         Costing {
@@ -49,7 +39,7 @@ impl Costing {
         requests: u64,
         now: bool,
     ) -> Option<weir_store::ServeUsage> {
-        let rss = rss_bytes();
+        let rss = weir_core::usage::resident_bytes();
         let elapsed = self.last_sample.elapsed().as_secs_f64();
         self.last_sample = Instant::now();
         self.gib_seconds += rss as f64 / (1u64 << 30) as f64 * elapsed;

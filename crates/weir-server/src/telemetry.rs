@@ -151,11 +151,7 @@ impl Collector for ProcessCollector {
             None,
             cpu.metric_type(),
         )?)?;
-        let rss = std::fs::read_to_string("/proc/self/statm")
-            .ok()
-            .and_then(|s| s.split_whitespace().nth(1)?.parse::<i64>().ok())
-            .map_or(0, |pages| pages * 4096);
-        let rss = ConstGauge::new(rss);
+        let rss = ConstGauge::new(weir_core::usage::resident_bytes() as i64);
         rss.encode(encoder.encode_descriptor(
             "process_resident_memory_bytes",
             "Resident memory size in bytes",

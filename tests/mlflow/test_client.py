@@ -357,8 +357,17 @@ def test_pipeline_runs_are_mlflow_runs(server):
     [step] = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
     assert step.data.tags["weir.step"] == "train" and step.data.tags["weir.cache_hit"] == "false"
     assert step.info.status == "FINISHED"
-    # Logged by mlflow inside the step, and through the metrics file.
-    assert step.data.metrics == {"inner_loss": 0.25, "auc": 0.8}
+    # Logged by mlflow inside the step, and through the metrics file; and
+    # what the step used, as system metrics, with the run's cost so far.
+    logged = {k: v for k, v in step.data.metrics.items() if not k.startswith("system/")}
+    assert logged == {"inner_loss": 0.25, "auc": 0.8}
+    system = step.data.metrics
+    assert system["system/cpu_seconds"] > 0 and system["system/wall_seconds"] > 0
+    assert system["system/max_rss_megabytes"] > 1 and system["system/gpus"] == 0
+    assert system["system/cost_dollars"] > 0
+    assert pipeline.data.metrics["system/cost_dollars"] == system["system/cost_dollars"]
+    history = client.get_metric_history(run_id, "system/cost_dollars")
+    assert [m.step for m in history] == [1]
     # A second run reuses the step from the cache; the MLflow view says so.
     out = subprocess.run([WEIR, "run", "pipeline.yaml", "--json"], cwd=work, env=env,
                          capture_output=True, text=True)

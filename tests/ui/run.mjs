@@ -296,6 +296,14 @@ steps:
     await page.goto(`${base}/#/experiments/0/runs/${first.id}`);
     await page.locator('#steps tr[data-step="train"] td.cache').waitFor();
     check((await page.locator('#steps tr[data-step="extract"] td.cache').innerText()) === "miss: no earlier run", "the first run's miss reason is not shown");
+    // What each step used and cost, its share drawn as a bar; the run's total in the summary.
+    const cost = await page.locator('#steps tr[data-step="join"] td.cost').innerText();
+    check(/^\$\d/.test(cost.trim()), `the join step's cost is not shown: ${cost}`);
+    check((await page.locator("#steps span.costbar").count()) === 4, "not one cost bar per measured step");
+    check(/cost \$\d/.test(await page.locator("#dag p.muted").first().innerText()), "the run's cost is not in the summary");
+    const cells = await page.locator('#steps tr[data-step="train"] td').allInnerTexts();
+    check(/ s$/.test(cells[5]) && /(B|KiB|MiB)$/.test(cells[6]), `the train step's CPU and memory are not shown: ${cells}`);
+    await shot("pipeline-usage");
     await page.goto(`${base}/#/experiments/0/runs/${latest.id}`);
     await page.locator('#steps tr[data-step="train"] td.cache').waitFor();
     check((await page.locator('#steps tr[data-step="train"] td.cache').innerText()).startsWith("hit: outputs of step run"), "the cache hit is not shown");
@@ -327,6 +335,7 @@ steps:
     await page.locator("#model-card").waitFor();
     check((await page.locator("#lineage tbody tr").count()) >= 3, "the model card shows no lineage");
     check((await page.locator("#model-card").innerText()).includes("ui-tuned"), "the card does not name its pipeline");
+    check(/^\$\d/.test(await page.locator("#training-cost").innerText()), "the card does not give the training cost");
     check((await page.locator("#slices tbody tr").count()) === 3, "the card does not show the 3 carrier slices");
     await shot("model-card");
     await page.goto(`${base}/#/models/bc`);

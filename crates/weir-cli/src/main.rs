@@ -700,9 +700,14 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             task_on_stdin,
         } => {
             let config = config(&cli.global, &[])?;
-            // A step's runtime traces only as part of its runner's trace.
+            // A step's runtime traces only as part of its runner's trace;
+            // a runner on this machine exports its spans for it.
             if weir_trace::inherited().is_some() {
-                start_tracing(&config, "weir-exec")?;
+                if std::env::var(weir_trace::RELAY_VAR).is_ok_and(|v| v == "1") {
+                    weir_trace::init_relay();
+                } else {
+                    start_tracing(&config, "weir-exec")?;
+                }
             }
             let ctx = Context::open_for_step(config)?;
             let task = match task_on_stdin {

@@ -781,10 +781,15 @@ pub async fn model_detail(
         }
         Some(v) => {
             let mv = store.model_version(name, Some(v)).await?;
+            let training_cost = match &mv.run_id {
+                Some(run) => store.costs_of_runs(&[run]).await?.get(run).copied(),
+                None => None,
+            };
             let doc = json!({
                 "name": mv.name, "version": mv.version, "digest": mv.digest, "run_id": mv.run_id,
                 "step_run_id": mv.step_run_id, "created_at": mv.created_at,
                 "metrics": parse(&mv.metrics_json), "lineage": parse(&mv.lineage_json),
+                "training_cost": training_cost,
             });
             if json {
                 print_json(&doc);
@@ -796,6 +801,9 @@ pub async fn model_detail(
                     None => println!("source    {}", mv.source),
                 }
                 println!("run       {}", mv.run_id.unwrap_or_default());
+                if let Some(cost) = training_cost {
+                    println!("cost      ${cost:.6} to train (weir cost RUN for the breakdown)");
+                }
                 println!(
                     "lineage   {}",
                     serde_json::to_string_pretty(&doc["lineage"]).unwrap_or_default()

@@ -71,6 +71,8 @@ pub(crate) struct Subject<'a> {
     pub step: &'a Step,
     pub trial: Option<i64>,
     pub billed: bool,
+    /// A trial's tracking run, where its usage is shown.
+    pub tracking_run: Option<String>,
 }
 
 /// Prices `usage` and records it; accounting never fails the work it
@@ -118,6 +120,7 @@ pub(crate) fn priced(
         billed: subject.billed,
         cost,
         total: cost.total(),
+        tracking_run: subject.tracking_run,
     }
 }
 

@@ -271,6 +271,7 @@ pub async fn exec_step(
             step: &step,
             trial: None,
             billed: true,
+            tracking_run: None,
         },
         if result.is_ok() {
             "succeeded"
@@ -431,8 +432,14 @@ pub const RECORDED: &str = "weir-exec: recorded";
 fn say_recorded() {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    // Nobody listening (a runtime started by hand) is not an error.
-    let _ = writeln!(out, "{RECORDED}").and_then(|()| out.flush());
+    // Nobody listening (a runtime started by hand) is not an error. The
+    // spans go first: the runner stops reading at "recorded".
+    let spans = weir_trace::relayed();
+    let _ = spans
+        .iter()
+        .try_for_each(|line| writeln!(out, "{line}"))
+        .and_then(|()| writeln!(out, "{RECORDED}"))
+        .and_then(|()| out.flush());
 }
 
 /// One attempt of a step, as the runtime executes it.
@@ -845,6 +852,8 @@ async fn run_command(
             .env("WEIR_RUN_ID", run_id)
             .env("WEIR_STEP", &step.name)
             .envs(traceparent.iter().map(|t| (weir_trace::TRACEPARENT, t)))
+            // A command's own tracing exports; relaying is for this runtime.
+            .env_remove(weir_trace::RELAY_VAR)
             .stdin(Stdio::null());
         if let Some(port) = master_port {
             // torchrun's contract; rank 0's node is the group's first.

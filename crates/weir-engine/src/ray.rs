@@ -1002,6 +1002,10 @@ pub(crate) fn job_env(
         "AWS_DEFAULT_REGION",
         "AWS_ALLOW_HTTP",
         "WEIR_LOG",
+        // The runtime on the node exports its own spans, where the runner does.
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_SERVICE_NAME",
     ] {
         if let Ok(v) = std::env::var(var) {
             env.insert(var.into(), v);

@@ -433,6 +433,7 @@ pub async fn exec_trial(
             step: &task.step,
             trial: Some(n),
             billed: true,
+            tracking_run: None,
         },
         tune::state_name(state),
         started,

@@ -1020,6 +1020,10 @@ fn launch(
                 let ids: Vec<String> = gpus.iter().map(u32::to_string).collect();
                 env.push(("WEIR_GPU_IDS", ids.join(",")));
             }
+            // This runner exports the runtime's spans in its own batches.
+            if tracking.iter().any(|(k, _)| *k == weir_trace::TRACEPARENT) {
+                env.push((weir_trace::RELAY_VAR, "1".into()));
+            }
             env.extend(tracking);
             Runtime::Local(Exec {
                 exe: launcher.exe.clone(),
@@ -1251,6 +1255,12 @@ impl Exec {
         let mut lines =
             tokio::io::BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
         while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(spans) = line.strip_prefix(weir_trace::SPANS_LINE) {
+                if let Err(e) = weir_trace::relay(spans) {
+                    tracing::warn!(step_run_id = %self.id, error = %e, "cannot export the step's spans");
+                }
+                continue;
+            }
             if line == crate::exec::RECORDED {
                 return Ok(Some(tokio::spawn(async move {
                     let _ = child.wait().await;

@@ -107,6 +107,7 @@ pub async fn run_scheduler(ctx: &Context, options: SchedulerOptions) -> Result<(
     let stop = weir_core::signals::terminated();
     tokio::pin!(stop);
     let mut leading: Option<bool> = None;
+    let in_flight = InFlight::default();
     let mut ticker = tokio::time::interval(options.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -147,19 +148,36 @@ pub async fn run_scheduler(ctx: &Context, options: SchedulerOptions) -> Result<(
             }
         };
         for s in schedules {
-            if let Err(e) = fire_due(ctx, &options, &s).await {
+            if let Err(e) = fire_due(ctx, &options, &s, &in_flight).await {
                 eprintln!("warning: schedule '{}': {e}", s.name);
             }
+        }
+    }
+    // Runs still going keep going (they are runs like any other); their
+    // firings say the scheduler no longer follows them.
+    let detached: Vec<String> = in_flight
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain()
+        .collect();
+    for id in detached {
+        let detail = "the scheduler stopped while the run was going; its outcome is the run's own (weir runs list)";
+        if let Err(e) = ctx.store.finish_firing(&id, "detached", None, detail).await {
+            eprintln!("warning: cannot record firing {id}: {e}");
         }
     }
     let _ = ctx.store.release_lease(LEASE, &options.me).await;
     Ok(())
 }
 
+/// The firings whose runs this scheduler is following.
+type InFlight = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
+
 async fn fire_due(
     ctx: &Context,
     options: &SchedulerOptions,
     s: &Schedule,
+    in_flight: &InFlight,
 ) -> Result<(), EngineError> {
     let cron = parse_cron(&s.cron).map_err(EngineError::StepFailed)?;
     let now = weir_core::now_ms();
@@ -206,13 +224,19 @@ async fn fire_due(
         return Ok(());
     }
     if let Some(firing) = started {
-        launch(ctx, options, s, firing);
+        launch(ctx, options, s, firing, in_flight.clone());
     }
     Ok(())
 }
 
 /// Starts `weir run` for a firing and records how it ends.
-fn launch(ctx: &Context, options: &SchedulerOptions, s: &Schedule, firing: Firing) {
+fn launch(
+    ctx: &Context,
+    options: &SchedulerOptions,
+    s: &Schedule,
+    firing: Firing,
+    in_flight: InFlight,
+) {
     let params: std::collections::BTreeMap<String, String> =
         serde_json::from_str(&s.params_json).unwrap_or_default();
     let mut command = tokio::process::Command::new(&options.exe);
@@ -233,6 +257,10 @@ fn launch(ctx: &Context, options: &SchedulerOptions, s: &Schedule, firing: Firin
     }
     let store = ctx.store.clone();
     let name = s.name.clone();
+    in_flight
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(firing.id.clone());
     tokio::spawn(async move {
         let (outcome, run_id, detail) = match command.output().await {
             Err(e) => (
@@ -265,6 +293,14 @@ fn launch(ctx: &Context, options: &SchedulerOptions, s: &Schedule, firing: Firin
             "schedule '{name}': run {} {outcome}",
             run_id.as_deref().unwrap_or("(none)")
         );
+        // A scheduler stopping meanwhile has recorded it as detached.
+        if !in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&firing.id)
+        {
+            return;
+        }
         if let Err(e) = store
             .finish_firing(&firing.id, &outcome, run_id.as_deref(), &detail)
             .await

@@ -786,6 +786,7 @@ async fn finish_trial(
                     step: job.step,
                     trial: Some(number as i64),
                     billed: false,
+                    tracking_run: r.tracking_run.clone(),
                 },
                 state_name(state),
                 started,

@@ -83,6 +83,11 @@ pub async fn model(State(app): State<App>, p: Params) -> ApiResult<Json<Value>> 
         Err(StoreError::NotFound { .. }) => Vec::new(),
         Err(e) => return Err(e.into()),
     };
+    let runs: Vec<&str> = versions
+        .iter()
+        .filter_map(|v| v.run_id.as_deref())
+        .collect();
+    let costs = app.store.costs_of_runs(&runs).await?;
     let versions: Vec<Value> = versions
         .iter()
         .map(|v| {
@@ -106,6 +111,8 @@ pub async fn model(State(app): State<App>, p: Params) -> ApiResult<Json<Value>> 
                 "created_at": v.created_at,
                 "metrics": doc(&v.metrics_json),
                 "lineage": doc(&v.lineage_json),
+                // What the run that trained it cost, at the prices it ran at.
+                "training_cost": v.run_id.as_deref().and_then(|r| costs.get(r)),
             })
         })
         .collect();

@@ -137,9 +137,11 @@ async fn metric_history(State(app): State<App>, p: Params) -> ApiResult<Json<Val
 async fn pipeline_run(State(app): State<App>, p: Params) -> ApiResult<Json<Value>> {
     let run = app.store.run(&p.run_id()?).await?;
     let steps = app.store.step_runs(&run.id).await?;
+    let usage = app.store.run_usage(&run.id).await?;
     let steps: Vec<Value> = steps
         .iter()
         .map(|s| {
+            let usage = step_usage(&usage, &s.id);
             let spec: weir_core::pipeline::Step = match serde_json::from_str(&s.spec_json) {
                 Ok(spec) => spec,
                 Err(e) => {
@@ -165,9 +167,11 @@ async fn pipeline_run(State(app): State<App>, p: Params) -> ApiResult<Json<Value
                 "node": s.node,
                 "error": s.error,
                 "after": after,
+                "usage": usage,
             })
         })
         .collect();
+    let cost: f64 = usage.iter().filter(|u| u.billed).map(|u| u.total).sum();
     Ok(Json(json!({
         "id": run.id,
         "pipeline": run.pipeline,
@@ -175,8 +179,37 @@ async fn pipeline_run(State(app): State<App>, p: Params) -> ApiResult<Json<Value
         "started_at": run.started_at,
         "ended_at": run.ended_at,
         "error": run.error,
+        "cost": cost,
         "steps": steps,
     })))
+}
+
+/// What a step used: its latest attempt's CPU, peak memory and wall time,
+/// and the cost of every attempt and billed trial; null before it is
+/// measured (queued, or cached).
+fn step_usage(usage: &[weir_store::UsageRecord], step_run_id: &str) -> Value {
+    let mine: Vec<_> = usage
+        .iter()
+        .filter(|u| u.step_run_id == step_run_id)
+        .collect();
+    let Some(last) = mine
+        .iter()
+        .filter(|u| u.trial.is_none())
+        .max_by_key(|u| (u.attempt, u.ended_at))
+    else {
+        return Value::Null;
+    };
+    json!({
+        "attempt": last.attempt,
+        "cpu_seconds": last.usage.cpu_ms as f64 / 1000.0,
+        "wall_seconds": last.usage.wall_ms as f64 / 1000.0,
+        "max_rss_bytes": last.usage.max_rss_bytes,
+        "gpus": last.usage.gpus,
+        "bytes_read": last.usage.bytes_read,
+        "bytes_written": last.usage.bytes_written,
+        "cost": mine.iter().filter(|u| u.billed).map(|u| u.total).sum::<f64>(),
+        "trials": mine.iter().filter(|u| u.trial.is_some()).count(),
+    })
 }
 
 /// Largest-Triangle-Three-Buckets (Steinarsson, 2013): the indices of at

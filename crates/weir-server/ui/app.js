@@ -62,6 +62,19 @@ function fmtDuration(start, end) {
   if (s < 3600) return `${Math.floor(s / 60)}m ${Math.round(s % 60)}s`;
   return `${Math.floor(s / 3600)}h ${Math.round((s % 3600) / 60)}m`;
 }
+function fmtBytes(n) {
+  if (n === null || n === undefined) return "";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let v = Number(n), i = 0;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i += 1; }
+  return i === 0 ? `${v} B` : `${v.toFixed(1)} ${units[i]}`;
+}
+/** Dollars to the precision small amounts need ($0.00059, $12.40). */
+function fmtDollars(v) {
+  if (typeof v !== "number" || !Number.isFinite(v)) return "";
+  if (v === 0) return "$0";
+  return v >= 0.01 ? `$${v.toFixed(2)}` : `$${Number(v.toPrecision(2))}`;
+}
 function runName(run) { return run.info.run_name || run.info.run_id.slice(0, 12); }
 function kv(list) { return Object.fromEntries((list || []).map((x) => [x.key, x.value])); }
 /** A key in MLflow's filter and order-by grammar: backquoted unless plain. */
@@ -262,16 +275,27 @@ async function pipelineSection(runId, expId) {
   const draw = () => {
     const counts = {};
     for (const s of doc.steps) { const k = s.cached_from ? "cached" : s.status; counts[k] = (counts[k] || 0) + 1; }
-    summary.textContent = `pipeline ${doc.pipeline} · ${doc.status} · ${Object.entries(counts).map(([k, n]) => `${n} ${k}`).join(", ")}`;
+    summary.textContent = `pipeline ${doc.pipeline} · ${doc.status} · ${Object.entries(counts).map(([k, n]) => `${n} ${k}`).join(", ")}${doc.cost ? ` · cost ${fmtDollars(doc.cost)}` : ""}`;
+    // Each step's share of the run's cost, as a bar beside its figure.
+    const most = Math.max(0, ...doc.steps.map((s) => (s.usage ? s.usage.cost : 0)));
+    const costCell = (u) => {
+      if (!u) return h("td", { class: "num" }, "–");
+      const bar = h("span", { class: "costbar" });
+      bar.style.width = `${most > 0 ? Math.max(1, Math.round((60 * u.cost) / most)) : 0}px`;
+      return h("td", { class: "num cost", title: `${u.cpu_seconds.toFixed(3)} CPU-s · ${fmtBytes(u.bytes_read)} read · ${fmtBytes(u.bytes_written)} written${u.gpus ? ` · ${u.gpus} GPU` : ""}${u.trials ? ` · ${u.trials} trials` : ""}` }, bar, fmtDollars(u.cost));
+    };
     const rows = doc.steps.map((s) => h("tr", { "data-step": s.name },
       h("td", {}, h("a", { href: linkOf(s) }, s.name)),
       h("td", {}, s.cached_from ? "cached" : s.status),
       h("td", {}, fmtDuration(s.started_at, s.ended_at)),
       h("td", { class: "cache", title: s.cache_miss || "" }, s.cached_from ? `hit: outputs of step run ${s.cached_from.slice(0, 12)}` : s.cache_miss ? `miss: ${s.cache_miss}` : "–"),
       h("td", {}, s.executor === "local" ? "local" : `${s.executor}${s.node ? " node " + s.node.slice(0, 12) : ""}`),
+      h("td", { class: "num" }, s.usage ? `${s.usage.cpu_seconds.toFixed(2)} s` : "–"),
+      h("td", { class: "num" }, s.usage ? fmtBytes(s.usage.max_rss_bytes) : "–"),
+      costCell(s.usage),
       h("td", {}, s.tuned ? h("a", { href: `#/studies/${encodeURIComponent(runId)}/${encodeURIComponent(s.name)}`, class: "study-link" }, "study") : "")));
     box.replaceChildren(summary, doc.steps.length ? dagSvg(doc.steps, linkOf) : h("p", { class: "muted" }, "No steps."),
-      doc.steps.length ? table("steps", ["Step", "State", "Took", "Cache", "Ran on", ""], rows) : null);
+      doc.steps.length ? table("steps", ["Step", "State", "Took", "Cache", "Ran on", "CPU", "Peak memory", "Cost", ""], rows) : null);
   };
   draw();
   const poll = () => {
@@ -782,6 +806,7 @@ async function modelVersionPage(root, name, version) {
         h("dt", {}, "Description"), h("dd", {}, v.description || doc.description || "–"),
         h("dt", {}, "Pipeline"), h("dd", {}, lin.pipeline ? `${lin.pipeline}${lin.spec_file ? ` (${lin.spec_file})` : ""}` : "–"),
         h("dt", {}, "Trained by run"), h("dd", {}, v.run_id ? h("a", { href: `#/experiments/0/runs/${encodeURIComponent(v.run_id)}` }, v.run_id) : "–"),
+        h("dt", {}, "Training cost"), h("dd", { id: "training-cost" }, typeof v.training_cost === "number" ? fmtDollars(v.training_cost) : "–"),
         h("dt", {}, "Code revision"), h("dd", {}, lin.git_rev || "–"),
         h("dt", {}, "Weir"), h("dd", {}, lin.weir_version || "–"),
         h("dt", {}, "Model file"), h("dd", {}, v.digest || v.source),

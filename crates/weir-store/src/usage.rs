@@ -28,6 +28,10 @@ pub struct UsageRecord {
     pub billed: bool,
     pub cost: weir_core::cost::Cost,
     pub total: f64,
+    /// The tracking run a trial's usage is shown on (a step attempt's is
+    /// its step run's own); not stored with the record.
+    #[serde(skip)]
+    pub tracking_run: Option<String>,
 }
 
 /// A billed usage record with the pipeline it belongs to, for sums.
@@ -89,6 +93,7 @@ fn usage_of(row: &sqlx::any::AnyRow) -> Result<UsageRecord> {
         billed: row.try_get::<i64, _>("billed")? != 0,
         cost: serde_json::from_str(&cost_json).unwrap_or_default(),
         total: row.try_get("cost")?,
+        tracking_run: None,
     })
 }
 
@@ -97,8 +102,10 @@ impl Store {
     /// The attempt is the step run's current one, whatever `r.attempt` says:
     /// the runtime that measured it need not have read it.
     pub async fn record_usage(&self, r: &UsageRecord) -> Result<()> {
-        let mut conn = self.writer.acquire().await?;
-        insert_usage(&mut conn, r).await
+        let mut tx = self.writer.begin().await?;
+        insert_usage(&mut tx, r).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Every usage record of a run: step attempts first, then trials.
@@ -123,6 +130,33 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         Ok(row.try_get("total")?)
+    }
+
+    /// What each of `run_ids` has cost (runs without records are absent):
+    /// a model version's training cost, for a model's whole history at once.
+    pub async fn costs_of_runs(
+        &self,
+        run_ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, f64>> {
+        if run_ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let marks: Vec<String> = (1..=run_ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT run_id, SUM(cost) AS total FROM resource_usage \
+             WHERE billed = 1 AND run_id IN ({}) GROUP BY run_id",
+            marks.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for id in run_ids {
+            query = query.bind(*id);
+        }
+        query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("run_id")?, r.try_get("total")?)))
+            .collect()
     }
 
     /// What the trials of a study (the step run's, every attempt's) have
@@ -307,7 +341,12 @@ impl Store {
 
 /// Inserts a usage record on `conn` (a transaction's, to record it with
 /// the step's outcome).
-pub(crate) async fn insert_usage(conn: &mut sqlx::AnyConnection, r: &UsageRecord) -> Result<()> {
+/// Records `r` and shows it in the tracking view, in the caller's
+/// transaction.
+pub(crate) async fn insert_usage(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    r: &UsageRecord,
+) -> Result<()> {
     let cost_json = serde_json::to_string(&r.cost).expect("a cost serializes");
 
     sqlx::query(&format!(
@@ -339,7 +378,73 @@ pub(crate) async fn insert_usage(conn: &mut sqlx::AnyConnection, r: &UsageRecord
     .bind(i64::from(r.billed))
     .bind(r.total)
     .bind(cost_json)
-    .execute(&mut *conn)
+    .execute(&mut **tx)
     .await?;
+    mirror_usage(tx, r).await
+}
+
+/// What an attempt or trial used, as `system/*` metrics (MLflow's prefix
+/// for a run's system metrics) on its tracking run, one point per attempt;
+/// and the pipeline run's totals so far on its own, one point per record,
+/// so its chart is the run's cost as it grew.
+async fn mirror_usage(tx: &mut sqlx::Transaction<'_, sqlx::Any>, r: &UsageRecord) -> Result<()> {
+    use crate::tracking::{self, Metric};
+    const MB: f64 = 1024.0 * 1024.0;
+    let now = weir_core::now_ms();
+    let target = match (&r.tracking_run, r.trial) {
+        (Some(run), _) => Some(run.as_str()),
+        (None, None) => Some(r.step_run_id.as_str()),
+        (None, Some(_)) => None,
+    };
+    let attempt: i64 = sqlx::query_scalar("SELECT attempt FROM step_runs WHERE id = $1")
+        .bind(&r.step_run_id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .unwrap_or(r.attempt);
+    let point = |key: &str, value: f64, step: i64| Metric {
+        key: format!("system/{key}"),
+        value,
+        timestamp: now,
+        step,
+    };
+    if let Some(target) = target {
+        if tracking::tracked(tx, target).await? {
+            let u = &r.usage;
+            let points = [
+                point("wall_seconds", u.wall_ms as f64 / 1000.0, attempt),
+                point("cpu_seconds", u.cpu_ms as f64 / 1000.0, attempt),
+                point("max_rss_megabytes", u.max_rss_bytes as f64 / MB, attempt),
+                point("gpus", f64::from(u.gpus), attempt),
+                point("artifact_read_megabytes", u.bytes_read as f64 / MB, attempt),
+                point(
+                    "artifact_written_megabytes",
+                    u.bytes_written as f64 / MB,
+                    attempt,
+                ),
+                point("cost_dollars", r.total, attempt),
+            ];
+            tracking::stale_data(tx, &[target]).await?;
+            tracking::insert_metric_points(tx, target, &points).await?;
+        }
+    }
+    if r.billed && tracking::tracked(tx, &r.run_id).await? {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(cost), 0.0) AS cost, \
+             CAST(COALESCE(SUM(cpu_ms), 0) AS BIGINT) AS cpu_ms FROM resource_usage \
+             WHERE run_id = $1 AND billed = 1",
+        )
+        .bind(&r.run_id)
+        .fetch_one(&mut **tx)
+        .await?;
+        let n: i64 = row.try_get("n")?;
+        let cost: f64 = row.try_get("cost")?;
+        let cpu_ms: i64 = row.try_get("cpu_ms")?;
+        let points = [
+            point("cost_dollars", cost, n),
+            point("cpu_seconds", cpu_ms as f64 / 1000.0, n),
+        ];
+        tracking::stale_data(tx, &[r.run_id.as_str()]).await?;
+        tracking::insert_metric_points(tx, &r.run_id, &points).await?;
+    }
     Ok(())
 }

@@ -784,6 +784,7 @@ fn usage_of(run: &RunRecord, step: &NewStepRun, trial: Option<i64>, cost: f64) -
             ..Default::default()
         },
         total: cost,
+        tracking_run: None,
     }
 }
 
@@ -818,6 +819,23 @@ async fn usage_adds_up_by_run_step_and_study(s: &Store) {
     assert_eq!(s.run_cost(&first.id).await.unwrap(), 3.0);
     assert_eq!(s.study_cost(&tune.id).await.unwrap(), (0.75, 3));
     assert_eq!(s.study_cost(&prep.id).await.unwrap(), (0.0, 0));
+    // The tracking view shows each attempt's usage on its step's run and
+    // the run's cost so far on the pipeline's.
+    let latest = |run: &weir_store::tracking::TrackingRun, key: &str| {
+        run.metrics
+            .iter()
+            .find(|m| m.key == key)
+            .map(|m| m.value)
+            .unwrap_or_else(|| panic!("{key} in {:?}", run.metrics))
+    };
+    let shown = s.tracking_run(&tune.id).await.unwrap();
+    assert_eq!(latest(&shown, "system/cpu_seconds"), 0.9);
+    assert_eq!(latest(&shown, "system/wall_seconds"), 1.0);
+    assert_eq!(latest(&shown, "system/max_rss_megabytes"), 1.0);
+    assert_eq!(latest(&shown, "system/cost_dollars"), 2.0);
+    let whole = s.tracking_run(&first.id).await.unwrap();
+    assert_eq!(latest(&whole, "system/cost_dollars"), 3.0);
+    assert_eq!(latest(&whole, "system/cpu_seconds"), 1.8);
 
     let (mut second, second_steps) = new_run(&["prep", "tune"]);
     second.pipeline = pipeline.clone();

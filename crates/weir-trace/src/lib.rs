@@ -6,29 +6,53 @@
 //! Spans are exported in batches from a thread of the SDK's own, so a slow
 //! or absent collector never holds up a step or a request; a batch that
 //! cannot be delivered is dropped and counted ([`dropped_spans`]).
+//!
+//! A step runtime started by a local runner does not export at all: it
+//! keeps its spans ([`init_relay`]) and hands them to the runner on the
+//! stdout pipe the runner already reads ([`relayed`]), and the runner sends
+//! them in its own batches ([`relay`]). Starting an HTTP client and sending
+//! one request per step cost each step several milliseconds on two cores.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use opentelemetry;
 use opentelemetry::propagation::TextMapPropagator;
 pub use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, SpanData};
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter as _,
+    SpanProcessor,
+};
 
 /// The variable a child process finds its parent span in (W3C
 /// traceparent), as `weir exec` and a `run:` step's command do.
 pub const TRACEPARENT: &str = "TRACEPARENT";
 
+/// Set by a runner on the step runtimes it starts on this machine: keep
+/// your spans and print them ([`relayed`]) instead of exporting them.
+pub const RELAY_VAR: &str = "WEIR_TRACE_RELAY";
+
+/// How a step runtime's spans start on its stdout.
+pub const SPANS_LINE: &str = "weir-trace: spans ";
+
+/// The service relayed spans are exported as.
+const RELAYED_SERVICE: &str = "weir-exec";
+
 static TRACING: OnceLock<Tracing> = OnceLock::new();
 static DROPPED: AtomicU64 = AtomicU64::new(0);
+static KEPT: Mutex<Vec<SpanData>> = Mutex::new(Vec::new());
 
 pub struct Tracing {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
+    /// Where spans go (none in a relaying step runtime).
+    url: Option<String>,
+    /// The batches relayed spans go out in, started by the first relay.
+    relay: OnceLock<BatchSpanProcessor>,
 }
 
 /// The process's tracer, when tracing is on.
@@ -97,13 +121,63 @@ pub fn init(url: &str, service: &str) -> Result<(), String> {
             "otlp endpoint '{url}' is not an http(s) URL: give the collector's OTLP/HTTP address, e.g. http://127.0.0.1:4318"
         ));
     }
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
+    let provider = provider()
+        .with_batch_exporter(exporter(url)?)
+        .with_resource(resource(service))
+        .build();
+    install(provider, Some(url.to_string()));
+    Ok(())
+}
+
+/// Starts keeping this process's spans for [`relayed`], exporting nothing:
+/// a step runtime whose runner (on this machine) exports them.
+pub fn init_relay() {
+    #[derive(Debug)]
+    struct Keep;
+    impl SpanProcessor for Keep {
+        fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &Context) {}
+        fn on_end(&self, span: SpanData) {
+            KEPT.lock().unwrap_or_else(|e| e.into_inner()).push(span);
+        }
+        fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+            Ok(())
+        }
+        fn shutdown_with_timeout(&self, _: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+            Ok(())
+        }
+    }
+    install(provider().with_span_processor(Keep).build(), None);
+}
+
+fn provider() -> opentelemetry_sdk::trace::TracerProviderBuilder {
+    // Callers decide which requests are traced; a caller's decision (its
+    // traceparent's sampled flag) is followed.
+    SdkTracerProvider::builder().with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
+}
+
+fn install(provider: SdkTracerProvider, url: Option<String>) {
+    use opentelemetry::trace::TracerProvider as _;
+    let tracer = provider.tracer("weir");
+    let _ = TRACING.set(Tracing {
+        provider,
+        tracer,
+        url,
+        relay: OnceLock::new(),
+    });
+}
+
+fn exporter(url: &str) -> Result<Counting<opentelemetry_otlp::SpanExporter>, String> {
+    opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_endpoint(url)
         .with_timeout(Duration::from_secs(2))
         .build()
-        .map_err(|e| format!("cannot export traces to {url}: {e}"))?;
-    let resource = opentelemetry_sdk::Resource::builder()
+        .map(Counting)
+        .map_err(|e| format!("cannot export traces to {url}: {e}"))
+}
+
+fn resource(service: &str) -> opentelemetry_sdk::Resource {
+    opentelemetry_sdk::Resource::builder()
         .with_service_name(
             std::env::var("OTEL_SERVICE_NAME")
                 .ok()
@@ -111,18 +185,7 @@ pub fn init(url: &str, service: &str) -> Result<(), String> {
                 .unwrap_or_else(|| service.to_string()),
         )
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-        .build();
-    let provider = SdkTracerProvider::builder()
-        // Callers decide which requests are traced; a caller's decision
-        // (its traceparent's sampled flag) is followed.
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
-        .with_batch_exporter(Counting(exporter))
-        .with_resource(resource)
-        .build();
-    use opentelemetry::trace::TracerProvider as _;
-    let tracer = provider.tracer("weir");
-    let _ = TRACING.set(Tracing { provider, tracer });
-    Ok(())
+        .build()
 }
 
 /// Sends what is buffered, waiting at most `timeout`; called as the
@@ -131,7 +194,149 @@ pub fn shutdown(timeout: Duration) {
     if let Some(t) = TRACING.get() {
         let _ = t.provider.force_flush();
         let _ = t.provider.shutdown_with_timeout(timeout);
+        if let Some(relay) = t.relay.get() {
+            let _ = relay.force_flush();
+            let _ = relay.shutdown_with_timeout(timeout);
+        }
     }
+}
+
+/// One span as it crosses the pipe from a step runtime to its runner.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Wire {
+    name: String,
+    trace: String,
+    span: String,
+    parent: String,
+    parent_remote: bool,
+    start_ns: u64,
+    end_ns: u64,
+    attributes: Vec<(String, serde_json::Value)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ok: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// The spans this process kept since the last call, as the one line a
+/// runner reads ([`SPANS_LINE`] and JSON); `None` when there are none.
+pub fn relayed() -> Option<String> {
+    use opentelemetry::trace::Status;
+    use opentelemetry::Value;
+    let spans = std::mem::take(&mut *KEPT.lock().unwrap_or_else(|e| e.into_inner()));
+    if spans.is_empty() {
+        return None;
+    }
+    let wire: Vec<Wire> = spans
+        .into_iter()
+        .map(|s| Wire {
+            name: s.name.into_owned(),
+            trace: s.span_context.trace_id().to_string(),
+            span: s.span_context.span_id().to_string(),
+            parent: s.parent_span_id.to_string(),
+            parent_remote: s.parent_span_is_remote,
+            start_ns: nanos(s.start_time),
+            end_ns: nanos(s.end_time),
+            attributes: s
+                .attributes
+                .into_iter()
+                .map(|kv| {
+                    let value = match kv.value {
+                        Value::Bool(b) => serde_json::Value::Bool(b),
+                        Value::I64(i) => i.into(),
+                        Value::F64(f) => serde_json::Number::from_f64(f)
+                            .map(serde_json::Value::Number)
+                            .unwrap_or_else(|| f.to_string().into()),
+                        other => other.to_string().into(),
+                    };
+                    (kv.key.to_string(), value)
+                })
+                .collect(),
+            ok: matches!(s.status, Status::Ok).then_some(true),
+            error: match s.status {
+                Status::Error { description } => Some(description.into_owned()),
+                _ => None,
+            },
+        })
+        .collect();
+    let json = serde_json::to_string(&wire).ok()?;
+    Some(format!("{SPANS_LINE}{json}"))
+}
+
+/// Exports the spans a step runtime relayed (the JSON after
+/// [`SPANS_LINE`]) in this process's batches, as their own service; a
+/// no-op when this process does not export. Returns how many were taken.
+pub fn relay(json: &str) -> Result<usize, String> {
+    use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId};
+    let Some(t) = TRACING.get() else {
+        return Ok(0);
+    };
+    let Some(url) = &t.url else {
+        return Ok(0);
+    };
+    let wire: Vec<Wire> =
+        serde_json::from_str(json).map_err(|e| format!("malformed relayed spans: {e}"))?;
+    let relay = match t.relay.get() {
+        Some(r) => r,
+        None => {
+            let mut exporter = exporter(url)?;
+            exporter.set_resource(&resource(RELAYED_SERVICE));
+            t.relay
+                .get_or_init(|| BatchSpanProcessor::builder(exporter).build())
+        }
+    };
+    let scope = opentelemetry::InstrumentationScope::builder("weir").build();
+    let n = wire.len();
+    for w in wire {
+        let id = |hex: &str, what: &str| format!("relayed span '{}': bad {what} '{hex}'", w.name);
+        let trace = TraceId::from_hex(&w.trace).map_err(|_| id(&w.trace, "trace id"))?;
+        let span = SpanId::from_hex(&w.span).map_err(|_| id(&w.span, "span id"))?;
+        let parent = SpanId::from_hex(&w.parent).map_err(|_| id(&w.parent, "parent id"))?;
+        relay.on_end(SpanData {
+            span_context: SpanContext::new(
+                trace,
+                span,
+                TraceFlags::SAMPLED,
+                false,
+                Default::default(),
+            ),
+            parent_span_id: parent,
+            parent_span_is_remote: w.parent_remote,
+            span_kind: SpanKind::Internal,
+            name: w.name.into(),
+            start_time: UNIX_EPOCH + Duration::from_nanos(w.start_ns),
+            end_time: UNIX_EPOCH + Duration::from_nanos(w.end_ns),
+            attributes: w
+                .attributes
+                .into_iter()
+                .map(|(k, v)| match v {
+                    serde_json::Value::Bool(b) => KeyValue::new(k, b),
+                    serde_json::Value::Number(n) => match n.as_i64() {
+                        Some(i) => KeyValue::new(k, i),
+                        None => KeyValue::new(k, n.as_f64().unwrap_or(f64::NAN)),
+                    },
+                    serde_json::Value::String(s) => KeyValue::new(k, s),
+                    other => KeyValue::new(k, other.to_string()),
+                })
+                .collect(),
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status: match (w.error, w.ok) {
+                (Some(e), _) => Status::error(e),
+                (None, Some(true)) => Status::Ok,
+                _ => Status::Unset,
+            },
+            instrumentation_scope: scope.clone(),
+        });
+    }
+    Ok(n)
 }
 
 /// The W3C traceparent of `cx`'s span, for a child process or a request.
@@ -224,6 +429,48 @@ mod tests {
         assert!(traceparent(&bad).is_none());
         assert!(sample(Some(&bad), 1.0));
         assert!(!sample(None, 0.0));
+    }
+
+    #[test]
+    fn relayed_spans_keep_their_ids_parents_attributes_and_status() {
+        init_relay();
+        let parent = from_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+        let outer = start(
+            Some(&parent),
+            "execute",
+            vec![
+                KeyValue::new("weir.trial", 3i64),
+                KeyValue::new("weir.auc", 0.5f64),
+                KeyValue::new("weir.ok", true),
+                KeyValue::new("weir.name", "x"),
+            ],
+        );
+        let inner = start(outer.as_ref(), "trial 3", Vec::new());
+        let inner_id = traceparent(inner.as_ref().unwrap()).unwrap();
+        end(inner, Some("boom\nmore"));
+        end(outer, None);
+        let line = relayed().expect("two spans kept");
+        assert!(relayed().is_none(), "taken once");
+        let json = line.strip_prefix(SPANS_LINE).unwrap();
+        let wire: Vec<Wire> = serde_json::from_str(json).unwrap();
+        assert_eq!(wire.len(), 2);
+        let (trial, execute) = (&wire[0], &wire[1]);
+        assert_eq!(execute.trace, "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(execute.parent, "b7ad6b7169203331");
+        assert!(execute.parent_remote);
+        assert_eq!(trial.parent, execute.span);
+        assert!(inner_id.contains(&trial.span));
+        assert_eq!(trial.error.as_deref(), Some("boom"));
+        assert_eq!(execute.ok, Some(true));
+        assert!(execute.start_ns <= trial.start_ns && trial.end_ns <= execute.end_ns);
+        assert_eq!(
+            execute.attributes[0],
+            ("weir.trial".to_string(), serde_json::json!(3))
+        );
+        assert_eq!(execute.attributes[1].1, serde_json::json!(0.5));
+        // This process exports nothing, so relaying is a no-op; a malformed
+        // line is an error only where spans are exported.
+        assert_eq!(relay(json).unwrap(), 0);
     }
 
     #[test]

@@ -127,6 +127,12 @@ fn every_attempt_and_trial_is_measured_and_priced() {
         "{total} vs {billed}"
     );
     assert_eq!(cost["models"][0]["name"], "gbdt-points");
+    // The version's lineage says what training it cost.
+    let version = sb.json(&["models", "show", "gbdt-points", "--version", "1"]);
+    assert!(
+        (version["training_cost"].as_f64().unwrap() - total).abs() < 1e-9,
+        "{version:#}"
+    );
 
     // The same figures through runs show, and grouped.
     let show = sb.json(&["runs", "show", &run]);

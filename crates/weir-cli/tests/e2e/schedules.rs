@@ -123,6 +123,44 @@ fn a_scheduler_fires_on_time_and_a_second_one_stands_by() {
 }
 
 #[test]
+fn a_scheduler_that_stops_leaves_its_runs_going_and_says_so() {
+    let sb = Sandbox::new();
+    sb.write(
+        "p.yaml",
+        "version: 1\nname: slow\nsteps:\n  nap:\n    run: sleep 3\n    cache: false\n",
+    );
+    sb.ok(&["schedule", "add", "p.yaml", "--cron", "*/2 * * * * *"]);
+    let (child, lines) = scheduler(&sb, &[]);
+    wait_until("a firing", 30, || {
+        history(&sb, "slow")
+            .iter()
+            .any(|f| f["outcome"] == "started")
+    });
+    stop(child);
+    drop(lines);
+    let fired = history(&sb, "slow");
+    assert!(
+        fired.iter().all(|f| f["outcome"] != "started"),
+        "{fired:#?}"
+    );
+    let detached: Vec<&Value> = fired
+        .iter()
+        .filter(|f| f["outcome"] == "detached")
+        .collect();
+    assert!(!detached.is_empty(), "{fired:#?}");
+    assert!(detached[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("scheduler stopped"));
+    // The run itself goes on to its end.
+    wait_until("the detached run's end", 30, || {
+        let runs = sb.json(&["runs", "list"]);
+        let runs = runs.as_array().unwrap();
+        !runs.is_empty() && runs.iter().all(|r| r["status"] == "succeeded")
+    });
+}
+
+#[test]
 fn missed_firings_are_skipped_or_run_once_by_policy() {
     let sb = Sandbox::new();
     sb.write("p.yaml", PIPELINE);

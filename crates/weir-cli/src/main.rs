@@ -1,6 +1,7 @@
 //! The `weir` binary: argument parsing and wiring only. Every command calls
 //! into the library crates and prints through `output`.
 
+mod lineage;
 mod observe;
 mod output;
 
@@ -300,6 +301,24 @@ enum Command {
         prices: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// Where a model, dataset version or run came from (upstream: datasets, source files
+    /// with digests, code revision, params, Weir version) and what was made from it
+    /// (downstream: models and the endpoints serving them)
+    Lineage {
+        /// MODEL[:VERSION], DATASET[@VERSION] or a run id (or unique prefix)
+        reference: String,
+        /// Only what it came from
+        #[arg(long, conflicts_with = "downstream")]
+        upstream: bool,
+        /// Only what was made from it (impact analysis)
+        #[arg(long)]
+        downstream: bool,
+        #[arg(long, conflicts_with = "dot")]
+        json: bool,
+        /// Graphviz, for `dot -Tsvg`
+        #[arg(long)]
+        dot: bool,
     },
     /// Serve experiment tracking over MLflow's REST API (MLFLOW_TRACKING_URI=http://ADDR)
     Server {
@@ -1267,6 +1286,30 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             let ctx = Context::open(config).await?;
             let since_ms = weir_core::now_ms() - since.as_millis() as i64;
             output::cost(&ctx, run.as_deref(), since_ms, by, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lineage {
+            reference,
+            upstream,
+            downstream,
+            json,
+            dot,
+        } => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            let direction = match (upstream, downstream) {
+                (true, _) => weir_store::lineage::Direction::Upstream,
+                (_, true) => weir_store::lineage::Direction::Downstream,
+                _ => weir_store::lineage::Direction::Both,
+            };
+            let start = ctx.store.lineage_start(&reference).await?;
+            let graph = ctx.store.lineage(&start, direction).await?;
+            if json {
+                output::print_json(&graph);
+            } else if dot {
+                print!("{}", graph.to_dot());
+            } else {
+                print!("{}", lineage::render(&graph, direction));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Server { addr, open } => {

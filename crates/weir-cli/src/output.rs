@@ -8,7 +8,7 @@ use weir_core::cost::Dollars;
 use weir_engine::{Context, RunOutcome};
 use weir_store::{ModelSummary, RunRecord, Store};
 
-fn print_json(value: &impl serde::Serialize) {
+pub fn print_json(value: &impl serde::Serialize) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).expect("serializable")

@@ -14,7 +14,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::params::Params;
 use crate::App;
 
@@ -62,6 +62,26 @@ pub fn routes() -> Router<App> {
         .route("/api/ui/model", get(crate::dashboard::model))
         .route("/api/ui/deployments", get(crate::dashboard::deployments))
         .route("/api/ui/deployment", get(crate::dashboard::deployment))
+        .route("/api/2.0/weir/lineage", get(lineage))
+}
+
+/// `GET /api/2.0/weir/lineage?ref=MODEL[:V]|DATASET[@V]|RUN[&direction=upstream|downstream|both]`:
+/// the lineage graph as `weir lineage --json` gives it.
+async fn lineage(State(app): State<App>, p: Params) -> ApiResult<Json<weir_store::lineage::Graph>> {
+    use weir_store::lineage::Direction;
+    let reference = p.str("ref")?;
+    let direction = match p.opt_str("direction").as_deref() {
+        None | Some("both") => Direction::Both,
+        Some("upstream") => Direction::Upstream,
+        Some("downstream") => Direction::Downstream,
+        Some(other) => {
+            return Err(ApiError::InvalidParameter(format!(
+                "direction '{other}': expected upstream, downstream or both"
+            )))
+        }
+    };
+    let start = app.store.lineage_start(&reference).await?;
+    Ok(Json(app.store.lineage(&start, direction).await?))
 }
 
 async fn index() -> Response {

@@ -15,6 +15,7 @@ mod direct;
 mod error;
 mod events;
 pub mod filter;
+pub mod lineage;
 mod logs;
 mod metrics;
 mod mirror;

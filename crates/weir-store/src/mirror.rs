@@ -72,6 +72,11 @@ pub(crate) async fn open_run(
         ("mlflow.source.name".to_string(), run.spec_file.clone()),
         ("weir.pipeline".to_string(), run.pipeline.clone()),
         ("weir.kind".to_string(), "pipeline".to_string()),
+        // The environment, for lineage: which Weir ran it.
+        (
+            "weir.version".to_string(),
+            weir_core::WEIR_VERSION.to_string(),
+        ),
     ];
     if let Some(rev) = &run.git_rev {
         tags.push(("mlflow.source.git.commit".to_string(), rev.clone()));

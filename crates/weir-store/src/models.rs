@@ -68,10 +68,11 @@ pub struct ModelSummary {
     pub updated_at: i64,
 }
 
-const VERSION_COLUMNS: &str = "name, version, digest, source, run_id, step_run_id, model_id, \
+pub(crate) const VERSION_COLUMNS: &str =
+    "name, version, digest, source, run_id, step_run_id, model_id, \
      metrics_json, lineage_json, status, stage, description, user_id, created_at, last_updated_at";
 
-fn version_from_row(row: &AnyRow) -> Result<ModelVersion> {
+pub(crate) fn version_from_row(row: &AnyRow) -> Result<ModelVersion> {
     Ok(ModelVersion {
         name: row.try_get("name")?,
         version: row.try_get("version")?,

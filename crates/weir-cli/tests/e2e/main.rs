@@ -9,6 +9,7 @@ mod datasets;
 mod distributed;
 mod fanout;
 mod flights;
+mod lineage;
 mod monitoring;
 mod observability;
 mod onnx;

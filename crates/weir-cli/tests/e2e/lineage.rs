@@ -1,0 +1,171 @@
+//! Lineage: from a model back to the files and dataset versions it was
+//! trained on (with digests, params, the Weir that ran it), and from a
+//! dataset version forward to the models and endpoints that depend on it,
+//! on the command line and over the tracking server's REST API.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::Sandbox;
+
+const PIPELINE: &str = "version: 1\nname: m\nparams: { data: a.csv }\nsteps:\n  ingest:\n    uses: weir/ingest\n    with: { path: \"${{ params.data }}\" }\n  train:\n    uses: weir/train-linear\n    inputs: { train: ingest.table }\n    with: { target: y, features: [x1, x2] }\n  register:\n    uses: weir/register\n    inputs: { model: train.model }\n    with: { name: m }\n";
+
+fn rows(sb: &Sandbox, name: &str, shift: u64) {
+    let mut csv = String::from("x1,x2,y\n");
+    for i in 0..400u64 {
+        let x1 = i % 100 + shift;
+        csv.push_str(&format!("{x1},{},{}\n", (i * 7) % 13, u8::from(x1 > 50)));
+    }
+    sb.write(name, &csv);
+}
+
+fn ids(graph: &Value, kind: &str) -> Vec<String> {
+    graph["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["kind"] == kind)
+        .map(|n| n["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn has_edge(graph: &Value, from: &str, to: &str, relation: &str) -> bool {
+    graph["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["from"] == from && e["to"] == to && e["relation"] == relation)
+}
+
+#[test]
+fn lineage_walks_from_models_to_sources_and_from_datasets_to_endpoints() {
+    let sb = Sandbox::new();
+    rows(&sb, "a.csv", 0);
+    rows(&sb, "b.csv", 7);
+    sb.write("m.yaml", PIPELINE);
+    sb.ok(&["run", "m.yaml"]);
+    sb.ok(&["run", "m.yaml", "-p", "data=b.csv"]);
+    sb.ok(&["deploy", "web", "--model", "m", "--version", "1"]);
+
+    // Upstream of version 1: the file it read, by digest, the dataset
+    // version ingest made of it, every step, the run's params and Weir.
+    let up = sb.json(&["lineage", "m:1", "--upstream"]);
+    assert_eq!(up["root"], "model:m:1");
+    let files = ids(&up, "file");
+    assert_eq!(files.len(), 1, "{up:#}");
+    assert!(files[0].starts_with("file:a.csv@"), "{files:?}");
+    assert_eq!(ids(&up, "dataset"), ["dataset:m.ingest@1"]);
+    assert_eq!(ids(&up, "step").len(), 2, "ingest and train: {up:#}");
+    let runs = ids(&up, "run");
+    assert_eq!(runs.len(), 1);
+    let run = up["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["kind"] == "run")
+        .unwrap();
+    assert_eq!(run["attributes"]["params"]["data"], "a.csv");
+    assert_eq!(
+        run["attributes"]["weir_version"],
+        env!("CARGO_PKG_VERSION"),
+        "{run:#}"
+    );
+    let ingest = up["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["kind"] == "step" && n["label"] == "ingest")
+        .unwrap();
+    let ingest = ingest["id"].as_str().unwrap();
+    assert!(has_edge(&up, &files[0], ingest, "read"), "{up:#}");
+    assert!(has_edge(&up, ingest, "dataset:m.ingest@1", "wrote table"));
+    assert!(ids(&up, "deployment").is_empty(), "upstream only");
+
+    // Downstream of the first dataset version: version 1 and the endpoint
+    // serving it; not version 2, trained on other data.
+    let down = sb.json(&["lineage", "m.ingest@1", "--downstream"]);
+    assert_eq!(ids(&down, "model"), ["model:m:1"], "{down:#}");
+    assert_eq!(ids(&down, "deployment"), ["deployment:web"]);
+    assert!(has_edge(
+        &down,
+        "model:m:1",
+        "deployment:web",
+        "serves (stable)"
+    ));
+    assert!(ids(&down, "file").is_empty(), "downstream only");
+    let other = sb.json(&["lineage", "m.ingest@2", "--downstream"]);
+    assert_eq!(ids(&other, "model"), ["model:m:2"]);
+    assert!(ids(&other, "deployment").is_empty());
+
+    // A run, both ways; people get trees, Graphviz gets dot.
+    let run_id = runs[0].strip_prefix("run:").unwrap();
+    let both = sb.json(&["lineage", &run_id[..12]]);
+    assert_eq!(both["root"], runs[0].as_str());
+    assert!(ids(&both, "model").contains(&"model:m:1".to_string()));
+    let text = sb.ok(&["lineage", "m:1"]);
+    assert!(
+        text.contains("upstream (what it came from):")
+            && text.contains("read file a.csv @")
+            && text.contains("serves (stable) deployment web"),
+        "{text}"
+    );
+    let dot = sb.ok(&["lineage", "m:1", "--dot"]);
+    assert!(
+        dot.starts_with("digraph lineage {") && dot.contains("\"model:m:1\" -> \"deployment:web\""),
+        "{dot}"
+    );
+
+    // Unknown references say what would have been understood.
+    let err = sb.fails(&["lineage", "nope"]);
+    assert!(
+        err.contains("'nope' does not exist") && err.contains("DATASET[@VERSION]"),
+        "{err}"
+    );
+    let err = sb.fails(&["lineage", "m:9"]);
+    assert!(err.contains("model version 'm/9' does not exist"), "{err}");
+    let err = sb.fails(&["lineage", "m.ingest@5"]);
+    assert!(err.contains("has versions 1 to 2"), "{err}");
+    let err = sb.fails(&["lineage", "m:one"]);
+    assert!(err.contains("'one' is not a number"), "{err}");
+
+    // The same graph over REST.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = sb
+        .command(&["server", "--addr", &addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::blocking::Client::new();
+    let base = format!("http://{addr}/api/2.0/weir/lineage");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(format!("http://{addr}/health")).send().is_err() {
+        assert!(Instant::now() < deadline, "weir server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got: Value = client
+        .get(format!("{base}?ref=m.ingest@1&direction=downstream"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(got["nodes"], down["nodes"]);
+    let missing = client.get(format!("{base}?ref=nope")).send().unwrap();
+    assert_eq!(missing.status(), 404);
+    let body: Value = missing.json().unwrap();
+    assert_eq!(body["error_code"], "RESOURCE_DOES_NOT_EXIST");
+    let bad = client
+        .get(format!("{base}?ref=m:1&direction=sideways"))
+        .send()
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let _ = server.kill();
+    let _ = server.wait();
+}

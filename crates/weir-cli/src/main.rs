@@ -320,6 +320,18 @@ enum Command {
         #[arg(long)]
         dot: bool,
     },
+    /// The audit log: every change to runs, model versions and aliases, deployments and
+    /// schedules, who made it and what it changed; --verify checks its hash chain
+    Audit {
+        /// Entries this recent or newer
+        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+        since: std::time::Duration,
+        /// Recompute the whole chain; exit 1 if any entry was changed, removed or reordered
+        #[arg(long)]
+        verify: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve experiment tracking over MLflow's REST API (MLFLOW_TRACKING_URI=http://ADDR)
     Server {
         /// Address to listen on
@@ -643,6 +655,15 @@ async fn reap(ctx: &Context) -> Result<()> {
 }
 
 async fn main_async(cli: Cli) -> Result<ExitCode> {
+    // Whom the audit log names for this process's changes.
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| format!("uid {}", unsafe { libc::getuid() }));
+    let command = std::env::args().nth(1).unwrap_or_default();
+    weir_store::audit::set_default_actor(format!(
+        "{user}@{} (weir {command})",
+        weir_core::process::hostname()
+    ));
     match cli.command {
         Command::Run {
             file,
@@ -1286,6 +1307,31 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             let ctx = Context::open(config).await?;
             let since_ms = weir_core::now_ms() - since.as_millis() as i64;
             output::cost(&ctx, run.as_deref(), since_ms, by, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            since,
+            verify,
+            json,
+        } => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            if verify {
+                let v = ctx.store.verify_audit().await?;
+                if json {
+                    output::print_json(&v);
+                } else if let (Some(seq), Some(reason)) = (v.broken_at, &v.reason) {
+                    eprintln!("error: the audit log is broken at entry {seq}: {reason}");
+                } else {
+                    println!("audit log verified: {} entries, chain intact", v.entries);
+                }
+                return Ok(if v.broken_at.is_some() {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                });
+            }
+            let since_ms = weir_core::now_ms() - since.as_millis() as i64;
+            output::audit(&ctx.store.audit_entries(since_ms).await?, json);
             Ok(ExitCode::SUCCESS)
         }
         Command::Lineage {

@@ -1598,3 +1598,32 @@ pub fn firings(list: &[weir_store::Firing], json: bool) {
         &rows,
     );
 }
+
+pub fn audit(entries: &[weir_store::audit::AuditEntry], json: bool) {
+    if json {
+        print_json(&entries);
+        return;
+    }
+    let change = |before: &serde_json::Value, after: &serde_json::Value| match (before, after) {
+        (serde_json::Value::Null, a) => a.to_string(),
+        (b, serde_json::Value::Null) => format!("was {b}"),
+        (b, a) => format!("{b} -> {a}"),
+    };
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.seq.to_string(),
+                time(e.at),
+                e.actor.clone(),
+                e.action.clone(),
+                e.target.clone(),
+                change(&e.before, &e.after),
+            ]
+        })
+        .collect();
+    table(
+        &["SEQ", "AT (UTC)", "WHO", "ACTION", "TARGET", "CHANGE"],
+        &rows,
+    );
+}

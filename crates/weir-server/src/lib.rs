@@ -174,6 +174,7 @@ pub fn router(app: App) -> Router {
             ApiError::EndpointNotFound(format!("no endpoint {uri} on this Weir server"))
         })
         .layer(axum::middleware::from_fn(same_origin_writes))
+        .layer(axum::middleware::from_fn(audited))
         .layer(axum::middleware::from_fn_with_state(app.clone(), observed))
         .with_state(app)
 }
@@ -204,6 +205,26 @@ async fn observed(
     let response = next.run(req).await;
     in_flight.done(&method, &route, response.status().as_u16());
     response
+}
+
+/// Changes made through the server are the audit log's: made by whom the
+/// request came from (no credentials yet: its address).
+async fn audited(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::extract::ConnectInfo;
+    if matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    ) {
+        return next.run(req).await;
+    }
+    let from = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map_or("an unknown address".to_string(), |c| c.0.ip().to_string());
+    weir_store::audit::acting_as(format!("anonymous@{from} (weir server)"), next.run(req)).await
 }
 
 /// The defence against cross-site request forgery: a request that changes
@@ -262,9 +283,12 @@ pub async fn serve(app: App, listener: tokio::net::TcpListener) -> std::io::Resu
         "weir server: MLflow tracking API on http://{0} (MLFLOW_TRACKING_URI), dashboard at http://{0}/",
         listener.local_addr()?
     );
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(weir_core::signals::terminated())
-        .await
+    axum::serve(
+        listener,
+        router(app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(weir_core::signals::terminated())
+    .await
 }
 
 #[cfg(test)]

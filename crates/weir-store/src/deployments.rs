@@ -119,6 +119,26 @@ impl Store {
     ) -> Result<Deployment> {
         let now = weir_core::now_ms();
         let mut tx = self.writer.begin().await?;
+        let before = match event {
+            Some(_) => sqlx::query(
+                "SELECT model, stable_version, candidate_version, weight, phase FROM deployments \
+                 WHERE endpoint = $1",
+            )
+            .bind(&d.endpoint)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| -> Result<serde_json::Value> {
+                Ok(serde_json::json!({
+                    "model": r.try_get::<String, _>("model")?,
+                    "stable": r.try_get::<Option<i64>, _>("stable_version")?,
+                    "candidate": r.try_get::<Option<i64>, _>("candidate_version")?,
+                    "weight": r.try_get::<i64, _>("weight")?,
+                    "phase": r.try_get::<String, _>("phase")?,
+                }))
+            })
+            .transpose()?,
+            None => None,
+        };
         let steps = serde_json::to_string(&d.steps).expect("numbers serialise");
         let analysis = d.analysis.to_string();
         let changed = if d.revision == 0 {
@@ -182,6 +202,19 @@ impl Store {
             .bind(event)
             .bind(detail)
             .execute(&mut *tx)
+            .await?;
+            // Every step of a rollout (deploy, weight changes, promotion,
+            // rollback, whoever made it: a person or the controller).
+            crate::audit::append(
+                &mut tx,
+                &format!("deployment.{}", event.replace(' ', "_")),
+                &d.endpoint,
+                before.unwrap_or(serde_json::Value::Null),
+                serde_json::json!({
+                    "model": d.model, "stable": d.stable, "candidate": d.candidate,
+                    "weight": d.weight, "phase": d.phase, "detail": detail,
+                }),
+            )
             .await?;
         }
         tx.commit().await?;

@@ -9,6 +9,7 @@
 //! locked" when two processes commit at once.
 
 mod artifacts;
+pub mod audit;
 mod datasets;
 mod deployments;
 mod direct;

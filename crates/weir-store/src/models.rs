@@ -153,6 +153,17 @@ pub(crate) async fn insert_model_version(
         .execute(&mut **tx)
         .await?;
     }
+    crate::audit::append(
+        tx,
+        "model.register",
+        &format!("{}:{version}", new.name),
+        serde_json::Value::Null,
+        serde_json::json!({
+            "digest": digest, "source": source, "run_id": new.run_id,
+            "step_run_id": new.step_run_id,
+        }),
+    )
+    .await?;
     Ok(ModelVersion {
         name: new.name.clone(),
         version,

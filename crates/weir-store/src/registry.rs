@@ -233,6 +233,14 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        crate::audit::append(
+            &mut tx,
+            "model.delete",
+            name,
+            serde_json::json!({ "name": name }),
+            serde_json::Value::Null,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -293,6 +301,8 @@ impl Store {
 
     pub async fn set_model_alias(&self, name: &str, alias: &str, version: i64) -> Result<()> {
         self.version_detail(name, version).await?;
+        let mut tx = self.writer.begin().await?;
+        let before = alias_version(&mut tx, name, alias).await?;
         sqlx::query(
             "INSERT INTO model_aliases (name, alias, version) VALUES ($1, $2, $3) \
              ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version",
@@ -300,18 +310,40 @@ impl Store {
         .bind(name)
         .bind(alias)
         .bind(version)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        crate::audit::append(
+            &mut tx,
+            "alias.set",
+            &format!("{name}@{alias}"),
+            serde_json::json!({ "version": before }),
+            serde_json::json!({ "version": version }),
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     pub async fn delete_model_alias(&self, name: &str, alias: &str) -> Result<()> {
         self.registered_model(name).await?;
+        let mut tx = self.writer.begin().await?;
+        let before = alias_version(&mut tx, name, alias).await?;
         sqlx::query("DELETE FROM model_aliases WHERE name = $1 AND alias = $2")
             .bind(name)
             .bind(alias)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
+        if before.is_some() {
+            crate::audit::append(
+                &mut tx,
+                "alias.delete",
+                &format!("{name}@{alias}"),
+                serde_json::json!({ "version": before }),
+                serde_json::Value::Null,
+            )
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -394,7 +426,7 @@ impl Store {
     }
 
     pub async fn delete_model_version(&self, name: &str, version: i64) -> Result<()> {
-        self.version_detail(name, version).await?;
+        let before = self.version_detail(name, version).await?;
         let mut tx = self.writer.begin().await?;
         for table in ["model_version_tags", "model_aliases", "model_versions"] {
             sqlx::query(&format!(
@@ -405,6 +437,14 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        crate::audit::append(
+            &mut tx,
+            "model.delete_version",
+            &format!("{name}:{version}"),
+            serde_json::json!({ "digest": before.version.digest, "aliases": before.aliases }),
+            serde_json::Value::Null,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -417,7 +457,7 @@ impl Store {
         stage: &str,
         archive_existing: bool,
     ) -> Result<()> {
-        self.version_detail(name, version).await?;
+        let before = self.version_detail(name, version).await?;
         let now = weir_core::now_ms();
         let mut tx = self.writer.begin().await?;
         if archive_existing && matches!(stage, "Staging" | "Production") {
@@ -440,6 +480,14 @@ impl Store {
         .bind(name)
         .bind(version)
         .execute(&mut *tx)
+        .await?;
+        crate::audit::append(
+            &mut tx,
+            "model.stage",
+            &format!("{name}:{version}"),
+            serde_json::json!({ "stage": before.version.stage }),
+            serde_json::json!({ "stage": stage, "archive_existing": archive_existing }),
+        )
         .await?;
         tx.commit().await?;
         Ok(())
@@ -523,4 +571,19 @@ impl Store {
         }
         Ok((out, more))
     }
+}
+
+/// The version an alias names now, read in the change's transaction.
+async fn alias_version(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    name: &str,
+    alias: &str,
+) -> Result<Option<i64>> {
+    Ok(
+        sqlx::query_scalar("SELECT version FROM model_aliases WHERE name = $1 AND alias = $2")
+            .bind(name)
+            .bind(alias)
+            .fetch_optional(&mut **tx)
+            .await?,
+    )
 }

@@ -281,6 +281,18 @@ impl Store {
             .await?;
         }
         mirror::open_run(&mut tx, experiment_id, run, steps).await?;
+        let params: serde_json::Value = serde_json::from_str(&run.params_json).unwrap_or_default();
+        crate::audit::append(
+            &mut tx,
+            "run.create",
+            &run.id,
+            serde_json::Value::Null,
+            serde_json::json!({
+                "pipeline": run.pipeline, "spec_file": run.spec_file, "params": params,
+                "git_rev": run.git_rev, "steps": steps.len(),
+            }),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }

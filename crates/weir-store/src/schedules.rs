@@ -48,6 +48,7 @@ fn schedule_of(r: &sqlx::any::AnyRow) -> Result<Schedule> {
 impl Store {
     /// Adds a schedule; a name already taken is a conflict.
     pub async fn add_schedule(&self, s: &Schedule) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
         let done = sqlx::query(&format!(
             "INSERT INTO schedules ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (name) DO NOTHING"
@@ -60,7 +61,7 @@ impl Store {
         .bind(&s.catch_up)
         .bind(s.created_at)
         .bind(s.last_fire_at)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!(
@@ -68,6 +69,19 @@ impl Store {
                 s.name, s.name
             )));
         }
+        let params: serde_json::Value = serde_json::from_str(&s.params_json).unwrap_or_default();
+        crate::audit::append(
+            &mut tx,
+            "schedule.add",
+            &s.name,
+            serde_json::Value::Null,
+            serde_json::json!({
+                "spec_file": s.spec_file, "cron": s.cron, "off_peak": s.off_peak,
+                "params": params, "catch_up": s.catch_up,
+            }),
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -85,10 +99,24 @@ impl Store {
             .bind(name)
             .execute(&mut *tx)
             .await?;
+        let cron: Option<String> = sqlx::query_scalar("SELECT cron FROM schedules WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
         let done = sqlx::query("DELETE FROM schedules WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
             .await?;
+        if cron.is_some() {
+            crate::audit::append(
+                &mut tx,
+                "schedule.remove",
+                name,
+                serde_json::json!({ "cron": cron }),
+                serde_json::Value::Null,
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(done.rows_affected() > 0)
     }

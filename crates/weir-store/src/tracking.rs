@@ -1136,15 +1136,29 @@ impl Store {
     }
 
     pub async fn set_run_lifecycle(&self, run_id: &str, stage: &str) -> Result<()> {
-        self.run_info(run_id).await?;
+        let before = self.run_info(run_id).await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "UPDATE tracking_runs SET lifecycle_stage = $1, deleted_time = $2 WHERE run_id = $3",
         )
         .bind(stage)
         .bind((stage == DELETED).then(weir_core::now_ms))
         .bind(run_id)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        crate::audit::append(
+            &mut tx,
+            if stage == DELETED {
+                "run.delete"
+            } else {
+                "run.restore"
+            },
+            run_id,
+            serde_json::json!({ "lifecycle_stage": before.lifecycle_stage }),
+            serde_json::json!({ "lifecycle_stage": stage }),
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -976,7 +976,65 @@ async fn schedules_fire_once_and_keep_their_history(s: &Store) {
     assert!(s.firings(&name, 10).await.unwrap().is_empty());
 }
 
+/// Changes made at once each get their own audit entry, chained in one
+/// unbroken line (PostgreSQL: the appenders queue on a lock), with who made
+/// them; a change refused leaves no entry.
+async fn concurrent_changes_chain_their_audit_entries(s: &Store) {
+    let name = format!("audited-{}", weir_core::new_id());
+    let v = s
+        .register_model_version(&NewModelVersion {
+            name: name.clone(),
+            source: "s3://bucket/m".into(),
+            metrics_json: "{}".into(),
+            lineage_json: "{}".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let changes = (0..8).map(|i| {
+        let (s, name) = (s.clone(), name.clone());
+        tokio::spawn(weir_store::audit::acting_as(
+            format!("user{i}"),
+            async move { s.set_model_alias(&name, &format!("a{i}"), v.version).await },
+        ))
+    });
+    for c in futures_join(changes).await {
+        c.unwrap().unwrap();
+    }
+    assert!(s.set_model_alias(&name, "nope", 99).await.is_err());
+    let entries = s.audit_entries(0).await.unwrap();
+    let mine: Vec<_> = entries
+        .iter()
+        .filter(|e| e.target.starts_with(&format!("{name}@")))
+        .collect();
+    // Other tests share the store: only this model's entries are counted.
+    assert_eq!(mine.len(), 8, "{mine:#?}");
+    let mut actors: Vec<&str> = mine.iter().map(|e| e.actor.as_str()).collect();
+    actors.sort();
+    assert_eq!(
+        actors,
+        (0..8).map(|i| format!("user{i}")).collect::<Vec<_>>()
+    );
+    assert!(mine
+        .iter()
+        .all(|e| e.action == "alias.set" && e.after["version"] == v.version));
+    let verified = s.verify_audit().await.unwrap();
+    assert_eq!(verified.broken_at, None, "{verified:?}");
+    assert!(verified.entries >= entries.len() as i64);
+}
+
+async fn futures_join<T>(
+    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<Result<T, tokio::task::JoinError>> {
+    let mut out = Vec::new();
+    for h in handles.collect::<Vec<_>>() {
+        out.push(h.await);
+    }
+    out
+}
+
 store_suite!(
+    concurrent_changes_chain_their_audit_entries,
     schedules_fire_once_and_keep_their_history,
     usage_adds_up_by_run_step_and_study,
     leases_elect_one_holder_and_window_parts_are_read_once,

@@ -10,9 +10,9 @@ use serde_json::Value;
 
 use crate::common::Sandbox;
 
-const PIPELINE: &str = "version: 1\nname: m\nparams: { data: a.csv }\nsteps:\n  ingest:\n    uses: weir/ingest\n    with: { path: \"${{ params.data }}\" }\n  train:\n    uses: weir/train-linear\n    inputs: { train: ingest.table }\n    with: { target: y, features: [x1, x2] }\n  register:\n    uses: weir/register\n    inputs: { model: train.model }\n    with: { name: m }\n";
+pub(crate) const PIPELINE: &str = "version: 1\nname: m\nparams: { data: a.csv }\nsteps:\n  ingest:\n    uses: weir/ingest\n    with: { path: \"${{ params.data }}\" }\n  train:\n    uses: weir/train-linear\n    inputs: { train: ingest.table }\n    with: { target: y, features: [x1, x2] }\n  register:\n    uses: weir/register\n    inputs: { model: train.model }\n    with: { name: m }\n";
 
-fn rows(sb: &Sandbox, name: &str, shift: u64) {
+pub(crate) fn rows(sb: &Sandbox, name: &str, shift: u64) {
     let mut csv = String::from("x1,x2,y\n");
     for i in 0..400u64 {
         let x1 = i % 100 + shift;

@@ -2,6 +2,7 @@
 //! fresh home directory per test (SQLite and local artifacts by default;
 //! PostgreSQL and S3 in `team_backends`). One test binary, many modules.
 
+mod audit;
 mod caching;
 mod common;
 mod costs;

@@ -1,0 +1,161 @@
+//! The audit log: every change, from the command line or through the
+//! tracking server, is one entry naming who made it and what it changed;
+//! the hash chain exposes an entry edited or removed behind Weir's back.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::Sandbox;
+use crate::lineage::{rows, PIPELINE};
+
+fn entries(sb: &Sandbox) -> Vec<Value> {
+    sb.json(&["audit"]).as_array().unwrap().clone()
+}
+
+/// Runs SQL on the sandbox's SQLite store, as someone with the file would.
+fn tamper(sb: &Sandbox, sql: &str) {
+    let db = sb.path().join(".weir/weir.db");
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.execute(sys.argv[2])\nc.commit()",
+        ])
+        .arg(&db)
+        .arg(sql)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn every_change_is_audited_with_who_and_tampering_is_detected() {
+    let sb = Sandbox::new();
+    rows(&sb, "a.csv", 0);
+    sb.write("m.yaml", PIPELINE);
+    sb.ok(&["run", "m.yaml"]);
+    sb.ok(&["run", "m.yaml", "-p", "data=a.csv", "--no-cache"]);
+    sb.ok(&["deploy", "web", "--model", "m", "--version", "1"]);
+    sb.ok(&[
+        "deploy",
+        "web",
+        "--model",
+        "m",
+        "--version",
+        "2",
+        "--steps",
+        "50,100",
+    ]);
+    sb.ok(&["rollout", "rollback", "web"]);
+    sb.ok(&["schedule", "add", "m.yaml", "--cron", "0 3 * * *"]);
+    sb.ok(&["schedule", "remove", "m"]);
+    // A change that is refused leaves no entry.
+    let before = entries(&sb).len();
+    sb.fails(&["deploy", "web", "--model", "m", "--version", "9"]);
+    assert_eq!(entries(&sb).len(), before);
+
+    // Through the tracking server: an alias and a run deleted by an MLflow client.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = sb
+        .command(&["server", "--addr", &addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::blocking::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(format!("http://{addr}/health")).send().is_err() {
+        assert!(Instant::now() < deadline, "weir server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let api = format!("http://{addr}/api/2.0/mlflow");
+    let set = client
+        .post(format!("{api}/registered-models/alias"))
+        .json(&json!({"name": "m", "alias": "champion", "version": "2"}))
+        .send()
+        .unwrap();
+    assert!(set.status().is_success(), "{}", set.text().unwrap());
+    let first_run = sb.json(&["runs", "list"])[1]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deleted = client
+        .post(format!("{api}/runs/delete"))
+        .json(&json!({"run_id": first_run}))
+        .send()
+        .unwrap();
+    assert!(deleted.status().is_success());
+    let _ = server.kill();
+    let _ = server.wait();
+
+    let log = entries(&sb);
+    let actions: Vec<&str> = log.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    for action in [
+        "run.create",
+        "model.register",
+        "deployment.deployed",
+        "deployment.rolled_back",
+        "schedule.add",
+        "schedule.remove",
+        "alias.set",
+        "run.delete",
+    ] {
+        assert!(actions.contains(&action), "{action} not in {actions:?}");
+    }
+    let find = |action: &str| log.iter().find(|e| e["action"] == action).unwrap();
+    assert!(find("run.create")["actor"]
+        .as_str()
+        .unwrap()
+        .ends_with("(weir run)"));
+    assert_eq!(find("model.register")["target"], "m:1");
+    let alias = find("alias.set");
+    assert_eq!(alias["target"], "m@champion");
+    assert_eq!(alias["actor"], "anonymous@127.0.0.1 (weir server)");
+    assert_eq!(
+        (
+            alias["before"]["version"].clone(),
+            alias["after"]["version"].clone()
+        ),
+        (Value::Null, json!(2))
+    );
+    assert_eq!(find("run.delete")["target"], first_run.as_str());
+    let text = sb.ok(&["audit"]);
+    assert!(
+        text.contains("alias.set") && text.contains("m@champion"),
+        "{text}"
+    );
+    assert!(sb.ok(&["audit", "--verify"]).contains("chain intact"));
+
+    // An entry changed behind Weir's back breaks the chain there...
+    tamper(&sb, "UPDATE audit_log SET actor = 'mallory' WHERE seq = 2");
+    let err = sb.fails(&["audit", "--verify"]);
+    assert!(
+        err.contains("broken at entry 2") && err.contains("does not match its hash"),
+        "{err}"
+    );
+    let verdict = sb.weir(&["audit", "--verify", "--json"]);
+    assert!(!verdict.status.success());
+    let verdict: Value = serde_json::from_slice(&verdict.stdout).unwrap();
+    assert_eq!(verdict["broken_at"], 2);
+    // ... and so does one removed, or one rewritten whole with a fresh hash.
+    let original = log[1]["actor"].as_str().unwrap().replace('\'', "''");
+    tamper(
+        &sb,
+        &format!("UPDATE audit_log SET actor = '{original}' WHERE seq = 2"),
+    );
+    sb.ok(&["audit", "--verify"]);
+    tamper(&sb, "DELETE FROM audit_log WHERE seq = 3");
+    assert!(sb
+        .fails(&["audit", "--verify"])
+        .contains("entry 3 is missing"));
+}

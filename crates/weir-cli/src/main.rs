@@ -1,6 +1,7 @@
 //! The `weir` binary: argument parsing and wiring only. Every command calls
 //! into the library crates and prints through `output`.
 
+mod card;
 mod lineage;
 mod observe;
 mod output;
@@ -565,6 +566,16 @@ enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The version's model card (Markdown on stdout; --html FILE for a page): intended use,
+    /// data, metrics, per-slice metrics with the largest gaps flagged, lineage, known limits.
+    /// Both forms are stored as artifacts of the version (tags weir.card.markdown/html).
+    Card {
+        /// NAME or NAME:VERSION (the latest without one)
+        model: String,
+        /// Also write the card as one self-contained HTML page
+        #[arg(long, value_name = "FILE")]
+        html: Option<std::path::PathBuf>,
+    },
     /// A model's versions, or one version with its lineage and metrics
     Show {
         name: String,
@@ -976,6 +987,51 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             )
             .await?;
             output::registered(&registered, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Models(ModelsCommand::Card { model, html }) => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            let (name, version) = match model.rsplit_once(':') {
+                Some((name, v)) => (
+                    name.to_string(),
+                    Some(v.parse::<i64>().map_err(|_| {
+                        anyhow::anyhow!("'{model}': version '{v}' is not a number; e.g. {name}:2")
+                    })?),
+                ),
+                None => (model.clone(), None),
+            };
+            let card = card::build(&ctx.store, &name, version).await?;
+            let version = ctx.store.model_version(&name, version).await?.version;
+            let (markdown, page) = (card.markdown(), card.html());
+            // Kept with the version: the card as it was when asked for.
+            for (form, text) in [("markdown", &markdown), ("html", &page)] {
+                let stored = ctx
+                    .artifacts
+                    .put_bytes(text.clone().into_bytes().into())
+                    .await?;
+                ctx.store
+                    .record_artifact(&weir_store::ArtifactRecord {
+                        digest: stored.digest,
+                        size: stored.size as i64,
+                        kind: stored.kind,
+                        created_at: weir_core::now_ms(),
+                    })
+                    .await?;
+                ctx.store
+                    .set_model_version_tag(
+                        &name,
+                        version,
+                        &format!("weir.card.{form}"),
+                        &stored.digest.hex(),
+                    )
+                    .await?;
+            }
+            if let Some(path) = html {
+                std::fs::write(&path, &page)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+            print!("{markdown}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Models(ModelsCommand::Show {

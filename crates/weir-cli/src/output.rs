@@ -15,6 +15,11 @@ pub fn print_json(value: &impl serde::Serialize) {
     );
 }
 
+/// A time as the tables print it, with its zone.
+pub fn time_utc(ms: i64) -> String {
+    format!("{} UTC", time(ms))
+}
+
 fn time(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).map_or_else(
         || ms.to_string(),

@@ -26,6 +26,9 @@ pub struct Pipeline {
     /// take the run past it is not started.
     #[serde(default)]
     pub budget: Option<f64>,
+    /// What the pipeline is for: a model card's intended use.
+    #[serde(default)]
+    pub description: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -464,6 +467,8 @@ struct RawPipeline {
     steps: Spanned<IndexMap<String, Spanned<RawStep>>>,
     #[serde(default)]
     budget: Option<Spanned<RawRunBudget>>,
+    #[serde(default)]
+    description: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -763,6 +768,7 @@ pub fn parse(
         params,
         steps: ordered,
         budget,
+        description: raw.description.clone().filter(|d| !d.trim().is_empty()),
     })
 }
 

@@ -169,3 +169,68 @@ fn lineage_walks_from_models_to_sources_and_from_datasets_to_endpoints() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[test]
+fn a_model_card_says_what_the_model_is_for_how_it_does_by_slice_and_its_limits() {
+    let sb = Sandbox::new();
+    sb.write("data/points.csv", &crate::training::points());
+    let pipeline = crate::training::PIPELINE
+        .replace(
+            "name: gbdt-points\n",
+            "name: gbdt-points\ndescription: Flags flights likely to land 15 minutes late, for rebooking desks.\n",
+        )
+        .replace(
+            "    inputs: { model: train.model, table: split.test }\n",
+            "    inputs: { model: train.model, table: split.test }\n    with: { slice_by: carrier }\n",
+        );
+    sb.write("pipeline.yaml", &pipeline);
+    sb.ok(&["run", "pipeline.yaml"]);
+    sb.ok(&["deploy", "web", "--model", "gbdt-points", "--version", "1"]);
+    let card = sb.ok(&["models", "card", "gbdt-points:1", "--html", "card.html"]);
+    for part in [
+        "# Model card: gbdt-points version 1",
+        "## Intended use\n\nFlags flights likely to land 15 minutes late, for rebooking desks.",
+        "| Source file | Digest | Bytes |",
+        "| data/points.csv |",
+        "## Metrics (test set)",
+        "| auc |",
+        "By carrier:",
+        "| carrier | rows |",
+        "## Lineage",
+        "- train (weir/train-gbdt",
+        "## Known limits",
+        "web (serves (stable))",
+        "Training cost | $",
+    ] {
+        assert!(card.contains(part), "{part:?} not in\n{card}");
+    }
+    // Carriers' figures differ: the largest gaps are named, and flagged in the table.
+    assert!(
+        card.contains("Largest gaps") && card.contains('⚠'),
+        "{card}"
+    );
+    let page = std::fs::read_to_string(sb.path().join("card.html")).unwrap();
+    assert!(page.starts_with("<!doctype html>") && page.contains("<td class=\"flag\""));
+    assert!(!page.contains("<script"), "a card fetches and runs nothing");
+    // The card is kept with the version, as artifacts it names.
+    let tags = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nprint('\\n'.join(k + '=' + v for k, v in c.execute(\"SELECT key, value FROM model_version_tags WHERE name = 'gbdt-points'\")))",
+        ])
+        .arg(sb.path().join(".weir/weir.db"))
+        .output()
+        .unwrap();
+    let tags = String::from_utf8_lossy(&tags.stdout);
+    let markdown = tags
+        .lines()
+        .find_map(|l| l.strip_prefix("weir.card.markdown="))
+        .unwrap_or_else(|| panic!("no card tag in {tags}"));
+    assert_eq!(std::fs::read_to_string(sb.blob(markdown)).unwrap(), card);
+    assert!(tags.contains("weir.card.html="));
+
+    let err = sb.fails(&["models", "card", "gbdt-points:7"]);
+    assert!(err.contains("does not exist"), "{err}");
+    let err = sb.fails(&["models", "card", "gbdt-points:x"]);
+    assert!(err.contains("'x' is not a number"), "{err}");
+}

@@ -12,8 +12,7 @@ use weir_store::Store;
 
 /// A gap in one metric between two slices above this is flagged.
 pub const GAP_FLAG: f64 = 0.05;
-/// A slice with fewer rows than this is named as too small to trust.
-const SMALL_SLICE: f64 = 100.0;
+use weir_engine::ops::gates::SMALL_SLICE;
 
 enum Block {
     Para(String),
@@ -42,41 +41,6 @@ fn fmt(x: f64) -> String {
     } else {
         format!("{x:.4}")
     }
-}
-
-/// The largest gap of each metric between the slices of one column:
-/// (metric, gap, lowest slice, highest slice). Slices too small to trust
-/// are left out: their figures swing by chance, and the limits name them.
-fn gaps(values: &serde_json::Map<String, Value>) -> Vec<(String, f64, String, String)> {
-    let values: serde_json::Map<String, Value> = values
-        .iter()
-        .filter(|(_, m)| num(&m["rows"]).is_none_or(|r| r >= SMALL_SLICE))
-        .map(|(k, m)| (k.clone(), m.clone()))
-        .collect();
-    let mut metrics: Vec<&String> = values
-        .values()
-        .filter_map(Value::as_object)
-        .flat_map(|m| m.keys())
-        .filter(|k| *k != "rows")
-        .collect();
-    metrics.sort();
-    metrics.dedup();
-    let mut out = Vec::new();
-    for metric in metrics {
-        let scored: Vec<(&String, f64)> = values
-            .iter()
-            .filter_map(|(slice, m)| num(&m[metric.as_str()]).map(|x| (slice, x)))
-            .collect();
-        let lo = scored.iter().min_by(|a, b| a.1.total_cmp(&b.1));
-        let hi = scored.iter().max_by(|a, b| a.1.total_cmp(&b.1));
-        if let (Some(lo), Some(hi)) = (lo, hi) {
-            if scored.len() > 1 {
-                out.push((metric.clone(), hi.1 - lo.1, lo.0.clone(), hi.0.clone()));
-            }
-        }
-    }
-    out.sort_by(|a, b| b.1.total_cmp(&a.1));
-    out
 }
 
 pub async fn build(store: &Store, name: &str, version: Option<i64>) -> anyhow::Result<Card> {
@@ -263,7 +227,7 @@ pub async fn build(store: &Store, name: &str, version: Option<i64>) -> anyhow::R
             let Some(values) = values.as_object() else {
                 continue;
             };
-            let found = gaps(values);
+            let found = weir_engine::ops::gates::slice_gaps(values);
             let flagged: Vec<&(String, f64, String, String)> =
                 found.iter().filter(|g| g.1 > GAP_FLAG).collect();
             let mut keys: Vec<String> = found.iter().map(|g| g.0.clone()).collect();
@@ -330,6 +294,42 @@ pub async fn build(store: &Store, name: &str, version: Option<i64>) -> anyhow::R
                 .into(),
         ));
         limits.push("How it does for each group of the data is not known.".into());
+    }
+    let lineage: Value = serde_json::from_str(&v.lineage_json).unwrap_or_default();
+    if let Some(verdicts) = lineage["gates"].as_array() {
+        let rows: Vec<Vec<String>> = verdicts
+            .iter()
+            .map(|g| {
+                let passed = g["passed"].as_bool().unwrap_or(false);
+                vec![
+                    g["gate"].as_str().unwrap_or("").to_string(),
+                    num(&g["value"]).map_or(String::new(), fmt),
+                    num(&g["bound"]).map_or("-".into(), fmt),
+                    if passed {
+                        "passed".into()
+                    } else {
+                        "!failed".into()
+                    },
+                    g["note"].as_str().unwrap_or("").to_string(),
+                ]
+            })
+            .collect();
+        if rows.iter().any(|r| r[3] == "!failed") {
+            limits.push("Its registration gates rejected it: it is not to be promoted.".into());
+        }
+        sections.push(Section {
+            title: "Gates".into(),
+            blocks: vec![Block::Table(
+                vec![
+                    "Gate".into(),
+                    "Value".into(),
+                    "Bound".into(),
+                    "".into(),
+                    "".into(),
+                ],
+                rows,
+            )],
+        });
     }
     sections.push(Section {
         title: "Slices (fairness)".into(),
@@ -483,28 +483,5 @@ impl Card {
         }
         out.push_str("</body></html>\n");
         out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_largest_gap_of_each_metric_comes_first() {
-        let values: serde_json::Map<String, Value> = serde_json::from_str(
-            r#"{"UA": {"auc": 0.8, "rows": 150}, "DL": {"auc": 0.7, "rows": 500},
-                "AA": {"auc": 0.79}, "HA": {"auc": 0.99, "rows": 12}}"#,
-        )
-        .unwrap();
-        let found = gaps(&values);
-        assert_eq!(found.len(), 1, "rows is no metric");
-        let (metric, gap, lo, hi) = &found[0];
-        // HA's 12 rows are too few to count.
-        assert_eq!(
-            (metric.as_str(), lo.as_str(), hi.as_str()),
-            ("auc", "DL", "UA")
-        );
-        assert!((gap - 0.1).abs() < 1e-12);
     }
 }

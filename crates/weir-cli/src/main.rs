@@ -576,6 +576,16 @@ enum ModelsCommand {
         #[arg(long, value_name = "FILE")]
         html: Option<std::path::PathBuf>,
     },
+    /// Point an alias (e.g. champion) at a version, or --delete it; a version its gates
+    /// rejected cannot become champion
+    Alias {
+        name: String,
+        alias: String,
+        #[arg(required_unless_present = "delete")]
+        version: Option<i64>,
+        #[arg(long, conflicts_with = "version")]
+        delete: bool,
+    },
     /// A model's versions, or one version with its lineage and metrics
     Show {
         name: String,
@@ -1034,6 +1044,25 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             print!("{markdown}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Models(ModelsCommand::Alias {
+            name,
+            alias,
+            version,
+            delete,
+        }) => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            match version.filter(|_| !delete) {
+                Some(v) => {
+                    ctx.store.set_model_alias(&name, &alias, v).await?;
+                    println!("{name}@{alias} -> version {v}");
+                }
+                None => {
+                    ctx.store.delete_model_alias(&name, &alias).await?;
+                    println!("{name}@{alias} deleted");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Models(ModelsCommand::Show {
             name,
             version,
@@ -1060,6 +1089,10 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
         } => {
             let ctx = Context::open(config(&cli.global, &[])?).await?;
             let mv = ctx.store.model_version(&model, version).await?;
+            weir_store::registry::refuse_rejected(
+                &ctx.store.version_detail(&mv.name, mv.version).await?,
+                &format!("be deployed to {endpoint}"),
+            )?;
             let current = match ctx.store.deployment(&endpoint).await {
                 Ok(d) => Some(d),
                 Err(e) if e.is_not_found() => None,

@@ -68,7 +68,8 @@ impl BuiltinOp {
             BuiltinOp::TrainLinear | BuiltinOp::TrainGbdt | BuiltinOp::TrainMlp => {
                 &["train", "valid"]
             }
-            BuiltinOp::Register => &["model", "metrics"],
+            // `table`: the test set gates score the champion on.
+            BuiltinOp::Register => &["model", "metrics", "table"],
             // `reference`: the table `references:` rules look values up in.
             BuiltinOp::Validate => &["table", "reference"],
             other => other.required_inputs(),

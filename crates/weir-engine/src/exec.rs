@@ -623,6 +623,12 @@ async fn execute_step(
                     .map_err(|e| fail(e.into()))?,
                 _ => None,
             };
+            let champion = match op {
+                weir_core::ops::BuiltinOp::Register => {
+                    champion_for(ctx, step, work).await.map_err(fail)?
+                }
+                _ => None,
+            };
             let op = *op;
             let (step, base_dir, outputs_dir) =
                 (step.clone(), base_dir.to_path_buf(), outputs_dir.clone());
@@ -645,6 +651,7 @@ async fn execute_step(
                     cache: None,
                     ranks: ranks.as_ref(),
                     previous_rows,
+                    champion,
                 };
                 let result = ops::run(op, &ctx);
                 if let Err(e) = &result {
@@ -661,6 +668,54 @@ async fn execute_step(
         }
     };
     Ok(outcome)
+}
+
+/// For a register step whose gates compare with the champion: the version
+/// holding the `champion` alias, with its model fetched into `work`.
+async fn champion_for(
+    ctx: &Context,
+    step: &Step,
+    work: &Path,
+) -> Result<Option<crate::ops::gates::Champion>, EngineError> {
+    let name = step.with.get("name").and_then(|v| v.as_str());
+    let gates: Vec<crate::ops::gates::Gate> = step
+        .with
+        .get("gates")
+        .and_then(|g| g.as_array())
+        .map(|g| {
+            g.iter()
+                .filter_map(|t| t.as_str())
+                .filter_map(|t| crate::ops::gates::parse(t).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let Some(name) = name.filter(|_| gates.iter().any(|g| g.needs_champion())) else {
+        return Ok(None);
+    };
+    let detail = match ctx.store.version_by_alias(name, "champion").await {
+        Ok(d) => d,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let v = detail.version;
+    let Some(digest) = v.digest.as_deref() else {
+        return Err(EngineError::StepFailed(format!(
+            "the champion, version {} of {name}, has no Weir model file to score ({}); gates cannot compare with it",
+            v.version, v.source
+        )));
+    };
+    let digest: weir_core::Digest = digest
+        .parse()
+        .map_err(|e| EngineError::corrupt("model_versions.digest", e))?;
+    let path = work.join("champion.model");
+    ctx.artifacts
+        .fetch(&digest, weir_core::ArtifactKind::File, &path)
+        .await?;
+    Ok(Some(crate::ops::gates::Champion {
+        version: v.version,
+        model: path,
+        report: serde_json::from_str(&v.metrics_json).unwrap_or_default(),
+    }))
 }
 
 /// Fetches the step's inputs into `inputs_dir`; their paths by name.

@@ -398,6 +398,7 @@ pub async fn exec_trial(
                 cache: None,
                 ranks: None,
                 previous_rows: None,
+                champion: None,
             };
             ops::run(op, &octx)
         })

@@ -727,6 +727,7 @@ fn trial_task(
                 cache: Some(&cache),
                 ranks: None,
                 previous_rows: None,
+                champion: None,
             };
             ops::run(op, &ctx)
         });

@@ -300,7 +300,10 @@ impl Store {
     }
 
     pub async fn set_model_alias(&self, name: &str, alias: &str, version: i64) -> Result<()> {
-        self.version_detail(name, version).await?;
+        let detail = self.version_detail(name, version).await?;
+        if alias == "champion" {
+            refuse_rejected(&detail, "become champion")?;
+        }
         let mut tx = self.writer.begin().await?;
         let before = alias_version(&mut tx, name, alias).await?;
         sqlx::query(
@@ -586,4 +589,25 @@ async fn alias_version(
             .fetch_optional(&mut **tx)
             .await?,
     )
+}
+
+/// A version its registration gates rejected is kept on record, never
+/// promoted: `what` names the promotion refused.
+pub fn refuse_rejected(detail: &VersionDetail, what: &str) -> Result<()> {
+    let tag = |k: &str| {
+        detail
+            .tags
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    if tag("weir.gates") == Some("rejected") {
+        return Err(StoreError::Invalid(format!(
+            "version {} of {} was rejected by its gates and cannot {what}: {}",
+            detail.version.version,
+            detail.version.name,
+            tag("weir.gates.reasons").unwrap_or("(no reasons recorded)")
+        )));
+    }
+    Ok(())
 }

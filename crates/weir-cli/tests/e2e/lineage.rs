@@ -234,3 +234,68 @@ fn a_model_card_says_what_the_model_is_for_how_it_does_by_slice_and_its_limits()
     let err = sb.fails(&["models", "card", "gbdt-points:x"]);
     assert!(err.contains("'x' is not a number"), "{err}");
 }
+
+#[test]
+fn gates_reject_a_worse_version_against_the_champion_on_the_same_rows() {
+    let sb = Sandbox::new();
+    sb.write("data/points.csv", &crate::training::points());
+    let gated = |rounds: u32, gates: &str| {
+        crate::training::PIPELINE
+            .replace("num_rounds: 60", &format!("num_rounds: {rounds}"))
+            .replace(
+                "    inputs: { model: train.model, table: split.test }\n",
+                "    inputs: { model: train.model, table: split.test }\n    with: { slice_by: carrier }\n",
+            )
+            .replace(
+                "    inputs: { model: train.model, metrics: evaluate.metrics }\n    with: { name: gbdt-points }\n",
+                &format!(
+                    "    inputs: {{ model: train.model, metrics: evaluate.metrics, table: split.test }}\n    with:\n      name: gbdt-points\n      gates: [{gates}]\n"
+                ),
+            )
+    };
+    let gates = "\"test.auc >= champion - 0.002\", \"slice_gap.auc <= 0.9\"";
+    sb.write("good.yaml", &gated(60, gates));
+    sb.write("worse.yaml", &gated(1, gates));
+    // No champion yet: the first version passes and becomes champion.
+    let out = sb.ok(&["run", "good.yaml"]);
+    assert!(out.contains("version 1"), "{out}");
+    sb.ok(&["models", "alias", "gbdt-points", "champion", "1"]);
+    // One round of boosting scores worse on the same test rows: rejected,
+    // but registered, with the reasons.
+    sb.ok(&["run", "worse.yaml"]);
+    let run = sb.json(&["runs", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let log = sb.ok(&["logs", &run, "register"]);
+    assert!(
+        log.contains("registered as REJECTED") && log.contains("champion is version 1"),
+        "{log}"
+    );
+    let card = sb.ok(&["models", "card", "gbdt-points:2"]);
+    assert!(
+        card.contains("## Gates") && card.contains("**failed** ⚠") && card.contains("rejected it"),
+        "{card}"
+    );
+    let err = sb.fails(&["deploy", "web", "--model", "gbdt-points", "--version", "2"]);
+    assert!(
+        err.contains("rejected by its gates and cannot be deployed to web")
+            && err.contains("test.auc"),
+        "{err}"
+    );
+    let err = sb.fails(&["models", "alias", "gbdt-points", "champion", "2"]);
+    assert!(err.contains("cannot become champion"), "{err}");
+    sb.ok(&["models", "alias", "gbdt-points", "staging", "2"]);
+
+    // A gate on a metric the version lacks fails the step, naming it.
+    sb.write("bad.yaml", &gated(60, "\"test.f2 >= 0.5\""));
+    let err = sb.fails(&["run", "bad.yaml"]);
+    assert!(
+        err.contains("no metric 'f2'") && err.contains("auc"),
+        "{err}"
+    );
+    // A gate that does not parse is refused before anything runs.
+    sb.write("typo.yaml", &gated(60, "\"test.auc => 0.5\""));
+    let err = sb.fails(&["run", "typo.yaml"]);
+    assert!(err.contains("with.gates"), "{err}");
+}

@@ -34,13 +34,22 @@ fn finite(m: BTreeMap<String, f64>) -> BTreeMap<String, Option<f64>> {
         .collect()
 }
 
-pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
-    let p: Params = params(ctx.step).map_err(EngineError::StepFailed)?;
-    let bytes = std::fs::read(ctx.input("model"))
-        .map_err(EngineError::io("cannot read", ctx.input("model")))?;
-    let model = Model::from_bytes(&bytes)?;
-    let table = weir_data::read_parquet(ctx.input("table"))?;
-    let (rows, y) = model.labelled(&table)?;
+/// A model's metrics on a table: overall and per value of `slice_by`.
+pub(crate) struct Scored {
+    pub overall: BTreeMap<String, f64>,
+    /// column -> value -> metrics.
+    pub slices: BTreeMap<String, BTreeMap<String, BTreeMap<String, Option<f64>>>>,
+    pub rows: arrow::record_batch::RecordBatch,
+    pub scores: Vec<f64>,
+}
+
+pub(crate) fn score(
+    model: &Model,
+    table: &arrow::record_batch::RecordBatch,
+    slice_by: Option<&str>,
+    log: Option<&super::StepLog>,
+) -> Result<Scored, EngineError> {
+    let (rows, y) = model.labelled(table)?;
     if y.is_empty() {
         return Err(EngineError::StepFailed(format!(
             "no row of the table has a value for the target '{}'",
@@ -49,13 +58,8 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
     }
     let scores = model.predict_batch(&rows)?;
     let overall = metrics::for_task(model.task(), &y, &scores);
-    let mut out = OpOutcome::default();
-    for (k, v) in &overall {
-        ctx.log.line(format!("{}.{k} = {v:.6}", p.prefix));
-        out.metric(format!("{}.{k}", p.prefix), *v);
-    }
     let mut slices = BTreeMap::new();
-    if let Some(column) = &p.slice_by {
+    if let Some(column) = slice_by {
         let col = weir_data::column(&rows, column, "with.slice_by")?;
         let text =
             arrow::compute::cast(col, &DataType::Utf8).map_err(weir_data::DataError::from)?;
@@ -74,18 +78,45 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
             let ys: Vec<f64> = idx.iter().map(|&i| y[i]).collect();
             let ps: Vec<f64> = idx.iter().map(|&i| scores[i]).collect();
             let m = metrics::for_task(model.task(), &ys, &ps);
-            ctx.log.line(format!(
-                "  {column}={value:<8} rows {:>7} {}",
-                idx.len(),
-                m.iter()
-                    .filter(|(k, _)| *k != "rows")
-                    .map(|(k, v)| format!("{k} {v:.4}"))
-                    .collect::<Vec<_>>()
-                    .join("  ")
-            ));
+            if let Some(log) = log {
+                log.line(format!(
+                    "  {column}={value:<8} rows {:>7} {}",
+                    idx.len(),
+                    m.iter()
+                        .filter(|(k, _)| *k != "rows")
+                        .map(|(k, v)| format!("{k} {v:.4}"))
+                        .collect::<Vec<_>>()
+                        .join("  ")
+                ));
+            }
             per_value.insert(value, finite(m));
         }
-        slices.insert(column.clone(), per_value);
+        slices.insert(column.to_string(), per_value);
+    }
+    Ok(Scored {
+        overall,
+        slices,
+        rows,
+        scores,
+    })
+}
+
+pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
+    let p: Params = params(ctx.step).map_err(EngineError::StepFailed)?;
+    let bytes = std::fs::read(ctx.input("model"))
+        .map_err(EngineError::io("cannot read", ctx.input("model")))?;
+    let model = Model::from_bytes(&bytes)?;
+    let table = weir_data::read_parquet(ctx.input("table"))?;
+    let Scored {
+        overall,
+        slices,
+        rows,
+        scores,
+    } = score(&model, &table, p.slice_by.as_deref(), Some(ctx.log))?;
+    let mut out = OpOutcome::default();
+    for (k, v) in &overall {
+        ctx.log.line(format!("{}.{k} = {v:.6}", p.prefix));
+        out.metric(format!("{}.{k}", p.prefix), *v);
     }
     let report = serde_json::json!({
         "target": model.target().to_string(),

@@ -7,6 +7,7 @@
 //! in `with:` or a missing input file stops the pipeline before anything runs.
 
 mod evaluate;
+pub mod gates;
 mod ingest;
 mod join;
 mod register;
@@ -53,6 +54,9 @@ pub struct OpContext<'a> {
     /// For `weir/validate`: the row count of the previous version of the
     /// dataset its `table` input is a version of.
     pub previous_rows: Option<u64>,
+    /// For `weir/register` with gates that compare with the champion: the
+    /// version holding the alias, its model fetched.
+    pub champion: Option<gates::Champion>,
 }
 
 type Slot = Arc<Mutex<Option<Arc<dyn Any + Send + Sync>>>>;

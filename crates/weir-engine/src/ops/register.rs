@@ -6,13 +6,22 @@ use weir_core::pipeline::Step;
 use weir_ml::Model;
 use weir_store::NewModelVersion;
 
-use super::{params, OpContext, OpOutcome};
+use super::{gates, params, OpContext, OpOutcome};
+
+/// The version tag that says how its gates went: passed or rejected.
+pub const GATES_TAG: &str = "weir.gates";
+/// The version tag that gives a rejected version's failed gates.
+pub const REASONS_TAG: &str = "weir.gates.reasons";
 use crate::EngineError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Params {
     name: String,
+    /// Conditions the version must meet (see `gates`); one that fails
+    /// registers it as rejected.
+    #[serde(default)]
+    gates: Vec<String>,
 }
 
 fn check_name(name: &str) -> Result<(), String> {
@@ -33,7 +42,73 @@ fn check_name(name: &str) -> Result<(), String> {
 
 pub(super) fn preflight(step: &Step) -> Result<(), String> {
     let p: Params = params(step)?;
-    check_name(&p.name)
+    check_name(&p.name)?;
+    for g in &p.gates {
+        gates::parse(g).map_err(|e| format!("with.gates: {e}"))?;
+    }
+    if !p.gates.is_empty()
+        && !step.inputs.contains_key("metrics")
+        && !step.inputs.contains_key("table")
+    {
+        return Err("with.gates: gates judge the version's metrics: wire `metrics: evaluate.metrics` (and `table:` the test set, to score the champion on the same rows)".into());
+    }
+    Ok(())
+}
+
+/// Judges the version by its gates: the verdicts, or the error of a gate
+/// that cannot be judged (a metric the version lacks).
+fn judge(
+    ctx: &OpContext,
+    p: &Params,
+    model: &Model,
+    metrics: &serde_json::Value,
+) -> Result<Vec<gates::Verdict>, EngineError> {
+    let gates: Vec<gates::Gate> = p
+        .gates
+        .iter()
+        .map(|g| gates::parse(g))
+        .collect::<Result<_, _>>()
+        .map_err(EngineError::StepFailed)?;
+    let prefix = metrics["prefix"].as_str().unwrap_or("test").to_string();
+    let slice_by = metrics["slices"]
+        .as_object()
+        .and_then(|s| s.keys().next().cloned());
+    // Both versions on the same rows when the test set is wired in; else
+    // each by the metrics it was registered with.
+    let table = match ctx.inputs.get("table") {
+        Some(path) => Some(weir_data::read_parquet(path)?),
+        None => None,
+    };
+    let mine = match &table {
+        Some(t) => gates::report_of(
+            &super::evaluate::score(model, t, slice_by.as_deref(), None)?,
+            &prefix,
+        ),
+        None => metrics.clone(),
+    };
+    let theirs = match (&ctx.champion, &table) {
+        (Some(c), Some(t)) => {
+            let bytes =
+                std::fs::read(&c.model).map_err(EngineError::io("cannot read", &c.model))?;
+            let (champion, _) = Model::read(&bytes)?;
+            Some((
+                c.version,
+                gates::report_of(
+                    &super::evaluate::score(&champion, t, slice_by.as_deref(), None)?,
+                    &prefix,
+                ),
+            ))
+        }
+        (Some(c), None) => Some((c.version, c.report.clone())),
+        (None, _) => None,
+    };
+    gates
+        .iter()
+        .map(|g| {
+            g.judge(&mine, theirs.as_ref().map(|(v, r)| (*v, r)))
+                .map_err(EngineError::StepFailed)
+        })
+        .collect()
 }
 
 pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
@@ -68,6 +143,30 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
     if let Some(features) = references.features {
         lineage["feature_reference"] = serde_json::json!(features);
     }
+    let mut tags = Vec::new();
+    if !p.gates.is_empty() {
+        let metrics: serde_json::Value = serde_json::from_str(&metrics_json).unwrap_or_default();
+        let verdicts = judge(ctx, &p, &model, &metrics)?;
+        for v in &verdicts {
+            ctx.log.line(format!("gate {}", gates::describe(v)));
+        }
+        let failed: Vec<String> = verdicts
+            .iter()
+            .filter(|v| !v.passed)
+            .map(gates::describe)
+            .collect();
+        lineage["gates"] = serde_json::json!(verdicts);
+        if failed.is_empty() {
+            tags.push((GATES_TAG.to_string(), "passed".to_string()));
+        } else {
+            ctx.log.line(format!(
+                "the version is registered as REJECTED: {}",
+                failed.join("; ")
+            ));
+            tags.push((GATES_TAG.to_string(), "rejected".to_string()));
+            tags.push((REASONS_TAG.to_string(), failed.join("; ")));
+        }
+    }
     ctx.log
         .line(format!("registering {} model '{}'", model.kind(), p.name));
     let mut out = OpOutcome::default();
@@ -78,6 +177,7 @@ pub(super) fn run(ctx: &OpContext) -> Result<OpOutcome, EngineError> {
         step_run_id: Some(ctx.step_run_id.to_string()),
         metrics_json,
         lineage_json: lineage.to_string(),
+        tags,
         ..Default::default()
     });
     Ok(out)

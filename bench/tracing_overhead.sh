@@ -4,7 +4,8 @@
 #    requests from wrk at c=1, with tracing off and on (an OTLP sink on
 #    loopback, --trace-sample 0.01), alternated ROUNDS times; p50 from wrk and
 #    the server's own mean time per request (its /metrics histogram).
-#  - Steps: bench/step_overhead.sh (SIZES="10 50") with tracing off and on.
+#  - Steps: bench/tracing_steps.py, chains of 50 steps with tracing off and on,
+#    20 rounds alternated; the median of the paired differences per step.
 #  - Cost: the quickstart run (`weir cost RUN`) and the serving replica's cost
 #    per 1,000 inferences over the traced-off load (`weir cost --by endpoint`).
 #   DURATION=10 ROUNDS=2
@@ -98,9 +99,7 @@ cost = sum(r["cost"] for r in rows); requests = sum(r["requests"] for r in rows)
 print(json.dumps({"replicas": sum(r["replicas"] for r in rows), "requests": requests, "cost": cost,
                   "per_1000": cost / requests * 1000 if requests else None}))')
 
-echo "step overhead, tracing off ..." >&2
-STEPS_OFF=$(env -u OTEL_EXPORTER_OTLP_ENDPOINT SIZES="10 50" TRIALS=3 bench/step_overhead.sh | tail -1)
-echo "step overhead, tracing on ..." >&2
-STEPS_ON=$(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT" SIZES="10 50" TRIALS=3 bench/step_overhead.sh | tail -1)
+echo "steps, tracing off and on, alternated ..." >&2
+STEPS=$(WEIR="$WEIR" N="${STEPS_N:-50}" R="${STEPS_ROUNDS:-20}" python3 bench/tracing_steps.py "http://127.0.0.1:$SINK_PORT")
 
-echo "{\"quickstart_cost\": $QUICKSTART_COST, \"serving_cost\": $PER_1K, \"serving\": $SERVING, \"steps_off\": $STEPS_OFF, \"steps_on\": $STEPS_ON}"
+echo "{\"quickstart_cost\": $QUICKSTART_COST, \"serving_cost\": $PER_1K, \"serving\": $SERVING, \"steps\": $STEPS}"

@@ -2,6 +2,7 @@
 //! into the library crates and prints through `output`.
 
 mod card;
+mod governance;
 mod lineage;
 mod observe;
 mod output;
@@ -184,6 +185,10 @@ enum Command {
     /// Rollouts of an endpoint: status, promote, rollback, history
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// Changes held for a second person ([approvals] in weir.toml: protected aliases and
+    /// endpoints): list them, approve (applies the change) or reject
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
     /// Serve registered models over the Open Inference Protocol v2 and MLflow's /invocations
     Serve {
         /// Models to serve: NAME (latest version) or NAME:VERSION. Endpoints made with
@@ -474,6 +479,35 @@ enum ExperimentsCommand {
 }
 
 #[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// Pending requests, newest first
+    List {
+        /// Decided ones too
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a request someone else made, and apply its change
+    Approve {
+        /// The request's id (or a unique prefix)
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reject a request someone else made; nothing changes
+    Reject {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum RolloutCommand {
     /// The endpoint's versions, weights, phase and why
     Status {
@@ -675,11 +709,18 @@ async fn reap(ctx: &Context) -> Result<()> {
     Ok(())
 }
 
+/// Who runs this command: the login name (approvals are decided by name).
+fn current_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }))
+}
+
 async fn main_async(cli: Cli) -> Result<ExitCode> {
     // Whom the audit log names for this process's changes.
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| format!("uid {}", unsafe { libc::getuid() }));
+    let user = current_user();
     let command = std::env::args().nth(1).unwrap_or_default();
     weir_store::audit::set_default_actor(format!(
         "{user}@{} (weir {command})",
@@ -1052,6 +1093,24 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
         }) => {
             let ctx = Context::open(config(&cli.global, &[])?).await?;
             match version.filter(|_| !delete) {
+                Some(v) if ctx.config.approvals.aliases.contains(&alias) => {
+                    // Refused now if it could never be applied (e.g. a rejected version).
+                    weir_store::registry::refuse_rejected(
+                        &ctx.store.version_detail(&name, v).await?,
+                        &format!("become {alias}"),
+                    )?;
+                    let payload = serde_json::json!({ "name": name, "alias": alias, "version": v });
+                    let a = ctx
+                        .store
+                        .request_approval(
+                            "alias.set",
+                            &format!("{name}@{alias}"),
+                            &payload,
+                            &current_user(),
+                        )
+                        .await?;
+                    output::approval_requested(&a, false);
+                }
                 Some(v) => {
                     ctx.store.set_model_alias(&name, &alias, v).await?;
                     println!("{name}@{alias} -> version {v}");
@@ -1089,35 +1148,62 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
         } => {
             let ctx = Context::open(config(&cli.global, &[])?).await?;
             let mv = ctx.store.model_version(&model, version).await?;
-            weir_store::registry::refuse_rejected(
-                &ctx.store.version_detail(&mv.name, mv.version).await?,
-                &format!("be deployed to {endpoint}"),
-            )?;
-            let current = match ctx.store.deployment(&endpoint).await {
-                Ok(d) => Some(d),
-                Err(e) if e.is_not_found() => None,
-                Err(e) => return Err(e.into()),
-            };
-            let analysis = weir_serve::rollout::Analysis {
-                interval,
+            let request = governance::DeployRequest {
+                endpoint,
+                model: mv.name.clone(),
+                version: mv.version,
+                strategy,
+                steps,
+                interval_ms: interval.as_millis() as u64,
                 max_error_rate,
-                max_p99,
+                max_p99_ms: max_p99.map(|d| d.as_millis() as u64),
                 min_requests,
                 max_accuracy_drop,
                 min_labels,
                 max_drift,
             };
-            let (next, what) = weir_serve::rollout::start(
-                current.as_ref(),
-                &endpoint,
-                &mv.name,
-                mv.version,
-                &strategy,
-                steps,
-                &analysis,
-            )?;
-            let saved = ctx.store.save_deployment(&next, "deployed", &what).await?;
+            if ctx.config.approvals.endpoints.contains(&request.endpoint) {
+                // Checked now too, so a request that could never be applied is not made.
+                request.check(&ctx).await?;
+                let payload = serde_json::to_value(&request)?;
+                let a = ctx
+                    .store
+                    .request_approval("deploy", &request.endpoint, &payload, &current_user())
+                    .await?;
+                output::approval_requested(&a, json);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let (saved, what) = request.apply(&ctx).await?;
             output::rollout_changed(&saved, &what, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Approvals(command) => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            match command {
+                ApprovalsCommand::List { all, json } => {
+                    output::approvals(&ctx.store.approvals(all).await?, json);
+                }
+                ApprovalsCommand::Approve { id, comment, json } => {
+                    let user = current_user();
+                    let a = ctx.store.check_decision(&id, &user).await?;
+                    // Applied first: a change that cannot be made leaves the request pending.
+                    let done = governance::apply(&ctx, &a).await?;
+                    let a = ctx
+                        .store
+                        .decide_approval(&a, true, &user, comment.as_deref())
+                        .await?;
+                    output::approval_decided(&a, Some(&done), json);
+                }
+                ApprovalsCommand::Reject { id, comment, json } => {
+                    let user = current_user();
+                    let a = ctx.store.check_decision(&id, &user).await?;
+                    let a = ctx
+                        .store
+                        .decide_approval(&a, false, &user, comment.as_deref())
+                        .await?;
+                    output::approval_decided(&a, None, json);
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Rollout(command) => {

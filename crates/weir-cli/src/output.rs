@@ -1632,3 +1632,64 @@ pub fn audit(entries: &[weir_store::audit::AuditEntry], json: bool) {
         &rows,
     );
 }
+
+pub fn approval_requested(a: &weir_store::approvals::Approval, json: bool) {
+    if json {
+        print_json(a);
+        return;
+    }
+    println!(
+        "approval {} requested by {}: {} {} is held until someone else runs\n  weir approvals approve {}",
+        a.id, a.requested_by, a.action, a.target, a.id
+    );
+}
+
+pub fn approval_decided(a: &weir_store::approvals::Approval, done: Option<&str>, json: bool) {
+    if json {
+        print_json(&serde_json::json!({ "approval": a, "applied": done }));
+        return;
+    }
+    match done {
+        Some(done) => println!(
+            "approved {} ({} {}); applied: {done}",
+            a.id, a.action, a.target
+        ),
+        None => println!(
+            "rejected {} ({} {}); nothing changed",
+            a.id, a.action, a.target
+        ),
+    }
+}
+
+pub fn approvals(list: &[weir_store::approvals::Approval], json: bool) {
+    if json {
+        print_json(&list);
+        return;
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|a| {
+            vec![
+                a.id.clone(),
+                a.action.clone(),
+                a.target.clone(),
+                a.requested_by.clone(),
+                time(a.requested_at),
+                a.status.clone(),
+                a.decided_by.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "ACTION",
+            "TARGET",
+            "REQUESTED BY",
+            "AT (UTC)",
+            "STATUS",
+            "DECIDED BY",
+        ],
+        &rows,
+    );
+}

@@ -61,6 +61,19 @@ struct FileConfig {
     slos: Option<Vec<toml::Table>>,
     prices: Option<toml::Table>,
     budgets: Option<BudgetsFile>,
+    approvals: Option<Approvals>,
+}
+
+/// `[approvals]`: changes that need a second person. A request to set one
+/// of `aliases` (e.g. champion) or to deploy to one of `endpoints` is held
+/// until a user other than the requester approves it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Approvals {
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub endpoints: Vec<String>,
 }
 
 /// `[budgets]`: `monthly = { PIPELINE = DOLLARS }`.
@@ -169,6 +182,7 @@ pub struct Config {
     /// `[budgets] monthly`: dollars per pipeline (by its `name:`) per
     /// calendar month (UTC).
     pub monthly_budgets: BTreeMap<String, f64>,
+    pub approvals: Approvals,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -317,6 +331,7 @@ impl Config {
             prices,
             prices_source,
             monthly_budgets,
+            approvals: file.approvals.unwrap_or_default(),
         };
         config.max_parallel()?;
         config.capacity()?;

@@ -73,7 +73,9 @@ function fmtBytes(n) {
 function fmtDollars(v) {
   if (typeof v !== "number" || !Number.isFinite(v)) return "";
   if (v === 0) return "$0";
-  return v >= 0.01 ? `$${v.toFixed(2)}` : `$${Number(v.toPrecision(2))}`;
+  if (v >= 0.01) return `$${v.toFixed(2)}`;
+  // Two significant digits, written out: $0.000000098, not $9.8e-8.
+  return `$${v.toFixed(Math.min(20, 1 - Math.floor(Math.log10(v))))}`;
 }
 function runName(run) { return run.info.run_name || run.info.run_id.slice(0, 12); }
 function kv(list) { return Object.fromEntries((list || []).map((x) => [x.key, x.value])); }
@@ -131,7 +133,8 @@ function lineChart(container, series, { xLabel = "step", logY = false, weight = 
   const opts = {
     width, height: 240,
     scales: { x: { time: xLabel === "time" }, y: { distr: logY ? 3 : 1 } },
-    axes: [{ label: xLabel === "time" ? undefined : xLabel }, {}],
+    // uPlot's own tick labels round tiny values (a run's cost in dollars) to 0.
+    axes: [{ label: xLabel === "time" ? undefined : xLabel }, { size: 60, values: (_, ticks) => ticks.map((v) => (v !== 0 && Math.abs(v) < 1e-3 ? v.toExponential(1) : fmtNum(v))) }],
     cursor: { drag: { x: true, y: false } },
     series: [{ label: xLabel }, ...series.map((s, i) => ({
       label: s.label, stroke: PALETTE[i % PALETTE.length], width: 1.5, spanGaps: true,

@@ -8,6 +8,7 @@
 //! up front and waits on the busy timeout instead of failing with "database is
 //! locked" when two processes commit at once.
 
+pub mod approvals;
 mod artifacts;
 pub mod audit;
 mod datasets;

@@ -159,3 +159,113 @@ fn every_change_is_audited_with_who_and_tampering_is_detected() {
         .fails(&["audit", "--verify"])
         .contains("entry 3 is missing"));
 }
+
+/// Runs weir as `user`; (success, stdout, stderr).
+fn as_user(sb: &Sandbox, user: &str, args: &[&str]) -> (bool, String, String) {
+    let out = sb.command(args).env("USER", user).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn protected_changes_wait_for_someone_else_to_approve() {
+    let sb = Sandbox::new();
+    sb.write(
+        "weir.toml",
+        "[approvals]\naliases = [\"champion\"]\nendpoints = [\"prod\"]\n",
+    );
+    rows(&sb, "a.csv", 0);
+    sb.write("m.yaml", PIPELINE);
+    sb.ok(&["run", "m.yaml"]);
+
+    // Alice asks for version 1 to become champion: held, nothing set.
+    let (ok, out, err) = as_user(&sb, "alice", &["models", "alias", "m", "champion", "1"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("requested by alice"), "{out}");
+    let pending = sb.json(&["approvals", "list"]);
+    assert_eq!(pending.as_array().unwrap().len(), 1);
+    let id = pending[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(pending[0]["target"], "m@champion");
+    assert!(!entries(&sb).iter().any(|e| e["action"] == "alias.set"));
+    // She cannot approve her own request; Bob can, and that applies it.
+    let (ok, _, err) = as_user(&sb, "alice", &["approvals", "approve", &id]);
+    assert!(
+        !ok && err.contains("you (alice) requested approval"),
+        "{err}"
+    );
+    let (ok, out, err) = as_user(
+        &sb,
+        "bob",
+        &["approvals", "approve", &id[..10], "--comment", "looks good"],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("applied: m@champion -> version 1"), "{out}");
+    let log = entries(&sb);
+    let set = log.iter().find(|e| e["action"] == "alias.set").unwrap();
+    assert!(set["actor"].as_str().unwrap().starts_with("bob@"), "{set}");
+    let approved = log
+        .iter()
+        .find(|e| e["action"] == "approval.approve")
+        .unwrap();
+    assert_eq!(approved["after"]["decided_by"], "bob");
+    assert_eq!(approved["after"]["comment"], "looks good");
+    let (ok, _, err) = as_user(&sb, "carol", &["approvals", "approve", &id]);
+    assert!(!ok && err.contains("already approved by bob"), "{err}");
+
+    // A deploy to a protected endpoint waits too; a rejection changes nothing.
+    let (ok, out, err) = as_user(
+        &sb,
+        "alice",
+        &["deploy", "prod", "--model", "m", "--version", "1"],
+    );
+    assert!(ok && out.contains("deploy prod is held"), "{out}{err}");
+    let id = sb.json(&["approvals", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (ok, out, err) = as_user(&sb, "bob", &["approvals", "reject", &id]);
+    assert!(ok && out.contains("nothing changed"), "{out}{err}");
+    assert!(sb
+        .fails(&["rollout", "status", "prod"])
+        .contains("does not exist"));
+    assert!(sb
+        .json(&["approvals", "list"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        sb.json(&["approvals", "list", "--all"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // Approved, it deploys; an endpoint not protected deploys at once.
+    as_user(
+        &sb,
+        "alice",
+        &["deploy", "prod", "--model", "m", "--version", "1"],
+    );
+    let id = sb.json(&["approvals", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (ok, out, err) = as_user(&sb, "bob", &["approvals", "approve", &id]);
+    assert!(ok && out.contains("applied: prod:"), "{out}{err}");
+    assert_eq!(sb.json(&["rollout", "status", "prod"])["stable"], 1);
+    let (ok, out, _) = as_user(
+        &sb,
+        "alice",
+        &["deploy", "staging", "--model", "m", "--version", "1"],
+    );
+    assert!(ok && !out.contains("held"), "{out}");
+    let (ok, _, err) = as_user(&sb, "bob", &["approvals", "approve", "nope"]);
+    assert!(
+        !ok && err.contains("approval request 'nope' does not exist"),
+        "{err}"
+    );
+    sb.ok(&["audit", "--verify"]);
+}

@@ -55,6 +55,7 @@ struct FileConfig {
     ray_weir_bin: Option<String>,
     monitors: Option<MonitorsSetting>,
     otlp_endpoint: Option<String>,
+    openlineage_url: Option<String>,
     off_peak: Option<String>,
     // Read by `weir serve` and `weir slo` from the file itself (weir-serve `slo::load`).
     #[allow(dead_code)]
@@ -167,6 +168,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "the daily off-peak window in UTC (e.g. 22:00-06:00): steps with `run_in: off_peak` wait for it",
     ),
     (
+        "openlineage_url",
+        "WEIR_OPENLINEAGE_URL",
+        "where OpenLineage run events go: an http(s) URL (POSTed to /api/v1/lineage) or file://PATH (one JSON per line) (default: $OPENLINEAGE_URL)",
+    ),
+    (
         "otlp_endpoint",
         "WEIR_OTLP_ENDPOINT",
         "an OpenTelemetry collector (OTLP/HTTP, e.g. http://127.0.0.1:4318) that runs, steps and requests send traces to (default: $OTEL_EXPORTER_OTLP_ENDPOINT)",
@@ -232,6 +238,7 @@ impl Config {
             ("ray_address", file.ray_address),
             ("ray_weir_bin", file.ray_weir_bin),
             ("otlp_endpoint", file.otlp_endpoint),
+            ("openlineage_url", file.openlineage_url),
             ("off_peak", file.off_peak),
             (
                 "monitors",
@@ -297,6 +304,7 @@ impl Config {
                     "ray_address" => env("RAY_ADDRESS")
                         .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
                         .unwrap_or_default(),
+                    "openlineage_url" => env("OPENLINEAGE_URL").unwrap_or_default(),
                     "ray_weir_bin" | "monitors" | "otlp_endpoint" | "off_peak" => String::new(),
                     _ => unreachable!("every key has a default"),
                 };
@@ -396,6 +404,10 @@ impl Config {
                 value: value.to_string(),
                 message,
             })
+    }
+
+    pub fn openlineage_url(&self) -> Option<&str> {
+        Some(self.get("openlineage_url")).filter(|v| !v.is_empty())
     }
 
     pub fn otlp_endpoint(&self) -> Option<&str> {

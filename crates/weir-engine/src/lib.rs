@@ -16,6 +16,7 @@ pub mod exec;
 pub mod group;
 mod lineage;
 pub mod liveness;
+pub mod openlineage;
 pub mod ops;
 pub mod progress;
 pub mod ray;

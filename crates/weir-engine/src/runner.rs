@@ -94,6 +94,7 @@ pub async fn run_pipeline(
 ) -> Result<RunOutcome, EngineError> {
     ops::preflight(pipeline)?;
     check_off_peak(ctx, pipeline)?;
+    crate::openlineage::check(&ctx.config)?;
     if let Some(warning) = crate::accounting::check_monthly(ctx, &pipeline.name).await? {
         progress.warning(&warning);
     }
@@ -302,6 +303,10 @@ async fn drive(
     };
     // The run is a trace (or joins the one this runner was started under);
     // each step attempt is a span in it, handed to its runtime.
+    let lineage = crate::openlineage::Emitter::start(ctx)?;
+    // A resumed run carries on the run its first START began.
+    let resumed = records.iter().any(|r| r.status.is_terminal());
+    lineage.run_event(if resumed { "RUNNING" } else { "START" }, &run, None);
     let trace = weir_trace::start(
         weir_trace::inherited().as_ref(),
         &format!("run {}", pipeline.name),
@@ -325,6 +330,7 @@ async fn drive(
         &mut outputs,
         started,
         trace.as_ref(),
+        &lineage,
     )
     .await;
     heartbeat.abort();
@@ -333,6 +339,19 @@ async fn drive(
         Err(e) => Some(e.to_string()),
     };
     weir_trace::end(trace, failure.as_deref());
+    let kind = match failure.as_deref() {
+        None => "COMPLETE",
+        Some(f) if f.contains("was cancelled") => "ABORT",
+        Some(_) => "FAIL",
+    };
+    lineage.run_event(kind, &run, failure.as_deref());
+    let dropped = lineage.finish(Duration::from_secs(5)).await;
+    if dropped > 0 {
+        progress.warning(&format!(
+            "{dropped} OpenLineage event(s) could not be delivered to {} (the run is not affected)",
+            ctx.config.openlineage_url().unwrap_or_default()
+        ));
+    }
     outcome
 }
 
@@ -349,8 +368,11 @@ async fn walk(
     outputs: &mut HashMap<String, BTreeMap<String, StagedInput>>,
     started: Instant,
     trace: Option<&weir_trace::Context>,
+    lineage: &crate::openlineage::Emitter,
 ) -> Result<RunOutcome, EngineError> {
     let mut step_spans: HashMap<String, weir_trace::Context> = HashMap::new();
+    // Each launched step's inputs, for the event that says how it ended.
+    let mut launched: HashMap<String, BTreeMap<String, StagedInput>> = HashMap::new();
     let step_span = |name: &str, id: &str, attempt: i64, cause: &str| {
         weir_trace::start(
             trace,
@@ -486,8 +508,22 @@ async fn walk(
                     match ctx.store.cached_step_run(&key.key).await? {
                         Some(hit) if outputs_present(ctx, &hit).await? => {
                             ctx.store.complete_from_cache(&id, &start, &hit).await?;
-                            outputs
-                                .insert(step.name.clone(), produced(ctx, &step.name, &id).await?);
+                            let made = produced(ctx, &step.name, &id).await?;
+                            for kind in ["START", "COMPLETE"] {
+                                lineage
+                                    .step_event(
+                                        ctx,
+                                        kind,
+                                        run,
+                                        &step.name,
+                                        &id,
+                                        &inputs,
+                                        (kind == "COMPLETE").then_some(&made),
+                                        None,
+                                    )
+                                    .await;
+                            }
+                            outputs.insert(step.name.clone(), made);
                             status.insert(step.name.clone(), StepStatus::Succeeded);
                             tracing::info!(run_id = %run.id, step = %step.name, from = %hit.id, "cache hit");
                             weir_trace::end(
@@ -539,6 +575,10 @@ async fn walk(
                 status.insert(step.name.clone(), StepStatus::Running);
                 tracing::info!(run_id = %run.id, step = %step.name, step_run_id = %id, %reason, "launching step");
                 progress.step_running(&step.name, &reason);
+                lineage
+                    .step_event(ctx, "START", run, &step.name, &id, &inputs, None, None)
+                    .await;
+                launched.insert(step.name.clone(), inputs.clone());
                 let task = Task {
                     run_id: run.id.clone(),
                     step: step.clone(),
@@ -670,6 +710,23 @@ async fn walk(
             (record.status != StepStatus::Succeeded)
                 .then(|| record.error.as_deref().unwrap_or("failed")),
         );
+        let kind = match (record.status, was_interrupted) {
+            (StepStatus::Succeeded, _) => "COMPLETE",
+            (_, true) => "ABORT",
+            _ => "FAIL",
+        };
+        lineage
+            .step_event(
+                ctx,
+                kind,
+                run,
+                &name,
+                id,
+                &launched.remove(&name).unwrap_or_default(),
+                outputs.get(&name).filter(|_| kind == "COMPLETE"),
+                (kind != "COMPLETE").then(|| record.error.as_deref().unwrap_or("failed")),
+            )
+            .await;
         status.insert(name.clone(), record.status);
         slots.release(&name);
         progress.step_finished(

@@ -195,6 +195,17 @@ impl Store {
         }
     }
 
+    /// The dataset version whose content is `digest` (the first made), if any.
+    pub async fn dataset_version_of_digest(&self, digest: &str) -> Result<Option<DatasetVersion>> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM dataset_versions WHERE digest = $1 ORDER BY created_at LIMIT 1"
+        ))
+        .bind(digest)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(version_of).transpose()
+    }
+
     /// The latest version of a dataset, if it has one.
     pub async fn latest_dataset_version(&self, name: &str) -> Result<Option<DatasetVersion>> {
         let row = sqlx::query(&format!(

@@ -397,6 +397,23 @@ steps:
     check(csp.includes("script-src 'self'"), `CSP: ${csp}`);
     check(!/<script>(?!<)/.test(await res.text()), "inline script in the page");
   });
+
+  // Last: a token locks the server for everything after it.
+  await test("a server with API tokens asks for one, and the page works with it", async () => {
+    const made = JSON.parse(execFileSync(weir, ["tokens", "create", "--name", "ui", "--role", "viewer", "--json"], { cwd: home, env: weirEnv }).toString());
+    for (let i = 0; ; i++) {
+      if ((await fetch(`${base}/api/2.0/mlflow/experiments/search?max_results=1`)).status === 401) break;
+      if (i > 100) throw new Error("the server never asked for a token");
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await page.goto(`${base}/#/experiments`);
+    await page.locator("#token-form").waitFor();
+    await shot("token-form");
+    await page.locator("#token").fill(made.token);
+    await page.locator("#token-form button").click();
+    await page.getByText("ui-dag").first().waitFor();
+    check(!(await page.locator("#token-form").count()), "the form is still shown with a valid token");
+  });
 } finally {
   if (browser) await browser.close();
   if (serving) serving.kill("SIGTERM");

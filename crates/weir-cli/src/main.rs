@@ -185,6 +185,10 @@ enum Command {
     /// Rollouts of an endpoint: status, promote, rollback, history
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// API tokens for `weir server`: once one exists, every call but the health checks needs
+    /// one (MLflow clients: MLFLOW_TRACKING_TOKEN), with a role that covers it
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// Changes held for a second person ([approvals] in weir.toml: protected aliases and
     /// endpoints): list them, approve (applies the change) or reject
     #[command(subcommand)]
@@ -476,6 +480,40 @@ enum ExperimentsCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TokenRole {
+    /// Read runs, models, artifacts, metrics
+    Viewer,
+    /// Also log runs, params, metrics and artifacts
+    Editor,
+    /// Also change the registry: models, versions, aliases, stages
+    Admin,
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Make a token; its text is printed once, and only its hash is kept
+    Create {
+        /// Who or what uses it (shown in the audit log)
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        role: TokenRole,
+        /// It stops working this long from now (e.g. 90d)
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<std::time::Duration>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tokens with their roles, expiry and whether revoked (never their text)
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a token working (within 5 s on a running server)
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -1175,6 +1213,38 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             }
             let (saved, what) = request.apply(&ctx).await?;
             output::rollout_changed(&saved, &what, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tokens(command) => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            match command {
+                TokensCommand::Create {
+                    name,
+                    role,
+                    expires,
+                    json,
+                } => {
+                    let role = match role {
+                        TokenRole::Viewer => weir_store::tokens::Role::Viewer,
+                        TokenRole::Editor => weir_store::tokens::Role::Editor,
+                        TokenRole::Admin => weir_store::tokens::Role::Admin,
+                    };
+                    let expires_at = expires.map(|d| weir_core::now_ms() + d.as_millis() as i64);
+                    let (token, text) = ctx
+                        .store
+                        .create_token(&name, role, expires_at, &current_user())
+                        .await?;
+                    output::token_created(&token, &text, json);
+                }
+                TokensCommand::List { json } => output::tokens(&ctx.store.tokens().await?, json),
+                TokensCommand::Revoke { id } => {
+                    if ctx.store.revoke_token(&id).await? {
+                        println!("revoked {id}");
+                    } else {
+                        println!("{id} was already revoked");
+                    }
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Approvals(command) => {

@@ -824,14 +824,19 @@ pub async fn model_detail(
 }
 
 pub fn config(config: &Config, json: bool) {
+    // A password in a URL (WEIR_DB=postgres://user:secret@...) is never shown.
+    let mut settings = config.settings.clone();
+    for s in settings.values_mut() {
+        s.value = weir_store::redact(&s.value);
+    }
     if json {
-        print_json(&config.settings);
+        print_json(&settings);
         return;
     }
     let rows: Vec<Vec<String>> = KEYS
         .iter()
         .map(|(key, var, _)| {
-            let s = &config.settings[*key];
+            let s = &settings[*key];
             vec![
                 key.to_string(),
                 s.value.clone(),
@@ -1690,6 +1695,54 @@ pub fn approvals(list: &[weir_store::approvals::Approval], json: bool) {
             "STATUS",
             "DECIDED BY",
         ],
+        &rows,
+    );
+}
+
+pub fn token_created(t: &weir_store::tokens::Token, text: &str, json: bool) {
+    if json {
+        print_json(
+            &serde_json::json!({ "token": text, "id": t.id, "name": t.name,
+            "role": t.role, "expires_at": t.expires_at }),
+        );
+        return;
+    }
+    println!("{text}");
+    eprintln!(
+        "token {} ({}, {}{}): shown this once; only its hash is kept. Clients send it as \
+         `Authorization: Bearer ...` (MLflow: MLFLOW_TRACKING_TOKEN).",
+        t.id,
+        t.name,
+        t.role.as_str(),
+        t.expires_at
+            .map_or(String::new(), |e| format!(", expires {} UTC", time(e)))
+    );
+}
+
+pub fn tokens(list: &[weir_store::tokens::Token], json: bool) {
+    if json {
+        print_json(&list);
+        return;
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                t.name.clone(),
+                t.role.as_str().to_string(),
+                time(t.created_at),
+                t.expires_at.map_or("never".into(), time),
+                if t.revoked_at.is_some() {
+                    "revoked".into()
+                } else {
+                    "active".into()
+                },
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "NAME", "ROLE", "CREATED (UTC)", "EXPIRES", "STATE"],
         &rows,
     );
 }

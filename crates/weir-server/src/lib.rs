@@ -4,6 +4,7 @@
 //! Weir's artifact store. The dashboard is served at `/` (`ui.rs`).
 
 mod artifacts;
+pub mod auth;
 mod dashboard;
 mod error;
 mod json;
@@ -34,6 +35,7 @@ pub struct Inner {
     /// Where uploads are staged before they are stored.
     pub scratch: PathBuf,
     pub metrics: telemetry::ServerMetrics,
+    pub auth: auth::Auth,
 }
 
 impl std::ops::Deref for App {
@@ -50,6 +52,7 @@ impl App {
             artifacts,
             scratch,
             metrics: telemetry::ServerMetrics::new(),
+            auth: auth::Auth::default(),
         }))
     }
 }
@@ -175,6 +178,10 @@ pub fn router(app: App) -> Router {
         })
         .layer(axum::middleware::from_fn(same_origin_writes))
         .layer(axum::middleware::from_fn(audited))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::authorized,
+        ))
         .layer(axum::middleware::from_fn_with_state(app.clone(), observed))
         .with_state(app)
 }
@@ -220,11 +227,17 @@ async fn audited(
     ) {
         return next.run(req).await;
     }
-    let from = req
-        .extensions()
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map_or("an unknown address".to_string(), |c| c.0.ip().to_string());
-    weir_store::audit::acting_as(format!("anonymous@{from} (weir server)"), next.run(req)).await
+    let actor = match req.extensions().get::<auth::Caller>() {
+        Some(caller) => caller.0.clone(),
+        None => {
+            let from = req
+                .extensions()
+                .get::<ConnectInfo<std::net::SocketAddr>>()
+                .map_or("an unknown address".to_string(), |c| c.0.ip().to_string());
+            format!("anonymous@{from} (weir server)")
+        }
+    };
+    weir_store::audit::acting_as(actor, next.run(req)).await
 }
 
 /// The defence against cross-site request forgery: a request that changes

@@ -30,8 +30,12 @@ class HttpError extends Error {
   constructor(status, code, message) { super(message); this.status = status; this.code = code; }
 }
 
+/** The API token a locked server asked for, kept for this tab only. */
+const TOKEN_KEY = "weir.token";
 async function call(method, path, body) {
   const init = { method, headers: {} };
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) init.headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
@@ -1009,8 +1013,18 @@ async function route() {
     notFound(root, "No such page.", `#${hash}`);
   } catch (e) {
     if (e.status === 404) return notFound(root, "Not found.", e.message);
+    if (e.status === 401) return tokenForm(root, e.message);
     fill(root, errorBox(e));
   }
+}
+
+/** A locked server: ask for a token (weir tokens create), keep it for this tab. */
+function tokenForm(root, why) {
+  const input = h("input", { type: "password", id: "token", placeholder: "weir_…", autocomplete: "off", size: "60" });
+  const form = h("form", { id: "token-form" }, h("p", {}, "This server needs an API token (viewer or above): ", h("code", {}, "weir tokens create --name me --role viewer")),
+    h("p", { class: "muted" }, why), input, " ", h("button", { type: "submit" }, "Use token"));
+  form.addEventListener("submit", (ev) => { ev.preventDefault(); sessionStorage.setItem(TOKEN_KEY, input.value.trim()); route(); });
+  fill(root, h("h1", {}, "Sign in"), form);
 }
 
 window.addEventListener("hashchange", route);

@@ -49,8 +49,9 @@ impl StoreError {
     }
 }
 
-/// Hides a password in a database URL before it is shown.
-fn redact(url: &str) -> String {
+/// Hides a password in a URL (a database's, a tracking server's) before it
+/// is shown.
+pub fn redact(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(Some("***"));

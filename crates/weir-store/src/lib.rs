@@ -28,6 +28,7 @@ pub mod run_json;
 mod runs;
 mod schedules;
 mod studies;
+pub mod tokens;
 pub mod tracking;
 mod usage;
 
@@ -41,7 +42,7 @@ use sqlx::{AnyPool, Connection, Executor};
 pub use artifacts::{ArtifactKind, ArtifactRecord};
 pub use datasets::{DatasetSummary, DatasetVersion, NewDatasetVersion};
 pub use deployments::{Deployment, DeploymentEvent, Interval, WindowPart};
-pub use error::StoreError;
+pub use error::{redact, StoreError};
 pub use events::StepEnded;
 pub use logs::LogChunk;
 pub use metrics::MetricPoint;

@@ -23,4 +23,5 @@ mod rollouts;
 mod schedules;
 mod scheduling;
 mod team_backends;
+mod tokens;
 mod training;

@@ -208,6 +208,11 @@ enum Command {
         /// decides for its own requests)
         #[arg(long, env = "WEIR_TRACE_SAMPLE", default_value_t = 0.01, value_parser = rate)]
         trace_sample: f64,
+        /// A model or endpoint whose inference and metadata need an API token (viewer or
+        /// above) once the store has any; repeat it, or `*` for all. Loading and unloading
+        /// versions always needs an admin token, labels an editor's.
+        #[arg(long, value_name = "NAME")]
+        private: Vec<String>,
         /// Inference requests answered at once; more get 429 Too Many Requests
         #[arg(long, env = "WEIR_SERVE_MAX_CONCURRENCY", default_value_t = 256)]
         max_concurrency: usize,
@@ -1319,6 +1324,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             threads: _, // taken when the runtime was built
             log_predictions,
             trace_sample,
+            private,
             log_segment_rows,
             log_flush,
             log_keep_mb,
@@ -1369,6 +1375,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 prices: ctx.config.prices.clone(),
                 trace_sample,
                 slos,
+                private,
             };
             weir_serve::serve(&ctx.store, &ctx.artifacts, &selected, options).await?;
             Ok(ExitCode::SUCCESS)

@@ -96,6 +96,9 @@ pub struct ServeOptions {
     pub trace_sample: f64,
     /// Objectives per endpoint (`slos:` beside the monitors).
     pub slos: Vec<slo::Slo>,
+    /// Models and endpoints whose inference (and metadata) needs a token
+    /// once the store has any (`*`: all); the rest are public.
+    pub private: Vec<String>,
 }
 
 /// A model version loaded and warmed up.
@@ -148,6 +151,8 @@ impl Loaded {
 }
 
 pub(crate) struct AppState {
+    pub private: std::collections::BTreeSet<String>,
+    pub tokens: weir_store::tokens::TokenCache,
     /// Versions per model name, ascending; the last is the default.
     models: RwLock<BTreeMap<String, Vec<Arc<Loaded>>>>,
     /// The first model named on the command line answers /invocations.
@@ -1038,6 +1043,8 @@ pub async fn serve(
     let metrics = Arc::new(metrics::Metrics::new());
     let watch = Watch::new(&options);
     let state = Arc::new(AppState {
+        private: options.private.iter().cloned().collect(),
+        tokens: Default::default(),
         log: predlog::PredictionLog::new(options.log.clone(), metrics.clone()),
         leading: AtomicBool::new(false),
         trace_sample: options.trace_sample,

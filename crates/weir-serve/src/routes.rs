@@ -78,7 +78,61 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), authorized))
         .with_state(state)
+}
+
+/// What a route needs once the store has API tokens: the repository
+/// (loading and unloading versions) an admin, labels an editor, a private
+/// model's or endpoint's inference and metadata a viewer; the rest nothing.
+pub fn required(
+    path: &str,
+    private: &std::collections::BTreeSet<String>,
+    primary: &str,
+) -> Option<weir_store::tokens::Role> {
+    use weir_store::tokens::Role;
+    if path.starts_with("/v2/repository/") {
+        return Some(Role::Admin);
+    }
+    if path.ends_with("/feedback") {
+        return Some(Role::Editor);
+    }
+    let is_private = |name: &str| private.contains("*") || private.contains(name);
+    let target = match path.strip_prefix("/v2/models/") {
+        Some(rest) => rest.split('/').next().filter(|n| *n != "stats"),
+        None if path == "/invocations" => Some(primary),
+        None => None,
+    };
+    target.filter(|t| is_private(t)).map(|_| Role::Viewer)
+}
+
+async fn authorized(State(s): Shared, request: Request, next: Next) -> Response {
+    let Some(need) = required(request.uri().path(), &s.private, &s.primary) else {
+        return next.run(request).await;
+    };
+    let what = format!("{} {}", request.method(), request.uri().path());
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match s.tokens.check(&s.store, authorization, need, &what).await {
+        Ok(_) => next.run(request).await,
+        Err(d) => {
+            let status = StatusCode::from_u16(d.status).unwrap_or(StatusCode::UNAUTHORIZED);
+            let mut response = (
+                status,
+                Json(json!({ "error": d.message, "error_code": d.code })),
+            )
+                .into_response();
+            if status == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer realm=\"weir\""),
+                );
+            }
+            response
+        }
+    }
 }
 
 /// Inference requests beyond `max_concurrency` in flight get 429 at once

@@ -250,3 +250,120 @@ impl Store {
         Ok(Ok(token))
     }
 }
+
+/// Why a request was turned away: its HTTP status, an error code and what
+/// to tell the caller.
+#[derive(Debug)]
+pub struct Denied {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// How long a validated token, or the answer that no token exists, is trusted.
+const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The servers' gate: a store without tokens is open; once it has one,
+/// a caller needs a valid token whose role covers what it asks. Validated
+/// tokens and the "no token yet" answer are kept for a few seconds, so a
+/// hot route pays a map lookup, not a query; a revocation takes effect
+/// within that time.
+#[derive(Default)]
+pub struct TokenCache {
+    locked: std::sync::atomic::AtomicBool,
+    checked: std::sync::Mutex<Option<std::time::Instant>>,
+    valid: std::sync::Mutex<std::collections::HashMap<String, (Token, std::time::Instant)>>,
+}
+
+impl TokenCache {
+    async fn locked(&self, store: &Store) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.locked.load(Ordering::Relaxed) {
+            return true;
+        }
+        {
+            let mut checked = self.checked.lock().expect("token cache");
+            if checked.is_some_and(|at| at.elapsed() < CACHE_FOR) {
+                return false;
+            }
+            *checked = Some(std::time::Instant::now());
+        }
+        // Tokens are revoked, never deleted: once locked, locked for good.
+        let any = store.any_tokens().await.unwrap_or(true);
+        self.locked.store(any, Ordering::Relaxed);
+        any
+    }
+
+    /// Lets a caller with `authorization` (the header's value) do what
+    /// needs `need`: the token it used (None while the store has none).
+    pub async fn check(
+        &self,
+        store: &Store,
+        authorization: Option<&str>,
+        need: Role,
+        what: &str,
+    ) -> std::result::Result<Option<Token>, Denied> {
+        if !self.locked(store).await {
+            return Ok(None);
+        }
+        let unauthenticated = |message: String| Denied {
+            status: 401,
+            code: "UNAUTHENTICATED",
+            message,
+        };
+        let Some(text) = authorization
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+        else {
+            return Err(unauthenticated(
+                "this server needs an API token: send `Authorization: Bearer weir_...` (MLflow clients: set MLFLOW_TRACKING_TOKEN); an admin makes one with `weir tokens create`".into(),
+            ));
+        };
+        let key = hash(text);
+        let cached = self
+            .valid
+            .lock()
+            .expect("token cache")
+            .get(&key)
+            .filter(|(t, at)| {
+                at.elapsed() < CACHE_FOR && t.expires_at.is_none_or(|e| e > weir_core::now_ms())
+            })
+            .map(|(t, _)| t.clone());
+        let token = match cached {
+            Some(t) => t,
+            None => match store.authenticate(text).await {
+                Ok(Ok(t)) => {
+                    self.valid
+                        .lock()
+                        .expect("token cache")
+                        .insert(key, (t.clone(), std::time::Instant::now()));
+                    t
+                }
+                Ok(Err(why)) => return Err(unauthenticated(why.to_string())),
+                Err(e) => {
+                    return Err(Denied {
+                        status: 503,
+                        code: "TEMPORARILY_UNAVAILABLE",
+                        message: format!("cannot check the token: {e}"),
+                    })
+                }
+            },
+        };
+        if token.role < need {
+            return Err(Denied {
+                status: 403,
+                code: "PERMISSION_DENIED",
+                message: format!(
+                    "token '{}' is a {} token; {what} needs {}",
+                    token.name,
+                    token.role.as_str(),
+                    need.as_str()
+                ),
+            });
+        }
+        Ok(Some(token))
+    }
+}

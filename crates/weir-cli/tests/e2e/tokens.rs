@@ -245,3 +245,89 @@ fn a_password_in_a_url_is_never_shown() {
         assert!(all.contains("alice:***@"), "weir {args:?}:\n{all}");
     }
 }
+
+#[test]
+fn weir_serve_keeps_private_endpoints_and_the_repository_to_token_holders() {
+    let sb = Sandbox::new();
+    crate::lineage::rows(&sb, "a.csv", 0);
+    sb.write("m.yaml", crate::lineage::PIPELINE);
+    sb.ok(&["run", "m.yaml"]);
+    sb.ok(&[
+        "deploy",
+        "web",
+        "--model",
+        "m",
+        "--version",
+        "1",
+        "--strategy",
+        "direct",
+    ]);
+    let server = sb.serve(&["m", "--private", "web"]);
+    let body = json!({"inputs": [
+        {"name": "x1", "datatype": "FP64", "shape": [1], "data": [3.0]},
+        {"name": "x2", "datatype": "FP64", "shape": [1], "data": [4.0]},
+    ]})
+    .to_string();
+    let send = |method: &str, path: &str, token: Option<&str>| -> u16 {
+        let mut req = server
+            .client
+            .request(method.parse().unwrap(), format!("{}{path}", server.url));
+        if method == "POST" {
+            req = req.body(if path.ends_with("/infer") {
+                body.clone()
+            } else {
+                "{}".to_string()
+            });
+        }
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().unwrap().status().as_u16()
+    };
+    // No token in the store yet: open.
+    assert_eq!(send("POST", "/v2/models/web/infer", None), 200);
+    let viewer = token(&sb, "app", "viewer", &[]);
+    let editor = token(&sb, "labeler", "editor", &[]);
+    let admin = token(&sb, "ops", "admin", &[]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while send("POST", "/v2/models/web/infer", None) != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "weir serve never asked for a token"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let routes: [(&str, &str, Option<Role>); 10] = [
+        ("POST", "/v2/models/web/infer", Some(Role::Viewer)),
+        ("GET", "/v2/models/web", Some(Role::Viewer)),
+        ("GET", "/v2/models/web/ready", Some(Role::Viewer)),
+        ("POST", "/v2/models/web/feedback", Some(Role::Editor)),
+        ("POST", "/v2/repository/index", Some(Role::Admin)),
+        ("POST", "/v2/repository/models/m/load", Some(Role::Admin)),
+        ("POST", "/v2/models/m/infer", None),
+        ("GET", "/v2/models/m", None),
+        ("GET", "/v2/health/ready", None),
+        ("GET", "/metrics", None),
+    ];
+    let callers: [(&str, Option<&str>, Option<Role>); 5] = [
+        ("no token", None, None),
+        ("malformed", Some("nope"), None),
+        ("viewer", Some(&viewer), Some(Role::Viewer)),
+        ("editor", Some(&editor), Some(Role::Editor)),
+        ("admin", Some(&admin), Some(Role::Admin)),
+    ];
+    let mut wrong = Vec::new();
+    for (method, path, need) in routes {
+        for (who, text, role) in callers {
+            let status = send(method, path, text);
+            let allowed = need.is_none_or(|n| role.is_some_and(|r| r >= n));
+            let refused = status == 401 || status == 403;
+            if allowed == refused {
+                wrong.push(format!("{who} {method} {path} -> {status}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert_eq!(send("POST", "/v2/models/web/infer", Some(&viewer)), 200);
+    assert_eq!(send("POST", "/v2/models/m/infer", None), 200);
+}

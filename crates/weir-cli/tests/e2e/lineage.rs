@@ -253,7 +253,8 @@ fn gates_reject_a_worse_version_against_the_champion_on_the_same_rows() {
                 ),
             )
     };
-    let gates = "\"test.auc >= champion - 0.002\", \"slice_gap.auc <= 0.9\"";
+    let gates =
+        "\"test.auc >= champion - 0.002\", \"slice_gap.auc <= 0.9\", \"latency_p99_ms <= 1000\"";
     sb.write("good.yaml", &gated(60, gates));
     sb.write("worse.yaml", &gated(1, gates));
     // No champion yet: the first version passes and becomes champion.
@@ -272,6 +273,7 @@ fn gates_reject_a_worse_version_against_the_champion_on_the_same_rows() {
         log.contains("registered as REJECTED") && log.contains("champion is version 1"),
         "{log}"
     );
+    assert!(log.contains("gate latency_p99_ms <= 1000: "), "{log}");
     let card = sb.ok(&["models", "card", "gbdt-points:2"]);
     assert!(
         card.contains("## Gates") && card.contains("**failed** ⚠") && card.contains("rejected it"),

@@ -37,7 +37,12 @@ enum Metric {
         name: String,
     },
     SliceGap(String),
+    /// `latency_p50_ms` or `latency_p99_ms`: one row scored at a time.
+    Latency(&'static str),
 }
+
+/// Rows scored one at a time to measure a model's latency.
+pub const LATENCY_ROWS: usize = 200;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Op {
@@ -97,10 +102,12 @@ pub fn parse(text: &str) -> Result<Gate, String> {
     {
         return Err(bad(&format!("'{lhs}' is not a metric name")));
     }
-    let metric = match lhs.strip_prefix("slice_gap.") {
-        Some(name) if !name.is_empty() => Metric::SliceGap(name.to_string()),
-        Some(_) => return Err(bad("slice_gap needs a metric: slice_gap.auc")),
-        None => match lhs.rsplit_once('.') {
+    let metric = match (lhs, lhs.strip_prefix("slice_gap.")) {
+        ("latency_p50_ms", _) => Metric::Latency("p50_ms"),
+        ("latency_p99_ms", _) => Metric::Latency("p99_ms"),
+        (_, Some(name)) if !name.is_empty() => Metric::SliceGap(name.to_string()),
+        (_, Some(_)) => return Err(bad("slice_gap needs a metric: slice_gap.auc")),
+        (_, None) => match lhs.rsplit_once('.') {
             Some((prefix, name)) => Metric::Overall {
                 prefix: Some(prefix.to_string()),
                 name: name.to_string(),
@@ -196,6 +203,9 @@ pub fn slice_gaps(values: &serde_json::Map<String, Value>) -> Vec<(String, f64, 
 /// weir/evaluate writes it).
 fn value_of(metric: &Metric, report: &Value, whose: &str) -> Result<f64, String> {
     match metric {
+        Metric::Latency(which) => report["latency"][*which].as_f64().ok_or_else(|| {
+            format!("{whose} has no latency measured: latency gates need the test rows wired in as `table:`")
+        }),
         Metric::Overall { prefix, name } => {
             if let (Some(p), Some(theirs)) = (prefix, report["prefix"].as_str()) {
                 if p != theirs {
@@ -244,6 +254,10 @@ fn value_of(metric: &Metric, report: &Value, whose: &str) -> Result<f64, String>
 }
 
 impl Gate {
+    pub fn needs_latency(&self) -> bool {
+        matches!(self.metric, Metric::Latency(_))
+    }
+
     pub fn needs_champion(&self) -> bool {
         matches!(self.bound, Bound::Champion { .. })
     }
@@ -313,6 +327,36 @@ pub fn describe(v: &Verdict) -> String {
     }
 }
 
+/// How long `model` takes to score one row, over the first
+/// [`LATENCY_ROWS`] rows of `table`: p50 and p99 in milliseconds, as a
+/// request of one row would see it (without the HTTP around it).
+pub(crate) fn latency(
+    model: &weir_ml::Model,
+    table: &arrow::record_batch::RecordBatch,
+) -> Result<Value, crate::EngineError> {
+    let (rows, _) = model.labelled(table)?;
+    let n = rows.num_rows().min(LATENCY_ROWS);
+    if n == 0 {
+        return Err(crate::EngineError::StepFailed(
+            "latency gates need test rows; the table is empty".into(),
+        ));
+    }
+    // One pass first: lazy set-up is not what a gate judges.
+    model.predict_batch(&rows.slice(0, 1))?;
+    let mut ms: Vec<f64> = (0..n)
+        .map(|i| {
+            let one = rows.slice(i, 1);
+            let started = std::time::Instant::now();
+            model
+                .predict_batch(&one)
+                .map(|_| started.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect::<Result<_, _>>()?;
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((q * (n - 1) as f64).round() as usize).min(n - 1)];
+    Ok(serde_json::json!({ "p50_ms": at(0.5), "p99_ms": at(0.99), "rows": n }))
+}
+
 /// A report made of a scored model, in weir/evaluate's shape.
 pub(crate) fn report_of(scored: &super::evaluate::Scored, prefix: &str) -> Value {
     let overall: BTreeMap<&String, Option<f64>> = scored
@@ -373,6 +417,15 @@ mod tests {
             .judge(&sliced, None)
             .unwrap();
         assert!(!gap.passed && (gap.value - 0.1).abs() < 1e-12, "{gap:?}");
+        let timed = serde_json::json!({"overall": {}, "latency": {"p99_ms": 0.2}});
+        let g = parse("latency_p99_ms <= champion * 1.5").unwrap();
+        let slower = serde_json::json!({"latency": {"p99_ms": 0.1}});
+        assert!(!g.judge(&timed, Some((1, &slower))).unwrap().passed);
+        let e = parse("latency_p99_ms <= 1")
+            .unwrap()
+            .judge(&mine, None)
+            .unwrap_err();
+        assert!(e.contains("table:"), "{e}");
         assert_eq!(
             parse("x <= 1").unwrap().op,
             Op::Le,

@@ -44,7 +44,12 @@ pub(super) fn preflight(step: &Step) -> Result<(), String> {
     let p: Params = params(step)?;
     check_name(&p.name)?;
     for g in &p.gates {
-        gates::parse(g).map_err(|e| format!("with.gates: {e}"))?;
+        let gate = gates::parse(g).map_err(|e| format!("with.gates: {e}"))?;
+        if gate.needs_latency() && !step.inputs.contains_key("table") {
+            return Err(format!(
+                "with.gates: '{g}' times the model on the test rows: wire them in as `table: split.test`"
+            ));
+        }
     }
     if !p.gates.is_empty()
         && !step.inputs.contains_key("metrics")
@@ -79,11 +84,21 @@ fn judge(
         Some(path) => Some(weir_data::read_parquet(path)?),
         None => None,
     };
-    let mine = match &table {
-        Some(t) => gates::report_of(
+    let timed = gates.iter().any(|g| g.needs_latency());
+    let report = |model: &Model,
+                  t: &arrow::record_batch::RecordBatch|
+     -> Result<serde_json::Value, EngineError> {
+        let mut r = gates::report_of(
             &super::evaluate::score(model, t, slice_by.as_deref(), None)?,
             &prefix,
-        ),
+        );
+        if timed {
+            r["latency"] = gates::latency(model, t)?;
+        }
+        Ok(r)
+    };
+    let mine = match &table {
+        Some(t) => report(model, t)?,
         None => metrics.clone(),
     };
     let theirs = match (&ctx.champion, &table) {
@@ -91,13 +106,7 @@ fn judge(
             let bytes =
                 std::fs::read(&c.model).map_err(EngineError::io("cannot read", &c.model))?;
             let (champion, _) = Model::read(&bytes)?;
-            Some((
-                c.version,
-                gates::report_of(
-                    &super::evaluate::score(&champion, t, slice_by.as_deref(), None)?,
-                    &prefix,
-                ),
-            ))
+            Some((c.version, report(&champion, t)?))
         }
         (Some(c), None) => Some((c.version, c.report.clone())),
         (None, _) => None,

@@ -1103,20 +1103,16 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                     .artifacts
                     .put_bytes(text.clone().into_bytes().into())
                     .await?;
+                let digest = stored.digest;
                 ctx.store
-                    .record_artifact(&weir_store::ArtifactRecord {
-                        digest: stored.digest,
-                        size: stored.size as i64,
-                        kind: stored.kind,
-                        created_at: weir_core::now_ms(),
-                    })
+                    .record_artifact(&weir_engine::exec::artifact_record(stored))
                     .await?;
                 ctx.store
                     .set_model_version_tag(
                         &name,
                         version,
                         &format!("weir.card.{form}"),
-                        &stored.digest.hex(),
+                        &digest.hex(),
                     )
                     .await?;
             }

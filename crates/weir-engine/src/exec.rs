@@ -147,7 +147,8 @@ impl Drop for WorkDir {
     }
 }
 
-fn artifact_record(stored: weir_artifacts::Stored) -> ArtifactRecord {
+/// The metadata record of a blob just stored.
+pub fn artifact_record(stored: weir_artifacts::Stored) -> ArtifactRecord {
     ArtifactRecord {
         digest: stored.digest,
         size: stored.size as i64,

@@ -1161,12 +1161,7 @@ async fn gather(
     }
     let stored = ctx.artifacts.compose_dir(&parts).await?;
     ctx.store
-        .record_artifact(&weir_store::ArtifactRecord {
-            digest: stored.digest,
-            size: stored.size as i64,
-            kind: stored.kind,
-            created_at: weir_core::now_ms(),
-        })
+        .record_artifact(&crate::exec::artifact_record(stored))
         .await?;
     Ok(StagedInput {
         digest: stored.digest,

@@ -2,9 +2,6 @@
 //! tracking server, is one entry naming who made it and what it changed;
 //! the hash chain exposes an entry edited or removed behind Weir's back.
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
-
 use serde_json::{json, Value};
 
 use crate::common::Sandbox;
@@ -60,25 +57,9 @@ fn every_change_is_audited_with_who_and_tampering_is_detected() {
     assert_eq!(entries(&sb).len(), before);
 
     // Through the tracking server: an alias and a run deleted by an MLflow client.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut server = sb
-        .command(&["server", "--addr", &addr])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let client = reqwest::blocking::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.get(format!("http://{addr}/health")).send().is_err() {
-        assert!(Instant::now() < deadline, "weir server did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let api = format!("http://{addr}/api/2.0/mlflow");
+    let server = sb.tracking_server();
+    let client = &server.client;
+    let api = format!("{}/api/2.0/mlflow", server.base);
     let set = client
         .post(format!("{api}/registered-models/alias"))
         .json(&json!({"name": "m", "alias": "champion", "version": "2"}))
@@ -95,8 +76,7 @@ fn every_change_is_audited_with_who_and_tampering_is_detected() {
         .send()
         .unwrap();
     assert!(deleted.status().is_success());
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 
     let log = entries(&sb);
     let actions: Vec<&str> = log.iter().map(|e| e["action"].as_str().unwrap()).collect();

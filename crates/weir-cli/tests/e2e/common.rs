@@ -102,6 +102,44 @@ impl Sandbox {
             .join(digest)
     }
 
+    /// `weir server` over the sandbox's stores on a free loopback port,
+    /// answering /health; stopped when dropped.
+    pub fn tracking_server(&self) -> TrackingServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = self
+            .command(&["server", "--addr", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = TrackingServer {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::blocking::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while server
+            .client
+            .get(format!("{}/health", server.base))
+            .send()
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "weir server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        server
+    }
+
     pub fn serve(&self, models: &[&str]) -> Server {
         let mut args = vec!["serve"];
         args.extend_from_slice(models);
@@ -127,6 +165,20 @@ impl Sandbox {
         };
         server.wait_ready();
         server
+    }
+}
+
+pub struct TrackingServer {
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    pub client: reqwest::blocking::Client,
+}
+
+impl Drop for TrackingServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

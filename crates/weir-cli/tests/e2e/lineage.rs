@@ -3,9 +3,6 @@
 //! dataset version forward to the models and endpoints that depend on it,
 //! on the command line and over the tracking server's REST API.
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
-
 use serde_json::Value;
 
 use crate::common::Sandbox;
@@ -131,25 +128,9 @@ fn lineage_walks_from_models_to_sources_and_from_datasets_to_endpoints() {
     assert!(err.contains("'one' is not a number"), "{err}");
 
     // The same graph over REST.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut server = sb
-        .command(&["server", "--addr", &addr])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let client = reqwest::blocking::Client::new();
-    let base = format!("http://{addr}/api/2.0/weir/lineage");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.get(format!("http://{addr}/health")).send().is_err() {
-        assert!(Instant::now() < deadline, "weir server did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let server = sb.tracking_server();
+    let client = &server.client;
+    let base = format!("{}/api/2.0/weir/lineage", server.base);
     let got: Value = client
         .get(format!("{base}?ref=m.ingest@1&direction=downstream"))
         .send()
@@ -166,8 +147,6 @@ fn lineage_walks_from_models_to_sources_and_from_datasets_to_endpoints() {
         .send()
         .unwrap();
     assert_eq!(bad.status(), 400);
-    let _ = server.kill();
-    let _ = server.wait();
 }
 
 #[test]

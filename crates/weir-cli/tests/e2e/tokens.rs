@@ -3,7 +3,6 @@
 //! no token, bad tokens (malformed, unknown, expired, revoked) and each
 //! role, and nothing succeeds that the caller's role does not cover.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -63,27 +62,8 @@ fn token(sb: &Sandbox, name: &str, role: &str, extra: &[&str]) -> String {
 #[test]
 fn every_route_takes_only_the_roles_it_should() {
     let sb = Sandbox::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut server = sb
-        .command(&["server", "--addr", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.get(format!("{base}/health")).send().is_err() {
-        assert!(Instant::now() < deadline, "weir server did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let server = sb.tracking_server();
+    let (client, base) = (&server.client, server.base.clone());
     // No token yet: open, as an MLflow server is.
     let search = format!("{base}/api/2.0/mlflow/experiments/search?max_results=5");
     assert_eq!(client.get(&search).send().unwrap().status(), 200);
@@ -223,8 +203,6 @@ fn every_route_takes_only_the_roles_it_should() {
         !log.to_string().contains(&admin[38..]),
         "a secret reached the audit log"
     );
-    let _ = server.kill();
-    let _ = server.wait();
 }
 
 #[test]

@@ -764,7 +764,15 @@ fn current_user() -> String {
 async fn main_async(cli: Cli) -> Result<ExitCode> {
     // Whom the audit log names for this process's changes.
     let user = current_user();
-    let command = std::env::args().nth(1).unwrap_or_default();
+    // The subcommand as clap read it (global flags may come first).
+    let command = {
+        use clap::CommandFactory;
+        Cli::command()
+            .try_get_matches_from(std::env::args_os())
+            .ok()
+            .and_then(|m| m.subcommand_name().map(str::to_string))
+            .unwrap_or_default()
+    };
     weir_store::audit::set_default_actor(format!(
         "{user}@{} (weir {command})",
         weir_core::process::hostname()

@@ -758,7 +758,25 @@ fn current_user() -> String {
         .or_else(|_| std::env::var("LOGNAME"))
         .ok()
         .filter(|u| !u.is_empty())
+        .or_else(login_name)
         .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }))
+}
+
+/// The account's name from the password database, when no variable says it
+/// (a service or a container often sets neither USER nor LOGNAME).
+fn login_name() -> Option<String> {
+    // SAFETY: getpwuid returns null or a pointer to a static record that
+    // stays valid until the next call; the name is copied out at once.
+    unsafe {
+        let pw = libc::getpwuid(libc::getuid());
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            return None;
+        }
+        std::ffi::CStr::from_ptr((*pw).pw_name)
+            .to_str()
+            .ok()
+            .map(str::to_string)
+    }
 }
 
 async fn main_async(cli: Cli) -> Result<ExitCode> {

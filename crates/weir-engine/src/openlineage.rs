@@ -36,6 +36,9 @@ pub struct Emitter {
     queue: Option<tokio::sync::mpsc::Sender<Value>>,
     task: Option<tokio::task::JoinHandle<()>>,
     dropped: Arc<AtomicU64>,
+    /// Events queued, and events the delivery task has dealt with.
+    sent: AtomicU64,
+    handled: Arc<AtomicU64>,
     namespace: String,
     /// The namespace of datasets: where the artifact store keeps them.
     store: String,
@@ -95,6 +98,8 @@ impl Emitter {
             queue: None,
             task: None,
             dropped: Arc::default(),
+            sent: AtomicU64::new(0),
+            handled: Arc::default(),
             namespace: String::new(),
             store: String::new(),
             producer: String::new(),
@@ -109,7 +114,8 @@ impl Emitter {
         };
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(deliver(sink, rx, dropped.clone()));
+        let handled = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(deliver(sink, rx, dropped.clone(), handled.clone()));
         let artifacts = ctx.config.get("artifacts");
         let store = if artifacts.contains("://") {
             artifacts.trim_end_matches('/').to_string()
@@ -121,6 +127,8 @@ impl Emitter {
             queue: Some(tx),
             task: Some(task),
             dropped,
+            sent: AtomicU64::new(0),
+            handled,
             namespace: std::env::var("OPENLINEAGE_NAMESPACE")
                 .ok()
                 .filter(|n| !n.is_empty())
@@ -136,8 +144,13 @@ impl Emitter {
 
     fn send(&self, event: Value) {
         let Some(queue) = &self.queue else { return };
-        if queue.try_send(event).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        match queue.try_send(event) {
+            Ok(()) => {
+                self.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -149,7 +162,11 @@ impl Emitter {
             if tokio::time::timeout(wait, &mut task).await.is_err() {
                 task.abort();
                 // Whatever was still queued is lost with the task.
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                let left = self
+                    .sent
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(self.handled.load(Ordering::Relaxed));
+                self.dropped.fetch_add(left, Ordering::Relaxed);
             }
         }
         self.dropped.load(Ordering::Relaxed)
@@ -369,7 +386,12 @@ impl Emitter {
 
 /// Sends events in order; an HTTP failure is retried with backoff, then the
 /// event is dropped and counted.
-async fn deliver(sink: Sink, mut rx: tokio::sync::mpsc::Receiver<Value>, dropped: Arc<AtomicU64>) {
+async fn deliver(
+    sink: Sink,
+    mut rx: tokio::sync::mpsc::Receiver<Value>,
+    dropped: Arc<AtomicU64>,
+    handled: Arc<AtomicU64>,
+) {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -416,6 +438,7 @@ async fn deliver(sink: Sink, mut rx: tokio::sync::mpsc::Receiver<Value>, dropped
                 tracing::warn!(error = %e, "an OpenLineage event was dropped");
             }
         }
+        handled.fetch_add(1, Ordering::Relaxed);
     }
 }
 

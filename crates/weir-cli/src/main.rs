@@ -752,6 +752,23 @@ async fn reap(ctx: &Context) -> Result<()> {
     Ok(())
 }
 
+fn default_actor() -> String {
+    // The subcommand as clap reads it (global flags may come first).
+    let command = {
+        use clap::CommandFactory;
+        Cli::command()
+            .try_get_matches_from(std::env::args_os())
+            .ok()
+            .and_then(|m| m.subcommand_name().map(str::to_string))
+            .unwrap_or_default()
+    };
+    format!(
+        "{}@{} (weir {command})",
+        current_user(),
+        weir_core::process::hostname()
+    )
+}
+
 /// Who runs this command: the login name (approvals are decided by name).
 fn current_user() -> String {
     std::env::var("USER")
@@ -780,21 +797,9 @@ fn login_name() -> Option<String> {
 }
 
 async fn main_async(cli: Cli) -> Result<ExitCode> {
-    // Whom the audit log names for this process's changes.
-    let user = current_user();
-    // The subcommand as clap read it (global flags may come first).
-    let command = {
-        use clap::CommandFactory;
-        Cli::command()
-            .try_get_matches_from(std::env::args_os())
-            .ok()
-            .and_then(|m| m.subcommand_name().map(str::to_string))
-            .unwrap_or_default()
-    };
-    weir_store::audit::set_default_actor(format!(
-        "{user}@{} (weir {command})",
-        weir_core::process::hostname()
-    ));
+    // Whom the audit log names for this process's changes (worked out only
+    // if it makes one).
+    weir_store::audit::set_default_actor(default_actor);
     match cli.command {
         Command::Run {
             file,

@@ -17,14 +17,18 @@ use crate::{Result, Store};
 /// The hash before the first entry.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-static DEFAULT_ACTOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// Who this process acts for, worked out on the first change it audits
+/// (most processes, a step's runtime among them, audit nothing).
+static DEFAULT_ACTOR: std::sync::OnceLock<fn() -> String> = std::sync::OnceLock::new();
+static ACTOR_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 tokio::task_local! {
     static ACTOR: String;
 }
 
-/// Names who this process acts for (once, at start): e.g. `alice@build-7 (cli)`.
-pub fn set_default_actor(actor: String) {
+/// Says how to name who this process acts for (once, at start), e.g.
+/// `alice@build-7 (weir run)`.
+pub fn set_default_actor(actor: fn() -> String) {
     let _ = DEFAULT_ACTOR.set(actor);
 }
 
@@ -38,7 +42,11 @@ pub fn actor() -> String {
     ACTOR
         .try_with(Clone::clone)
         .ok()
-        .or_else(|| DEFAULT_ACTOR.get().cloned())
+        .or_else(|| {
+            DEFAULT_ACTOR
+                .get()
+                .map(|f| ACTOR_NAME.get_or_init(*f).clone())
+        })
         .unwrap_or_else(|| "unknown".to_string())
 }
 

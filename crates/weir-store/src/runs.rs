@@ -480,13 +480,17 @@ impl Store {
     }
 
     pub async fn finish_run(&self, id: &str, status: RunStatus, error: Option<&str>) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
         sqlx::query("UPDATE runs SET status = $1, ended_at = $2, error = $3 WHERE id = $4")
             .bind(status.as_str())
             .bind(weir_core::now_ms())
             .bind(error)
             .bind(id)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
+        // What the run cost, where the tracking view shows its metrics.
+        crate::usage::mirror_run_totals(&mut tx, id).await?;
+        tx.commit().await?;
         Ok(())
     }
 

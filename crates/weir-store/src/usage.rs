@@ -348,14 +348,14 @@ pub(crate) async fn insert_usage(
     r: &UsageRecord,
 ) -> Result<()> {
     let cost_json = serde_json::to_string(&r.cost).expect("a cost serializes");
-
-    sqlx::query(&format!(
+    let row = sqlx::query(&format!(
         "INSERT INTO resource_usage ({USAGE_COLUMNS}) SELECT \
          $1, $2, $3, COALESCE((SELECT attempt FROM step_runs WHERE id = $2), $4), $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21 WHERE 1 = 1 \
          ON CONFLICT (step_run_id, attempt, trial) DO UPDATE SET status = excluded.status, \
          ended_at = excluded.ended_at, wall_ms = excluded.wall_ms, cpu_ms = excluded.cpu_ms, \
          max_rss_bytes = excluded.max_rss_bytes, bytes_read = excluded.bytes_read, \
-         bytes_written = excluded.bytes_written, cost = excluded.cost, cost_json = excluded.cost_json"
+         bytes_written = excluded.bytes_written, cost = excluded.cost, cost_json = excluded.cost_json \
+         RETURNING attempt"
     ))
     .bind(&r.run_id)
     .bind(&r.step_run_id)
@@ -378,16 +378,22 @@ pub(crate) async fn insert_usage(
     .bind(i64::from(r.billed))
     .bind(r.total)
     .bind(cost_json)
-    .execute(&mut **tx)
+    .fetch_one(&mut **tx)
     .await?;
-    mirror_usage(tx, r).await
+    let attempt: i64 = row.try_get("attempt")?;
+    mirror_usage(tx, r, attempt).await
 }
 
 /// What an attempt or trial used, as `system/*` metrics (MLflow's prefix
-/// for a run's system metrics) on its tracking run, one point per attempt;
-/// and the pipeline run's totals so far on its own, one point per record,
-/// so its chart is the run's cost as it grew.
-async fn mirror_usage(tx: &mut sqlx::Transaction<'_, sqlx::Any>, r: &UsageRecord) -> Result<()> {
+/// for a run's system metrics) on its tracking run, one point per attempt.
+/// The pipeline run's totals are written when it finishes
+/// ([`mirror_run_totals`]): one more set of statements per step would cost
+/// every step of every run.
+async fn mirror_usage(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    r: &UsageRecord,
+    attempt: i64,
+) -> Result<()> {
     use crate::tracking::{self, Metric};
     const MB: f64 = 1024.0 * 1024.0;
     let now = weir_core::now_ms();
@@ -396,11 +402,6 @@ async fn mirror_usage(tx: &mut sqlx::Transaction<'_, sqlx::Any>, r: &UsageRecord
         (None, None) => Some(r.step_run_id.as_str()),
         (None, Some(_)) => None,
     };
-    let attempt: i64 = sqlx::query_scalar("SELECT attempt FROM step_runs WHERE id = $1")
-        .bind(&r.step_run_id)
-        .fetch_optional(&mut **tx)
-        .await?
-        .unwrap_or(r.attempt);
     let point = |key: &str, value: f64, step: i64| Metric {
         key: format!("system/{key}"),
         value,
@@ -427,24 +428,50 @@ async fn mirror_usage(tx: &mut sqlx::Transaction<'_, sqlx::Any>, r: &UsageRecord
             tracking::insert_metric_points(tx, target, &points).await?;
         }
     }
-    if r.billed && tracking::tracked(tx, &r.run_id).await? {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n, COALESCE(SUM(cost), 0.0) AS cost, \
-             CAST(COALESCE(SUM(cpu_ms), 0) AS BIGINT) AS cpu_ms FROM resource_usage \
-             WHERE run_id = $1 AND billed = 1",
-        )
-        .bind(&r.run_id)
-        .fetch_one(&mut **tx)
-        .await?;
-        let n: i64 = row.try_get("n")?;
-        let cost: f64 = row.try_get("cost")?;
-        let cpu_ms: i64 = row.try_get("cpu_ms")?;
-        let points = [
-            point("cost_dollars", cost, n),
-            point("cpu_seconds", cpu_ms as f64 / 1000.0, n),
-        ];
-        tracking::stale_data(tx, &[r.run_id.as_str()]).await?;
-        tracking::insert_metric_points(tx, &r.run_id, &points).await?;
+    Ok(())
+}
+
+/// A pipeline run's billed totals so far (`system/cost_dollars`,
+/// `system/cpu_seconds`) on its tracking run, one point per finish (step =
+/// the number of billed records), in the caller's transaction.
+pub(crate) async fn mirror_run_totals(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    run_id: &str,
+) -> Result<()> {
+    use crate::tracking::{self, Metric};
+    if !tracking::tracked(tx, run_id).await? {
+        return Ok(());
     }
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n, COALESCE(SUM(cost), 0.0) AS cost, \
+         CAST(COALESCE(SUM(cpu_ms), 0) AS BIGINT) AS cpu_ms FROM resource_usage \
+         WHERE run_id = $1 AND billed = 1",
+    )
+    .bind(run_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let n: i64 = row.try_get("n")?;
+    if n == 0 {
+        return Ok(());
+    }
+    let cost: f64 = row.try_get("cost")?;
+    let cpu_ms: i64 = row.try_get("cpu_ms")?;
+    let now = weir_core::now_ms();
+    let points = [
+        Metric {
+            key: "system/cost_dollars".into(),
+            value: cost,
+            timestamp: now,
+            step: n,
+        },
+        Metric {
+            key: "system/cpu_seconds".into(),
+            value: cpu_ms as f64 / 1000.0,
+            timestamp: now,
+            step: n,
+        },
+    ];
+    tracking::stale_data(tx, &[run_id]).await?;
+    tracking::insert_metric_points(tx, run_id, &points).await?;
     Ok(())
 }

@@ -833,6 +833,10 @@ async fn usage_adds_up_by_run_step_and_study(s: &Store) {
     assert_eq!(latest(&shown, "system/wall_seconds"), 1.0);
     assert_eq!(latest(&shown, "system/max_rss_megabytes"), 1.0);
     assert_eq!(latest(&shown, "system/cost_dollars"), 2.0);
+    // The pipeline's run gets its totals when it finishes.
+    s.finish_run(&first.id, RunStatus::Succeeded, None)
+        .await
+        .unwrap();
     let whole = s.tracking_run(&first.id).await.unwrap();
     assert_eq!(latest(&whole, "system/cost_dollars"), 3.0);
     assert_eq!(latest(&whole, "system/cpu_seconds"), 1.8);

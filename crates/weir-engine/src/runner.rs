@@ -301,12 +301,12 @@ async fn drive(
             }
         })
     };
-    // The run is a trace (or joins the one this runner was started under);
-    // each step attempt is a span in it, handed to its runtime.
     let lineage = crate::openlineage::Emitter::start(ctx)?;
     // A resumed run carries on the run its first START began.
     let resumed = records.iter().any(|r| r.status.is_terminal());
     lineage.run_event(if resumed { "RUNNING" } else { "START" }, &run, None);
+    // The run is a trace (or joins the one this runner was started under);
+    // each step attempt is a span in it, handed to its runtime.
     let trace = weir_trace::start(
         weir_trace::inherited().as_ref(),
         &format!("run {}", pipeline.name),

@@ -138,25 +138,24 @@ impl Store {
         &self,
         run_ids: &[&str],
     ) -> Result<std::collections::HashMap<String, f64>> {
-        if run_ids.is_empty() {
-            return Ok(Default::default());
+        let mut costs = std::collections::HashMap::new();
+        // In pieces: SQLite takes at most 32,766 parameters in a statement.
+        for chunk in run_ids.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT run_id, SUM(cost) AS total FROM resource_usage \
+                 WHERE billed = 1 AND run_id IN ({}) GROUP BY run_id",
+                marks.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for r in query.fetch_all(&self.pool).await? {
+                costs.insert(r.try_get("run_id")?, r.try_get("total")?);
+            }
         }
-        let marks: Vec<String> = (1..=run_ids.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "SELECT run_id, SUM(cost) AS total FROM resource_usage \
-             WHERE billed = 1 AND run_id IN ({}) GROUP BY run_id",
-            marks.join(", ")
-        );
-        let mut query = sqlx::query(&sql);
-        for id in run_ids {
-            query = query.bind(*id);
-        }
-        query
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| Ok((r.try_get("run_id")?, r.try_get("total")?)))
-            .collect()
+        Ok(costs)
     }
 
     /// What the trials of a study (the step run's, every attempt's) have

@@ -138,7 +138,8 @@ impl Emitter {
         })
     }
 
-    fn on(&self) -> bool {
+    /// Whether events are sent (an `openlineage_url` is set).
+    pub fn on(&self) -> bool {
         self.queue.is_some()
     }
 

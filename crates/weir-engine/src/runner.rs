@@ -578,7 +578,9 @@ async fn walk(
                 lineage
                     .step_event(ctx, "START", run, &step.name, &id, &inputs, None, None)
                     .await;
-                launched.insert(step.name.clone(), inputs.clone());
+                if lineage.on() {
+                    launched.insert(step.name.clone(), inputs.clone());
+                }
                 let task = Task {
                     run_id: run.id.clone(),
                     step: step.clone(),

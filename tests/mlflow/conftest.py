@@ -30,10 +30,13 @@ def backends():
 
 
 class Server:
-    def __init__(self, backend):
+    def __init__(self, backend, certs=None):
+        """certs: a directory `scripts/test-certs.sh` filled; then HTTPS."""
         self.home = tempfile.mkdtemp(prefix="weir-mlflow-")
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if certs else 'http'}://127.0.0.1:{self.port}"
+        tls = ["--tls-cert", os.path.join(certs, "cert.pem"), "--tls-key", os.path.join(certs, "key.pem")] if certs else []
+        verify = os.path.join(certs, "ca.pem") if certs else True
         env = dict(os.environ, WEIR_HOME=self.home, WEIR_LOG="warn")
         env.pop("MLFLOW_TRACKING_URI", None)
         self.database = None
@@ -46,13 +49,13 @@ class Server:
         # What a `weir` command needs to work on the same stores.
         self.env = {k: env[k] for k in ("WEIR_HOME", "WEIR_DB") if k in env}
         self.proc = subprocess.Popen(
-            [WEIR, "server", "--addr", f"127.0.0.1:{self.port}"],
+            [WEIR, "server", "--addr", f"127.0.0.1:{self.port}", *tls],
             env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.home, "server.log"), "w"),
         )
         deadline = time.time() + 30
         while time.time() < deadline:
             try:
-                if requests.get(self.url + "/health", timeout=1).status_code == 200:
+                if requests.get(self.url + "/health", timeout=1, verify=verify).status_code == 200:
                     return
             except requests.ConnectionError:
                 pass

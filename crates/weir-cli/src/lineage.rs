@@ -12,14 +12,37 @@ pub fn render(graph: &Graph, direction: Direction) -> String {
         return out;
     };
     let _ = writeln!(out, "{} {}", root.kind, root.label);
+    // A run's lineage is its steps': each is a tree of its own.
+    let starts: Vec<&Node> = match root.kind {
+        "run" => graph
+            .edges
+            .iter()
+            .filter(|e| e.relation == "ran" && e.from == root.id)
+            .filter_map(|e| graph.node(&e.to))
+            .collect(),
+        _ => vec![root],
+    };
+    let trees = |up: bool, out: &mut String| {
+        let mut seen = BTreeSet::new();
+        for start in &starts {
+            let depth = match start.id == root.id {
+                true => 1,
+                false => {
+                    let _ = writeln!(out, "  step {}", describe(start));
+                    2
+                }
+            };
+            tree(graph, start, up, depth, &mut seen, out);
+        }
+    };
     if direction != Direction::Downstream {
         let _ = writeln!(out, "\nupstream (what it came from):");
-        tree(graph, root, true, 1, &mut BTreeSet::new(), &mut out);
+        trees(true, &mut out);
     }
     if direction != Direction::Upstream {
         let _ = writeln!(out, "\ndownstream (what was made from it):");
         let before = out.len();
-        tree(graph, root, false, 1, &mut BTreeSet::new(), &mut out);
+        trees(false, &mut out);
         if out.len() == before {
             let _ = writeln!(out, "  nothing yet");
         }
@@ -109,7 +132,7 @@ fn describe(n: &Node) -> String {
                 ""
             }
         ),
-        "file" => format!("{} @{}", n.label, short("digest")),
+        "file" | "lockfile" => format!("{} @{}", n.label, short("digest")),
         "dataset" => format!("{} @{}", n.label, short("digest")),
         _ => n.label.clone(),
     }

@@ -213,6 +213,8 @@ enum Command {
         /// versions always needs an admin token, labels an editor's.
         #[arg(long, value_name = "NAME")]
         private: Vec<String>,
+        #[command(flatten)]
+        tls: TlsArgs,
         /// Inference requests answered at once; more get 429 Too Many Requests
         #[arg(long, env = "WEIR_SERVE_MAX_CONCURRENCY", default_value_t = 256)]
         max_concurrency: usize,
@@ -355,6 +357,8 @@ enum Command {
         /// Open the dashboard in the default browser once listening
         #[arg(long)]
         open: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Show the effective configuration and where each value comes from
     Config {
@@ -1352,6 +1356,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             log_predictions,
             trace_sample,
             private,
+            tls,
             log_segment_rows,
             log_flush,
             log_keep_mb,
@@ -1403,6 +1408,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 trace_sample,
                 slos,
                 private,
+                tls: tls.files(),
             };
             weir_serve::serve(&ctx.store, &ctx.artifacts, &selected, options).await?;
             Ok(ExitCode::SUCCESS)
@@ -1637,15 +1643,14 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Server { addr, open } => {
+        Command::Server { addr, open, tls } => {
             let ctx = Context::open(config(&cli.global, &[])?).await?;
             let scratch = ctx.config.home().join("tmp");
-            let app = weir_server::App::new(ctx.store.clone(), ctx.artifacts.clone(), scratch);
-            let listener = tokio::net::TcpListener::bind(&addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
+            let app = weir_server::App::new(ctx.store.clone(), ctx.artifacts.clone(), scratch)
+                .with_approvals(ctx.config.approvals.clone());
+            let listener = weir_tls::Listener::bind(&addr, tls.files().as_ref()).await?;
             if open {
-                let url = format!("http://{}/", listener.local_addr()?);
+                let url = format!("{}/", listener.url()?);
                 // No browser (a server over ssh) is no reason not to serve.
                 if let Err(e) = open::that_detached(&url) {
                     eprintln!("warning: cannot open a browser ({e}); the dashboard is at {url}");
@@ -1660,6 +1665,26 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             output::config(&config(&cli.global, &[])?, json);
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// HTTPS for `weir server` and `weir serve`.
+#[derive(clap::Args, Debug)]
+struct TlsArgs {
+    /// Serve HTTPS with this PEM certificate chain (the server's certificate first)
+    #[arg(long, env = "WEIR_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert
+    #[arg(long, env = "WEIR_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    fn files(&self) -> Option<weir_tls::TlsFiles> {
+        Some(weir_tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+        })
     }
 }
 

@@ -2,7 +2,8 @@
 //! kind and command (with the interpreter it resolves to), the resolved
 //! `with:` values, declared `env:`, input artifact digests, the content of
 //! the files its `code:` globs match, the source file an ingest reads, the
-//! Weir version and any `cache_version`. The components are kept with the
+//! project's lockfiles (for a command), the Weir version and any
+//! `cache_version`. The components are kept with the
 //! step run, so a later miss can say exactly what changed.
 
 use std::collections::BTreeMap;
@@ -40,6 +41,28 @@ fn digest_file(path: &Path) -> Result<String, EngineError> {
         .hex())
 }
 
+/// Files a project pins its dependencies with, beside the pipeline file.
+/// A command's key includes them: a changed dependency runs it again, and
+/// lineage can say which environment a model came from.
+pub const LOCKFILES: &[&str] = &[
+    "uv.lock",
+    "poetry.lock",
+    "pdm.lock",
+    "Pipfile.lock",
+    "requirements.txt",
+    "requirements.lock",
+    "conda-lock.yml",
+    "environment.yml",
+    "renv.lock",
+    "package-lock.json",
+    "pnpm-lock.yaml",
+    "yarn.lock",
+    "Manifest.toml",
+    "Gemfile.lock",
+    "Cargo.lock",
+    "go.sum",
+];
+
 /// The program a command starts, as an absolute path, so that a different
 /// interpreter (another python3 on PATH) is a different key.
 fn interpreter(command: &str, base_dir: &Path) -> Option<PathBuf> {
@@ -76,6 +99,12 @@ pub(crate) fn compute(
             components.insert("command".into(), command.clone());
             if let Some(program) = interpreter(command, base_dir) {
                 components.insert("interpreter".into(), program.display().to_string());
+            }
+            for name in LOCKFILES {
+                let path = base_dir.join(name);
+                if path.is_file() {
+                    components.insert(format!("lockfile {name}"), digest_file(&path)?);
+                }
             }
         }
     }

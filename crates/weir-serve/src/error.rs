@@ -10,6 +10,8 @@ pub enum ServeError {
     BadModelRef(String),
     #[error("cannot listen on {addr}: {reason}\n  hint: pick another address with --addr or WEIR_SERVE_ADDR")]
     Bind { addr: String, reason: String },
+    #[error("{0}\n  hint: --tls-cert takes the PEM certificate chain (server's first), --tls-key its PEM private key")]
+    Tls(String),
     #[error("cannot load model {model}: {reason}")]
     Load { model: String, reason: String },
     #[error(transparent)]

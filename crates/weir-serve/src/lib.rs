@@ -99,6 +99,8 @@ pub struct ServeOptions {
     /// Models and endpoints whose inference (and metadata) needs a token
     /// once the store has any (`*`: all); the rest are public.
     pub private: Vec<String>,
+    /// Serve HTTPS with this certificate and key (PEM) instead of HTTP.
+    pub tls: Option<weir_tls::TlsFiles>,
 }
 
 /// A model version loaded and warmed up.
@@ -1081,24 +1083,27 @@ pub async fn serve(
             std::num::NonZeroUsize::new(PREDICTIONS_KEPT).expect("non-zero"),
         )),
     });
-    let listener = tokio::net::TcpListener::bind(&options.addr)
+    let listener = weir_tls::Listener::bind(&options.addr, options.tls.as_ref())
         .await
-        .map_err(|e| ServeError::Bind {
-            addr: options.addr.clone(),
-            reason: e.to_string(),
+        .map_err(|e| match e {
+            weir_tls::TlsError::Bind { source, .. } => ServeError::Bind {
+                addr: options.addr.clone(),
+                reason: source.to_string(),
+            },
+            e => ServeError::Tls(e.to_string()),
         })?;
-    let local = listener.local_addr().map_err(|e| ServeError::Bind {
+    let url = listener.url().map_err(|e| ServeError::Bind {
         addr: options.addr.clone(),
         reason: e.to_string(),
     })?;
-    eprintln!("listening on http://{local}");
+    eprintln!("listening on {url}");
 
     let app = routes::router(state.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(weir_core::signals::terminated())
-            .await
-    });
+    let server = tokio::spawn(weir_tls::serve(
+        listener,
+        app,
+        weir_core::signals::terminated(),
+    ));
 
     // A version that cannot load is reported and the server serves the
     // rest (as KServe does); only when nothing loads is there nothing to run.

@@ -36,6 +36,8 @@ pub struct Inner {
     pub scratch: PathBuf,
     pub metrics: telemetry::ServerMetrics,
     pub auth: auth::Auth,
+    /// Changes this server holds for a second person (`[approvals]`).
+    pub approvals: weir_core::config::Approvals,
 }
 
 impl std::ops::Deref for App {
@@ -53,7 +55,17 @@ impl App {
             scratch,
             metrics: telemetry::ServerMetrics::new(),
             auth: auth::Auth::default(),
+            approvals: Default::default(),
         }))
+    }
+
+    /// Holds changes to these aliases for approval, as `weir models alias`
+    /// does, so the MLflow API is no way around a second person.
+    pub fn with_approvals(mut self, approvals: weir_core::config::Approvals) -> App {
+        Arc::get_mut(&mut self.0)
+            .expect("set up before the app is shared")
+            .approvals = approvals;
+        self
     }
 }
 
@@ -232,8 +244,10 @@ async fn audited(
         None => {
             let from = req
                 .extensions()
-                .get::<ConnectInfo<std::net::SocketAddr>>()
-                .map_or("an unknown address".to_string(), |c| c.0.ip().to_string());
+                .get::<ConnectInfo<weir_tls::Peer>>()
+                .map_or("an unknown address".to_string(), |c| {
+                    c.0 .0.ip().to_string()
+                });
             format!("anonymous@{from} (weir server)")
         }
     };
@@ -289,19 +303,14 @@ fn cross_site(headers: &axum::http::HeaderMap) -> Option<String> {
 
 /// Serves until Ctrl-C or SIGTERM, then lets in-flight requests finish.
 /// Serves on a bound listener (bound by the caller, who may want its
-/// address first: `weir server --open`).
-pub async fn serve(app: App, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "tracking server listening");
+/// address first: `weir server --open`), plain or TLS.
+pub async fn serve(app: App, listener: weir_tls::Listener) -> std::io::Result<()> {
+    let url = listener.url()?;
+    tracing::info!(%url, "tracking server listening");
     eprintln!(
-        "weir server: MLflow tracking API on http://{0} (MLFLOW_TRACKING_URI), dashboard at http://{0}/",
-        listener.local_addr()?
+        "weir server: MLflow tracking API on {url} (MLFLOW_TRACKING_URI), dashboard at {url}/"
     );
-    axum::serve(
-        listener,
-        router(app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(weir_core::signals::terminated())
-    .await
+    weir_tls::serve(listener, router(app), weir_core::signals::terminated()).await
 }
 
 #[cfg(test)]

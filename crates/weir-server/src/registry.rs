@@ -200,10 +200,43 @@ fn check_alias(alias: &str) -> ApiResult<()> {
 pub async fn set_alias(State(app): State<App>, p: Params) -> Reply {
     let alias = p.str("alias")?;
     check_alias(&alias)?;
-    app.store
-        .set_model_alias(&name_of(&p)?, &alias, version_of(&p)?)
-        .await?;
+    let (name, version) = (name_of(&p)?, version_of(&p)?);
+    if app.approvals.aliases.contains(&alias) {
+        return hold_alias(&app, &name, &alias, version).await;
+    }
+    app.store.set_model_alias(&name, &alias, version).await?;
     Ok(Json(json!({})))
+}
+
+/// A protected alias is not moved: the request is recorded for someone
+/// else to approve, and the client gets an error that says so (a success
+/// would let a script believe the alias moved).
+async fn hold_alias(app: &App, name: &str, alias: &str, version: i64) -> Reply {
+    match app.store.version_by_alias(name, alias).await {
+        Ok(current) if current.version.version == version => return Ok(Json(json!({}))),
+        Ok(_) => {}
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e.into()),
+    }
+    // Refused now if it could never be applied (a version its gates rejected).
+    weir_store::registry::refuse_rejected(
+        &app.store.version_detail(name, version).await?,
+        &format!("become {alias}"),
+    )?;
+    let payload = json!({ "name": name, "alias": alias, "version": version });
+    let a = app
+        .store
+        .request_approval(
+            "alias.set",
+            &format!("{name}@{alias}"),
+            &payload,
+            &weir_store::audit::actor(),
+        )
+        .await?;
+    Err(ApiError::PermissionDenied(format!(
+        "alias '{alias}' is protected ([approvals] in weir.toml): setting {name}@{alias} to version {version} is held as approval {} until someone else runs `weir approvals approve {}`",
+        a.id, a.id
+    )))
 }
 
 pub async fn delete_alias(State(app): State<App>, p: Params) -> Reply {

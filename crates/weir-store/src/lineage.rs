@@ -119,9 +119,13 @@ struct StepRow {
     inputs_json: String,
     sources_json: String,
     cached_from: Option<String>,
+    /// What its cache key was made of: a command's interpreter and the
+    /// lockfiles' digests among them.
+    cache_components: Option<String>,
 }
 
-const STEP_ROW: &str = "id, run_id, step, kind, status, inputs_json, sources_json, cached_from";
+const STEP_ROW: &str =
+    "id, run_id, step, kind, status, inputs_json, sources_json, cached_from, cache_components";
 
 fn step_row(r: &sqlx::any::AnyRow) -> Result<StepRow> {
     Ok(StepRow {
@@ -133,6 +137,7 @@ fn step_row(r: &sqlx::any::AnyRow) -> Result<StepRow> {
         inputs_json: r.try_get("inputs_json")?,
         sources_json: r.try_get("sources_json")?,
         cached_from: r.try_get("cached_from")?,
+        cache_components: r.try_get("cache_components")?,
     })
 }
 
@@ -233,6 +238,33 @@ impl<'a> Walk<'a> {
             );
             self.edge(&file, &id, "read");
         }
+        // A command's environment: the interpreter it resolved to and the
+        // project's lockfiles, as its cache key recorded them.
+        let components: BTreeMap<String, String> = s
+            .cache_components
+            .as_deref()
+            .and_then(|c| serde_json::from_str(c).ok())
+            .unwrap_or_default();
+        if let Some(program) = components.get("interpreter") {
+            let node = self.add(
+                format!("interpreter:{program}"),
+                "interpreter",
+                program.clone(),
+                json!({ "path": program }),
+            );
+            self.edge(&node, &id, "ran with");
+        }
+        for (key, digest) in &components {
+            if let Some(name) = key.strip_prefix("lockfile ") {
+                let node = self.add(
+                    format!("lockfile:{name}@{digest}"),
+                    "lockfile",
+                    name.to_string(),
+                    json!({ "path": name, "digest": digest }),
+                );
+                self.edge(&node, &id, "pinned by");
+            }
+        }
         Ok(id)
     }
 
@@ -282,7 +314,7 @@ impl<'a> Walk<'a> {
     ) -> Result<Vec<(StepRow, String)>> {
         let rows = sqlx::query(
             "SELECT s.id, s.run_id, s.step, s.kind, s.status, s.inputs_json, s.sources_json, \
-             s.cached_from, o.name AS output FROM step_runs s \
+             s.cached_from, s.cache_components, o.name AS output FROM step_runs s \
              JOIN step_outputs o ON o.step_run_id = s.id WHERE o.digest = $1 ORDER BY s.started_at",
         )
         .bind(digest)

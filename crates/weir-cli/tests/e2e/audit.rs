@@ -249,3 +249,63 @@ fn protected_changes_wait_for_someone_else_to_approve() {
     );
     sb.ok(&["audit", "--verify"]);
 }
+
+#[test]
+fn the_mlflow_api_is_no_way_around_an_approval() {
+    let sb = Sandbox::new();
+    sb.write("weir.toml", "[approvals]\naliases = [\"champion\"]\n");
+    rows(&sb, "a.csv", 0);
+    sb.write("m.yaml", PIPELINE);
+    sb.ok(&["run", "m.yaml"]);
+    let server = sb.tracking_server();
+    let alias = format!("{}/api/2.0/mlflow/registered-models/alias", server.base);
+    let set = |name: &str, version: &str| {
+        let r = server
+            .client
+            .post(&alias)
+            .json(&json!({"name": "m", "alias": name, "version": version}))
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().unwrap())
+    };
+    let champion = || {
+        let r = server
+            .client
+            .get(format!("{alias}?name=m&alias=champion"))
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().unwrap())
+    };
+
+    let (status, body) = set("champion", "1");
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error_code"], "PERMISSION_DENIED");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("held as approval"), "{message}");
+    assert_eq!(champion().0, 404, "the alias moved before approval");
+    let pending = sb.json(&["approvals", "list"]);
+    assert_eq!(pending[0]["target"], "m@champion");
+    let requester = pending[0]["requested_by"].as_str().unwrap();
+    assert!(requester.starts_with("anonymous@127.0.0.1"), "{requester}");
+    let id = pending[0]["id"].as_str().unwrap().to_string();
+    assert!(message.contains(&id), "{message}");
+
+    let (ok, out, err) = as_user(&sb, "bob", &["approvals", "approve", &id]);
+    assert!(
+        ok && out.contains("applied: m@champion -> version 1"),
+        "{out}{err}"
+    );
+    let (status, body) = champion();
+    assert_eq!(
+        (status, &body["model_version"]["version"]),
+        (200, &json!("1"))
+    );
+    // Asking for what already holds is no change; other aliases are free.
+    assert_eq!(set("champion", "1").0, 200);
+    assert_eq!(set("candidate", "1").0, 200);
+    assert!(sb
+        .json(&["approvals", "list"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+}

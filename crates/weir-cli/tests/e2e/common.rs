@@ -105,21 +105,32 @@ impl Sandbox {
     /// `weir server` over the sandbox's stores on a free loopback port,
     /// answering /health; stopped when dropped.
     pub fn tracking_server(&self) -> TrackingServer {
+        self.tracking_server_over(None)
+    }
+
+    /// `tracking_server`, over HTTPS with the certificates `certs` made
+    /// (`scripts/test-certs.sh`) when given; its client trusts their CA.
+    pub fn tracking_server_over(&self, certs: Option<&Path>) -> TrackingServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut args = vec!["server", "--addr", &addr];
+        let tls = certs.map(tls_args);
+        args.extend(tls.iter().flatten().map(String::as_str));
         let child = self
-            .command(&["server", "--addr", &format!("127.0.0.1:{port}")])
+            .command(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        let scheme = if certs.is_some() { "https" } else { "http" };
         let server = TrackingServer {
             child,
-            base: format!("http://127.0.0.1:{port}"),
-            client: reqwest::blocking::Client::builder()
+            base: format!("{scheme}://127.0.0.1:{port}"),
+            client: client(certs)
                 .timeout(std::time::Duration::from_secs(30))
                 .build()
                 .unwrap(),
@@ -141,9 +152,16 @@ impl Sandbox {
     }
 
     pub fn serve(&self, models: &[&str]) -> Server {
+        self.serve_over(models, None)
+    }
+
+    /// `serve`, over HTTPS as `tracking_server_over` is.
+    pub fn serve_over(&self, models: &[&str], certs: Option<&Path>) -> Server {
         let mut args = vec!["serve"];
         args.extend_from_slice(models);
         args.extend_from_slice(&["--addr", "127.0.0.1:0"]);
+        let tls = certs.map(tls_args);
+        args.extend(tls.iter().flatten().map(String::as_str));
         let mut child = self
             .command(&args)
             .stdout(Stdio::null())
@@ -161,10 +179,39 @@ impl Sandbox {
         let server = Server {
             child,
             url,
-            client: reqwest::blocking::Client::new(),
+            client: client(certs).build().unwrap(),
         };
         server.wait_ready();
         server
+    }
+}
+
+/// A throwaway CA and a certificate for 127.0.0.1 it signed, in `dir`:
+/// `ca.pem`, `cert.pem`, `key.pem`.
+pub fn make_certs(dir: &Path) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/test-certs.sh");
+    assert!(Command::new(script).arg(dir).status().unwrap().success());
+}
+
+fn tls_args(certs: &Path) -> Vec<String> {
+    let file = |name: &str| certs.join(name).display().to_string();
+    vec![
+        "--tls-cert".into(),
+        file("cert.pem"),
+        "--tls-key".into(),
+        file("key.pem"),
+    ]
+}
+
+/// A client that trusts the test CA in `certs`, if given.
+pub fn client(certs: Option<&Path>) -> reqwest::blocking::ClientBuilder {
+    let builder = reqwest::blocking::Client::builder();
+    match certs {
+        None => builder,
+        Some(dir) => {
+            let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+            builder.add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        }
     }
 }
 

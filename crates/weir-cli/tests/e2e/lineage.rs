@@ -280,3 +280,58 @@ fn gates_reject_a_worse_version_against_the_champion_on_the_same_rows() {
     let err = sb.fails(&["run", "typo.yaml"]);
     assert!(err.contains("with.gates"), "{err}");
 }
+
+#[test]
+fn a_commands_interpreter_and_lockfiles_are_its_environment() {
+    let sb = Sandbox::new();
+    sb.write("uv.lock", "version = 1\n");
+    sb.write(
+        "p.yaml",
+        "version: 1\nname: p\nsteps:\n  hello:\n    run: python3 -c \"print('hi')\"\n  plain:\n    uses: weir/ingest\n    with: { path: a.csv }\n",
+    );
+    rows(&sb, "a.csv", 0);
+    sb.ok(&["run", "p.yaml"]);
+    let run_id = sb.json(&["runs", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let graph = sb.json(&["lineage", &run_id, "--upstream"]);
+    let hello = graph["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["kind"] == "step" && n["label"] == "hello")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let interpreters = ids(&graph, "interpreter");
+    assert_eq!(interpreters.len(), 1, "{graph:#}");
+    // Resolved through PATH and symlinks: the python that actually ran.
+    let path = interpreters[0].strip_prefix("interpreter:").unwrap();
+    assert!(path.starts_with('/') && path.contains("python"), "{path}");
+    assert!(has_edge(&graph, &interpreters[0], &hello, "ran with"));
+    let lockfiles = ids(&graph, "lockfile");
+    assert_eq!(
+        lockfiles.len(),
+        1,
+        "only the command has an environment: {graph:#}"
+    );
+    let digest = weir_core::Digest::of_bytes(b"version = 1\n").hex();
+    assert_eq!(lockfiles[0], format!("lockfile:uv.lock@{digest}"));
+    assert!(has_edge(&graph, &lockfiles[0], &hello, "pinned by"));
+    let text = sb.ok(&["lineage", &run_id]);
+    assert!(text.contains("pinned by lockfile uv.lock @"), "{text}");
+
+    // A changed lockfile is a changed environment: the command runs again.
+    sb.write("uv.lock", "version = 2\n");
+    sb.ok(&["run", "p.yaml"]);
+    let id = sb.json(&["runs", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let show = sb.json(&["runs", "show", &id]);
+    let step = crate::common::step(&show, "hello");
+    assert_eq!(step["cache_miss"], "lockfile uv.lock changed", "{step:#}");
+    assert!(crate::common::step(&show, "plain")["cached_from"].is_string());
+}

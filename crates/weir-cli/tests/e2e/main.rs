@@ -22,6 +22,8 @@ mod retries;
 mod rollouts;
 mod schedules;
 mod scheduling;
+mod secrets;
 mod team_backends;
+mod tls;
 mod tokens;
 mod training;

@@ -13,6 +13,7 @@ Needs torch (CPU is enough): pip install torch
 """
 import json
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -73,4 +74,11 @@ if rank == 0:
     with open(os.path.join(outputs, "weights"), "w") as f:
         json.dump({"world": world, "weight": model.weight.flatten().tolist(), "bias": model.bias.item()}, f)
 if distributed:
+    # Every rank leaves together: rank 0 hosts the rendezvous store, and a
+    # rank whose peers vanish mid-teardown can abort in gloo's threads
+    # ("terminate called without an active exception") after its work is done.
+    dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    # Skips C++ static destructors racing those threads at interpreter exit.
+    os._exit(0)

@@ -563,6 +563,144 @@ impl ArtifactStore {
         Ok(())
     }
 
+    /// Reads a whole blob, hashing it as it streams, and returns its size:
+    /// [`ArtifactError::Missing`] or [`ArtifactError::Corrupt`] otherwise.
+    pub async fn verify(&self, digest: &Digest) -> Result<u64> {
+        let mut stream = self.get_stream(digest).await?;
+        let mut size = 0;
+        while let Some(chunk) = stream.next().await {
+            size += chunk?.len() as u64;
+        }
+        Ok(size)
+    }
+
+    /// The files a directory artifact's manifest lists: (path, digest).
+    pub async fn children(&self, digest: &Digest) -> Result<Vec<(String, Digest)>> {
+        Ok(self
+            .manifest(digest)
+            .await?
+            .files
+            .into_iter()
+            .map(|f| (f.path, f.digest))
+            .collect())
+    }
+
+    /// Whether a blob's bytes are a directory manifest (for a digest
+    /// recorded without its kind).
+    pub fn is_manifest(bytes: &[u8]) -> bool {
+        serde_json::from_slice::<Manifest>(bytes).is_ok_and(|m| m.weir_manifest >= 1)
+    }
+
+    /// Moves a blob out of `blobs/` into `quarantine/` (same name), so
+    /// nothing reads it any more and a run that needs it makes it again,
+    /// while its bytes stay for a person to look at.
+    pub async fn quarantine(&self, digest: &Digest) -> Result<()> {
+        let hex = digest.hex();
+        let to = match self.root.as_ref().is_empty() {
+            true => ObjectPath::from(format!("quarantine/{hex}")),
+            false => ObjectPath::from(format!("{}/quarantine/{hex}", self.root)),
+        };
+        self.backend
+            .copy(&self.key(digest), &to)
+            .await
+            .map_err(self.backend_err())?;
+        self.delete(digest).await
+    }
+
+    /// Every blob with its size and when it was written (milliseconds).
+    pub async fn list_blobs(&self) -> Result<Vec<(Digest, u64, i64)>> {
+        let prefix = if self.root.as_ref().is_empty() {
+            ObjectPath::from("blobs")
+        } else {
+            ObjectPath::from(format!("{}/blobs", self.root))
+        };
+        let metas: Vec<_> = self
+            .backend
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(self.backend_err())?;
+        Ok(metas
+            .iter()
+            .filter_map(|m| {
+                let digest = m.location.filename()?.parse().ok()?;
+                Some((digest, m.size, m.last_modified.timestamp_millis()))
+            })
+            .collect())
+    }
+
+    fn named_key(&self, name: &str) -> ObjectPath {
+        match self.root.as_ref().is_empty() {
+            true => ObjectPath::from(name),
+            false => ObjectPath::from(format!("{}/{name}", self.root)),
+        }
+    }
+
+    /// Stores a named object beside the blobs (a backup's metadata and
+    /// manifest): not content-addressed, so a name is written once by
+    /// whoever picks it.
+    pub async fn put_named(&self, name: &str, bytes: Bytes) -> Result<()> {
+        let n = bytes.len() as u64;
+        let key = self.named_key(name);
+        self.backend
+            .put(&key, PutPayload::from_bytes(bytes))
+            .await
+            .map_err(self.backend_err())?;
+        self.traffic.wrote(n);
+        self.sync_local(&key).await
+    }
+
+    pub async fn get_named(&self, name: &str) -> Result<Bytes> {
+        match self.backend.get(&self.named_key(name)).await {
+            Ok(result) => {
+                let bytes = result.bytes().await.map_err(self.backend_err())?;
+                self.traffic.read(bytes.len() as u64);
+                Ok(bytes)
+            }
+            Err(object_store::Error::NotFound { .. }) => Err(ArtifactError::Missing {
+                digest: name.to_string(),
+                location: self.location.clone(),
+            }),
+            Err(e) => Err(self.backend_err()(e)),
+        }
+    }
+
+    /// Names of the objects under `prefix/` (relative to the store's root).
+    pub async fn list_named(&self, prefix: &str) -> Result<Vec<String>> {
+        let metas: Vec<_> = self
+            .backend
+            .list(Some(&self.named_key(prefix)))
+            .try_collect()
+            .await
+            .map_err(self.backend_err())?;
+        let root = self.root.as_ref();
+        Ok(metas
+            .iter()
+            .map(|m| {
+                let full = m.location.as_ref();
+                match root.is_empty() {
+                    true => full.to_string(),
+                    false => full
+                        .strip_prefix(root)
+                        .unwrap_or(full)
+                        .trim_start_matches('/')
+                        .to_string(),
+                }
+            })
+            .collect())
+    }
+
+    /// Copies a blob from `other`, verified on the way; false when this
+    /// store had it already (what makes backups incremental).
+    pub async fn copy_from(&self, other: &ArtifactStore, digest: &Digest) -> Result<bool> {
+        if self.contains(digest).await? {
+            return Ok(false);
+        }
+        let bytes = other.get(digest).await?;
+        self.put_bytes(bytes).await?;
+        Ok(true)
+    }
+
     /// Lists every blob digest (for tests and garbage collection).
     pub async fn list(&self) -> Result<Vec<Digest>> {
         let prefix = if self.root.as_ref().is_empty() {

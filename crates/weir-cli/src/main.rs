@@ -360,6 +360,39 @@ enum Command {
         #[command(flatten)]
         tls: TlsArgs,
     },
+    /// Check the stores against the metadata: every blob it names is read whole and
+    /// hashed, every running run has a live runner, every endpoint's versions exist.
+    /// Exits 1 while a problem remains.
+    Fsck {
+        /// Quarantine corrupt blobs (a run that needs one makes it again) and record
+        /// orphaned runs as failed (so `weir resume` continues them)
+        #[arg(long)]
+        repair: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Back up the metadata store (a consistent snapshot) and every blob it names to a
+    /// directory or s3://bucket/prefix; blobs already there are not copied again
+    Backup {
+        /// A directory or s3://bucket/prefix
+        dest: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup onto an empty store (WEIR_DB must not exist yet or hold no
+    /// tables); artifacts are copied into WEIR_ARTIFACTS, every one verified
+    Restore {
+        /// Where `weir backup` wrote
+        src: String,
+        /// The backup to restore (an id or its prefix); default: the latest
+        #[arg(long, value_name = "ID")]
+        snapshot: Option<String>,
+        /// List the backups there instead
+        #[arg(long)]
+        list: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the effective configuration and where each value comes from
     Config {
         #[arg(long)]
@@ -1659,6 +1692,57 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             weir_server::serve(app, listener)
                 .await
                 .with_context(|| format!("cannot serve on {addr}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fsck { repair, json } => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            let bar = weir_engine::progress::counter("verifying blobs", json);
+            let report = weir_engine::fsck::check(&ctx, repair, |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .await?;
+            bar.finish_and_clear();
+            output::fsck(&report, json);
+            let clean = report.problems.iter().all(|p| p.repaired.is_some());
+            Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Backup { dest, json } => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            let bar = weir_engine::progress::counter("copying blobs", json);
+            let report = weir_engine::backup::backup(&ctx, &dest, |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .await?;
+            bar.finish_and_clear();
+            output::backup(&report, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore {
+            src,
+            snapshot,
+            list,
+            json,
+        } => {
+            let config = config(&cli.global, &[])?;
+            if list {
+                output::backups(&weir_engine::backup::list(&src).await?, json);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let bar = weir_engine::progress::counter("copying blobs", json);
+            let report =
+                weir_engine::backup::restore(&config, &src, snapshot.as_deref(), |done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                })
+                .await?;
+            bar.finish_and_clear();
+            output::restored(&report, json);
             Ok(ExitCode::SUCCESS)
         }
         Command::Config { json } => {

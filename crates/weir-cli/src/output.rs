@@ -1746,3 +1746,117 @@ pub fn tokens(list: &[weir_store::tokens::Token], json: bool) {
         &rows,
     );
 }
+
+/// Bytes for people: 1.2 MB.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{n} B"),
+        _ => format!("{value:.1} {}", UNITS[unit]),
+    }
+}
+
+pub fn fsck(report: &weir_engine::fsck::Report, json: bool) {
+    if json {
+        print_json(report);
+        return;
+    }
+    println!(
+        "verified {} blobs ({}) named by {} references; {} running runs, {} endpoints",
+        report.blobs_verified,
+        bytes(report.bytes_verified),
+        report.references,
+        report.runs_checked,
+        report.endpoints_checked
+    );
+    if report.problems.is_empty() {
+        println!("no problems");
+        return;
+    }
+    println!("{} problems:", report.problems.len());
+    for p in &report.problems {
+        println!("  {:<12} {}: {}", p.kind, p.subject, p.detail);
+        const SHOWN: usize = 5;
+        for by in p.referenced_by.iter().take(SHOWN) {
+            println!("               named by {by}");
+        }
+        if p.referenced_by.len() > SHOWN {
+            println!("               and {} more", p.referenced_by.len() - SHOWN);
+        }
+        match &p.repaired {
+            Some(what) => println!("               repaired: {what}"),
+            None if p.kind == "missing" => println!(
+                "               hint: restore it from a backup (weir restore), or run the pipeline again if a step makes it"
+            ),
+            None if p.kind == "corrupt" || p.kind == "orphaned-run" => {
+                println!("               hint: weir fsck --repair")
+            }
+            None => {}
+        }
+    }
+}
+
+pub fn backup(r: &weir_engine::backup::BackupReport, json: bool) {
+    if json {
+        print_json(r);
+        return;
+    }
+    println!(
+        "backup {} in {}: metadata {}, {} blobs ({} new, {}) in {:.1}s",
+        r.id,
+        r.location,
+        bytes(r.metadata_bytes),
+        r.blobs,
+        r.blobs_copied,
+        bytes(r.bytes_copied),
+        r.seconds
+    );
+    if !r.missing.is_empty() {
+        eprintln!(
+            "warning: {} blobs the store names were missing and are not in the backup (see `weir fsck`)",
+            r.missing.len()
+        );
+    }
+}
+
+pub fn backups(list: &[weir_engine::backup::Manifest], json: bool) {
+    if json {
+        print_json(&list);
+        return;
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.clone(),
+                time(m.created_at),
+                m.weir_version.clone(),
+                bytes(m.metadata_bytes),
+                m.blobs.len().to_string(),
+            ]
+        })
+        .collect();
+    table(&["ID", "TAKEN", "WEIR", "METADATA", "BLOBS"], &rows);
+}
+
+pub fn restored(r: &weir_engine::backup::RestoreReport, json: bool) {
+    if json {
+        print_json(r);
+        return;
+    }
+    println!(
+        "restored backup {} (taken {}): {} blobs ({} copied, {}) in {:.1}s",
+        r.id,
+        time(r.created_at),
+        r.blobs,
+        r.blobs_copied,
+        bytes(r.bytes_copied),
+        r.seconds
+    );
+}

@@ -9,10 +9,12 @@
 //! runtime its task on stdin and hears on stdout when the outcome is recorded.
 
 pub mod accounting;
+pub mod backup;
 mod cache;
 mod datasets;
 mod error;
 pub mod exec;
+pub mod fsck;
 pub mod group;
 mod lineage;
 pub mod liveness;

@@ -165,3 +165,16 @@ impl Progress for Display {
         self.finish(step, symbol(status), line);
     }
 }
+
+/// A counter for long maintenance work (`weir fsck`, `weir gc`, `weir
+/// backup`): on a terminal, a bar on stderr; otherwise (or `hidden`, for
+/// `--json`) nothing, since its end state is printed anyway.
+pub fn counter(what: &str, hidden: bool) -> ProgressBar {
+    if hidden || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    ProgressBar::new(0).with_style(
+        ProgressStyle::with_template(&format!("{what} {{bar:30}} {{pos}}/{{len}} {{eta}}"))
+            .expect("valid template"),
+    )
+}

@@ -18,6 +18,7 @@ mod pipelines;
 mod preemption;
 mod ray;
 mod recovery;
+mod resilience;
 mod retries;
 mod rollouts;
 mod schedules;

@@ -607,6 +607,100 @@ impl ArtifactStore {
         self.delete(digest).await
     }
 
+    fn trash_key(&self, digest: &Digest) -> ObjectPath {
+        self.named_key(&format!("trash/{}", digest.hex()))
+    }
+
+    /// Moves a blob to `trash/` (garbage collection's first step): nothing
+    /// finds it there, but [`ArtifactStore::rescue`] brings it back until
+    /// the trash is emptied. Its time there starts now.
+    pub async fn trash(&self, digest: &Digest) -> Result<()> {
+        let to = self.trash_key(digest);
+        match self.backend.rename(&self.key(digest), &to).await {
+            Ok(()) => {}
+            Err(object_store::Error::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(self.backend_err()(e)),
+        }
+        // A local rename keeps the file's time; the trash's clock is the move.
+        if let Some(dir) = &self.local_dir {
+            let path = dir.join(to.as_ref());
+            let _ = std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        }
+        Ok(())
+    }
+
+    /// Moves a blob back from `trash/`; false if it is not there. Whoever
+    /// is about to name a blob again rescues it first (see `weir gc`).
+    pub async fn rescue(&self, digest: &Digest) -> Result<bool> {
+        match self
+            .backend
+            .rename(&self.trash_key(digest), &self.key(digest))
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.backend_err()(e)),
+        }
+    }
+
+    /// [`ArtifactStore::is_complete`], rescuing from the trash what it
+    /// needs: what a cache hit checks before it names old outputs again.
+    pub async fn ensure_complete(&self, digest: &Digest, kind: ArtifactKind) -> Result<bool> {
+        if self.is_complete(digest, kind).await? {
+            return Ok(true);
+        }
+        if !self.contains(digest).await? && !self.rescue(digest).await? {
+            return Ok(false);
+        }
+        if kind == ArtifactKind::Dir {
+            let Ok(manifest) = self.manifest(digest).await else {
+                return Ok(false);
+            };
+            for entry in &manifest.files {
+                if !self.contains(&entry.digest).await? && !self.rescue(&entry.digest).await? {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    pub async fn in_trash(&self, digest: &Digest) -> Result<bool> {
+        match self.backend.head(&self.trash_key(digest)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.backend_err()(e)),
+        }
+    }
+
+    /// What the trash holds: (digest, size, when it was moved there).
+    pub async fn list_trash(&self) -> Result<Vec<(Digest, u64, i64)>> {
+        let metas: Vec<_> = self
+            .backend
+            .list(Some(&self.named_key("trash")))
+            .try_collect()
+            .await
+            .map_err(self.backend_err())?;
+        Ok(metas
+            .iter()
+            .filter_map(|m| {
+                let digest = m.location.filename()?.parse().ok()?;
+                Some((digest, m.size, m.last_modified.timestamp_millis()))
+            })
+            .collect())
+    }
+
+    /// Deletes a blob from the trash for good.
+    pub async fn purge(&self, digest: &Digest) -> Result<()> {
+        match self.backend.delete(&self.trash_key(digest)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.backend_err()(e)),
+        }
+    }
+
     /// Every blob with its size and when it was written (milliseconds).
     pub async fn list_blobs(&self) -> Result<Vec<(Digest, u64, i64)>> {
         let prefix = if self.root.as_ref().is_empty() {

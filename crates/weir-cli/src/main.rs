@@ -371,6 +371,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Delete the artifact blobs nothing names: unnamed blobs older than the grace period
+    /// go to the store's trash, and a later gc deletes what stayed unnamed there for
+    /// the grace period too. Safe while runs write.
+    Gc {
+        /// Say what would be moved and deleted, and change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// How old an unnamed blob must be, and how long it stays in the trash (e.g. 1h, 10m)
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+        #[arg(long)]
+        json: bool,
+    },
     /// Back up the metadata store (a consistent snapshot) and every blob it names to a
     /// directory or s3://bucket/prefix; blobs already there are not copied again
     Backup {
@@ -1710,6 +1723,22 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Gc {
+            dry_run,
+            grace,
+            json,
+        } => {
+            let ctx = Context::open(config(&cli.global, &[])?).await?;
+            let bar = weir_engine::progress::counter("collecting", json);
+            let report = weir_engine::gc::collect(&ctx, grace, dry_run, |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .await?;
+            bar.finish_and_clear();
+            output::gc(&report, json);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Backup { dest, json } => {
             let ctx = Context::open(config(&cli.global, &[])?).await?;

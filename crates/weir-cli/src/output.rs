@@ -1860,3 +1860,48 @@ pub fn restored(r: &weir_engine::backup::RestoreReport, json: bool) {
         r.seconds
     );
 }
+
+pub fn gc(r: &weir_engine::gc::GcReport, json: bool) {
+    if json {
+        print_json(r);
+        return;
+    }
+    let (moved, deleted) = match r.dry_run {
+        true => ("would move", "would delete"),
+        false => ("moved", "deleted"),
+    };
+    if !r.runs_removed.is_empty() {
+        println!(
+            "{} {} runs past [retention]:",
+            if r.dry_run { "would remove" } else { "removed" },
+            r.runs_removed.len()
+        );
+        for run in &r.runs_removed {
+            println!(
+                "  {}  {}  {}",
+                run.run_id,
+                run.pipeline,
+                time(run.started_at)
+            );
+        }
+    }
+    println!(
+        "{} blobs, {} named; {} unnamed but within the grace period",
+        r.blobs, r.referenced, r.young
+    );
+    println!(
+        "{moved} {} unnamed blobs ({}) to the trash; {deleted} {} from the trash, freeing {}",
+        r.trashed,
+        bytes(r.trashed_bytes),
+        r.deleted,
+        bytes(r.bytes_freed)
+    );
+    if r.rescued > 0 {
+        println!("moved {} back: named again while gc ran", r.rescued);
+    }
+    if r.trashed > 0 && !r.dry_run {
+        println!(
+            "the trash is emptied by a `weir gc` once its blobs have waited the grace period there"
+        );
+    }
+}

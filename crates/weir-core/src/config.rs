@@ -63,6 +63,30 @@ struct FileConfig {
     prices: Option<toml::Table>,
     budgets: Option<BudgetsFile>,
     approvals: Option<Approvals>,
+    retention: Option<RetentionFile>,
+}
+
+/// `[retention]`: which pipeline runs `weir gc` keeps. A run goes only when
+/// it is outside both limits (not among its pipeline's `keep_last` newest,
+/// and older than `keep_for`), has finished, and no model version, dataset
+/// version or rollout needs it.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Retention {
+    pub keep_last: Option<u64>,
+    pub keep_for: Option<std::time::Duration>,
+}
+
+impl Retention {
+    pub fn is_set(&self) -> bool {
+        self.keep_last.is_some() || self.keep_for.is_some()
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionFile {
+    keep_last: Option<u64>,
+    keep_for: Option<String>,
 }
 
 /// `[approvals]`: changes that need a second person. A request to set one
@@ -189,6 +213,7 @@ pub struct Config {
     /// calendar month (UTC).
     pub monthly_budgets: BTreeMap<String, f64>,
     pub approvals: Approvals,
+    pub retention: Retention,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -334,12 +359,27 @@ impl Config {
                 .map_err(|e| file_err(format!("[budgets] monthly.{pipeline}: {e}")))?;
             monthly_budgets.insert(pipeline, dollars);
         }
+        let retention = match file.retention {
+            None => Retention::default(),
+            Some(r) => Retention {
+                keep_last: r.keep_last,
+                keep_for: r
+                    .keep_for
+                    .map(|d| {
+                        humantime::parse_duration(&d).map_err(|e| {
+                            file_err(format!("[retention] keep_for = '{d}': {e} (e.g. \"30d\")"))
+                        })
+                    })
+                    .transpose()?,
+            },
+        };
         let config = Config {
             settings,
             prices,
             prices_source,
             monthly_budgets,
             approvals: file.approvals.unwrap_or_default(),
+            retention,
         };
         config.max_parallel()?;
         config.capacity()?;

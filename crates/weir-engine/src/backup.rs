@@ -66,33 +66,6 @@ fn failed(reason: impl Into<String>) -> EngineError {
     EngineError::StepFailed(reason.into())
 }
 
-/// Every blob the store names, directories' files included.
-async fn named_blobs(ctx: &Context) -> Result<(BTreeSet<Digest>, Vec<Digest>), EngineError> {
-    let mut all = BTreeSet::new();
-    let mut missing = Vec::new();
-    let mut dirs = Vec::new();
-    for r in ctx.store.artifact_references().await? {
-        let Ok(digest) = r.digest.parse::<Digest>() else {
-            continue;
-        };
-        if all.insert(digest) && r.kind.as_deref() == Some("dir") {
-            dirs.push(digest);
-        }
-    }
-    while let Some(dir) = dirs.pop() {
-        match ctx.artifacts.children(&dir).await {
-            Ok(children) => {
-                for (_, child) in children {
-                    all.insert(child);
-                }
-            }
-            Err(weir_artifacts::ArtifactError::Missing { .. }) => missing.push(dir),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok((all, missing))
-}
-
 /// Copies `blobs` from `from` to `to`, skipping those `to` has; returns
 /// (copied, bytes copied, missing from `from`).
 async fn copy_blobs(
@@ -133,7 +106,7 @@ pub async fn backup(
     let result = async {
         let file = ctx.store.snapshot(&scratch).await?;
         let bytes = std::fs::read(&file).map_err(EngineError::io("cannot read", &file))?;
-        let (blobs, mut missing) = named_blobs(ctx).await?;
+        let (blobs, mut missing) = crate::gc::referenced(ctx).await?;
         let (copied, bytes_copied, gone) =
             copy_blobs(&ctx.artifacts, &to, &blobs, &mut progress).await?;
         missing.extend(gone);

@@ -117,6 +117,16 @@ pub async fn check(
                         Checked::Failed(_) => unreachable!("returned above"),
                     };
                     let mut repaired = None;
+                    let mut detail = detail;
+                    let digest = hex.parse::<Digest>().ok();
+                    if let (Some(digest), "missing") = (&digest, kind) {
+                        if ctx.artifacts.in_trash(digest).await? {
+                            detail = "weir gc moved it to the trash while nothing named it".into();
+                            if repair && ctx.artifacts.rescue(digest).await? {
+                                repaired = Some("moved back from the trash".into());
+                            }
+                        }
+                    }
                     if repair && kind == "corrupt" {
                         let digest: Digest = hex.parse().expect("parsed to be read");
                         ctx.artifacts.quarantine(&digest).await?;

@@ -15,6 +15,7 @@ mod datasets;
 mod error;
 pub mod exec;
 pub mod fsck;
+pub mod gc;
 pub mod group;
 mod lineage;
 pub mod liveness;

@@ -1197,7 +1197,9 @@ async fn produced(
         .collect())
 }
 
-/// A cache entry is usable only if every output is still in the artifact store.
+/// A cache entry is usable only if every output is still in the artifact
+/// store; one `weir gc` has moved to its trash comes back (gc never empties
+/// the trash of what is named again, and this names it again at once).
 async fn outputs_present(
     ctx: &Context,
     hit: &weir_store::StepRunRecord,
@@ -1205,7 +1207,7 @@ async fn outputs_present(
     for (_, artifact) in ctx.store.step_outputs(&hit.id).await? {
         if !ctx
             .artifacts
-            .is_complete(&artifact.digest, artifact.kind)
+            .ensure_complete(&artifact.digest, artifact.kind)
             .await?
         {
             return Ok(false);

@@ -25,6 +25,7 @@ mod models;
 mod monitoring;
 pub mod references;
 pub mod registry;
+pub mod retention;
 pub mod run_json;
 mod runs;
 mod schedules;

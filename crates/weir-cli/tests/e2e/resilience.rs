@@ -271,3 +271,247 @@ fn a_backup_restores_onto_an_empty_postgres_database_and_serves_the_same() {
         sb.env.push(("WEIR_DB".into(), second.url()));
     });
 }
+
+/// A blob nothing names, as a failed upload or a removed record leaves.
+fn orphan(sb: &Sandbox, text: &str, age: Duration) -> std::path::PathBuf {
+    let digest = weir_core::Digest::of_bytes(text.as_bytes()).hex();
+    let path = sb.blob(&digest);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, text).unwrap();
+    age_file(&path, age);
+    path
+}
+
+fn age_file(path: &std::path::Path, age: Duration) {
+    let file = std::fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(std::time::SystemTime::now() - age)
+        .unwrap();
+}
+
+#[test]
+fn gc_trashes_what_nothing_names_then_deletes_it_and_a_cache_hit_takes_back_what_it_needs() {
+    let sb = Sandbox::new();
+    rows(&sb, "a.csv", 0);
+    sb.write("m.yaml", PIPELINE);
+    sb.ok(&["run", "m.yaml"]);
+    let old = orphan(&sb, "left by a failed upload", Duration::from_secs(7200));
+    let young = orphan(&sb, "being written right now", Duration::ZERO);
+    let digest = old.file_name().unwrap().to_str().unwrap().to_string();
+
+    let dry = sb.json(&["gc", "--dry-run"]);
+    assert_eq!(
+        (dry["trashed"].as_u64(), dry["young"].as_u64()),
+        (Some(1), Some(1)),
+        "{dry:#}"
+    );
+    assert!(old.exists(), "--dry-run changes nothing");
+
+    let first = sb.json(&["gc"]);
+    assert_eq!(first["trashed"], 1, "{first:#}");
+    assert_eq!(first["trashed_bytes"], 23);
+    assert_eq!(first["deleted"], 0, "nothing has waited in the trash yet");
+    let trashed = sb.path().join(".weir/artifacts/trash").join(&digest);
+    assert!(!old.exists() && trashed.exists() && young.exists());
+    // Still within its time in the trash.
+    assert_eq!(sb.json(&["gc"])["deleted"], 0);
+    age_file(&trashed, Duration::from_secs(7200));
+    let later = sb.json(&["gc"]);
+    assert_eq!(
+        (later["deleted"].as_u64(), later["bytes_freed"].as_u64()),
+        (Some(1), Some(23)),
+        "{later:#}"
+    );
+    assert!(!trashed.exists());
+    assert_eq!(fsck(&sb, &[]).0, Some(0));
+
+    // A gc that moved a cached output to the trash a moment before a run
+    // hit the cache: the hit takes it back and the run does not run the
+    // step again.
+    let run = sb.json(&["runs", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let show = sb.json(&["runs", "show", &run]);
+    let table = crate::common::step(&show, "ingest")["outputs"]["table"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let in_trash = sb.path().join(".weir/artifacts/trash").join(&table);
+    std::fs::create_dir_all(in_trash.parent().unwrap()).unwrap();
+    std::fs::rename(sb.blob(&table), &in_trash).unwrap();
+    let (code, report) = fsck(&sb, &[]);
+    assert_eq!(code, Some(1));
+    assert!(
+        report["problems"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("trash"),
+        "{report:#}"
+    );
+    sb.ok(&["run", "m.yaml"]);
+    let again = sb.json(&["runs", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let show = sb.json(&["runs", "show", &again]);
+    assert!(
+        crate::common::step(&show, "ingest")["cached_from"].is_string(),
+        "{show:#}"
+    );
+    assert!(sb.blob(&table).exists() && !in_trash.exists());
+    assert_eq!(fsck(&sb, &[]).0, Some(0));
+}
+
+#[test]
+fn gc_running_beside_runs_never_takes_a_blob_they_name() {
+    let sb = Sandbox::new();
+    sb.write("m.yaml", PIPELINE);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let collector = {
+        let (stop, dir) = (stop.clone(), sb.path().to_path_buf());
+        std::thread::spawn(move || {
+            let mut rounds = 0;
+            let mut trashed = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = std::process::Command::new(crate::common::WEIR)
+                    .args(["gc", "--grace", "1s", "--json"])
+                    .current_dir(&dir)
+                    .env_remove("WEIR_HOME")
+                    .env_remove("WEIR_DB")
+                    .env_remove("WEIR_ARTIFACTS")
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+                trashed += report["trashed"].as_u64().unwrap();
+                rounds += 1;
+            }
+            (rounds, trashed)
+        })
+    };
+    // Every run makes new blobs; between runs, garbage appears.
+    for i in 0..6u64 {
+        rows(&sb, "a.csv", i);
+        sb.ok(&["run", "m.yaml"]);
+        orphan(&sb, &format!("garbage {i}"), Duration::from_secs(60));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (rounds, trashed) = collector.join().unwrap();
+    assert!(
+        rounds >= 2 && trashed >= 1,
+        "gc ran {rounds} times, trashed {trashed}"
+    );
+    let (code, report) = fsck(&sb, &[]);
+    assert_eq!(code, Some(0), "every blob a run named is whole: {report:#}");
+}
+
+fn retention_keeps_what_the_policy_and_the_registry_need(sb: Sandbox) {
+    sb.write("weir.toml", "[retention]\nkeep_last = 2\n");
+    sb.write(
+        "p.yaml",
+        "version: 1\nname: p\nparams: { data: a.csv }\nsteps:\n  ingest:\n    uses: weir/ingest\n    with: { path: \"${{ params.data }}\" }\n  train:\n    uses: weir/train-linear\n    inputs: { train: ingest.table }\n    with: { target: y, features: [x1, x2] }\n",
+    );
+    for i in 0..4u64 {
+        rows(&sb, &format!("d{i}.csv"), i * 5);
+        sb.ok(&["run", "p.yaml", "-p", &format!("data=d{i}.csv")]);
+    }
+    rows(&sb, "a.csv", 30);
+    sb.write("m.yaml", PIPELINE);
+    sb.ok(&["run", "m.yaml"]);
+    // m's only run registered a version; p keeps its two newest.
+    let runs = sb.json(&["runs", "list"]);
+    let ids: Vec<String> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 5);
+    let (oldest, second) = (&ids[4], &ids[3]);
+    let show = sb.json(&["runs", "show", oldest]);
+    let step_id = crate::common::step(&show, "train")["step_run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let dry = sb.json(&["gc", "--dry-run", "--grace", "0s"]);
+    let removed: Vec<&str> = dry["runs_removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(removed, [second.as_str(), oldest.as_str()], "{dry:#}");
+    assert_eq!(sb.json(&["runs", "list"]).as_array().unwrap().len(), 5);
+
+    let report = sb.json(&["gc", "--grace", "0s"]);
+    assert_eq!(report["runs_removed"].as_array().unwrap().len(), 2);
+    assert!(
+        report["trashed"].as_u64().unwrap() >= 2,
+        "their outputs and logs: {report:#}"
+    );
+    let left = sb.json(&["runs", "list"]);
+    assert_eq!(left.as_array().unwrap().len(), 3);
+    assert!(sb
+        .fails(&["runs", "show", oldest])
+        .contains("does not exist"));
+    // Gone from the MLflow view too: the run and its steps' child runs.
+    let server = sb.tracking_server();
+    for id in [oldest.as_str(), step_id.as_str()] {
+        let got = server
+            .client
+            .get(format!(
+                "{}/api/2.0/mlflow/runs/get?run_id={id}",
+                server.base
+            ))
+            .send()
+            .unwrap();
+        assert_eq!(got.status(), 404, "{id}");
+    }
+    drop(server);
+    let audit = sb.json(&["audit"]);
+    let purged = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "run.purge")
+        .count();
+    assert_eq!(purged, 2);
+    sb.ok(&["audit", "--verify"]);
+    assert_eq!(fsck(&sb, &[]).0, Some(0));
+    // The oldest data again: its cache entry went with its run.
+    let out = sb.weir(&["run", "p.yaml", "-p", "data=d0.csv"]);
+    assert!(out.status.success());
+    let newest = sb.json(&["runs", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let show = sb.json(&["runs", "show", &newest]);
+    assert!(
+        crate::common::step(&show, "train")["cached_from"].is_null(),
+        "{show:#}"
+    );
+}
+
+#[test]
+fn retention_removes_old_runs_but_not_what_a_model_needs_on_sqlite() {
+    retention_keeps_what_the_policy_and_the_registry_need(Sandbox::new());
+}
+
+#[test]
+fn retention_removes_old_runs_but_not_what_a_model_needs_on_postgres() {
+    let Some(admin) = crate::common::postgres_admin() else {
+        return;
+    };
+    let db = crate::common::PgDatabase::create_named(
+        &admin,
+        &format!("weir_retention_{}", std::process::id()),
+    );
+    let mut sb = Sandbox::new();
+    sb.env.push(("WEIR_DB".into(), db.url()));
+    retention_keeps_what_the_policy_and_the_registry_need(sb);
+}

@@ -105,6 +105,57 @@ mod tests {
         assert_eq!(d.hex().parse::<Digest>().unwrap(), d);
         assert!("xyz".parse::<Digest>().is_err());
     }
+
+    /// Pinned: a digest is a blob's name in every store and backup, so the
+    /// same bytes must name the same blob in every Weir that ever ran.
+    #[test]
+    fn digests_are_stable_across_versions() {
+        assert_eq!(
+            Digest::of_bytes(b"weir").hex(),
+            blake3::hash(b"weir").to_hex().to_string()
+        );
+        assert_eq!(
+            Digest::of_bytes(b"").hex(),
+            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+        );
+    }
+
+    proptest::proptest! {
+        /// Bytes hashed whole, in any chunks, or from a file: one digest,
+        /// and its text parses back to it.
+        #[test]
+        fn the_digest_is_of_the_bytes_alone(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20_000),
+            cuts in proptest::collection::vec(0usize..20_000, 0..8),
+        ) {
+            let whole = Digest::of_bytes(&bytes);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            cuts.sort_unstable();
+            let mut hasher = Digest::hasher();
+            let mut from = 0;
+            for cut in cuts.into_iter().chain([bytes.len()]) {
+                hasher.update(&bytes[from..cut]);
+                from = cut;
+            }
+            proptest::prop_assert_eq!(hasher.finish(), whole);
+            let file = tempfile_path(&bytes);
+            proptest::prop_assert_eq!(Digest::of_file(&file).unwrap(), whole);
+            let _ = std::fs::remove_file(&file);
+            proptest::prop_assert_eq!(whole.hex().parse::<Digest>().unwrap(), whole);
+        }
+    }
+
+    fn tempfile_path(bytes: &[u8]) -> std::path::PathBuf {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "weir-digest-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
 }
 
 /// What an artifact's blob holds.

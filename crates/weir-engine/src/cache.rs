@@ -198,6 +198,64 @@ pub(crate) fn explain(previous: Option<&str>, current: &BTreeMap<String, String>
 }
 
 #[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A one-step pipeline's step, with these `with:` values.
+    fn step(command: &str, with: &BTreeMap<String, i64>) -> Step {
+        let values: Vec<String> = with.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let text = format!(
+            "version: 1\nname: p\nsteps:\n  s:\n    run: {command}\n    with: {{ {} }}\n",
+            values.join(", ")
+        );
+        let mut pipeline = weir_core::pipeline::parse(Path::new("p.yaml"), &text, &[]).unwrap();
+        pipeline.steps.remove(0)
+    }
+
+    fn key(step: &Step) -> CacheKey {
+        compute(step, Path::new("/nonexistent"), &BTreeMap::new()).unwrap()
+    }
+
+    proptest! {
+        /// The key is a function of the step alone: the same step gives the
+        /// same key every time, whatever order its `with:` was written in;
+        /// any one value changed gives another key, and the explanation
+        /// names exactly that value.
+        #[test]
+        fn the_key_changes_exactly_when_a_component_does(
+            with in prop::collection::btree_map("[a-z]{1,6}", -1000i64..1000, 1..6),
+            pick in any::<prop::sample::Index>(),
+            delta in 1i64..50,
+        ) {
+            let base = key(&step("echo hi", &with));
+            prop_assert_eq!(&key(&step("echo hi", &with)).key, &base.key);
+            let mut reversed: Vec<_> = with.iter().collect();
+            reversed.reverse();
+            let values: Vec<String> = reversed.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            let text = format!(
+                "version: 1\nname: p\nsteps:\n  s:\n    run: echo hi\n    with: {{ {} }}\n",
+                values.join(", ")
+            );
+            let mut other = weir_core::pipeline::parse(Path::new("p.yaml"), &text, &[]).unwrap();
+            prop_assert_eq!(&key(&other.steps.remove(0)).key, &base.key);
+
+            let name = pick.get(&with.keys().collect::<Vec<_>>()).to_string();
+            let mut changed = with.clone();
+            *changed.get_mut(&name).unwrap() += delta;
+            let moved = key(&step("echo hi", &changed));
+            prop_assert_ne!(&moved.key, &base.key);
+            prop_assert_eq!(
+                explain(Some(&base.components_json()), &moved.components),
+                format!("with.{name} changed")
+            );
+            prop_assert_ne!(&key(&step("echo bye", &with)).key, &base.key);
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -515,3 +515,194 @@ fn retention_removes_old_runs_but_not_what_a_model_needs_on_postgres() {
     sb.env.push(("WEIR_DB".into(), db.url()));
     retention_keeps_what_the_policy_and_the_registry_need(sb);
 }
+
+#[test]
+fn killing_the_tracking_server_mid_log_batch_keeps_every_acknowledged_batch_whole() {
+    const KEYS: usize = 10;
+    let sb = Sandbox::new();
+    let trials: u64 = std::env::var("WEIR_CRASH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let (mut acknowledged_total, mut cut_short) = (0, 0);
+    for trial in 0..trials {
+        let server = sb.tracking_server();
+        let api = |path: &str| format!("{}/api/2.0/mlflow/{path}", server.base);
+        let experiment: Value = server
+            .client
+            .post(api("experiments/create"))
+            .json(&serde_json::json!({"name": format!("chaos-{trial}")}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let run: Value = server
+            .client
+            .post(api("runs/create"))
+            .json(&serde_json::json!({"experiment_id": experiment["experiment_id"]}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let run_id = run["run"]["info"]["run_id"].as_str().unwrap().to_string();
+        // Batches of KEYS metrics, one after another, until the server dies.
+        let logger = {
+            let (client, url, run_id) =
+                (server.client.clone(), api("runs/log-batch"), run_id.clone());
+            std::thread::spawn(move || {
+                let mut acknowledged = Vec::new();
+                for batch in 0.. {
+                    let metrics: Vec<Value> = (0..KEYS)
+                        .map(|k| serde_json::json!({"key": format!("b{batch}.k{k}"), "value": batch as f64, "timestamp": 1, "step": 0}))
+                        .collect();
+                    let sent = client
+                        .post(&url)
+                        .json(&serde_json::json!({"run_id": run_id, "metrics": metrics}))
+                        .send();
+                    match sent {
+                        Ok(r) if r.status() == 200 => acknowledged.push(batch),
+                        _ => return (acknowledged, batch),
+                    }
+                }
+                unreachable!()
+            })
+        };
+        // Seeded kill points from 20 ms to 400 ms into the logging.
+        std::thread::sleep(Duration::from_millis(20 + trial * 7919 % 380));
+        let mut server = server;
+        server.child.kill().unwrap();
+        server.child.wait().unwrap();
+        let (acknowledged, attempted) = logger.join().unwrap();
+        drop(server);
+
+        let after = sb.tracking_server();
+        let got: Value = after
+            .client
+            .get(format!(
+                "{}/api/2.0/mlflow/runs/get?run_id={run_id}",
+                after.base
+            ))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let keys: std::collections::BTreeSet<String> = got["run"]["data"]["metrics"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .map(|m| m["key"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for batch in 0..=attempted {
+            let present = (0..KEYS)
+                .filter(|k| keys.contains(&format!("b{batch}.k{k}")))
+                .count();
+            assert!(
+                present == 0 || present == KEYS,
+                "trial {trial}: batch {batch} is split: {present} of {KEYS} metrics"
+            );
+            if acknowledged.contains(&batch) {
+                assert_eq!(
+                    present, KEYS,
+                    "trial {trial}: acknowledged batch {batch} was lost"
+                );
+            }
+        }
+        acknowledged_total += acknowledged.len();
+        cut_short += usize::from(attempted as usize == acknowledged.len());
+    }
+    assert!(
+        acknowledged_total > trials as usize,
+        "too few batches got through"
+    );
+    assert_eq!(fsck(&sb, &[]).0, Some(0));
+    eprintln!("{acknowledged_total} batches acknowledged, {cut_short} kills landed mid-batch");
+}
+
+#[test]
+fn killing_weir_serve_mid_rollout_leaves_a_rollout_that_finishes_after_a_restart() {
+    let sb = Sandbox::new();
+    sb.write("m.yaml", PIPELINE);
+    rows(&sb, "a.csv", 0);
+    sb.ok(&["run", "m.yaml"]);
+    rows(&sb, "a.csv", 4);
+    sb.ok(&["run", "m.yaml"]);
+    sb.ok(&[
+        "deploy",
+        "web",
+        "--model",
+        "m",
+        "--version",
+        "1",
+        "--strategy",
+        "direct",
+    ]);
+    let trials: u64 = std::env::var("WEIR_CRASH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let status = || sb.json(&["rollout", "status", "web"]);
+    let mut landed = 0;
+    for trial in 0..trials {
+        // Each trial rolls the other version out over the one serving.
+        let (from, to) = if trial % 2 == 0 { (1, 2) } else { (2, 1) };
+        assert_eq!(status()["stable"], from);
+        let mut server = sb.serve(&[]);
+        sb.ok(&[
+            "deploy",
+            "web",
+            "--model",
+            "m",
+            "--version",
+            &to.to_string(),
+            "--steps",
+            "50,100",
+            "--interval",
+            "300ms",
+            "--min-requests",
+            "3",
+        ]);
+        let traffic = |server: &crate::common::Server, until: Instant| {
+            while Instant::now() < until {
+                let (code, _) = server.post("/v2/models/web/infer", BODY);
+                assert_eq!(code, 200);
+            }
+        };
+        // Seeded kill points over the rollout's two intervals.
+        traffic(
+            &server,
+            Instant::now() + Duration::from_millis(50 + trial * 7919 % 700),
+        );
+        server.child.kill().unwrap();
+        server.child.wait().unwrap();
+        let between = status();
+        if between["candidate"] == to {
+            landed += 1;
+        }
+        // The state left behind is whole: fsck's rollout checks pass.
+        let (code, report) = fsck(&sb, &[]);
+        assert_eq!(code, Some(0), "trial {trial}: {report:#}");
+        // A new server takes the rollout up where the killed one left it.
+        let server = sb.serve(&[]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while status()["stable"] != to {
+            assert!(
+                Instant::now() < deadline,
+                "trial {trial}: the rollout never finished: {}",
+                status()
+            );
+            traffic(&server, Instant::now() + Duration::from_millis(100));
+        }
+        let done = status();
+        assert_eq!(
+            (done["candidate"].clone(), done["phase"].clone()),
+            (Value::Null, "Healthy".into()),
+            "trial {trial}"
+        );
+    }
+    assert!(
+        landed * 2 >= trials,
+        "only {landed} of {trials} kills landed mid-rollout"
+    );
+}

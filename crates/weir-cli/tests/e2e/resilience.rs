@@ -215,9 +215,29 @@ fn backup_and_restore(mut sb: Sandbox, fresh_db: impl FnOnce(&mut Sandbox)) {
     ]);
     let before = state(&sb);
 
-    let dest = tempfile::tempdir().unwrap();
-    let dest = dest.path().join("backups");
-    let dest = dest.to_str().unwrap();
+    // To the test's S3 server when there is one (a team's backups), else a
+    // directory.
+    let dir = tempfile::tempdir().unwrap();
+    let dest = match std::env::var("WEIR_TEST_S3_ENDPOINT") {
+        Ok(endpoint) => {
+            let bucket =
+                std::env::var("WEIR_TEST_S3_BUCKET").unwrap_or_else(|_| "weir-test".into());
+            for (k, v) in [
+                ("AWS_ENDPOINT_URL", endpoint.as_str()),
+                ("AWS_ACCESS_KEY_ID", "weir"),
+                ("AWS_SECRET_ACCESS_KEY", "weir-secret"),
+            ] {
+                sb.env.push((k.into(), v.into()));
+            }
+            format!(
+                "s3://{bucket}/backups-{}-{}",
+                std::process::id(),
+                weir_core::new_id()
+            )
+        }
+        Err(_) => dir.path().join("backups").display().to_string(),
+    };
+    let dest = dest.as_str();
     let first = sb.json(&["backup", dest]);
     assert!(first["blobs_copied"].as_u64().unwrap() >= 5, "{first:#}");
     assert_eq!(first["blobs_copied"], first["blobs"]);

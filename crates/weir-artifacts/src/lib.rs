@@ -678,19 +678,7 @@ impl ArtifactStore {
 
     /// What the trash holds: (digest, size, when it was moved there).
     pub async fn list_trash(&self) -> Result<Vec<(Digest, u64, i64)>> {
-        let metas: Vec<_> = self
-            .backend
-            .list(Some(&self.named_key("trash")))
-            .try_collect()
-            .await
-            .map_err(self.backend_err())?;
-        Ok(metas
-            .iter()
-            .filter_map(|m| {
-                let digest = m.location.filename()?.parse().ok()?;
-                Some((digest, m.size, m.last_modified.timestamp_millis()))
-            })
-            .collect())
+        self.list_digests("trash").await
     }
 
     /// Deletes a blob from the trash for good.
@@ -703,14 +691,14 @@ impl ArtifactStore {
 
     /// Every blob with its size and when it was written (milliseconds).
     pub async fn list_blobs(&self) -> Result<Vec<(Digest, u64, i64)>> {
-        let prefix = if self.root.as_ref().is_empty() {
-            ObjectPath::from("blobs")
-        } else {
-            ObjectPath::from(format!("{}/blobs", self.root))
-        };
+        self.list_digests("blobs").await
+    }
+
+    /// The objects under `prefix/` named by a digest, with size and time.
+    async fn list_digests(&self, prefix: &str) -> Result<Vec<(Digest, u64, i64)>> {
         let metas: Vec<_> = self
             .backend
-            .list(Some(&prefix))
+            .list(Some(&self.named_key(prefix)))
             .try_collect()
             .await
             .map_err(self.backend_err())?;
@@ -797,20 +785,11 @@ impl ArtifactStore {
 
     /// Lists every blob digest (for tests and garbage collection).
     pub async fn list(&self) -> Result<Vec<Digest>> {
-        let prefix = if self.root.as_ref().is_empty() {
-            ObjectPath::from("blobs")
-        } else {
-            ObjectPath::from(format!("{}/blobs", self.root))
-        };
-        let metas: Vec<_> = self
-            .backend
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(self.backend_err())?;
-        Ok(metas
-            .iter()
-            .filter_map(|m| m.location.filename().and_then(|f| f.parse().ok()))
+        Ok(self
+            .list_blobs()
+            .await?
+            .into_iter()
+            .map(|(d, _, _)| d)
             .collect())
     }
 }

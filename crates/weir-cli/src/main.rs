@@ -1710,11 +1710,9 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
         Command::Fsck { repair, json } => {
             let ctx = Context::open(config(&cli.global, &[])?).await?;
             let bar = weir_engine::progress::counter("verifying blobs", json);
-            let report = weir_engine::fsck::check(&ctx, repair, |done, total| {
-                bar.set_length(total);
-                bar.set_position(done);
-            })
-            .await?;
+            let report =
+                weir_engine::fsck::check(&ctx, repair, weir_engine::progress::advance(&bar))
+                    .await?;
             bar.finish_and_clear();
             output::fsck(&report, json);
             let clean = report.problems.iter().all(|p| p.repaired.is_some());
@@ -1731,10 +1729,12 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
         } => {
             let ctx = Context::open(config(&cli.global, &[])?).await?;
             let bar = weir_engine::progress::counter("collecting", json);
-            let report = weir_engine::gc::collect(&ctx, grace, dry_run, |done, total| {
-                bar.set_length(total);
-                bar.set_position(done);
-            })
+            let report = weir_engine::gc::collect(
+                &ctx,
+                grace,
+                dry_run,
+                weir_engine::progress::advance(&bar),
+            )
             .await?;
             bar.finish_and_clear();
             output::gc(&report, json);
@@ -1743,11 +1743,9 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
         Command::Backup { dest, json } => {
             let ctx = Context::open(config(&cli.global, &[])?).await?;
             let bar = weir_engine::progress::counter("copying blobs", json);
-            let report = weir_engine::backup::backup(&ctx, &dest, |done, total| {
-                bar.set_length(total);
-                bar.set_position(done);
-            })
-            .await?;
+            let report =
+                weir_engine::backup::backup(&ctx, &dest, weir_engine::progress::advance(&bar))
+                    .await?;
             bar.finish_and_clear();
             output::backup(&report, json);
             Ok(ExitCode::SUCCESS)
@@ -1764,12 +1762,13 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let bar = weir_engine::progress::counter("copying blobs", json);
-            let report =
-                weir_engine::backup::restore(&config, &src, snapshot.as_deref(), |done, total| {
-                    bar.set_length(total);
-                    bar.set_position(done);
-                })
-                .await?;
+            let report = weir_engine::backup::restore(
+                &config,
+                &src,
+                snapshot.as_deref(),
+                weir_engine::progress::advance(&bar),
+            )
+            .await?;
             bar.finish_and_clear();
             output::restored(&report, json);
             Ok(ExitCode::SUCCESS)

@@ -178,3 +178,11 @@ pub fn counter(what: &str, hidden: bool) -> ProgressBar {
             .expect("valid template"),
     )
 }
+
+/// What long work reports to a [`counter`]: done of total so far.
+pub fn advance(bar: &ProgressBar) -> impl FnMut(u64, u64) + '_ {
+    |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    }
+}

@@ -67,22 +67,22 @@ pub async fn check(
     // Level by level: a directory's files are checked after its manifest.
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut level: Vec<(String, Named)> = named.into_iter().collect();
-    let mut total = level.len() as u64;
     let mut done = 0;
     while !level.is_empty() {
         let mut next = Vec::new();
-        let results: Vec<_> =
-            futures::stream::iter(level.into_iter().filter(|(d, _)| seen.insert(d.clone())))
-                .map(|(hex, named)| async move {
-                    let result = match hex.parse::<Digest>() {
-                        Ok(digest) => verify(ctx, &digest, named.dir).await,
-                        Err(_) => Err(Checked::Malformed),
-                    };
-                    (hex, named, result)
-                })
-                .buffer_unordered(PARALLEL_READS)
-                .collect()
-                .await;
+        level.retain(|(d, _)| seen.insert(d.clone()));
+        let total = done + level.len() as u64;
+        let results: Vec<_> = futures::stream::iter(level)
+            .map(|(hex, named)| async move {
+                let result = match hex.parse::<Digest>() {
+                    Ok(digest) => verify(ctx, &digest, named.dir).await,
+                    Err(_) => Err(Checked::Malformed),
+                };
+                (hex, named, result)
+            })
+            .buffer_unordered(PARALLEL_READS)
+            .collect()
+            .await;
         for (hex, named, result) in results {
             done += 1;
             progress(done, total);
@@ -143,7 +143,6 @@ pub async fn check(
                 }
             }
         }
-        total += next.len() as u64;
         level = next;
     }
 

@@ -30,11 +30,29 @@ fn pg_tool(program: &str, url: &str) -> Result<(tokio::process::Command, String)
     Ok((command, parsed.to_string()))
 }
 
+/// A URL's userinfo is percent-encoded (`%40` for `@`); libpq wants the
+/// password itself. Not form decoding: a `+` stays a `+`.
 fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("p={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_else(|| s.to_string())
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn run(mut command: tokio::process::Command, program: &str) -> Result<()> {
@@ -174,5 +192,13 @@ pub async fn restore(url: &str, file: &Path) -> Result<()> {
                 .arg(file);
             run(restore, "pg_restore").await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_percent_decoded_not_form_decoded() {
+        assert_eq!(super::percent_decode("p%40ss+w%2Fd%"), "p@ss+w/d%");
     }
 }

@@ -29,7 +29,7 @@ pub enum StoreError {
     Conflict(String),
     #[error("corrupt metadata in {what}: {reason}")]
     Corrupt { what: String, reason: String },
-    #[error("metadata store error: {0}")]
+    #[error("{}", db_message(.0))]
     Db(#[from] sqlx::Error),
     /// From the connection the hot tracking writes drive themselves.
     #[error("metadata store error: {0}")]
@@ -58,5 +58,26 @@ pub fn redact(url: &str) -> String {
             u.to_string()
         }
         _ => url.to_string(),
+    }
+}
+
+/// A database that cannot be reached is told apart from one that refused
+/// a statement: the first is usually down or restarting, and the way on is
+/// to wait and resume.
+fn db_message(e: &sqlx::Error) -> String {
+    // PostgreSQL's classes 08 (connection exception) and 57P (the server
+    // shutting down or starting up) mean the same: it is not there now.
+    let unreachable = match e {
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        _ => false,
+    };
+    match unreachable {
+        true => format!(
+            "cannot reach the metadata store: {e}\n  hint: the database may be down or restarting; once it answers again, `weir resume RUN` continues an interrupted run (`weir runs list` names it)"
+        ),
+        false => format!("metadata store error: {e}"),
     }
 }

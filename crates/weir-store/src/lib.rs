@@ -98,10 +98,12 @@ impl Store {
             Backend::Sqlite => migration_lock(&store.url).await?,
             Backend::Postgres => None,
         };
-        MIGRATOR
-            .run(&store.pool)
-            .await
-            .map_err(|e| StoreError::Migrate(e.to_string()))?;
+        MIGRATOR.run(&store.pool).await.map_err(|e| match e {
+            // The database went away under the check: say so, not that
+            // the schema is wrong.
+            sqlx::migrate::MigrateError::Execute(e) => StoreError::Db(e),
+            other => StoreError::Migrate(other.to_string()),
+        })?;
         Ok(store)
     }
 

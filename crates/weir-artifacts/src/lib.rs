@@ -189,12 +189,7 @@ impl ArtifactStore {
 
     fn key(&self, digest: &Digest) -> ObjectPath {
         let hex = digest.hex();
-        let key = format!("blobs/{}/{}", &hex[..2], hex);
-        if self.root.as_ref().is_empty() {
-            ObjectPath::from(key)
-        } else {
-            ObjectPath::from(format!("{}/{key}", self.root))
-        }
+        self.named_key(&format!("blobs/{}/{hex}", &hex[..2]))
     }
 
     fn backend_err(&self) -> impl FnOnce(object_store::Error) -> ArtifactError + '_ {
@@ -595,11 +590,7 @@ impl ArtifactStore {
     /// nothing reads it any more and a run that needs it makes it again,
     /// while its bytes stay for a person to look at.
     pub async fn quarantine(&self, digest: &Digest) -> Result<()> {
-        let hex = digest.hex();
-        let to = match self.root.as_ref().is_empty() {
-            true => ObjectPath::from(format!("quarantine/{hex}")),
-            false => ObjectPath::from(format!("{}/quarantine/{hex}", self.root)),
-        };
+        let to = self.named_key(&format!("quarantine/{}", digest.hex()));
         self.backend
             .copy(&self.key(digest), &to)
             .await
@@ -694,15 +685,20 @@ impl ArtifactStore {
         self.list_digests("blobs").await
     }
 
-    /// The objects under `prefix/` named by a digest, with size and time.
-    async fn list_digests(&self, prefix: &str) -> Result<Vec<(Digest, u64, i64)>> {
-        let metas: Vec<_> = self
-            .backend
+    /// Every object under `prefix/`.
+    async fn list_under(&self, prefix: &str) -> Result<Vec<object_store::ObjectMeta>> {
+        self.backend
             .list(Some(&self.named_key(prefix)))
             .try_collect()
             .await
-            .map_err(self.backend_err())?;
-        Ok(metas
+            .map_err(self.backend_err())
+    }
+
+    /// The objects under `prefix/` named by a digest, with size and time.
+    async fn list_digests(&self, prefix: &str) -> Result<Vec<(Digest, u64, i64)>> {
+        Ok(self
+            .list_under(prefix)
+            .await?
             .iter()
             .filter_map(|m| {
                 let digest = m.location.filename()?.parse().ok()?;
@@ -749,12 +745,7 @@ impl ArtifactStore {
 
     /// Names of the objects under `prefix/` (relative to the store's root).
     pub async fn list_named(&self, prefix: &str) -> Result<Vec<String>> {
-        let metas: Vec<_> = self
-            .backend
-            .list(Some(&self.named_key(prefix)))
-            .try_collect()
-            .await
-            .map_err(self.backend_err())?;
+        let metas = self.list_under(prefix).await?;
         let root = self.root.as_ref();
         Ok(metas
             .iter()

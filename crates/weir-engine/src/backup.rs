@@ -63,7 +63,7 @@ pub struct RestoreReport {
 }
 
 fn failed(reason: impl Into<String>) -> EngineError {
-    EngineError::StepFailed(reason.into())
+    EngineError::Maintenance(reason.into())
 }
 
 /// Copies `blobs` from `from` to `to`, skipping those `to` has; returns
@@ -228,7 +228,7 @@ pub async fn restore(
     let (copied, bytes_copied, missing) = copy_blobs(&from, &to, &blobs, &mut progress).await?;
     if let Some(first) = missing.first() {
         return Err(failed(format!(
-            "the backup {} lacks {} of its blobs (e.g. {first}); nothing was restored to the metadata store",
+            "the backup {} lacks {} of its blobs (e.g. {first}); nothing was restored to the metadata store\n  hint: restore an earlier backup (`weir restore SRC --list`), or take a new one from a store `weir fsck` finds whole",
             from.location(),
             missing.len()
         )));

@@ -25,6 +25,10 @@ pub enum EngineError {
     /// that cannot reach the stores, a lost cluster).
     #[error("{0}")]
     Executor(String),
+    /// `weir fsck`, `weir gc`, `weir backup` or `weir restore` cannot go
+    /// on; the message says why and what to do.
+    #[error("{0}")]
+    Maintenance(String),
     /// Work not started because a budget would be exceeded.
     #[error("budget: {0}")]
     Budget(String),

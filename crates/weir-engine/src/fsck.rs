@@ -76,7 +76,10 @@ pub async fn check(
             .map(|(hex, named)| async move {
                 let result = match hex.parse::<Digest>() {
                     Ok(digest) => verify(ctx, &digest, named.dir).await,
-                    Err(_) => Err(Checked::Malformed),
+                    Err(_) => Ok(Err((
+                        "missing",
+                        "the digest recorded is not a digest".into(),
+                    ))),
                 };
                 (hex, named, result)
             })
@@ -87,7 +90,7 @@ pub async fn check(
             done += 1;
             progress(done, total);
             match result {
-                Ok((size, children)) => {
+                Ok(Ok((size, children))) => {
                     report.blobs_verified += 1;
                     report.bytes_verified += size;
                     for (path, child) in children {
@@ -99,25 +102,9 @@ pub async fn check(
                         next.push((child.hex(), Named { dir: false, by }));
                     }
                 }
-                Err(Checked::Failed(e)) => return Err(e.into()),
-                Err(problem) => {
-                    let (kind, detail) = match &problem {
-                        Checked::Missing => {
-                            ("missing", format!("not in {}", ctx.artifacts.location()))
-                        }
-                        Checked::Corrupt(actual) => {
-                            ("corrupt", format!("its bytes hash to {actual}"))
-                        }
-                        Checked::BadManifest(reason) => {
-                            ("corrupt", format!("its manifest does not parse: {reason}"))
-                        }
-                        Checked::Malformed => {
-                            ("missing", "the digest recorded is not a digest".to_string())
-                        }
-                        Checked::Failed(_) => unreachable!("returned above"),
-                    };
+                Err(e) => return Err(e.into()),
+                Ok(Err((kind, mut detail))) => {
                     let mut repaired = None;
-                    let mut detail = detail;
                     let digest = hex.parse::<Digest>().ok();
                     if let (Some(digest), "missing") = (&digest, kind) {
                         if ctx.artifacts.in_trash(digest).await? {
@@ -211,30 +198,36 @@ pub async fn check(
     Ok(report)
 }
 
-enum Checked {
-    Missing,
-    Corrupt(String),
-    BadManifest(String),
-    Malformed,
-    Failed(ArtifactError),
-}
+/// What is wrong with a blob: missing or corrupt, and how.
+type Fault = (&'static str, String);
 
-/// The blob's size, and a directory's files.
+/// The blob's size and a directory's files, or what is wrong with it; an
+/// error only when the store itself cannot be read.
 async fn verify(
     ctx: &Context,
     digest: &Digest,
     dir: bool,
-) -> Result<(u64, Vec<(String, Digest)>), Checked> {
-    let sorted = |e: ArtifactError| match e {
-        ArtifactError::Missing { .. } => Checked::Missing,
-        ArtifactError::Corrupt { actual, .. } => Checked::Corrupt(actual),
-        ArtifactError::BadManifest { reason, .. } => Checked::BadManifest(reason),
-        other => Checked::Failed(other),
+) -> Result<Result<(u64, Vec<(String, Digest)>), Fault>, ArtifactError> {
+    let fault = |e: ArtifactError| match e {
+        ArtifactError::Missing { location, .. } => Ok(("missing", format!("not in {location}"))),
+        ArtifactError::Corrupt { actual, .. } => {
+            Ok(("corrupt", format!("its bytes hash to {actual}")))
+        }
+        ArtifactError::BadManifest { reason, .. } => {
+            Ok(("corrupt", format!("its manifest does not parse: {reason}")))
+        }
+        other => Err(other),
     };
-    let size = ctx.artifacts.verify(digest).await.map_err(sorted)?;
+    let size = match ctx.artifacts.verify(digest).await {
+        Ok(size) => size,
+        Err(e) => return fault(e).map(Err),
+    };
     let children = match dir {
-        true => ctx.artifacts.children(digest).await.map_err(sorted)?,
+        true => match ctx.artifacts.children(digest).await {
+            Ok(children) => children,
+            Err(e) => return fault(e).map(Err),
+        },
         false => Vec::new(),
     };
-    Ok((size, children))
+    Ok(Ok((size, children)))
 }

@@ -96,7 +96,7 @@ pub async fn collect(
     // collecting anything then could take one of them.
     let (named, missing) = referenced(ctx).await?;
     if let Some(dir) = missing.first() {
-        return Err(EngineError::StepFailed(format!(
+        return Err(EngineError::Maintenance(format!(
             "the manifest of directory artifact {dir} is missing, so the files it names are unknown; nothing was collected\n  hint: run `weir fsck` and repair or restore it first"
         )));
     }

@@ -403,3 +403,21 @@ pub fn copy_example(sb: &Sandbox, rel: &str) {
     let name = std::path::Path::new(rel).file_name().unwrap();
     std::fs::copy(&from, sb.path().join(name)).unwrap_or_else(|e| panic!("{from}: {e}"));
 }
+
+/// Seeded trials per chaos test: WEIR_CRASH_TRIALS (default 20; bench/chaos.sh
+/// runs more).
+pub fn crash_trials() -> u64 {
+    std::env::var("WEIR_CRASH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
+/// Polls `ready` until it holds; panics naming `what` after a minute.
+pub fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

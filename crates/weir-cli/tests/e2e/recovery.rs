@@ -6,11 +6,11 @@
 
 use std::collections::BTreeMap;
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::Sandbox;
+use crate::common::{wait_for, Sandbox};
 
 const STEPS: [&str; 5] = ["a", "b", "c", "d", "e"];
 
@@ -57,14 +57,6 @@ fn marks(sb: &Sandbox, what: &str, step: &str) -> usize {
         .count()
 }
 
-fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn verify_blobs(sb: &Sandbox) {
     for blob in sb.blobs() {
         let name = blob.file_name().unwrap().to_str().unwrap().to_string();
@@ -85,10 +77,7 @@ fn verify_blobs(sb: &Sandbox) {
 }
 
 fn crash_trials(sb_for_trial: impl Fn() -> Sandbox) {
-    let trials: u64 = std::env::var("WEIR_CRASH_TRIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let trials: u64 = crate::common::crash_trials();
     let mut resumed = 0;
     // Kills that land before the run is recorded or after it finished prove
     // nothing; keep going until `trials` kills landed mid-run. The window

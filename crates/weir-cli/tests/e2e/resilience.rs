@@ -8,16 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::Sandbox;
+use crate::common::{wait_for, Sandbox};
 use crate::lineage::{rows, PIPELINE};
-
-fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// `weir fsck [args] --json`, which exits 1 while a problem remains.
 fn fsck(sb: &Sandbox, args: &[&str]) -> (Option<i32>, Value) {
@@ -540,10 +532,7 @@ fn retention_removes_old_runs_but_not_what_a_model_needs_on_postgres() {
 fn killing_the_tracking_server_mid_log_batch_keeps_every_acknowledged_batch_whole() {
     const KEYS: usize = 10;
     let sb = Sandbox::new();
-    let trials: u64 = std::env::var("WEIR_CRASH_TRIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let trials: u64 = crate::common::crash_trials();
     let (mut acknowledged_total, mut cut_short) = (0, 0);
     for trial in 0..trials {
         let server = sb.tracking_server();
@@ -658,10 +647,7 @@ fn killing_weir_serve_mid_rollout_leaves_a_rollout_that_finishes_after_a_restart
         "--strategy",
         "direct",
     ]);
-    let trials: u64 = std::env::var("WEIR_CRASH_TRIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let trials: u64 = crate::common::crash_trials();
     let status = || sb.json(&["rollout", "status", "web"]);
     let mut landed = 0;
     for trial in 0..trials {
@@ -736,6 +722,8 @@ struct PrivatePostgres {
     dir: tempfile::TempDir,
     bin: std::path::PathBuf,
     port: u16,
+    /// Running as root: the server's tools run as `postgres`.
+    root: bool,
 }
 
 impl PrivatePostgres {
@@ -775,7 +763,12 @@ impl PrivatePostgres {
             .local_addr()
             .unwrap()
             .port();
-        let pg = PrivatePostgres { dir, bin, port };
+        let pg = PrivatePostgres {
+            dir,
+            bin,
+            port,
+            root,
+        };
         pg.tool(
             "initdb",
             &["-A", "trust", "-U", "postgres", "-D", &pg.data()],
@@ -798,14 +791,8 @@ impl PrivatePostgres {
     }
 
     fn tool(&self, name: &str, args: &[&str]) {
-        let root = std::process::Command::new("id")
-            .arg("-u")
-            .output()
-            .unwrap()
-            .stdout
-            == b"0\n";
         let program = self.bin.join(name);
-        let mut command = if root {
+        let mut command = if self.root {
             let mut c = std::process::Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(&program);
             c
@@ -837,13 +824,18 @@ impl PrivatePostgres {
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin.join("pg_ctl"))
-            .args(["-D", &self.data(), "-m", "immediate", "stop"])
-            .output();
-        let _ = std::process::Command::new(self.bin.join("pg_ctl"))
-            .args(["-D", &self.data(), "-m", "immediate", "stop"])
+        let data = self.data();
+        let mut command = match self.root {
+            true => {
+                let mut c = std::process::Command::new("runuser");
+                c.args(["-u", "postgres", "--"])
+                    .arg(self.bin.join("pg_ctl"));
+                c
+            }
+            false => std::process::Command::new(self.bin.join("pg_ctl")),
+        };
+        let _ = command
+            .args(["-D", &data, "-m", "immediate", "stop"])
             .output();
     }
 }

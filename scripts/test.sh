@@ -117,6 +117,11 @@ log "S3 (moto) on 127.0.0.1:$port"
 export WEIR_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
 export WEIR_TEST_S3_BUCKET=weir-test
 export WEIR_REQUIRE_S3=1
+# The outage tests make a private PostgreSQL cluster (to restart and stop)
+# and mount a small tmpfs (a full disk): both need root, which CI has.
+if [ "$(id -u)" = 0 ]; then
+  export WEIR_REQUIRE_CHAOS=1
+fi
 cargo test --workspace --locked "$@"
 
 # --- the Ray executor on a real cluster -------------------------------------

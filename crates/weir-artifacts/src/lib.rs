@@ -50,6 +50,63 @@ pub enum ArtifactError {
         location: String,
         source: object_store::Error,
     },
+    #[error("cannot reach the artifact store {location}: {source}\n  hint: requests were retried with backoff for up to {retried_for:?} (WEIR_S3_RETRY_TIMEOUT); check that the S3 endpoint is up and reachable from here, then `weir resume RUN` continues a run that failed on it")]
+    Unreachable {
+        location: String,
+        retried_for: std::time::Duration,
+        source: object_store::Error,
+    },
+    #[error("no space left on the artifact store {location}: {source}\n  hint: free space there (`weir gc` removes blobs nothing refers to) or point WEIR_ARTIFACTS at a larger volume, then `weir resume RUN` continues a run that failed on it")]
+    NoSpace {
+        location: String,
+        source: object_store::Error,
+    },
+}
+
+/// How long requests to an S3 store are retried (with exponential backoff)
+/// before an operation fails: WEIR_S3_RETRY_TIMEOUT, default 3 minutes,
+/// enough to ride out an S3 server's restart.
+fn s3_retry_timeout() -> Result<std::time::Duration, String> {
+    match std::env::var("WEIR_S3_RETRY_TIMEOUT") {
+        Ok(text) => humantime::parse_duration(&text).map_err(|e| {
+            format!("WEIR_S3_RETRY_TIMEOUT={text:?} is not a duration ({e}); use e.g. 30s or 5m")
+        }),
+        Err(_) => Ok(std::time::Duration::from_secs(180)),
+    }
+}
+
+/// What an object_store error comes down to, read from its chain of causes:
+/// a full disk or a server that could not be reached get their own errors,
+/// because each tells the user something different to do.
+enum Cause {
+    NoSpace,
+    Unreachable,
+    Other,
+}
+
+fn cause_of(error: &object_store::Error) -> Cause {
+    use object_store::client::HttpErrorKind;
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28) {
+                return Cause::NoSpace;
+            }
+        }
+        if let Some(http) = e.downcast_ref::<object_store::client::HttpError>() {
+            if matches!(
+                http.kind(),
+                HttpErrorKind::Connect
+                    | HttpErrorKind::Request
+                    | HttpErrorKind::Timeout
+                    | HttpErrorKind::Interrupted
+            ) {
+                return Cause::Unreachable;
+            }
+        }
+        next = e.source();
+    }
+    Cause::Other
 }
 
 pub type Result<T, E = ArtifactError> = std::result::Result<T, E>;
@@ -85,6 +142,8 @@ pub struct ArtifactStore {
     /// Bytes moved to and from the backend by this handle and its clones,
     /// which is what a step is charged for.
     traffic: Arc<Traffic>,
+    /// How long a remote request is retried before it fails.
+    retry_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Default)]
@@ -125,7 +184,17 @@ impl ArtifactStore {
             if bucket.is_empty() {
                 return Err(ArtifactError::UnsupportedUrl { url: url.into() });
             }
-            let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            let retry_timeout = s3_retry_timeout().map_err(|e| open_err(&e))?;
+            let mut builder = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_retry(object_store::RetryConfig {
+                    retry_timeout,
+                    // The timeout, not a count, ends the wait: a refused
+                    // connection fails at once, and object_store's jittered
+                    // backoff would spend ten tries in a couple of seconds.
+                    max_retries: usize::MAX,
+                    ..Default::default()
+                });
             let endpoint = std::env::var("AWS_ENDPOINT_URL")
                 .or_else(|_| std::env::var("AWS_ENDPOINT"))
                 .ok();
@@ -148,6 +217,7 @@ impl ArtifactStore {
                 location: url.to_string(),
                 local_dir: None,
                 traffic: Arc::default(),
+                retry_timeout,
             });
         }
         let path = if let Some(p) = url.strip_prefix("file://") {
@@ -166,6 +236,7 @@ impl ArtifactStore {
             location: path.display().to_string(),
             local_dir: Some(path),
             traffic: Arc::default(),
+            retry_timeout: std::time::Duration::ZERO,
         })
     }
 
@@ -193,9 +264,17 @@ impl ArtifactStore {
     }
 
     fn backend_err(&self) -> impl FnOnce(object_store::Error) -> ArtifactError + '_ {
-        move |source| ArtifactError::Backend {
-            location: self.location.clone(),
-            source,
+        move |source| {
+            let location = self.location.clone();
+            match cause_of(&source) {
+                Cause::NoSpace => ArtifactError::NoSpace { location, source },
+                Cause::Unreachable => ArtifactError::Unreachable {
+                    location,
+                    retried_for: self.retry_timeout,
+                    source,
+                },
+                Cause::Other => ArtifactError::Backend { location, source },
+            }
         }
     }
 

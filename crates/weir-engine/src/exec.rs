@@ -298,19 +298,24 @@ pub async fn exec_step(
         Ok(mut completion) => {
             tracing::info!(step = %step.name, outputs = completion.outputs.len(), metrics = completion.metrics.len(), "step succeeded");
             completion.fence = fence;
-            ctx.store.complete_step(step_run_id, &completion).await?;
+            ctx.store
+                .retrying(|| ctx.store.complete_step(step_run_id, &completion))
+                .await?;
             Ok(())
         }
         Err((error, exit_code)) => {
             let log_record = store_log(&job).await;
+            let message = error.to_string();
             ctx.store
-                .fail_step_fenced(
-                    step_run_id,
-                    fence.as_deref(),
-                    &error.to_string(),
-                    exit_code,
-                    log_record.as_ref(),
-                )
+                .retrying(|| {
+                    ctx.store.fail_step_fenced(
+                        step_run_id,
+                        fence.as_deref(),
+                        &message,
+                        exit_code,
+                        log_record.as_ref(),
+                    )
+                })
                 .await?;
             Err(error)
         }

@@ -571,7 +571,9 @@ async fn walk(
                     }
                 };
                 start.cache_miss = Some(reason.clone());
-                ctx.store.start_step(&id, &start).await?;
+                ctx.store
+                    .retrying(|| ctx.store.start_step(&id, &start))
+                    .await?;
                 status.insert(step.name.clone(), StepStatus::Running);
                 tracing::info!(run_id = %run.id, step = %step.name, step_run_id = %id, %reason, "launching step");
                 progress.step_running(&step.name, &reason);
@@ -630,15 +632,17 @@ async fn walk(
         let id = ids[name.as_str()].as_str();
         // The step runtime records its own outcome; if it could not (it
         // crashed, timed out or could not reach the store), record it here.
-        let mut record = ctx.store.step_run(id).await?;
+        let mut record = ctx.store.retrying(|| ctx.store.step_run(id)).await?;
         if !record.status.is_terminal() {
             let message = attempt
                 .result
                 .clone()
                 .err()
                 .unwrap_or_else(|| "the step runtime exited without recording a result".into());
-            ctx.store.fail_step(id, &message, None, None).await?;
-            record = ctx.store.step_run(id).await?;
+            ctx.store
+                .retrying(|| ctx.store.fail_step(id, &message, None, None))
+                .await?;
+            record = ctx.store.retrying(|| ctx.store.step_run(id)).await?;
         }
         let step = pipeline
             .step(&name)
@@ -761,7 +765,10 @@ async fn walk(
         RunStatus::Succeeded
     };
     ctx.store
-        .finish_run(&run.id, final_status, first_failure.as_deref())
+        .retrying(|| {
+            ctx.store
+                .finish_run(&run.id, final_status, first_failure.as_deref())
+        })
         .await?;
 
     let names: HashMap<&str, &str> = ids
@@ -770,7 +777,7 @@ async fn walk(
         .collect();
     let metrics = ctx
         .store
-        .latest_metrics(&run.id)
+        .retrying(|| ctx.store.latest_metrics(&run.id))
         .await?
         .into_iter()
         .map(|(id, m)| {
@@ -787,7 +794,7 @@ async fn walk(
         seconds: started.elapsed().as_secs_f64(),
         steps: ctx
             .store
-            .step_runs(&run.id)
+            .retrying(|| ctx.store.step_runs(&run.id))
             .await?
             .into_iter()
             .map(|r| StepOutcome {
@@ -803,7 +810,10 @@ async fn walk(
             })
             .collect(),
         metrics,
-        models: ctx.store.model_versions_for_run(&run.id).await?,
+        models: ctx
+            .store
+            .retrying(|| ctx.store.model_versions_for_run(&run.id))
+            .await?,
         error: first_failure,
     })
 }
@@ -1330,9 +1340,25 @@ impl Exec {
             .map_err(|e| format!("lost the step runtime: {e}"))?;
         let stderr = stderr.await.unwrap_or_default();
         if status.success() {
-            Ok(None)
-        } else {
-            Err(String::from_utf8_lossy(&stderr).trim().to_string())
+            return Ok(None);
         }
+        let mut said = String::from_utf8_lossy(&stderr).trim().to_string();
+        // A runtime killed from outside (the OOM killer, an operator) says
+        // nothing itself: name the signal, so the step's error is not blank.
+        if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&status) {
+            if !said.is_empty() {
+                said.push('\n');
+            }
+            said.push_str(&format!(
+                "the step runtime (weir exec, pid {}) was killed by signal {signal}{}",
+                group.0.unwrap_or_default(),
+                match signal {
+                    9 => " (SIGKILL: the OOM killer or an operator)",
+                    15 => " (SIGTERM)",
+                    _ => "",
+                }
+            ));
+        }
+        Err(said)
     }
 }

@@ -35,6 +35,7 @@ use weir_store::Store;
 
 pub use batch::BatchOptions;
 pub use error::ServeError;
+pub use payload::{decode as decode_payload, Protocol};
 pub use predlog::LogOptions;
 pub use register::{register_file, Registered};
 

@@ -379,6 +379,28 @@ pub(crate) fn frame(inputs: &[InputSpec], mut columns: Columns) -> Result<Frame,
     })
 }
 
+/// Which route a body came in on.
+#[derive(Clone, Copy, Debug)]
+pub enum Protocol {
+    /// `/invocations` (and `/v1/models/NAME:predict`): MLflow's formats.
+    Mlflow,
+    /// `/v2/models/NAME/infer`: Open Inference Protocol tensors.
+    Oip,
+}
+
+/// Decodes a request body the way its route does, up to the model's frame:
+/// the whole path untrusted bytes take before a model sees them. The fuzz
+/// targets (fuzz/) drive it; the routes call the parts, around their own
+/// checks.
+pub fn decode(protocol: Protocol, body: &[u8], inputs: &[InputSpec]) -> Result<Frame, ServeError> {
+    let malformed = |e: serde_json::Error| bad(format!("malformed JSON body: {e}"));
+    let columns = match protocol {
+        Protocol::Mlflow => mlflow_columns(&serde_json::from_slice(body).map_err(malformed)?)?,
+        Protocol::Oip => oip_columns(&serde_json::from_slice(body).map_err(malformed)?)?,
+    };
+    frame(inputs, columns)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

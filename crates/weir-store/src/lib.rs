@@ -101,7 +101,7 @@ impl Store {
         MIGRATOR.run(&store.pool).await.map_err(|e| match e {
             // The database went away under the check: say so, not that
             // the schema is wrong.
-            sqlx::migrate::MigrateError::Execute(e) => StoreError::Db(e),
+            sqlx::migrate::MigrateError::Execute(e) => e.into(),
             other => StoreError::Migrate(other.to_string()),
         })?;
         Ok(store)
@@ -114,7 +114,7 @@ impl Store {
         let pool = pool_options(backend)
             .connect_with(options.clone())
             .await
-            .map_err(|e| StoreError::open(&url, e))?;
+            .map_err(|e| StoreError::connect(&url, e))?;
         Ok(Store::with_pool(backend, url, pool, options))
     }
 
@@ -150,6 +150,32 @@ impl Store {
             .await
             .map_err(|e| StoreError::open(&self.url, e))?;
         Ok(())
+    }
+
+    /// Runs `op`, and again after a pause (100 ms doubling to 2 s) while it
+    /// fails because the database cannot be reached, for up to 20 s: a
+    /// database restart, or a statement sent on a connection the restart
+    /// killed, then costs a pause rather than the run. Only for operations
+    /// safe to repeat: reads, and writes that set a state (a step's end, a
+    /// run's status) or run in one transaction, which a lost connection
+    /// rolls back.
+    pub async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match op().await {
+                Err(e) if e.is_unreachable() && std::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, ?pause, "the metadata store is unreachable; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                done => return done,
+            }
+        }
     }
 
     pub fn backend(&self) -> Backend {
@@ -245,13 +271,36 @@ fn pool_options(backend: Backend) -> AnyPoolOptions {
             .test_before_acquire(false)
             .before_acquire(|conn, meta| {
                 Box::pin(async move {
-                    if meta.idle_for > Duration::from_secs(1) {
+                    if meta.idle_for > Duration::from_secs(1) || connections_suspect() {
                         conn.ping().await?;
                     }
                     Ok(true)
                 })
             }),
     }
+}
+
+/// When a statement last failed because its connection was gone (ms since
+/// the epoch). A database that restarts kills every pooled connection at
+/// once; each idle connection would otherwise fail one statement of its own
+/// before the pool replaced it.
+static CONNECTION_LOST_AT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub(crate) fn connection_lost() {
+    CONNECTION_LOST_AT.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// For a while after a lost connection, every connection is pinged before it
+/// is handed out, and a dead one replaced.
+fn connections_suspect() -> bool {
+    let lost = CONNECTION_LOST_AT.load(std::sync::atomic::Ordering::Relaxed);
+    lost != 0 && now_ms().saturating_sub(lost) < 30_000
 }
 
 /// The direct writer ([`direct`]) of a SQLite file opened for writing. A

@@ -14,6 +14,7 @@ mod lineage;
 mod monitoring;
 mod observability;
 mod onnx;
+mod outages;
 mod pipelines;
 mod preemption;
 mod ray;

@@ -236,3 +236,129 @@ fn cancel_stops_a_run_from_another_shell_and_resume_finishes_it() {
         "the finished step ran again"
     );
 }
+
+/// The `weir exec` children of process `parent`, by pid.
+fn step_runtimes(parent: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // The parent pid is the 4th field of stat, after the `(comm)` that
+        // may itself hold spaces.
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let is_exec = cmdline.split(|b| *b == 0).nth(1) == Some(b"exec".as_slice());
+        if ppid == Some(parent) && is_exec {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// `weir exec` SIGKILLed at varied points of a step (staging its inputs,
+/// running the command, storing outputs, recording the outcome): the runner
+/// fails that step with a reason, never leaves it running, runs nothing
+/// else that depends on it, and `weir resume` re-runs only what had not
+/// finished.
+#[test]
+fn a_killed_step_runtime_fails_its_step_and_resume_reruns_only_what_had_not_finished() {
+    let trials = crate::common::crash_trials();
+    let mut failed_runs = 0;
+    for trial in 0..trials {
+        let sb = Sandbox::new();
+        crash_pipeline(&sb);
+        let mut child = spawn_run(&sb);
+        // The first step's runtime for even trials, a later one for odd.
+        let skip = (trial % 2) as usize;
+        let mut seen = std::collections::BTreeSet::new();
+        let victim = loop {
+            let now = step_runtimes(child.id());
+            seen.extend(now.iter().copied());
+            if seen.len() > skip {
+                if let Some(pid) = now.into_iter().max() {
+                    break pid;
+                }
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "trial {trial}: the run ended before a step runtime was seen"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        // Kill points spread over a step's life (about 0.3 s).
+        std::thread::sleep(Duration::from_millis(trial * 7919 % 31 * 10));
+        // SAFETY: kill(2) with a pid read from /proc; at worst it is gone.
+        unsafe {
+            libc::kill(victim as i32, libc::SIGKILL);
+        }
+        let code = child.wait().unwrap().code();
+
+        let runs = sb.json(&["runs", "list"]);
+        let run = runs[0]["id"].as_str().unwrap().to_string();
+        let before = steps_by_name(&sb, &run);
+        assert!(
+            before.values().all(|s| s["status"] != "running"),
+            "trial {trial}: {before:#?}"
+        );
+        let (fsck, report) = crate::resilience::fsck(&sb, &[]);
+        assert_eq!(fsck, Some(0), "trial {trial}: {report:#}");
+        if runs[0]["status"] == "succeeded" {
+            // Killed after it had recorded the outcome (or already gone).
+            assert_eq!(code, Some(0));
+            assert!(STEPS.iter().all(|s| marks(&sb, "start", s) == 1));
+            continue;
+        }
+        assert_eq!(code, Some(1), "trial {trial}");
+        failed_runs += 1;
+        let killed: Vec<&Value> = before
+            .values()
+            .filter(|s| s["status"] == "failed")
+            .collect();
+        assert_eq!(killed.len(), 1, "trial {trial}: {before:#?}");
+        let error = killed[0]["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("killed by signal 9"),
+            "trial {trial}: the failure says why: {error:?}"
+        );
+        let finished: Vec<String> = before
+            .iter()
+            .filter(|(_, s)| s["status"] == "succeeded")
+            .map(|(n, _)| n.clone())
+            .collect();
+        let starts: BTreeMap<&str, usize> =
+            STEPS.iter().map(|s| (*s, marks(&sb, "start", s))).collect();
+        let out = sb.weir(&["resume", &run]);
+        assert!(
+            out.status.success(),
+            "trial {trial}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let after = steps_by_name(&sb, &run);
+        for step in &finished {
+            assert_eq!(
+                marks(&sb, "start", step),
+                starts[step.as_str()],
+                "trial {trial}: finished step {step} ran again"
+            );
+            assert_eq!(after[step]["outputs"], before[step]["outputs"]);
+        }
+        let e = after["e"]["outputs"]["out"]["digest"].as_str().unwrap();
+        let text = std::fs::read_to_string(sb.blob(e)).unwrap();
+        assert_eq!(text, "a\nb\na\nc\nd\ne\n", "trial {trial}");
+        verify_blobs(&sb);
+    }
+    eprintln!("{failed_runs} of {trials} kills failed a step");
+    assert!(
+        failed_runs * 2 >= trials,
+        "only {failed_runs} of {trials} kills landed before the outcome was recorded"
+    );
+}

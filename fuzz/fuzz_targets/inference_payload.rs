@@ -1,0 +1,30 @@
+//! Any body on `/invocations` or an OIP `infer` route, decoded against a
+//! model with a text and a numeric input: a frame or a 400, never a panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use weir_ml::{InputKind, InputSpec};
+use weir_serve::{decode_payload, Protocol};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((first, body)) = data.split_first() else {
+        return;
+    };
+    let protocol = match first % 2 {
+        0 => Protocol::Mlflow,
+        _ => Protocol::Oip,
+    };
+    let inputs = [
+        InputSpec {
+            name: "carrier".into(),
+            kind: InputKind::Text,
+        },
+        InputSpec {
+            name: "distance".into(),
+            kind: InputKind::Numeric,
+        },
+    ];
+    if let Ok(frame) = decode_payload(protocol, body, &inputs) {
+        assert_eq!(frame.columns.len(), inputs.len());
+    }
+});

@@ -14,7 +14,7 @@ seconds="${SECONDS_PER_TARGET:-600}"
 jobs="${JOBS:-1}"
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   echo "installing cargo-fuzz (once)" >&2
-  cargo install --locked cargo-fuzz@0.13.1
+  cargo install --locked cargo-fuzz@0.13.2
 fi
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(pipeline_yaml mlflow_filter inference_payload model_file)

@@ -16,8 +16,9 @@ fuzz_target!(|data: &[u8]| {
         .inputs()
         .iter()
         .map(|input| match input.kind {
-            InputKind::Numeric => Column::Numeric(vec![0.0, -1.5, f64::NAN]),
-            _ => Column::Text(vec![Some("a".into()), None, Some(String::new())]),
+            InputKind::Text => Column::Text(vec![Some("a".into()), None, Some(String::new())]),
+            // Datetimes arrive as epoch seconds.
+            InputKind::Numeric | InputKind::Datetime => Column::Numeric(vec![0.0, -1.5, f64::NAN]),
         })
         .collect();
     let _ = model.predict(&Frame { rows, columns });

@@ -428,6 +428,48 @@ impl FeaturePipeline {
         self.transforms.iter().map(|t| t.encoder.width()).sum()
     }
 
+    /// Refuses a pipeline whose parts disagree. Training never makes one; a
+    /// damaged or hand-edited model file can, and encoding it would index
+    /// out of bounds.
+    pub(crate) fn check(&self) -> std::result::Result<(), String> {
+        let inputs = self.inputs();
+        let text = |kind: InputKind| kind == InputKind::Text;
+        for t in &self.transforms {
+            if let Encoder::Frequency {
+                categories,
+                frequencies,
+                ..
+            } = &t.encoder
+            {
+                if categories.len() != frequencies.len() {
+                    return Err(format!(
+                        "feature '{}' has {} categories but {} frequencies",
+                        t.name,
+                        categories.len(),
+                        frequencies.len()
+                    ));
+                }
+            }
+            let reads: Vec<(String, InputKind)> = match &t.derive {
+                Some(expr) => expr
+                    .columns()
+                    .iter()
+                    .map(|c| (c.clone(), InputKind::Numeric))
+                    .collect(),
+                None => vec![(t.name.clone(), t.encoder.kind())],
+            };
+            for (name, kind) in reads {
+                let input = inputs.iter().find(|i| i.name == name);
+                if input.is_some_and(|i| text(i.kind) != text(kind)) {
+                    return Err(format!(
+                        "column '{name}' is read both as text and as a number"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn raw_inputs(&self) -> Vec<InputSpec> {
         let mut out = Vec::new();
         for t in &self.transforms {

@@ -188,6 +188,33 @@ pub struct Node {
 }
 
 impl Tree {
+    /// Every node reads a feature the model has, and every branch leads to
+    /// a later node or to a leaf: so prediction ends, in bounds. Training
+    /// numbers a node's children after it.
+    pub(crate) fn check(&self, features: usize) -> std::result::Result<(), String> {
+        if self.leaves.is_empty() {
+            return Err("no leaves".into());
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.feature as usize >= features {
+                return Err(format!(
+                    "node {i} splits on feature {} of {features}",
+                    node.feature
+                ));
+            }
+            for child in [node.left, node.right] {
+                let fine = match child {
+                    c if c < 0 => (!c as usize) < self.leaves.len(),
+                    c => (c as usize) > i && (c as usize) < self.nodes.len(),
+                };
+                if !fine {
+                    return Err(format!("node {i} leads to {child}, outside the tree"));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn predict(&self, row: &[f64]) -> f64 {
         if self.nodes.is_empty() {
             return self.leaves[0];

@@ -83,6 +83,9 @@ impl Model {
                 file.format, file.format_version
             )));
         }
+        file.model.check().map_err(|reason| {
+            MlError::ModelFormat(format!("the model file's parts disagree: {reason}"))
+        })?;
         Ok((
             file.model,
             References {
@@ -90,6 +93,54 @@ impl Model {
                 features: file.features,
             },
         ))
+    }
+
+    /// That every index the model follows when it predicts is in bounds and
+    /// every tree ends in leaves: true of whatever training makes, checked
+    /// because a model file can also come from `weir models register`.
+    fn check(&self) -> std::result::Result<(), String> {
+        match self {
+            Model::Linear(m) => {
+                m.features.check()?;
+                let width = m.features.width();
+                if m.weights.len() != width {
+                    return Err(format!(
+                        "{} weights for {width} encoded features",
+                        m.weights.len()
+                    ));
+                }
+            }
+            Model::Mlp(m) => {
+                m.features.check()?;
+                let mut inputs = m.features.width();
+                if m.layers.is_empty() {
+                    return Err("the network has no layers".into());
+                }
+                for (k, layer) in m.layers.iter().enumerate() {
+                    if layer.inputs != inputs
+                        || layer.outputs == 0
+                        || layer.bias.len() != layer.outputs
+                        || Some(layer.weights.len()) != layer.inputs.checked_mul(layer.outputs)
+                    {
+                        return Err(format!(
+                            "layer {k} has {} inputs, {} outputs, {} weights and {} biases after {inputs} values",
+                            layer.inputs,
+                            layer.outputs,
+                            layer.weights.len(),
+                            layer.bias.len()
+                        ));
+                    }
+                    inputs = layer.outputs;
+                }
+            }
+            Model::Gbdt(m) => {
+                for (t, tree) in m.trees.iter().enumerate() {
+                    tree.check(m.features.len())
+                        .map_err(|e| format!("tree {t}: {e}"))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn kind(&self) -> &'static str {
@@ -146,5 +197,62 @@ impl Model {
     /// Rows that have a label, with their labels (for evaluation).
     pub fn labelled(&self, batch: &RecordBatch) -> Result<(RecordBatch, Vec<f64>)> {
         crate::linear::labelled(batch, self.target())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    /// The fuzz target's seed models: one of each kind, as training wrote them.
+    fn seed(name: &str) -> Value {
+        let path = format!(
+            "{}/../../fuzz/corpus/model_file/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    fn refused(file: &Value) -> String {
+        match Model::read(&serde_json::to_vec(file).unwrap()) {
+            Ok(_) => panic!("a damaged model was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn trained_models_load_and_damaged_ones_are_refused_with_the_reason() {
+        for name in ["linear", "logistic", "gbdt", "mlp"] {
+            Model::read(&serde_json::to_vec(&seed(name)).unwrap()).unwrap();
+        }
+
+        let mut linear = seed("linear");
+        linear["model"]["weights"].as_array_mut().unwrap().pop();
+        assert!(
+            refused(&linear).contains("weights for"),
+            "{}",
+            refused(&linear)
+        );
+
+        let mut gbdt = seed("gbdt");
+        gbdt["model"]["trees"][0]["nodes"][0]["right"] = 0.into();
+        assert!(refused(&gbdt).contains("tree 0: node 0 leads to 0"));
+        let mut gbdt = seed("gbdt");
+        gbdt["model"]["trees"][0]["nodes"][0]["feature"] = 99.into();
+        assert!(refused(&gbdt).contains("splits on feature 99"));
+        let mut gbdt = seed("gbdt");
+        gbdt["model"]["trees"][0]["leaves"] = Value::Array(vec![]);
+        assert!(refused(&gbdt).contains("no leaves"));
+
+        let mut mlp = seed("mlp");
+        mlp["model"]["layers"][0]["bias"]
+            .as_array_mut()
+            .unwrap()
+            .pop();
+        assert!(refused(&mlp).contains("layer 0 has"), "{}", refused(&mlp));
+        let mut mlp = seed("mlp");
+        mlp["model"]["layers"] = Value::Array(vec![]);
+        assert!(refused(&mlp).contains("no layers"));
     }
 }

@@ -48,6 +48,16 @@ impl Sandbox {
         c
     }
 
+    /// Starts weir in the background: stdout discarded, stderr kept for
+    /// [`stderr_of`].
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     pub fn weir(&self, args: &[&str]) -> Output {
         self.command(args).output().unwrap()
     }
@@ -406,6 +416,13 @@ pub fn copy_example(sb: &Sandbox, rel: &str) {
 
 /// Seeded trials per chaos test: WEIR_CRASH_TRIALS (default 20; bench/chaos.sh
 /// runs more).
+/// All a [`Sandbox::spawn`]ed child wrote to stderr, once it has exited.
+pub fn stderr_of(child: &mut Child) -> String {
+    let mut text = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut text).unwrap();
+    text
+}
+
 pub fn crash_trials() -> u64 {
     std::env::var("WEIR_CRASH_TRIALS")
         .ok()

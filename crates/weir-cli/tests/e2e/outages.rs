@@ -6,12 +6,11 @@
 //! consistent, and `weir resume` finishes the run without redoing a step.
 
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::{wait_for, Sandbox};
+use crate::common::{stderr_of, wait_for, Sandbox};
 use crate::resilience::{exits_within, fsck};
 
 /// A TCP proxy that can be taken down (its port refuses connections and
@@ -104,20 +103,6 @@ fn starts(sb: &Sandbox, step: &str) -> usize {
         .count()
 }
 
-fn spawn(sb: &Sandbox, args: &[&str]) -> std::process::Child {
-    sb.command(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn stderr_of(child: &mut std::process::Child) -> String {
-    let mut text = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut text).unwrap();
-    text
-}
-
 #[test]
 fn an_s3_outage_is_ridden_out_and_one_that_lasts_fails_clearly_then_resumes() {
     let Ok(endpoint) = std::env::var("WEIR_TEST_S3_ENDPOINT") else {
@@ -154,7 +139,7 @@ fn an_s3_outage_is_ridden_out_and_one_that_lasts_fails_clearly_then_resumes() {
 
     // Down while b runs and still down when it stores its output: the
     // request is retried with backoff until the server is back.
-    let mut run = spawn(&sb, &["run", "p.yaml"]);
+    let mut run = sb.spawn(&["run", "p.yaml"]);
     wait_for("step b", || starts(&sb, "b") == 1);
     proxy.set_up(false);
     std::thread::sleep(Duration::from_secs(4));
@@ -177,7 +162,7 @@ fn an_s3_outage_is_ridden_out_and_one_that_lasts_fails_clearly_then_resumes() {
     sb.env.push(("WEIR_S3_RETRY_TIMEOUT".into(), "3s".into()));
     // (b changed, so it runs again; a is a cache hit.)
     sb.write("p.yaml", &PIPELINE.replace("sleep 1.5", "sleep 1.6"));
-    let mut run = spawn(&sb, &["run", "p.yaml"]);
+    let mut run = sb.spawn(&["run", "p.yaml"]);
     wait_for("step b again", || starts(&sb, "b") == 2);
     proxy.set_up(false);
     let began = Instant::now();

@@ -76,6 +76,15 @@ fn verify_blobs(sb: &Sandbox) {
     }
 }
 
+fn resume(sb: &Sandbox, run: &str, trial: u64) {
+    let out = sb.weir(&["resume", run]);
+    assert!(
+        out.status.success(),
+        "trial {trial}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn crash_trials(sb_for_trial: impl Fn() -> Sandbox) {
     let trials: u64 = crate::common::crash_trials();
     let mut resumed = 0;
@@ -126,12 +135,7 @@ fn crash_trials(sb_for_trial: impl Fn() -> Sandbox) {
             STEPS.iter().map(|s| (*s, marks(&sb, "start", s))).collect();
 
         resumed += 1;
-        let out = sb.weir(&["resume", &run]);
-        assert!(
-            out.status.success(),
-            "trial {trial}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        resume(&sb, &run, trial);
 
         let after = steps_by_name(&sb, &run);
         assert_eq!(
@@ -336,12 +340,7 @@ fn a_killed_step_runtime_fails_its_step_and_resume_reruns_only_what_had_not_fini
             .collect();
         let starts: BTreeMap<&str, usize> =
             STEPS.iter().map(|s| (*s, marks(&sb, "start", s))).collect();
-        let out = sb.weir(&["resume", &run]);
-        assert!(
-            out.status.success(),
-            "trial {trial}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        resume(&sb, &run, trial);
         let after = steps_by_name(&sb, &run);
         for step in &finished {
             assert_eq!(

@@ -889,29 +889,18 @@ fn postgres_restarting_mid_run_is_survived_and_down_for_good_fails_clearly_then_
     // killed, the statements caught on them are tried again, and the run
     // succeeds without a word from the user.
     for (n, after_ms) in [0, 2900, 3150].into_iter().enumerate() {
-        let mut run = sb
-            .command(&["run", "p.yaml", "--no-cache"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut run = sb.spawn(&["run", "p.yaml", "--no-cache"]);
         started(n + 1);
         std::thread::sleep(Duration::from_millis(after_ms));
         pg.ctl(&["restart"]);
         let code = exits_within(&mut run, Duration::from_secs(90), "a run across a restart");
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(run.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        let stderr = crate::common::stderr_of(&mut run);
         assert_eq!(code, Some(0), "restarted {after_ms} ms into b: {stderr}");
         assert_eq!(sb.json(&["runs", "list"])[0]["status"], "succeeded");
     }
 
     // Down for good while b runs: the run ends with an error that says so.
-    let mut run = sb
-        .command(&["run", "p.yaml", "--no-cache"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut run = sb.spawn(&["run", "p.yaml", "--no-cache"]);
     started(4);
     // a (which b does not wait for) has recorded its outcome.
     wait_for("step a to be recorded", || {
@@ -928,8 +917,7 @@ fn postgres_restarting_mid_run_is_survived_and_down_for_good_fails_clearly_then_
         Duration::from_secs(120),
         "a run whose database went away",
     );
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(run.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let stderr = crate::common::stderr_of(&mut run);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("cannot reach the metadata store") && stderr.contains("weir resume"),

@@ -31,7 +31,7 @@ VENV2="${WEIR_CI_VENV2:-$HOME/.cache/weir-ci/venv-mlflow2}"
 MLFLOW2_CLIENT="mlflow-skinny==2.22.1 pandas==3.1.1 pytest==9.2.0"
 # scikit-learn models exported to ONNX, checked against onnxruntime (tests/onnx).
 VENV_ONNX="${WEIR_CI_VENV_ONNX:-$HOME/.cache/weir-ci/venv-onnx}"
-ONNX_CLIENT="scikit-learn==1.9.1 skl2onnx==1.20.0 onnxruntime==1.32.0 requests==2.34.2 pytest==9.2.0 tritonclient[http]==2.73.0 prometheus_client==0.26.0 opentelemetry-proto==1.45.2 openlineage-python==1.54.0"
+ONNX_CLIENT="scikit-learn==1.9.1 skl2onnx==1.20.0 onnxruntime==1.32.0 requests==2.34.2 pytest==9.2.0 tritonclient[http,grpc]==2.73.0 prometheus_client==0.26.0 opentelemetry-proto==1.45.2 openlineage-python==1.54.0"
 VENV_RAY="${WEIR_CI_VENV_RAY:-$HOME/.cache/weir-ci/venv-ray}"
 RAY_PACKAGE="ray[default]==2.60.0"
 VENV_TORCH="${WEIR_CI_VENV_TORCH:-$HOME/.cache/weir-ci/venv-torch}"
@@ -68,7 +68,7 @@ if ! "$VENV2/bin/python" -c 'import mlflow, pandas, pytest' 2>/dev/null; then
   # shellcheck disable=SC2086
   "$VENV2/bin/pip" install -q $MLFLOW2_CLIENT
 fi
-if ! "$VENV_ONNX/bin/python" -c 'import sklearn, skl2onnx, onnxruntime, requests, pytest, tritonclient.http, prometheus_client, opentelemetry.proto, openlineage.client' 2>/dev/null; then
+if ! "$VENV_ONNX/bin/python" -c 'import sklearn, skl2onnx, onnxruntime, requests, pytest, tritonclient.http, tritonclient.grpc, prometheus_client, opentelemetry.proto, openlineage.client' 2>/dev/null; then
   log "installing scikit-learn, skl2onnx and onnxruntime into $VENV_ONNX"
   python3 -m venv "$VENV_ONNX"
   # shellcheck disable=SC2086
@@ -146,7 +146,7 @@ if [ $# -eq 0 ]; then
   WEIR_BIN="$PWD/target/debug/weir" "$VENV/bin/python" -m pytest -q -p no:warnings -p no:cacheprovider tests/mlflow
   log "mlflow 2.x client suite (tests/mlflow, SQLite)"
   WEIR_TEST_POSTGRES=off WEIR_BIN="$PWD/target/debug/weir" "$VENV2/bin/python" -m pytest -q -p no:warnings -p no:cacheprovider tests/mlflow
-  log "ONNX suite: scikit-learn -> skl2onnx -> weir serve, against onnxruntime (tests/onnx)"
+  log "ONNX suite: scikit-learn -> skl2onnx -> weir serve, against onnxruntime; Triton's HTTP (binary tensors) and gRPC clients (tests/onnx)"
   WEIR_BIN="$PWD/target/debug/weir" "$VENV_ONNX/bin/python" -m pytest -q -p no:warnings -p no:cacheprovider tests/onnx
   log "/metrics pages through the official Prometheus parser; traces through an OTLP receiver decoding with the official protos; OpenLineage events through the official client's models (tests/telemetry)"
   WEIR_BIN="$PWD/target/debug/weir" "$VENV_ONNX/bin/python" -m pytest -q -p no:warnings -p no:cacheprovider tests/telemetry

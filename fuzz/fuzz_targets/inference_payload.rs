@@ -1,4 +1,5 @@
-//! Any body on `/invocations` or an OIP `infer` route, decoded against a
+//! Any body on `/invocations` or an OIP `infer` route (JSON or JSON and
+//! binary tensors), decoded against a
 //! model with a text and a numeric input: a frame or a 400, never a panic.
 #![no_main]
 
@@ -10,9 +11,14 @@ fuzz_target!(|data: &[u8]| {
     let Some((first, body)) = data.split_first() else {
         return;
     };
-    let protocol = match first % 2 {
+    // Binary bodies: the JSON header's length is taken from the body's
+    // size, so every split of the same bytes is reachable.
+    let protocol = match first % 3 {
         0 => Protocol::Mlflow,
-        _ => Protocol::Oip,
+        1 => Protocol::Oip,
+        _ => Protocol::OipBinary {
+            header_length: usize::from(first / 3) * body.len() / 85,
+        },
     };
     let inputs = [
         InputSpec {

@@ -150,9 +150,8 @@ def client(served):
 
 def infer(client, name, rows):
     x = httpclient.InferInput("X", list(rows.shape), "FP32")
-    # Binary tensors are issue 27; JSON is what Weir speaks today.
-    x.set_data_from_numpy(rows, binary_data=False)
-    outputs = [httpclient.InferRequestedOutput("probabilities", binary_data=False)]
+    x.set_data_from_numpy(rows)  # binary tensors, the client's default
+    outputs = [httpclient.InferRequestedOutput("probabilities")]
     return client.infer(name, [x], outputs=outputs)
 
 
@@ -188,7 +187,7 @@ def test_statistics_count_every_phase_of_every_request(client, served):
 
     # A request the model refuses is a failure of that version.
     bad = httpclient.InferInput("X", [1, 3], "FP32")
-    bad.set_data_from_numpy(np.zeros((1, 3), dtype=np.float32), binary_data=False)
+    bad.set_data_from_numpy(np.zeros((1, 3), dtype=np.float32))
     with pytest.raises(InferenceServerException):
         client.infer("forest", [bad])
     failed = client.get_inference_statistics(model_name="forest")["model_stats"][0]

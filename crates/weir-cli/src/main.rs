@@ -201,7 +201,12 @@ enum Command {
         /// Address to listen on [env: WEIR_SERVE_ADDR] [default: 127.0.0.1:8080]
         #[arg(long)]
         addr: Option<String>,
-        /// Largest request body accepted, in bytes
+        /// Also serve the Open Inference Protocol over gRPC (inference.GRPCInferenceService,
+        /// as tritonclient.grpc and KServe's clients speak it) on this address, e.g.
+        /// 127.0.0.1:8081; over TLS too when --tls-cert is given
+        #[arg(long, env = "WEIR_SERVE_GRPC_ADDR", value_name = "ADDR")]
+        grpc_addr: Option<String>,
+        /// Largest request body (gRPC: message) accepted, in bytes
         #[arg(long, env = "WEIR_SERVE_MAX_BODY_BYTES", default_value_t = 16 << 20)]
         max_body_bytes: usize,
         /// Share of requests traced when an OTLP endpoint is set (a caller's traceparent
@@ -1391,6 +1396,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
         Command::Serve {
             models,
             addr,
+            grpc_addr,
             max_body_bytes,
             max_concurrency,
             request_timeout,
@@ -1432,6 +1438,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             }
             let options = weir_serve::ServeOptions {
                 addr: config.serve_addr().to_string(),
+                grpc_addr,
                 max_body_bytes,
                 max_concurrency,
                 request_timeout,

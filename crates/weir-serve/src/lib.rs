@@ -12,6 +12,7 @@ mod batch;
 mod cache;
 mod costing;
 mod error;
+mod grpc;
 mod metrics;
 pub mod monitor;
 mod onnx;
@@ -23,6 +24,7 @@ mod routes;
 pub mod slo;
 mod spans;
 mod stats;
+mod tensor;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,6 +74,8 @@ impl ModelRef {
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
     pub addr: String,
+    /// Where the OIP gRPC service listens, if anywhere.
+    pub grpc_addr: Option<String>,
     pub max_body_bytes: usize,
     /// Inference requests answered at once; more get 429.
     pub max_concurrency: usize,
@@ -173,6 +177,11 @@ pub(crate) struct AppState {
     pub artifacts: ArtifactStore,
     /// Versions whose last load failed, with why (shown by the index).
     pub failed: RwLock<BTreeMap<(String, i64), String>>,
+    /// Versions the controller loaded because an endpoint routed to them,
+    /// with when it found no endpoint routing to them any more. Only these
+    /// are unloaded on their own: a version named on the command line or
+    /// loaded through the repository extension stays until unloaded there.
+    for_endpoints: std::sync::Mutex<BTreeMap<(String, i64), Option<Instant>>>,
     pub cache: cache::ResponseCache,
     /// Endpoints (from the store's deployments), by name.
     endpoints: RwLock<BTreeMap<String, Arc<weir_store::Deployment>>>,
@@ -210,8 +219,28 @@ pub(crate) struct Prediction {
 const PREDICTIONS_KEPT: usize = 20_000;
 
 impl AppState {
-    /// Puts a loaded version in service (replacing the same version).
+    /// Puts a loaded version in service (replacing the same version), to
+    /// stay until it is unloaded by name.
     pub(crate) fn add(&self, loaded: Loaded) {
+        self.for_endpoints
+            .lock()
+            .expect("endpoint versions lock")
+            .remove(&(loaded.name.clone(), loaded.version));
+        self.put(loaded);
+    }
+
+    /// Puts a version an endpoint routes to in service, to stay only while
+    /// an endpoint routes to it (see [`AppState::unload_unrouted`]).
+    fn add_for_endpoint(&self, loaded: Loaded) {
+        let key = (loaded.name.clone(), loaded.version);
+        self.put(loaded);
+        self.for_endpoints
+            .lock()
+            .expect("endpoint versions lock")
+            .insert(key, None);
+    }
+
+    fn put(&self, loaded: Loaded) {
         self.metrics.loaded(&loaded.name, loaded.version);
         self.failed
             .write()
@@ -244,6 +273,41 @@ impl AppState {
             self.metrics.unloaded(name, *v);
         }
         removed
+    }
+
+    /// Unloads the versions loaded for endpoints that no endpoint has routed
+    /// to for `grace` (a promoted-away stable, a rolled-back candidate), so
+    /// a long-lived server holds what it serves, not every version it ever
+    /// served. The grace lets a request that read the endpoint's old routing
+    /// just before the change still find its version. Returns what went.
+    fn unload_unrouted(
+        &self,
+        endpoints: &[weir_store::Deployment],
+        grace: Duration,
+    ) -> Vec<(String, i64)> {
+        let routed = |(name, version): &(String, i64)| {
+            endpoints.iter().any(|d| {
+                d.model == *name && (d.stable == Some(*version) || d.candidate == Some(*version))
+            })
+        };
+        let mut expired = Vec::new();
+        {
+            let mut tracked = self.for_endpoints.lock().expect("endpoint versions lock");
+            for (key, since) in tracked.iter_mut() {
+                if routed(key) {
+                    *since = None;
+                } else if since.get_or_insert_with(Instant::now).elapsed() >= grace {
+                    expired.push(key.clone());
+                }
+            }
+            for key in &expired {
+                tracked.remove(key);
+            }
+        }
+        for (name, version) in &expired {
+            self.remove(name, Some(*version));
+        }
+        expired
     }
 
     /// Every version this server has loaded or failed to load.
@@ -626,6 +690,8 @@ struct Controller {
 
 /// How often the store is polled for endpoint changes.
 const CONTROL_TICK: Duration = Duration::from_millis(200);
+/// How long a version no endpoint routes to any more stays loaded.
+const UNLOAD_GRACE: Duration = Duration::from_secs(5);
 /// The controller's lease: held for LEASE_TTL, renewed every LEASE_RENEW, so
 /// a replica that dies is replaced within about LEASE_TTL + LEASE_RENEW.
 const LEASE: &str = "rollout-controller";
@@ -659,8 +725,14 @@ impl Controller {
             }
             match state.store.deployments().await {
                 Ok(all) => {
-                    for d in all {
-                        self.step(&state, d).await;
+                    for d in &all {
+                        self.step(&state, d.clone()).await;
+                    }
+                    // Judged on what was read before the steps: a version a
+                    // step moved away from is unrouted from the next tick,
+                    // and the grace runs from then.
+                    for (name, version) in state.unload_unrouted(&all, UNLOAD_GRACE) {
+                        eprintln!("unloaded {name}:{version}: no endpoint routes to it");
                     }
                 }
                 Err(e) => eprintln!("warning: cannot read endpoints: {e}"),
@@ -773,7 +845,7 @@ impl Controller {
             match load(state, &d.model, v).await {
                 Ok(loaded) => {
                     eprintln!("loaded {}:{v} for endpoint {}", d.model, d.endpoint);
-                    state.add(loaded);
+                    state.add_for_endpoint(loaded);
                 }
                 Err(e) => {
                     eprintln!("error: endpoint {}: {e}", d.endpoint);
@@ -1073,6 +1145,7 @@ pub async fn serve(
         cache: cache::ResponseCache::new(options.response_cache_bytes),
         endpoints: RwLock::new(BTreeMap::new()),
         windows: std::sync::Mutex::new(BTreeMap::new()),
+        for_endpoints: std::sync::Mutex::new(BTreeMap::new()),
         shadow_agreement: std::sync::Mutex::new(BTreeMap::new()),
         slos: options
             .slos
@@ -1086,19 +1159,34 @@ pub async fn serve(
     });
     let listener = weir_tls::Listener::bind(&options.addr, options.tls.as_ref())
         .await
-        .map_err(|e| match e {
-            weir_tls::TlsError::Bind { source, .. } => ServeError::Bind {
-                addr: options.addr.clone(),
-                reason: source.to_string(),
-            },
-            e => ServeError::Tls(e.to_string()),
-        })?;
+        .map_err(|e| bind_error(&options.addr, e))?;
     let url = listener.url().map_err(|e| ServeError::Bind {
         addr: options.addr.clone(),
         reason: e.to_string(),
     })?;
     eprintln!("listening on {url}");
 
+    let grpc = match &options.grpc_addr {
+        None => None,
+        Some(addr) => {
+            let listener = weir_tls::Listener::bind_grpc(addr, options.tls.as_ref())
+                .await
+                .map_err(|e| bind_error(addr, e))?;
+            let at = listener.local_addr().map_err(|e| ServeError::Bind {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+            eprintln!(
+                "gRPC (inference.GRPCInferenceService) on {}{at}",
+                if options.tls.is_some() { "TLS " } else { "" }
+            );
+            Some(tokio::spawn(weir_tls::serve(
+                listener,
+                grpc::router(state.clone()),
+                weir_core::signals::terminated(),
+            )))
+        }
+    };
     let app = routes::router(state.clone());
     let server = tokio::spawn(weir_tls::serve(
         listener,
@@ -1153,6 +1241,10 @@ pub async fn serve(
     state.ready.store(true, Ordering::Release);
     eprintln!("ready");
     let served = server.await;
+    if let Some(grpc) = grpc {
+        // Stopped by the same signal; its in-flight calls finish first.
+        let _ = grpc.await;
+    }
     // The replica's last usage is recorded before it goes.
     let _ = stop_watch.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), watching).await;
@@ -1168,6 +1260,16 @@ pub async fn serve(
         .map_err(|e| ServeError::Internal(e.to_string()))?;
     eprintln!("stopped");
     Ok(())
+}
+
+fn bind_error(addr: &str, e: weir_tls::TlsError) -> ServeError {
+    match e {
+        weir_tls::TlsError::Bind { source, .. } => ServeError::Bind {
+            addr: addr.to_string(),
+            reason: source.to_string(),
+        },
+        e => ServeError::Tls(e.to_string()),
+    }
 }
 
 /// On SQLite, one `weir serve` serves a store: a second would count its

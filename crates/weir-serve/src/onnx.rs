@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 use weir_onnx::{Data, OnnxModel, Output, TensorSpec};
 
 use crate::payload::{describe, OipRequest};
+use crate::tensor::TensorData;
 use crate::ServeError;
 
 fn bad(message: impl Into<String>) -> ServeError {
@@ -121,8 +122,19 @@ pub(crate) fn oip_inputs(
                 spec.name, tensor.shape, spec.shape
             )));
         }
-        let mut data = Vec::new();
-        push_numbers(&tensor.data, &spec.name, &mut data)?;
+        let data = match &tensor.data {
+            TensorData::Json(v) => {
+                let mut data = Vec::new();
+                push_numbers(v, &spec.name, &mut data)?;
+                data
+            }
+            TensorData::Numbers(v) => v.clone(),
+            TensorData::Bools(v) => v.iter().map(|b| f64::from(u8::from(*b))).collect(),
+            // BYTES was refused above; `Missing` by the request's parser.
+            TensorData::Bytes(_) | TensorData::Missing => {
+                return Err(crate::tensor::missing(&spec.name))
+            }
+        };
         let n = tensor.shape[0] as usize;
         let expected: i64 = tensor.shape.iter().product();
         if data.len() as i64 != expected {

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use weir_ml::{Column, Frame, InputKind, InputSpec};
 
+use crate::tensor::{self, TensorData};
 use crate::ServeError;
 
 fn bad(message: impl Into<String>) -> ServeError {
@@ -20,47 +21,158 @@ pub(crate) struct Columns {
     pub values: BTreeMap<String, Vec<Value>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct OipRequest {
     #[serde(default)]
     pub id: Option<String>,
     #[serde(default)]
-    #[allow(dead_code)]
     pub parameters: Option<serde_json::Map<String, Value>>,
     pub inputs: Vec<OipTensor>,
     #[serde(default)]
     pub outputs: Option<Vec<OipRequestedOutput>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 pub(crate) struct OipRequestedOutput {
     pub name: String,
+    #[serde(default)]
+    pub parameters: Option<serde_json::Map<String, Value>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct OipTensor {
     pub name: String,
     pub shape: Vec<i64>,
     pub datatype: String,
-    pub data: Value,
+    #[serde(default, deserialize_with = "json_data")]
+    pub data: TensorData,
     #[serde(default)]
-    #[allow(dead_code)]
     pub parameters: Option<serde_json::Map<String, Value>>,
+}
+
+fn json_data<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TensorData, D::Error> {
+    Value::deserialize(d).map(TensorData::Json)
+}
+
+/// The header that says a body is JSON followed by binary tensors, and how
+/// many of its bytes are the JSON.
+pub(crate) const HEADER_LENGTH: &str = "inference-header-content-length";
+
+impl OipRequest {
+    /// An OIP request body: JSON, or with the binary tensor extension the
+    /// first `json_len` bytes JSON and the rest each input's binary data,
+    /// in input order, for the inputs whose `binary_data_size` says so.
+    pub(crate) fn parse(body: &[u8], json_len: Option<usize>) -> Result<OipRequest, ServeError> {
+        let malformed = |e: serde_json::Error| bad(format!("malformed JSON body: {e}"));
+        let Some(json_len) = json_len else {
+            let request: OipRequest = serde_json::from_slice(body).map_err(malformed)?;
+            request.check_complete()?;
+            return Ok(request);
+        };
+        if json_len > body.len() {
+            return Err(bad(format!(
+                "Inference-Header-Content-Length says {json_len} bytes of JSON, but the body has only {}",
+                body.len()
+            )));
+        }
+        let (json, mut binary) = body.split_at(json_len);
+        let mut request: OipRequest = serde_json::from_slice(json).map_err(malformed)?;
+        for tensor in &mut request.inputs {
+            let Some(size) = tensor.binary_data_size()? else {
+                continue;
+            };
+            if !matches!(tensor.data, TensorData::Missing) {
+                return Err(bad(format!(
+                    "input '{}' has both \"data\" and a binary_data_size; send one",
+                    tensor.name
+                )));
+            }
+            if size > binary.len() {
+                return Err(bad(format!(
+                    "input '{}': binary_data_size is {size} bytes, but only {} bytes of binary data remain after the JSON",
+                    tensor.name,
+                    binary.len()
+                )));
+            }
+            let (raw, rest) = binary.split_at(size);
+            binary = rest;
+            let count = tensor::element_count(&tensor.name, &tensor.shape)?;
+            tensor.data = tensor::decode_raw(&tensor.name, &tensor.datatype, count, raw)?;
+        }
+        if !binary.is_empty() {
+            return Err(bad(format!(
+                "{} bytes follow the JSON that no input's binary_data_size claims",
+                binary.len()
+            )));
+        }
+        request.check_complete()?;
+        Ok(request)
+    }
+
+    fn check_complete(&self) -> Result<(), ServeError> {
+        match self
+            .inputs
+            .iter()
+            .find(|t| matches!(t.data, TensorData::Missing))
+        {
+            Some(t) => Err(tensor::missing(&t.name)),
+            None => Ok(()),
+        }
+    }
+
+    /// Marks the outputs of an answer the client asked for in binary:
+    /// every output with the request's `binary_data_output`, else those
+    /// requested with `"binary_data": true`. The mark
+    /// (`"parameters": {"binary_data": true}`) is replaced by the bytes
+    /// when the answer is written (`binary::response`).
+    pub(crate) fn mark_binary_outputs(&self, outputs: &mut [Value]) {
+        let all = self
+            .parameters
+            .as_ref()
+            .and_then(|p| p.get("binary_data_output"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        for output in outputs {
+            let asked = self
+                .outputs
+                .iter()
+                .flatten()
+                .find(|o| output["name"] == o.name.as_str())
+                .and_then(|o| o.parameters.as_ref()?.get("binary_data")?.as_bool());
+            if asked.unwrap_or(all) {
+                output["parameters"] = serde_json::json!({"binary_data": true});
+            }
+        }
+    }
+}
+
+impl OipTensor {
+    fn binary_data_size(&self) -> Result<Option<usize>, ServeError> {
+        let Some(size) = self
+            .parameters
+            .as_ref()
+            .and_then(|p| p.get("binary_data_size"))
+        else {
+            return Ok(None);
+        };
+        size.as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                bad(format!(
+                    "input '{}': binary_data_size must be a whole number of bytes, got {size}",
+                    self.name
+                ))
+            })
+    }
 }
 
 pub(crate) const NUMERIC_TYPES: &[&str] = &[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16",
     "FP32", "FP64",
 ];
-
-fn flatten(value: &Value, out: &mut Vec<Value>) {
-    match value {
-        Value::Array(items) => items.iter().for_each(|v| flatten(v, out)),
-        other => out.push(other.clone()),
-    }
-}
 
 /// OIP v2: each input tensor is a column; its first dimension is the batch.
 pub(crate) fn oip_columns(request: &OipRequest) -> Result<Columns, ServeError> {
@@ -83,8 +195,7 @@ pub(crate) fn oip_columns(request: &OipRequest) -> Result<Columns, ServeError> {
         if tensor.shape.iter().skip(1).any(|d| *d != 1) {
             return Err(bad(format!("input '{name}': shape {:?} has more than one value per row; send one tensor per feature with shape [n]", tensor.shape)));
         }
-        let mut data = Vec::new();
-        flatten(&tensor.data, &mut data);
+        let data = tensor.data.values(name)?;
         let n = tensor.shape[0] as usize;
         if data.len() != n {
             return Err(bad(format!(
@@ -386,6 +497,9 @@ pub enum Protocol {
     Mlflow,
     /// `/v2/models/NAME/infer`: Open Inference Protocol tensors.
     Oip,
+    /// The same with the binary tensor extension: this many bytes of JSON
+    /// (`Inference-Header-Content-Length`), then binary tensors.
+    OipBinary { header_length: usize },
 }
 
 /// Decodes a request body the way its route does, up to the model's frame:
@@ -396,7 +510,10 @@ pub fn decode(protocol: Protocol, body: &[u8], inputs: &[InputSpec]) -> Result<F
     let malformed = |e: serde_json::Error| bad(format!("malformed JSON body: {e}"));
     let columns = match protocol {
         Protocol::Mlflow => mlflow_columns(&serde_json::from_slice(body).map_err(malformed)?)?,
-        Protocol::Oip => oip_columns(&serde_json::from_slice(body).map_err(malformed)?)?,
+        Protocol::Oip => oip_columns(&OipRequest::parse(body, None)?)?,
+        Protocol::OipBinary { header_length } => {
+            oip_columns(&OipRequest::parse(body, Some(header_length))?)?
+        }
     };
     frame(inputs, columns)
 }

@@ -233,7 +233,7 @@ async fn metrics(State(s): Shared) -> Response {
 /// answered, the rows scored) is filled in as the handler goes. A request
 /// that never reaches a served model is counted under an empty model label:
 /// names taken from request paths would let any client grow /metrics.
-struct Timed {
+pub(crate) struct Timed {
     started: Instant,
     protocol: &'static str,
     model: String,
@@ -311,12 +311,13 @@ impl Timed {
         self.cache = Some((hit, at.elapsed()));
     }
 
-    fn finish(mut self, s: &AppState, status: StatusCode) {
+    pub(crate) fn finish(mut self, s: &AppState, status: StatusCode) {
         let now = Instant::now();
         if let Some(traced) = self.traced.take() {
             traced.finish(crate::spans::Phases {
                 route: match self.protocol {
                     "v2" => "/v2/models/{name}/infer",
+                    "grpc" => "/inference.GRPCInferenceService/ModelInfer",
                     _ => "/invocations",
                 },
                 model: &self.model,
@@ -357,10 +358,11 @@ impl Timed {
 }
 
 async fn server_metadata() -> Json<Value> {
-    Json(
-        json!({"name": "weir", "version": weir_core::WEIR_VERSION, "extensions": ["model_repository", "statistics"]}),
-    )
+    Json(json!({"name": "weir", "version": weir_core::WEIR_VERSION, "extensions": EXTENSIONS}))
 }
+
+/// The protocol extensions both transports serve.
+pub(crate) const EXTENSIONS: [&str; 3] = ["model_repository", "statistics", "binary_tensor_data"];
 
 /// The version a repository request names: `{"parameters": {"version": "2"}}`
 /// (the protocol's form) or `{"version": 2}`; none means the latest.
@@ -419,13 +421,23 @@ async fn repository_load(
     body: Bytes,
 ) -> Result<Json<Value>, OipError> {
     let version = requested_version(&body)?;
+    let (name, version) = load_version(&s, &name, version).await?;
+    Ok(Json(
+        json!({"name": name, "version": version.to_string(), "state": "READY"}),
+    ))
+}
+
+/// Loads a registered version (the latest when `version` is `None`) into
+/// service, for either transport's repository extension; returns the name
+/// and version loaded.
+pub(crate) async fn load_version(
+    s: &AppState,
+    name: &str,
+    version: Option<i64>,
+) -> Result<(String, i64), ServeError> {
     // An unknown name or version is the store's not-found: 404.
-    let mv = s
-        .store
-        .model_version(&name, version)
-        .await
-        .map_err(ServeError::from)?;
-    let loading = crate::load(&s, &mv.name, mv.version).await;
+    let mv = s.store.model_version(name, version).await?;
+    let loading = crate::load(s, &mv.name, mv.version).await;
     // Whatever stops a registered version from loading (a damaged or missing
     // file, a failed warm-up) is a failed load of that version.
     let loading = loading.map_err(|e| match e {
@@ -438,16 +450,14 @@ async fn repository_load(
     match loading {
         Ok(loaded) => {
             s.add(loaded);
-            Ok(Json(
-                json!({"name": mv.name, "version": mv.version.to_string(), "state": "READY"}),
-            ))
+            Ok((mv.name, mv.version))
         }
         Err(e) => {
             s.failed
                 .write()
                 .expect("failed lock")
                 .insert((mv.name.clone(), mv.version), e.to_string());
-            Err(e.into())
+            Err(e)
         }
     }
 }
@@ -460,21 +470,31 @@ async fn repository_unload(
     body: Bytes,
 ) -> Result<Json<Value>, OipError> {
     let version = requested_version(&body)?;
-    let removed = s.remove(&name, version);
-    if removed.is_empty() {
-        return Err(ServeError::UnknownModel {
-            name: match version {
-                Some(v) => format!("{name}:{v}"),
-                None => name,
-            },
-            served: s.names().join(", "),
-        }
-        .into());
-    }
+    let removed = unload_version(&s, &name, version)?;
     Ok(Json(json!({
         "name": name,
         "unloaded": removed.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
     })))
+}
+
+/// Takes a model's versions (or the one named) out of service, for either
+/// transport's repository extension; returns the versions unloaded.
+pub(crate) fn unload_version(
+    s: &AppState,
+    name: &str,
+    version: Option<i64>,
+) -> Result<Vec<i64>, ServeError> {
+    let removed = s.remove(name, version);
+    if removed.is_empty() {
+        return Err(ServeError::UnknownModel {
+            name: match version {
+                Some(v) => format!("{name}:{v}"),
+                None => name.to_string(),
+            },
+            served: s.names().join(", "),
+        });
+    }
+    Ok(removed)
 }
 
 async fn server_ready(State(s): Shared) -> Response {
@@ -536,7 +556,11 @@ fn metadata(s: &AppState, loaded: &Loaded) -> Value {
 
 /// The version metadata and readiness describe: for an endpoint, its
 /// stable version.
-fn ready_model(s: &AppState, name: &str, version: Option<&str>) -> Result<Arc<Loaded>, ServeError> {
+pub(crate) fn ready_model(
+    s: &AppState,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Arc<Loaded>, ServeError> {
     if !s.is_ready() {
         return Err(ServeError::NotReady);
     }
@@ -559,24 +583,34 @@ async fn model_metadata(
     State(s): Shared,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, OipError> {
-    let loaded = ready_model(&s, &name, None)?;
-    let mut doc = metadata(&s, &loaded);
-    if s.endpoint(&name).is_some() {
-        doc["name"] = json!(name);
-        doc["endpoint"] =
-            json!({"model": loaded.name, "stable_version": loaded.version.to_string()});
-    }
-    Ok(Json(doc))
+    Ok(Json(metadata_of(&s, &name, None)?))
 }
 
 async fn version_metadata(
     State(s): Shared,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, OipError> {
-    let loaded = ready_model(&s, &name, Some(&version))?;
-    let mut doc = metadata(&s, &loaded);
-    doc["versions"] = json!([version]);
-    Ok(Json(doc))
+    Ok(Json(metadata_of(&s, &name, Some(&version))?))
+}
+
+/// A model's (an endpoint's, a version's) metadata, for either transport.
+pub(crate) fn metadata_of(
+    s: &AppState,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Value, ServeError> {
+    let loaded = ready_model(s, name, version)?;
+    let mut doc = metadata(s, &loaded);
+    match version {
+        Some(version) => doc["versions"] = json!([version]),
+        None if s.endpoint(name).is_some() => {
+            doc["name"] = json!(name);
+            doc["endpoint"] =
+                json!({"model": loaded.name, "stable_version": loaded.version.to_string()});
+        }
+        None => {}
+    }
+    Ok(doc)
 }
 
 fn stats_of(versions: &[Arc<Loaded>]) -> Json<Value> {
@@ -777,22 +811,120 @@ async fn run_infer(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let mut timed = Timed::start("v2");
-    timed.trace(&s, &headers);
+    let payload =
+        body_bytes(body, s.max_body_bytes).and_then(|bytes| Payload::http(bytes, &headers));
+    let (result, timed) = oip_infer(&s, &name, version.as_deref(), &headers, payload, "v2").await;
+    // Encoding the answer is part of the request (compute_output).
+    let (response, status) = match result {
+        Ok((answer, id)) => (with_request_id(oip_response(answer), id), StatusCode::OK),
+        Err(e) => {
+            let status = e.status();
+            (OipError(e).into_response(), status)
+        }
+    };
+    timed.finish(&s, status);
+    response
+}
+
+/// An Open Inference Protocol request's payload, as its transport gave it.
+#[derive(Clone)]
+pub(crate) enum Payload {
+    /// An HTTP body: JSON, or with the binary tensor extension `json_len`
+    /// bytes of JSON and then binary tensors.
+    Http {
+        bytes: Bytes,
+        json_len: Option<usize>,
+    },
+    /// A request decoded already (gRPC), with its encoded bytes when the
+    /// response cache is on (its key).
+    Decoded {
+        request: Arc<payload::OipRequest>,
+        encoded: Option<Bytes>,
+    },
+}
+
+impl Payload {
+    fn http(bytes: Bytes, headers: &HeaderMap) -> Result<Payload, ServeError> {
+        let json_len = match headers.get(payload::HEADER_LENGTH) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .ok_or_else(|| {
+                        ServeError::BadRequest(format!(
+                            "Inference-Header-Content-Length must be the JSON's length in bytes, got {v:?}"
+                        ))
+                    })?,
+            ),
+        };
+        Ok(Payload::Http { bytes, json_len })
+    }
+
+    /// The response cache's key for this payload sent to `loaded`.
+    fn cache_key(&self, loaded: &Loaded) -> Option<crate::cache::Key> {
+        let (protocol, bytes) = match self {
+            Payload::Http {
+                bytes,
+                json_len: None,
+            } => ("v2".to_string(), bytes),
+            Payload::Http {
+                bytes,
+                json_len: Some(n),
+            } => (format!("v2+binary:{n}"), bytes),
+            Payload::Decoded {
+                encoded: Some(bytes),
+                ..
+            } => ("grpc".to_string(), bytes),
+            Payload::Decoded { encoded: None, .. } => return None,
+        };
+        Some(ResponseCache::key(
+            &protocol,
+            &loaded.name,
+            loaded.version,
+            bytes,
+        ))
+    }
+
+    fn request(&self) -> Result<std::borrow::Cow<'_, payload::OipRequest>, ServeError> {
+        Ok(match self {
+            Payload::Http { bytes, json_len } => {
+                std::borrow::Cow::Owned(payload::OipRequest::parse(bytes, *json_len)?)
+            }
+            Payload::Decoded { request, .. } => std::borrow::Cow::Borrowed(&**request),
+        })
+    }
+}
+
+/// An inference through the Open Inference Protocol, for either transport:
+/// routes it (an endpoint's rollout, or the version named), scores it,
+/// mirrors it to a shadow, counts it for the rollout and logs it. Returns
+/// the answer (with the request id an endpoint's feedback refers to) for
+/// the transport to encode, and the request's timing, to finish once it has.
+pub(crate) async fn oip_infer(
+    s: &Arc<AppState>,
+    name: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    payload: Result<Payload, ServeError>,
+    protocol: &'static str,
+) -> (Result<(Value, Option<String>), ServeError>, Timed) {
+    let mut timed = Timed::start(protocol);
+    timed.trace(s, headers);
     let mut routed = None;
-    let result = match resolve(&s, &name, version.as_deref(), &headers) {
-        Err(e) => Err(OipError(e)),
+    let result = match resolve(s, name, version, headers) {
+        Err(e) => Err(e),
         Ok(target) => {
             timed.answered_by(&target.loaded);
             routed = target.endpoint.clone().map(|e| (e, target.loaded.version));
             timed.sample = s.log.as_ref().is_some_and(|l| l.sampled(draw()));
-            match body_bytes(body, s.max_body_bytes) {
-                Err(e) => Err(e.into()),
-                Ok(bytes) => {
-                    let result = score_infer(&s, &target.loaded, &bytes, &mut timed).await;
+            match payload {
+                Err(e) => Err(e),
+                Ok(payload) => {
+                    let result = score_infer(s, &target.loaded, &payload, &mut timed).await;
                     if let (Some(shadow), Some(endpoint)) = (target.shadow, target.endpoint) {
-                        let answer = result.as_ref().ok().map(|j| j.0["outputs"].clone());
-                        mirror(s.clone(), endpoint, shadow, bytes, answer, "v2");
+                        let answer = result.as_ref().ok().map(|a| a["outputs"].clone());
+                        mirror(s.clone(), endpoint, shadow, Mirrored::Oip(payload), answer);
                     }
                     result
                 }
@@ -801,26 +933,66 @@ async fn run_infer(
     };
     let status = result
         .as_ref()
-        .map_or_else(|e| e.0.status(), |_| StatusCode::OK);
+        .map_or_else(|e| e.status(), |_| StatusCode::OK);
     if let Some((endpoint, version)) = &routed {
         s.record(endpoint, *version, status.as_u16(), timed.started.elapsed());
     }
     let logged = logged(&timed, &routed).zip(timed.capture.take());
-    // Encoding the answer is part of the request (compute_output).
-    let response = match result {
-        Ok(Json(answer)) => {
-            let labels = answer["outputs"]
-                .as_array()
-                .and_then(|o| o.iter().find(|t| t["name"] == "label"))
-                .and_then(|t| t["data"].as_array().cloned());
-            let id = answer["id"].as_str().map(str::to_string);
-            let scores = oip_scores(&answer);
-            answered(&s, routed, id, &headers, scores, labels, answer, logged)
+    let result = result.map(|answer| {
+        let labels = answer["outputs"]
+            .as_array()
+            .and_then(|o| o.iter().find(|t| t["name"] == "label"))
+            .and_then(|t| t["data"].as_array().cloned());
+        let id = answer["id"].as_str().map(str::to_string);
+        let scores = oip_scores(&answer);
+        let id = keep(s, routed, id, headers, scores, labels, logged);
+        (answer, id)
+    });
+    (result, timed)
+}
+
+/// The HTTP response to an OIP answer: JSON, or with the binary tensor
+/// extension, when the client asked for some outputs in binary, the JSON
+/// (its length in `Inference-Header-Content-Length`) followed by those
+/// outputs' bytes in order, each output saying its `binary_data_size`.
+fn oip_response(mut answer: Value) -> Response {
+    let mut binary = Vec::new();
+    let mut any = false;
+    for output in answer["outputs"].as_array_mut().into_iter().flatten() {
+        if output["parameters"]["binary_data"] != true {
+            continue;
         }
-        Err(e) => e.into_response(),
-    };
-    timed.finish(&s, status);
-    response
+        any = true;
+        let raw = crate::tensor::encode_raw(
+            output["datatype"].as_str().unwrap_or_default(),
+            &output["data"],
+        );
+        if let Some(o) = output.as_object_mut() {
+            o.remove("data");
+        }
+        output["parameters"] = json!({"binary_data_size": raw.len()});
+        binary.extend(raw);
+    }
+    if !any {
+        return Json(answer).into_response();
+    }
+    let mut body = serde_json::to_vec(&answer).expect("a JSON value serializes");
+    let json_len = body.len();
+    body.extend(binary);
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/octet-stream"),
+            ),
+            (
+                header::HeaderName::from_static(payload::HEADER_LENGTH),
+                header::HeaderValue::from(json_len),
+            ),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// What a sampled request is logged under: the endpoint that routed it,
@@ -834,20 +1006,19 @@ fn logged(timed: &Timed, routed: &Option<(String, i64)>) -> Option<(String, Stri
     Some((target, timed.model.clone(), version))
 }
 
-/// The response to a scored request. One an endpoint routed gets its
-/// request id (`x-weir-request-id`), and what it predicted is kept: its
-/// scores for drift, its labels for feedback under that id.
-#[allow(clippy::too_many_arguments)]
-fn answered(
+/// What a scored request leaves behind. One an endpoint routed gets a
+/// request id (returned, for `x-weir-request-id`), and what it predicted is
+/// kept: its scores for drift, its labels for feedback under that id; a
+/// sampled one goes to the prediction log.
+fn keep(
     s: &AppState,
     routed: Option<(String, i64)>,
     id: Option<String>,
     headers: &HeaderMap,
     scores: Vec<f64>,
     labels: Option<Vec<Value>>,
-    answer: Value,
     logged: Option<((String, String, i64), predlog::Capture)>,
-) -> Response {
+) -> Option<String> {
     // A logged request needs an id for its feedback to find it.
     let id =
         (routed.is_some() || logged.is_some()).then(|| id.unwrap_or_else(|| request_id(headers)));
@@ -874,7 +1045,7 @@ fn answered(
             s.remember(id.clone(), prediction);
         }
     }
-    with_request_id(Json(answer).into_response(), id)
+    id
 }
 
 /// One score per row of an answer, for drift: the positive class's
@@ -987,34 +1158,44 @@ async fn feedback(
     }))
 }
 
+/// A request to mirror, in its protocol.
+enum Mirrored {
+    Oip(Payload),
+    Mlflow(Bytes),
+}
+
 /// Sends a copy of a request to an endpoint's shadow after the stable
 /// version has answered; the client never waits for it or sees it.
 fn mirror(
     s: Arc<AppState>,
     endpoint: String,
     shadow: Arc<Loaded>,
-    bytes: Bytes,
+    request: Mirrored,
     stable_answer: Option<Value>,
-    protocol: &'static str,
 ) {
     tokio::spawn(async move {
-        let mut timed = Timed::start(protocol);
-        let (status, answer) = if protocol == "v2" {
-            match score_infer(&s, &shadow, &bytes, &mut timed).await {
-                Ok(j) => (StatusCode::OK, Some(j.0["outputs"].clone())),
-                Err(e) => (e.0.status(), None),
+        let started = Instant::now();
+        let (status, answer) = match request {
+            Mirrored::Oip(payload) => {
+                let mut timed = Timed::start("v2");
+                match score_infer(&s, &shadow, &payload, &mut timed).await {
+                    Ok(answer) => (StatusCode::OK, Some(answer["outputs"].clone())),
+                    Err(e) => (e.status(), None),
+                }
             }
-        } else {
-            match score_mlflow(&s, &shadow, &bytes, &mut timed).await {
-                Ok(j) => (StatusCode::OK, Some(j.0["predictions"].clone())),
-                Err(e) => (e.0.status(), None),
+            Mirrored::Mlflow(bytes) => {
+                let mut timed = Timed::start("invocations");
+                match score_mlflow(&s, &shadow, &bytes, &mut timed).await {
+                    Ok(j) => (StatusCode::OK, Some(j.0["predictions"].clone())),
+                    Err(e) => (e.0.status(), None),
+                }
             }
         };
         s.record(
             &endpoint,
             shadow.version,
             status.as_u16(),
-            timed.started.elapsed(),
+            started.elapsed(),
         );
         if let (Some(stable), Some(shadowed)) = (stable_answer, answer) {
             s.record_shadow(&endpoint, shadow.version, stable == shadowed);
@@ -1025,24 +1206,25 @@ fn mirror(
 async fn score_infer(
     s: &AppState,
     loaded: &Arc<Loaded>,
-    bytes: &Bytes,
+    payload: &Payload,
     timed: &mut Timed,
-) -> Result<Json<Value>, OipError> {
+) -> Result<Value, ServeError> {
     let loaded = loaded.clone();
     // Hashing the body is only worth it when there is a cache to look in.
     let key = s
         .cache
         .enabled()
-        .then(|| ResponseCache::key("v2", &loaded.name, loaded.version, bytes));
+        .then(|| payload.cache_key(&loaded))
+        .flatten();
     if let Some(k) = &key {
         let at = Instant::now();
         let hit = cached(s, &loaded, k);
         timed.looked_up(at, hit.is_some());
         if let Some(answer) = hit {
-            return Ok(Json(answer));
+            return Ok(answer);
         }
     }
-    let request: payload::OipRequest = parse_json(bytes)?;
+    let request = payload.request()?;
     let requested: Option<Vec<String>> = request
         .outputs
         .as_ref()
@@ -1068,7 +1250,7 @@ async fn score_infer(
                 loaded.features.as_deref(),
             )
             .await?;
-            return Ok(Json(respond(s, &loaded, request.id, outputs, key)));
+            return Ok(respond(s, &loaded, &request, outputs, key));
         }
     };
     let available = output_names(model.task());
@@ -1081,8 +1263,7 @@ async fn score_infer(
             return Err(ServeError::BadRequest(format!(
                 "unknown output '{bad}'; the model produces: {}",
                 known.join(", ")
-            ))
-            .into());
+            )));
         }
     }
     let columns = payload::oip_columns(&request)?;
@@ -1107,17 +1288,20 @@ async fn score_infer(
             json!({"name": out, "shape": [n], "datatype": dtype, "data": data})
         })
         .collect();
-    Ok(Json(respond(s, &loaded, request.id, outputs, key)))
+    Ok(respond(s, &loaded, &request, outputs, key))
 }
 
-/// The OIP answer, cached when the cache is on.
+/// The OIP answer, its outputs marked for binary as asked, cached when the
+/// cache is on.
 fn respond(
     s: &AppState,
     loaded: &Loaded,
-    id: Option<String>,
-    outputs: Vec<Value>,
+    request: &payload::OipRequest,
+    mut outputs: Vec<Value>,
     key: Option<crate::cache::Key>,
 ) -> Value {
+    request.mark_binary_outputs(&mut outputs);
+    let id = request.id.clone();
     let mut response = json!({
         "model_name": loaded.name,
         "model_version": loaded.version.to_string(),
@@ -1254,7 +1438,7 @@ async fn invocations(
         let result = score_mlflow(&s, &target.loaded, &bytes, &mut timed).await;
         if let (Some(shadow), Some(endpoint)) = (target.shadow, target.endpoint) {
             let answer = result.as_ref().ok().map(|j| j.0["predictions"].clone());
-            mirror(s.clone(), endpoint, shadow, bytes, answer, "invocations");
+            mirror(s.clone(), endpoint, shadow, Mirrored::Mlflow(bytes), answer);
         }
         result
     }
@@ -1272,7 +1456,8 @@ async fn invocations(
                 .as_array()
                 .and_then(|rows| rows.iter().map(|r| r.get("label").cloned()).collect());
             let scores = mlflow_scores(&answer);
-            answered(&s, routed, None, &headers, scores, labels, answer, logged)
+            let id = keep(&s, routed, None, &headers, scores, labels, logged);
+            with_request_id(Json(answer).into_response(), id)
         }
         Err(e) => e.into_response(),
     };

@@ -66,7 +66,7 @@ impl Store {
             decided_at: None,
             comment: None,
         };
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(&format!(
             "INSERT INTO approvals ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, NULL)"
         ))
@@ -153,7 +153,7 @@ impl Store {
     ) -> Result<Approval> {
         let status = if approved { "approved" } else { "rejected" };
         let now = weir_core::now_ms();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query(
             "UPDATE approvals SET status = $1, decided_by = $2, decided_at = $3, comment = $4 \
              WHERE id = $5 AND status = 'pending'",

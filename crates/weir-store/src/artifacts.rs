@@ -103,7 +103,7 @@ impl Store {
 
     /// Records an artifact whose bytes are already stored.
     pub async fn record_artifact(&self, a: &ArtifactRecord) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         insert_artifact(&mut tx, a).await?;
         tx.commit().await?;
         Ok(())

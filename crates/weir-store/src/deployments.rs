@@ -118,7 +118,7 @@ impl Store {
         event: Option<(&str, &str)>,
     ) -> Result<Deployment> {
         let now = weir_core::now_ms();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let before = match event {
             Some(_) => sqlx::query(
                 "SELECT model, stable_version, candidate_version, weight, phase FROM deployments \
@@ -368,7 +368,7 @@ impl Store {
     /// the retention (30 days), so the history stays bounded without a
     /// separate clean-up job.
     pub async fn record_interval(&self, i: &Interval) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO deployment_intervals \
              (endpoint, version, started_at, ended_at, weight, requests, errors, stats_json) \

@@ -107,6 +107,19 @@ impl Store {
         Ok(store)
     }
 
+    /// Begins a write transaction. On SQLite it takes the write lock at
+    /// BEGIN (IMMEDIATE): a deferred transaction that read first and then
+    /// tried to write, while another process (`weir serve` recording
+    /// traffic, say) had committed meanwhile, would fail at once with
+    /// SQLITE_BUSY_SNAPSHOT ("database is locked") instead of waiting on
+    /// the busy timeout, because its snapshot can no longer be upgraded.
+    pub(crate) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.writer.begin().await?,
+        })
+    }
+
     /// Connects to a database whose schema is known to be current (the step
     /// runtime, started by a runner that opened it), skipping the migration check.
     pub async fn connect(url: &str) -> Result<Store> {

@@ -23,7 +23,7 @@ impl Store {
         attempt: i64,
         chunk: &LogChunk,
     ) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         if chunk.start == 0 {
             sqlx::query("DELETE FROM step_log_chunks WHERE step_run_id = $1")
                 .bind(step_run_id)

@@ -186,7 +186,7 @@ pub(crate) async fn insert_model_version(
 impl Store {
     /// Registers a model version outside a pipeline step.
     pub async fn register_model_version(&self, new: &NewModelVersion) -> Result<ModelVersion> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let version = insert_model_version(&mut tx, new, weir_core::now_ms()).await?;
         tx.commit().await?;
         Ok(version)
@@ -199,7 +199,7 @@ impl Store {
         artifact: &crate::ArtifactRecord,
         new: &NewModelVersion,
     ) -> Result<ModelVersion> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         crate::artifacts::insert_artifact(&mut tx, artifact).await?;
         let version = insert_model_version(&mut tx, new, weir_core::now_ms()).await?;
         tx.commit().await?;

@@ -59,7 +59,7 @@ impl Store {
         segment: &Segment,
         keep_bytes: i64,
     ) -> Result<Vec<String>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         insert_artifact(&mut tx, artifact).await?;
         sqlx::query(
             "INSERT INTO prediction_segments \
@@ -184,7 +184,7 @@ impl Store {
     /// go as new ones come (a monitor checking every minute writes half a
     /// million a year).
     pub async fn record_check(&self, check: &MonitorCheck) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO monitor_checks (id, monitor, target, checked_at, status, reason, report_json) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",

@@ -73,7 +73,7 @@ impl Store {
         tags: &[(String, String)],
     ) -> Result<RegisteredModel> {
         let now = weir_core::now_ms();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let inserted = sqlx::query(
             "INSERT INTO models (name, created_at, last_updated_at, description) VALUES ($1, $2, $2, $3) \
              ON CONFLICT (name) DO NOTHING",
@@ -176,7 +176,7 @@ impl Store {
                 id: new_name.to_string(),
             });
         }
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         // A key referenced by other tables: copy the row, move the children, drop the old row.
         sqlx::query(
             "INSERT INTO models (name, created_at, last_updated_at, description) \
@@ -220,7 +220,7 @@ impl Store {
 
     pub async fn delete_registered_model(&self, name: &str) -> Result<()> {
         self.registered_model(name).await?;
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         for table in [
             "model_version_tags",
             "model_aliases",
@@ -304,7 +304,7 @@ impl Store {
         if alias == "champion" {
             refuse_rejected(&detail, "become champion")?;
         }
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let before = alias_version(&mut tx, name, alias).await?;
         sqlx::query(
             "INSERT INTO model_aliases (name, alias, version) VALUES ($1, $2, $3) \
@@ -329,7 +329,7 @@ impl Store {
 
     pub async fn delete_model_alias(&self, name: &str, alias: &str) -> Result<()> {
         self.registered_model(name).await?;
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let before = alias_version(&mut tx, name, alias).await?;
         sqlx::query("DELETE FROM model_aliases WHERE name = $1 AND alias = $2")
             .bind(name)
@@ -368,7 +368,7 @@ impl Store {
     /// pipelines create the model on first registration instead).
     pub async fn create_model_version(&self, new: &NewModelVersion) -> Result<VersionDetail> {
         self.registered_model(&new.name).await?;
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let version = insert_model_version(&mut tx, new, weir_core::now_ms()).await?;
         tx.commit().await?;
         self.version_detail(&new.name, version.version).await
@@ -430,7 +430,7 @@ impl Store {
 
     pub async fn delete_model_version(&self, name: &str, version: i64) -> Result<()> {
         let before = self.version_detail(name, version).await?;
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         for table in ["model_version_tags", "model_aliases", "model_versions"] {
             sqlx::query(&format!(
                 "DELETE FROM {table} WHERE name = $1 AND version = $2"
@@ -462,7 +462,7 @@ impl Store {
     ) -> Result<()> {
         let before = self.version_detail(name, version).await?;
         let now = weir_core::now_ms();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         if archive_existing && matches!(stage, "Staging" | "Production") {
             sqlx::query(
                 "UPDATE model_versions SET stage = 'Archived', last_updated_at = $1 \

@@ -84,7 +84,7 @@ impl Store {
 
     /// Removes the pipeline run `run_id` and all it recorded.
     pub async fn purge_run(&self, run_id: &str) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let steps: Vec<String> = sqlx::query_scalar("SELECT id FROM step_runs WHERE run_id = $1")
             .bind(run_id)
             .fetch_all(&mut *tx)

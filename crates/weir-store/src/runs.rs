@@ -248,7 +248,7 @@ impl Store {
     /// run is never visible with only some of its steps.
     pub async fn create_run(&self, run: &RunRecord, steps: &[NewStepRun]) -> Result<()> {
         let experiment_id = self.ensure_experiment(&run.pipeline).await?;
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO runs (id, pipeline, spec_file, spec_json, params_json, status, git_rev, started_at, \
              runner, heartbeat_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -327,7 +327,7 @@ impl Store {
         reason: &str,
     ) -> Result<Option<Vec<StepRunRecord>>> {
         let now = weir_core::now_ms();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let updated = sqlx::query(
             "UPDATE runs SET status = $1, ended_at = $2, error = $3 WHERE id = $4 AND status = $5",
         )
@@ -378,7 +378,7 @@ impl Store {
     /// transaction; fails if the run is not failed.
     pub async fn reopen_run(&self, id: &str, runner: &str) -> Result<()> {
         let now = weir_core::now_ms();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let updated = sqlx::query(
             "UPDATE runs SET status = $1, ended_at = NULL, error = NULL, runner = $2, heartbeat_at = $3 \
              WHERE id = $4 AND status = $5",
@@ -422,7 +422,7 @@ impl Store {
 
     /// Records a saved checkpoint (a directory artifact whose bytes are stored).
     pub async fn set_checkpoint(&self, id: &str, checkpoint: &ArtifactRecord) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE step_runs SET checkpoint_digest = $1 WHERE id = $2")
             .bind(checkpoint.digest.hex())
             .bind(id)
@@ -480,7 +480,7 @@ impl Store {
     }
 
     pub async fn finish_run(&self, id: &str, status: RunStatus, error: Option<&str>) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE runs SET status = $1, ended_at = $2, error = $3 WHERE id = $4")
             .bind(status.as_str())
             .bind(weir_core::now_ms())
@@ -693,7 +693,7 @@ impl Store {
         source: &StepRunRecord,
     ) -> Result<()> {
         let now = weir_core::now_ms();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "UPDATE step_runs SET status = $1, started_at = $2, ended_at = $2, exit_code = 0, inputs_json = $3, \
              cache_key = $4, cache_components = $5, cached_from = $6, log_digest = $7, sources_json = $8 \
@@ -775,7 +775,7 @@ impl Store {
         completion: &StepCompletion,
     ) -> Result<Vec<ModelVersion>> {
         let now = weir_core::now_ms();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let fence = match completion.fence {
             Some(_) => " AND job = $7",
             None => "",
@@ -879,7 +879,7 @@ impl Store {
         exit_code: Option<i64>,
         log: Option<&ArtifactRecord>,
     ) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let guard = match fence {
             Some(_) => " AND status = $7 AND job = $8",
             None => "",

@@ -48,7 +48,7 @@ fn schedule_of(r: &sqlx::any::AnyRow) -> Result<Schedule> {
 impl Store {
     /// Adds a schedule; a name already taken is a conflict.
     pub async fn add_schedule(&self, s: &Schedule) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query(&format!(
             "INSERT INTO schedules ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (name) DO NOTHING"
@@ -94,7 +94,7 @@ impl Store {
 
     /// Removes a schedule and its history; false when there was none.
     pub async fn remove_schedule(&self, name: &str) -> Result<bool> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM schedule_firings WHERE schedule = $1")
             .bind(name)
             .execute(&mut *tx)
@@ -131,7 +131,7 @@ impl Store {
         last_fire_at: i64,
         firings: &[Firing],
     ) -> Result<bool> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let moved = sqlx::query(
             "UPDATE schedules SET last_fire_at = $1 WHERE name = $2 AND last_fire_at = $3",
         )

@@ -174,7 +174,7 @@ impl Store {
 
     /// Writes a trial, replacing what was stored under its number.
     pub async fn save_trial(&self, run_id: &str, step: &str, t: &StoredTrial) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM study_trials WHERE run_id = $1 AND step = $2 AND number = $3")
             .bind(run_id)
             .bind(step)

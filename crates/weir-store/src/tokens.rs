@@ -118,7 +118,7 @@ impl Store {
             expires_at,
             revoked_at: None,
         };
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO api_tokens (id, name, role, secret_hash, created_by, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -180,7 +180,7 @@ impl Store {
         if t.revoked_at.is_some() {
             return Ok(false);
         }
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2")
             .bind(weir_core::now_ms())
             .bind(&t.id)

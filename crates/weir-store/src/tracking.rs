@@ -291,7 +291,7 @@ impl Store {
         if let Some(direct) = &self.direct {
             return direct.write(statements, check).await;
         }
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let outcome = run_statements(&mut tx, statements).await;
         match outcome.and_then(|rows| check(&rows).map(|()| rows)) {
             Ok(rows) => {
@@ -696,7 +696,7 @@ impl Store {
         // Ids are allocated as max + 1 inside the transaction; on PostgreSQL two
         // concurrent creations can pick the same one, and the loser retries.
         for _ in 0..8 {
-            let mut tx = self.writer.begin().await?;
+            let mut tx = self.write_tx().await?;
             if sqlx::query("SELECT experiment_id FROM experiments WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&mut *tx)
@@ -891,7 +891,7 @@ impl Store {
             return Ok(());
         }
         let now = weir_core::now_ms();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "UPDATE experiments SET lifecycle_stage = $1, last_update_time = $2 WHERE experiment_id = $3",
         )
@@ -914,7 +914,7 @@ impl Store {
 
     pub async fn set_experiment_tag(&self, id: i64, key: &str, value: &str) -> Result<()> {
         self.experiment(id).await?;
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         upsert_experiment_tag(&mut tx, id, key, value).await?;
         tx.commit().await?;
         Ok(())
@@ -1060,7 +1060,7 @@ impl Store {
     /// Reads the data of runs whose cached copy is stale and caches it;
     /// returns each run's body as cached.
     async fn refresh_data(&self, ids: &[&str]) -> Result<HashMap<String, String>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         // A write first: it takes SQLite's write lock, and on PostgreSQL
         // these rows' locks, so no write to these runs (each of which clears
         // the cache in its own transaction) can fall between the read below
@@ -1112,7 +1112,7 @@ impl Store {
         name: Option<&str>,
     ) -> Result<RunInfo> {
         let info = self.run_info(run_id).await?;
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "UPDATE tracking_runs SET status = $1, end_time = $2, name = $3, data_cache = NULL \
              WHERE run_id = $4",
@@ -1137,7 +1137,7 @@ impl Store {
 
     pub async fn set_run_lifecycle(&self, run_id: &str, stage: &str) -> Result<()> {
         let before = self.run_info(run_id).await?;
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "UPDATE tracking_runs SET lifecycle_stage = $1, deleted_time = $2 WHERE run_id = $3",
         )
@@ -1250,7 +1250,7 @@ impl Store {
                 "the run {run_id} must be in the 'active' state"
             )));
         }
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         stale_data(&mut tx, &[run_id]).await?;
         let deleted = sqlx::query("DELETE FROM run_tags WHERE run_id = $1 AND key = $2")
             .bind(run_id)
@@ -1272,7 +1272,7 @@ impl Store {
         datasets: &[(String, String, String, String)],
     ) -> Result<()> {
         self.run_info(run_id).await?;
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         stale_data(&mut tx, &[run_id]).await?;
         for (name, digest, dataset, tags) in datasets {
             sqlx::query("DELETE FROM run_inputs WHERE run_id = $1 AND name = $2 AND digest = $3")
@@ -1722,7 +1722,7 @@ impl Store {
     }
 
     pub async fn put_artifact_path(&self, path: &str, digest: &str, size: i64) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM artifact_paths WHERE path = $1")
             .bind(path)
             .execute(&mut *tx)
@@ -2446,7 +2446,7 @@ impl Store {
             new.model_id
         );
         let now = weir_core::now_ms();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(&format!(
             "INSERT INTO logged_models ({LOGGED_MODEL_COLUMNS}, lifecycle_stage) \
              VALUES ($1, $2, $3, $4, 'LOGGED_MODEL_PENDING', NULL, NULL, $5, $6, $7, $7, $8)"
@@ -2550,7 +2550,7 @@ impl Store {
         } else {
             "logged_model_params"
         };
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         upsert_model_pairs(&mut tx, table, id, pairs).await?;
         tx.commit().await?;
         Ok(())
@@ -2636,7 +2636,7 @@ impl Store {
         models: &[(String, i64)],
     ) -> Result<()> {
         self.run_info(run_id).await?;
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         stale_data(&mut tx, &[run_id]).await?;
         for (model_id, step) in models {
             sqlx::query(

@@ -102,7 +102,7 @@ impl Store {
     /// The attempt is the step run's current one, whatever `r.attempt` says:
     /// the runtime that measured it need not have read it.
     pub async fn record_usage(&self, r: &UsageRecord) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         insert_usage(&mut tx, r).await?;
         tx.commit().await?;
         Ok(())
@@ -282,7 +282,7 @@ impl Store {
         rows: &[(String, i64, i64, i64, i64)],
         keep_minutes: i64,
     ) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         for (endpoint, minute, total, failed, slow) in rows {
             sqlx::query(
                 "INSERT INTO slo_minutes (endpoint, minute, replica, total, failed, slow) \

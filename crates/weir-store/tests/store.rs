@@ -1842,6 +1842,64 @@ async fn sqlite_concurrent_writers_do_not_see_locked_errors() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Two processes writing one SQLite file (`weir serve` recording traffic
+/// while `weir deploy` saves an endpoint): a transaction that reads before
+/// it writes takes the write lock at BEGIN, so it waits for the other's
+/// commit instead of failing at its first write with SQLITE_BUSY_SNAPSHOT
+/// ("database is locked"), which a deferred one did once the other had
+/// committed since its read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_read_then_write_transactions_wait_for_another_process() {
+    use weir_store::Deployment;
+    let dir = std::env::temp_dir().join(format!("weir-store-{}", weir_core::new_id()));
+    let url = format!("sqlite://{}/weir.db", dir.display());
+    let (serve, deploy) = (
+        Store::open(&url).await.unwrap(),
+        Store::open(&url).await.unwrap(),
+    );
+    let endpoint = |name: &str| Deployment {
+        endpoint: name.into(),
+        model: "m".into(),
+        stable: Some(1),
+        candidate: None,
+        strategy: "canary".into(),
+        steps: vec![100],
+        step_index: 0,
+        weight: 0,
+        phase: "Healthy".into(),
+        analysis: serde_json::json!({"interval_ms": 1000}),
+        reason: String::new(),
+        revision: 0,
+        updated_at: 0,
+    };
+    let writer = |store: Store, name: &'static str| {
+        tokio::spawn(async move {
+            let mut d = store
+                .save_deployment(&endpoint(name), "deployed", "v1")
+                .await?;
+            for i in 0..150 {
+                d = store
+                    .save_deployment(
+                        &Deployment {
+                            weight: i % 100,
+                            ..d.clone()
+                        },
+                        "analysed",
+                        "step",
+                    )
+                    .await?;
+            }
+            Ok::<_, weir_store::StoreError>(d.revision)
+        })
+    };
+    let (a, b) = (writer(serve.clone(), "web"), writer(deploy.clone(), "api"));
+    assert_eq!(a.await.unwrap().unwrap(), 151);
+    assert_eq!(b.await.unwrap().unwrap(), 151);
+    serve.close().await;
+    deploy.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A tracking write that meets another connection's write lock (another
 /// process's, say) waits for it on a blocking thread, and writes that meet
 /// one another in one process queue: none fails with "database is locked",

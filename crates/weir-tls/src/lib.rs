@@ -134,7 +134,27 @@ impl Listener {
     /// Binds `addr`; with `tls`, reads the files first so that a bad
     /// certificate is reported before anything listens.
     pub async fn bind(addr: &str, tls: Option<&TlsFiles>) -> Result<Listener, TlsError> {
-        let config = tls.map(server_config).transpose()?;
+        Listener::bind_with(addr, tls.map(server_config).transpose()?).await
+    }
+
+    /// Like [`Listener::bind`], for a gRPC service: over TLS it offers
+    /// HTTP/2 (ALPN `h2`), which gRPC clients require.
+    pub async fn bind_grpc(addr: &str, tls: Option<&TlsFiles>) -> Result<Listener, TlsError> {
+        let config = match tls {
+            None => None,
+            Some(files) => {
+                let mut config = Arc::unwrap_or_clone(server_config(files)?);
+                config.alpn_protocols = vec![b"h2".to_vec()];
+                Some(Arc::new(config))
+            }
+        };
+        Listener::bind_with(addr, config).await
+    }
+
+    async fn bind_with(
+        addr: &str,
+        config: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<Listener, TlsError> {
         let tcp = TcpListener::bind(addr)
             .await
             .map_err(|source| TlsError::Bind {

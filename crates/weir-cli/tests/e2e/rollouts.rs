@@ -80,6 +80,36 @@ fn status(sb: &Sandbox) -> Value {
     sb.json(&["rollout", "status", "web"])
 }
 
+/// The versions of `bc` the server has loaded (its repository index).
+fn loaded(server: &Server) -> Vec<String> {
+    let (code, index) = server.post("/v2/repository/index", json!({"ready": true}).to_string());
+    assert_eq!(code, 200, "{index}");
+    index
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["name"] == "bc")
+        .map(|m| m["version"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Waits for the server to hold exactly `versions` of `bc`: a version no
+/// endpoint routes to is unloaded a few seconds after it stops serving.
+fn wait_loaded(server: &Server, versions: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = loaded(server);
+        if now == versions {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server holds {now:?}, not {versions:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn wait_for(sb: &Sandbox, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -163,6 +193,9 @@ fn a_healthy_canary_is_promoted_and_a_failing_one_rolled_back_under_traffic() {
         server.metric(r#"weir_serve_rollout_phase{endpoint="web",phase="Healthy"}"#),
         Some(1.0)
     );
+    // The version promoted away from is unloaded: a long-lived server
+    // holds what it serves, not every version it ever served.
+    wait_loaded(&server, &["2"]);
 
     // A candidate that fails every request (it takes 10 inputs, not 30) is
     // rolled back; only the requests it answered failed.
@@ -214,6 +247,15 @@ fn a_healthy_canary_is_promoted_and_a_failing_one_rolled_back_under_traffic() {
         server.post("/v2/models/web/infer", body()).1["model_version"],
         "2"
     );
+    wait_loaded(&server, &["2"]);
+    // A version asked for by name stays loaded though no endpoint routes to it.
+    let (code, answer) = server.post(
+        "/v2/repository/models/bc/load",
+        json!({"parameters": {"version": "1"}}).to_string(),
+    );
+    assert_eq!(code, 200, "{answer}");
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(loaded(&server), ["1", "2"]);
 }
 
 #[test]

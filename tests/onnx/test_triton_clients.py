@@ -83,6 +83,8 @@ def server():
     for kind in ("logistic", "linear", "gbdt"):
         register(home, f"native-{kind}", os.path.join(NATIVE, f"{kind}.json"))
     names = [*cases, "native-logistic", "native-linear", "native-gbdt"]
+    subprocess.run([WEIR, "deploy", "web", "--model", "gbdt", "--version", "1"],
+                   env=dict(os.environ, WEIR_HOME=home, WEIR_LOG="warn"), check=True, capture_output=True)
     s = Server(home, names)
     yield s, cases
     s.stop()
@@ -272,6 +274,21 @@ def test_grpc_client_matches_json_bit_for_bit(server, rows):
     assert result.get_response().model_version == "1"
     assert [o.name for o in result.get_response().outputs] == ["probability"]
     assert_bit_identical(result.as_numpy("probability"), as_array(want["probability"]), "grpc native-gbdt")
+
+
+def test_grpc_reaches_endpoints_and_counts_on_their_rollouts(server):
+    s, cases = server
+    client = grpcclient.InferenceServerClient(url=s.grpc_url)
+    assert client.is_model_ready("web")
+    X = cases["gbdt"][:4]
+    x = grpcclient.InferInput("X", list(X.shape), "FP32")
+    x.set_data_from_numpy(X)
+    result = client.infer("web", [x], headers={"x-weir-route-key": "user-1"})
+    assert result.get_response().model_name == "gbdt" and result.get_response().model_version == "1"
+    want = json_answer(s.url, "gbdt", [{"name": "X", "datatype": "FP32", "shape": [4, 30], "data": X.ravel().tolist()}])
+    assert_bit_identical(result.as_numpy("label"), as_array(want["label"]), "endpoint label")
+    metrics = requests.get(f"http://{s.url}/metrics").text
+    assert 'weir_serve_endpoint_requests_total{endpoint="web",version="1",code="200"}' in metrics
 
 
 def test_grpc_typed_contents_answer_as_raw_ones(server):

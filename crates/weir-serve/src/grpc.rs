@@ -19,8 +19,10 @@ use crate::routes::{self, Payload};
 use crate::tensor::{self, TensorData};
 use crate::{AppState, ServeError};
 
+/// The protocol's messages (and the generated service), for clients in Rust:
+/// the load generator in examples/ builds its requests with them.
 #[allow(clippy::all, clippy::pedantic)]
-pub(crate) mod pb {
+pub mod pb {
     tonic::include_proto!("inference");
 }
 

@@ -13,6 +13,7 @@ mod cache;
 mod costing;
 mod error;
 mod grpc;
+pub use grpc::pb as proto;
 mod metrics;
 pub mod monitor;
 mod onnx;

@@ -192,8 +192,29 @@ impl Listener {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Peer(pub SocketAddr);
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TcpListener>) -> Peer {
+/// The plain listener, every connection's writes sent at once: an HTTP/2
+/// response is several small writes (headers, data, trailers, window
+/// updates), and with Nagle's algorithm each after the first would wait for
+/// the client's delayed ACK (40 ms).
+struct NoDelay(TcpListener);
+
+impl axum::serve::Listener for NoDelay {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        let _ = stream.set_nodelay(true);
+        (stream, addr)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, NoDelay>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, NoDelay>) -> Peer {
         Peer(*stream.remote_addr())
     }
 }
@@ -214,7 +235,7 @@ pub async fn serve(
     let service = router.into_make_service_with_connect_info::<Peer>();
     match listener {
         Listener::Plain(l) => {
-            axum::serve(l, service)
+            axum::serve(NoDelay(l), service)
                 .with_graceful_shutdown(shutdown)
                 .await
         }

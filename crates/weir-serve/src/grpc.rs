@@ -109,6 +109,20 @@ fn deadline(headers: &HeaderMap) -> Option<Duration> {
 }
 
 impl Grpc {
+    /// The call's metadata (as HTTP headers) and message, once the caller's
+    /// token allows what the HTTP route the call stands for (`path`) needs.
+    async fn admit<T>(
+        &self,
+        request: Request<T>,
+        path: impl FnOnce(&T) -> String,
+        what: &str,
+    ) -> Result<(HeaderMap, T), Status> {
+        let headers = request.metadata().clone().into_headers();
+        let message = request.into_inner();
+        self.authorize(&headers, &path(&message), what).await?;
+        Ok((headers, message))
+    }
+
     /// Checks the caller's token (`authorization` metadata) as the HTTP
     /// route at `path` would.
     async fn authorize(&self, headers: &HeaderMap, path: &str, what: &str) -> Result<(), Status> {
@@ -157,14 +171,13 @@ impl GrpcInferenceService for Grpc {
         &self,
         request: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
-        let headers = request.metadata().clone().into_headers();
-        let r = request.into_inner();
-        self.authorize(
-            &headers,
-            &format!("/v2/models/{}/ready", r.name),
-            "ModelReady",
-        )
-        .await?;
+        let (_, r) = self
+            .admit(
+                request,
+                |r| format!("/v2/models/{}/ready", r.name),
+                "ModelReady",
+            )
+            .await?;
         let version = (!r.version.is_empty()).then_some(r.version.as_str());
         Ok(Response::new(pb::ModelReadyResponse {
             ready: routes::ready_model(&self.state, &r.name, version).is_ok(),
@@ -186,9 +199,12 @@ impl GrpcInferenceService for Grpc {
         &self,
         request: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
-        let headers = request.metadata().clone().into_headers();
-        let r = request.into_inner();
-        self.authorize(&headers, &format!("/v2/models/{}", r.name), "ModelMetadata")
+        let (_, r) = self
+            .admit(
+                request,
+                |r| format!("/v2/models/{}", r.name),
+                "ModelMetadata",
+            )
             .await?;
         let version = (!r.version.is_empty()).then_some(r.version.as_str());
         let doc = routes::metadata_of(&self.state, &r.name, version).map_err(status)?;
@@ -227,14 +243,13 @@ impl GrpcInferenceService for Grpc {
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let s = &self.state;
-        let headers = request.metadata().clone().into_headers();
-        let r = request.into_inner();
-        self.authorize(
-            &headers,
-            &format!("/v2/models/{}/infer", r.model_name),
-            "ModelInfer",
-        )
-        .await?;
+        let (headers, r) = self
+            .admit(
+                request,
+                |r| format!("/v2/models/{}/infer", r.model_name),
+                "ModelInfer",
+            )
+            .await?;
         // The same limits as the HTTP routes: beyond the concurrency limit a
         // request is refused at once; past the server's timeout or the
         // client's deadline, whichever is sooner, it is abandoned.
@@ -286,10 +301,14 @@ impl GrpcInferenceService for Grpc {
         &self,
         request: Request<pb::RepositoryIndexRequest>,
     ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
-        let headers = request.metadata().clone().into_headers();
-        self.authorize(&headers, "/v2/repository/index", "RepositoryIndex")
+        let (_, r) = self
+            .admit(
+                request,
+                |_| "/v2/repository/index".into(),
+                "RepositoryIndex",
+            )
             .await?;
-        let only_ready = request.into_inner().ready;
+        let only_ready = r.ready;
         let models = self
             .state
             .index()
@@ -316,14 +335,13 @@ impl GrpcInferenceService for Grpc {
         &self,
         request: Request<pb::RepositoryModelLoadRequest>,
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
-        let headers = request.metadata().clone().into_headers();
-        let r = request.into_inner();
-        self.authorize(
-            &headers,
-            "/v2/repository/models/load",
-            "RepositoryModelLoad",
-        )
-        .await?;
+        let (_, r) = self
+            .admit(
+                request,
+                |_| "/v2/repository/models/load".into(),
+                "RepositoryModelLoad",
+            )
+            .await?;
         let version = repository_version(&r.parameters)?;
         routes::load_version(&self.state, &r.model_name, version)
             .await
@@ -335,14 +353,13 @@ impl GrpcInferenceService for Grpc {
         &self,
         request: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
-        let headers = request.metadata().clone().into_headers();
-        let r = request.into_inner();
-        self.authorize(
-            &headers,
-            "/v2/repository/models/unload",
-            "RepositoryModelUnload",
-        )
-        .await?;
+        let (_, r) = self
+            .admit(
+                request,
+                |_| "/v2/repository/models/unload".into(),
+                "RepositoryModelUnload",
+            )
+            .await?;
         let version = repository_version(&r.parameters)?;
         routes::unload_version(&self.state, &r.model_name, version).map_err(status)?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))

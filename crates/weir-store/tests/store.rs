@@ -1642,13 +1642,10 @@ async fn search_sees_every_write_after_caching_a_run(s: &Store) {
     assert_eq!(search(s, exp, "tags.team = 'x'").await.len(), 1);
 }
 
-/// The controller and `weir rollout` both write an endpoint: a write based
-/// on a revision someone else has moved past is refused, and nothing of it
-/// (row or event) lands.
-async fn deployments_change_by_revision_with_their_events(s: &Store) {
-    use weir_store::Deployment;
-    let d = Deployment {
-        endpoint: "web".into(),
+/// A new endpoint on version 1 of model `m`, healthy, canary steps 5 and 100.
+fn endpoint(name: &str) -> weir_store::Deployment {
+    weir_store::Deployment {
+        endpoint: name.into(),
         model: "m".into(),
         stable: Some(1),
         candidate: None,
@@ -1661,7 +1658,15 @@ async fn deployments_change_by_revision_with_their_events(s: &Store) {
         reason: String::new(),
         revision: 0,
         updated_at: 0,
-    };
+    }
+}
+
+/// The controller and `weir rollout` both write an endpoint: a write based
+/// on a revision someone else has moved past is refused, and nothing of it
+/// (row or event) lands.
+async fn deployments_change_by_revision_with_their_events(s: &Store) {
+    use weir_store::Deployment;
+    let d = endpoint("web");
     let first = s.save_deployment(&d, "deployed", "v1").await.unwrap();
     assert_eq!(first.revision, 1);
     assert!(
@@ -1857,21 +1862,6 @@ async fn sqlite_read_then_write_transactions_wait_for_another_process() {
         Store::open(&url).await.unwrap(),
         Store::open(&url).await.unwrap(),
     );
-    let endpoint = |name: &str| Deployment {
-        endpoint: name.into(),
-        model: "m".into(),
-        stable: Some(1),
-        candidate: None,
-        strategy: "canary".into(),
-        steps: vec![100],
-        step_index: 0,
-        weight: 0,
-        phase: "Healthy".into(),
-        analysis: serde_json::json!({"interval_ms": 1000}),
-        reason: String::new(),
-        revision: 0,
-        updated_at: 0,
-    };
     let writer = |store: Store, name: &'static str| {
         tokio::spawn(async move {
             let mut d = store

@@ -1243,8 +1243,13 @@ pub async fn serve(
     eprintln!("ready");
     let served = server.await;
     if let Some(grpc) = grpc {
-        // Stopped by the same signal; its in-flight calls finish first.
-        let _ = grpc.await;
+        // Stopped by the same signal, its in-flight calls finishing first;
+        // if the HTTP server failed instead, no signal is coming.
+        if matches!(served, Ok(Ok(()))) {
+            let _ = grpc.await;
+        } else {
+            grpc.abort();
+        }
     }
     // The replica's last usage is recorded before it goes.
     let _ = stop_watch.send(());

@@ -99,7 +99,12 @@ pub(crate) fn element_count(input: &str, shape: &[i64]) -> Result<usize, ServeEr
         .try_fold(1usize, |n, d| {
             usize::try_from(*d).ok().and_then(|d| n.checked_mul(d))
         })
-        .ok_or_else(|| bad(format!("input '{input}': shape {shape:?} is invalid")))
+        .ok_or_else(|| {
+            bad(format!(
+                "input '{input}': shape {shape:?} is invalid; every dimension must be 0 or more, \
+                 and their product a number of elements that fits in memory"
+            ))
+        })
 }
 
 /// Decodes `raw`, the binary form of `count` elements of `datatype`.
